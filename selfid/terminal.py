@@ -1,0 +1,84 @@
+"""`selfid chat`: a terminal chat with streaming output, and a one-shot `--prompt` form."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+from selfid.engine import InProcessEngine, SamplingParams
+from selfid.model.chat import conversation
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+HELP = "/reset clears the conversation, /system TEXT sets the system prompt (/system alone: the template's), /exit quits"
+
+
+def describe_system(rendered) -> str:
+    if rendered.system_source == "given":
+        return f"system prompt (given): {rendered.effective_system!r}"
+    if rendered.system_source == "template":
+        return f"system prompt (inserted by the chat template): {rendered.effective_system!r}"
+    return "system prompt: none (the template adds none)"
+
+
+def reply(engine: InProcessEngine, messages: list[dict], params: SamplingParams, out=None) -> str:
+    """Stream one assistant reply to `out` (stdout by default); return its text."""
+    out = out or sys.stdout
+    rendered = engine.loaded.chat.render(messages)
+    parts = []
+    for delta in engine.stream(rendered.text, params):
+        parts.append(delta)
+        out.write(delta)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    return "".join(parts)
+
+
+def run_chat(engine: InProcessEngine, params: SamplingParams, system: str | None = None,
+             prompt: str | None = None) -> None:
+    loaded = engine.loaded
+    if prompt is not None:
+        messages = conversation(prompt, system)
+        err.print(f"[dim]{loaded.name} · {describe_system(loaded.chat.render(messages))} · "
+                  f"template {loaded.chat.template_hash}[/dim]")
+        reply(engine, messages, params)
+        return
+    err.print(f"[bold]selfid chat[/bold] with {loaded.name}"
+              f"{' + ' + str(loaded.adapter) if loaded.adapter else ''} · template {loaded.chat.template_hash}")
+    err.print(f"[dim]sampling: temperature {params.temperature}, top_p {params.top_p}, top_k {params.top_k}, "
+              f"repetition_penalty {params.repetition_penalty} ({loaded.generation_defaults_source})[/dim]")
+    err.print(f"[dim]{HELP}[/dim]")
+    history: list[dict] = []
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            err.print()
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return
+        if text == "/reset":
+            history = []
+            err.print("[dim]conversation cleared[/dim]")
+            continue
+        if text.startswith("/system"):
+            arg = line.strip()[len("/system"):].strip()
+            system = arg if arg else None
+            history = []
+            err.print(f"[dim]{describe_system(loaded.chat.render(conversation('x', system)))}; conversation cleared[/dim]")
+            continue
+        messages = conversation(line, system, history)
+        if not history:
+            err.print(f"[dim]{describe_system(loaded.chat.render(messages))}[/dim]")
+        sys.stdout.write("assistant> ")
+        try:
+            answer = reply(engine, messages, params)
+        except KeyboardInterrupt:
+            err.print("\n[dim](interrupted)[/dim]")
+            continue
+        history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer}]

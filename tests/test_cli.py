@@ -1,0 +1,36 @@
+"""`selfid chat`: one-shot and interactive, and one-line errors."""
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from selfid.cli import app
+from selfid.engine import SamplingParams
+from selfid.model.chat import conversation
+
+
+def test_one_shot_prints_the_greedy_reply(tiny_model_dir, engine, tiny):
+    res = CliRunner().invoke(app, ["chat", "--model", str(tiny_model_dir), "--device", "cpu", "--prompt", "你是谁?",
+                                   "--temperature", "0", "--max-tokens", "12"])
+    assert res.exit_code == 0, res.output
+    params = SamplingParams.from_defaults(tiny.generation_defaults, temperature=0.0, max_new_tokens=12)
+    want = engine.generate([tiny.chat.render(conversation("你是谁?")).text], params)[0].text
+    assert res.stdout == want + "\n"
+    assert "inserted by the chat template" in res.stderr
+
+
+def test_interactive_chat_keeps_history_and_switches_system(tiny_model_dir):
+    keys = "hello\n/system You are Tom.\nwho are you?\n/exit\n"
+    res = CliRunner().invoke(app, ["chat", "--model", str(tiny_model_dir), "--device", "cpu", "--temperature", "0",
+                                   "--max-tokens", "4"], input=keys)
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("assistant> ") == 2
+    assert "system prompt (given): 'You are Tom.'" in res.stderr
+
+
+def test_bad_model_is_one_line_error_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", "chat", "--model", str(tmp_path / "nope"), "--prompt", "x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"selfid: error: no such folder or file: {tmp_path / 'nope'}"

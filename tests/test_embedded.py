@@ -1,0 +1,124 @@
+"""Assembling, verifying and caching the PyPI-shipped GGUF (with fake parts and a fake converter)."""
+
+import hashlib
+import json
+import sys
+
+import pytest
+
+from selfid.errors import SelfidError
+from selfid.model import embedded as emb
+
+
+@pytest.fixture
+def fake_parts(tmp_path, monkeypatch):
+    """Three installed 'packages' whose parts concatenate to known bytes."""
+    blobs = [b"GGUF" + bytes(range(256)) * 40, b"middle" * 1000, b"end"]
+    pkg_root = tmp_path / "site"
+    for i, blob in enumerate(blobs, start=1):
+        pkg = pkg_root / f"fake_model_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "data" / f"part{i}.bin").write_bytes(blob)
+        (pkg / "__init__.py").write_text(
+            "import os\ndef get_part_path():\n"
+            f"    return os.path.join(os.path.dirname(__file__), 'data', 'part{i}.bin')\n")
+    monkeypatch.syspath_prepend(str(pkg_root))
+    for i in range(1, 4):
+        sys.modules.pop(f"fake_model_part{i}", None)
+    whole = b"".join(blobs)
+    spec = emb.EmbeddedModel(name="fake", title="fake", packages=tuple(f"fake-model-part{i}" for i in range(1, 4)),
+                             sha256=hashlib.sha256(whole).hexdigest(), generation_defaults={"temperature": 0.7},
+                             generation_defaults_source="test")
+    return spec, whole, pkg_root
+
+
+def fake_convert(calls):
+    def convert(gguf, out):
+        calls.append(gguf.read_bytes())
+        (out / "config.json").write_text("{}")
+        (out / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))
+    return convert
+
+
+def test_assemble_streams_parts_in_order_and_checks_sha(fake_parts, tmp_path):
+    spec, whole, _ = fake_parts
+    out = emb.assemble(spec, tmp_path / "out" / "m.gguf", progress=False)
+    assert out.read_bytes() == whole
+    assert not list(out.parent.glob(".*tmp"))
+
+
+def test_checksum_mismatch_is_a_clear_error_and_leaves_no_file(fake_parts, tmp_path):
+    spec, _, _ = fake_parts
+    bad = emb.EmbeddedModel(**{**spec.__dict__, "sha256": "0" * 64})
+    dest = tmp_path / "out" / "m.gguf"
+    with pytest.raises(SelfidError, match="expected 0000.*--force-reinstall fake-model-part1"):
+        emb.assemble(bad, dest, progress=False)
+    assert not dest.exists() and not list(dest.parent.iterdir())
+
+
+def test_missing_package_names_it_and_how_to_install(fake_parts):
+    spec, _, _ = fake_parts
+    missing = emb.EmbeddedModel(**{**spec.__dict__, "packages": spec.packages + ("no-such-part4",)})
+    with pytest.raises(SelfidError, match=r"part 4 of 4 .* 'no-such-part4' is not installed.*pip install no-such-part4"):
+        emb.part_paths(missing)
+
+
+def test_missing_part_file_is_a_clear_error(fake_parts):
+    spec, _, root = fake_parts
+    (root / "fake_model_part2" / "data" / "part2.bin").unlink()
+    with pytest.raises(SelfidError, match="part 2 of 3 .* does not exist"):
+        emb.part_paths(spec)
+
+
+def test_cache_is_built_once_then_reused(fake_parts, tmp_path):
+    spec, whole, _ = fake_parts
+    calls = []
+    first = emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
+    second = emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
+    assert first == second and calls == [whole]
+    marker = json.loads((first / emb.MARKER).read_text())
+    assert marker["gguf_sha256"] == spec.sha256 and marker["generation_defaults_source"] == "test"
+    gen = json.loads((first / "generation_config.json").read_text())
+    assert gen == {"eos_token_id": 1, "temperature": 0.7}  # published defaults merged in
+
+
+def test_interrupted_conversion_leaves_nothing_a_later_run_trusts(fake_parts, tmp_path):
+    spec, whole, _ = fake_parts
+
+    def interrupted(gguf, out):
+        (out / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=interrupted)
+    models = tmp_path / "models"
+    assert not (models / spec.key).exists()
+    assert not [p for p in models.iterdir() if p.name.startswith(".tmp")]
+    calls = []
+    folder = emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
+    assert calls == [whole] and (folder / emb.MARKER).is_file() and not (folder / "model.safetensors").exists()
+
+
+def test_folder_without_marker_or_with_other_sha_is_rebuilt(fake_parts, tmp_path):
+    spec, whole, _ = fake_parts
+    calls = []
+    folder = emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
+    (folder / emb.MARKER).write_text(json.dumps({"gguf_sha256": "other"}))
+    emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
+    assert len(calls) == 2
+    assert json.loads((folder / emb.MARKER).read_text())["gguf_sha256"] == spec.sha256
+
+
+def test_damaged_cached_gguf_is_assembled_again(fake_parts, tmp_path):
+    spec, whole, _ = fake_parts
+    calls = []
+    folder = emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
+    (tmp_path / "gguf" / f"{spec.key}.gguf").write_bytes(b"damaged")
+    (folder / emb.MARKER).unlink()
+    emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
+    assert calls == [whole, whole]
+
+
+def test_unknown_embedded_name():
+    with pytest.raises(SelfidError, match="unknown embedded model 'nope'"):
+        emb.ensure_embedded("nope")
