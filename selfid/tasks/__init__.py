@@ -1,0 +1,1 @@
+"""Tasks a model is fine-tuned and scored on."""
