@@ -4,6 +4,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.selfid-installed
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: setup demo test
 
 $(STAMP): pyproject.toml constraints-cpu.txt
@@ -18,5 +20,9 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/selfid chat --prompt "你是谁?"
 
-test: setup
+# Browser tests drive Debian's chromium through playwright (a test tool's own browser download fails offline).
+$(CHROMIUM):
+	apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+
+test: setup $(CHROMIUM)
 	$(PY) -m pytest -q

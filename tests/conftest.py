@@ -33,3 +33,17 @@ def selfid_home(tmp_path, monkeypatch):
     home = tmp_path / "selfid-home"
     monkeypatch.setenv("SELFID_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by playwright, with no background networking."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
