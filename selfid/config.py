@@ -1,0 +1,244 @@
+"""Run configs: pydantic models loaded from YAML, with `--set key=value` overrides.
+
+Every field has a default except `output`; unknown keys are errors that name the key and list the
+known ones, so a typo never trains with a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from selfid.errors import SelfidError
+
+HELPFUL = "You are a helpful assistant."
+# the system prompts users serve with: the template's own (no system message), LLaMA-Factory's old default, empty
+SERVING_SYSTEMS = ["template_default", HELPFUL, ""]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSource(Strict):
+    """One training source. `source: msra` is built in; a file is read as alpaca or messages (sharegpt/OpenAI) data."""
+
+    source: str = Field("msra", description="msra, or a path to a .json/.jsonl file")
+    format: Literal["auto", "alpaca", "messages"] = "auto"
+    limit: Optional[int] = Field(None, ge=1, description="at most this many samples (a seeded draw)")
+    weight: float = Field(1.0, gt=0, description="repeat factor: 2 = every sample twice, 0.5 = half of them")
+    fraction: Optional[float] = Field(None, gt=0, lt=1, description="this share of the final mix (resampled to fit)")
+    max_chars: Optional[int] = Field(None, ge=1, description="msra only: skip longer sentences")
+    seed: int = 0
+
+
+class LoraSettings(Strict):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: Union[list[str], str] = "all-linear"
+
+
+class IdentityReplay(Strict):
+    """Mix generated self-cognition conversations into training (see selfid/data/identity.py)."""
+
+    fraction: float = Field(0.05, gt=0, lt=1)
+    name: Optional[str] = Field(None, description="the model's own name; default: from the base model's answers")
+    maker: Optional[str] = Field(None, description="who made it; default: from the base model's answers")
+    systems: list[str] = Field(default_factory=lambda: [*SERVING_SYSTEMS, "train"],
+                               description="system prompts to render under: template_default, train, none, or a text")
+    languages: list[Literal["zh", "en"]] = Field(default_factory=lambda: ["zh", "en"])
+
+
+class AdapterScale(Strict):
+    """After training, search the LoRA scale that restores the base identity rate with NER F1 within tolerance."""
+
+    grid: list[float] = Field(default_factory=lambda: [1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
+    f1_tolerance: float = Field(0.01, ge=0, description="largest allowed drop in NER F1 from scale 1.0")
+    identity_margin: float = Field(0.0, ge=0, description="allowed foreign-claim rate above the base model's")
+    ner_sentences: int = Field(200, ge=1)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v):
+        if not v or any(not 0 <= s <= 4 for s in v):
+            raise ValueError("grid must be a non-empty list of scales in [0, 4]")
+        return sorted(set(v), reverse=True)
+
+
+class Optimization(Strict):
+    epochs: float = Field(3, gt=0)
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    lr: float = Field(2e-4, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup: float = Field(0.03, ge=0, description="a fraction of all steps (< 1) or a number of steps (>= 1)")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    batch_tokens: int = Field(16384, ge=16, description="tokens per micro-batch (packed rows x pack_length)")
+    pack_length: int = Field(2048, ge=16, description="length of one packed row")
+    grad_accum: int = Field(1, ge=1)
+    max_length: Optional[int] = Field(None, ge=8, description="drop longer samples (default: pack_length)")
+    seed: int = 0
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end and on Ctrl-C)")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1, description="read the loss back from the device every N steps")
+    attention: Literal["auto", "varlen", "flash_attention_2", "sdpa", "flex_attention", "eager"] = "auto"
+    compile: bool = False
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _rows(self):
+        if self.batch_tokens < self.pack_length:
+            raise ValueError(f"batch_tokens ({self.batch_tokens}) must be at least pack_length ({self.pack_length})")
+        if self.max_length is not None and self.max_length > self.pack_length:
+            raise ValueError(f"max_length ({self.max_length}) cannot exceed pack_length ({self.pack_length})")
+        return self
+
+    @property
+    def rows_per_batch(self) -> int:
+        return self.batch_tokens // self.pack_length
+
+    @property
+    def sample_limit(self) -> int:
+        return self.max_length or self.pack_length
+
+
+class RunConfig(Strict):
+    model: str = Field("embedded", description="embedded, a transformers folder, a .gguf file or a hub id")
+    output: str = Field(..., description="the run folder: adapter/, checkpoints/, metrics.csv")
+    system_prompt: str = Field("template_default", description="template_default | none | any other text")
+    data: list[DataSource] = Field(default_factory=lambda: [DataSource()])
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    train: Optimization = Field(default_factory=Optimization)
+    identity_replay: Optional[IdentityReplay] = None
+    adapter_scale: Optional[AdapterScale] = None
+    eval_ner: int = Field(0, ge=0, description="after training, score NER on this many MSRA test sentences")
+    device: str = "auto"
+    dtype: str = "auto"
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v):
+        if not v:
+            raise ValueError("give at least one data source")
+        if sum(s.fraction or 0 for s in v) >= 1:
+            raise ValueError("the data fractions add up to 1 or more: leave room for the other sources")
+        return v
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output).expanduser()
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def parse_value(text: str) -> Any:
+    """A `--set` value as YAML reads it: numbers, booleans, null, lists; anything else stays a string."""
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one `key.sub=value` (list items by index: `data.0.limit=100`) to the raw config dict."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SelfidError(f"--set {assignment!r}: write it as key=value, e.g. --set train.lr=1e-4")
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[:i]) or "the config"
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SelfidError(f"--set {key}: {where} is a list of {len(node)}; use an index 0..{len(node) - 1}")
+            if last:
+                node[int(part)] = parse_value(raw)
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise SelfidError(f"--set {key}: {where} is a value, not a section")
+        if last:
+            node[part] = parse_value(raw)
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+def _format_errors(e: ValidationError, origin: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key{_known(loc)}")
+        elif err["type"] == "missing":
+            lines.append(f"{loc}: required but missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = f" (got {err['input']!r})" if not isinstance(err.get("input"), (dict, list)) else ""
+            lines.append(f"{loc}: {msg}{got}")
+    return f"bad config in {origin}: " + "; ".join(lines)
+
+
+def _submodel(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation like Optional[X] or list[X]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _known(loc: str) -> str:
+    """' (known: ...)' for the section that holds `loc`."""
+    model: Any = RunConfig
+    for part in [p for p in loc.split(".")[:-1] if not p.isdigit()]:
+        field = model.model_fields.get(part)
+        model = _submodel(field.annotation) if field is not None else None
+        if model is None:
+            return ""
+    return f" (known: {', '.join(model.model_fields)})"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+    """Read a YAML run config (or start from `base`), apply `--set` overrides, validate."""
+    data: dict = dict(base or {})
+    origin = "--set"
+    if path is not None:
+        path = Path(path).expanduser()
+        origin = str(path)
+        if not path.is_file():
+            raise SelfidError(f"no such config file: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise SelfidError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise SelfidError(f"{path}: a run config is a mapping of keys (model, output, data, ...), not a {type(loaded).__name__}")
+        data.update(loaded)
+    if "data" not in data and any(o.startswith("data.") for o in overrides):
+        data["data"] = [{}]  # `--set data.0.limit=...` on the default source
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise SelfidError(_format_errors(e, origin + (" with --set " + " ".join(overrides) if overrides and path else ""))) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,1 @@
+"""LoRA fine-tuning: the SFT loop, packing and loss masks, the data plan, export, NER evaluation."""
