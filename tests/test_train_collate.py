@@ -1,0 +1,89 @@
+"""Loss masks, packing, and packed attention that never crosses from one sample into another."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from selfid.train.collate import Encoded, collate, encode_many, pack, with_system
+from selfid.train.packed import packed_logits, set_attention
+
+SINGLE = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Qwen."}]
+MULTI = [{"role": "system", "content": "You are a helpful assistant."},
+         {"role": "user", "content": "北京 上海"}, {"role": "assistant", "content": '{"LOC": ["北京"]}'},
+         {"role": "user", "content": "again"}, {"role": "assistant", "content": "ok"}]
+
+
+def trained_text(tok, e):
+    return tok.decode(e.ids[e.label_pos])
+
+
+def test_only_assistant_replies_and_their_end_token_are_trained(tiny):
+    tok = tiny.tokenizer
+    single, multi = encode_many(tok, [SINGLE, MULTI], tiny.eos_token_ids)
+    assert trained_text(tok, single) == "I am Qwen.<|im_end|>"
+    # both replies of a multi-turn conversation, nothing of the system/user turns or the template's newlines
+    assert trained_text(tok, multi) == '{"LOC": ["北京"]}<|im_end|>ok<|im_end|>'
+    full = tok.decode(multi.ids)
+    assert full.startswith("<|im_start|>system\nYou are a helpful assistant.")
+    trained = set(multi.label_pos.tolist())
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    assert not any(i in trained for i, t in enumerate(multi.ids) if t == im_start)
+
+
+def test_system_prompt_policy_is_applied_unless_the_sample_has_its_own():
+    assert with_system(SINGLE, "S")[0] == {"role": "system", "content": "S"}
+    assert with_system(SINGLE, None) == SINGLE
+    assert with_system(MULTI, "S")[0]["content"] == "You are a helpful assistant."
+
+
+def test_pack_fills_rows_without_overflow_and_uses_every_sample_once():
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 200) for _ in range(300)]
+    rows = pack(lengths, 256, random.Random(1))
+    flat = sorted(i for r in rows for i in r)
+    assert flat == list(range(300))
+    assert all(sum(lengths[i] for i in r) <= 256 for r in rows)
+    lower_bound = -(-sum(lengths) // 256)
+    assert len(rows) <= lower_bound + 2  # best-fit decreasing is near-perfect on small items
+    assert pack(lengths, 256, random.Random(1)) == rows
+    assert pack(lengths, 256, random.Random(2)) != rows
+
+
+def test_collate_marks_segments_positions_and_targets():
+    a = Encoded(np.array([5, 6, 7, 8]), np.array([2, 3]))
+    b = Encoded(np.array([9, 10, 11]), np.array([1, 2]))
+    batch = collate([a, b], [[0, 1], [1]], 10, pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9, 10, 11, 0, 0, 0], [9, 10, 11, 0, 0, 0, 0, 0, 0, 0]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2], [0, 1, 2, 0, 1, 2, 3, 4, 5, 6]]
+    assert batch.cu_seq_lens.tolist() == [0, 4, 7, 10, 13, 20]
+    assert batch.max_length == 7
+    # hidden position t-1 predicts trained token t
+    flat = batch.input_ids.flatten()
+    assert flat[batch.hidden_index + 1].tolist() == batch.targets.tolist() == [7, 8, 10, 11, 10, 11]
+    assert batch.tokens == 10 and batch.label_tokens == 6
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_row_gives_the_same_logits_as_each_sample_alone(tiny, attention):
+    tok = tiny.tokenizer
+    convs = [SINGLE, MULTI, [{"role": "user", "content": "0123456789"}, {"role": "assistant", "content": "{}"}]]
+    enc = encode_many(tok, convs, tiny.eos_token_ids)
+    set_attention(tiny.model, attention, torch.device("cpu"))
+    try:
+        batch = collate(enc, [[0, 1, 2]], 200, tok.pad_token_id)
+        with torch.no_grad():
+            packed = packed_logits(tiny.model, batch, attention)[0]
+            off = 0
+            for e in enc:
+                alone = tiny.model(input_ids=torch.tensor(e.ids)[None]).logits[0]
+                assert torch.allclose(packed[off:off + len(e)], alone, atol=1e-4), f"sample at {off} differs"
+                off += len(e)
+            # the control: the same row and positions under a plain causal mask lets later samples see earlier ones
+            leaky = tiny.model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                               attention_mask=torch.ones(1, 200, dtype=torch.long)).logits[0]
+            n0 = len(enc[0])
+            assert not torch.allclose(leaky[n0:n0 + len(enc[1])], packed[n0:n0 + len(enc[1])], atol=1e-3)
+    finally:
+        set_attention(tiny.model, "sdpa", torch.device("cpu"))
