@@ -48,6 +48,65 @@ def chat(
     run_chat(InProcessEngine(loaded), params, system=system, prompt=prompt)
 
 
+# --- training: train, export, eval-ner ------------------------------------------------------------
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="a run config (YAML); see examples/msra.yaml"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.lr=1e-4 (repeatable)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run's last checkpoint"),
+):
+    """LoRA fine-tune a model on the config's data; writes OUTPUT/adapter with its selfid.json manifest."""
+    from selfid.config import load_config
+    from selfid.train.sft import train as run
+
+    result = run(load_config(config, set_), resume=resume)
+    if result.stopped:
+        raise typer.Exit(130 if result.checkpoint else 1)
+
+
+@app.command()
+def export(
+    adapter: Path = typer.Argument(..., help="a LoRA adapter folder (e.g. OUTPUT/adapter)"),
+    out: Path = typer.Option(..., "--out", "-o", help="a new folder for the merged model"),
+    merge: bool = typer.Option(False, "--merge", help="merge the LoRA weights into the base model (required)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="the base model; default: from the adapter's manifest"),
+    gguf: bool = typer.Option(False, "--gguf", help="also write a GGUF file (when a converter is available)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (the base model's), bfloat16, float16, float32"),
+):
+    """Write a merged model whose chat template carries the training system prompt."""
+    from selfid.train.export import export as run
+
+    info = run(adapter, out, model=model, merge=merge, gguf=gguf, dtype=dtype)
+    print(f"exported to {out} ({info['dtype']}); default system prompt {info['default_system']!r}, "
+          f"template {info['template_hash']}")
+
+
+@app.command("eval-ner")
+def eval_ner(
+    model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
+    n: int = typer.Option(500, "--n", help="MSRA test sentences to score (the first N)"),
+    system: Optional[str] = typer.Option(None, "--system", "-s",
+                                         help="system prompt; default: the adapter's training one, else the template's"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="most sequences decoded at once"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the report as JSON here"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16"),
+):
+    """Entity-level precision/recall/F1 per type and overall, and the parse rate, on the MSRA test split (greedy)."""
+    from selfid.io import atomic_write_json
+    from selfid.model.load import load_model
+    from selfid.train.eval_ner import UNSET, evaluate_ner, table
+
+    loaded = load_model(model, adapter=adapter, device=device, dtype=dtype)
+    report = evaluate_ner(loaded, n=n, system=UNSET if system is None else system, batch_size=batch_size,
+                          progress=True)
+    print(table(report))
+    if out is not None:
+        atomic_write_json(out, report)
+
+
 def main() -> None:
     try:
         app()
