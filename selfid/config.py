@@ -129,6 +129,14 @@ class RunConfig(Strict):
             raise ValueError("the data fractions add up to 1 or more: leave room for the other sources")
         return v
 
+    @model_validator(mode="after")
+    def _fractions(self):
+        total = sum(s.fraction or 0 for s in self.data) + (self.identity_replay.fraction if self.identity_replay else 0)
+        if total >= 1:
+            raise ValueError(f"the data fractions (identity_replay included) add up to {total:g}, 1 or more: "
+                             "leave room for the other sources")
+        return self
+
     @property
     def output_dir(self) -> Path:
         return Path(self.output).expanduser()
@@ -139,9 +147,17 @@ class RunConfig(Strict):
 def parse_value(text: str) -> Any:
     """A `--set` value as YAML reads it: numbers, booleans, null, lists; anything else stays a string."""
     try:
-        return yaml.safe_load(text) if text.strip() else text
+        value = yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         return text
+    if isinstance(value, dict) and not text.lstrip().startswith("{"):
+        return text  # "You are: a bot" is a sentence, not a mapping
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
 
 
 def apply_override(data: dict, assignment: str) -> None:
