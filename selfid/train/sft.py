@@ -321,6 +321,11 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
         model.get_base_model().get_decoder().compile()
     amp = device.type == "cuda" and next(model.get_base_model().parameters()).dtype in (torch.bfloat16, torch.float16)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    if amp:  # under autocast peft's cast of every LoRA input to fp32 (and autocast's cast back) is wasted work
+        from selfid.train.scale import lora_layers
+
+        for layer in lora_layers(model):
+            layer.cast_input_dtype_enabled = False
     step_module = loss_fn
     ddp = None
     if dist_.world > 1:
