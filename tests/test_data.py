@@ -45,10 +45,13 @@ def test_messages_and_sharegpt(tmp_path):
 @pytest.mark.parametrize("records, message", [
     (['{"instruction": "a", "output": "b"}', "{broken"], r"d\.jsonl:2: not valid JSON"),
     ([{"instruction": "a"}], r"d\.jsonl:1: alpaca record needs a text 'output'"),
-    ([{"messages": [{"role": "user", "content": "a"}]}], r"d\.jsonl:1: the conversation ends with a user message"),
+    ([{"messages": [{"role": "user", "content": "a"}]}], r"d\.jsonl:1: the conversation must end with an assistant message"),
     ([{"messages": [{"role": "bot", "content": "a"}]}], r"d\.jsonl:1: message 0 has role 'bot'"),
-    (["", {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}],
-     r"d\.jsonl:2: turn 1 is 'user' where 'assistant' was expected"),
+    (["", {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                        {"role": "assistant", "content": "c"}]}],
+     r"d\.jsonl:2: two user messages in a row"),
+    ([{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"},
+                    {"role": "assistant", "content": "c"}]}], r"d\.jsonl:1: the conversation starts with 'assistant'"),
     ([{"conversations": [{"from": "robot", "value": "x"}]}], r"from='robot'"),
     ([{"text": "plain"}], r"d\.jsonl:1: cannot tell the data format"),
 ])

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from selfid.errors import SelfidError
+from selfid.model.chat import validate_messages
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
@@ -32,32 +33,23 @@ def check_conversation(messages: list, where: str) -> tuple[dict, ...]:
     """Plain {role, content} dicts; optional leading system; user/assistant alternate; ends with assistant."""
     if not isinstance(messages, list) or not messages:
         raise SelfidError(f"{where}: expected a non-empty list of messages")
-    out = []
+    plain = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise SelfidError(f"{where}: message {i} is not an object")
-        role, content = m.get("role"), m.get("content")
+        content = m.get("content")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
                 raise SelfidError(f"{where}: message {i} has non-text content parts; only text can be trained on")
             content = "".join(p["text"] for p in content)
-        if role not in ("system", "user", "assistant"):
-            raise SelfidError(f"{where}: message {i} has role {role!r}; use system, user or assistant")
-        if not isinstance(content, str):
-            raise SelfidError(f"{where}: message {i} ({role}) has no text content")
-        if role == "system" and i != 0:
-            raise SelfidError(f"{where}: message {i} is a system message; only the first message may be one")
-        out.append({"role": role, "content": content})
-    turns = out[1:] if out[0]["role"] == "system" else out
-    if not turns:
-        raise SelfidError(f"{where}: only a system message; add a user message and an assistant reply")
-    for i, m in enumerate(turns):
-        want = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != want:
-            raise SelfidError(f"{where}: turn {i} is {m['role']!r} where {want!r} was expected "
-                              "(user and assistant must alternate, starting with user)")
-    if turns[-1]["role"] != "assistant":
-        raise SelfidError(f"{where}: the conversation ends with a user message; it needs an assistant reply to train on")
+        plain.append({"role": m.get("role"), "content": content})
+    try:
+        out = validate_messages(plain, last="assistant")
+    except SelfidError as e:
+        raise SelfidError(f"{where}: {e}") from None
+    first = out[1]["role"] if out[0]["role"] == "system" else out[0]["role"]
+    if first != "user":
+        raise SelfidError(f"{where}: the conversation starts with {first!r}; it must start with a user message")
     return tuple(out)
 
 

@@ -31,8 +31,11 @@ def template_hash(template: str) -> str:
     return hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
 
 
-def validate_messages(messages: Sequence[Message]) -> list[Message]:
-    """Check roles and order; return plain {role, content} dicts. Raises SelfidError naming the fault."""
+def validate_messages(messages: Sequence[Message], last: str = "user") -> list[Message]:
+    """Check roles and order; return plain {role, content} dicts. Raises SelfidError naming the fault.
+
+    `last` is the role the conversation must end with: "user" for a prompt, "assistant" for training data.
+    """
     if not messages:
         raise SelfidError("the conversation is empty: give at least one user message")
     out = []
@@ -46,8 +49,8 @@ def validate_messages(messages: Sequence[Message]) -> list[Message]:
             raise SelfidError(f"message {i} is a system message: only the first message may be one")
         out.append({"role": role, "content": content})
     turns = out[1:] if out[0]["role"] == "system" else out
-    if not turns or turns[-1]["role"] != "user":
-        raise SelfidError("the conversation must end with a user message")
+    if not turns or turns[-1]["role"] != last:
+        raise SelfidError(f"the conversation must end with {'a user' if last == 'user' else 'an assistant'} message")
     for i, (a, b) in enumerate(zip(turns, turns[1:])):
         if a["role"] == b["role"]:
             raise SelfidError(f"two {a['role']} messages in a row (turns {i} and {i + 1}): user and assistant must alternate")
