@@ -10,6 +10,8 @@ entity-level NER F1 on the first `--eval` MSRA test sentences (greedy). One comm
     python bench/train_speed.py                 # GPU, the full comparison (~5 minutes on an H100)
     python bench/train_speed.py --smoke         # CPU, tiny random model, 32 sentences (< 1 minute)
     python bench/train_speed.py --set train.compile=true --skip-baseline
+    python bench/train_speed.py --variant train.batch_tokens=32768 --variant train.compile=true
+      (each --variant is an extra selfid-only run, speed only, with those comma-separated overrides)
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=500, help="MSRA test sentences for NER F1 (0: skip)")
     ap.add_argument("--baseline-batch", type=int, default=32, help="samples per Trainer micro-batch")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra selfid-only speed run with these comma-separated overrides (repeatable)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     a = ap.parse_args()
 
@@ -167,6 +171,17 @@ def main() -> None:
         results["baseline"] = run_baseline(config, a.baseline_batch, a.eval)
         print("baseline:", json.dumps(results["baseline"]), flush=True)
 
+    results["variants"] = {}
+    for i, variant in enumerate(a.variant):
+        extra = [v.strip() for v in variant.split(",") if v.strip()]
+        vcfg = load_config(a.config, overrides + a.overrides + extra + [f"output={work / f'variant-{i}'}"])
+        try:
+            r = run_selfid(vcfg, 0)
+        except Exception as e:  # a variant that fails (e.g. out of memory) is reported, not fatal
+            r = {"error": f"{type(e).__name__}: {e}"[:300]}
+        results["variants"][variant] = r
+        print(f"variant {variant}:", json.dumps(r), flush=True)
+
     s, b = results["selfid"], results.get("baseline")
     rows = [("real tokens/s", "tokens_per_s", "{:,.0f}"), ("train wall s", "train_wall_s", "{:.1f}"),
             ("optimizer steps", "steps", "{}"), ("final loss", "final_loss", "{:.4f}"),
@@ -182,6 +197,12 @@ def main() -> None:
         if s.get("ner_f1") is not None and b.get("ner_f1") is not None:
             line += f"; F1 difference {s['ner_f1'] - b['ner_f1']:+.3f} (target within 0.01)"
         print(line)
+    for variant, r in results["variants"].items():
+        if "error" in r:
+            print(f"variant {variant}: {r['error']}")
+        else:
+            print(f"variant {variant}: {r['tokens_per_s']:,.0f} tok/s, peak {r['peak_memory_gb']} GB, "
+                  f"final loss {r['final_loss']:.4f}, attention {r['attention']}")
     if a.out:
         a.out.write_text(json.dumps(results, indent=2))
 
