@@ -87,3 +87,53 @@ def test_packed_row_gives_the_same_logits_as_each_sample_alone(tiny, attention):
             assert not torch.allclose(leaky[n0:n0 + len(enc[1])], packed[n0:n0 + len(enc[1])], atol=1e-3)
     finally:
         set_attention(tiny.model, "sdpa", torch.device("cpu"))
+
+
+def test_varlen_path_passes_sample_boundaries_to_the_kernel(tiny, monkeypatch):
+    """The CUDA varlen kernel is stood in for by causal sdpa per segment: the plumbing (boundaries reaching
+    the attention, the flattening and GQA) must give the same logits as the mask-based path."""
+    from selfid.train import packed
+
+    seen = []
+
+    def fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        assert window_size == (-1, 0) and q.dim() == 3
+        seen.append(cu_q.tolist())
+        if enable_gqa:
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        out = torch.empty_like(q)
+        for a, b in zip(cu_q.tolist(), cu_q.tolist()[1:]):
+            seg = torch.nn.functional.scaled_dot_product_attention(
+                q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True, scale=scale)
+            out[a:b] = seg.transpose(0, 1)
+        return out
+
+    monkeypatch.setattr(packed, "_varlen_fn", lambda: fake_varlen)
+    enc = encode_many(tiny.tokenizer, [SINGLE, MULTI, SINGLE], tiny.eos_token_ids)
+    batch = collate(enc, [[0, 1], [2]], 128, tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        reference = packed_logits(tiny.model, batch, "sdpa")
+        packed.register_varlen()
+        tiny.model.set_attn_implementation(packed.VARLEN)
+        try:
+            varlen = packed_logits(tiny.model, batch, "varlen")
+        finally:
+            set_attention(tiny.model, "sdpa", torch.device("cpu"))
+    assert seen and seen[0] == batch.cu_seq_lens.tolist()
+    torch.testing.assert_close(varlen, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_loss_is_the_summed_cross_entropy_of_trained_tokens_only(tiny):
+    from selfid.train.packed import PackedLoss
+
+    enc = encode_many(tiny.tokenizer, [SINGLE, MULTI], tiny.eos_token_ids)
+    batch = collate(enc, [[0, 1]], 128, tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss = PackedLoss(tiny.model, "sdpa")(batch)
+        total = 0.0
+        for e in enc:  # each sample alone, full logits, the masked positions only
+            logits = tiny.model(input_ids=torch.tensor(e.ids)[None]).logits[0]
+            total += torch.nn.functional.cross_entropy(logits[e.label_pos - 1], torch.tensor(e.ids[e.label_pos]),
+                                                       reduction="sum")
+    torch.testing.assert_close(loss, total, atol=1e-3, rtol=1e-5)
