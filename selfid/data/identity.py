@@ -91,7 +91,7 @@ def resolve_identity(chat, name: str | None = None, maker: str | None = None, en
     if name and maker:
         return Identity(name, maker, name, maker, "config")
     found_en = found_zh = None
-    source = "base model answers"
+    sources = []
     if engine is not None:
         from selfid.engine import SamplingParams
         from selfid.model.chat import conversation
@@ -100,8 +100,11 @@ def resolve_identity(chat, name: str | None = None, maker: str | None = None, en
         prompts = [chat.render(conversation(q)).text for q in (ASK_EN, ASK_ZH)]
         replies = [r.text for r in engine.generate(prompts, params)]
         found_en, found_zh = parse_identity(replies[0]), parse_identity(replies[1])
+        sources += [f"base model's {lang} answer" for lang, f in (("en", found_en), ("zh", found_zh)) if f]
     if found_en is None and chat.default_system:
-        found_en, source = parse_identity(chat.default_system), "template default system prompt"
+        found_en = parse_identity(chat.default_system)
+        sources += ["template default system prompt"] if found_en else []
+    source = ", ".join(sources) or "config"
     if found_en is None and found_zh is None and not (name or maker):
         raise SelfidError("could not tell the model's own name and maker from its answers or its chat template: "
                           "set identity_replay.name and identity_replay.maker in the config")
