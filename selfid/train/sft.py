@@ -407,12 +407,13 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = stop["signal"] = True
-        out.log("[yellow]Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to quit now)")
+        out.log("[yellow]interrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit now)")
 
-    old_handler = None
-    if dist_.main or dist_.world == 1:
+    # Ctrl-C, and the SIGTERM torchrun sends its workers when it is interrupted, stop at a step boundary
+    old_handlers = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread: no handler
-            old_handler = signal.signal(signal.SIGINT, on_sigint)
+            old_handlers[sig] = signal.signal(sig, on_sigint)
 
     last_ckpt = previous[-1] if (resume and previous) else None
     last_good = {"loss": float(rows_so_far[-1]["loss"]) if rows_so_far else None}
@@ -542,8 +543,8 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
                     save_checkpoint(done)
             flush(total, progress, task)
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         if tb is not None:
             tb.close()
 
