@@ -100,7 +100,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_m
 def test_manifest_records_what_training_used(tiny_model_dir, tmp_path, data, selfid_home):
     out = tmp_path / "run"
     cfg = tiny_config(tiny_model_dir, out, data, "train.max_steps=2", "system_prompt=You are a helpful assistant.",
-                      "identity_replay.fraction=0.2", "identity_replay.languages=[en]")
+                      "identity_replay.fraction=0.2", "identity_replay.languages=[en]", "eval_ner=2")
     train(cfg)
     m = json.loads((out / "adapter" / "selfid.json").read_text())
     t = m["train"]
@@ -120,6 +120,7 @@ def test_manifest_records_what_training_used(tiny_model_dir, tmp_path, data, sel
     assert set(ident["systems"]) == {None, "You are a helpful assistant.", ""}
     assert m["versions"]["torch"] and m["versions"]["peft"]
     assert m["metrics"]["steps"] == 2 and m["metrics"]["final_loss"] > 0
+    assert m["metrics"]["ner"]["n"] == 2 and 0 <= m["metrics"]["ner"]["f1"] <= 1
 
     from selfid.model.load import load_model
 

@@ -9,6 +9,7 @@ get a block-diagonal causal mask that transformers derives from the restarting p
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 
@@ -27,6 +28,12 @@ def _varlen_fn():
     return varlen_attn
 
 
+@functools.lru_cache(maxsize=4)
+def _parameters(fn) -> frozenset:
+    """The keyword names this PyTorch's varlen_attn takes (older releases had is_causal, newer window_size)."""
+    return frozenset(inspect.signature(fn).parameters)
+
+
 def varlen_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
                      cu_seq_lens_q=None, max_length_q=None, **kwargs):
     """transformers attention interface -> torch varlen flash attention over the flattened batch."""
@@ -38,7 +45,7 @@ def varlen_attention(module, query, key, value, attention_mask=None, scaling=Non
     k = key.transpose(1, 2).reshape(B * L, Hkv, D).to(q.dtype)
     v = value.transpose(1, 2).reshape(B * L, Hkv, value.shape[-1]).to(q.dtype)
     fn = _varlen_fn()
-    params = inspect.signature(fn).parameters
+    params = _parameters(fn)
     kw = {"scale": scaling}
     if "window_size" in params:
         kw["window_size"] = (-1, 0)
