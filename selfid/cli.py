@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -46,6 +47,65 @@ def chat(
     params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=temperature, top_p=top_p,
                                           max_new_tokens=max_tokens, seed=seed)
     run_chat(InProcessEngine(loaded), params, system=system, prompt=prompt)
+
+
+# --- serve: `selfid api` and `selfid webchat` (one server: the API under /v1, the page at /) ---
+def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, page: bool) -> None:
+    from selfid.serve.api import create_app, service_from_args
+    from selfid.serve.server import check_port_free, default_port, serve, setup_logging
+
+    port = port if port is not None else default_port(7860 if page else 8000)
+    check_port_free(host, port)  # before the model loads, so a busy port fails in a second
+    setup_logging()
+    key = api_key if api_key is not None else os.environ.get("API_KEY") or None
+    service = service_from_args(model, adapter or [], device=device, dtype=dtype, api_key=key,
+                                max_batch_size=max_batch_size)
+    names = ", ".join(service.served)
+    where = f"http://{host}:{port}"
+    print(f"selfid: serving {names} at {where}/v1 (OpenAI API){' with an API key' if key else ''}; "
+          f"chat page at {where}/", file=sys.stderr)
+    serve(create_app(service), host, port)
+
+
+SERVE_OPTS = dict(
+    model=typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
+    adapter=typer.Option(None, "--adapter", "-a", help="NAME=PATH of a LoRA adapter to serve as model NAME (repeatable)"),
+    host=typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
+    api_key=typer.Option(None, "--api-key", help="require 'Authorization: Bearer KEY' (default: $API_KEY; unset: no key)"),
+    device=typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+    dtype=typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
+    max_batch_size=typer.Option(None, "--max-batch-size", help="most sequences decoded together (default: 256 on GPU, 32 on CPU)"),
+)
+
+
+@app.command()
+def api(
+    model: str = SERVE_OPTS["model"],
+    adapter: Optional[list[str]] = SERVE_OPTS["adapter"],
+    host: str = SERVE_OPTS["host"],
+    port: Optional[int] = typer.Option(None, "--port", help="default: $API_PORT, else 8000"),
+    api_key: Optional[str] = SERVE_OPTS["api_key"],
+    device: str = SERVE_OPTS["device"],
+    dtype: str = SERVE_OPTS["dtype"],
+    max_batch_size: Optional[int] = SERVE_OPTS["max_batch_size"],
+):
+    """Serve a model and its adapters through an OpenAI-compatible API (/v1/chat/completions)."""
+    _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, page=False)
+
+
+@app.command()
+def webchat(
+    model: str = SERVE_OPTS["model"],
+    adapter: Optional[list[str]] = SERVE_OPTS["adapter"],
+    host: str = SERVE_OPTS["host"],
+    port: Optional[int] = typer.Option(None, "--port", help="default: $API_PORT, else 7860"),
+    api_key: Optional[str] = SERVE_OPTS["api_key"],
+    device: str = SERVE_OPTS["device"],
+    dtype: str = SERVE_OPTS["dtype"],
+    max_batch_size: Optional[int] = SERVE_OPTS["max_batch_size"],
+):
+    """A chat page in the browser (base and adapters side by side); the same server also answers /v1."""
+    _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, page=True)
 
 
 def main() -> None:

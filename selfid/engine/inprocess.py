@@ -3,7 +3,9 @@
 Requests are sorted by prompt length and decoded in batches; each row keeps its own sampling
 parameters, seed, stop strings and token budget. Rows that finish are dropped from the KV cache as
 the batch goes on. Streaming requests get text deltas as tokens arrive, held back while they could
-still turn into a stop string or an incomplete character.
+still turn into a stop string or an incomplete character. A model with several LoRA adapters
+loaded (PEFT) serves rows for different adapters, and the base model, in one batch
+(`Request.adapter`, PEFT's mixed-batch `adapter_names`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 from selfid.engine.sampling import apply_penalties, sample
-from selfid.engine.types import Completion, Event, Request, Result, SamplingParams, TokenLogprob
+from selfid.engine.types import BASE_MODEL, Completion, Event, Request, Result, SamplingParams, TokenLogprob
 from selfid.errors import SelfidError
+
+_STEP = object()  # yielded by _decode after each decoding step; `steps` groups on it, `events` drops it
 
 
 @dataclass
@@ -75,8 +79,36 @@ class InProcessEngine:
 
     def events(self, requests: Sequence[Request], prompt_tokens: dict | None = None) -> Iterator[Event]:
         """The core: yields streaming deltas and one finishing event per sample."""
+        for ev in self._run(requests, prompt_tokens):
+            if ev is not _STEP:
+                yield ev
+
+    def steps(self, requests: Sequence[Request], prompt_tokens: dict | None = None) -> Iterator[list[Event]]:
+        """Like `events`, grouped by decoding step: each `next()` runs one forward pass of the batch.
+
+        A scheduler that interleaves several batches steps each in turn with this.
+        """
+        step: list[Event] = []
+        for ev in self._run(requests, prompt_tokens):
+            if ev is _STEP:
+                yield step
+                step = []
+            else:
+                step.append(ev)
+        if step:
+            yield step
+
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters loaded on the model (empty for a plain model)."""
+        return list(getattr(self.model, "peft_config", {}) or {})
+
+    def _run(self, requests: Sequence[Request], prompt_tokens: dict | None = None) -> Iterator:
         rows = []
+        known = self.adapters()
         for i, req in enumerate(requests):
+            if req.adapter is not None and req.adapter != BASE_MODEL and req.adapter not in known:
+                raise SelfidError(f"request {i} asks for adapter {req.adapter!r}, but the model has "
+                                  f"{', '.join(map(repr, known)) or 'no adapters'} loaded")
             ids = self.encode(req.prompt)
             if not ids:
                 raise SelfidError(f"request {i} has an empty prompt")
@@ -117,7 +149,7 @@ class InProcessEngine:
             out[k] = torch.rand(steps, generator=g, dtype=torch.float64).float()
         return out
 
-    def _decode(self, rows: list[_Row]) -> Iterator[Event]:
+    def _decode(self, rows: list[_Row]) -> Iterator:
         import torch
         from transformers import DynamicCache
 
@@ -149,12 +181,16 @@ class InProcessEngine:
         want_lp = max((r.params.logprobs for r in rows if r.params.logprobs is not None), default=None)
         seen, seen_mask = (input_ids, attn.bool()) if want_rep else (None, None)
         eos = torch.tensor(sorted(self.eos), dtype=torch.long, device=dev)
+        extra = {}
+        if self.adapters() and any(r.req.adapter is not None for r in rows):  # None: the active adapter
+            active = getattr(self.model, "active_adapter", BASE_MODEL)
+            extra["adapter_names"] = [r.req.adapter or active for r in rows]
 
         live = list(range(B))  # indices into `rows` of the rows still in the batch
-        cache = DynamicCache()
+        extra[self.cache_kw] = cache = DynamicCache()
         with torch.inference_mode():
             out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos,
-                             use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
+                             use_cache=True, logits_to_keep=1, **extra)
             for step in range(steps):
                 logits = out.logits[:, -1, :].float()
                 lp = logits.log_softmax(-1) if want_lp is not None else None
@@ -186,6 +222,7 @@ class InProcessEngine:
                         yield ev
                     if r.finish is None:
                         keep.append(k)
+                yield _STEP
                 if not keep:
                     break
                 if counts is not None:
@@ -199,6 +236,8 @@ class InProcessEngine:
                     rep, presence, frequency, uniforms = rep[sel], presence[sel], frequency[sel], uniforms[sel]
                     if counts is not None:
                         counts = counts[sel]
+                    if "adapter_names" in extra:
+                        extra["adapter_names"] = [extra["adapter_names"][k] for k in keep]
                     if seen is not None:
                         seen, seen_mask = seen[sel], seen_mask[sel]
                 if seen is not None:
@@ -207,7 +246,7 @@ class InProcessEngine:
                 attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
                 pos = pos[:, -1:] + 1
                 out = self.model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
-                                 use_cache=True, **{self.cache_kw: cache})
+                                 use_cache=True, **extra)
 
     # --- text ----------------------------------------------------------------------------------
     def _advance(self, r: _Row) -> Event | None:
