@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,27 @@ def adapter_server(tmp_path_factory, tiny_model_dir, tiny):
     bg, service = start(tiny_model_dir, [f"{k}={v}" for k, v in dirs.items()])
     with bg:
         yield bg, service
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def text(self) -> str:
+        return "\n".join(r.getMessage() for r in self.records)
+
+
+@pytest.fixture
+def serve_log():
+    """What the server logs (logger selfid.serve), whatever its propagation is set to."""
+    logger = logging.getLogger("selfid.serve")
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)

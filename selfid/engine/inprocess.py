@@ -188,65 +188,68 @@ class InProcessEngine:
 
         live = list(range(B))  # indices into `rows` of the rows still in the batch
         extra[self.cache_kw] = cache = DynamicCache()
-        with torch.inference_mode():
-            out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos,
-                             use_cache=True, logits_to_keep=1, **extra)
-            for step in range(steps):
-                logits = out.logits[:, -1, :].float()
-                lp = logits.log_softmax(-1) if want_lp is not None else None
-                logits = apply_penalties(logits, seen, seen_mask, rep, counts, presence, frequency)
-                nxt = sample(logits, temperature, top_k, top_p, uniforms[:, step])
-                nxt_list = nxt.tolist()
-                is_eos = torch.isin(nxt, eos).tolist()
-                if lp is not None:
-                    chosen = lp.gather(1, nxt[:, None]).squeeze(1).tolist()
-                    top_v, top_i = lp.topk(max(want_lp, 1), dim=-1)
-                    top_v, top_i = top_v.tolist(), top_i.tolist()
-                keep = []
-                for k, ri in enumerate(live):
-                    r = rows[ri]
-                    if r.req.cancelled:
-                        r.finish = "cancelled"
-                    else:
-                        tok = nxt_list[k]
-                        r.ids.append(tok)
-                        if r.logprobs is not None:
-                            n_top = r.params.logprobs
-                            r.logprobs.append(TokenLogprob(tok, chosen[k], list(zip(top_i[k][:n_top], top_v[k][:n_top]))))
-                        if is_eos[k]:
-                            r.finish = "stop"
-                        elif len(r.ids) >= r.budget:
-                            r.finish = "length"
-                    ev = self._advance(r)
-                    if ev is not None:
-                        yield ev
-                    if r.finish is None:
-                        keep.append(k)
-                yield _STEP
-                if not keep:
-                    break
+        # inference mode around each forward only, never across a yield: a caller that interleaves
+        # several of these generators (the server's scheduler) would otherwise unwind the modes out of order
+        def forward(**kw):
+            with torch.inference_mode():
+                return self.model(use_cache=True, **kw, **extra)
+
+        out = forward(input_ids=input_ids, attention_mask=attn, position_ids=pos, logits_to_keep=1)
+        for step in range(steps):
+            logits = out.logits[:, -1, :].float()
+            lp = logits.log_softmax(-1) if want_lp is not None else None
+            logits = apply_penalties(logits, seen, seen_mask, rep, counts, presence, frequency)
+            nxt = sample(logits, temperature, top_k, top_p, uniforms[:, step])
+            nxt_list = nxt.tolist()
+            is_eos = torch.isin(nxt, eos).tolist()
+            if lp is not None:
+                chosen = lp.gather(1, nxt[:, None]).squeeze(1).tolist()
+                top_v, top_i = lp.topk(max(want_lp, 1), dim=-1)
+                top_v, top_i = top_v.tolist(), top_i.tolist()
+            keep = []
+            for k, ri in enumerate(live):
+                r = rows[ri]
+                if r.req.cancelled:
+                    r.finish = "cancelled"
+                else:
+                    tok = nxt_list[k]
+                    r.ids.append(tok)
+                    if r.logprobs is not None:
+                        n_top = r.params.logprobs
+                        r.logprobs.append(TokenLogprob(tok, chosen[k], list(zip(top_i[k][:n_top], top_v[k][:n_top]))))
+                    if is_eos[k]:
+                        r.finish = "stop"
+                    elif len(r.ids) >= r.budget:
+                        r.finish = "length"
+                ev = self._advance(r)
+                if ev is not None:
+                    yield ev
+                if r.finish is None:
+                    keep.append(k)
+            yield _STEP
+            if not keep:
+                break
+            if counts is not None:
+                counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
+            if len(keep) < len(live):
+                sel = torch.tensor(keep, dtype=torch.long, device=dev)
+                live = [live[k] for k in keep]
+                cache.batch_select_indices(sel)
+                nxt, attn, pos = nxt[sel], attn[sel], pos[sel]
+                temperature, top_p, top_k = temperature[sel], top_p[sel], top_k[sel]
+                rep, presence, frequency, uniforms = rep[sel], presence[sel], frequency[sel], uniforms[sel]
                 if counts is not None:
-                    counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
-                if len(keep) < len(live):
-                    sel = torch.tensor(keep, dtype=torch.long, device=dev)
-                    live = [live[k] for k in keep]
-                    cache.batch_select_indices(sel)
-                    nxt, attn, pos = nxt[sel], attn[sel], pos[sel]
-                    temperature, top_p, top_k = temperature[sel], top_p[sel], top_k[sel]
-                    rep, presence, frequency, uniforms = rep[sel], presence[sel], frequency[sel], uniforms[sel]
-                    if counts is not None:
-                        counts = counts[sel]
-                    if "adapter_names" in extra:
-                        extra["adapter_names"] = [extra["adapter_names"][k] for k in keep]
-                    if seen is not None:
-                        seen, seen_mask = seen[sel], seen_mask[sel]
+                    counts = counts[sel]
+                if "adapter_names" in extra:
+                    extra["adapter_names"] = [extra["adapter_names"][k] for k in keep]
                 if seen is not None:
-                    seen = torch.cat([seen, nxt[:, None]], 1)
-                    seen_mask = torch.cat([seen_mask, torch.ones_like(seen_mask[:, :1])], 1)
-                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
-                pos = pos[:, -1:] + 1
-                out = self.model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
-                                 use_cache=True, **extra)
+                    seen, seen_mask = seen[sel], seen_mask[sel]
+            if seen is not None:
+                seen = torch.cat([seen, nxt[:, None]], 1)
+                seen_mask = torch.cat([seen_mask, torch.ones_like(seen_mask[:, :1])], 1)
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
+            pos = pos[:, -1:] + 1
+            out = forward(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos)
 
     # --- text ----------------------------------------------------------------------------------
     def _advance(self, r: _Row) -> Event | None:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request as HTTPRequest
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -334,8 +334,11 @@ def create_app(service: Service) -> FastAPI:
                                                               total_tokens=len(pr.prompt_ids) + used))
         return JSONResponse(out.model_dump(mode="json"), headers=pr.headers())
 
-    if WEBCHAT.is_dir():
-        app.mount("/", StaticFiles(directory=WEBCHAT, html=True), name="webchat")
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(WEBCHAT / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEBCHAT), name="webchat")
     return app
 
 

@@ -69,8 +69,8 @@ def parse_adapter_specs(specs: Sequence[str]) -> list[tuple[str, Path]]:
             name, path = Path(spec).expanduser().resolve().name, spec
         if not NAME.match(name):
             raise SelfidError(f"adapter name {name!r} in --adapter {spec!r}: use letters, digits and . _ : / -")
-        if name == BASE_MODEL or any(name == n for n, _ in out):
-            raise SelfidError(f"adapter name {name!r} is used twice or reserved: give each --adapter NAME=PATH its own name")
+        if any(name == n for n, _ in out):  # (BASE_MODEL, "__base__", fails NAME above)
+            raise SelfidError(f"adapter name {name!r} is used twice: give each --adapter NAME=PATH its own name")
         folder = Path(path).expanduser()
         if not (folder / "adapter_config.json").is_file():
             raise SelfidError(f"--adapter {spec!r}: {folder} is not a LoRA adapter folder (no adapter_config.json)")
