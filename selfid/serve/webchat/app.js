@@ -61,15 +61,20 @@ function buildPanes() {
     node.dataset.model = name;
     node.querySelector(".pane-model").textContent = name;
     const pane = { model: name, node, list: node.querySelector(".messages"), history: keep ? keep.history : [] };
-    for (const m of pane.history) addMessage(pane, m.role, m.content, m.meta);
+    for (const m of pane.history) addMessage(pane, m.role, m.content, m);
     $("panes").appendChild(node);
     return pane;
   });
 }
 
-function addMessage(pane, role, content, meta) {
+function addMessage(pane, role, content, saved) {
   const div = document.createElement("div");
   div.className = "message " + role;
+  if (saved && role === "assistant") {  // a finished reply, redrawn from the history
+    div.dataset.done = "1";
+    div.dataset.model = saved.model || "";
+    div.dataset.system = saved.system || "";
+  }
   const body = document.createElement("div");
   body.className = "content";
   div.appendChild(body);
@@ -77,7 +82,7 @@ function addMessage(pane, role, content, meta) {
   foot.className = "meta";
   div.appendChild(foot);
   setContent(div, role, content);
-  if (meta) foot.textContent = meta;
+  if (saved && saved.meta) foot.textContent = saved.meta;
   pane.list.appendChild(div);
   pane.list.scrollTop = pane.list.scrollHeight;
   return div;
@@ -162,7 +167,7 @@ async function ask(pane, controller) {
   setContent(div, "assistant", text);
   div.querySelector(".meta").textContent = meta;
   div.dataset.done = "1";
-  if (text) pane.history.push({ role: "assistant", content: text, meta });
+  if (text) pane.history.push({ role: "assistant", content: text, meta, model: div.dataset.model, system: div.dataset.system });
   else pane.history.pop();  // nothing came back: drop the unanswered user turn so roles keep alternating
 }
 
