@@ -50,17 +50,16 @@ class ScriptedEngine:
     def encode(self, prompt):
         return self.tokenizer(prompt, add_special_tokens=False).input_ids if isinstance(prompt, str) else list(prompt)
 
-    def steps(self, requests, prompt_tokens=None):
+    def events(self, requests, prompt_tokens=None, admit=None):
         ids = self.encode(self.reply)
         size = max(1, -(-len(self.reply) // self.pieces))
         chunks = [self.reply[i:i + size] for i in range(0, len(self.reply), size)]
         for k, chunk in enumerate(chunks):
-            step = []
             for i, r in enumerate(requests):
                 for j in range(r.params.n):
                     done = Completion(self.reply, ids, "stop") if k == len(chunks) - 1 else None
-                    step.append(Event(i, j, chunk if r.stream else "", done))
-            yield step
+                    if r.stream or done:
+                        yield Event(i, j, chunk if r.stream else "", done)
 
 
 def adapter_dirs(tmp_path_factory, tiny_model_dir, tiny) -> dict[str, Path]:

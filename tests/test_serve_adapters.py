@@ -50,19 +50,20 @@ def test_unknown_adapter_is_refused_by_the_engine(multi, engine):
         engine.generate([Request("hi", GREEDY, adapter="ner")])
 
 
-def test_interleaved_step_iterators_equal_each_run_alone(multi, tiny):
-    """The scheduler steps several batches in turn; each must come out as if it ran by itself."""
+def test_adapter_rows_can_join_a_running_batch(multi, tiny):
     engine, _ = multi
-    a = [Request(tiny.chat.render(conversation("hi")).text, SamplingParams(max_new_tokens=6), adapter="ner")]
-    b = [Request(tiny.chat.render(conversation("Who are you?")).text, SamplingParams(max_new_tokens=9), adapter=BASE_MODEL)]
-    alone = [engine.generate(a)[0].text, engine.generate(b)[0].text]
-    ia, ib = engine.steps(a), engine.steps(b)
-    done = {}
-    for it, key in [(ia, "a"), (ib, "b")] * 20:
-        for ev in next(it, []):
-            if ev.finished:
-                done[key] = ev.finished.text
-    assert [done["a"], done["b"]] == alone
+    first = [Request(tiny.chat.render(conversation("Who are you?")).text, SamplingParams(max_new_tokens=12), adapter=BASE_MODEL)]
+    late = [Request(tiny.chat.render(conversation("hi")).text, SamplingParams(max_new_tokens=6), adapter="ner"),
+            Request(tiny.chat.render(conversation("你是谁？")).text, SamplingParams(max_new_tokens=6), adapter="plain")]
+    calls = []
+
+    def admit(free):
+        calls.append(free)
+        return late if len(calls) == 3 else []
+
+    got = {ev.request: ev.finished.text for ev in engine.events(first, admit=admit) if ev.finished}
+    alone = [engine.generate([r])[0].text for r in first + late]
+    assert [got[i] for i in range(3)] == alone
 
 
 def test_adapter_specs_are_checked(tmp_path, dirs):

@@ -107,7 +107,7 @@ def test_model_output_cannot_run_html_or_script(page, adapter_server, monkeypatc
     _, service = adapter_server
     evil = ('**bold** <img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script>\n'
             '```\n<b onmouseover=alert(1)>code</b>\n```\n`<i>x</i>` [link](javascript:alert(3))')
-    monkeypatch.setattr(service.engine, "steps", ScriptedEngine(service.loaded, evil).steps)
+    monkeypatch.setattr(service.engine, "events", ScriptedEngine(service.loaded, evil).events)
     reply = send(page, "hi", 1)
     content = reply.query_selector(".content")
     assert content.query_selector_all("img, script, b, i, a, [onerror], [onmouseover]") == []

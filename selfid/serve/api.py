@@ -113,15 +113,14 @@ class Service:
     """The state behind the HTTP routes: served models, the engine and its scheduler."""
 
     def __init__(self, loaded, served: Sequence[Served], engine: InProcessEngine | None = None,
-                 api_key: str | None = None, limits: Limits | None = None, max_groups: int = 2,
-                 max_batch_size: int | None = None):
+                 api_key: str | None = None, limits: Limits | None = None, max_batch_size: int | None = None):
         self.loaded = loaded
         self.engine = engine or InProcessEngine(loaded, max_batch_size=max_batch_size)
         self.served = {s.name: s for s in served}
         self.base = served[0]
         self.api_key = api_key or None
         self.limits = limits or Limits()
-        self.scheduler = Scheduler(self.engine, max_batch_size=max_batch_size, max_groups=max_groups)
+        self.scheduler = Scheduler(self.engine, max_batch_size=max_batch_size)
         self.created = int(time.time())
 
     # --- requests --------------------------------------------------------------------------------
@@ -281,7 +280,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": list(service.served)}
+        dtype = str(next(service.loaded.model.parameters()).dtype).removeprefix("torch.")
+        return {"status": "ok", "models": list(service.served), "device": str(service.loaded.device), "dtype": dtype}
 
     @app.get("/v1/models")
     async def models(request: HTTPRequest):

@@ -1,13 +1,11 @@
-"""Batch concurrent requests through the engine from one worker thread.
+"""Batch concurrent requests through the engine from one worker thread (continuous batching).
 
-Requests that arrive together become one batch (a "group"); the engine decodes it one step per
-call. A request that arrives while groups are decoding starts a new group at the next step, so
-it does not wait for the others to finish; the worker steps every running group in turn, up to
-`max_groups` of them (more waiting requests queue and join the next group). Each group mixes
-adapters and sampling parameters freely, since the engine keeps them per row.
+Requests that arrive together start as one batch; requests that arrive while it decodes join it at
+the next step (the engine's `admit` hook), so nobody waits for the batch to finish and the batch
+stays full. Rows keep their own adapter and sampling parameters, so any requests can share a batch.
 
-The worker hands events to each request's asyncio queue through its event loop; a request that
-is cancelled (client gone) stops at the next step and frees its row.
+The worker hands events to each request's asyncio queue through its event loop; a request that is
+cancelled (client gone) stops at the next step and frees its row.
 """
 
 from __future__ import annotations
@@ -32,9 +30,7 @@ class Job:
     request: Request
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    submitted: float = field(default_factory=time.monotonic)
-    started: float | None = None  # when its group started (monotonic)
-    remaining: int = 0
+    remaining: int = 0  # samples not finished yet
 
     def put(self, item) -> None:
         try:
@@ -43,25 +39,17 @@ class Job:
             pass
 
 
-@dataclass
-class _Group:
-    jobs: list[Job]
-    steps: object  # the engine's step iterator
-
-
 class Scheduler:
-    def __init__(self, engine: InProcessEngine, max_batch_size: int | None = None, max_groups: int = 2,
-                 gather_s: float = 0.005):
+    def __init__(self, engine: InProcessEngine, max_batch_size: int | None = None, gather_s: float = 0.005):
         self.engine = engine
         self.max_rows = max_batch_size or engine.max_batch_size
-        self.max_groups = max(1, max_groups)
         self.gather_s = gather_s
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._waiting: deque[Job] = deque()
-        self._groups: list[_Group] = []
+        self._running: list[Job] = []  # jobs of the current batch, in the engine's request order
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.stats: Counter = Counter()  # finished samples by reason, groups started, rows per group
+        self.stats: Counter = Counter()  # finished samples by reason; batches started; requests admitted mid-batch
 
     # --- the async side ------------------------------------------------------------------------
     def submit(self, request: Request) -> Job:
@@ -73,6 +61,7 @@ class Scheduler:
     # --- the worker ----------------------------------------------------------------------------
     def start(self) -> "Scheduler":
         if self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="selfid-scheduler", daemon=True)
             self._thread.start()
         return self
@@ -86,11 +75,11 @@ class Scheduler:
 
     @property
     def busy_rows(self) -> int:
-        return sum(j.request.params.n for g in self._groups for j in g.jobs if j.remaining)
+        return sum(j.request.params.n for j in self._running if j.remaining)
 
     def _take(self, block: bool) -> None:
-        """Move arrivals from the inbox to the waiting line; when idle, block for the first and
-        gather the ones that arrive within `gather_s` of it."""
+        """Move arrivals from the inbox to the waiting line; when idle, wait for the first and gather
+        the ones that arrive within `gather_s` of it."""
         try:
             first = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
         except queue.Empty:
@@ -107,51 +96,37 @@ class Scheduler:
             if job is not None:
                 self._waiting.append(job)
 
-    def _start_group(self) -> None:
-        jobs, rows = [], 0
-        while self._waiting:
+    def _next_jobs(self, free_rows: int) -> list[Job]:
+        jobs: list[Job] = []
+        while self._waiting and not self._stop.is_set():
             job = self._waiting[0]
-            if job.request.cancelled:
+            if job.request.cancelled:  # its client left before it started
                 self._waiting.popleft()
                 self.stats["cancelled"] += job.request.params.n
-                job.put(DONE)
                 continue
-            n = job.request.params.n
-            if jobs and rows + n > self.max_rows:
-                break
+            if job.request.params.n > free_rows and (jobs or free_rows < self.max_rows):
+                break  # wait for room (a request bigger than a whole batch still runs, on its own)
             jobs.append(self._waiting.popleft())
-            rows += n
-        if not jobs:
-            return
-        now = time.monotonic()
-        for j in jobs:
-            j.started = now
-        self.stats["groups"] += 1
-        self.stats["rows"] += rows
-        self._groups.append(_Group(jobs, self.engine.steps([j.request for j in jobs])))
+            free_rows -= job.request.params.n
+        return jobs
 
-    def _step(self, group: _Group) -> bool:
-        """One decoding step of a group; False when it has finished."""
-        try:
-            events = next(group.steps)
-        except StopIteration:
-            return False
-        except Exception as e:  # a fault in the engine: fail this group's requests, keep serving
-            log.exception("generation failed for %d request(s)", len(group.jobs))
-            for j in group.jobs:
-                if j.remaining:
-                    j.remaining = 0
-                    j.put(e)
-            return False
-        for ev in events:
-            self._deliver(group.jobs[ev.request], ev)
-        return any(j.remaining for j in group.jobs)
+    def _admit(self, free_rows: int) -> list[Request]:
+        """Called by the engine between steps: requests that arrived meanwhile join the batch."""
+        if self._stop.is_set():
+            for j in self._running:
+                j.request.cancel()
+            return []
+        self._take(block=False)
+        jobs = self._next_jobs(free_rows)
+        self._running.extend(jobs)
+        self.stats["admitted"] += len(jobs)
+        return [j.request for j in jobs]
 
     def _deliver(self, job: Job, ev: Event) -> None:
         if ev.finished is not None:
             job.remaining -= 1
             self.stats[ev.finished.finish_reason] += 1
-        if job.request.cancelled:  # nobody is listening; just let the row go
+        if job.request.cancelled:  # nobody is listening; the row is already gone
             return
         job.put(ev)
         if job.remaining == 0:
@@ -159,10 +134,22 @@ class Scheduler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._take(block=not self._groups and not self._waiting)
-            while self._waiting and len(self._groups) < self.max_groups:
-                self._start_group()
-            self._groups = [g for g in self._groups if self._step(g)]
+            if not self._waiting:
+                self._take(block=True)
+            self._running = self._next_jobs(self.max_rows)
+            if not self._running:
+                continue
+            self.stats["batches"] += 1
+            try:
+                for ev in self.engine.events([j.request for j in self._running], admit=self._admit):
+                    self._deliver(self._running[ev.request], ev)
+            except Exception as e:  # a fault in the engine: fail this batch's requests, keep serving
+                log.exception("generation failed for %d request(s)", len(self._running))
+                for j in self._running:
+                    if j.remaining:
+                        j.remaining = 0
+                        j.put(e)
+            self._running = []
         self._take(block=False)
-        for j in [j for g in self._groups for j in g.jobs if j.remaining] + list(self._waiting):
-            j.put(RuntimeError("the server is shutting down"))  # tell whoever still waits
+        for j in list(self._waiting):
+            j.put(RuntimeError("the server is shutting down"))
