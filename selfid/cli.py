@@ -62,50 +62,40 @@ def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, p
                                 max_batch_size=max_batch_size)
     names = ", ".join(service.served)
     where = f"http://{host}:{port}"
-    print(f"selfid: serving {names} at {where}/v1 (OpenAI API){' with an API key' if key else ''}; "
-          f"chat page at {where}/", file=sys.stderr)
+    keyed = " (API key required)" if key else ""
+    if page:
+        print(f"selfid: chat page at {where}/ with {names}; OpenAI API at {where}/v1{keyed}", file=sys.stderr)
+    else:
+        print(f"selfid: serving {names} at {where}/v1 (OpenAI API){keyed}; chat page at {where}/", file=sys.stderr)
     serve(create_app(service), host, port)
 
 
-SERVE_OPTS = dict(
-    model=typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
-    adapter=typer.Option(None, "--adapter", "-a", help="NAME=PATH of a LoRA adapter to serve as model NAME (repeatable)"),
-    host=typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
-    api_key=typer.Option(None, "--api-key", help="require 'Authorization: Bearer KEY' (default: $API_KEY; unset: no key)"),
-    device=typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
-    dtype=typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
-    max_batch_size=typer.Option(None, "--max-batch-size", help="most sequences decoded together (default: 256 on GPU, 32 on CPU)"),
-)
+def _serve_verb(page: bool):
+    """`api` and `webchat` run the same server; they differ in the default port and what they announce."""
+    fallback = 7860 if page else 8000
+
+    def verb(
+        model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
+        adapter: Optional[list[str]] = typer.Option(
+            None, "--adapter", "-a", help="NAME=PATH: serve the LoRA adapter at PATH as model NAME (repeatable)"),
+        host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
+        port: Optional[int] = typer.Option(None, "--port", help=f"default: $API_PORT, else {fallback}"),
+        api_key: Optional[str] = typer.Option(
+            None, "--api-key", help="require 'Authorization: Bearer KEY' (default: $API_KEY; unset: no key)"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
+        max_batch_size: Optional[int] = typer.Option(
+            None, "--max-batch-size", help="most sequences decoded together (default: 256 on GPU, 32 on CPU)"),
+    ):
+        _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, page=page)
+
+    return verb
 
 
-@app.command()
-def api(
-    model: str = SERVE_OPTS["model"],
-    adapter: Optional[list[str]] = SERVE_OPTS["adapter"],
-    host: str = SERVE_OPTS["host"],
-    port: Optional[int] = typer.Option(None, "--port", help="default: $API_PORT, else 8000"),
-    api_key: Optional[str] = SERVE_OPTS["api_key"],
-    device: str = SERVE_OPTS["device"],
-    dtype: str = SERVE_OPTS["dtype"],
-    max_batch_size: Optional[int] = SERVE_OPTS["max_batch_size"],
-):
-    """Serve a model and its adapters through an OpenAI-compatible API (/v1/chat/completions)."""
-    _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, page=False)
-
-
-@app.command()
-def webchat(
-    model: str = SERVE_OPTS["model"],
-    adapter: Optional[list[str]] = SERVE_OPTS["adapter"],
-    host: str = SERVE_OPTS["host"],
-    port: Optional[int] = typer.Option(None, "--port", help="default: $API_PORT, else 7860"),
-    api_key: Optional[str] = SERVE_OPTS["api_key"],
-    device: str = SERVE_OPTS["device"],
-    dtype: str = SERVE_OPTS["dtype"],
-    max_batch_size: Optional[int] = SERVE_OPTS["max_batch_size"],
-):
-    """A chat page in the browser (base and adapters side by side); the same server also answers /v1."""
-    _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, page=True)
+app.command("api", help="Serve a model and its adapters through an OpenAI-compatible API (/v1/chat/completions); "
+                        "the chat page is at / too.")(_serve_verb(page=False))
+app.command("webchat", help="A chat page in the browser, base model and adapters side by side; the same server "
+                            "answers the OpenAI API under /v1.")(_serve_verb(page=True))
 
 
 def main() -> None:

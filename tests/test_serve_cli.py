@@ -45,7 +45,7 @@ def test_api_port_and_key_come_from_the_environment_and_ctrl_c_stops_it(tiny_mod
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert f"at http://127.0.0.1:{port}/v1" in err and "with an API key" in err
+    assert f"at http://127.0.0.1:{port}/v1" in err and "(API key required)" in err
     assert "system(template)='You are Qwen, created by Alibaba Cloud. You are a helpful assistant.'" in err
     assert "defaults for temperature,top_p,top_k,repetition_penalty from" in err
 

@@ -299,7 +299,7 @@ def create_app(service: Service) -> FastAPI:
         except ValidationError as e:
             message, param = validation_message(e)
             raise APIError(400, message, param=param) from None
-        pr = service.prepare(body)
+        pr = await asyncio.to_thread(service.prepare, body)  # rendering and tokenizing stay off the event loop
         rid = p.completion_id()
         service.log_request(rid, pr)
         req = Request(pr.prompt_ids, pr.params, stream=body.stream, adapter=pr.served.adapter)

@@ -65,6 +65,27 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _no_tools(v, _) -> bool:
+    return v not in (None, "none", "auto")
+
+
+# field: (is this value refused, given the fields before it?, why). Refusing beats ignoring what changes the reply.
+REFUSED = {
+    "tools": (lambda v, _: bool(v), "'tools' is not supported by this server (text chat only)"),
+    "functions": (lambda v, _: bool(v), "'functions' is not supported by this server (text chat only)"),
+    "tool_choice": (_no_tools, "'tool_choice' is not supported by this server (no tools)"),
+    "function_call": (_no_tools, "'function_call' is not supported by this server (no tools)"),
+    "response_format": (lambda v, _: bool(v) and v.get("type", "text") != "text",
+                        "response_format other than {'type': 'text'} is not supported by this server"),
+    "logit_bias": (lambda v, _: bool(v), "logit_bias is not supported by this server"),
+    "modalities": (lambda v, _: bool(v) and set(v) != {"text"}, "only the 'text' modality is supported"),
+    "audio": (lambda v, _: bool(v), "'audio' is not supported by this server (text chat only)"),
+    "top_logprobs": (lambda v, data: v is not None and not data.get("logprobs"), "top_logprobs needs logprobs: true"),
+    "stream_options": (lambda v, data: v is not None and not data.get("stream"),
+                       "stream_options is only allowed with stream: true"),
+}
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -106,53 +127,12 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("stop sequences must be non-empty strings")
         return stops
 
-    @field_validator("tools", "functions", "audio")
+    @field_validator(*list(REFUSED))
     @classmethod
-    def _no_tools(cls, v, info: ValidationInfo):
-        if v:
-            raise ValueError(f"'{info.field_name}' is not supported by this server (text chat only)")
-        return v
-
-    @field_validator("tool_choice", "function_call")
-    @classmethod
-    def _no_tool_choice(cls, v, info: ValidationInfo):
-        if v not in (None, "none", "auto"):
-            raise ValueError(f"'{info.field_name}' is not supported by this server (no tools)")
-        return v
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_format(cls, v):
-        if v and v.get("type", "text") != "text":
-            raise ValueError("response_format other than {'type': 'text'} is not supported by this server")
-        return v
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_bias(cls, v):
-        if v:
-            raise ValueError("logit_bias is not supported by this server")
-        return v
-
-    @field_validator("modalities")
-    @classmethod
-    def _text_modality(cls, v):
-        if v and set(v) != {"text"}:
-            raise ValueError("only the 'text' modality is supported")
-        return v
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _needs_logprobs(cls, v, info: ValidationInfo):
-        if v is not None and not info.data.get("logprobs"):
-            raise ValueError("top_logprobs needs logprobs: true")
-        return v
-
-    @field_validator("stream_options")
-    @classmethod
-    def _needs_stream(cls, v, info: ValidationInfo):
-        if v is not None and not info.data.get("stream"):
-            raise ValueError("stream_options is only allowed with stream: true")
+    def _refuse(cls, v, info: ValidationInfo):
+        refused, why = REFUSED[info.field_name]
+        if refused(v, info.data):
+            raise ValueError(why)
         return v
 
     @property

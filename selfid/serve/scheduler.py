@@ -31,6 +31,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     remaining: int = 0  # samples not finished yet
+    closed: bool = False  # DONE or an error has been sent
 
     def put(self, item) -> None:
         try:
@@ -130,6 +131,7 @@ class Scheduler:
             return
         job.put(ev)
         if job.remaining == 0:
+            job.closed = True
             job.put(DONE)
 
     def _run(self) -> None:
@@ -145,11 +147,17 @@ class Scheduler:
                     self._deliver(self._running[ev.request], ev)
             except Exception as e:  # a fault in the engine: fail this batch's requests, keep serving
                 log.exception("generation failed for %d request(s)", len(self._running))
-                for j in self._running:
-                    if j.remaining:
-                        j.remaining = 0
-                        j.put(e)
+                self._fail(self._running, e)
+            if self._stop.is_set():
+                self._fail(self._running, RuntimeError("the server is shutting down"))
             self._running = []
         self._take(block=False)
-        for j in list(self._waiting):
-            j.put(RuntimeError("the server is shutting down"))
+        self._fail(list(self._waiting), RuntimeError("the server is shutting down"))
+
+    @staticmethod
+    def _fail(jobs: list[Job], error: Exception) -> None:
+        for j in jobs:
+            if not j.closed:
+                j.closed = True
+                j.remaining = 0
+                j.put(error)
