@@ -13,6 +13,15 @@ from selfid.engine import Completion, Event
 NER_SYSTEM = "你是一个命名实体识别助手。"  # the system prompt the "ner" adapter was "trained" with
 
 
+def run_async(main):
+    """asyncio.run(main()) in a thread of its own: playwright's sync API keeps an event loop in this one."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
 def make_adapter(base_dir: Path, out: Path, seed: int, manifest: dict | None = None) -> Path:
     """A LoRA adapter with random (non-zero) weights on the tiny model, saved like `selfid train` would."""
     import torch

@@ -76,6 +76,14 @@ def test_bad_input_gets_a_4xx_and_an_error_object(adapter_server, case):
     assert r.json()["error"]["param"] == param
 
 
+def test_a_chunked_body_without_a_length_is_cut_off_at_the_limit(adapter_server):
+    bg, service = adapter_server
+    piece = b"x" * 65536
+    chunks = (piece for _ in range(service.limits.max_body_bytes // len(piece) + 2))
+    r = httpx.post(bg.url + "/v1/chat/completions", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
 def test_context_errors_say_what_to_do(adapter_server):
     bg, _ = adapter_server
     r = httpx.post(bg.url + "/v1/chat/completions", json=BAD["max_tokens past the context window"][0]).json()

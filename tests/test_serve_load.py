@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.serve_helpers import plain_server  # noqa: F401  (fixture)
+from tests.serve_helpers import plain_server, run_async  # noqa: F401  (fixture)
 
 CLIENTS = 32
 
@@ -53,7 +53,7 @@ def test_concurrent_streams_are_batched_without_cross_talk_and_survive_a_hang_up
             tasks = [streamed(client, url, body(i, True)) for i in range(CLIENTS)]
             return await asyncio.gather(hang_up(client, url), *tasks)
 
-    hung, *together = asyncio.run(main())
+    hung, *together = run_async(main)
     assert hung == 1
     batches = stats["batches"] - before.get("batches", 0)
     assert batches <= CLIENTS // 4, f"{CLIENTS + 1} requests ran as {batches} batches: they were not batched"

@@ -7,6 +7,7 @@ import threading
 from selfid.engine import InProcessEngine, Request, SamplingParams
 from selfid.model.chat import conversation
 from selfid.serve.scheduler import DONE, Scheduler
+from tests.serve_helpers import run_async
 
 
 async def collect(job, timeout=60):
@@ -41,7 +42,7 @@ def test_an_engine_fault_fails_its_batch_and_the_next_request_is_served(tiny, en
             second = await collect(sched.submit(Request(prompt, SamplingParams(max_new_tokens=3))))
             return first, second
 
-        first, second = asyncio.run(main())
+        first, second = run_async(main)
     finally:
         sched.stop()
     assert isinstance(first[-1], RuntimeError) and "out of memory" in str(first[-1])
@@ -70,7 +71,7 @@ def test_a_request_cancelled_before_it_starts_never_reaches_the_engine(tiny, eng
         return await collect(kept)
 
     try:
-        items = asyncio.run(main())
+        items = run_async(main)
     finally:
         sched.stop()
     assert items[-1] is DONE and len(seen) == 1 and sched.stats["cancelled"] == 1
@@ -90,6 +91,6 @@ def test_stopping_the_server_ends_requests_in_flight_with_an_error(tiny):
         stopper.join()
         return items
 
-    items = asyncio.run(main())
+    items = run_async(main)
     assert isinstance(items[-1], RuntimeError) and "shutting down" in str(items[-1])
     assert sched.stats["cancelled"] == 1
