@@ -6,7 +6,6 @@
 told to fail requests to exercise retries and resume.
 """
 
-from __future__ import annotations
 
 import contextlib
 import json

@@ -187,8 +187,10 @@ class HttpBackend:
         import openai
 
         if isinstance(e, openai.APIStatusError):
-            return SelfidError(f"{self.base_url} answered {e.status_code} for {item.key} after {self.retries} retries: "
-                               f"{_short(e)}. Finished work is logged: fix the endpoint and rerun with --resume")
+            retried = e.status_code in (408, 409, 429) or e.status_code >= 500
+            how = f"after {self.retries} retries" if retried else "(a client error, not retried)"
+            return SelfidError(f"{self.base_url} answered {e.status_code} for {item.key} {how}: {_short(e)}. "
+                               "Finished work is logged: fix the endpoint or the options and rerun with --resume")
         if isinstance(e, openai.APIError):
             return SelfidError(f"could not reach {self.base_url} for {item.key} after {self.retries} retries "
                                f"({_short(e)}). Finished work is logged: rerun with --resume once the endpoint is up")

@@ -24,7 +24,7 @@ DISTILLED = re.compile(
     r"as an ai(?: language)? model|as a (?:large )?language model|as an ai (?:assistant|developed|created|trained)|"
     r"i(?:'m| am) (?:just )?an ai(?: language model)?(?:,| and| so)|i don'?t have (?:personal )?(?:feelings|opinions|emotions)|"
     r"i cannot browse the internet|my (?:knowledge|training) (?:cutoff|cut-off)|as of my (?:last|latest) (?:update|training)|"
-    r"i'?m sorry, but (?:as an ai|i (?:can(?:no|')t)))|"
+    r"i'?m sorry, but (?:as an ai|i can(?:no|')t)|"
     r"作为一个?(?:人工智能|AI)(?:语言)?模型|作为一个?(?:AI|人工智能)助手|作为一个?大型?语言模型|我(?:只是|是)一个(?:人工智能|AI)(?:语言)?模型|"
     r"我没有(?:个人)?(?:感情|情感|观点)|我的知识截止|截至我的训练", re.I)
 SELF = re.compile(

@@ -62,8 +62,10 @@ def margin_bar(value: float | None, scale: float = 10.0, width: int = 160) -> st
             f'<line x1="{half}" y1="0" x2="{half}" y2="14" stroke="#555" stroke-width="1"/></svg>')
 
 
-def sysprompt(text: str | None) -> str:
+def sysprompt(text: str | None, source: str | None = None) -> str:
     if text is None:
+        if source and source.startswith("endpoint"):
+            return "(none sent: the endpoint's chat template may insert its own)"
         return "(no system prompt)"
     return text if text else '"" (an empty system message)'
 

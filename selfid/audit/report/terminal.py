@@ -43,7 +43,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
             for t in _temps(summary):
                 c = _cell(summary, s["key"], t)
                 row.append(pct(c["foreign"]) if c else "–")
-            table.add_row(f"{s['key']}\n[dim]{_short(sysprompt(s['effective']))}[/dim]", *row)
+            table.add_row(f"{s['key']}\n[dim]{_short(sysprompt(s['effective'], s.get('source')))}[/dim]", *row)
         console.print(table)
         margin = summary["identity"].get("margin")
         if margin:
