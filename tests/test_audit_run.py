@@ -226,3 +226,11 @@ def test_cli_audit_on_the_tiny_model_with_a_custom_system_prompt(tiny_model_dir,
     assert "foreign identity claims" in res.stderr
     res = CliRunner().invoke(app, ["audit", "--model", str(tiny_model_dir), "--out", str(out), "--probes", str(probes)])
     assert res.exit_code != 0 and "pass --resume" in str(res.exception)
+
+
+def test_bad_grid_parameters_are_clear_errors(probes, tmp_path):
+    for kw, msg in (({"temperatures": [0.0, 0.0]}, "lists a value twice"), ({"samples": 0}, "--samples must be at least 1"),
+                    ({"suites": ["identity", "vibes"]}, "unknown suite vibes"), ({"own": "acme"}, "--own must be one of")):
+        with pytest.raises(SelfidError, match=msg):
+            run_audit(ScriptedBackend(lambda it: "x"), params(probes, **kw), tmp_path / "r", show_progress=False)
+    assert not (tmp_path / "r").exists()

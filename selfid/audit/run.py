@@ -121,6 +121,8 @@ class AuditParams:
         bad = [s for s in self.suites if s not in probe_sets.SUITES]
         if bad or not self.suites:
             raise SelfidError(f"unknown suite {', '.join(bad) or '(none)'}: use {', '.join(probe_sets.SUITES)}")
+        if len({f"{t:g}" for t in self.temperatures}) != len(self.temperatures):
+            raise SelfidError(f"--temperatures lists a value twice: {self.temperatures}")
         if any(t < 0 or t > 2 for t in self.temperatures):
             raise SelfidError("--temperatures must lie in [0, 2] (0 is greedy)")
         if self.samples < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from selfid.audit.report.html import sysprompt
@@ -29,10 +30,10 @@ def _cell(summary: dict, system: str, t: float) -> dict | None:
 def print_summary(summary: dict, console: Console | None = None) -> None:
     console = console or Console(stderr=True)
     run = summary["run"]
-    console.print(f"[bold]{run['label']}[/bold] · template {run.get('template_hash') or 'unknown (endpoint)'} · "
+    console.print(f"[bold]{escape(run['label'])}[/bold] · template {run.get('template_hash') or 'unknown (endpoint)'} · "
                   f"own vendor: {run['own']} ({run.get('own_source')})")
     if run.get("training_system_prompt") is not None:
-        console.print(f"[dim]trained under system prompt: {run['training_system_prompt']!r}[/dim]")
+        console.print(f"[dim]trained under system prompt: {escape(repr(run['training_system_prompt']))}[/dim]")
     if "identity" in summary:
         table = Table(title="foreign identity claims: rate (k/n) [Wilson 95%]", title_justify="left")
         table.add_column("system prompt")
@@ -43,7 +44,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
             for t in _temps(summary):
                 c = _cell(summary, s["key"], t)
                 row.append(pct(c["foreign"]) if c else "–")
-            table.add_row(f"{s['key']}\n[dim]{_short(sysprompt(s['effective'], s.get('source')))}[/dim]", *row)
+            table.add_row(f"{s['key']}\n[dim]{escape(_short(sysprompt(s['effective'], s.get('source'))))}[/dim]", *row)
         console.print(table)
         margin = summary["identity"].get("margin")
         if margin:
@@ -79,9 +80,9 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
 
 def print_comparison(comp: dict, console: Console | None = None) -> None:
     console = console or Console(stderr=True)
-    console.print(f"[bold]A[/bold] {comp['a']['label']}  vs  [bold]B[/bold] {comp['b']['label']}")
+    console.print(f"[bold]A[/bold] {escape(comp['a']['label'])}  vs  [bold]B[/bold] {escape(comp['b']['label'])}")
     for w in comp.get("warnings", []):
-        console.print(f"[yellow]warning: {w}[/yellow]")
+        console.print(f"[yellow]warning: {escape(w)}[/yellow]")
     if comp.get("identity"):
         t = Table(title="foreign identity claims, A → B (two-proportion test)", title_justify="left")
         for col in ("system", "T", "A", "B", "B − A [95%]", "p", "test"):
@@ -101,9 +102,9 @@ def print_comparison(comp: dict, console: Console | None = None) -> None:
         for col in ("prompt", "system", "T", "A foreign", "B foreign", "B says"):
             ft.add_column(col)
         for f in flips[:15]:
-            ft.add_row(f"{f['probe']}: {_short(f['prompt'], 40)}", f["system"], f"{f['temperature']:g}",
+            ft.add_row(escape(f"{f['probe']}: {_short(f['prompt'], 40)}"), f["system"], f"{f['temperature']:g}",
                        f"{f['a']['foreign']}/{f['a']['n']}", f"{f['b']['foreign']}/{f['b']['n']}",
-                       _short(f["b"]["example"], 60))
+                       escape(_short(f["b"]["example"], 60)))
         console.print(ft)
     for suite in ("ner", "general"):
         if comp.get(suite):
