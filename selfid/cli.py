@@ -96,6 +96,8 @@ app.command("api", help="Serve a model and its adapters through an OpenAI-compat
                         "the chat page is at / too.")(_serve_verb(page=False))
 app.command("webchat", help="A chat page in the browser, base model and adapters side by side; the same server "
                             "answers the OpenAI API under /v1.")(_serve_verb(page=True))
+
+
 # --- audit: who the model says it is (selfid.audit) ---------------------------------------------------
 def _judge(base_url: Optional[str], model: Optional[str], api_key: Optional[str], seed: int):
     if not base_url and not model:
