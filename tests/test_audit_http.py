@@ -76,3 +76,20 @@ def test_unreachable_endpoint_is_a_clear_error(probes, tmp_path):
         run_audit(HttpBackend("http://127.0.0.1:9/v1", "tiny", retries=0), grid(probes), tmp_path / "r",
                   show_progress=False)
     assert read_log(tmp_path / "r" / LOG) == []
+
+
+def test_audit_through_selfid_api_matches_in_process_and_records_the_servers_system_prompt(tiny_model_dir, tiny, engine,
+                                                                                            probes, tmp_path):
+    from selfid.serve.api import create_app, service_from_args
+
+    service = service_from_args(str(tiny_model_dir), device="cpu", dtype="float32")
+    with serve(create_app(service)) as url:
+        run_audit(HttpBackend(url, "anything", concurrency=4), grid(probes), tmp_path / "api", show_progress=False)
+    run_audit(InProcessBackend(tiny, engine), grid(probes), tmp_path / "local", show_progress=False)
+    api = {r["key"]: r for r in read_log(tmp_path / "api" / LOG)}
+    local = {r["key"]: r for r in read_log(tmp_path / "local" / LOG)}
+    assert api.keys() == local.keys() and len(api) == 12
+    assert {k: r["reply"] for k, r in api.items()} == {k: r["reply"] for k, r in local.items()}
+    defaults = [r for r in api.values() if r["system"] == "default"]
+    assert defaults and all(r["effective_system"] == tiny.chat.default_system for r in defaults)
+    assert all(r["system_source"] == "template" for r in defaults)

@@ -147,14 +147,16 @@ class HttpBackend:
                 "note": "sampling parameters other than temperature and seed are the server's own"}
 
     def _one(self, item: Item) -> Reply:
-        resp = self.client.chat.completions.create(
+        raw = self.client.chat.completions.with_raw_response.create(
             model=self.model_name, messages=item.messages(), temperature=item.temperature, seed=item.seed,
             max_tokens=item.max_new_tokens, n=1)
+        resp = raw.parse()
         choice = resp.choices[0]
         usage = resp.usage
+        system, source = endpoint_system(raw.headers, item.system_text)
         return Reply(choice.message.content or "", choice.finish_reason,
                      usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
-                     effective_system=item.system_text, system_source="given" if item.system_text is not None else "endpoint")
+                     effective_system=system, system_source=source)
 
     def run(self, items: Sequence[Item], on_done: OnDone, advance: Callable[[int], None] = lambda n: None) -> None:
         todo = list(items)
@@ -199,3 +201,18 @@ class HttpBackend:
 def _short(e: Exception) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text[:200]
+
+
+_SOURCES = {"request": "given", "template": "template", "adapter-manifest": "adapter-manifest", "none": "none"}
+
+
+def endpoint_system(headers, sent: str | None) -> tuple[str | None, str]:
+    """The system prompt in effect at the endpoint: `selfid api` says so in x-selfid-* headers; other servers
+    don't, so a request without a system message is recorded as "endpoint" (its template may insert one)."""
+    from urllib.parse import unquote
+
+    source = headers.get("x-selfid-system-source")
+    if source in _SOURCES:
+        prompt = headers.get("x-selfid-system-prompt")
+        return (unquote(prompt) if prompt is not None else None), _SOURCES[source]
+    return sent, "given" if sent is not None else "endpoint"
