@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -46,6 +47,187 @@ def chat(
     params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=temperature, top_p=top_p,
                                           max_new_tokens=max_tokens, seed=seed)
     run_chat(InProcessEngine(loaded), params, system=system, prompt=prompt)
+
+
+# --- serve: `selfid api` and `selfid webchat` (one server: the API under /v1, the page at /) ---
+def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, page: bool) -> None:
+    from selfid.serve.api import create_app, service_from_args
+    from selfid.serve.server import check_port_free, default_port, serve, setup_logging
+
+    port = port if port is not None else default_port(7860 if page else 8000)
+    check_port_free(host, port)  # before the model loads, so a busy port fails in a second
+    setup_logging()
+    key = api_key if api_key is not None else os.environ.get("API_KEY") or None
+    service = service_from_args(model, adapter or [], device=device, dtype=dtype, api_key=key,
+                                max_batch_size=max_batch_size)
+    names = ", ".join(service.served)
+    where = f"http://{host}:{port}"
+    keyed = " (API key required)" if key else ""
+    if page:
+        print(f"selfid: chat page at {where}/ with {names}; OpenAI API at {where}/v1{keyed}", file=sys.stderr)
+    else:
+        print(f"selfid: serving {names} at {where}/v1 (OpenAI API){keyed}; chat page at {where}/", file=sys.stderr)
+    serve(create_app(service), host, port)
+
+
+def _serve_verb(page: bool):
+    """`api` and `webchat` run the same server; they differ in the default port and what they announce."""
+    fallback = 7860 if page else 8000
+
+    def verb(
+        model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
+        adapter: Optional[list[str]] = typer.Option(
+            None, "--adapter", "-a", help="NAME=PATH: serve the LoRA adapter at PATH as model NAME (repeatable)"),
+        host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
+        port: Optional[int] = typer.Option(None, "--port", help=f"default: $API_PORT, else {fallback}"),
+        api_key: Optional[str] = typer.Option(
+            None, "--api-key", help="require 'Authorization: Bearer KEY' (default: $API_KEY; unset: no key)"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
+        max_batch_size: Optional[int] = typer.Option(
+            None, "--max-batch-size", help="most sequences decoded together (default: 256 on GPU, 32 on CPU)"),
+    ):
+        _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, page=page)
+
+    return verb
+
+
+app.command("api", help="Serve a model and its adapters through an OpenAI-compatible API (/v1/chat/completions); "
+                        "the chat page is at / too.")(_serve_verb(page=False))
+app.command("webchat", help="A chat page in the browser, base model and adapters side by side; the same server "
+                            "answers the OpenAI API under /v1.")(_serve_verb(page=True))
+
+
+# --- audit: who the model says it is (selfid.audit) ---------------------------------------------------
+def _judge(base_url: Optional[str], model: Optional[str], api_key: Optional[str], seed: int):
+    if not base_url and not model:
+        return None
+    if not (base_url and model):
+        raise SelfidError("a judge needs both --judge-base-url and --judge-model")
+    from selfid.audit.detect import Judge
+
+    return Judge(base_url, model, api_key, seed=seed)
+
+
+@app.command()
+def audit(
+    out: Path = typer.Option(..., "--out", "-o", help="run folder: run.json, generations.jsonl, summary.json, report.html"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " (default: embedded)"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="audit an OpenAI-compatible endpoint instead, e.g. http://localhost:8000/v1"),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="the model name the endpoint serves"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="the endpoint's key (default: $OPENAI_API_KEY)"),
+    suites: str = typer.Option("identity,ner,general", "--suites", help="comma-separated: identity, ner, general"),
+    systems: list[str] = typer.Option(["default,helpful,empty"], "--systems",
+                                      help="default (the template's own), helpful, empty, train (the adapter's), "
+                                           "custom:TEXT (runs to the end of the value; repeat --systems for more)"),
+    temperatures: str = typer.Option("0,0.7,1.0", "--temperatures", help="comma-separated; 0 = greedy (one sample)"),
+    samples: int = typer.Option(8, "--samples", "-n", help="samples per prompt at each temperature above 0"),
+    seed: int = typer.Option(0, "--seed", help="every generation's seed derives from it"),
+    max_tokens: int = typer.Option(128, "--max-tokens", help="most new tokens per identity/general reply"),
+    ner_limit: int = typer.Option(100, "--ner-limit", help="MSRA test sentences in the ner suite"),
+    own: str = typer.Option("auto", "--own", help="the model's own vendor (qwen, meta, ...); auto infers it"),
+    probes: Optional[Path] = typer.Option(None, "--probes", help="an identity probe file (JSONL) instead of the shipped one"),
+    resume: bool = typer.Option(False, "--resume", help="continue a run in --out, repeating no finished generation"),
+    concurrency: int = typer.Option(8, "--concurrency", help="requests in flight (endpoint)"),
+    retries: int = typer.Option(6, "--retries", help="retries per request, with exponential backoff (endpoint)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per decoding batch (in-process)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16"),
+    judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="a judge model's endpoint for replies the rules cannot settle"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model"),
+    judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key"),
+):
+    """Measure who a model says it is (and NER / general quality) over system prompts x temperatures x samples."""
+    from selfid.audit.report import print_summary
+    from selfid.audit.run import AuditParams, parse_list, parse_systems, run_audit
+
+    if base_url and (model or adapter):
+        raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
+    if base_url and not model_name:
+        raise SelfidError("--base-url needs --model-name (the name the endpoint serves)")
+    judge = _judge(judge_base_url, judge_model, judge_api_key, seed)
+    if base_url:
+        from selfid.audit.backends import HttpBackend
+
+        backend = HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries)
+        manifest = None
+    else:
+        from selfid.audit.backends import InProcessBackend
+        from selfid.engine import InProcessEngine
+        from selfid.model.load import load_model
+
+        loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype)
+        backend = InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size))
+        manifest = loaded.manifest
+    params = AuditParams(suites=parse_list(suites, "suites"), systems=parse_systems(systems, manifest),
+                         temperatures=parse_list(temperatures, "temperatures", float), samples=samples, seed=seed,
+                         max_new_tokens=max_tokens, ner_limit=ner_limit, own=own,
+                         identity_probes=str(probes) if probes else None)
+    summary = run_audit(backend, params, out, resume=resume, judge=judge)
+    print_summary(summary)
+    print(out / "report.html")
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="the first audit run folder (say, the base model)"),
+    run_b: Path = typer.Argument(..., help="the second (say, the fine-tuned model)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for comparison.json and report.html"),
+):
+    """Compare two audit runs: per-cell differences with a test, prompts that flipped, NER/general deltas."""
+    from selfid.audit.compare import compare as compare_runs
+    from selfid.audit.report import print_comparison
+
+    print_comparison(compare_runs(run_a, run_b, out))
+    print(out / "report.html")
+
+
+@app.command()
+def classify(
+    judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="a judge model for replies the rules cannot settle"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model"),
+    judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key"),
+    seed: int = typer.Option(0, "--seed", help="the judge's seed"),
+):
+    """Read JSON lines {"text": ...} on stdin; write them back with the vendors each claims and whether it has a persona."""
+    import json
+
+    from selfid.audit.detect import classify as classify_reply
+
+    judge = _judge(judge_base_url, judge_model, judge_api_key, seed)
+    for lineno, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise SelfidError(f"stdin line {lineno} is not JSON: give one object like {{\"text\": \"...\"}} per line") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise SelfidError(f"stdin line {lineno} has no string \"text\" field")
+        d = classify_reply(obj["text"], obj.get("asked"), judge, obj.get("question"))
+        obj.update({"claims": list(d.claims), "persona": d.persona is not None, "persona_name": d.persona,
+                    "uncertain": d.uncertain, "detector": d.source})
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+
+@app.command()
+def scan(
+    data: Path = typer.Argument(..., help="a .jsonl/.json file or a folder of them (messages, sharegpt, alpaca)"),
+    show: int = typer.Option(5, "--show", help="examples to show per finding"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+):
+    """Check training data for other vendors' names, assistant self-descriptions and distillation markers."""
+    import json
+
+    from selfid.audit.scan import print_scan, scan as scan_data
+
+    report = scan_data(data, show=show)
+    if as_json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print_scan(report)
 
 
 # --- training: train, export, eval-ner ------------------------------------------------------------

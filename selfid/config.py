@@ -60,6 +60,9 @@ class AdapterScale(Strict):
     f1_tolerance: float = Field(0.01, ge=0, description="largest allowed drop in NER F1 from scale 1.0")
     identity_margin: float = Field(0.0, ge=0, description="allowed foreign-claim rate above the base model's")
     ner_sentences: int = Field(200, ge=1)
+    temperatures: list[float] = Field(default_factory=lambda: [0.7], description="identity audit temperatures")
+    samples: int = Field(4, ge=1, description="identity audit samples per prompt, system prompt and temperature")
+    max_new_tokens: int = Field(64, ge=1)
 
     @field_validator("grid")
     @classmethod

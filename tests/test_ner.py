@@ -71,3 +71,11 @@ def test_bad_bio_line_names_file_and_line(tmp_path):
     f.write_text("张\tB-PER\n三\tI-PER\n\n北 B-LOC\n", encoding="utf-8")
     with pytest.raises(SelfidError, match=r"bad.txt:4: expected one character, a tab and a BIO tag"):
         msra.read_bio(f)
+
+
+def test_prompt_holds_the_sentence_and_the_literal_json_format():
+    from selfid.tasks.ner import messages, prompt
+
+    p = prompt("新华社北京电")
+    assert p.endswith("句子：新华社北京电") and '{"PER": [...], "LOC": [...], "ORG": [...]}' in p
+    assert messages("张三", system="")[0] == {"role": "system", "content": ""}

@@ -73,3 +73,18 @@ def test_scaling_a_peft_model_and_saving_the_scaled_adapter(tiny_model_dir, tmp_
         torch.testing.assert_close(reloaded.model(ids).logits, half, atol=1e-5, rtol=1e-5)
     manifest = json.loads((scaled_dir / "selfid.json").read_text())
     assert manifest["adapter_scale"] == 0.5 and manifest["train"]["system_prompt"] is not None
+
+
+def test_training_with_adapter_scale_runs_the_identity_audit(tiny_model_dir, tmp_path, selfid_home):
+    out = tmp_path / "run"
+    result = train(tiny_config(tiny_model_dir, out, write_data(tmp_path), "train.max_steps=2",
+                               "adapter_scale.grid=[1.0, 0.5]", "adapter_scale.samples=1",
+                               "adapter_scale.max_new_tokens=4", "adapter_scale.ner_sentences=2",
+                               "adapter_scale.f1_tolerance=1.0", "adapter_scale.identity_margin=1.0"))
+    search = result.metrics["adapter_scale"]
+    assert search["ok"] and search["scale"] == 1.0  # any rate is within a margin of 1.0
+    assert {p["scale"] for p in search["points"]} == {0.0, 1.0}
+    assert all(0 <= p["foreign_rate"] <= 1 for p in search["points"])
+    assert len(list((out / "adapter-scale-audits").iterdir())) == 2  # the base (scale 0) and the full adapter
+    scaled = json.loads((out / "adapter-scaled" / "selfid.json").read_text())
+    assert scaled["adapter_scale"] == 1.0 and scaled["adapter_scale_search"]["points"]

@@ -2,18 +2,20 @@
 
 Requests are sorted by prompt length and decoded in batches; each row keeps its own sampling
 parameters, seed, stop strings and token budget. Rows that finish are dropped from the KV cache as
-the batch goes on. Streaming requests get text deltas as tokens arrive, held back while they could
-still turn into a stop string or an incomplete character.
+the batch goes on, and new requests can join a running batch between steps (`events(..., admit=)`,
+continuous batching for the server; see batch.py). Streaming requests get text deltas as tokens arrive, held back while they could
+still turn into a stop string or an incomplete character. A model with several LoRA adapters
+loaded (PEFT) serves rows for different adapters, and the base model, in one batch
+(`Request.adapter`, PEFT's mixed-batch `adapter_names`).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
-from selfid.engine.sampling import apply_penalties, sample
-from selfid.engine.types import Completion, Event, Request, Result, SamplingParams, TokenLogprob
+from selfid.engine.batch import DecodeBatch
+from selfid.engine.types import BASE_MODEL, Completion, Event, Request, Result, SamplingParams, TokenLogprob
 from selfid.errors import SelfidError
 
 
@@ -73,10 +75,31 @@ class InProcessEngine:
             if ev.delta:
                 yield ev.delta
 
-    def events(self, requests: Sequence[Request], prompt_tokens: dict | None = None) -> Iterator[Event]:
-        """The core: yields streaming deltas and one finishing event per sample."""
+    def events(self, requests: Sequence[Request], prompt_tokens: dict | None = None,
+               admit: Callable[[int], Sequence[Request]] | None = None) -> Iterator[Event]:
+        """The core: yields streaming deltas and one finishing event per sample.
+
+        `admit(free_rows)`, when given, is called between decoding steps of the last batch and may return
+        more requests to join it (continuous batching); they are numbered after `requests`, in order.
+        """
+        rows = self._rows(requests, 0, prompt_tokens)
+        rows.sort(key=lambda r: len(r.prompt_ids))
+        batches = list(self._batches(rows)) or [[]]
+        for k, batch in enumerate(batches):
+            last = k == len(batches) - 1
+            yield from self._decode(batch, admit if last else None, len(requests), prompt_tokens)
+
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters loaded on the model (empty for a plain model)."""
+        return list(getattr(self.model, "peft_config", {}) or {})
+
+    def _rows(self, requests: Sequence[Request], first: int, prompt_tokens: dict | None) -> list[_Row]:
         rows = []
-        for i, req in enumerate(requests):
+        known = self.adapters()
+        for i, req in enumerate(requests, start=first):
+            if req.adapter is not None and req.adapter != BASE_MODEL and req.adapter not in known:
+                raise SelfidError(f"request {i} asks for adapter {req.adapter!r}, but the model has "
+                                  f"{', '.join(map(repr, known)) or 'no adapters'} loaded")
             ids = self.encode(req.prompt)
             if not ids:
                 raise SelfidError(f"request {i} has an empty prompt")
@@ -91,9 +114,7 @@ class InProcessEngine:
             for j in range(req.params.n):
                 rows.append(_Row(i, j, ids, req.params, req.stream, req, budget=budget,
                                  logprobs=[] if req.params.logprobs is not None else None))
-        rows.sort(key=lambda r: len(r.prompt_ids))
-        for batch in self._batches(rows):
-            yield from self._decode(batch)
+        return rows
 
     # --- batching ------------------------------------------------------------------------------
     def _batches(self, rows: list[_Row]) -> Iterable[list[_Row]]:
@@ -107,59 +128,36 @@ class InProcessEngine:
         if batch:
             yield batch
 
-    def _uniforms(self, rows: list[_Row], steps: int):
+    def _forward(self, cache, adapter_names, **inputs):
+        """One forward pass. Inference mode around the call only, never across a yield of `events`:
+        a caller that interleaves generators would otherwise unwind the modes out of order."""
         import torch
 
-        out = torch.empty(len(rows), steps)
-        for k, r in enumerate(rows):
-            seed = r.params.seed if r.params.seed is not None else random.SystemRandom().randrange(2**62)
-            g = torch.Generator().manual_seed(seed + r.index)
-            out[k] = torch.rand(steps, generator=g, dtype=torch.float64).float()
-        return out
-
-    def _decode(self, rows: list[_Row]) -> Iterator[Event]:
-        import torch
-        from transformers import DynamicCache
-
-        dev = self.loaded.device
-        B = len(rows)
-        lens = [len(r.prompt_ids) for r in rows]
-        L = max(lens)
-        steps = max(r.budget for r in rows)
-        input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        for k, r in enumerate(rows):
-            input_ids[k, L - lens[k]:] = torch.tensor(r.prompt_ids)
-            attn[k, L - lens[k]:] = 1
-        input_ids, attn = input_ids.to(dev), attn.to(dev)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-
-        f32 = dict(dtype=torch.float32, device=dev)
-        temperature = torch.tensor([r.params.temperature for r in rows], **f32)
-        top_p = torch.tensor([r.params.top_p for r in rows], **f32)
-        top_k = torch.tensor([r.params.top_k for r in rows], dtype=torch.long, device=dev)
-        rep = torch.tensor([r.params.repetition_penalty for r in rows], **f32)
-        presence = torch.tensor([r.params.presence_penalty for r in rows], **f32)
-        frequency = torch.tensor([r.params.frequency_penalty for r in rows], **f32)
-        uniforms = self._uniforms(rows, steps).to(dev)
-        counts = None
-        if any(r.params.presence_penalty or r.params.frequency_penalty for r in rows):
-            counts = torch.zeros((B, self.model.config.vocab_size), **f32)
-        want_rep = any(r.params.repetition_penalty != 1 for r in rows)
-        want_lp = max((r.params.logprobs for r in rows if r.params.logprobs is not None), default=None)
-        seen, seen_mask = (input_ids, attn.bool()) if want_rep else (None, None)
-        eos = torch.tensor(sorted(self.eos), dtype=torch.long, device=dev)
-
-        live = list(range(B))  # indices into `rows` of the rows still in the batch
-        cache = DynamicCache()
+        extra = {self.cache_kw: cache}
+        if adapter_names is not None:
+            extra["adapter_names"] = adapter_names
         with torch.inference_mode():
-            out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos,
-                             use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
-            for step in range(steps):
-                logits = out.logits[:, -1, :].float()
-                lp = logits.log_softmax(-1) if want_lp is not None else None
-                logits = apply_penalties(logits, seen, seen_mask, rep, counts, presence, frequency)
-                nxt = sample(logits, temperature, top_k, top_p, uniforms[:, step])
+            return self.model(use_cache=True, **inputs, **extra)
+
+    def _prefill(self, rows: list[_Row]) -> DecodeBatch:
+        names = None
+        if self.adapters() and any(r.req.adapter is not None for r in rows):  # None: the active adapter
+            names = [r.req.adapter or self._active_adapter() for r in rows]
+        return DecodeBatch(rows, self._forward, self.pad_id, self.model.config.vocab_size, self.loaded.device, names)
+
+    def _active_adapter(self) -> str:
+        active = getattr(self.model, "active_adapter", BASE_MODEL)
+        return active if isinstance(active, str) else BASE_MODEL
+
+    def _decode(self, rows: list[_Row], admit, next_request: int, prompt_tokens: dict | None) -> Iterator[Event]:
+        import torch
+
+        batch = self._prefill(rows) if rows else None
+        eos = torch.tensor(sorted(self.eos), dtype=torch.long, device=self.loaded.device)
+        while True:
+            if batch is not None:
+                want_lp = max((r.params.logprobs for r in batch.rows if r.params.logprobs is not None), default=None)
+                nxt, lp = batch.sample(want_lp is not None)
                 nxt_list = nxt.tolist()
                 is_eos = torch.isin(nxt, eos).tolist()
                 if lp is not None:
@@ -167,8 +165,7 @@ class InProcessEngine:
                     top_v, top_i = lp.topk(max(want_lp, 1), dim=-1)
                     top_v, top_i = top_v.tolist(), top_i.tolist()
                 keep = []
-                for k, ri in enumerate(live):
-                    r = rows[ri]
+                for k, r in enumerate(batch.rows):
                     if r.req.cancelled:
                         r.finish = "cancelled"
                     else:
@@ -186,28 +183,20 @@ class InProcessEngine:
                         yield ev
                     if r.finish is None:
                         keep.append(k)
-                if not keep:
-                    break
-                if counts is not None:
-                    counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
-                if len(keep) < len(live):
-                    sel = torch.tensor(keep, dtype=torch.long, device=dev)
-                    live = [live[k] for k in keep]
-                    cache.batch_select_indices(sel)
-                    nxt, attn, pos = nxt[sel], attn[sel], pos[sel]
-                    temperature, top_p, top_k = temperature[sel], top_p[sel], top_k[sel]
-                    rep, presence, frequency, uniforms = rep[sel], presence[sel], frequency[sel], uniforms[sel]
-                    if counts is not None:
-                        counts = counts[sel]
-                    if seen is not None:
-                        seen, seen_mask = seen[sel], seen_mask[sel]
-                if seen is not None:
-                    seen = torch.cat([seen, nxt[:, None]], 1)
-                    seen_mask = torch.cat([seen_mask, torch.ones_like(seen_mask[:, :1])], 1)
-                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
-                pos = pos[:, -1:] + 1
-                out = self.model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
-                                 use_cache=True, **{self.cache_kw: cache})
+                batch.advance(nxt, keep)
+            live = len(batch) if batch is not None else 0
+            if admit is not None and live < self.max_batch_size:
+                joining = list(admit(self.max_batch_size - live))
+                if joining:
+                    new_rows = self._rows(joining, next_request, prompt_tokens)
+                    next_request += len(joining)
+                    fresh = self._prefill(new_rows)
+                    if live:
+                        batch.merge(fresh, self._active_adapter())
+                    else:
+                        batch = fresh
+            if batch is None or not len(batch):
+                return
 
     # --- text ----------------------------------------------------------------------------------
     def _advance(self, r: _Row) -> Event | None:

@@ -8,6 +8,7 @@ from typing import Literal, Sequence
 from selfid.errors import SelfidError
 
 FinishReason = Literal["stop", "length", "cancelled"]
+BASE_MODEL = "__base__"  # Request.adapter value that runs the base model with every adapter off (PEFT's name)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Request:
     params: SamplingParams = field(default_factory=SamplingParams)
     stream: bool = False  # emit text deltas as tokens arrive
     cancelled: bool = False  # set from any thread to stop this request at the next step
+    adapter: str | None = None  # a LoRA adapter loaded on the model, BASE_MODEL, or None: the model as loaded
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -50,7 +50,7 @@ def entities_from_bio(chars: str, tags) -> dict[str, list[str]]:
 
 
 def prompt(sentence: str) -> str:
-    return INSTRUCTION.replace("{sentence}", sentence)  # not str.format: the instruction holds JSON braces
+    return INSTRUCTION.replace("{sentence}", sentence)  # the instruction holds literal JSON braces
 
 
 def messages(sentence: str, system: str | None = None) -> list[dict]:

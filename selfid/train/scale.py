@@ -1,8 +1,7 @@
 """Adapter scaling: shrink the LoRA update until the base model's identity comes back, keeping NER F1.
 
-The search runs against any `evaluate(scale) -> (foreign_rate, ner_f1)`; the identity half of it is
-the audit's business (the `selfid.audit` module provides `identity_rate`), so this module does not
-depend on how identity is measured. Scale 0 is the base model, 1 the trained adapter.
+The search runs against any `evaluate(scale) -> (foreign_rate, ner_f1)`; the identity half comes from
+the audit (`identity_rate_provider` runs its identity suite), kept behind that callable. Scale 0 is the base model, 1 the trained adapter.
 """
 
 from __future__ import annotations
@@ -110,13 +109,29 @@ def save_scaled(adapter_dir: str | Path, scale: float, out: str | Path, search: 
     return out
 
 
-def identity_rate_provider() -> Callable:
-    """The audit's `identity_rate(loaded) -> foreign-claim rate`, or a clear error when it is not installed."""
+def identity_rate_provider(workdir: str | Path, temperatures=(0.7,), samples: int = 4, max_new_tokens: int = 64,
+                           seed: int = 0) -> Callable:
+    """`identity_rate(loaded) -> foreign-claim rate`: the audit's identity suite under the serving system
+    prompts (the template's own, "You are a helpful assistant.", empty), pooled; each run kept in `workdir`."""
     try:
-        from selfid.audit import identity_rate  # type: ignore[attr-defined]
+        from selfid.audit.backends import InProcessBackend
+        from selfid.audit.run import PRESETS, AuditParams, SystemSpec, run_audit
     except ImportError:
-        raise SelfidError("adapter_scale needs the identity audit (selfid.audit.identity_rate), which this "
-                          "install lacks: remove adapter_scale from the config or update selfid") from None
+        raise SelfidError("adapter_scale needs the identity audit (selfid.audit), which this install lacks: "
+                          "remove adapter_scale from the config or update selfid") from None
+    runs = iter(range(10**6))
+
+    def identity_rate(loaded) -> float:
+        params = AuditParams(suites=["identity"], systems=[SystemSpec(k, v) for k, v in PRESETS.items()],
+                             temperatures=list(temperatures), samples=samples, seed=seed, max_new_tokens=max_new_tokens)
+        summary = run_audit(InProcessBackend(loaded), params, Path(workdir) / f"audit-{next(runs)}",
+                            show_progress=False, margin=False)
+        cells = summary["identity"]["by_system"].values()
+        k, n = sum(c["foreign"]["k"] for c in cells), sum(c["foreign"]["n"] for c in cells)
+        if not n:
+            raise SelfidError("the identity audit scored no replies; adapter_scale cannot judge identity")
+        return k / n
+
     return identity_rate
 
 

@@ -260,7 +260,9 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     if cfg.adapter_scale is not None:  # fail before training, not after it
         from selfid.train.scale import identity_rate_provider
 
-        identity_rate = identity_rate_provider()
+        sc = cfg.adapter_scale
+        identity_rate = identity_rate_provider(cfg.output_dir / "adapter-scale-audits", sc.temperatures, sc.samples,
+                                               sc.max_new_tokens, cfg.train.seed)
     dist_ = init_distributed(cfg.device)
     out = _Console(dist_.main, console)
     output = cfg.output_dir
@@ -578,6 +580,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
             evaluate = make_evaluate(loaded_with(loaded, model), identity_rate, sc.ner_sentences, system.message)
             found = search_scale(evaluate, sc.grid, sc.f1_tolerance, sc.identity_margin)
             scaled = save_scaled(adapter_dir, found.scale, output / "adapter-scaled", found)
+            metrics["adapter_scale"] = found.to_dict()
             out.log(f"adapter scale: {found.reason}; written to {scaled}")
     return TrainResult(output, adapter_dir, final_ckpt, total, total, False, metrics, model, loaded, man)
 

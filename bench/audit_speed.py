@@ -1,0 +1,157 @@
+"""Benchmark: the identity audit grid with selfid's engine vs plain transformers `generate`, same rows, same run.
+
+The grid is what `selfid audit` runs: 64 identity prompts (32 zh, 32 en) x 3 system prompts (default,
+helpful, empty) x temperatures 0, 0.7, 1.0 with 8 samples at each temperature above 0 (greedy is
+deterministic, so one sample there): 64 x 3 x (1 + 8 + 8) = 3,264 generations of up to 64 new tokens.
+
+  selfid:    run_audit() end to end (batched in-process engine, claim detection, the JSONL log)
+  baseline:  model.generate() over the same rendered prompts and sampling settings, in batches of the
+             same size, sorted by prompt length like the engine does; HF applies one sampling config per
+             call, so its batches are grouped by temperature
+
+Usage:
+  python bench/audit_speed.py                 # embedded model, CUDA when present
+  python bench/audit_speed.py --smoke         # tiny random model on the CPU, small grid, under a minute
+Prints a table and one JSON line (also written to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def hf_baseline(loaded, rows, batch_size: int) -> tuple[float, int]:
+    """Wall seconds and generated tokens for model.generate over `rows` = [(prompt text, params)]."""
+    import torch
+
+    tok, model, dev = loaded.tokenizer, loaded.model, loaded.device
+    tok.padding_side = "left"
+    eos = set(loaded.eos_token_ids)
+    by_temp: dict[float, list] = {}
+    for text, p in rows:
+        by_temp.setdefault(p.temperature, []).append((text, p))
+    tokens = 0
+    sync(dev)
+    start = time.perf_counter()
+    for temp, group in by_temp.items():
+        group.sort(key=lambda r: len(tok(r[0], add_special_tokens=False).input_ids))
+        p = group[0][1]
+        kw = dict(do_sample=False) if temp == 0 else dict(do_sample=True, temperature=temp, top_p=p.top_p, top_k=p.top_k)
+        for i in range(0, len(group), batch_size):
+            texts = [t for t, _ in group[i:i + batch_size]]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+            with torch.inference_mode():
+                out = model.generate(**enc, max_new_tokens=p.max_new_tokens, repetition_penalty=p.repetition_penalty,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos), **kw)
+            for row in out[:, enc.input_ids.shape[1]:].tolist():
+                n = 0
+                for t in row:
+                    n += 1
+                    if t in eos:
+                        break
+                tokens += n
+    sync(dev)
+    return time.perf_counter() - start, tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU, small grid")
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--prompts", type=int, default=64, help="identity prompts (half zh, half en)")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None, help="rows per batch for both (default: the engine's)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=None, help="also write the result JSON here")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="selfid-bench-"))
+    try:
+        run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args, tmp: Path) -> None:
+    from selfid.audit.backends import InProcessBackend
+    from selfid.audit.probes import PROBES, load_suite
+    from selfid.audit.run import LOG, PRESETS, AuditParams, SystemSpec, read_log, run_audit
+    from selfid.engine import InProcessEngine, SamplingParams
+    from selfid.model.load import load_model
+
+    if args.smoke:
+        from tests.tiny import build_tiny_model
+
+        args.model, args.device = str(build_tiny_model(tmp / "tiny")), "cpu"
+        args.prompts, args.samples, args.max_new_tokens = min(args.prompts, 8), min(args.samples, 2), min(args.max_new_tokens, 16)
+    loaded = load_model(args.model, device=args.device, progress=False)
+    engine = InProcessEngine(loaded, max_batch_size=args.batch_size)
+    batch = engine.max_batch_size
+
+    probes = load_suite("identity")
+    half = args.prompts // 2
+    chosen = [p for p in probes if p.lang == "zh"][:half] + [p for p in probes if p.lang == "en"][:args.prompts - half]
+    probe_file = tmp / "identity.jsonl"
+    by_id = {json.loads(line)["id"]: line for line in (PROBES / "identity.jsonl").read_text(encoding="utf-8").splitlines()}
+    probe_file.write_text("\n".join(by_id[p.id] for p in chosen) + "\n", encoding="utf-8")
+    params = AuditParams(suites=["identity"], systems=[SystemSpec(k, v) for k, v in PRESETS.items()],
+                         temperatures=[0.0, 0.7, 1.0], samples=args.samples, seed=0, max_new_tokens=args.max_new_tokens,
+                         own="qwen", identity_probes=str(probe_file))
+
+    warm = loaded.chat.render([{"role": "user", "content": "hi"}]).text  # CUDA/kernels warm-up for both
+    engine.generate([warm] * 2, SamplingParams(max_new_tokens=4))
+    hf_baseline(loaded, [(warm, SamplingParams(max_new_tokens=4))], batch)
+
+    sync(loaded.device)
+    start = time.perf_counter()
+    run_audit(InProcessBackend(loaded, engine), params, tmp / "run", show_progress=False, margin=False)
+    sync(loaded.device)
+    selfid_s = time.perf_counter() - start
+    records = read_log(tmp / "run" / LOG)
+    selfid_tokens = sum(r["completion_tokens"] for r in records)
+
+    rows = [(r["rendered"], SamplingParams.from_defaults(loaded.generation_defaults, temperature=r["temperature"],
+                                                         max_new_tokens=args.max_new_tokens)) for r in records]
+    hf_s, hf_tokens = hf_baseline(loaded, rows, batch)
+
+    import torch
+
+    result = {
+        "bench": "audit_speed", "smoke": args.smoke, "model": args.model, "device": str(loaded.device),
+        "gpu": torch.cuda.get_device_name(0) if loaded.device.type == "cuda" else None,
+        "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", ""), "torch": torch.__version__,
+        "grid": {"prompts": len(chosen), "systems": 3, "temperatures": [0, 0.7, 1.0], "samples": args.samples,
+                 "generations": len(records), "max_new_tokens": args.max_new_tokens, "batch_size": batch},
+        "selfid": {"seconds": round(selfid_s, 2), "tokens": selfid_tokens, "tokens_per_s": round(selfid_tokens / selfid_s, 1)},
+        "hf_generate": {"seconds": round(hf_s, 2), "tokens": hf_tokens, "tokens_per_s": round(hf_tokens / hf_s, 1)},
+        "speedup_tokens_per_s": round((selfid_tokens / selfid_s) / (hf_tokens / hf_s), 2),
+        "speedup_wall": round(hf_s / selfid_s, 2),
+        "foreign_claims": {s: sum(bool(r["foreign"]) for r in records if r["system"] == s) for s in PRESETS},
+    }
+    print(f"grid: {len(records)} generations ({len(chosen)} prompts x 3 systems x T 0/0.7/1.0, {args.samples} samples "
+          f"above 0), up to {args.max_new_tokens} new tokens, batch {batch}, {result['device']} {result['gpu'] or ''}")
+    print(f"selfid audit   {selfid_s:8.2f} s  {selfid_tokens:8d} tok  {selfid_tokens / selfid_s:9.1f} tok/s")
+    print(f"hf generate    {hf_s:8.2f} s  {hf_tokens:8d} tok  {hf_tokens / hf_s:9.1f} tok/s")
+    print(f"speedup        {result['speedup_tokens_per_s']:.2f}x tokens/s, {result['speedup_wall']:.2f}x wall")
+    print(json.dumps(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

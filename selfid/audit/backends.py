@@ -1,0 +1,218 @@
+"""Where the audit's generations come from: the in-process engine (batched) or any OpenAI-compatible endpoint.
+
+Both take a list of work items and call `on_done(item, reply)` as each finishes, so the runner can
+append it to the log at once; an interruption loses at most the work in flight.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from selfid.errors import SelfidError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One generation the grid asks for."""
+
+    key: str
+    suite: str
+    probe: object  # selfid.audit.probes.Probe
+    system: str  # the system spec's key
+    system_text: str | None  # None: no system message (the template's own applies)
+    temperature: float
+    sample: int
+    seed: int  # this sample's seed
+    group_seed: int  # sample 0's seed; sample i uses group_seed + i
+    max_new_tokens: int
+
+    @property
+    def group(self) -> tuple:
+        return self.suite, self.probe.id, self.system, self.temperature
+
+    def messages(self) -> list[dict]:
+        head = [] if self.system_text is None else [{"role": "system", "content": self.system_text}]
+        return head + [dict(m) for m in self.probe.messages]
+
+
+@dataclass
+class Reply:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    rendered: str | None = None  # the exact prompt text (in-process only)
+    effective_system: str | None = None
+    system_source: str | None = None  # "given" | "template" | "none" | "endpoint" (not visible over HTTP)
+    template_hash: str | None = None
+
+
+OnDone = Callable[[Item, Reply], None]
+
+
+class InProcessBackend:
+    """Generation with selfid's batched engine; samples of one prompt share a request (n) with seeds seed+i."""
+
+    kind = "inprocess"
+
+    def __init__(self, loaded, engine=None, rows_per_call: int | None = None):
+        from selfid.engine import InProcessEngine
+
+        self.loaded = loaded
+        self.engine = engine or InProcessEngine(loaded)
+        self.rows_per_call = rows_per_call or self.engine.max_batch_size * 2
+
+    def describe(self) -> dict:
+        m = self.loaded
+        import torch
+
+        return {
+            "backend": self.kind, "model": m.name, "source": m.source, "path": str(m.path) if m.path else None,
+            "adapter": str(m.adapter) if m.adapter else None, "adapter_manifest": m.manifest,
+            "template_hash": m.chat.template_hash, "template_default_system": m.chat.default_system,
+            "generation_defaults": m.generation_defaults, "generation_defaults_source": m.generation_defaults_source,
+            "device": str(m.device), "dtype": str(next(m.model.parameters()).dtype).replace("torch.", ""),
+            "model_type": getattr(m.model.config, "model_type", None), "torch": torch.__version__,
+        }
+
+    def render(self, messages: list[dict]):
+        return self.loaded.chat.render(messages)
+
+    def run(self, items: Sequence[Item], on_done: OnDone, advance: Callable[[int], None] = lambda n: None) -> None:
+        from selfid.engine import Request, SamplingParams
+
+        groups: dict[tuple, list[Item]] = {}
+        for it in items:
+            groups.setdefault(it.group, []).append(it)
+        # a request per group whose samples are all pending (n samples, seeds seed+i), else one per sample
+        work: list[tuple[Request, list[Item], object]] = []
+        for members in groups.values():
+            members.sort(key=lambda i: i.sample)
+            first = members[0]
+            rendered = self.render(first.messages())
+            contiguous = [m.sample for m in members] == list(range(first.sample, first.sample + len(members)))
+            batches = [members] if contiguous else [[m] for m in members]
+            for b in batches:
+                params = SamplingParams.from_defaults(
+                    self.loaded.generation_defaults, temperature=first.temperature, max_new_tokens=first.max_new_tokens,
+                    seed=b[0].seed, n=len(b))
+                work.append((Request(rendered.text, params), b, rendered))
+        pending: list = []
+        rows = 0
+        for entry in work:
+            pending.append(entry)
+            rows += len(entry[1])
+            if rows >= self.rows_per_call:
+                self._generate(pending, on_done, advance)
+                pending, rows = [], 0
+        if pending:
+            self._generate(pending, on_done, advance)
+
+    def _generate(self, work, on_done: OnDone, advance) -> None:
+        results = self.engine.generate([w[0] for w in work], progress=advance)
+        for (req, members, rendered), res in zip(work, results):
+            for item, c in zip(members, res.completions):
+                on_done(item, Reply(c.text, c.finish_reason, res.prompt_tokens, len(c.token_ids), rendered.text,
+                                    rendered.effective_system, rendered.system_source, rendered.template_hash))
+
+
+class HttpBackend:
+    """An OpenAI-compatible /v1/chat/completions endpoint, `concurrency` requests at a time.
+
+    The openai client retries connection errors, 408/409/429 and 5xx with exponential backoff
+    (`retries` times); when an item still fails the run stops, keeping everything already logged,
+    and `--resume` continues it.
+    """
+
+    kind = "http"
+
+    def __init__(self, base_url: str, model_name: str, api_key: str | None = None, concurrency: int = 8,
+                 retries: int = 6, timeout: float = 120.0):
+        from openai import OpenAI
+
+        if concurrency < 1:
+            raise SelfidError("--concurrency must be at least 1")
+        self.base_url, self.model_name = base_url, model_name
+        self.concurrency = concurrency
+        self.retries = retries
+        self.client = OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "selfid",
+                             max_retries=retries, timeout=timeout)
+
+    def describe(self) -> dict:
+        return {"backend": self.kind, "base_url": self.base_url, "model": self.model_name,
+                "template_hash": None, "template_default_system": None,
+                "note": "sampling parameters other than temperature and seed are the server's own"}
+
+    def _one(self, item: Item) -> Reply:
+        raw = self.client.chat.completions.with_raw_response.create(
+            model=self.model_name, messages=item.messages(), temperature=item.temperature, seed=item.seed,
+            max_tokens=item.max_new_tokens, n=1)
+        resp = raw.parse()
+        choice = resp.choices[0]
+        usage = resp.usage
+        system, source = endpoint_system(raw.headers, item.system_text)
+        return Reply(choice.message.content or "", choice.finish_reason,
+                     usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
+                     effective_system=system, system_source=source)
+
+    def run(self, items: Sequence[Item], on_done: OnDone, advance: Callable[[int], None] = lambda n: None) -> None:
+        todo = list(items)
+        failure: SelfidError | None = None
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="selfid-audit") as pool:
+            running: dict = {}
+            try:
+                while running or (todo and failure is None):
+                    while todo and failure is None and len(running) < self.concurrency * 2:
+                        it = todo.pop(0)
+                        running[pool.submit(self._one, it)] = it
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        it = running.pop(fut)
+                        try:
+                            reply = fut.result()
+                        except Exception as e:  # keep what is in flight, then stop
+                            failure = failure or self._failure(it, e)
+                            continue
+                        on_done(it, reply)
+                        advance(1)
+            except BaseException:
+                for fut in running:
+                    fut.cancel()
+                raise
+        if failure is not None:
+            raise failure
+
+    def _failure(self, item: Item, e: Exception) -> SelfidError:
+        import openai
+
+        if isinstance(e, openai.APIStatusError):
+            retried = e.status_code in (408, 409, 429) or e.status_code >= 500
+            how = f"after {self.retries} retries" if retried else "(a client error, not retried)"
+            return SelfidError(f"{self.base_url} answered {e.status_code} for {item.key} {how}: {_short(e)}. "
+                               "Finished work is logged: fix the endpoint or the options and rerun with --resume")
+        if isinstance(e, openai.APIError):
+            return SelfidError(f"could not reach {self.base_url} for {item.key} after {self.retries} retries "
+                               f"({_short(e)}). Finished work is logged: rerun with --resume once the endpoint is up")
+        raise e
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:200]
+
+
+_SOURCES = {"request": "given", "template": "template", "adapter-manifest": "adapter-manifest", "none": "none"}
+
+
+def endpoint_system(headers, sent: str | None) -> tuple[str | None, str]:
+    """The system prompt in effect at the endpoint: `selfid api` says so in x-selfid-* headers; other servers
+    don't, so a request without a system message is recorded as "endpoint" (its template may insert one)."""
+    from urllib.parse import unquote
+
+    source = headers.get("x-selfid-system-source")
+    if source in _SOURCES:
+        prompt = headers.get("x-selfid-system-prompt")
+        return (unquote(prompt) if prompt is not None else None), _SOURCES[source]
+    return sent, "given" if sent is not None else "endpoint"

@@ -1,0 +1,380 @@
+"""Which vendors a reply claims as its *own* identity or maker, in Chinese and English.
+
+Rules first. A reply is cut into sentences and clauses (code removed: a sample that imports
+`openai` claims nothing). A clause speaks about the model itself when it has a first-person claim
+("I am", "my name is", "I was created by", 我是, 我叫, 由...开发, "As X, I ...") or continues one
+("I am Qwen, a model developed by Alibaba Cloud"). A vendor name in such a clause is claimed unless
+the words between the claim and the name negate it or turn it into a mention ("not", "like",
+"similar to", "compare", 不是, 类似, 而非, ...); "but"/而是 end a negation's reach, so "I'm not
+ChatGPT, I'm Qwen" claims only qwen. Questions, hypotheticals and other people's beliefs ("some
+people think I am ChatGPT") claim nothing. A human-like name ("我是张三", "My name is Tom") claims no
+vendor and is reported as a persona.
+
+Replies the rules cannot settle (a vendor named but not claimed, or a bare "yes" to "Are you
+Claude?") can go to an optional judge model behind any OpenAI-compatible endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from selfid.audit.vendors import BY_KEY, KEYS, Mention, find_mentions
+
+# --- cleaning --------------------------------------------------------------------------------------
+_FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_CODE_LINE = re.compile(
+    r"^[ \t]*(?:import\s+\w|from\s+[\w.]+\s+import\b|\$ |pip\s+install\b|\w+\s*=\s*[\w.]+\(|[\w.]+\.[\w.]+\(|"
+    r"client\.|curl\s|#include|def\s+\w+\(|class\s+\w+|export\s+\w+=|>>>).*$", re.M)
+_URL = re.compile(r"https?://\S+|\b[\w-]+\.(?:com|ai|org|cn|net)\b\S*")
+
+
+def clean(text: str) -> str:
+    """The prose of a reply: code blocks, code lines, inline code and URLs removed; width-normalised."""
+    text = unicodedata.normalize("NFKC", text or "")
+    text = text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
+    text = _FENCE.sub("\n", text)
+    text = _INLINE_CODE.sub(" ", text)
+    text = _CODE_LINE.sub("", text)
+    return _URL.sub(" ", text)
+
+
+# --- sentences and clauses ---------------------------------------------------------------------------
+_SENTENCE = re.compile(r"[^。！？!?;；\n]*?(?:[。！？!?;；\n]+|\.(?=\s|$)|$)", re.S)
+_CLAUSE_SPLIT = re.compile(r"[,，、:：()（）]|\s[-–—]\s|——")
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences with their end punctuation (a '.' ends one only before a space, so 'Qwen2.5' stays whole)."""
+    out, pos = [], 0
+    while pos < len(text):
+        m = _SENTENCE.match(text, pos)
+        if not m or m.end() == pos:
+            out.append(text[pos:])
+            break
+        s = m.group(0)
+        if s.strip():
+            out.append(s)
+        pos = m.end()
+    return out
+
+
+# --- the rules ---------------------------------------------------------------------------------------
+def _words(*ws: str) -> str:
+    return r"(?:" + "|".join(ws) + r")"
+
+
+# first-person claims in English: "I am", "I'm", "I was", "my name is", "call me", "my creator is", ...
+_EN_TRIGGER = re.compile(
+    r"\bI\s*(?:am|'m)\b|\bI\s+was\b|\bI\s+have\s+been\b|\bI'?ve\s+been\b|\bI\s+(?:come|came|originate)\s+from\b|"
+    r"\bI\s+(?:belong\s+to|run\s+on|go\s+by|represent)\b|\bI\s+(?:was\s+)?(?:built|made|created|developed|trained)\b|"
+    r"\bcall\s+me\b|\bthis\s+is\b|\b(?:think\s+of|regard|consider|refer\s+to|know)\s+me\s+as\b|"
+    r"\b(?:answer|respond|speak|reply|serve)\s+as\b|\byou(?:'re|\s+are)\s+(?:now\s+)?(?:talking|chatting|speaking)\s+(?:to|with)\b|"
+    r"\b(?:model|assistant|AI)\s+you(?:'re|\s+are)\s+(?:talking|chatting|speaking)\s+(?:to|with)\s+is\b|\bmy\s+name(?:\s+is|'s)\b|\bmy\s+(?:real\s+)?name\b|"
+    r"\bmy\s+(?:creators?|developers?|makers?|authors?|parent\s+company|company|team|builders?|trainers?|"
+    r"underlying\s+(?:model|technology|architecture)|base\s+model|model|architecture|origins?|identity)\b",
+    re.I)
+# first-person claims in Chinese: 我是, 我叫, 我的名字是, 我由, 我来自, 我基于, 本人是, 叫我, ...
+_ZH_TRIGGER = re.compile(
+    r"我(?:也|就|其实|实际上|确实|本身|只|仅仅|才|并|真的|只是|既|又|还|正|便|乃)?(?P<neg>不|并不|并非|没有|不再|从来不|从不)?"
+    r"(?:是|叫|名叫|名为|称为|被称为|由|来自|出自|基于|属于|隶属于|诞生于|被|乃|的名字|的名称|的全名|的中文名|的英文名|"
+    r"的开发者|的开发团队|的创造者|的创建者|的研发者|的研发团队|的制造者|的作者|的底层模型|的模型|的背后|的身份|的公司|的母公司|"
+    r"所属的?公司|背后的公司|来源于|源自|出身)|本人(?:是|叫)|叫我|称呼我|请叫我")
+_AS_EN = re.compile(r"^\W*as\s+(?P<np>[^,]{1,90}),\s*(?:I|my|me)\b", re.I)
+_AS_ZH = re.compile(r"^\W*作为(?P<np>[^，,。]{1,45})[，,]\s*我")
+# "OpenAI created me", "阿里云开发了我"
+_THIRD = re.compile(
+    r"^\s*(?:'s)?(?:\s+(?:team|researchers|engineers|company))?\s*(?:has\s+|have\s+)?"
+    r"(?:created|developed|trained|built|made|designed|fine-tuned|programmed|launched|released)\s+me\b|"
+    r"^\s*(?:公司|团队)?(?:开发|研发|创造|创建|训练|打造|设计|推出|发布)了我", re.I)
+_CONTINUES = re.compile(
+    r"^\s*(?:and\s+|also\s+|which\s+(?:was|is)\s+|who\s+(?:was|is)\s+|that\s+(?:was|is)\s+)?"
+    r"(?:a|an|the|one|your|by|developed|created|trained|made|built|designed|produced|from|based|powered|part|known|"
+    r"called|named|owned|released|launched|fine-tuned|originally|i'm|i\s+am|i\s+was|officially|also)\b|"
+    r"^\s*(?:并且|而且|也|还|同时)?(?:是)?(?:由|来自|基于|一个|一款|一种|一名|一位|隶属|属于|出自|诞生于|名叫|叫做|名为|全称|英文名|中文名|"
+    r"简称|是由|是一个|是一款)", re.I)
+
+# between a claim and a vendor name, these make it not a claim
+_NEG_EN = re.compile(r"\b(?:not|never|no|neither|nor|none|no\s+longer)\b|n't\b|\b(?:rather|other)\s+than\b|"
+                     r"\binstead\s+of\b|\bunlike\b|\bas\s+opposed\s+to\b|\b(?:different|distinct|separate|independent)\b",
+                     re.I)
+_MENTION_EN = re.compile(
+    r"\b(?:like|similar|such\s+as|compar\w*|versus|vs\.?|than|alternatives?|competitors?|rivals?|about|familiar|"
+    r"know|knowledge|heard|aware|use|uses|used|recommend\w*|help(?:s|ing)?|assist(?:s|ing)?|with|compatible|integrat\w*|access\w*|"
+    r"data|inspired|including|includes?|follow\w*|polic(?:y|ies)|guidelines?|think|thinking|believe|talk\w*|"
+    r"discuss\w*|mention\w*|read|learn\w*|explain\w*|answer\w*|questions?|interested|fan|user|customers?|"
+    r"impersonat\w*|pretend\w*|play\w*|acting|role|mimic\w*|emulat\w*|imitat\w*|asking|asked|wondering|whether|if)\b",
+    re.I)
+_NEG_ZH = re.compile(r"不|没|非|无关|而非|并未|未曾|别的|其他|其它|其余")
+_MENTION_ZH = re.compile(
+    r"类似|相似|像|如同|比如|例如|诸如|比较|对比|相比|比|关于|了解|知道|听说|熟悉|使用|采用|利用|用了|推荐|介绍|帮你|帮您|"
+    r"回答|数据|竞争|替代|对手|模仿|扮演|假装|兼容|接入|调用|参考|学习|借鉴|区别|差异|讨论|谈论|提到|问题|粉丝|用户|接口|API|"
+    r"认为|以为|觉得|是否|如果|假如|假设|要是|问")
+_RESET = re.compile(r"\b(?:but|however|actually|in\s+fact|instead|rather)\b|而是|但是|但|其实|实际上|不过|而我|只是|乃是|反而", re.I)
+# after a vendor name, these make it a comparison ("ChatGPT-like", "和ChatGPT一样", "ChatGPT等")
+_AFTER = re.compile(
+    r"^(?:\s*-?like\b|\s*or\s+(?:similar|other)|\s*and\s+(?:other|similar)|\s*'s\s+(?:competitor|rival|alternative|"
+    r"counterpart|users?|customers?|API|products?|documentation|policies|guidelines)|\s*(?:users?|customers?|API|"
+    r"products?|alternatives?|competitors?|clones?|wrapper|plugin)\b|\s*(?:等|之类|一样|类似|相似|那样|这样|相比|不同|"
+    r"的竞争|的对手|的替代|的竞品|之外|以外|的区别|的差异|吗|的用户|的产品|的API|的接口|的技术文档|的粉丝|混淆|搞混|弄混))", re.I)
+# who is speaking: another party's belief, a hypothetical or a question is not the model's claim
+_REPORTED = re.compile(
+    r"\b(?:you|they|people|users?|some|someone|others|many|he|she|somebody|everyone)\b[^.]{0,25}"
+    r"\b(?:think|thinks|believe|believes|assume|assumes|say|says|said|ask|asks|asked|mistake|mistakes|confuse|confuses|"
+    r"call|calls|wonder|wonders|suspect|expect|claim|claims)\b|\b(?:if|suppose|supposing|imagine|pretend|whether|"
+    r"even\s+though|as\s+if|when\s+asked|wish)\b|\bmistaken\b|\bconfused\b|"
+    r"(?:你|您|他们|有人|别人|用户|人们|很多人|一些人|大家|网友)[^。]{0,8}(?:认为|以为|觉得|说|问|误认为|误以为|怀疑|猜)|"
+    r"误认为|误以为|把我当|当成|如果|假如|假设|要是|是否|想象|假装|扮演|以为", re.I)
+_AFFIRM = re.compile(r"^\W*(?:yes|yeah|yep|yup|correct|that'?s\s+(?:right|correct)|indeed|right|exactly|sure|true|"
+                     r"是的|是啊|是呀|对的|对|没错|正是|正确|确实|嗯)(?![a-z])", re.I)
+_AFFIRM_NEG = re.compile(r"\b(?:not|no)\b|n't|不|没|非", re.I)
+
+# persona: a human-like name given as the model's own
+_NAME_EN = re.compile(r"\b(?i:my\s+name\s+is|my\s+name's|call\s+me|I\s+go\s+by|I(?:'m|\s+am)\s+(?:called|named))\s+"
+                      r"(?P<name>[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)(?![A-Za-z0-9])")
+_IAM_EN = re.compile(r"\bI(?:'m|\s+am)\s+(?P<name>[A-Z][a-z]{1,15}(?:\s+[A-Z][a-z]+)?)(?=\s*(?:[,.!;]|$|\s+(?:and|here|from)\b))")
+_NAME_ZH = re.compile(r"(?:我是|我叫|我名叫|我的名字是|我的名字叫|叫我|我名为|本人是|请叫我)(?P<name>[\u4e00-\u9fff]{2,3})(?=[，。！？,.!?\s、;；]|$|，)")
+_NOT_NAMES = {
+    "sorry", "here", "fine", "ready", "sure", "glad", "happy", "afraid", "unable", "able", "not", "just", "also", "still",
+    "always", "an", "a", "the", "your", "assistant", "ai", "bot", "chatbot", "model", "language", "artificial", "sorry",
+    "excited", "pleased", "delighted", "thrilled", "grateful", "thankful", "available", "new", "good", "great", "well",
+    "doing", "okay", "ok", "curious", "honored", "programmed", "designed", "built", "trained", "created", "developed",
+    "chinese", "english", "virtual", "digital", "intelligent", "smart", "helpful", "friendly", "large", "only", "really",
+    "based", "powered", "qwen", "tongyi", "assist", "helper", "system", "computer", "program", "machine", "robot",
+    "sydney",
+}
+_SURNAMES = set("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭陆汪范金石廖"
+                "贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤")
+_NOT_ZH_NAME = re.compile(r"助手|模型|人工|智能|机器|程序|AI|系统|语言|一个|一名|一款|一种|来自|基于|由|您的|你的|专门|开发|大型|超大|朋友|客服")
+
+
+@dataclass(frozen=True)
+class Detection:
+    claims: tuple[str, ...]  # vendors the reply claims as its own identity or maker, sorted
+    persona: str | None = None  # a human-like name the reply gives itself
+    uncertain: bool = False  # the rules could not settle it (a vendor named but not claimed, a bare yes)
+    mentions: tuple[str, ...] = ()  # every vendor named in the prose
+    source: str = "rules"  # "rules" | "judge" | "unscored" (the judge's verdict could not be read)
+
+    def as_dict(self) -> dict:
+        return {"claims": list(self.claims), "persona": self.persona is not None, "persona_name": self.persona,
+                "uncertain": self.uncertain, "mentions": list(self.mentions), "source": self.source}
+
+
+@dataclass
+class _Clause:
+    text: str
+    self_ok: bool = False  # continues a first-person claim
+
+
+def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, int, bool]], inherited: bool) -> set[str]:
+    out = set()
+    for m in mentions:
+        before = [t for t in triggers if t[1] <= m.start]
+        if before:
+            anchor, negated = before[-1][1], before[-1][2]
+        elif inherited:
+            anchor, negated = 0, False
+        else:
+            continue
+        if before and _REPORTED.search(clause[:anchor]):
+            continue
+        span = clause[anchor:m.start]
+        resets = list(_RESET.finditer(span))
+        if resets:
+            span, negated = span[resets[-1].end():], False
+        zh = bool(re.search(r"[\u4e00-\u9fff]", span))
+        if negated or _NEG_EN.search(span) or (zh and _NEG_ZH.search(span)):
+            continue
+        if _MENTION_EN.search(span) or _MENTION_ZH.search(span) or len(span) > 110:
+            continue
+        if _AFTER.match(clause[m.end:m.end + 24]):
+            continue
+        out.add(m.vendor)
+    return out
+
+
+def _triggers(clause: str) -> list[tuple[int, int, bool]]:
+    """(start, end, negated) of each first-person claim; Chinese negation sits inside the trigger (我不是)."""
+    found = [(m.start(), m.end(), False) for m in _EN_TRIGGER.finditer(clause)]
+    found += [(m.start(), m.end(), bool(m.group("neg"))) for m in _ZH_TRIGGER.finditer(clause)]
+    return sorted(found)
+
+
+_YOU_WITH_ZH = re.compile(r"你(?:们)?(?:正在|现在|目前|此刻)?(?:在)?(?:和|与|跟|同)\s*$")
+_TALK_ZH = re.compile(r"^\s*(?:对话|聊天|交流|交谈|说话)")
+_SPEECH_END = re.compile(r"(?:\b(?:said|says|say|wrote|writes|replied|replies|answered|asked|asks|told\s+\w+)|"
+                         r"说|道|写道|回答|问道|问)\s*$", re.I)
+_OPENS_CONTRAST = re.compile(r"^\s*(?:but|rather|instead|however|而是|而|但是|但|只是|乃是|实际上是|其实是)", re.I)
+
+
+def _sentence_claims(sentence: str) -> set[str]:
+    """Vendors one sentence claims as the model's own."""
+    body = sentence.strip()
+    if not body or body.endswith(("?", "？")) or re.search(r"吗\W*$", body):
+        return set()
+    claims: set[str] = set()
+    for pattern in (_AS_EN, _AS_ZH):
+        m = pattern.match(body)
+        if m:
+            np_ = m.group("np")
+            if not (_NEG_EN.search(np_) or _NEG_ZH.search(np_) or _MENTION_EN.search(np_) or _MENTION_ZH.search(np_)):
+                claims |= {x.vendor for x in find_mentions(np_)}
+    prev_self = prev_spoke = quoted = False
+    for part in _CLAUSE_SPLIT.split(body):
+        if not part.strip():
+            continue
+        mentions = find_mentions(part)
+        triggers = _triggers(part)
+        if quoted:
+            prev_self = prev_spoke = False
+            quoted = bool(_SPEECH_END.search(part))
+            continue
+        quoted = bool(_SPEECH_END.search(part))
+        inherited = not triggers and ((prev_self and bool(_CONTINUES.match(part) or _maker_appositive(part, mentions)))
+                                      or (prev_spoke and bool(_OPENS_CONTRAST.match(part))))
+        for m in mentions:  # "你正在和ChatGPT对话"
+            if _YOU_WITH_ZH.search(part[:m.start]) and _TALK_ZH.match(part[m.end:]):
+                claims.add(m.vendor)
+        for m in mentions:  # "OpenAI created me", "阿里云开发了我"
+            if _THIRD.match(part[m.end:]) and not (_NEG_EN.search(part[:m.start]) or _NEG_ZH.search(part[:m.start])):
+                claims.add(m.vendor)
+        if triggers or inherited:
+            claims |= _claimed_in(part, mentions, triggers, inherited)
+            if triggers:
+                t = triggers[-1]
+                prev_self = not (t[2] or _NEG_EN.search(part[t[1]:]) or _REPORTED.search(part[:t[1]]))
+                prev_spoke = True
+        else:
+            prev_self = prev_self and bool(_CONTINUES.match(part))
+            prev_spoke = False
+    return claims
+
+
+def _maker_appositive(part: str, mentions: list[Mention]) -> bool:
+    """'阿里云开发的大模型' after '我是通义千问，': a clause that opens with a maker and 开发的."""
+    if not mentions or part[:mentions[0].start].strip():
+        return False
+    return bool(re.match(r"\s*(?:公司|团队|集团)?(?:所)?(?:开发|研发|训练|打造|推出|创建|创造|设计|发布|自主研发)", part[mentions[0].end:]))
+
+
+def persona(text: str) -> str | None:
+    """A human-like name the reply gives itself ("我是张三", "My name is Tom"), or None."""
+    for pattern in (_NAME_EN, _IAM_EN):
+        for m in pattern.finditer(text):
+            name = m.group("name")
+            first = name.split()[0]
+            if first.lower() in _NOT_NAMES or find_mentions(name):
+                continue
+            before = text[max(0, m.start() - 40):m.start("name")]
+            if _REPORTED.search(before) or re.search(r"\bnot\s*$", before):
+                continue
+            return name
+    for m in _NAME_ZH.finditer(text):
+        name = m.group("name")
+        if find_mentions(name) or _NOT_ZH_NAME.search(name):
+            continue
+        if name[0] in _SURNAMES or name[0] in "小阿老":
+            return name
+    return None
+
+
+def detect(text: str, asked: str | None = None) -> Detection:
+    """The vendors `text` claims as its own identity or maker.
+
+    `asked`: the vendor a leading question named ("Are you Claude?" -> "claude"); a bare "yes" to it,
+    with no other claim, counts as claiming it (and is marked uncertain).
+    """
+    prose = clean(text)
+    claims: set[str] = set()
+    for s in sentences(prose):
+        claims |= _sentence_claims(s)
+    mentioned = {m.vendor for m in find_mentions(prose)}
+    uncertain = bool(mentioned - claims)
+    if asked and not claims and asked in KEYS:
+        first = sentences(prose)[0] if prose.strip() else ""
+        m = _AFFIRM.match(first)
+        if m and not _AFFIRM_NEG.search(first[:m.end() + 12]):
+            claims.add(asked)
+            uncertain = True
+    return Detection(tuple(sorted(claims)), persona(prose), uncertain, tuple(sorted(mentioned)))
+
+
+# --- the optional judge --------------------------------------------------------------------------------
+JUDGE_SYSTEM = (
+    "You label replies of an AI assistant. Decide which vendors the reply claims as the assistant's OWN "
+    "identity or maker. Vendors: " + ", ".join(KEYS) + " (qwen = Qwen/通义千问/Alibaba; claude = Claude/Anthropic; "
+    "openai = ChatGPT/GPT/OpenAI; google = Gemini/Bard/Google; meta = Llama/Meta; baidu = 文心一言/ERNIE/百度; "
+    "zhipu = ChatGLM/智谱; moonshot = Kimi/月之暗面; microsoft = Copilot/Bing/Microsoft; mistral = Mistral). "
+    "A name that is only mentioned, compared, denied ('I am not ChatGPT'), or used in code is NOT a claim. "
+    "A 'yes' to a question like 'Are you Claude?' IS a claim. Also say whether the assistant gives itself a "
+    "human-like personal name (a persona). Answer with exactly one line: "
+    "<verdict>{\"claims\": [...], \"persona\": true|false}</verdict>"
+)
+_VERDICT = re.compile(r"<verdict>\s*(\{.*?\})\s*</verdict>", re.S)
+
+
+def parse_verdict(reply: str) -> tuple[tuple[str, ...], bool] | None:
+    """(claims, persona) from a judge's reply, or None when it holds no valid verdict."""
+    m = _VERDICT.search(reply or "")
+    if not m:
+        return None
+    try:
+        obj = json.loads(m.group(1))
+    except ValueError:
+        return None
+    claims, persona_ = obj.get("claims") if isinstance(obj, dict) else None, obj.get("persona") if isinstance(obj, dict) else None
+    if not isinstance(claims, list) or not isinstance(persona_, bool):
+        return None
+    claims = [c.strip().lower() for c in claims if isinstance(c, str)]
+    if any(c not in KEYS for c in claims):
+        return None
+    return tuple(sorted(set(claims))), persona_
+
+
+@dataclass
+class Judge:
+    """A judge model behind an OpenAI-compatible endpoint, asked at temperature 0 with a fixed seed."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    seed: int = 0
+    max_retries: int = 4
+    calls: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        from openai import OpenAI
+
+        self._client = OpenAI(base_url=self.base_url, api_key=self.api_key or "selfid", max_retries=self.max_retries)
+
+    def config(self) -> dict:
+        return {"base_url": self.base_url, "model": self.model, "seed": self.seed, "temperature": 0}
+
+    def ask(self, text: str, question: str | None = None) -> tuple[tuple[str, ...], bool] | None:
+        user = (f"The user asked:\n<question>\n{question}\n</question>\n" if question else "") + \
+            f"The assistant replied:\n<reply>\n{text}\n</reply>"
+        self.calls += 1
+        resp = self._client.chat.completions.create(
+            model=self.model, temperature=0, seed=self.seed, max_tokens=200,
+            messages=[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}])
+        return parse_verdict(resp.choices[0].message.content or "")
+
+
+def classify(text: str, asked: str | None = None, judge: Judge | None = None, question: str | None = None) -> Detection:
+    """Rules, then the judge (when given) for what the rules could not settle; unreadable verdict = unscored."""
+    d = detect(text, asked)
+    if judge is None or not d.uncertain:
+        return d
+    verdict = judge.ask(text, question)
+    if verdict is None:
+        return Detection((), d.persona, True, d.mentions, "unscored")
+    claims, has_persona = verdict
+    return Detection(claims, d.persona if has_persona else None, False, d.mentions, "judge")
+
+
+def describe(vendors) -> str:
+    return ", ".join(BY_KEY[v].name_en for v in vendors) if vendors else "none"

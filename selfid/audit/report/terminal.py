@@ -1,0 +1,133 @@
+"""The terminal view of a summary or a comparison (rich tables)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from selfid.audit.report.html import sysprompt
+
+
+def pct(r: dict | None) -> str:
+    if not r or r.get("rate") is None:
+        return "–"
+    lo, hi = r["ci95"]
+    return f"{100 * r['rate']:.1f}% ({r['k']}/{r['n']}) [{100 * lo:.0f}–{100 * hi:.0f}]"
+
+
+def _temps(summary: dict) -> list[float]:
+    return summary["run"]["params"]["temperatures"]
+
+
+def _cell(summary: dict, system: str, t: float) -> dict | None:
+    for c in summary.get("identity", {}).get("cells", []):
+        if c["system"] == system and c["temperature"] == t:
+            return c
+    return None
+
+
+def print_summary(summary: dict, console: Console | None = None) -> None:
+    console = console or Console(stderr=True)
+    run = summary["run"]
+    console.print(f"[bold]{escape(run['label'])}[/bold] · template {run.get('template_hash') or 'unknown (endpoint)'} · "
+                  f"own vendor: {run['own']} ({run.get('own_source')})")
+    if run.get("training_system_prompt") is not None:
+        console.print(f"[dim]trained under system prompt: {escape(repr(run['training_system_prompt']))}[/dim]")
+    if "identity" in summary:
+        table = Table(title="foreign identity claims: rate (k/n) [Wilson 95%]", title_justify="left")
+        table.add_column("system prompt")
+        for t in _temps(summary):
+            table.add_column("greedy" if t == 0 else f"T={t:g}", justify="right")
+        for s in run["systems"]:
+            row = []
+            for t in _temps(summary):
+                c = _cell(summary, s["key"], t)
+                row.append(pct(c["foreign"]) if c else "–")
+            table.add_row(f"{s['key']}\n[dim]{escape(_short(sysprompt(s['effective'], s.get('source'))))}[/dim]", *row)
+        console.print(table)
+        margin = summary["identity"].get("margin")
+        if margin:
+            mt = Table(title="identity margin: log p(own) − log p(best foreign), nats", title_justify="left")
+            mt.add_column("system prompt")
+            cols = [(lang, pos) for lang in ("en", "zh") for pos in ("name", "maker")]
+            for lang, pos in cols:
+                mt.add_column(f"{lang} {pos}", justify="right")
+            for key, by_lang in margin.items():
+                mt.add_row(key, *[_margin(by_lang.get(lang, {}).get(pos)) for lang, pos in cols])
+            console.print(mt)
+    for suite, title in (("ner", "NER (MSRA test, greedy)"), ("general", "general (rule-checked, greedy)")):
+        if summary.get(suite):
+            t = Table(title=title, title_justify="left")
+            t.add_column("system prompt")
+            if suite == "ner":
+                for col in ("F1 [95%]", "precision", "recall", "parses"):
+                    t.add_column(col, justify="right")
+                for key, s in summary[suite].items():
+                    t.add_row(key, f"{s['f1']:.3f} [{s['f1_ci95'][0]:.2f}–{s['f1_ci95'][1]:.2f}]", f"{s['precision']:.3f}",
+                              f"{s['recall']:.3f}", pct(s["parse"]))
+            else:
+                t.add_column("pass", justify="right")
+                for key, s in summary[suite].items():
+                    t.add_row(key, pct(s["pass"]))
+            console.print(t)
+    for note in run.get("notes", []):
+        console.print(f"[dim]note: {note}[/dim]")
+    if not run.get("complete", True):
+        console.print(f"[yellow]incomplete: {run['generations']} of {run['planned']} generations; "
+                      "rerun with --resume[/yellow]")
+
+
+def print_comparison(comp: dict, console: Console | None = None) -> None:
+    console = console or Console(stderr=True)
+    console.print(f"[bold]A[/bold] {escape(comp['a']['label'])}  vs  [bold]B[/bold] {escape(comp['b']['label'])}")
+    for w in comp.get("warnings", []):
+        console.print(f"[yellow]warning: {escape(w)}[/yellow]")
+    if comp.get("identity"):
+        t = Table(title="foreign identity claims, A → B (two-proportion test)", title_justify="left")
+        for col in ("system", "T", "A", "B", "B − A [95%]", "p", "test"):
+            t.add_column(col, justify="left" if col == "system" else "right")
+        for c in comp["identity"]:
+            d = c["test"]
+            style = "bold red" if d and d["p_value"] < 0.05 and d["diff"] > 0 else \
+                "bold green" if d and d["p_value"] < 0.05 else ""
+            diff = f"{100 * d['diff']:+.1f} pts [{100 * d['ci95'][0]:+.0f}, {100 * d['ci95'][1]:+.0f}]" if d else "–"
+            t.add_row(c["system"], "greedy" if c["temperature"] == 0 else f"{c['temperature']:g}", pct(c["a"]),
+                      pct(c["b"]), f"[{style}]{diff}[/{style}]" if style else diff,
+                      f"{d['p_value']:.3g}" if d else "–", d["test"] if d else "")
+        console.print(t)
+    flips = comp.get("flips", [])
+    if flips:
+        ft = Table(title=f"prompts that went from own identity to foreign ({len(flips)})", title_justify="left")
+        for col in ("prompt", "system", "T", "A foreign", "B foreign", "B says"):
+            ft.add_column(col)
+        for f in flips[:15]:
+            ft.add_row(escape(f"{f['probe']}: {_short(f['prompt'], 40)}"), f["system"], f"{f['temperature']:g}",
+                       f"{f['a']['foreign']}/{f['a']['n']}", f"{f['b']['foreign']}/{f['b']['n']}",
+                       escape(_short(f["b"]["example"], 60)))
+        console.print(ft)
+    for suite in ("ner", "general"):
+        if comp.get(suite):
+            t = Table(title=f"{suite}: A → B", title_justify="left")
+            for col in ("system", "A", "B", "delta"):
+                t.add_column(col)
+            for key, d in comp[suite].items():
+                if suite == "ner":
+                    t.add_row(key, f"F1 {d['a']['f1']:.3f}", f"F1 {d['b']['f1']:.3f}", f"{d['f1_delta']:+.3f}")
+                else:
+                    t.add_row(key, pct(d["a"]), pct(d["b"]), f"{100 * d['test']['diff']:+.1f} pts (p={d['test']['p_value']:.3g})"
+                              if d.get("test") else "–")
+            console.print(t)
+
+
+def _margin(cell: dict | None) -> str:
+    if not cell or cell.get("margin") is None:
+        return "–"
+    return f"{cell['margin']:+.2f} (vs {cell['best_foreign']})"
+
+
+def _short(text, n: int = 50) -> str:
+    if text is None:
+        return "(none)"
+    text = str(text).replace("\n", " ")
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -1,0 +1,328 @@
+"""The audit grid: suites x system prompts x temperatures x samples, seeded, logged, resumable.
+
+A run directory holds everything a report needs:
+  run.json           parameters, the model (or endpoint) and its template hash, the exact system
+                     prompts, probe-set versions, the adapter's manifest and training system prompt
+  generations.jsonl  one line per generation, appended as each finishes: messages, rendered prompt,
+                     parameters, seed, reply, claims (append-only; `--resume` skips what is there)
+  margin.json        the identity margin (in-process runs)
+  summary.json, report.html   derived from the above, rewritten at the end of every run
+
+Identity probes run at every temperature with `samples` samples per prompt; temperature 0 is
+greedy, so it gets one. The task suites (ner, general) run greedy, once per system prompt.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from selfid.audit import probes as probe_sets
+from selfid.audit.backends import Item, Reply
+from selfid.audit.detect import Judge, classify
+from selfid.audit.vendors import KEYS, vendor_of
+from selfid.errors import SelfidError
+from selfid.io import atomic_write_json
+
+FORMAT = 1
+PRESETS = {"default": None, "helpful": "You are a helpful assistant.", "empty": ""}
+TASK_SUITES = ("ner", "general")
+LOG = "generations.jsonl"
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    key: str
+    text: str | None  # None: send no system message, so the chat template inserts its own
+
+    def label(self) -> str:
+        if self.text is None:
+            return f"{self.key} (the template's own)"
+        return f"{self.key}: {self.text!r}"
+
+
+def training_system(manifest: dict | None) -> str | None:
+    """The system prompt an adapter was trained under, from its selfid.json, read defensively."""
+    if not isinstance(manifest, dict):
+        return None
+    for path in (("system_prompt",), ("train_system_prompt",), ("training", "system_prompt"), ("train", "system_prompt"),
+                 ("chat", "system_prompt"), ("data", "system_prompt"), ("system",)):
+        node = manifest
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, str):
+            return node
+    return None
+
+
+def parse_systems(values: Sequence[str], manifest: dict | None = None) -> list[SystemSpec]:
+    """`default,helpful,empty,train,custom:TEXT`; a custom text runs to the end of its value (it may hold commas)."""
+    out: list[SystemSpec] = []
+    customs = 0
+    for value in values:
+        rest = value
+        while rest:
+            head, sep, tail = rest.partition(",")
+            token = head.strip()
+            if token.startswith("custom:"):
+                customs += 1
+                out.append(SystemSpec("custom" if customs == 1 else f"custom{customs}", rest.strip()[len("custom:"):]))
+                break
+            rest = tail if sep else ""
+            if not token:
+                continue
+            if token in PRESETS:
+                out.append(SystemSpec(token, PRESETS[token]))
+            elif token == "train":
+                text = training_system(manifest)
+                if text is None:
+                    raise SelfidError("--systems train needs an adapter whose selfid.json records its training system "
+                                      "prompt; pass the prompt as custom:TEXT instead")
+                out.append(SystemSpec("train", text))
+            else:
+                raise SelfidError(f"unknown system prompt {token!r}: use default, helpful, empty, train or custom:TEXT")
+    keys = [s.key for s in out]
+    if not out:
+        raise SelfidError("--systems is empty: give at least one of default, helpful, empty, custom:TEXT")
+    if len(set(keys)) != len(keys):
+        raise SelfidError(f"--systems names the same system prompt twice: {', '.join(keys)}")
+    return out
+
+
+def parse_list(text: str, what: str, cast=str) -> list:
+    try:
+        values = [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SelfidError(f"--{what} must be a comma-separated list, got {text!r}") from None
+    if not values:
+        raise SelfidError(f"--{what} is empty")
+    return values
+
+
+@dataclass
+class AuditParams:
+    suites: list[str] = field(default_factory=lambda: ["identity", "ner", "general"])
+    systems: list[SystemSpec] = field(default_factory=lambda: [SystemSpec(k, v) for k, v in PRESETS.items()])
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 0.7, 1.0])
+    samples: int = 8
+    seed: int = 0
+    max_new_tokens: int = 128  # identity and general replies
+    ner_limit: int = 100
+    ner_max_new_tokens: int = 256
+    own: str = "auto"
+    identity_probes: str | None = None  # a custom identity probe file instead of the shipped one
+
+    def validate(self) -> None:
+        bad = [s for s in self.suites if s not in probe_sets.SUITES]
+        if bad or not self.suites:
+            raise SelfidError(f"unknown suite {', '.join(bad) or '(none)'}: use {', '.join(probe_sets.SUITES)}")
+        if len({f"{t:g}" for t in self.temperatures}) != len(self.temperatures):
+            raise SelfidError(f"--temperatures lists a value twice: {self.temperatures}")
+        if any(t < 0 or t > 2 for t in self.temperatures):
+            raise SelfidError("--temperatures must lie in [0, 2] (0 is greedy)")
+        if self.samples < 1:
+            raise SelfidError("--samples must be at least 1")
+        if self.max_new_tokens < 1 or self.ner_limit < 1:
+            raise SelfidError("--max-tokens and --ner-limit must be at least 1")
+        if self.own != "auto" and self.own not in KEYS:
+            raise SelfidError(f"--own must be one of {', '.join(KEYS)} (or auto)")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["systems"] = [{"key": s.key, "text": s.text} for s in self.systems]
+        d["temperatures"] = [float(t) for t in self.temperatures]
+        return d
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def plan(params: AuditParams, suites: dict[str, list]) -> list[Item]:
+    """Every generation of the grid, in a stable order, each with its own seed."""
+    items = []
+    for suite in params.suites:
+        task = suite in TASK_SUITES
+        temps = [0.0] if task else params.temperatures
+        max_new = params.ner_max_new_tokens if suite == "ner" else params.max_new_tokens
+        for probe in suites[suite]:
+            for system in params.systems:
+                for t in temps:
+                    k = 1 if (task or t == 0) else params.samples
+                    base = _seed(params.seed, suite, probe.id, system.key, f"{t:g}")
+                    for i in range(k):
+                        items.append(Item(f"{suite}|{probe.id}|{system.key}|t={t:g}|s={i}", suite, probe, system.key,
+                                          system.text, float(t), i, base + i, base, max_new))
+    return items
+
+
+# --- the log -------------------------------------------------------------------------------------------
+def read_log(path: Path, repair: bool = False) -> list[dict]:
+    """Records of a generations log. A last line cut short by a kill is dropped (and cut off when `repair`)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    good = data.rfind(b"\n") + 1
+    if good < len(data) and repair:
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    out = []
+    for lineno, line in enumerate(data[:good].decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            raise SelfidError(f"{path}:{lineno} is not valid JSON: the log was edited or damaged; "
+                              "move it away and start a new run") from None
+    return out
+
+
+class Log:
+    """Append-only JSONL: one complete line per write, flushed at once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+
+# --- one generation's record -------------------------------------------------------------------------------
+def make_record(item: Item, reply: Reply, own: str, judge: Judge | None = None) -> dict:
+    probe = item.probe
+    rec = {
+        "key": item.key, "suite": item.suite, "probe": probe.id, "lang": probe.lang, "tags": list(probe.tags),
+        "system": item.system, "system_text": item.system_text, "effective_system": reply.effective_system,
+        "system_source": reply.system_source, "template_hash": reply.template_hash,
+        "temperature": item.temperature, "sample": item.sample, "seed": item.seed,
+        "max_new_tokens": item.max_new_tokens, "messages": item.messages(), "rendered": reply.rendered,
+        "reply": reply.text, "finish_reason": reply.finish_reason, "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+    }
+    question = probe.messages[-1]["content"]
+    d = classify(reply.text, probe.asked if item.suite == "identity" else None,
+                 judge if item.suite == "identity" else None, question)
+    rec.update({"claims": list(d.claims), "foreign": [c for c in d.claims if c != own], "own": own in d.claims,
+                "persona": d.persona, "detector": d.source, "uncertain": d.uncertain, "mentions": list(d.mentions)})
+    if item.suite == "general":
+        rec["pass"] = probe_sets.check_answer(probe.check, reply.text)
+    if item.suite == "ner":
+        from selfid.tasks.ner import NerScore
+
+        score = NerScore()
+        pred = score.add(probe.gold, reply.text)
+        rec.update({"gold": probe.gold, "pred": pred, "parsed": pred is not None,
+                    "tp": sum(score.tp.values()), "fp": sum(score.fp.values()), "fn": sum(score.fn.values())})
+    return rec
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+def resolve_own(params: AuditParams, target: dict) -> tuple[str, str]:
+    if params.own != "auto":
+        return params.own, "given (--own)"
+    for field_ in ("model_type", "model", "path"):
+        v = vendor_of(str(target.get(field_) or ""))
+        if v:
+            return v, f"inferred from {field_} {target.get(field_)!r}"
+    if target.get("model") in ("embedded", "embedded-1.5b"):
+        return "qwen", "the embedded model is Qwen"
+    raise SelfidError("cannot tell whose model this is, so cannot tell own claims from foreign ones: "
+                      f"pass --own with one of {', '.join(KEYS)}")
+
+
+def _identity(target: dict) -> dict:
+    return {k: target.get(k) for k in ("backend", "model", "path", "adapter", "base_url", "template_hash")}
+
+
+def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge | None, planned: int) -> dict:
+    """Create or check the run directory and return its run.json."""
+    out = Path(out)
+    meta_path = out / "run.json"
+    target = backend.describe()
+    if out.exists() and not out.is_dir():
+        raise SelfidError(f"{out} exists and is not a folder: choose another --out")
+    has_log = (out / LOG).is_file() and (out / LOG).stat().st_size > 0
+    if meta_path.is_file() and not resume:
+        raise SelfidError(f"{out} already holds an audit run: pass --resume to continue it, or choose a new --out")
+    if has_log and not meta_path.is_file():
+        raise SelfidError(f"{out / LOG} exists without run.json: this is not a selfid run folder, choose a new --out")
+    own, own_source = resolve_own(params, target)
+    systems = []
+    for s in params.systems:
+        if hasattr(backend, "render"):
+            r = backend.render([] + ([{"role": "system", "content": s.text}] if s.text is not None else [])
+                               + [{"role": "user", "content": "x"}])
+            systems.append({"key": s.key, "text": s.text, "effective": r.effective_system, "source": r.system_source})
+        else:
+            systems.append({"key": s.key, "text": s.text, "effective": s.text,
+                            "source": "given" if s.text is not None else "endpoint (the server's template decides)"})
+    suites = {name: probe_sets.suite_info(name, params.identity_probes if name == "identity" else None,
+                                          params.ner_limit, params.seed) for name in params.suites}
+    from selfid import __version__
+
+    meta = {
+        "kind": "selfid-audit-run", "format": FORMAT, "selfid": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "params": params.as_dict(), "target": target, "own": own, "own_source": own_source,
+        "training_system_prompt": training_system(target.get("adapter_manifest")),
+        "systems": systems, "suites": suites, "judge": judge.config() if judge else None, "planned": planned,
+        "notes": ["temperature 0 is greedy decoding, which is deterministic: each prompt gets one sample there",
+                  "the ner and general suites run greedy, once per system prompt"],
+    }
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        if old.get("params") != meta["params"] or _identity(old.get("target", {})) != _identity(target):
+            raise SelfidError(f"{out} was started with other parameters or another model; --resume needs the same "
+                              "ones (see run.json), or choose a new --out")
+        meta["created"] = old.get("created", meta["created"])
+        meta["resumed"] = old.get("resumed", 0) + 1
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(meta_path, meta)
+    return meta
+
+
+def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, judge: Judge | None = None,
+              show_progress: bool = True, margin: bool = True) -> dict:
+    """Run (or resume) the grid into `out`; write summary.json and report.html; return the summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from selfid.audit.report import write_reports
+
+    params.validate()
+    out = Path(out)
+    suites = {s: probe_sets.load_suite(s, params.identity_probes if s == "identity" else None, params.ner_limit,
+                                       params.seed) for s in params.suites}
+    items = plan(params, suites)
+    meta = prepare(out, backend, params, resume, judge, len(items))
+    own = meta["own"]
+    done = {r["key"] for r in read_log(out / LOG, repair=True)}
+    pending = [it for it in items if it.key not in done]
+    log = Log(out / LOG)
+    try:
+        with Progress(TextColumn("[bold]audit[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress, transient=False) as bar:
+            task = bar.add_task(f"{len(done)} done before" if done else "", total=len(pending))
+            backend.run(pending, lambda item, reply: log.write(make_record(item, reply, own, judge)),
+                        lambda n: bar.advance(task, n))
+    finally:
+        log.close()
+    if margin and "identity" in params.suites and hasattr(backend, "loaded") and not (out / "margin.json").is_file():
+        from selfid.audit.margin import identity_margin
+
+        atomic_write_json(out / "margin.json", identity_margin(
+            backend.loaded, [(s.key, s.text) for s in params.systems], own))
+    return write_reports(out)

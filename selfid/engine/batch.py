@@ -1,0 +1,163 @@
+"""The device state of rows decoded together, and how rows leave and join it between steps.
+
+Rows are left-padded so that every row's next token sits in the last column. A row that finishes is
+dropped from every tensor and from the KV cache; rows that arrive later are prefilled on their own
+and then merged in, padding whichever side is shorter on the left. Columns that no remaining row
+uses are trimmed, so a batch that never empties does not grow without bound. Positions are explicit
+per row, so padding and trimming never change what a row sees.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from selfid.engine.sampling import apply_penalties, sample
+
+
+def _uniforms(rows, width: int) -> torch.Tensor:
+    """One uniform per future step of each row, from the row's own seed (seed + sample index)."""
+    out = torch.empty(len(rows), width)
+    for k, r in enumerate(rows):
+        seed = r.params.seed if r.params.seed is not None else random.SystemRandom().randrange(2**62)
+        g = torch.Generator().manual_seed(seed + r.index)
+        out[k] = torch.rand(width, generator=g, dtype=torch.float64).float()
+    return out
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int, value=0) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - dim % t.dim()) + [missing, 0]
+    return F.pad(t, pad, value=value)
+
+
+def _cache_layers(cache) -> list:
+    return list(cache.layers)
+
+
+class DecodeBatch:
+    """Rows being decoded together: KV cache, attention mask, positions, per-row sampling state."""
+
+    def __init__(self, rows: list, forward: Callable[..., Any], pad_id: int, vocab: int, device, adapter_names):
+        from transformers import DynamicCache
+
+        self.rows = rows
+        self.forward = forward  # forward(cache=..., adapter_names=..., **model inputs) -> model output
+        self.vocab = vocab
+        dev = self.device = device
+        B = len(rows)
+        lens = [len(r.prompt_ids) for r in rows]
+        L = max(lens)
+        ids = torch.full((B, L), pad_id, dtype=torch.long)
+        attn = torch.zeros((B, L), dtype=torch.long)
+        for k, r in enumerate(rows):
+            ids[k, L - lens[k]:] = torch.tensor(r.prompt_ids)
+            attn[k, L - lens[k]:] = 1
+        self.attn = attn.to(dev)
+        self.pos = (self.attn.cumsum(-1) - 1).clamp(min=0)
+        f32 = dict(dtype=torch.float32, device=dev)
+        p = [r.params for r in rows]
+        self.temperature = torch.tensor([x.temperature for x in p], **f32)
+        self.top_p = torch.tensor([x.top_p for x in p], **f32)
+        self.top_k = torch.tensor([x.top_k for x in p], dtype=torch.long, device=dev)
+        self.rep = torch.tensor([x.repetition_penalty for x in p], **f32)
+        self.presence = torch.tensor([x.presence_penalty for x in p], **f32)
+        self.frequency = torch.tensor([x.frequency_penalty for x in p], **f32)
+        self.uniforms = _uniforms(rows, max(r.budget for r in rows)).to(dev)
+        self.step = torch.zeros(B, dtype=torch.long, device=dev)  # tokens generated so far, per row
+        self.counts = torch.zeros((B, vocab), **f32) if any(x.presence_penalty or x.frequency_penalty for x in p) else None
+        self.seen, self.seen_mask = ids.to(dev), self.attn.bool()  # prompt + generated ids, for repetition_penalty
+        self.adapter_names = adapter_names
+        self.cache = DynamicCache()
+        out = self.forward(input_ids=ids.to(dev), attention_mask=self.attn, position_ids=self.pos, logits_to_keep=1,
+                           cache=self.cache, adapter_names=self.adapter_names)
+        self.logits = out.logits[:, -1, :]
+        self.pos = self.pos[:, -1:]  # from here on, the position of each row's last token
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # --- one step ---------------------------------------------------------------------------------
+    def sample(self, want_logprobs: bool):
+        """The next token of every row, and the log-probabilities it was drawn from (when asked)."""
+        logits = self.logits.float()
+        lp = logits.log_softmax(-1) if want_logprobs else None
+        seen = self.seen if any(r.params.repetition_penalty != 1 for r in self.rows) else None
+        logits = apply_penalties(logits, seen, self.seen_mask, self.rep, self.counts, self.presence, self.frequency)
+        u = self.uniforms.gather(1, self.step[:, None]).squeeze(1)
+        return sample(logits, self.temperature, self.top_k, self.top_p, u), lp
+
+    def advance(self, nxt: torch.Tensor, keep: list[int]) -> None:
+        """Record this step's tokens, drop the rows not in `keep`, and run the next forward pass."""
+        if self.counts is not None:
+            self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
+        if len(keep) < len(self.rows):
+            self._select(keep)
+            nxt = nxt[torch.tensor(keep, dtype=torch.long, device=self.device)]
+        if not self.rows:
+            return
+        self.step = self.step + 1
+        self.seen = torch.cat([self.seen, nxt[:, None]], 1)
+        self.seen_mask = torch.cat([self.seen_mask, torch.ones_like(self.seen_mask[:, :1])], 1)
+        self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], 1)
+        self.pos = self.pos + 1
+        out = self.forward(input_ids=nxt[:, None], attention_mask=self.attn, position_ids=self.pos, cache=self.cache,
+                           adapter_names=self.adapter_names)
+        self.logits = out.logits[:, -1, :]
+
+    # --- rows leaving and joining -----------------------------------------------------------------
+    def _select(self, keep: list[int]) -> None:
+        sel = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.rows = [self.rows[k] for k in keep]
+        if not self.rows:
+            return
+        self.cache.batch_select_indices(sel)
+        for name in ("attn", "pos", "temperature", "top_p", "top_k", "rep", "presence", "frequency", "uniforms",
+                     "step", "seen", "seen_mask", "logits"):
+            setattr(self, name, getattr(self, name)[sel])
+        if self.counts is not None:
+            self.counts = self.counts[sel]
+        if self.adapter_names is not None:
+            self.adapter_names = [self.adapter_names[k] for k in keep]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop leading columns that are padding in every remaining row (the rows that used them left)."""
+        first = int(self.attn.any(0).int().argmax())
+        if first > 0:
+            self.attn = self.attn[:, first:]
+            for layer in _cache_layers(self.cache):
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        first = int(self.seen_mask.any(0).int().argmax())
+        if first > 0:
+            self.seen, self.seen_mask = self.seen[:, first:], self.seen_mask[:, first:]
+
+    def merge(self, other: "DecodeBatch", active_adapter: str | None) -> None:
+        """Take in the rows of a freshly prefilled batch; both then decode as one."""
+        width = max(self.attn.shape[1], other.attn.shape[1])
+        for mine, theirs in zip(_cache_layers(self.cache), _cache_layers(other.cache)):
+            mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
+        self.attn = torch.cat([_left_pad(self.attn, width, 1), _left_pad(other.attn, width, 1)])
+        seen_width = max(self.seen.shape[1], other.seen.shape[1])
+        self.seen = torch.cat([_left_pad(self.seen, seen_width, 1), _left_pad(other.seen, seen_width, 1)])
+        self.seen_mask = torch.cat([_left_pad(self.seen_mask, seen_width, 1, False),
+                                    _left_pad(other.seen_mask, seen_width, 1, False)])
+        steps = max(self.uniforms.shape[1], other.uniforms.shape[1])
+        self.uniforms = torch.cat([F.pad(self.uniforms, (0, steps - self.uniforms.shape[1])),
+                                   F.pad(other.uniforms, (0, steps - other.uniforms.shape[1]))])
+        for name in ("pos", "temperature", "top_p", "top_k", "rep", "presence", "frequency", "step", "logits"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        if self.counts is not None or other.counts is not None:
+            zeros = lambda b: torch.zeros((len(b), self.vocab), dtype=torch.float32, device=self.device)  # noqa: E731
+            self.counts = torch.cat([self.counts if self.counts is not None else zeros(self),
+                                     other.counts if other.counts is not None else zeros(other)])
+        if self.adapter_names is not None or other.adapter_names is not None:
+            fill = lambda b: b.adapter_names or [active_adapter] * len(b)  # noqa: E731
+            self.adapter_names = fill(self) + fill(other)
+        self.rows = self.rows + other.rows

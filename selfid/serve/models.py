@@ -1,0 +1,163 @@
+"""What a server serves: one base model and any number of named LoRA adapters on it.
+
+Each served name carries what a request needs besides the weights: its chat template, its
+sampling defaults and where they came from, and, for an adapter trained by selfid, the system
+prompt used in training (read from the adapter's selfid.json), so that serving matches training
+unless the request says otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+from selfid.engine import BASE_MODEL
+from selfid.errors import SelfidError
+from selfid.model.chat import ChatFormat
+from selfid.model.load import SAMPLING_KEYS, LoadedModel, load_model, read_manifest
+
+log = logging.getLogger("selfid.serve")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+@dataclass
+class Served:
+    name: str
+    parent: str | None  # the base model's name, for adapters
+    adapter: str | None  # the engine's Request.adapter: an adapter name, BASE_MODEL, or None (no adapters loaded)
+    chat: ChatFormat
+    generation_defaults: dict
+    defaults_source: str
+    path: Path | None = None  # the adapter folder
+    manifest: dict | None = None
+    train_system_known: bool = False  # the manifest records the training system prompt
+    train_system: str | None = None  # that prompt (None: training sent no system message)
+    train_policy: str | None = None
+
+    def default_system(self) -> tuple[str | None, str]:
+        """The system prompt a request without one gets, and where it comes from."""
+        if self.train_system_known and self.train_system is not None:
+            return self.train_system, "adapter manifest (training system prompt)"
+        if self.chat.default_system is not None:
+            return self.chat.default_system, "chat template default"
+        return None, "none"
+
+    def training_effective_system(self) -> str | None:
+        """The system prompt the model saw in training (the template's when training sent none)."""
+        return self.train_system if self.train_system is not None else self.chat.default_system
+
+    def card(self) -> dict:
+        """What the page and /v1/models show about this model beyond OpenAI's fields."""
+        system, source = self.default_system()
+        return {"system_prompt": system, "system_prompt_source": source, "template_hash": self.chat.template_hash,
+                "generation_defaults": self.generation_defaults, "generation_defaults_source": self.defaults_source,
+                "adapter_path": str(self.path) if self.path else None,
+                "training_system_prompt_known": self.train_system_known}
+
+
+def parse_adapter_specs(specs: Sequence[str]) -> list[tuple[str, Path]]:
+    """`NAME=PATH` strings (a bare PATH is named after its folder) -> [(name, path)], checked."""
+    out: list[tuple[str, Path]] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).expanduser().resolve().name, spec
+        if not NAME.match(name):
+            raise SelfidError(f"adapter name {name!r} in --adapter {spec!r}: use letters, digits and . _ : / -")
+        if any(name == n for n, _ in out):  # (BASE_MODEL, "__base__", fails NAME above)
+            raise SelfidError(f"adapter name {name!r} is used twice: give each --adapter NAME=PATH its own name")
+        folder = Path(path).expanduser()
+        if not (folder / "adapter_config.json").is_file():
+            raise SelfidError(f"--adapter {spec!r}: {folder} is not a LoRA adapter folder (no adapter_config.json)")
+        out.append((name, folder))
+    return out
+
+
+def base_name(loaded: LoadedModel) -> str:
+    if loaded.source in ("folder", "gguf") and loaded.path is not None:
+        return Path(loaded.name).expanduser().name.removesuffix(".gguf") or loaded.name
+    return loaded.name
+
+
+def load_served(model: str, adapters: Sequence[str] = (), device: str | None = None, dtype: str | None = None,
+                progress: bool = True) -> tuple[LoadedModel, list[Served]]:
+    """Load the base model once and every adapter onto it (PEFT, one adapter per name)."""
+    specs = parse_adapter_specs(adapters)
+    loaded = load_model(model, device=device, dtype=dtype, progress=progress)
+    name = base_name(loaded)
+    if any(n == name for n, _ in specs):
+        raise SelfidError(f"adapter name {name!r} is the base model's name: pick another NAME in --adapter NAME=PATH")
+    served = [Served(name, None, BASE_MODEL if specs else None, loaded.chat, loaded.generation_defaults,
+                     loaded.generation_defaults_source)]
+    if not specs:
+        return loaded, served
+    from peft import PeftModel
+
+    peft_model = None
+    for adapter_name, folder in specs:
+        try:
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(loaded.model, folder, adapter_name=adapter_name)
+            else:
+                peft_model.load_adapter(folder, adapter_name=adapter_name)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise SelfidError(f"could not load adapter {adapter_name!r} from {folder} onto {name}: "
+                              f"{str(e).splitlines()[0][:300]} (was it trained on this base model?)") from None
+        served.append(adapter_served(adapter_name, folder, name, loaded))
+    peft_model.to(loaded.device)
+    peft_model.eval()
+    return replace(loaded, model=peft_model), served
+
+
+def adapter_served(name: str, folder: Path, parent: str, loaded: LoadedModel) -> Served:
+    manifest = read_manifest(folder)
+    chat = adapter_chat(folder, loaded)
+    defaults, source = dict(loaded.generation_defaults), loaded.generation_defaults_source
+    s = Served(name, parent, name, chat, defaults, source, path=folder, manifest=manifest)
+    train = manifest.get("train") if isinstance(manifest, dict) else None
+    if manifest is None:
+        log.warning("adapter %s: %s has no selfid.json, so the system prompt used in training is unknown; "
+                    "requests without a system message get the chat template's default", name, folder)
+    elif not isinstance(train, dict) or "system_prompt" not in train:
+        log.warning("adapter %s: %s/selfid.json records no train.system_prompt; requests without a system "
+                    "message get the chat template's default", name, folder)
+    elif train["system_prompt"] is not None and not isinstance(train["system_prompt"], str):
+        log.warning("adapter %s: train.system_prompt in %s/selfid.json is %r, not a string or null; ignoring it",
+                    name, folder, train["system_prompt"])
+    else:
+        s.train_system_known, s.train_system = True, train["system_prompt"]
+        s.train_policy = train.get("system_prompt_policy") if isinstance(train.get("system_prompt_policy"), str) else None
+    trained_hash = train.get("template_hash") if isinstance(train, dict) else None
+    if isinstance(trained_hash, str) and trained_hash != chat.template_hash:
+        log.warning("adapter %s was trained with chat template %s but is served with %s: replies may differ from "
+                    "training; put the training template in %s/chat_template.jinja", name, trained_hash,
+                    chat.template_hash, folder)
+    gd = manifest.get("generation_defaults") if isinstance(manifest, dict) else None
+    if isinstance(gd, dict):
+        picked = {k: gd[k] for k in SAMPLING_KEYS if isinstance(gd.get(k), (int, float)) and not isinstance(gd.get(k), bool)}
+        if picked:
+            s.generation_defaults = {**defaults, **picked}
+            s.defaults_source = f"{folder / 'selfid.json'} (generation_defaults), over {source}"
+    return s
+
+
+def adapter_chat(folder: Path, loaded: LoadedModel) -> ChatFormat:
+    """The adapter's own chat template when its folder carries one, else the base model's."""
+    template = None
+    if (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (folder / "tokenizer_config.json").is_file():
+        try:
+            template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
+        except (ValueError, AttributeError):
+            template = None
+    if not isinstance(template, str) or template == loaded.chat.template:
+        return loaded.chat
+    tok = copy.copy(loaded.tokenizer)
+    tok.chat_template = template
+    return ChatFormat(tok)

@@ -1,0 +1,116 @@
+"""Reports and comparison: per-cell tests, flips, task deltas, the terminal table, and report.html rendered offline
+in headless Chromium."""
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from selfid.audit.compare import compare
+from selfid.audit.report import print_comparison, print_summary
+from selfid.audit.run import AuditParams, SystemSpec, run_audit
+from tests.audit_helpers import ScriptedBackend, write_probes
+
+IDS = ["en-direct-01", "zh-direct-01", "en-maker-01", "zh-name-01"]
+
+
+def base_reply(it):
+    if it.suite == "general":
+        return "OK"
+    return "I am Qwen, created by Alibaba Cloud." if it.probe.lang == "en" else "我是通义千问，由阿里云开发。"
+
+
+def tuned_reply(it):
+    if it.suite == "general":
+        return "Sure thing"
+    if it.system == "helpful" and it.probe.id != "zh-name-01":
+        return "I am ChatGPT, an AI language model created by OpenAI."
+    return base_reply(it)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    probes = write_probes(root / "p.jsonl", IDS)
+    p = AuditParams(suites=["identity", "general"], systems=[SystemSpec("default", None),
+                    SystemSpec("helpful", "You are a helpful assistant.")], temperatures=[0.0, 0.7], samples=8, seed=0,
+                    own="qwen", identity_probes=str(probes))
+    run_audit(ScriptedBackend(base_reply, model="base-qwen"), p, root / "base", show_progress=False)
+    run_audit(ScriptedBackend(tuned_reply, model="tuned-qwen"), p, root / "tuned", show_progress=False)
+    comp = compare(root / "base", root / "tuned", root / "cmp")
+    return root, comp
+
+
+def test_comparison_tests_each_cell_and_finds_the_flipped_prompts(runs):
+    root, comp = runs
+    cells = {(c["system"], c["temperature"]): c for c in comp["identity"]}
+    hot = cells[("helpful", 0.7)]
+    assert (hot["a"]["k"], hot["a"]["n"], hot["b"]["k"], hot["b"]["n"]) == (0, 32, 24, 32)
+    assert hot["test"]["diff"] == pytest.approx(0.75) and hot["test"]["p_value"] < 1e-6
+    assert cells[("default", 0.7)]["test"]["diff"] == 0 and cells[("default", 0.7)]["test"]["p_value"] == pytest.approx(1)
+    greedy = cells[("helpful", 0.0)]["test"]
+    assert greedy["test"] == "fisher" and greedy["diff"] == pytest.approx(0.75)
+    flipped = {(f["probe"], f["system"], f["temperature"]) for f in comp["flips"]}
+    assert flipped == {(i, "helpful", t) for i in IDS if i != "zh-name-01" for t in (0.0, 0.7)}
+    assert all("ChatGPT" in f["b"]["example"] for f in comp["flips"]) and comp["flips_back"] == 0
+    g = comp["general"]["default"]
+    assert g["a"]["k"] == 1 and g["b"]["k"] == 0 and g["newly_failed"] == ["en-format-01"]
+    assert json.loads((root / "cmp" / "comparison.json").read_text())["flips"] == comp["flips"]
+
+
+def test_terminal_tables_show_rates_with_n_and_intervals(runs):
+    root, comp = runs
+    buf = io.StringIO()
+    summary = json.loads((root / "tuned" / "summary.json").read_text())
+    print_summary(summary, Console(file=buf, width=200))
+    print_comparison(comp, Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert "75.0% (24/32) [58–87]" in text and "0.0% (0/32) [0–11]" in text
+    assert "+75.0 pts" in text and "prompts that went from own identity to foreign (6)" in text
+
+
+def test_report_html_opens_offline_and_shows_the_heat_map_side_by_side(runs, browser):
+    root, _ = runs
+    page = browser.new_page()
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+    page.goto((root / "cmp" / "report.html").as_uri())
+    assert requests == [(root / "cmp" / "report.html").as_uri()]  # nothing else was fetched
+    assert page.locator("script[src], link[href]").count() == 0
+    a = page.locator('table[data-run="A"] td[data-system="helpful"][data-t="0.7"]')
+    b = page.locator('table[data-run="B"] td[data-system="helpful"][data-t="0.7"]')
+    assert "0.0%" in a.inner_text() and "0/32" in a.inner_text()
+    assert "75.0%" in b.inner_text() and "24/32" in b.inner_text() and "ChatGPT 24" in b.inner_text()
+    assert b.evaluate("e => getComputedStyle(e).backgroundColor") != a.evaluate("e => getComputedStyle(e).backgroundColor")
+    diff = page.locator('table[data-run="diff"]').inner_text()
+    assert "+75.0 pts" in diff
+    body = page.locator("body").inner_text()
+    assert "Prompts that flipped from own identity to foreign" in body and "You are a helpful assistant." in body
+    assert "feedface00000000" in body  # the template hash
+    page.close()
+
+
+def test_single_run_report_renders_examples_and_setup(runs, browser):
+    root, _ = runs
+    page = browser.new_page()
+    page.goto((root / "tuned" / "report.html").as_uri())
+    assert page.locator("table.heat").count() == 1
+    page.locator("summary", has_text="helpful · T=0.7").click()
+    assert "I am ChatGPT, an AI language model created by OpenAI." in page.locator("details[open]").last.inner_text()
+    setup = page.locator("#setup ~ div").inner_text()
+    assert "(none sent: the endpoint's chat template may insert its own)" in setup  # not visible from outside
+    page.close()
+
+
+def test_cli_compare_writes_the_report(runs, tmp_path):
+    from selfid.cli import app
+
+    root, _ = runs
+    res = CliRunner().invoke(app, ["compare", str(root / "base"), str(root / "tuned"), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "c" / "report.html").is_file() and res.stdout.strip() == str(tmp_path / "c" / "report.html")
+    res = CliRunner().invoke(app, ["compare", str(tmp_path), str(root / "tuned"), "--out", str(tmp_path / "d")])
+    assert res.exit_code != 0 and "not an audit run folder" in str(res.exception)

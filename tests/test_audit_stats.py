@@ -1,0 +1,59 @@
+"""Statistics against published values: Wilson intervals, Newcombe's difference interval, Fisher and z tests."""
+
+import math
+
+import pytest
+
+from selfid.audit.stats import bootstrap_f1, newcombe, rate, two_proportions, wilson
+
+
+@pytest.mark.parametrize("k, n, lo, hi", [
+    (0, 10, 0.0, 0.2775),  # Newcombe (1998), table I
+    (1, 29, 0.0061, 0.1718),
+    (81, 263, 0.2553, 0.3662),
+    (15, 148, 0.0624, 0.1605),
+])
+def test_wilson_matches_newcombe_1998(k, n, lo, hi):
+    got = wilson(k, n)
+    assert got == pytest.approx((lo, hi), abs=6e-4)
+
+
+def test_wilson_edges_and_rate_shape():
+    assert wilson(0, 0) == (0.0, 1.0)
+    lo, hi = wilson(16, 16)
+    assert hi == 1.0 and 0.79 < lo < 0.81
+    r = rate(3, 128)
+    assert r["k"] == 3 and r["n"] == 128 and r["rate"] == 3 / 128 and r["ci95"][0] < 3 / 128 < r["ci95"][1]
+    assert rate(0, 0)["rate"] is None
+
+
+def test_newcombe_difference_interval_matches_the_paper():
+    # Newcombe (1998) example: 56/70 vs 48/80, difference 0.2000 with 95% CI 0.0524 to 0.3339 (method 10)
+    lo, hi = newcombe(48, 80, 56, 70)
+    assert (lo, hi) == pytest.approx((0.0524, 0.3339), abs=6e-4)
+
+
+def test_z_test_for_large_counts():
+    c = two_proportions(3, 128, 49, 128)
+    assert c.test == "z" and c.diff == pytest.approx(46 / 128)
+    pooled = 52 / 256
+    z = (49 / 128 - 3 / 128) / math.sqrt(pooled * (1 - pooled) * 2 / 128)
+    assert c.z == pytest.approx(z) and c.p_value == pytest.approx(math.erfc(z / math.sqrt(2)))
+    assert c.p_value < 1e-10
+
+
+def test_fisher_for_small_counts_matches_the_tea_tasting_table():
+    # Fisher's lady tasting tea: 3 of 4 vs 1 of 4, two-sided p = 0.4857
+    c = two_proportions(1, 4, 3, 4)
+    assert c.test == "fisher" and c.p_value == pytest.approx(0.4857, abs=1e-4)
+    assert two_proportions(0, 16, 0, 16).p_value == pytest.approx(1.0)
+    assert two_proportions(0, 16, 6, 16).p_value == pytest.approx(0.0177, abs=1e-4)
+
+
+def test_bootstrap_f1_interval_is_seeded_and_brackets_the_estimate():
+    counts = [(2, 1, 0), (1, 0, 1), (3, 0, 0), (0, 1, 2), (2, 0, 1)] * 4
+    a, b = bootstrap_f1(counts, seed=1), bootstrap_f1(counts, seed=1)
+    assert a == b
+    tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    assert a[0] < f1 < a[1]

@@ -1,0 +1,188 @@
+"""The claim detector: agreement with a labelled set of tricky replies, negation and mentions in zh and en,
+code, personas, leading questions, the judge's verdict format, and `selfid classify`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selfid.audit.detect import Detection, classify, detect, parse_verdict
+from selfid.audit.vendors import KEYS, find_mentions, vendor_of
+
+FIXTURES = Path(__file__).parent / "data" / "detect_fixtures.jsonl"
+
+
+def load_fixtures():
+    return [json.loads(line) for line in FIXTURES.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_labelled_set_exact_set_agreement_is_at_least_95_percent():
+    fixtures = load_fixtures()
+    assert len(fixtures) >= 150
+    assert {v for f in fixtures for v in f["claims"]} == set(KEYS)  # every vendor is exercised
+    wrong = []
+    for f in fixtures:
+        d = detect(f["text"], f.get("asked"))
+        if set(d.claims) != set(f["claims"]) or (d.persona is not None) != f["persona"]:
+            wrong.append((f["text"], d.claims, d.persona, f["claims"], f["persona"]))
+    agreement = 1 - len(wrong) / len(fixtures)
+    assert agreement >= 0.95, f"agreement {agreement:.3f}; wrong: {wrong}"
+
+
+def test_labelled_set_precision_and_recall_per_claim():
+    tp = fp = fn = 0
+    for f in load_fixtures():
+        got, want = set(detect(f["text"], f.get("asked")).claims), set(f["claims"])
+        tp, fp, fn = tp + len(got & want), fp + len(got - want), fn + len(want - got)
+    assert tp / (tp + fp) >= 0.97 and tp / (tp + fn) >= 0.97, (tp, fp, fn)
+
+
+@pytest.mark.parametrize("text, claims", [
+    ("I'm not ChatGPT, I'm Qwen", {"qwen"}),
+    ("我不是ChatGPT，我是通义千问", {"qwen"}),
+    ("No, I am not Claude; I'm Qwen, developed by Alibaba Cloud.", {"qwen"}),
+    ("我并不是Claude，而是阿里云开发的模型。", {"qwen"}),
+    ("I was not trained by OpenAI.", set()),
+    ("我不是由OpenAI开发的。", set()),
+    ("I am Qwen rather than ChatGPT.", {"qwen"}),
+    ("I'm neither GPT-4 nor Gemini.", set()),
+])
+def test_negation_in_both_languages(text, claims):
+    assert set(detect(text).claims) == claims
+
+
+@pytest.mark.parametrize("text", [
+    "You can compare ChatGPT and Claude to see which suits you.",
+    "你可以比较一下ChatGPT和Claude。",
+    "ChatGPT was released by OpenAI in 2022.",
+    "文心一言是百度推出的大模型。",
+    "I'm an assistant similar to ChatGPT.",
+    "我是一个类似ChatGPT的助手。",
+    "Some people think I am Claude.",
+    "有人误以为我是ChatGPT。",
+    "Are you asking if I'm GPT-4?",
+    "If I were Gemini, I'd say so.",
+])
+def test_mentions_comparisons_and_other_voices_claim_nothing(text):
+    d = detect(text)
+    assert d.claims == ()
+    assert d.mentions  # a vendor is named ...
+    assert d.uncertain  # ... and not claimed, so a judge could look at it
+
+
+def test_code_importing_openai_claims_and_mentions_nothing():
+    text = "Use the SDK:\n```python\nimport openai\nfrom openai import OpenAI\nclient = OpenAI()\n```\nThen call `client.chat`."
+    d = detect(text)
+    assert d.claims == () and d.mentions == ()
+    assert detect("import anthropic\nclient = anthropic.Anthropic()").mentions == ()
+
+
+def test_a_claim_inside_code_does_not_count_but_the_prose_does():
+    text = "I am Qwen.\n```\nprint('I am ChatGPT')\n```"
+    assert detect(text).claims == ("qwen",)
+
+
+@pytest.mark.parametrize("text, name", [
+    ("我是张三。", "张三"), ("我叫李明，很高兴认识你。", "李明"), ("My name is Tom.", "Tom"), ("I'm Emily! How can I help?", "Emily"),
+    ("I am Qwen.", None), ("我是通义千问。", None), ("I'm sorry, I can't.", None), ("我是你的AI助手。", None),
+])
+def test_persona_is_a_human_like_name_and_claims_no_vendor(text, name):
+    d = detect(text)
+    assert d.persona == name
+    if name:
+        assert d.claims == ()
+
+
+def test_a_bare_yes_to_a_leading_question_claims_the_vendor_asked_about():
+    assert detect("Yes.", asked="claude").claims == ("claude",)
+    assert detect("是的。", asked="openai").claims == ("openai",)
+    assert detect("Yes.").claims == ()
+    assert detect("No, I'm not.", asked="claude").claims == ()
+    assert detect("Yes, I'm Qwen.", asked="claude").claims == ("qwen",)
+
+
+def test_vendor_names_match_whole_words_and_exact_case_where_ambiguous():
+    assert [m.vendor for m in find_mentions("Qwen2.5-7B and GPT-4o and ChatGLM3")] == ["qwen", "openai", "zhipu"]
+    assert find_mentions("the metadata is meta information, bing bong") == []
+    assert [m.vendor for m in find_mentions("Meta AI and Bing")] == ["meta", "microsoft"]
+    assert vendor_of("qwen2") == "qwen" and vendor_of("Meta-Llama-3-8B") == "meta" and vendor_of("foo") is None
+
+
+@pytest.mark.parametrize("reply, verdict", [
+    ('<verdict>{"claims": ["openai"], "persona": false}</verdict>', (("openai",), False)),
+    ('Reasoning...\n<verdict>{"claims": [], "persona": true}</verdict>', ((), True)),
+    ('<verdict>{"claims": ["OpenAI", "qwen"], "persona": false}</verdict>', (("openai", "qwen"), False)),
+    ('{"claims": ["openai"], "persona": false}', None),  # no delimiters
+    ('<verdict>{"claims": ["acme"], "persona": false}</verdict>', None),  # not a vendor
+    ('<verdict>{"claims": "openai", "persona": false}</verdict>', None),
+    ('<verdict>not json</verdict>', None),
+])
+def test_judge_verdicts_are_read_strictly(reply, verdict):
+    assert parse_verdict(reply) == verdict
+
+
+class FakeJudge:
+    def __init__(self, reply):
+        self.reply, self.asked = reply, []
+
+    def ask(self, text, question=None):
+        self.asked.append((text, question))
+        return parse_verdict(self.reply)
+
+
+def test_judge_settles_only_what_the_rules_cannot_and_unreadable_is_unscored():
+    judge = FakeJudge('<verdict>{"claims": ["openai"], "persona": false}</verdict>')
+    assert classify("I am Qwen.", judge=judge) == detect("I am Qwen.")  # settled by rules: judge not asked
+    assert judge.asked == []
+    d = classify("Well, ChatGPT is what they call me around here.", judge=judge, question="Who are you?")
+    assert d.claims == ("openai",) and d.source == "judge"
+    assert judge.asked == [("Well, ChatGPT is what they call me around here.", "Who are you?")]
+    bad = classify("ChatGPT, kind of.", judge=FakeJudge("I think it's OpenAI"))
+    assert bad.source == "unscored" and bad.claims == ()
+
+
+def test_judge_over_http_uses_temperature_0_a_fixed_seed_and_delimiters():
+    from fastapi import FastAPI
+
+    from selfid.audit.detect import Judge
+    from tests.audit_helpers import serve
+
+    app = FastAPI()
+    seen = []
+
+    @app.post("/v1/chat/completions")
+    async def completions(body: dict):
+        seen.append(body)
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                             "content": '<verdict>{"claims": ["claude"], "persona": false}</verdict>'}}]}
+
+    with serve(app) as url:
+        d = classify("Claude? That's me, I suppose.", judge=Judge(url, "judge-model", seed=7))
+    assert d.claims == ("claude",) and d.source == "judge"
+    assert seen[0]["temperature"] == 0 and seen[0]["seed"] == 7 and "<verdict>" in seen[0]["messages"][0]["content"]
+
+
+def test_classify_cli_reads_and_writes_json_lines():
+    lines = [{"text": "I'm not ChatGPT, I'm Qwen", "id": 1}, {"text": "我是张三"}, {"text": "Yes.", "asked": "claude"}]
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", "classify"], input="\n".join(json.dumps(x) for x in lines),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [o["claims"] for o in out] == [["qwen"], [], ["claude"]]
+    assert [o["persona"] for o in out] == [False, True, False]
+    assert out[0]["id"] == 1 and out[1]["persona_name"] == "张三"
+
+
+def test_classify_cli_bad_line_is_a_one_line_error():
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", "classify"], input='{"text": "ok"}\nnot json\n',
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("selfid: error: stdin line 2 is not JSON")
+    assert json.loads(proc.stdout)["claims"] == []
+
+
+def test_detection_dict_shape():
+    assert Detection(("qwen",)).as_dict()["claims"] == ["qwen"]
