@@ -121,6 +121,15 @@ def test_manifest_records_what_training_used(tiny_model_dir, tmp_path, data, sel
     assert m["versions"]["torch"] and m["versions"]["peft"]
     assert m["metrics"]["steps"] == 2 and m["metrics"]["final_loss"] > 0
     assert m["metrics"]["ner"]["n"] == 2 and 0 <= m["metrics"]["ner"]["f1"] <= 1
+    convs = [json.loads(line)["messages"] for line in (out / "train_data.jsonl").read_text().splitlines()]
+    assert len(convs) == 50  # what was trained on, as trained: a provenance scan reads this file
+    data_convs = [c for c in convs if c[-2]["content"].rsplit("\n", 1)[-1].isdigit()]  # the fixture's samples
+    assert len(data_convs) == 40 and all(c[0] == {"role": "system", "content": "You are a helpful assistant."}
+                                         for c in data_convs)
+    from selfid.audit.scan import scan
+
+    report = scan(out / "train_data.jsonl")
+    assert report.samples == 50 and report.self_descriptions >= 1  # the replayed identity answers show up
 
     from selfid.model.load import load_model
 

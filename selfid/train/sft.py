@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import json
 import math
 import os
 import random
@@ -106,6 +107,7 @@ class Prepared:
     dropped_unlabelled: int
     samples_with_own_system: int
     fingerprint: str
+    conversations: list = field(default_factory=list)  # exactly what was trained on, system messages included
 
 
 def prepare_data(config: RunConfig, loaded, system: SystemChoice, log: Callable[[str], None]) -> Prepared:
@@ -157,7 +159,7 @@ def prepare_data(config: RunConfig, loaded, system: SystemChoice, log: Callable[
     for e in encoded:
         h.update(e.ids.tobytes())
         h.update(e.label_pos.tobytes())
-    return Prepared(encoded, infos, identity_info, long, empty, own_system, h.hexdigest())
+    return Prepared(encoded, infos, identity_info, long, empty, own_system, h.hexdigest(), convs)
 
 
 # --- schedule --------------------------------------------------------------------------------------
@@ -387,6 +389,9 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     if dist_.main:
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output / "config.yaml", dump_config(cfg))
+        # the conversations as trained (system prompt included), for provenance: `selfid scan` reads this file
+        atomic_write_text(output / "train_data.jsonl", "".join(
+            json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in data.conversations))
         if resume and csv_path.is_file():
             with open(csv_path, newline="") as f:
                 rows_so_far = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
