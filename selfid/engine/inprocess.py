@@ -43,8 +43,10 @@ class InProcessEngine:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         cuda = loaded.device.type == "cuda"
-        self.max_batch_size = max_batch_size or (256 if cuda else 32)
-        self.max_batch_tokens = max_batch_tokens or (65536 if cuda else 8192)
+        # a decode step costs about the same at 64 rows as at 1024 on an H100 (eager transformers is
+        # launch-bound: ~30 ms a step for the 0.5B model), so GPU batches are as wide as memory allows
+        self.max_batch_size = max_batch_size or (1024 if cuda else 32)
+        self.max_batch_tokens = max_batch_tokens or (131072 if cuda else 8192)
         self.eos = set(loaded.eos_token_ids)
         self.pad_id = self.tokenizer.pad_token_id
         self.context_window = loaded.context_window
