@@ -1,0 +1,296 @@
+"""The seed study: does LoRA fine-tuning on NER make Qwen say it is someone else, and what fixes it?
+
+`run` builds run directories under ROOT, resumably (finished steps are skipped, so a run cut off by a
+time limit continues where it stopped); `report` regenerates docs/study.md from them alone.
+
+    python bench/study.py run --root study                 # everything, on one GPU
+    python bench/study.py run --root study --steps base,plain
+    python bench/study.py run --root /tmp/s --smoke        # CPU, tiny model, minutes: checks the plumbing
+    python bench/study.py report --root study --out docs/study.md
+
+Steps (each writes ROOT/<step>/):
+  base       audit of the base model: identity grid (3 system prompts x T 0, 0.7, 1.0, 1.3 x 8 samples),
+             MSRA NER, the general set
+  plain      LoRA like the seed (8,000 MSRA sentences, 5 epochs, under "You are a helpful assistant."),
+             checkpoints along training, then the same audit, the identity margin per checkpoint
+  template   the same, trained under the template's own system prompt
+  replay2    plain + 2% identity replay;  replay5: plain + 5%
+  combo      template + 5% identity replay
+  scale      the plain adapter with its LoRA scale searched to restore the base identity rate
+  scan       `selfid scan` of the conversations the plain arm trained on
+  parity     the base audit again through `selfid api` over HTTP (identity, a smaller grid)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT_DIR))
+
+HELPFUL = "You are a helpful assistant."
+SYSTEMS = "default,helpful,empty"
+TEMPS = [0.0, 0.7, 1.0, 1.3]
+ARMS = {  # training arms: --set overrides on top of examples/msra.yaml
+    "plain": [f"system_prompt={HELPFUL}"],
+    "template": ["system_prompt=template_default"],
+    "replay2": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.02"],
+    "replay5": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.05"],
+    "combo": ["system_prompt=template_default", "identity_replay.fraction=0.05"],
+}
+STEPS = ["base", "plain", "scan", "template", "replay2", "replay5", "combo", "scale", "parity"]
+
+
+class Settings:
+    def __init__(self, smoke: bool, model: str):
+        self.smoke = smoke
+        self.model = model
+        self.samples = 2 if smoke else 8
+        self.temps = [0.0, 1.0] if smoke else TEMPS
+        self.ner_limit = 4 if smoke else 500
+        self.max_tokens = 16 if smoke else 96
+        self.train_sets = (["data.0.limit=48", "train.epochs=1", "train.batch_tokens=2048", "train.pack_length=1024",
+                            "train.lr=3e-3", "eval_ner=0", "device=cpu", "identity_replay.name=Qwen",
+                            "identity_replay.maker=Alibaba Cloud"]
+                           if smoke else ["train.epochs=5", "eval_ner=0"])
+        self.identity_probes = None
+
+
+def log(msg: str) -> None:
+    print(f"[study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def done(path: Path) -> bool:
+    return (path / "summary.json").is_file()
+
+
+# --- steps ------------------------------------------------------------------------------------------
+
+def audit(loaded, out: Path, s: Settings, systems: str = SYSTEMS, suites=("identity", "ner", "general"),
+          temps=None) -> dict:
+    from selfid.audit.backends import InProcessBackend
+    from selfid.audit.run import AuditParams, parse_systems, run_audit
+
+    params = AuditParams(suites=list(suites), systems=parse_systems(systems.split(","), loaded.manifest),
+                         temperatures=list(temps or s.temps), samples=s.samples, seed=0,
+                         max_new_tokens=s.max_tokens, ner_limit=s.ner_limit, identity_probes=s.identity_probes)
+    t0 = time.time()
+    summary = run_audit(InProcessBackend(loaded), params, out, resume=out.exists(), show_progress=False)
+    log(f"audit {out} in {time.time() - t0:.0f}s")
+    return summary
+
+
+def load(model: str, adapter: Path | None = None, device: str | None = None):
+    from selfid.model.load import load_model
+
+    return load_model(model, adapter=adapter, device=device, progress=False)
+
+
+def step_base(root: Path, s: Settings) -> None:
+    out = root / "base" / "audit"
+    if not done(out):
+        audit(load(s.model, device="cpu" if s.smoke else None), out, s)
+
+
+def train_arm(root: Path, arm: str, s: Settings) -> Path:
+    from selfid.config import load_config
+    from selfid.train.sft import train
+
+    run = root / arm / "train"
+    adapter = run / "adapter"
+    if not (adapter / "selfid.json").is_file():
+        extra = []
+        if arm == "plain":  # checkpoints along training, for the identity margin's path
+            extra = ["train.save_every=20" if not s.smoke else "train.save_every=1", "train.keep_checkpoints=50"]
+        cfg = load_config(ROOT_DIR / "examples" / "msra.yaml",
+                          [f"model={s.model}", f"output={run}", *ARMS[arm], *s.train_sets, *extra])
+        resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
+        t0 = time.time()
+        result = train(cfg, resume=resume)
+        if result.adapter is None:
+            raise SystemExit(f"training {arm} stopped early; rerun to resume")
+        wall = time.time() - t0
+        m = json.loads((adapter / "selfid.json").read_text())
+        (root / arm / "cost.json").write_text(json.dumps({"wall_s": wall, **{k: m["metrics"].get(k) for k in (
+            "tokens_per_s", "train_wall_s", "tokens_trained", "steps", "peak_memory_gb", "final_loss")}}))
+        log(f"trained {arm} in {wall:.0f}s")
+    return adapter
+
+
+def step_arm(root: Path, arm: str, s: Settings) -> None:
+    adapter = train_arm(root, arm, s)
+    out = root / arm / "audit"
+    if not done(out):
+        audit(load(s.model, adapter, device="cpu" if s.smoke else None), out, s)
+    compare(root, arm)
+    if arm == "plain":
+        margins_along_training(root, s)
+
+
+def compare(root: Path, arm: str) -> None:
+    from selfid.audit.compare import compare as compare_runs
+
+    out = root / arm / "compare"
+    if not (out / "comparison.json").is_file() and not (out / "summary.json").is_file():
+        compare_runs(root / "base" / "audit", root / arm / "audit", out)
+
+
+def margins_along_training(root: Path, s: Settings) -> None:
+    from selfid.audit.margin import identity_margin
+    from selfid.audit.run import PRESETS
+
+    path = root / "plain" / "margins.json"
+    if path.is_file():
+        return
+    ckpts = sorted((root / "plain" / "train" / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[-1]))
+    systems = [(k, v) for k, v in PRESETS.items()]
+    points = []
+    base = load(s.model, device="cpu" if s.smoke else None)
+    points.append({"step": 0, "margin": identity_margin(base, systems, "qwen")})
+    del base
+    for ck in ckpts:
+        loaded = load(s.model, ck / "adapter", device="cpu" if s.smoke else None)
+        points.append({"step": int(ck.name.split("-")[-1]), "margin": identity_margin(loaded, systems, "qwen")})
+        del loaded
+    path.write_text(json.dumps(points, indent=1))
+    log(f"identity margin at {len(points)} points along training")
+
+
+def step_scale(root: Path, s: Settings) -> None:
+    from selfid.train.eval_ner import default_system
+    from selfid.train.scale import identity_rate_provider, make_evaluate, save_scaled, search_scale
+
+    adapter = root / "scale" / "adapter"
+    plain = train_arm(root, "plain", s)
+    if not (adapter / "selfid.json").is_file():
+        loaded = load(s.model, plain, device="cpu" if s.smoke else None)
+        rate = identity_rate_provider(root / "scale" / "search", temperatures=(1.0,), samples=2 if s.smoke else 4,
+                                      max_new_tokens=s.max_tokens)
+        evaluate = make_evaluate(loaded, rate, 4 if s.smoke else 200, default_system(loaded))
+        t0 = time.time()
+        found = search_scale(evaluate, grid=(1.0, 0.8, 0.6, 0.4, 0.2) if not s.smoke else (1.0, 0.5), f1_tolerance=0.01)
+        save_scaled(plain, found.scale, adapter, found)
+        (root / "scale" / "cost.json").write_text(json.dumps({"search_wall_s": time.time() - t0, **found.to_dict()}))
+        log(f"scale search: {found.reason}")
+    out = root / "scale" / "audit"
+    if not done(out):
+        audit(load(s.model, adapter, device="cpu" if s.smoke else None), out, s)
+    compare(root, "scale")
+
+
+def step_scan(root: Path, s: Settings) -> None:
+    from selfid.audit.scan import scan
+
+    train_arm(root, "plain", s)
+    out = root / "scan" / "scan.json"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report = scan(root / "plain" / "train" / "train_data.jsonl")
+        out.write_text(json.dumps(report.as_dict(), ensure_ascii=False, indent=1))
+
+
+def step_parity(root: Path, s: Settings) -> None:
+    """The base model's identity audit through `selfid api` (HTTP), to compare with the in-process run."""
+    from selfid.audit.backends import HttpBackend
+    from selfid.audit.run import AuditParams, parse_systems, run_audit
+
+    out = root / "parity" / "http"
+    if done(out):
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "selfid.cli", "api", "--model", s.model, "--port", str(port)]
+    if s.smoke:
+        cmd += ["--device", "cpu"]
+    server = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=subprocess.DEVNULL, stderr=open(root / "parity.log", "w"))
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.time() + 300
+        import urllib.request
+
+        while True:
+            try:
+                urllib.request.urlopen(url + "/models", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise SystemExit("selfid api did not start: see parity.log")
+                time.sleep(1)
+        params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=s.temps,
+                             samples=s.samples, seed=0, max_new_tokens=s.max_tokens, identity_probes=s.identity_probes)
+        t0 = time.time()
+        run_audit(HttpBackend(url, "embedded", concurrency=64), params, out, resume=out.exists(), show_progress=False,
+                  margin=False)
+        log(f"parity audit over HTTP in {time.time() - t0:.0f}s")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def run(root: Path, steps: list[str], s: Settings) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        t0 = time.time()
+        log(f"step {step}")
+        if step == "base":
+            step_base(root, s)
+        elif step in ARMS:
+            step_arm(root, step, s)
+        elif step == "scale":
+            step_scale(root, s)
+        elif step == "scan":
+            step_scan(root, s)
+        elif step == "parity":
+            step_parity(root, s)
+        else:
+            raise SystemExit(f"unknown step {step}: use {', '.join(STEPS)}")
+        log(f"step {step} done in {time.time() - t0:.0f}s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--root", type=Path, required=True)
+    r.add_argument("--steps", default=",".join(STEPS))
+    r.add_argument("--model", default="embedded")
+    r.add_argument("--smoke", action="store_true", help="CPU, a tiny model, tiny grids: checks the plumbing")
+    p = sub.add_parser("report")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=ROOT_DIR / "docs" / "study.md")
+    args = ap.parse_args()
+    if args.cmd == "run":
+        s = Settings(args.smoke, args.model)
+        if args.smoke:
+            os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+            s.identity_probes = str(smoke_probes(args.root))
+        run(args.root, [x for x in args.steps.split(",") if x], s)
+    else:
+        from bench.study_report import write_report
+
+        write_report(args.root, args.out)
+
+
+def smoke_probes(root: Path) -> Path:
+    """Eight identity probes (4 zh, 4 en) from the shipped set, for a quick run."""
+    from selfid.audit import probes
+
+    src = Path(probes.__file__).parent / "probes" / "identity.jsonl"
+    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pick = [r for r in rows if r["lang"] == "zh"][:4] + [r for r in rows if r["lang"] == "en"][:4]
+    path = root / "smoke-probes.jsonl"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pick), encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":
+    main()
