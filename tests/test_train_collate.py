@@ -137,3 +137,32 @@ def test_packed_loss_is_the_summed_cross_entropy_of_trained_tokens_only(tiny):
             total += torch.nn.functional.cross_entropy(logits[e.label_pos - 1], torch.tensor(e.ids[e.label_pos]),
                                                        reduction="sum")
     torch.testing.assert_close(loss, total, atol=1e-3, rtol=1e-5)
+
+
+def test_a_freshly_trained_model_generates_as_left_by_training(tiny_model_dir):
+    """Training leaves fp32 LoRA weights on a bf16 model, peft's input cast off and the packed-sample
+    attention kernel on; generating with it (eval-ner after training, the scale search) must undo that."""
+    import dataclasses
+
+    from peft import LoraConfig, get_peft_model
+
+    from selfid.engine import InProcessEngine, SamplingParams
+    from selfid.model.load import load_model
+    from selfid.train import packed
+    from selfid.train.scale import lora_layers
+    from selfid.train.sft import loaded_with
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16", progress=False)
+    model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    for layer in lora_layers(model):
+        layer.cast_input_dtype_enabled = False
+    packed.register_varlen()
+    model.get_base_model().set_attn_implementation(packed.VARLEN)
+    params = SamplingParams(max_new_tokens=3)
+    with pytest.raises(RuntimeError):
+        InProcessEngine(dataclasses.replace(loaded, model=model)).generate(["hello"], params)
+    out = InProcessEngine(loaded_with(loaded, model)).generate(["hello"], params)[0]
+    assert len(out.completions[0].token_ids) == 3

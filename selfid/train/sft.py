@@ -591,7 +591,19 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
 
 
 def loaded_with(loaded, model):
-    """A LoadedModel that generates with `model` (e.g. the freshly trained peft model)."""
+    """A LoadedModel that generates with `model` (e.g. the freshly trained peft model).
+
+    Training keeps LoRA weights in fp32 under bf16 autocast and turns off peft's cast of their inputs;
+    generation runs without autocast, so that cast is turned back on (bf16 activations meet fp32 LoRA),
+    and the packed-sample attention kernel (it needs sample boundaries) gives way to sdpa.
+    """
     import dataclasses
 
+    from selfid.train.packed import set_attention
+    from selfid.train.scale import lora_layers
+
+    for layer in lora_layers(model):
+        layer.cast_input_dtype_enabled = True
+    set_attention(model, "sdpa", loaded.device)
+    model.eval()
     return dataclasses.replace(loaded, model=model)
