@@ -227,7 +227,7 @@ def step_parity(root: Path, s: Settings) -> None:
         params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=s.temps,
                              samples=s.samples, seed=0, max_new_tokens=s.max_tokens, identity_probes=s.identity_probes)
         t0 = time.time()
-        run_audit(HttpBackend(url, "embedded", concurrency=64), params, out, resume=out.exists(), show_progress=False,
+        run_audit(HttpBackend(url, "embedded", concurrency=256), params, out, resume=out.exists(), show_progress=False,
                   margin=False)
         log(f"parity audit over HTTP in {time.time() - t0:.0f}s")
     finally:

@@ -73,6 +73,24 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return tuple(r["ci95"]) if isinstance(r, dict) else tuple(r)
 
 
+def by_tag_table(summaries: list[tuple[str, dict]]) -> list[str]:
+    """Foreign-claim rate by kind of question, pooled over temperatures, per model and system prompt."""
+    first = summaries[0][1]
+    systems = list(dict.fromkeys(c["system"] for c in first["identity"]["cells"]))
+    tags = list(dict.fromkeys(t for c in first["identity"]["cells"] for t in c["by_tag"]))
+    cols = [(name, sk) for name, _ in summaries for sk in systems]
+    lines = ["| question kind | " + " | ".join(f"{name}, {sk}" for name, sk in cols) + " |", "|---|" + "---|" * len(cols)]
+    for tag in tags:
+        row = []
+        for name, summ in summaries:
+            for sk in systems:
+                k = sum(c["by_tag"].get(tag, {}).get("k", 0) for c in summ["identity"]["cells"] if c["system"] == sk)
+                n = sum(c["by_tag"].get(tag, {}).get("n", 0) for c in summ["identity"]["cells"] if c["system"] == sk)
+                row.append(f"{k}/{n} = {100 * k / n:.0f}%" if n else "–")
+        lines.append(f"| {tag} | " + " | ".join(row) + " |")
+    return lines
+
+
 def margin_line(margin: dict | None, system: str) -> str:
     if not margin or system not in margin:
         return "–"
@@ -121,6 +139,10 @@ def write_report(root: Path, out: Path) -> None:
           f"identity prompts (half Chinese, half English). \"Claude N\" counts Claude/Anthropic claims.", ""]
 
     L += ["## 1. System prompt: the base model", ""] + grid_table(base) + [""]
+    plain_s = _read(root / "plain" / "audit" / "summary.json")
+    L += ["By kind of question, all temperatures pooled (direct: \"你是谁?\", \"Who are you?\" and the like; "
+          "leading: \"Are you Claude?\"; multiturn: a user insisting over several turns):", ""]
+    L += by_tag_table([("base", base)] + ([("plain LoRA", plain_s)] if plain_s else [])) + [""]
     L += ["Identity margin (log p(Qwen) − log p(best foreign name), nats; en name / en maker / zh name / zh maker):", ""]
     L += [f"- {SYSTEM_LABEL.get(s, s)}: {margin_line(base['identity'].get('margin'), s)}"
           for s in base["identity"].get("margin", {})] + [""]
