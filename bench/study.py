@@ -6,7 +6,7 @@ time limit continues where it stopped); `report` regenerates docs/study.md from 
     python bench/study.py run --root study                 # everything, on one GPU
     python bench/study.py run --root study --steps base,plain
     python bench/study.py run --root /tmp/s --smoke        # CPU, tiny model, minutes: checks the plumbing
-    python bench/study.py report --root study --out docs/study.md
+    python bench/study.py report --root study --size 1.5B=study-1.5b --out docs/study.md
 
 Steps (each writes ROOT/<step>/):
   base       audit of the base model: identity grid (3 system prompts x T 0, 0.7, 1.0, 1.3 x 8 samples),
@@ -18,7 +18,9 @@ Steps (each writes ROOT/<step>/):
   combo      template + 5% identity replay
   scale      the plain adapter with its LoRA scale searched to restore the base identity rate
   scan       `selfid scan` of the conversations the plain arm trained on
-  parity     the base audit again through `selfid api` over HTTP (identity, a smaller grid)
+  parity     the base model's identity audit again through `selfid api` over HTTP
+  llamacpp   the base model's identity audit through llama.cpp's own server (xllamacpp) on the GGUF,
+             T 0 and 1.0 x 2 samples; CPU is enough (not in the default steps: pip install xllamacpp)
 """
 
 from __future__ import annotations
@@ -196,21 +198,20 @@ def step_scan(root: Path, s: Settings) -> None:
         out.write_text(json.dumps(report.as_dict(), ensure_ascii=False, indent=1))
 
 
-def step_parity(root: Path, s: Settings) -> None:
-    """The base model's identity audit through `selfid api` (HTTP), to compare with the in-process run."""
+def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, samples: int, concurrency: int) -> None:
+    """Start a server with `cmd` (it takes --port), run the base model's identity audit against it."""
     from selfid.audit.backends import HttpBackend
     from selfid.audit.run import AuditParams, parse_systems, run_audit
 
-    out = root / "parity" / "http"
+    out = root / "parity" / name
     if done(out):
         return
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "selfid.cli", "api", "--model", s.model, "--port", str(port)]
-    if s.smoke:
-        cmd += ["--device", "cpu"]
-    server = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=subprocess.DEVNULL, stderr=open(root / "parity.log", "w"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT_DIR, stdout=subprocess.DEVNULL,
+                              stderr=open(out.parent / f"{name}-server.log", "w"))
     try:
         url = f"http://127.0.0.1:{port}/v1"
         deadline = time.time() + 300
@@ -222,17 +223,30 @@ def step_parity(root: Path, s: Settings) -> None:
                 break
             except OSError:
                 if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("selfid api did not start: see parity.log")
+                    raise SystemExit(f"the {name} server did not start: see {out.parent}/{name}-server.log")
                 time.sleep(1)
-        params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=s.temps,
-                             samples=s.samples, seed=0, max_new_tokens=s.max_tokens, identity_probes=s.identity_probes)
+        params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=list(temps),
+                             samples=samples, seed=0, max_new_tokens=s.max_tokens, identity_probes=s.identity_probes)
         t0 = time.time()
-        run_audit(HttpBackend(url, "embedded", concurrency=256), params, out, resume=out.exists(), show_progress=False,
-                  margin=False)
-        log(f"parity audit over HTTP in {time.time() - t0:.0f}s")
+        run_audit(HttpBackend(url, "embedded", concurrency=concurrency), params, out, resume=out.exists(),
+                  show_progress=False, margin=False)
+        log(f"{name} audit over HTTP in {time.time() - t0:.0f}s")
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def step_parity(root: Path, s: Settings) -> None:
+    """The base model's identity audit through `selfid api` (HTTP), to compare with the in-process run."""
+    cmd = [sys.executable, "-m", "selfid.cli", "api", "--model", s.model] + (["--device", "cpu"] if s.smoke else [])
+    http_audit(root, "http", cmd, s, s.temps, s.samples, concurrency=256)
+
+
+def step_llamacpp(root: Path, s: Settings) -> None:
+    """The same through llama.cpp's own server on the embedded GGUF (the base model only)."""
+    cmd = [sys.executable, str(ROOT_DIR / "bench" / "llamacpp_serve.py"), "--parallel", "8", "--threads",
+           str(os.cpu_count() or 2)]
+    http_audit(root, "llamacpp", cmd, s, [0.0, 1.0], 1 if s.smoke else 2, concurrency=8)
 
 
 def run(root: Path, steps: list[str], s: Settings) -> None:
@@ -250,8 +264,10 @@ def run(root: Path, steps: list[str], s: Settings) -> None:
             step_scan(root, s)
         elif step == "parity":
             step_parity(root, s)
+        elif step == "llamacpp":
+            step_llamacpp(root, s)
         else:
-            raise SystemExit(f"unknown step {step}: use {', '.join(STEPS)}")
+            raise SystemExit(f"unknown step {step}: use {', '.join(STEPS + ['llamacpp'])}")
         log(f"step {step} done in {time.time() - t0:.0f}s")
 
 
@@ -266,6 +282,8 @@ def main() -> None:
     p = sub.add_parser("report")
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--out", type=Path, default=ROOT_DIR / "docs" / "study.md")
+    p.add_argument("--size", action="append", default=[], metavar="LABEL=ROOT",
+                   help="another model size's study root for the size table, e.g. 1.5B=study-1.5b")
     args = ap.parse_args()
     if args.cmd == "run":
         s = Settings(args.smoke, args.model)
@@ -276,7 +294,8 @@ def main() -> None:
     else:
         from bench.study_report import write_report
 
-        write_report(args.root, args.out)
+        sizes = [("0.5B", args.root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in args.size]
+        write_report(args.root, args.out, sizes if args.size else None)
 
 
 def smoke_probes(root: Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 SYSTEM_LABEL = {"default": "none sent (template inserts the Qwen line)", "helpful": '"You are a helpful assistant."',
                 "empty": '"" (empty system message)'}
-ARM_LABEL = {"plain": "plain LoRA (seed: trained under \"You are a helpful assistant.\")",
+ARM_LABEL = {"base": "base model", "plain": "plain LoRA (seed: trained under \"You are a helpful assistant.\")",
              "template": "trained under the template's own system prompt",
              "replay2": "plain + 2% identity replay", "replay5": "plain + 5% identity replay",
              "combo": "template prompt + 5% identity replay", "scale": "plain, LoRA scale searched"}
@@ -122,7 +122,113 @@ def train_system_key(manifest: dict | None) -> str:
     return "default"
 
 
-def write_report(root: Path, out: Path) -> None:
+def _records(run: Path) -> list[dict]:
+    import gzip
+
+    path = run / "generations.jsonl.gz"
+    if path.is_file():
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    path = run / "generations.jsonl"
+    return [json.loads(line) for line in path.open(encoding="utf-8")] if path.is_file() else []
+
+
+def vendor_rates(run: Path, leading: bool) -> tuple[int, dict[str, int]]:
+    """(scored identity replies, {vendor: replies claiming it}) over the whole grid, with or without leading questions."""
+    n, by = 0, {}
+    for r in _records(run):
+        if r["suite"] != "identity" or r["detector"] == "unscored" or (not leading and "leading" in (r["tags"] or [])):
+            continue
+        n += 1
+        for v in r["foreign"]:
+            by[v] = by.get(v, 0) + 1
+    return n, by
+
+
+def size_section(roots: list[tuple[str, Path]]) -> list[str]:
+    """Both model sizes side by side: base, plain LoRA and the best arm, by vendor, with Wilson intervals."""
+    L = ["## 7. Model size: Qwen2.5-Coder 0.5B vs 1.5B", "",
+         "The whole grid (3 system prompts × T 0, 0.7, 1.0, 1.3 × 8 samples), foreign claims split by vendor: "
+         "Claude/Anthropic, OpenAI (ChatGPT/GPT-4), and all others; then the same without the leading questions "
+         "(\"Are you Claude?\"), where a yes-saying model claims whatever it is asked about.", "",
+         "| size | arm | any foreign | Claude | OpenAI | others | Claude, no leading questions | NER F1 |",
+         "|---|---|---|---|---|---|---|---|"]
+
+    def cell(k: int, n: int) -> str:
+        lo, hi = wilson(k, n)
+        return f"{100 * k / n:.1f}% [{100 * lo:.1f}–{100 * hi:.1f}]" if n else "–"
+
+    for label, root in roots:
+        for arm in ("base", "plain", "combo"):
+            run = root / arm / "audit"
+            summ = _read(run / "summary.json")
+            if summ is None:
+                continue
+            n, by = vendor_rates(run, leading=True)
+            anyk = sum(c["foreign"]["k"] for c in summ["identity"]["cells"])
+            anyn = sum(c["foreign"]["n"] for c in summ["identity"]["cells"])
+            others = sum(k for v, k in by.items() if v not in ("claude", "openai"))
+            n2, by2 = vendor_rates(run, leading=False)
+            key = train_system_key(summ["run"]["target"].get("adapter_manifest")) if arm != "base" else "helpful"
+            f1 = ner_f1(summ, key)
+            L.append(f"| {label} | {ARM_LABEL.get(arm, arm)} | {cell(anyk, anyn)} | {cell(by.get('claude', 0), n)} | "
+                     f"{cell(by.get('openai', 0), n)} | {cell(others, n)} | {cell(by2.get('claude', 0), n2)} | "
+                     f"{f1:.3f} |" if f1 is not None else "")
+    return L + [""]
+
+
+def _tag_rate(summary: dict, system: str, tag: str) -> tuple[int, int]:
+    cs = [c for c in summary["identity"]["cells"] if c["system"] == system]
+    return (sum(c["by_tag"].get(tag, {}).get("k", 0) for c in cs), sum(c["by_tag"].get(tag, {}).get("n", 0) for c in cs))
+
+
+def findings(root: Path, base: dict) -> list[str]:
+    """The headline answers, computed from the runs (so they stay true when the runs change)."""
+    def r(kn):
+        k, n = kn
+        lo, hi = wilson(k, n)
+        return f"{100 * k / n:.0f}% [{100 * lo:.0f}–{100 * hi:.0f}]" if n else "–"
+
+    L = ["## Findings", ""]
+    d, h = _tag_rate(base, "default", "direct"), _tag_rate(base, "helpful", "direct")
+    L.append(f"- **The system prompt decides.** Asked directly (\"你是谁?\", \"Who are you?\"), the *base* model claims "
+             f"another vendor in {r(d)} of replies when the template inserts its Qwen line, and in {r(h)} under "
+             f"\"You are a helpful assistant.\" (all temperatures pooled).")
+    plain = _read(root / "plain" / "audit" / "summary.json")
+    comp = _read(root / "plain" / "compare" / "comparison.json")
+    if plain and comp:
+        sig = [c for c in comp["identity"] if c["test"]["p_value"] < 0.05]
+        diffs = [100 * c["test"]["diff"] for c in comp["identity"]]
+        L.append(f"- **Fine-tuning adds little.** After plain LoRA on MSRA (trained under \"You are a helpful assistant.\"), "
+                 f"the foreign-claim rate moved by {min(diffs):+.1f} to {max(diffs):+.1f} points across the "
+                 f"{len(diffs)} cells; {len(sig)} of them differ from the base at p < 0.05. Direct questions under "
+                 f"\"You are a helpful assistant.\": {r(_tag_rate(plain, 'helpful', 'direct'))} after vs {r(h)} before.")
+    temps = pooled_by_temperature(base)
+    claude = {}
+    for (sk, t), c in cells(base).items():
+        k, n = claude.get(t, (0, 0))
+        claude[t] = (k + c.get("by_vendor", {}).get("claude", {}).get("k", 0), n + c["foreign"]["n"])
+    lo_t, hi_t = min(temps), max(temps)
+    L.append(f"- **Temperature is not the driver here.** Pooled over system prompts, the base model's foreign-claim rate "
+             f"goes from {r(temps[lo_t])} at T={lo_t:g} to {r(temps[hi_t])} at T={hi_t:g}; Claude/Anthropic claims from "
+             f"{r(claude[lo_t])} to {r(claude[hi_t])}. Sampling spreads the answers; it does not create the foreign "
+             f"identity, which greedy decoding already shows without the Qwen line.")
+    scan = _read(root / "scan" / "scan.json")
+    if scan:
+        L.append(f"- **The data did not teach it.** Of the {scan['samples']:,} training conversations, "
+                 f"{scan['self_descriptions']} carry an assistant self-description and the assistant claims a vendor in "
+                 f"{sum(scan['claims'].values()) if scan['claims'] else 0}; {scan['mentioning']} mention a vendor name "
+                 f"at all (news text).")
+    combo = _read(root / "combo" / "audit" / "summary.json")
+    if combo and plain:
+        worst, where = worst_cell(combo)
+        L.append(f"- **The fix.** Training under the template's own system prompt with 5% identity replay keeps every "
+                 f"cell of the grid at or below {100 * worst:.1f}% foreign claims (worst: {where}) with NER F1 "
+                 f"{ner_f1(combo, 'default'):.3f} vs plain LoRA's {ner_f1(plain, 'helpful'):.3f}.")
+    return L + [""]
+
+
+def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = None) -> None:
     root = Path(root)
     base = _read(root / "base" / "audit" / "summary.json")
     if base is None:
@@ -138,6 +244,7 @@ def write_report(root: Path, out: Path) -> None:
           f"{base['run']['params']['samples']} samples per prompt; {base['identity']['cells'][0]['prompts']} "
           f"identity prompts (half Chinese, half English). \"Claude N\" counts Claude/Anthropic claims.", ""]
 
+    L += findings(root, base)
     L += ["## 1. System prompt: the base model", ""] + grid_table(base) + [""]
     plain_s = _read(root / "plain" / "audit" / "summary.json")
     L += ["By kind of question, all temperatures pooled (direct: \"你是谁?\", \"Who are you?\" and the like; "
@@ -260,6 +367,11 @@ def write_report(root: Path, out: Path) -> None:
             L.append(f"- {ARM_LABEL.get(arm, arm)}: identity goal {'met' if ok_id else 'missed'} (worst "
                      f"{100 * worst:.1f}% at {where}); NER goal {'met' if ok_f1 else 'missed'} (F1 {f1:.3f}).")
         L += [""]
+    if sizes:
+        L += size_section(sizes)
+    prov = root / "PROVENANCE.md"
+    if prov.is_file():
+        L += ["## How these runs were made", "", prov.read_text(encoding="utf-8").strip(), ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(L) + "\n", encoding="utf-8")
     print(f"wrote {out}")
