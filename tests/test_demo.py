@@ -156,5 +156,5 @@ def test_verdict_rows_carry_rates_intervals_and_tests():
     assert v["tuning_effect"] == {"system": "default", "diff": pytest.approx(10 / 48), "p_value": row["test"]["p_value"],
                                   "significant": ["default"]}
     lines = demo.verdict_lines(v)
-    assert lines[0].startswith('Foreign identity claims, system prompt none (template')) and "4% (2/48)" in lines[0]
+    assert lines[0].startswith("Foreign identity claims, system prompt none (template's") and "4% (2/48)" in lines[0]
     assert lines[-1] == v["meaning"]
