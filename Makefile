@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/selfid chat --prompt "你是谁?"
+	$(VENV)/bin/selfid demo
 
 # Browser tests drive Debian's chromium through playwright (a test tool's own browser download fails offline).
 $(CHROMIUM):

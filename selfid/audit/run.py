@@ -9,7 +9,8 @@ A run directory holds everything a report needs:
   summary.json, report.html   derived from the above, rewritten at the end of every run
 
 Identity probes run at every temperature with `samples` samples per prompt; temperature 0 is
-greedy, so it gets one. The task suites (ner, general) run greedy, once per system prompt.
+greedy, so it gets one. The task suites (ner, general) run greedy, once per system prompt (or per
+one of `task_systems`).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class AuditParams:
     ner_max_new_tokens: int = 256
     own: str = "auto"
     identity_probes: str | None = None  # a custom identity probe file instead of the shipped one
+    task_systems: list[str] | None = None  # keys of `systems` the task suites run under (None: all of them)
 
     def validate(self) -> None:
         bad = [s for s in self.suites if s not in probe_sets.SUITES]
@@ -131,11 +133,19 @@ class AuditParams:
             raise SelfidError("--max-tokens and --ner-limit must be at least 1")
         if self.own != "auto" and self.own not in KEYS:
             raise SelfidError(f"--own must be one of {', '.join(KEYS)} (or auto)")
+        if self.task_systems is not None:
+            keys = [s.key for s in self.systems]
+            unknown = [k for k in self.task_systems if k not in keys]
+            if unknown or not self.task_systems:
+                raise SelfidError(f"task system prompts {unknown or '(none)'} are not among the audit's system "
+                                  f"prompts ({', '.join(keys)}): name some of those")
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["systems"] = [{"key": s.key, "text": s.text} for s in self.systems]
         d["temperatures"] = [float(t) for t in self.temperatures]
+        if self.task_systems is None:  # as runs made before the field existed recorded it, so they still resume
+            del d["task_systems"]
         return d
 
 
@@ -150,8 +160,11 @@ def plan(params: AuditParams, suites: dict[str, list]) -> list[Item]:
         task = suite in TASK_SUITES
         temps = [0.0] if task else params.temperatures
         max_new = params.ner_max_new_tokens if suite == "ner" else params.max_new_tokens
+        systems = params.systems
+        if task and params.task_systems is not None:
+            systems = [s for s in params.systems if s.key in params.task_systems]
         for probe in suites[suite]:
-            for system in params.systems:
+            for system in systems:
                 for t in temps:
                     k = 1 if (task or t == 0) else params.samples
                     base = _seed(params.seed, suite, probe.id, system.key, f"{t:g}")
@@ -281,7 +294,8 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
         "training_system_prompt": training_system(target.get("adapter_manifest")),
         "systems": systems, "suites": suites, "judge": judge.config() if judge else None, "planned": planned,
         "notes": ["temperature 0 is greedy decoding, which is deterministic: each prompt gets one sample there",
-                  "the ner and general suites run greedy, once per system prompt"],
+                  "the ner and general suites run greedy, once per system prompt" if params.task_systems is None else
+                  f"the ner and general suites run greedy, once under each of: {', '.join(params.task_systems)}"],
     }
     if meta_path.is_file():
         old = json.loads(meta_path.read_text(encoding="utf-8"))

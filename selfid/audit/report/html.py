@@ -74,7 +74,7 @@ def vendor_name(key: str) -> str:
     return BY_KEY[key].name_en if key in BY_KEY else key
 
 
-def render(summaries: list[dict], comparison: dict | None = None) -> str:
+def render(summaries: list[dict], comparison: dict | None = None, headline: list[str] = ()) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     from markupsafe import Markup
 
@@ -88,10 +88,11 @@ def render(summaries: list[dict], comparison: dict | None = None) -> str:
         cells = {(c["system"], c["temperature"]): c for c in s.get("identity", {}).get("cells", [])}
         runs.append({"name": name, "s": s, "cells": cells})
     diffs = {(c["system"], c["temperature"]): c for c in (comparison or {}).get("identity", [])}
-    return env.get_template(TEMPLATE.name).render(runs=runs, comparison=comparison, diffs=diffs)
+    return env.get_template(TEMPLATE.name).render(runs=runs, comparison=comparison, diffs=diffs, headline=list(headline))
 
 
-def write_html(path: Path, summaries: list[dict], comparison: dict | None = None) -> None:
+def write_html(path: Path, summaries: list[dict], comparison: dict | None = None, headline: list[str] = ()) -> None:
+    """`headline`: lines shown above everything else (say, a verdict), as plain text."""
     from selfid.io import atomic_write_text
 
-    atomic_write_text(Path(path), render(summaries, comparison))
+    atomic_write_text(Path(path), render(summaries, comparison, headline))

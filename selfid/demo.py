@@ -1,0 +1,440 @@
+"""`selfid demo`: does LoRA fine-tuning on NER change who the model says it is? The whole study, small.
+
+Five stages on one model (the embedded Qwen2.5-Coder-0.5B-Instruct by default), each written into one
+run directory, each skipped when a rerun with the same `--out` finds it finished:
+
+  1. audit the base model      base/     identity grid (system prompts x greedy + samples) and MSRA NER
+  2. LoRA-train on MSRA        train/    under "You are a helpful assistant." (the seed's setup)
+  3. audit the tuned adapter   tuned/    the same grid
+  4. compare                   comparison.json, report.html (base and tuned side by side)
+  5. the verdict               summary.json, printed: what changed, with intervals, and what it means
+
+The default scale fits a 2-core CPU in minutes; `full=True` is the seed study's scale (meant for a GPU).
+Audits append every generation as it finishes and training checkpoints, so Ctrl-C loses little:
+`selfid demo --out DIR` continues the run in DIR.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from selfid.errors import SelfidError
+from selfid.io import atomic_write_json, atomic_write_text
+
+HELPFUL = "You are a helpful assistant."
+SYSTEMS = ("default", "helpful", "empty")
+SYSTEM_LABEL = {"default": "none (template's Qwen line)", "helpful": f'"{HELPFUL}"', "empty": '"" (empty)'}
+ALPHA = 0.05
+FAR_MORE = 2.0  # "far more": the system prompt's spread is at least this many times fine-tuning's largest change
+# 8 zh + 8 en from the shipped identity probes: direct, name and maker questions, and two leading ones
+DEMO_PROBES = tuple(f"{lang}-{kind}" for lang in ("zh", "en") for kind in (
+    "direct-01", "direct-02", "direct-03", "name-01", "maker-01", "maker-02", "leading-01", "leading-02"))
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each stage is. `train` holds run-config overrides (see selfid.config.RunConfig)."""
+
+    name: str
+    probes: tuple[str, ...] | None  # identity probe ids from the shipped set (None: all of them)
+    temperatures: tuple[float, ...]
+    samples: int  # per prompt at each temperature above 0
+    max_new_tokens: int  # identity replies: a claim shows in the first sentence
+    ner_limit: int  # MSRA test sentences
+    ner_max_new_tokens: int
+    suites: tuple[str, ...]
+    margin: bool  # the identity margin (teacher-forced log-probabilities; a minute per audit on a CPU)
+    train: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Sized for a 2-core CPU: about 2,500 identity tokens and 1,100 NER tokens per audit, 11k training tokens.
+# 96 short sentences (a natural mix, some without entities), 48 steps of 2 sentences at lr 1e-3: NER F1 on
+# the 50 test sentences went from 0.09 to 0.46 [0.30-0.65] in 4.6 minutes; 64 sentences at 16 steps of 4
+# learned to answer empty lists (F1 0.25, recall 0.15).
+SMALL = Scale(
+    name="small", probes=DEMO_PROBES, temperatures=(0.0, 0.7), samples=2, max_new_tokens=48,
+    ner_limit=50, ner_max_new_tokens=64, suites=("identity", "ner"), margin=False,
+    train={"data": [{"source": "msra", "limit": 96, "max_chars": 40, "seed": 0}],
+           "train": {"epochs": 1, "lr": 1e-3, "warmup": 0.05, "pack_length": 256, "batch_tokens": 256,
+                     "save_every": 12, "log_every": 1}})
+# The seed's scale (bench/study.py, docs/study.md): examples/msra.yaml trained for 5 epochs.
+FULL = Scale(
+    name="full", probes=None, temperatures=(0.0, 0.7, 1.0, 1.3), samples=8, max_new_tokens=96,
+    ner_limit=500, ner_max_new_tokens=256, suites=("identity", "ner", "general"), margin=True,
+    train={"data": [{"source": "msra", "limit": 8000, "seed": 0}],
+           "train": {"epochs": 5, "lr": 4e-4, "warmup": 0.05, "pack_length": 2048, "batch_tokens": 16384,
+                     "save_every": 100, "log_every": 10}})
+
+
+def default_out() -> Path:
+    return Path("runs") / f"demo-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+# --- the stages -------------------------------------------------------------------------------------
+
+def _state_path(out: Path) -> Path:
+    return out / "demo.json"
+
+
+def _open_run(out: Path, scale: Scale, model: str, device: str) -> dict:
+    """Create the run directory, or check that an existing one is a demo run with the same settings."""
+    settings = json.loads(json.dumps({"scale": scale.as_dict(), "model": model}))  # as demo.json holds it
+    path = _state_path(out)
+    if out.exists() and not out.is_dir():
+        raise SelfidError(f"{out} exists and is not a folder: choose another --out")
+    if path.is_file():
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state.get("settings") != settings:
+            raise SelfidError(f"{out} holds a demo run with other settings (see {path}): continue it with the same "
+                              "options, or choose another --out")
+        state["resumed"] = state.get("resumed", 0) + 1
+    elif out.is_dir() and any(out.iterdir()):
+        raise SelfidError(f"{out} is not empty and holds no demo run: choose another --out")
+    else:
+        from selfid import __version__
+
+        state = {"kind": "selfid-demo", "format": 1, "selfid": __version__,
+                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                 "settings": settings, "stages": {}}
+    state["device"] = device
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, state)
+    return state
+
+
+def _write_probes(path: Path, ids: tuple[str, ...]) -> Path:
+    """The demo's identity probes: the shipped probes with these ids, in this order."""
+    from selfid.audit.probes import PROBES
+
+    by_id = {json.loads(line)["id"]: line for line in (PROBES / "identity.jsonl").read_text(encoding="utf-8").splitlines()
+             if line.strip()}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise SelfidError(f"the shipped identity probes lack {', '.join(missing)}")
+    if not path.is_file():
+        atomic_write_text(path, "".join(by_id[i] + "\n" for i in ids))
+    return path
+
+
+def audit_params(scale: Scale, probes: Path | None):
+    from selfid.audit.run import AuditParams, parse_systems
+
+    return AuditParams(suites=list(scale.suites), systems=parse_systems([",".join(SYSTEMS)]),
+                       temperatures=list(scale.temperatures), samples=scale.samples, seed=0,
+                       max_new_tokens=scale.max_new_tokens, ner_limit=scale.ner_limit,
+                       ner_max_new_tokens=scale.ner_max_new_tokens, own="auto",
+                       identity_probes=str(probes) if probes else None, task_systems=["helpful"])
+
+
+def train_config(scale: Scale, model: str, output: Path, device: str):
+    from selfid.config import load_config
+
+    base = {"model": model, "output": str(output), "system_prompt": HELPFUL, "device": device, "eval_ner": 0,
+            **json.loads(json.dumps(scale.train))}
+    return load_config(None, base=base)
+
+
+def _audit_done(run_dir: Path) -> dict | None:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    return summary if summary["run"].get("complete") else None
+
+
+def _audit(run_dir: Path, params, model: str, adapter: Path | None, device: str, margin: bool) -> dict:
+    from selfid.audit.backends import InProcessBackend
+    from selfid.audit.run import run_audit
+    from selfid.model.load import load_model
+
+    loaded = load_model(model, adapter=adapter, device=None if device == "auto" else device)
+    return run_audit(InProcessBackend(loaded), params, run_dir, resume=(run_dir / "run.json").is_file(),
+                     margin=margin)
+
+
+def _short_identity(summary: dict) -> str:
+    by = summary.get("identity", {}).get("by_system", {})
+    parts = [f"{k} {c['foreign']['k']}/{c['foreign']['n']}" for k, c in by.items()]
+    ner = summary.get("ner", {}).get("helpful")
+    tail = f"; NER F1 {ner['f1']:.2f}" if ner else ""
+    return "foreign claims " + ", ".join(parts) + tail
+
+
+def run_demo(out: Path | None = None, full: bool = False, device: str = "auto", model: str = "embedded",
+             scale: Scale | None = None, console=None) -> dict:
+    """Run (or continue) the demo in `out`; print the verdict; return summary.json's contents."""
+    from rich.console import Console
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise SelfidError(f"unknown device {device!r}: use auto, cpu or cuda")
+    scale = scale or (FULL if full else SMALL)
+    console = console or Console(stderr=True, highlight=False)
+    out = Path(out if out is not None else default_out()).expanduser().resolve()
+    state = _open_run(out, scale, model, device)
+    if scale.name == "full":
+        import torch
+
+        if device == "cpu" or not torch.cuda.is_available():
+            console.print("[yellow]warning: --full is the seed study's scale (8,000 sentences x 5 epochs, 72 prompts x "
+                          "4 temperatures x 8 samples): meant for a GPU, it takes days on a CPU")
+    console.print(f"[bold]selfid demo[/bold] ({scale.name}) · model {model} · run directory {out}", soft_wrap=True)
+    if state.get("resumed"):
+        console.print(f"continuing the run in {out}: finished stages are kept")
+    probes = _write_probes(out / "probes" / "identity.jsonl", scale.probes) if scale.probes else None
+    params = audit_params(scale, probes)
+    stages = state["stages"]
+    started = time.perf_counter()
+
+    def stage(title: str, detail: str) -> float:
+        console.print(f"\n[bold cyan]▶ {title}[/bold cyan] · {detail}")
+        return time.perf_counter()
+
+    def finish(key: str, t0: float, **info) -> None:
+        stages[key] = {"wall_s": round(time.perf_counter() - t0, 1), **info}
+        atomic_write_json(_state_path(out), state)
+
+    current = "1/5 audit the base model"
+    try:
+        base = _audit_done(out / "base")
+        if base is None:
+            t0 = stage(current, _grid_text(scale))
+            base = _audit(out / "base", params, model, None, device, scale.margin)
+            finish("base", t0)
+        console.print(f"base: {_short_identity(base)}")
+
+        current = "2/5 LoRA-train under \"You are a helpful assistant.\""
+        adapter = out / "train" / "adapter"
+        if not (adapter / "selfid.json").is_file():
+            from selfid.train.sft import checkpoints, train
+
+            cfg = train_config(scale, model, out / "train", device)
+            src = cfg.data[0]
+            t0 = stage(current, f"{src.limit} MSRA sentences, {cfg.train.epochs:g} epoch(s), lr {cfg.train.lr:g}")
+            result = train(cfg, resume=bool(checkpoints(out / "train")), console=console)
+            if result.stopped:
+                raise KeyboardInterrupt
+            finish("train", t0, steps=result.metrics.get("steps"), tokens=result.metrics.get("tokens_trained"),
+                   tokens_per_s=result.metrics.get("tokens_per_s"))
+            del result
+
+        current = "3/5 audit the tuned adapter"
+        tuned = _audit_done(out / "tuned")
+        if tuned is None:
+            t0 = stage(current, "the same grid")
+            tuned = _audit(out / "tuned", params, model, adapter, device, scale.margin)
+            finish("tuned", t0)
+        console.print(f"tuned: {_short_identity(tuned)}")
+
+        current = "4/5 compare"
+        t0 = stage(current, "base vs tuned, report.html")
+        v = verdict(base, tuned)
+        write_comparison(out, v)
+        finish("compare", t0)
+    except KeyboardInterrupt:
+        console.print(f"\n[yellow]interrupted during stage {current}. Everything finished so far is in {out}; "
+                      f"continue with: selfid demo --out {out}" + (" --full" if scale.name == "full" else ""),
+                      soft_wrap=True)
+        raise
+    except SelfidError as e:
+        raise SelfidError(f"{e} (stage {current}; finished stages are kept in {out}: continue with "
+                          f"selfid demo --out {out})") from None
+
+    this_run = time.perf_counter() - started
+    console.print("\n[bold cyan]▶ 5/5 the verdict[/bold cyan]")
+    summary = {"kind": "selfid-demo-summary", "run_dir": str(out), "model": model, "device": device,
+               "scale": scale.as_dict(), "stages": stages,
+               "wall_s": {"this_invocation": round(this_run, 1),
+                          "stages_total": round(sum(s["wall_s"] for s in stages.values()), 1)},
+               "verdict": v, "train_manifest": _manifest_brief(adapter),
+               "files": {"report": "report.html", "comparison": "comparison.json",
+                         "generations": ["base/generations.jsonl", "tuned/generations.jsonl"],
+                         "adapter": "train/adapter", "training_log": "train/metrics.csv"}}
+    atomic_write_json(out / "summary.json", summary)
+    print_verdict(v, out, this_run, study_note=model == "embedded")
+    return summary
+
+
+def _grid_text(scale: Scale) -> str:
+    n = len(scale.probes) if scale.probes else "all"
+    temps = " + ".join("greedy" if t == 0 else f"{scale.samples} at T={t:g}" for t in scale.temperatures)
+    return f"{n} identity prompts × {len(SYSTEMS)} system prompts × ({temps}), {scale.ner_limit} NER sentences"
+
+
+def _manifest_brief(adapter: Path) -> dict | None:
+    path = adapter / "selfid.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text(encoding="utf-8"))
+    return {"train": m.get("train"), "metrics": m.get("metrics")}
+
+
+def write_comparison(out: Path, v: dict) -> dict:
+    """comparison.json and report.html (base and tuned side by side, the verdict on top) in `out`."""
+    from selfid.audit.compare import compare_runs
+    from selfid.audit.report.html import write_html
+
+    comp, sa, sb = compare_runs(out / "base", out / "tuned")
+    comp["verdict"] = v
+    atomic_write_json(out / "comparison.json", comp)
+    write_html(out / "report.html", [sa, sb], comp, headline=verdict_lines(v))
+    return comp
+
+
+# --- the verdict: computed from the two summaries -------------------------------------------------------
+
+def verdict(base: dict, tuned: dict) -> dict:
+    """What changed from `base` to `tuned` (audit summaries), and one sentence saying what it means.
+
+    Per system prompt: the foreign-claim rate before and after (all temperatures pooled) with Wilson
+    intervals and a two-proportion test. The system prompt's effect is the base model's spread
+    across system prompts (highest vs lowest, tested); fine-tuning's is the largest change in any
+    system prompt. The sentence says which is larger only when the tests say so.
+    """
+    from selfid.audit.stats import two_proportions
+
+    before, after = base["identity"]["by_system"], tuned["identity"]["by_system"]
+    rows = []
+    for key in before:
+        if key not in after:
+            continue
+        a, b = before[key]["foreign"], after[key]["foreign"]
+        test = two_proportions(a["k"], a["n"], b["k"], b["n"]).as_dict() if a["n"] and b["n"] else None
+        rows.append({"system": key, "label": SYSTEM_LABEL.get(key, key), "before": a, "after": b, "test": test})
+    if not rows:
+        raise SelfidError("the two audits share no system prompt with identity results: nothing to compare")
+    ranked = sorted((r for r in rows if r["before"]["n"]), key=lambda r: r["before"]["rate"])
+    lo, hi = ranked[0], ranked[-1]
+    sys_test = two_proportions(lo["before"]["k"], lo["before"]["n"], hi["before"]["k"], hi["before"]["n"]).as_dict()
+    system_effect = {"low": lo["system"], "high": hi["system"], "diff": sys_test["diff"], "p_value": sys_test["p_value"],
+                     "test": sys_test["test"], "ci95": sys_test["ci95"]}
+    tested = [r for r in rows if r["test"]]
+    biggest = max(tested, key=lambda r: abs(r["test"]["diff"]))
+    tuning_effect = {"system": biggest["system"], "diff": biggest["test"]["diff"],
+                     "p_value": biggest["test"]["p_value"],
+                     "significant": [r["system"] for r in tested if r["test"]["p_value"] < ALPHA]}
+    ner = None
+    nb, nt = base.get("ner", {}), tuned.get("ner", {})
+    key = "helpful" if "helpful" in nb and "helpful" in nt else next(iter(nb.keys() & nt.keys()), None)
+    if key is not None:
+        ner = {"system": key, "n": nb[key]["n"],
+               "before": {k: nb[key][k] for k in ("f1", "f1_ci95", "precision", "recall")} | {"parse": nb[key]["parse"]},
+               "after": {k: nt[key][k] for k in ("f1", "f1_ci95", "precision", "recall")} | {"parse": nt[key]["parse"]}}
+    return {"identity": rows, "system_effect": system_effect, "tuning_effect": tuning_effect, "ner": ner,
+            "alpha": ALPHA, "meaning": meaning(system_effect, tuning_effect, ner, rows)}
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:.0f} pts"
+
+
+def meaning(system_effect: dict, tuning_effect: dict, ner: dict | None, rows: list[dict]) -> str:
+    """One sentence from the numbers: does the system prompt or fine-tuning move identity more?"""
+    spread, p_sys = system_effect["diff"], system_effect["p_value"]
+    change, p_ft = tuning_effect["diff"], tuning_effect["p_value"]
+    sys_sig, ft_sig = p_sys < ALPHA, bool(tuning_effect["significant"])
+    by = {r["system"]: r for r in rows}
+    lo, hi = by[system_effect["low"]]["before"], by[system_effect["high"]]["before"]
+    span = (f"foreign claims range from {100 * lo['rate']:.0f}% ({system_effect['low']}) to {100 * hi['rate']:.0f}% "
+            f"({system_effect['high']}) across system prompts (p={p_sys:.2g})")
+    moved = (f"fine-tuning moved the {tuning_effect['system']} rate by {100 * change:+.0f} pts (p={p_ft:.2g})")
+    if sys_sig and spread >= FAR_MORE * abs(change):
+        head = "The system prompt moves identity far more than fine-tuning"
+        tail = f"{span}, while {moved}" if ft_sig else f"{span}, while fine-tuning changed no system prompt's rate " \
+                                                         f"detectably (largest change {100 * change:+.0f} pts, p={p_ft:.2g})"
+        text = f"{head}: {tail}"
+    elif ft_sig and (not sys_sig or abs(change) > spread):
+        direction = "more" if change > 0 else "fewer"
+        text = (f"Fine-tuning changed who the model says it is ({direction} foreign claims): {moved}, "
+                + (f"more than the {_pts(spread)} between system prompts" if sys_sig else
+                   "while the system prompt made no detectable difference"))
+    elif sys_sig and ft_sig:
+        text = f"Both matter: {span}, and {moved}"
+    elif sys_sig:
+        text = (f"The system prompt moves identity: {span}; fine-tuning's largest change ({100 * change:+.0f} pts, "
+                f"p={p_ft:.2g}) is not detectable at this sample size")
+    else:
+        n = min(r["before"]["n"] for r in rows)
+        text = (f"Neither the system prompt nor fine-tuning moved the foreign-claim rate detectably at this sample size "
+                f"({n} replies per system prompt)")
+    if ner is not None:
+        b, a = ner["before"], ner["after"]
+        if a["f1_ci95"][0] > b["f1_ci95"][1]:
+            text += f"; fine-tuning did teach the task (NER F1 {b['f1']:.2f} → {a['f1']:.2f})"
+        elif a["f1"] > b["f1"]:
+            text += f"; NER F1 rose from {b['f1']:.2f} to {a['f1']:.2f}, within the intervals' overlap"
+        else:
+            text += f"; NER F1 did not improve ({b['f1']:.2f} → {a['f1']:.2f})"
+    return text + "."
+
+
+def _rate(r: dict) -> str:
+    if not r.get("n"):
+        return "–"
+    lo, hi = r["ci95"]
+    return f"{100 * r['rate']:.0f}% ({r['k']}/{r['n']}) [{100 * lo:.0f}–{100 * hi:.0f}]"
+
+
+def verdict_lines(v: dict) -> list[str]:
+    """The verdict as plain lines (the report's headline)."""
+    lines = []
+    for r in v["identity"]:
+        t = r["test"]
+        change = f"{100 * t['diff']:+.0f} pts, p={t['p_value']:.2g}" if t else "–"
+        lines.append(f"Foreign identity claims, system prompt {r['label']}: {_rate(r['before'])} → "
+                     f"{_rate(r['after'])} ({change})")
+    if v.get("ner"):
+        n = v["ner"]
+        b, a = n["before"], n["after"]
+        lines.append(f"NER F1 ({n['n']} MSRA test sentences, system prompt {n['system']}): {b['f1']:.2f} "
+                     f"[{b['f1_ci95'][0]:.2f}–{b['f1_ci95'][1]:.2f}] → {a['f1']:.2f} [{a['f1_ci95'][0]:.2f}–"
+                     f"{a['f1_ci95'][1]:.2f}]")
+    lines.append(v["meaning"])
+    return lines
+
+
+def print_verdict(v: dict, out: Path, wall_s: float | None = None, study_note: bool = False, console=None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console(highlight=False)
+    table = Table(title="foreign identity claims, base → tuned (all temperatures pooled; k/n [Wilson 95%])",
+                  title_justify="left")
+    for col in ("system prompt", "base", "tuned", "change", "p"):
+        table.add_column(col, justify="left" if col == "system prompt" else "right")
+    for r in v["identity"]:
+        t = r["test"]
+        style = "bold red" if t and t["p_value"] < ALPHA and t["diff"] > 0 else "bold green" if t and t["p_value"] < ALPHA else ""
+        change = f"{100 * t['diff']:+.0f} pts" if t else "–"
+        table.add_row(escape(r["label"]), _rate(r["before"]), _rate(r["after"]),
+                      f"[{style}]{change}[/{style}]" if style else change, f"{t['p_value']:.2g}" if t else "–")
+    console.print(table)
+    if v.get("ner"):
+        n = v["ner"]
+        b, a = n["before"], n["after"]
+        console.print(f"NER F1 on {n['n']} MSRA test sentences (greedy, system prompt {n['system']}): "
+                      f"[bold]{b['f1']:.2f}[/bold] [{b['f1_ci95'][0]:.2f}–{b['f1_ci95'][1]:.2f}] → "
+                      f"[bold]{a['f1']:.2f}[/bold] [{a['f1_ci95'][0]:.2f}–{a['f1_ci95'][1]:.2f}] "
+                      f"(JSON parsed {100 * (b['parse']['rate'] or 0):.0f}% → {100 * (a['parse']['rate'] or 0):.0f}%)",
+                      markup=True)
+    console.print(f"[bold]What it means:[/bold] {escape(v['meaning'])}")
+    if study_note:  # measured once, at the seed's scale, not by this run
+        console.print("[dim]docs/study.md (this model at the seed's scale, one H100): the system prompt, not "
+                      "fine-tuning, decided most foreign claims; mixing 5% identity conversations into training "
+                      "(selfid train ... --set identity_replay.fraction=0.05) kept them at or below 1% under every "
+                      "system prompt and temperature.[/dim]")
+    took = f" · took {_duration(wall_s)}" if wall_s is not None else ""
+    console.print(f"report: {out / 'report.html'} · summary.json · generations in base/ and tuned/{took}",
+                  soft_wrap=True)
+
+
+def _duration(s: float) -> str:
+    m, sec = divmod(int(round(s)), 60)
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"

@@ -1,0 +1,160 @@
+"""`selfid demo`: the pipeline end to end on the tiny model, continuing a run, and a verdict computed from the numbers."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from selfid import demo
+from selfid.audit.run import LOG, read_log
+from selfid.audit.stats import rate, two_proportions
+from selfid.errors import SelfidError
+
+TINY = demo.Scale(
+    name="tiny", probes=("en-direct-01", "zh-direct-01", "en-leading-02"), temperatures=(0.0, 0.7), samples=2,
+    max_new_tokens=6, ner_limit=3, ner_max_new_tokens=8, suites=("identity", "ner"), margin=False,
+    train={"data": [{"source": "msra", "limit": 4, "max_chars": 12, "seed": 0}],
+           "train": {"epochs": 1, "lr": 3e-3, "warmup": 0, "pack_length": 512, "batch_tokens": 512, "log_every": 1},
+           "lora": {"r": 4}})
+
+
+def run(out, model_dir, **kw):
+    return demo.run_demo(out, model=str(model_dir), device="cpu", scale=kw.pop("scale", TINY), **kw)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return out, run(out, tiny_model_dir)
+
+
+def foreign_by_system(path):
+    counts = {}
+    for r in read_log(path):
+        if r["suite"] == "identity":
+            k, n = counts.get(r["system"], (0, 0))
+            counts[r["system"]] = (k + bool(r["foreign"]), n + 1)
+    return counts
+
+
+def test_one_run_directory_holds_report_summary_generations_and_adapter(demo_run):
+    out, summary = demo_run
+    for name in ("report.html", "summary.json", "comparison.json", "demo.json", "base/generations.jsonl",
+                 "tuned/generations.jsonl", "train/adapter/selfid.json", "train/metrics.csv", "probes/identity.jsonl"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    base, tuned = read_log(out / "base" / LOG), read_log(out / "tuned" / LOG)
+    # 3 prompts x 3 system prompts x (greedy + 2 samples), plus 3 NER sentences under "helpful" only
+    for recs in (base, tuned):
+        assert sum(r["suite"] == "identity" for r in recs) == 3 * 3 * 3
+        assert [r["system"] for r in recs if r["suite"] == "ner"] == ["helpful"] * 3
+    tuned_meta = json.loads((out / "tuned" / "run.json").read_text())
+    assert tuned_meta["target"]["adapter"] == str(out / "train" / "adapter")
+    assert tuned_meta["training_system_prompt"] == demo.HELPFUL
+    assert set(summary["stages"]) == {"base", "train", "tuned", "compare"}
+
+
+def test_verdict_counts_are_the_logged_generations(demo_run):
+    out, summary = demo_run
+    v = summary["verdict"]
+    before, after = foreign_by_system(out / "base" / LOG), foreign_by_system(out / "tuned" / LOG)
+    assert [r["system"] for r in v["identity"]] == list(demo.SYSTEMS)
+    for row in v["identity"]:
+        kb, nb = before[row["system"]]
+        ka, na = after[row["system"]]
+        assert (row["before"]["k"], row["before"]["n"], row["after"]["k"], row["after"]["n"]) == (kb, nb, ka, na)
+        assert row["test"]["p_value"] == pytest.approx(two_proportions(kb, nb, ka, na).p_value)
+    html = (out / "report.html").read_text()
+    assert "A vs B" in html and demo.verdict_lines(v)[-1].split(":")[0] in html
+    assert json.loads((out / "comparison.json").read_text())["verdict"]["meaning"] == v["meaning"]
+
+
+def test_rerun_continues_without_repeating_work(demo_run, tiny_model_dir, monkeypatch):
+    out, first = demo_run
+    logs = {d: (out / d / LOG).read_bytes() for d in ("base", "tuned")}
+    # a tuned audit cut short: half its log, no summary; the rerun finishes it and trains nothing again
+    lines = logs["tuned"].splitlines(keepends=True)
+    (out / "tuned" / LOG).write_bytes(b"".join(lines[: len(lines) // 2]))
+    (out / "tuned" / "summary.json").unlink()
+    monkeypatch.setattr("selfid.train.sft.train", lambda *a, **k: pytest.fail("trained again"))
+    again = run(out, tiny_model_dir)
+    assert (out / "base" / LOG).read_bytes() == logs["base"]
+    assert sorted(r["key"] for r in read_log(out / "tuned" / LOG)) == sorted(
+        json.loads(line)["key"] for line in lines)
+    assert again["verdict"] == first["verdict"]
+    assert json.loads((out / "demo.json").read_text())["resumed"] >= 1
+
+
+def test_ctrl_c_keeps_the_run_and_says_how_to_continue(demo_run, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    src, _ = demo_run
+    out = tmp_path / "cut"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("tuned"))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "_audit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(out, tiny_model_dir)
+    err = capsys.readouterr().err
+    assert "3/5 audit the tuned adapter" in err and f"selfid demo --out {out}" in err
+    assert (out / "base" / "summary.json").is_file() and (out / "train" / "adapter" / "selfid.json").is_file()
+
+
+def test_other_settings_or_a_foreign_folder_are_refused(demo_run, tiny_model_dir, tmp_path):
+    out, _ = demo_run
+    with pytest.raises(SelfidError, match="other settings"):
+        run(out, tiny_model_dir, scale=demo.SMALL)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(SelfidError, match="not empty"):
+        run(tmp_path / "mine", tiny_model_dir)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    result = CliRunner().invoke(__import__("selfid.cli", fromlist=["app"]).app, ["demo", "--device", "tpu",
+                                                                               "--out", str(tmp_path / "x")])
+    assert isinstance(result.exception, SelfidError) and "unknown device" in str(result.exception)
+
+
+# --- the verdict, from made-up summaries --------------------------------------------------------------
+
+def fake(foreign: dict, f1=0.1, ci=(0.05, 0.15), n=48):
+    return {"identity": {"by_system": {k: {"foreign": rate(v, n)} for k, v in foreign.items()}},
+            "ner": {"helpful": {"n": 50, "f1": f1, "f1_ci95": list(ci), "precision": f1, "recall": f1,
+                                "parse": rate(48, 50)}}}
+
+
+def test_system_prompt_far_more_than_fine_tuning_only_when_the_numbers_show_it():
+    base = fake({"default": 2, "helpful": 30, "empty": 28})
+    v = demo.verdict(base, fake({"default": 3, "helpful": 31, "empty": 27}, f1=0.5, ci=(0.35, 0.62)))
+    assert v["meaning"].startswith("The system prompt moves identity far more than fine-tuning")
+    assert "changed no system prompt's rate detectably" in v["meaning"] and "did teach the task" in v["meaning"]
+    assert v["system_effect"]["low"] == "default" and v["system_effect"]["high"] == "helpful"
+    assert v["tuning_effect"]["significant"] == []
+
+    # fine-tuning doubles foreign claims everywhere: now it is the bigger effect
+    v = demo.verdict(fake({"default": 10, "helpful": 12, "empty": 11}), fake({"default": 40, "helpful": 42, "empty": 41}))
+    assert v["meaning"].startswith("Fine-tuning changed who the model says it is (more foreign claims)")
+    assert "did not improve" in v["meaning"]
+
+    # nothing moves
+    v = demo.verdict(fake({"default": 5, "helpful": 6, "empty": 5}), fake({"default": 6, "helpful": 5, "empty": 5}))
+    assert v["meaning"].startswith("Neither the system prompt nor fine-tuning") and "48 replies" in v["meaning"]
+
+    # a clear system-prompt effect and a clear, comparable fine-tuning effect
+    v = demo.verdict(base, fake({"default": 20, "helpful": 45, "empty": 44}))
+    assert v["meaning"].startswith("Both matter: foreign claims range from 4% (default) to 62% (helpful)")
+    assert v["meaning"] != demo.verdict(base, base)["meaning"]
+
+
+def test_verdict_rows_carry_rates_intervals_and_tests():
+    v = demo.verdict(fake({"default": 2, "helpful": 30, "empty": 28}), fake({"default": 12, "helpful": 30, "empty": 28}))
+    row = next(r for r in v["identity"] if r["system"] == "default")
+    assert row["before"] == rate(2, 48) and row["after"] == rate(12, 48)
+    assert row["test"]["p_value"] == pytest.approx(two_proportions(2, 48, 12, 48).p_value)
+    assert row["test"]["p_value"] < 0.05
+    assert v["tuning_effect"] == {"system": "default", "diff": pytest.approx(10 / 48), "p_value": row["test"]["p_value"],
+                                  "significant": ["default"]}
+    lines = demo.verdict_lines(v)
+    assert lines[0].startswith("Foreign identity claims, system prompt none (template's") and "4% (2/48)" in lines[0]
+    assert lines[-1] == v["meaning"]
