@@ -177,6 +177,34 @@ def size_section(roots: list[tuple[str, Path]]) -> list[str]:
     return L + [""]
 
 
+
+def parity_table(base: dict, other: dict, name: str) -> list[str]:
+    """In-process vs another runtime, cell by cell, and how many cells' 95% intervals overlap."""
+    L = [f"| cell | in-process | {name} | intervals overlap |", "|---|---|---|---|"]
+    bc, oc = cells(base), cells(other)
+    agree = 0
+    for key, c in oc.items():
+        b = bc.get(key)
+        if b is None:
+            continue
+        lo = max(b["foreign"]["ci95"][0], c["foreign"]["ci95"][0])
+        hi = min(b["foreign"]["ci95"][1], c["foreign"]["ci95"][1])
+        agree += lo <= hi
+        L.append(f"| {key[0]} T={key[1]:g} | {pct(b['foreign'])} | {pct(c['foreign'])} | {'yes' if lo <= hi else 'NO'} |")
+    return L + ["", f"{agree} of {sum(k in bc for k in oc)} cells agree within their 95% intervals.", ""]
+
+
+def greedy_agreement(run_a: Path, run_b: Path) -> tuple[int, int]:
+    """How many greedy (T=0) identity replies get the same foreign/not verdict in both runs."""
+    def greedy(run: Path) -> dict[str, bool]:
+        return {r["key"]: bool(r["foreign"]) for r in _records(run)
+                if r.get("suite") == "identity" and r.get("temperature") == 0.0}
+
+    a, b = greedy(run_a), greedy(run_b)
+    shared = a.keys() & b.keys()
+    return sum(a[k] == b[k] for k in shared), len(shared)
+
+
 def _tag_rate(summary: dict, system: str, tag: str) -> tuple[int, int]:
     cs = [c for c in summary["identity"]["cells"] if c["system"] == system]
     return (sum(c["by_tag"].get(tag, {}).get("k", 0) for c in cs), sum(c["by_tag"].get(tag, {}).get("n", 0) for c in cs))
@@ -318,23 +346,22 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
 
     http = _read(root / "parity" / "http" / "summary.json")
     if http is not None:
-        L += ["## 5. Deployment parity: the base model through `selfid api` (HTTP) vs in-process", "",
-              "| cell | in-process | HTTP | intervals overlap |", "|---|---|---|---|"]
-        bc = cells(base)
-        agree = 0
-        hc = cells(http)
-        for key, c in hc.items():
-            b = bc.get(key)
-            if b is None:
-                continue
-            lo = max(b["foreign"]["ci95"][0], c["foreign"]["ci95"][0])
-            hi = min(b["foreign"]["ci95"][1], c["foreign"]["ci95"][1])
-            agree += lo <= hi
-            L.append(f"| {key[0]} T={key[1]:g} | {pct(b['foreign'])} | {pct(c['foreign'])} | {'yes' if lo <= hi else 'NO'} |")
-        L += ["", f"{agree} of {len(hc)} cells agree within their 95% intervals.", ""]
-        lc = _read(root / "parity" / "llamacpp.json")
-        if lc:
-            L += [f"llama.cpp's own server (xllamacpp, the embedded GGUF): {lc.get('note', '')}", ""]
+        L += ["## 5. Deployment parity: the base model through `selfid api` (HTTP) vs in-process", ""]
+        L += parity_table(base, http, "HTTP")
+    lc = _read(root / "parity" / "llamacpp" / "summary.json")
+    if lc is not None:
+        L += ["### llama.cpp's own server (xllamacpp) on the embedded Q4_K_M GGUF vs in-process (transformers, bf16 "
+              "on the H100, from the dequantized weights)", "",
+              "Run on the 2-core CPU machine with `python bench/study.py run --root study --steps llamacpp` "
+              "(the server: `bench/llamacpp_serve.py`, given the model's published sampling defaults). "
+              "T=0 and T=1.0 with 2 samples per prompt.", ""]
+        L += parity_table(base, lc, "llama.cpp")
+        same, n = greedy_agreement(root / "base" / "audit", root / "parity" / "llamacpp")
+        if n:
+            L += [f"Greedy replies, prompt by prompt: the two runtimes reach the same verdict (foreign claim or not) "
+                  f"on {same} of {n} prompts × system prompts"
+                  + (f"; {n - same} differ{'s' if n - same == 1 else ''}: the GGUF's 4-bit weights are not the bf16 "
+                     "weights, and greedy decoding follows the top token wherever it flips." if same < n else "."), ""]
 
     arms = [a for a in ("plain", "template", "replay2", "replay5", "scale", "combo")
             if (root / a / "audit" / "summary.json").is_file()]
