@@ -166,7 +166,7 @@ def margins_along_training(root: Path, s: Settings) -> None:
 
 
 def step_scale(root: Path, s: Settings) -> None:
-    from selfid.train.eval_ner import default_system
+    from selfid.manifest import training_system_message
     from selfid.train.scale import identity_rate_provider, make_evaluate, save_scaled, search_scale
 
     adapter = root / "scale" / "adapter"
@@ -175,7 +175,7 @@ def step_scale(root: Path, s: Settings) -> None:
         loaded = load(s.model, plain, device="cpu" if s.smoke else None)
         rate = identity_rate_provider(root / "scale" / "search", temperatures=(1.0,), samples=2 if s.smoke else 4,
                                       max_new_tokens=s.max_tokens)
-        evaluate = make_evaluate(loaded, rate, 4 if s.smoke else 200, default_system(loaded))
+        evaluate = make_evaluate(loaded, rate, 4 if s.smoke else 200, training_system_message(loaded.manifest))
         t0 = time.time()
         found = search_scale(evaluate, grid=(1.0, 0.8, 0.6, 0.4, 0.2) if not s.smoke else (1.0, 0.5), f1_tolerance=0.01)
         save_scaled(plain, found.scale, adapter, found)

@@ -29,7 +29,8 @@ def chat(
     model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
     system: Optional[str] = typer.Option(None, "--system", "-s",
-                                         help="system prompt; leave out for the template's own, '' for an empty one"),
+                                         help="system prompt; leave out for the adapter's training one (else the "
+                                              "template's own), '' for an empty one"),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 = greedy; default: the model's own"),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="default: the model's own"),
     max_tokens: int = typer.Option(512, "--max-tokens", help="most new tokens per reply"),
@@ -43,9 +44,17 @@ def chat(
     from selfid.model.load import load_model
     from selfid.terminal import run_chat
 
+    from selfid.manifest import training_system_message
+
     loaded = load_model(model, adapter=adapter, device=device, dtype=dtype)
     params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=temperature, top_p=top_p,
                                           max_new_tokens=max_tokens, seed=seed)
+    if system is None:  # as the adapter was trained (train/serve parity), as `selfid api` does
+        system = training_system_message(loaded.manifest)
+        if system is not None:
+            from selfid.terminal import err
+
+            err.print(f"[dim]system prompt from the adapter's training (selfid.json): {system!r}; --system overrides it[/dim]")
     run_chat(InProcessEngine(loaded), params, system=system, prompt=prompt)
 
 

@@ -30,6 +30,16 @@ FORMAT = 1
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
+def training_system_message(manifest: dict | None) -> str | None:
+    """The system message that renders prompts as in training: `train.system_prompt` when a system
+    message was sent in training; None when none was (the template inserted its own) or nothing is recorded."""
+    train = manifest.get("train") if isinstance(manifest, dict) else None
+    if not isinstance(train, dict) or train.get("system_message_sent") is False:
+        return None
+    text = train.get("system_prompt")
+    return text if isinstance(text, str) else None
+
+
 def weights_sha256(folder: Path | None) -> str | None:
     """sha256 over the model folder's weight files (name + content hash each), cached by size and mtime."""
     if folder is None or not Path(folder).is_dir():

@@ -34,3 +34,23 @@ def test_bad_model_is_one_line_error_and_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"selfid: error: no such folder or file: {tmp_path / 'nope'}"
+
+
+def test_chat_with_an_adapter_renders_as_in_training_unless_told_otherwise(tiny_model_dir, tmp_path):
+    from tests.serve_helpers import NER_SYSTEM, make_adapter, ner_manifest
+
+    adapter = make_adapter(tiny_model_dir, tmp_path / "ner", seed=1, manifest=ner_manifest())
+    base = ["chat", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--device", "cpu", "--prompt", "你是谁?",
+            "--temperature", "0", "--max-tokens", "4"]
+    trained = CliRunner().invoke(app, base)
+    assert trained.exit_code == 0, trained.output
+    assert f"system prompt (given): {NER_SYSTEM!r}" in trained.stderr and "adapter's training" in trained.stderr
+    told = CliRunner().invoke(app, base + ["--system", ""])
+    assert told.exit_code == 0, told.output
+    assert "system prompt (given): ''" in told.stderr and "adapter's training" not in told.stderr
+    # trained with no system message at all: the template inserts its own, as it did in training
+    manifest = {"train": {"system_prompt": None, "system_message_sent": False}}
+    none_sent = make_adapter(tiny_model_dir, tmp_path / "plain", seed=2, manifest=manifest)
+    res = CliRunner().invoke(app, base[:4] + [str(none_sent)] + base[5:])
+    assert res.exit_code == 0, res.output
+    assert "inserted by the chat template" in res.stderr

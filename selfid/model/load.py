@@ -186,13 +186,9 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
         adapter_path = Path(adapter).expanduser()
         if not (adapter_path / "adapter_config.json").is_file():
             raise SelfidError(f"{adapter_path} is not a LoRA adapter folder (no adapter_config.json)")
-        import warnings
-
         from peft import PeftModel
 
-        with warnings.catch_warnings():  # peft calls a transformers method deprecated in 5.x; not the user's concern
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = PeftModel.from_pretrained(model, adapter_path)
+        model = PeftModel.from_pretrained(model, adapter_path)
         model.to(dev)
         manifest = read_manifest(adapter_path)
     model.eval()

@@ -8,17 +8,10 @@ from __future__ import annotations
 
 from selfid.data import msra
 from selfid.engine import InProcessEngine, SamplingParams
+from selfid.manifest import training_system_message
 from selfid.tasks import ner
 
 UNSET = object()
-
-
-def default_system(loaded) -> str | None:
-    """The adapter's training system message when its manifest says which; None otherwise."""
-    train = (loaded.manifest or {}).get("train") or {}
-    if train.get("system_message_sent") is False:
-        return None
-    return train.get("system_prompt")
 
 
 def evaluate_ner(loaded, n: int | None = 500, system=UNSET, seed: int = 0, max_new_tokens: int = 160,
@@ -28,7 +21,7 @@ def evaluate_ner(loaded, n: int | None = 500, system=UNSET, seed: int = 0, max_n
     if n is not None:
         sentences = sentences[:n]
     if system is UNSET:
-        system = default_system(loaded)
+        system = training_system_message(loaded.manifest)
     engine = InProcessEngine(loaded, max_batch_size=batch_size)
     prompts = [loaded.chat.render(ner.messages(s.chars, system)) for s in sentences]
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
