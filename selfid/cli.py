@@ -42,9 +42,8 @@ def chat(
     """Chat with a model in the terminal (streaming), or ask once with --prompt."""
     from selfid.engine import InProcessEngine, SamplingParams
     from selfid.model.load import load_model
-    from selfid.terminal import run_chat
-
     from selfid.manifest import training_system_message
+    from selfid.terminal import run_chat
 
     loaded = load_model(model, adapter=adapter, device=device, dtype=dtype)
     params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=temperature, top_p=top_p,
@@ -59,7 +58,7 @@ def chat(
 
 
 # --- serve: `selfid api` and `selfid webchat` (one server: the API under /v1, the page at /) ---
-def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, page: bool) -> None:
+def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page: bool) -> None:
     from selfid.serve.api import create_app, service_from_args
     from selfid.serve.server import check_port_free, default_port, serve, setup_logging
 
@@ -68,7 +67,7 @@ def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, p
     setup_logging()
     key = api_key if api_key is not None else os.environ.get("API_KEY") or None
     service = service_from_args(model, adapter or [], device=device, dtype=dtype, api_key=key,
-                                max_batch_size=max_batch_size)
+                                max_batch_size=max_batch_size, default_model=default_model)
     names = ", ".join(service.served)
     where = f"http://{host}:{port}"
     keyed = " (API key required)" if key else ""
@@ -95,8 +94,11 @@ def _serve_verb(page: bool):
         dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
         max_batch_size: Optional[int] = typer.Option(
             None, "--max-batch-size", help="most sequences decoded together (default: 256 on GPU, 32 on CPU)"),
+        default_model: Optional[str] = typer.Option(
+            None, "--default-model", help="the served name that answers requests naming no model or an unknown one "
+            "(clients that send placeholders such as gpt-3.5-turbo); default: the only model when no adapter is served"),
     ):
-        _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, page=page)
+        _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page)
 
     return verb
 

@@ -152,3 +152,32 @@ def test_an_adapter_folder_can_bring_its_own_chat_template(tmp_path, tiny_model_
     _, served = load_served(str(tiny_model_dir), [f"own={own}"], device="cpu", dtype="float32", progress=False)
     assert served[1].chat.default_system == "You are Own." and served[1].chat.template_hash != tiny.chat.template_hash
     assert served[0].chat.default_system == tiny.chat.default_system  # the base keeps its own
+
+
+def test_default_model_answers_the_seeds_unchanged_client_when_adapters_are_served(dirs, tiny_model_dir, monkeypatch):
+    import os
+
+    from langchain_openai import ChatOpenAI
+
+    from tests.serve_helpers import start
+
+    adapters = [f"{k}={v}" for k, v in dirs.items()]
+    with pytest.raises(SelfidError, match="--default-model 'nope' is not served here"):
+        start(tiny_model_dir, adapters, default_model="nope")
+    bg, service = start(tiny_model_dir, adapters, default_model="ner")
+    with bg:
+        monkeypatch.setenv("API_PORT", str(bg.port))
+        # the seed's client, as written: it sends langchain's placeholder model name
+        client = ChatOpenAI(api_key=os.environ.get("API_KEY", "0"),
+                            base_url="http://localhost:{}/v1".format(os.environ.get("API_PORT", 8000)),
+                            include_response_headers=True, temperature=0, max_tokens=8)
+        reply = client.invoke("你是谁?")
+        assert reply.response_metadata["headers"]["x-selfid-model"] == "ner"
+        c = openai.OpenAI(base_url=bg.url + "/v1", api_key="x", max_retries=0)
+        named = c.chat.completions.create(model="ner", messages=[{"role": "user", "content": "你是谁?"}], temperature=0,
+                                          max_tokens=8)
+        assert reply.content == named.choices[0].message.content
+        # a name the server has still picks that model
+        raw = c.chat.completions.with_raw_response.create(model="plain", messages=[{"role": "user", "content": "hi"}],
+                                                          max_tokens=2)
+        assert raw.headers["x-selfid-model"] == "plain"

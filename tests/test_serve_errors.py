@@ -90,6 +90,7 @@ def test_context_errors_say_what_to_do(adapter_server):
     assert r["error"]["code"] == "context_length_exceeded" and "lower max_tokens to at most" in r["error"]["message"]
     r = httpx.post(bg.url + "/v1/chat/completions", json=ok(model="gpt-4o")).json()
     assert r["error"]["code"] == "model_not_found" and "'ner'" in r["error"]["message"]
+    assert "--default-model" in r["error"]["message"]
 
 
 def test_wrong_path_and_method_get_error_objects(adapter_server):

@@ -113,11 +113,17 @@ class Service:
     """The state behind the HTTP routes: served models, the engine and its scheduler."""
 
     def __init__(self, loaded, served: Sequence[Served], engine: InProcessEngine | None = None,
-                 api_key: str | None = None, limits: Limits | None = None, max_batch_size: int | None = None):
+                 api_key: str | None = None, limits: Limits | None = None, max_batch_size: int | None = None,
+                 default_model: str | None = None):
         self.loaded = loaded
         self.engine = engine or InProcessEngine(loaded, max_batch_size=max_batch_size)
         self.served = {s.name: s for s in served}
         self.base = served[0]
+        if default_model is not None and default_model not in self.served:
+            raise SelfidError(f"--default-model {default_model!r} is not served here: use one of "
+                              f"{', '.join(map(repr, self.served))}")
+        # answers requests that name no model or one this server lacks (placeholders such as gpt-3.5-turbo)
+        self.fallback = self.served[default_model] if default_model else self.base if len(self.served) == 1 else None
         self.api_key = api_key or None
         self.limits = limits or Limits()
         self.scheduler = Scheduler(self.engine, max_batch_size=max_batch_size)
@@ -125,13 +131,17 @@ class Service:
 
     # --- requests --------------------------------------------------------------------------------
     def resolve(self, name: str | None) -> Served:
-        if name is None or name in self.served:
-            return self.served.get(name, self.base)
-        if len(self.served) == 1:  # one model: any name means it (clients send placeholders like gpt-3.5-turbo)
-            log.info("request names model %r; this server serves only %r, which answers", name, self.base.name)
-            return self.base
+        if name in self.served:
+            return self.served[name]
+        if name is None:
+            return self.fallback or self.base
+        if self.fallback is not None:
+            log.info("request names model %r, which is not served here; %r answers (the default model)", name,
+                     self.fallback.name)
+            return self.fallback
         raise APIError(404, f"the model {name!r} does not exist on this server: use one of "
-                            f"{', '.join(map(repr, self.served))} (GET /v1/models lists them)",
+                            f"{', '.join(map(repr, self.served))} (GET /v1/models lists them), or start the "
+                            "server with --default-model NAME to answer every other name with NAME",
                        param="model", code="model_not_found")
 
     def prepare(self, body: p.ChatCompletionRequest) -> Prepared:
