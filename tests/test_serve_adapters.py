@@ -129,9 +129,15 @@ def test_manifests_are_read_defensively(tmp_path, tiny_model_dir, tiny, serve_lo
     odd = make_adapter(tiny_model_dir, tmp_path / "odd", 3, {"train": {"system_prompt": 5, "template_hash": "0" * 16}})
     nulled = make_adapter(tiny_model_dir, tmp_path / "nulled", 4, {"train": {"system_prompt": None}})
     junk = make_adapter(tiny_model_dir, tmp_path / "junk", 5, ["not", "a", "dict"])
-    _, served = load_served(str(tiny_model_dir), [f"odd={odd}", f"nulled={nulled}", f"junk={junk}"],
+    # trained under the template's default with no system message sent: serve it the same way (none sent)
+    unsent = make_adapter(tiny_model_dir, tmp_path / "unsent", 7, {"train": {
+        "system_prompt": tiny.chat.default_system, "system_message_sent": False}})
+    _, served = load_served(str(tiny_model_dir), [f"odd={odd}", f"nulled={nulled}", f"junk={junk}", f"unsent={unsent}"],
                             device="cpu", dtype="float32", progress=False)
     by = {s.name: s for s in served}
+    assert by["unsent"].train_system_known and by["unsent"].train_system is None
+    assert by["unsent"].default_system() == (tiny.chat.default_system, "chat template default")
+    assert by["unsent"].training_effective_system() == tiny.chat.default_system
     assert by["odd"].default_system() == (tiny.chat.default_system, "chat template default")
     assert not by["odd"].train_system_known
     assert by["nulled"].train_system_known and by["nulled"].training_effective_system() == tiny.chat.default_system

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from selfid.engine import BASE_MODEL
 from selfid.errors import SelfidError
+from selfid.manifest import training_system_message
 from selfid.model.chat import ChatFormat
 from selfid.model.load import SAMPLING_KEYS, LoadedModel, load_model, read_manifest
 
@@ -36,7 +37,7 @@ class Served:
     path: Path | None = None  # the adapter folder
     manifest: dict | None = None
     train_system_known: bool = False  # the manifest records the training system prompt
-    train_system: str | None = None  # that prompt (None: training sent no system message)
+    train_system: str | None = None  # the system message sent in training (None: none; the template's own)
     train_policy: str | None = None
 
     def default_system(self) -> tuple[str | None, str]:
@@ -130,7 +131,7 @@ def adapter_served(name: str, folder: Path, parent: str, loaded: LoadedModel) ->
         log.warning("adapter %s: train.system_prompt in %s/selfid.json is %r, not a string or null; ignoring it",
                     name, folder, train["system_prompt"])
     else:
-        s.train_system_known, s.train_system = True, train["system_prompt"]
+        s.train_system_known, s.train_system = True, training_system_message(manifest)
         s.train_policy = train.get("system_prompt_policy") if isinstance(train.get("system_prompt_policy"), str) else None
     trained_hash = train.get("template_hash") if isinstance(train, dict) else None
     if isinstance(trained_hash, str) and trained_hash != chat.template_hash:
