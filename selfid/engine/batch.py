@@ -71,7 +71,8 @@ class DecodeBatch:
         self.uniforms = _uniforms(rows, max(r.budget for r in rows)).to(dev)
         self.step = torch.zeros(B, dtype=torch.long, device=dev)  # tokens generated so far, per row
         self.counts = torch.zeros((B, vocab), **f32) if any(x.presence_penalty or x.frequency_penalty for x in p) else None
-        self.seen, self.seen_mask = ids.to(dev), self.attn.bool()  # prompt + generated ids, for repetition_penalty
+        self.seen = ids.to(dev)  # prompt + generated ids, for repetition_penalty; real where attn is 1
+        self._rows_changed()
         self.adapter_names = adapter_names
         self.cache = DynamicCache()
         out = self.forward(input_ids=ids.to(dev), attention_mask=self.attn, position_ids=self.pos, logits_to_keep=1,
@@ -82,13 +83,22 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _rows_changed(self) -> None:
+        """Per-batch flags that depend only on which rows are in it; recomputed when rows leave or join."""
+        p = [r.params for r in self.rows]
+        # the most top-logprobs any row asks for (None: no row wants log-probabilities)
+        self.top_logprobs = max((x.logprobs for x in p if x.logprobs is not None), default=None)
+        self.repeat = any(x.repetition_penalty != 1 for x in p)
+        if not any(x.presence_penalty or x.frequency_penalty for x in p):
+            self.counts = None
+
     # --- one step ---------------------------------------------------------------------------------
-    def sample(self, want_logprobs: bool):
-        """The next token of every row, and the log-probabilities it was drawn from (when asked)."""
+    def sample(self):
+        """The next token of every row, and the log-probabilities it was drawn from (when a row asks for them)."""
         logits = self.logits.float()
-        lp = logits.log_softmax(-1) if want_logprobs else None
-        seen = self.seen if any(r.params.repetition_penalty != 1 for r in self.rows) else None
-        logits = apply_penalties(logits, seen, self.seen_mask, self.rep, self.counts, self.presence, self.frequency)
+        lp = logits.log_softmax(-1) if self.top_logprobs is not None else None
+        seen, seen_mask = (self.seen, self.attn.bool()) if self.repeat else (None, None)
+        logits = apply_penalties(logits, seen, seen_mask, self.rep, self.counts, self.presence, self.frequency)
         u = self.uniforms.gather(1, self.step[:, None]).squeeze(1)
         return sample(logits, self.temperature, self.top_k, self.top_p, u), lp
 
@@ -103,7 +113,6 @@ class DecodeBatch:
             return
         self.step = self.step + 1
         self.seen = torch.cat([self.seen, nxt[:, None]], 1)
-        self.seen_mask = torch.cat([self.seen_mask, torch.ones_like(self.seen_mask[:, :1])], 1)
         self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], 1)
         self.pos = self.pos + 1
         out = self.forward(input_ids=nxt[:, None], attention_mask=self.attn, position_ids=self.pos, cache=self.cache,
@@ -118,24 +127,22 @@ class DecodeBatch:
             return
         self.cache.batch_select_indices(sel)
         for name in ("attn", "pos", "temperature", "top_p", "top_k", "rep", "presence", "frequency", "uniforms",
-                     "step", "seen", "seen_mask", "logits"):
+                     "step", "seen", "logits"):
             setattr(self, name, getattr(self, name)[sel])
         if self.counts is not None:
             self.counts = self.counts[sel]
         if self.adapter_names is not None:
             self.adapter_names = [self.adapter_names[k] for k in keep]
+        self._rows_changed()
         self._trim()
 
     def _trim(self) -> None:
         """Drop leading columns that are padding in every remaining row (the rows that used them left)."""
         first = int(self.attn.any(0).int().argmax())
         if first > 0:
-            self.attn = self.attn[:, first:]
+            self.attn, self.seen = self.attn[:, first:], self.seen[:, first:]
             for layer in _cache_layers(self.cache):
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-        first = int(self.seen_mask.any(0).int().argmax())
-        if first > 0:
-            self.seen, self.seen_mask = self.seen[:, first:], self.seen_mask[:, first:]
 
     def merge(self, other: "DecodeBatch", active_adapter: str | None) -> None:
         """Take in the rows of a freshly prefilled batch; both then decode as one."""
@@ -144,10 +151,7 @@ class DecodeBatch:
             mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
             mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
         self.attn = torch.cat([_left_pad(self.attn, width, 1), _left_pad(other.attn, width, 1)])
-        seen_width = max(self.seen.shape[1], other.seen.shape[1])
-        self.seen = torch.cat([_left_pad(self.seen, seen_width, 1), _left_pad(other.seen, seen_width, 1)])
-        self.seen_mask = torch.cat([_left_pad(self.seen_mask, seen_width, 1, False),
-                                    _left_pad(other.seen_mask, seen_width, 1, False)])
+        self.seen = torch.cat([_left_pad(self.seen, width, 1), _left_pad(other.seen, width, 1)])  # as wide as attn
         steps = max(self.uniforms.shape[1], other.uniforms.shape[1])
         self.uniforms = torch.cat([F.pad(self.uniforms, (0, steps - self.uniforms.shape[1])),
                                    F.pad(other.uniforms, (0, steps - other.uniforms.shape[1]))])
@@ -161,3 +165,4 @@ class DecodeBatch:
             fill = lambda b: b.adapter_names or [active_adapter] * len(b)  # noqa: E731
             self.adapter_names = fill(self) + fill(other)
         self.rows = self.rows + other.rows
+        self._rows_changed()

@@ -86,7 +86,7 @@ class InProcessEngine:
         """
         rows = self._rows(requests, 0, prompt_tokens)
         rows.sort(key=lambda r: len(r.prompt_ids))
-        batches = list(self._batches(rows)) or [[]]
+        batches = list(self._batches(rows))
         for k, batch in enumerate(batches):
             last = k == len(batches) - 1
             yield from self._decode(batch, admit if last else None, len(requests), prompt_tokens)
@@ -154,39 +154,38 @@ class InProcessEngine:
     def _decode(self, rows: list[_Row], admit, next_request: int, prompt_tokens: dict | None) -> Iterator[Event]:
         import torch
 
-        batch = self._prefill(rows) if rows else None
+        batch = self._prefill(rows)
         eos = torch.tensor(sorted(self.eos), dtype=torch.long, device=self.loaded.device)
         while True:
-            if batch is not None:
-                want_lp = max((r.params.logprobs for r in batch.rows if r.params.logprobs is not None), default=None)
-                nxt, lp = batch.sample(want_lp is not None)
-                nxt_list = nxt.tolist()
-                is_eos = torch.isin(nxt, eos).tolist()
-                if lp is not None:
-                    chosen = lp.gather(1, nxt[:, None]).squeeze(1).tolist()
-                    top_v, top_i = lp.topk(max(want_lp, 1), dim=-1)
-                    top_v, top_i = top_v.tolist(), top_i.tolist()
-                keep = []
-                for k, r in enumerate(batch.rows):
-                    if r.req.cancelled:
-                        r.finish = "cancelled"
-                    else:
-                        tok = nxt_list[k]
-                        r.ids.append(tok)
-                        if r.logprobs is not None:
-                            n_top = r.params.logprobs
-                            r.logprobs.append(TokenLogprob(tok, chosen[k], list(zip(top_i[k][:n_top], top_v[k][:n_top]))))
-                        if is_eos[k]:
-                            r.finish = "stop"
-                        elif len(r.ids) >= r.budget:
-                            r.finish = "length"
-                    ev = self._advance(r)
-                    if ev is not None:
-                        yield ev
-                    if r.finish is None:
-                        keep.append(k)
-                batch.advance(nxt, keep)
-            live = len(batch) if batch is not None else 0
+            want_lp = batch.top_logprobs
+            nxt, lp = batch.sample()
+            nxt_list = nxt.tolist()
+            is_eos = torch.isin(nxt, eos).tolist()
+            if lp is not None:
+                chosen = lp.gather(1, nxt[:, None]).squeeze(1).tolist()
+                top_v, top_i = lp.topk(max(want_lp, 1), dim=-1)
+                top_v, top_i = top_v.tolist(), top_i.tolist()
+            keep = []
+            for k, r in enumerate(batch.rows):
+                if r.req.cancelled:
+                    r.finish = "cancelled"
+                else:
+                    tok = nxt_list[k]
+                    r.ids.append(tok)
+                    if r.logprobs is not None:
+                        n_top = r.params.logprobs
+                        r.logprobs.append(TokenLogprob(tok, chosen[k], list(zip(top_i[k][:n_top], top_v[k][:n_top]))))
+                    if is_eos[k]:
+                        r.finish = "stop"
+                    elif len(r.ids) >= r.budget:
+                        r.finish = "length"
+                ev = self._advance(r)
+                if ev is not None:
+                    yield ev
+                if r.finish is None:
+                    keep.append(k)
+            batch.advance(nxt, keep)
+            live = len(batch)
             if admit is not None and live < self.max_batch_size:
                 joining = list(admit(self.max_batch_size - live))
                 if joining:
@@ -197,7 +196,7 @@ class InProcessEngine:
                         batch.merge(fresh, self._active_adapter())
                     else:
                         batch = fresh
-            if batch is None or not len(batch):
+            if not len(batch):
                 return
 
     # --- text ----------------------------------------------------------------------------------
