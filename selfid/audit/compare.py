@@ -73,9 +73,9 @@ def _warnings(ma: dict, mb: dict, sa: dict, sb: dict) -> list[str]:
 
 def compare_runs(run_a: Path, run_b: Path) -> tuple[dict, dict, dict]:
     """(comparison, summary A, summary B)."""
-    ma, ra, _ = load_run(run_a)
-    mb, rb, _ = load_run(run_b)
-    sa, sb = summarize(run_a), summarize(run_b)
+    loaded_a, loaded_b = load_run(run_a), load_run(run_b)
+    (ma, ra, _), (mb, rb, _) = loaded_a, loaded_b
+    sa, sb = summarize(run_a, loaded_a), summarize(run_b, loaded_b)
     comp: dict = {"a": {"dir": str(run_a), "label": sa["run"]["label"]}, "b": {"dir": str(run_b), "label": sb["run"]["label"]},
                   "warnings": _warnings(ma, mb, sa, sb)}
     if "identity" in sa and "identity" in sb:

@@ -288,14 +288,19 @@ def detect(text: str, asked: str | None = None) -> Detection:
     `asked`: the vendor a leading question named ("Are you Claude?" -> "claude"); a bare "yes" to it,
     with no other claim, counts as claiming it (and is marked uncertain).
     """
-    prose = clean(text)
+    return detect_prose(clean(text), asked)
+
+
+def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] | None = None) -> Detection:
+    """`detect` on text `clean` already made prose; `mentions`: `find_mentions(prose)` when already found."""
+    parts = sentences(prose)
     claims: set[str] = set()
-    for s in sentences(prose):
+    for s in parts:
         claims |= _sentence_claims(s)
-    mentioned = {m.vendor for m in find_mentions(prose)}
+    mentioned = {m.vendor for m in (find_mentions(prose) if mentions is None else mentions)}
     uncertain = bool(mentioned - claims)
     if asked and not claims and asked in KEYS:
-        first = sentences(prose)[0] if prose.strip() else ""
+        first = parts[0] if prose.strip() else ""
         m = _AFFIRM.match(first)
         if m and not _AFFIRM_NEG.search(first[:m.end() + 12]):
             claims.add(asked)

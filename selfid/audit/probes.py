@@ -15,6 +15,8 @@ from pathlib import Path
 
 from selfid.audit.vendors import KEYS
 from selfid.errors import SelfidError
+from selfid.model.chat import validate_messages
+from selfid.tasks.ner import first_json_object
 
 PROBES = Path(__file__).parent / "probes"
 SUITES = ("identity", "ner", "general")
@@ -67,10 +69,15 @@ def read_probes(path: Path, suite: str) -> list[Probe]:
             raise SelfidError(f"{where}: probe id {obj['id']!r} appears twice; ids must be unique")
         seen.add(obj["id"])
         msgs = obj.get("messages")
-        if (not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "user"
-                or any(m.get("role") not in ("user", "assistant") or not isinstance(m.get("content"), str) for m in msgs)):
-            raise SelfidError(f"{where}: 'messages' must be a list of user/assistant turns ending with a user turn "
-                              "(the audit adds the system message)")
+        shape = ("'messages' must be a list of user/assistant turns ending with a user turn "
+                 "(the audit adds the system message)")
+        if (not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs)
+                or any(m.get("role") == "system" for m in msgs)):
+            raise SelfidError(f"{where}: {shape}")
+        try:
+            validate_messages(msgs)
+        except SelfidError as e:
+            raise SelfidError(f"{where}: {e}; {shape}") from None
         if obj.get("lang") not in ("zh", "en"):
             raise SelfidError(f"{where}: 'lang' must be 'zh' or 'en'")
         asked = obj.get("asked")
@@ -101,7 +108,6 @@ def load_suite(name: str, path: Path | None = None, ner_limit: int = 100, seed: 
 
 # --- general: answers checked by rule ----------------------------------------------------------------
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 
 
 def check_answer(check: dict, reply: str) -> bool:
@@ -121,12 +127,6 @@ def check_answer(check: dict, reply: str) -> bool:
         body = re.sub(r"```\w*", "", text)
         return len([line for line in body.splitlines() if line.strip()]) == check["value"]
     if kind == "json":
-        m = _FENCE.search(text)
-        body = m.group(1) if m else text
-        start = body.find("{")
-        try:
-            obj, _ = json.JSONDecoder().raw_decode(body[start:]) if start >= 0 else (None, 0)
-        except ValueError:
-            return False
+        obj = first_json_object(text)
         return isinstance(obj, dict) and all(obj.get(k) == v for k, v in check["equals"].items())
     raise SelfidError(f"unknown check type {kind!r}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from selfid.audit.detect import clean, detect
+from selfid.audit.detect import clean, detect_prose
 from selfid.audit.vendors import find_mentions
 from selfid.errors import SelfidError
 
@@ -155,7 +155,7 @@ def scan(path: Path, show: int = 5) -> ScanReport:
                                                               _snippet(prose, ms[0].start, ms[0].end)))
             if role not in ("assistant", "text"):
                 continue
-            d = detect(text)
+            d = detect_prose(prose, mentions=ms)
             m = SELF.search(prose)
             if d.claims or d.persona or m:
                 claimed |= set(d.claims)

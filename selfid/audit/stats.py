@@ -8,6 +8,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from selfid.tasks.ner import prf
+
 Z95 = 1.959963984540054
 
 
@@ -77,10 +79,6 @@ def two_proportions(k1: int, n1: int, k2: int, n2: int) -> Comparison:
     return Comparison(diff, ci, _fisher_two_sided(k1, n1, k2, n2), "fisher")
 
 
-def f1(tp: int, fp: int, fn: int) -> float:
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
 def bootstrap_f1(counts: list[tuple[int, int, int]], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of micro F1 over per-sentence (tp, fp, fn), resampling sentences."""
     if not counts:
@@ -93,6 +91,6 @@ def bootstrap_f1(counts: list[tuple[int, int, int]], resamples: int = 1000, seed
         for _ in range(n):
             a, b, c = counts[rng.randrange(n)]
             tp, fp, fn = tp + a, fp + b, fn + c
-        scores.append(f1(tp, fp, fn))
+        scores.append(prf(tp, fp, fn)["f1"])
     scores.sort()
     return scores[int(0.025 * resamples)], scores[min(resamples - 1, int(0.975 * resamples))]

@@ -65,12 +65,12 @@ def answer(entities: dict[str, list[str]]) -> str:
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 
 
-def parse(reply: str) -> dict[str, list[str]] | None:
-    """The entities in a reply, or None when it holds no readable JSON object of the right shape."""
-    text = reply.strip()
+def first_json_object(text: str) -> dict | None:
+    """The JSON object a reply holds: inside its first ``` fence when it has one, read from the first '{'
+    (text after the object is ignored); None when there is no '{' or what follows it is not valid JSON."""
     m = _FENCE.search(text)
     if m:
-        text = m.group(1).strip()
+        text = m.group(1)
     start = text.find("{")
     if start < 0:
         return None
@@ -78,6 +78,12 @@ def parse(reply: str) -> dict[str, list[str]] | None:
         obj, _ = json.JSONDecoder().raw_decode(text[start:])
     except ValueError:
         return None
+    return obj
+
+
+def parse(reply: str) -> dict[str, list[str]] | None:
+    """The entities in a reply, or None when it holds no readable JSON object of the right shape."""
+    obj = first_json_object(reply)
     if not isinstance(obj, dict) or not set(obj) & set(TYPES):
         return None
     out = {}
@@ -89,6 +95,17 @@ def parse(reply: str) -> dict[str, list[str]] | None:
             return None
         out[t] = [v.strip() for v in vals if isinstance(v, str) and v.strip()]
     return out
+
+
+def prf(tp: int, fp: int, fn: int) -> dict:
+    """Precision, recall and F1 of entity counts (each 0.0 when undefined), with the counts.
+
+    F1 is 2tp / (2tp + fp + fn): the harmonic mean of precision and recall, computed in one division.
+    """
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return {"precision": p, "recall": r, "f1": f, "tp": tp, "fp": fp, "fn": fn}
 
 
 @dataclass
@@ -111,15 +128,8 @@ class NerScore:
             self.fn[t] += len(g - p)
         return pred
 
-    @staticmethod
-    def _prf(tp: int, fp: int, fn: int) -> dict:
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        f = 2 * p * r / (p + r) if p + r else 0.0
-        return {"precision": p, "recall": r, "f1": f, "tp": tp, "fp": fp, "fn": fn}
-
     def summary(self) -> dict:
-        per_type = {t: self._prf(self.tp[t], self.fp[t], self.fn[t]) for t in TYPES}
-        overall = self._prf(sum(self.tp.values()), sum(self.fp.values()), sum(self.fn.values()))
+        per_type = {t: prf(self.tp[t], self.fp[t], self.fn[t]) for t in TYPES}
+        overall = prf(sum(self.tp.values()), sum(self.fp.values()), sum(self.fn.values()))
         return {"n": self.n, "parse_rate": self.parsed / self.n if self.n else 0.0, "overall": overall,
                 "per_type": per_type}

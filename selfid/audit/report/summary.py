@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from selfid.audit.stats import bootstrap_f1, f1, rate
+from selfid.audit.stats import bootstrap_f1, rate
 from selfid.errors import SelfidError
+from selfid.tasks.ner import prf
 
 EXAMPLES_PER_CELL = 4
 
@@ -86,13 +87,11 @@ def _identity_cell(records: list[dict]) -> dict:
 
 def _ner(records: list[dict], seed: int) -> dict:
     n = len(records)
-    tp, fp, fn = (sum(r[k] for r in records) for k in ("tp", "fp", "fn"))
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r_ = tp / (tp + fn) if tp + fn else 0.0
+    score = prf(*(sum(r[k] for r in records) for k in ("tp", "fp", "fn")))
     lo, hi = bootstrap_f1([(r["tp"], r["fp"], r["fn"]) for r in records], seed=seed)
-    return {"n": n, "parse": rate(sum(r["parsed"] for r in records), n), "precision": p, "recall": r_,
-            "f1": f1(tp, fp, fn), "f1_ci95": [lo, hi], "tp": tp, "fp": fp, "fn": fn,
-            "foreign": rate(sum(bool(r["foreign"]) for r in records), n)}
+    return {"n": n, "parse": rate(sum(r["parsed"] for r in records), n), "precision": score["precision"],
+            "recall": score["recall"], "f1": score["f1"], "f1_ci95": [lo, hi], "tp": score["tp"], "fp": score["fp"],
+            "fn": score["fn"], "foreign": rate(sum(bool(r["foreign"]) for r in records), n)}
 
 
 def _general(records: list[dict]) -> dict:
@@ -102,8 +101,9 @@ def _general(records: list[dict]) -> dict:
             "foreign": rate(sum(bool(r["foreign"]) for r in records), n)}
 
 
-def summarize(run_dir: Path) -> dict:
-    meta, records, margin = load_run(run_dir)
+def summarize(run_dir: Path, loaded: tuple[dict, list[dict], dict | None] | None = None) -> dict:
+    """The summary of a run; `loaded`: what `load_run(run_dir)` already returned, so it is not read twice."""
+    meta, records, margin = loaded if loaded is not None else load_run(run_dir)
     params = meta["params"]
     systems = [s["key"] for s in meta["systems"]]
     temps = params["temperatures"]
