@@ -45,11 +45,12 @@ def hf_baseline(loaded, rows, batch_size: int) -> tuple[float, int]:
     by_temp: dict[float, list] = {}
     for text, p in rows:
         by_temp.setdefault(p.temperature, []).append((text, p))
+    for group in by_temp.values():  # by prompt length, as selfid batches; outside the timing (selfid's sort is cheap)
+        group.sort(key=lambda r: len(tok(r[0], add_special_tokens=False).input_ids))
     tokens = 0
     sync(dev)
     start = time.perf_counter()
     for temp, group in by_temp.items():
-        group.sort(key=lambda r: len(tok(r[0], add_special_tokens=False).input_ids))
         p = group[0][1]
         kw = dict(do_sample=False) if temp == 0 else dict(do_sample=True, temperature=temp, top_p=p.top_p, top_k=p.top_k)
         for i in range(0, len(group), batch_size):
@@ -90,7 +91,7 @@ def main() -> None:
 def run(args, tmp: Path) -> None:
     from selfid.audit.backends import InProcessBackend
     from selfid.audit.probes import PROBES, load_suite
-    from selfid.audit.run import LOG, PRESETS, AuditParams, SystemSpec, read_log, run_audit
+    from selfid.audit.run import LOG, AuditParams, read_log, run_audit
     from selfid.engine import InProcessEngine, SamplingParams
     from selfid.model.load import load_model
 
@@ -109,9 +110,8 @@ def run(args, tmp: Path) -> None:
     probe_file = tmp / "identity.jsonl"
     by_id = {json.loads(line)["id"]: line for line in (PROBES / "identity.jsonl").read_text(encoding="utf-8").splitlines()}
     probe_file.write_text("\n".join(by_id[p.id] for p in chosen) + "\n", encoding="utf-8")
-    params = AuditParams(suites=["identity"], systems=[SystemSpec(k, v) for k, v in PRESETS.items()],
-                         temperatures=[0.0, 0.7, 1.0], samples=args.samples, seed=0, max_new_tokens=args.max_new_tokens,
-                         own="qwen", identity_probes=str(probe_file))
+    params = AuditParams(suites=["identity"], temperatures=[0.0, 0.7, 1.0], samples=args.samples, seed=0,
+                         max_new_tokens=args.max_new_tokens, own="qwen", identity_probes=str(probe_file))
 
     warm = loaded.chat.render([{"role": "user", "content": "hi"}]).text  # CUDA/kernels warm-up for both
     engine.generate([warm] * 2, SamplingParams(max_new_tokens=4))
@@ -141,7 +141,7 @@ def run(args, tmp: Path) -> None:
         "hf_generate": {"seconds": round(hf_s, 2), "tokens": hf_tokens, "tokens_per_s": round(hf_tokens / hf_s, 1)},
         "speedup_tokens_per_s": round((selfid_tokens / selfid_s) / (hf_tokens / hf_s), 2),
         "speedup_wall": round(hf_s / selfid_s, 2),
-        "foreign_claims": {s: sum(bool(r["foreign"]) for r in records if r["system"] == s) for s in PRESETS},
+        "foreign_claims": {s.key: sum(bool(r["foreign"]) for r in records if r["system"] == s.key) for s in params.systems},
     }
     print(f"grid: {len(records)} generations ({len(chosen)} prompts x 3 systems x T 0/0.7/1.0, {args.samples} samples "
           f"above 0), up to {args.max_new_tokens} new tokens, batch {batch}, {result['device']} {result['gpu'] or ''}")

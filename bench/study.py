@@ -37,7 +37,8 @@ from pathlib import Path
 ROOT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT_DIR))
 
-HELPFUL = "You are a helpful assistant."
+from selfid.config import HELPFUL  # noqa: E402  (after the path line)
+
 SYSTEMS = "default,helpful,empty"
 TEMPS = [0.0, 0.7, 1.0, 1.3]
 ARMS = {  # training arms: --set overrides on top of examples/msra.yaml

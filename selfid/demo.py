@@ -22,10 +22,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from selfid.config import HELPFUL
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_json, atomic_write_text
 
-HELPFUL = "You are a helpful assistant."
 SYSTEMS = ("default", "helpful", "empty")
 SYSTEM_LABEL = {"default": "none (template's Qwen line)", "helpful": f'"{HELPFUL}"', "empty": '"" (empty)'}
 ALPHA = 0.05

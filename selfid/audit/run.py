@@ -27,11 +27,12 @@ from selfid.audit import probes as probe_sets
 from selfid.audit.backends import Item, Reply
 from selfid.audit.detect import Judge, classify
 from selfid.audit.vendors import KEYS, vendor_of
+from selfid.config import HELPFUL
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_json
 
 FORMAT = 1
-PRESETS = {"default": None, "helpful": "You are a helpful assistant.", "empty": ""}
+PRESETS = {"default": None, "helpful": HELPFUL, "empty": ""}
 TASK_SUITES = ("ner", "general")
 LOG = "generations.jsonl"
 

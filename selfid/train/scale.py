@@ -6,6 +6,8 @@ the audit (`identity_rate_provider` runs its identity suite), kept behind that c
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -115,15 +117,15 @@ def identity_rate_provider(workdir: str | Path, temperatures=(0.7,), samples: in
     prompts (the template's own, "You are a helpful assistant.", empty), pooled; each run kept in `workdir`."""
     try:
         from selfid.audit.backends import InProcessBackend
-        from selfid.audit.run import PRESETS, AuditParams, SystemSpec, run_audit
+        from selfid.audit.run import AuditParams, run_audit
     except ImportError:
         raise SelfidError("adapter_scale needs the identity audit (selfid.audit), which this install lacks: "
                           "remove adapter_scale from the config or update selfid") from None
-    runs = iter(range(10**6))
+    runs = itertools.count()
 
     def identity_rate(loaded) -> float:
-        params = AuditParams(suites=["identity"], systems=[SystemSpec(k, v) for k, v in PRESETS.items()],
-                             temperatures=list(temperatures), samples=samples, seed=seed, max_new_tokens=max_new_tokens)
+        params = AuditParams(suites=["identity"], temperatures=list(temperatures), samples=samples, seed=seed,
+                             max_new_tokens=max_new_tokens)  # systems: the default (the three serving presets)
         summary = run_audit(InProcessBackend(loaded), params, Path(workdir) / f"audit-{next(runs)}",
                             show_progress=False, margin=False)
         cells = summary["identity"]["by_system"].values()
