@@ -1,15 +1,14 @@
 """Helpers for the audit tests: small probe files, a scripted backend, and a live OpenAI-compatible server.
 
-`chat_server` stands in for `selfid api` until it lands on main: a FastAPI app whose
-/v1/chat/completions renders with the model's template and generates with the in-process engine
-(the model's own sampling defaults, the request's temperature, seed and max_tokens), and can be
-told to fail requests to exercise retries and resume.
+`chat_server` is a small FastAPI app whose /v1/chat/completions renders with the model's template and
+generates with the in-process engine (the model's own sampling defaults, the request's temperature,
+seed and max_tokens), and can be told to fail requests, to exercise retries and resume (the tests
+against `selfid api` itself use selfid.serve).
 """
 
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -102,22 +101,8 @@ def chat_app(loaded):
 
 @contextlib.contextmanager
 def serve(app):
-    """Run an ASGI app with uvicorn on a free local port; yield its base URL (…/v1)."""
-    import uvicorn
+    """Run an ASGI app with uvicorn on a free local port (selfid's own test server); yield its base URL (…/v1)."""
+    from selfid.serve.server import Background
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with Background(app) as bg:
+        yield f"{bg.url}/v1"
