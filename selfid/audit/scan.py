@@ -18,6 +18,7 @@ from typing import Iterator
 
 from selfid.audit.detect import clean, detect_prose
 from selfid.audit.vendors import find_mentions
+from selfid.data.readers import SHAREGPT_ROLES
 from selfid.errors import SelfidError
 
 DISTILLED = re.compile(
@@ -31,8 +32,7 @@ SELF = re.compile(
     r"\b(?:I am|I'm) (?:an? )?(?:AI|artificial intelligence|language model|large language model|assistant|chatbot|virtual assistant)\b|"
     r"\bmy name is\b|\bI was (?:created|developed|trained|built|made)\b|"
     r"我是(?:一个|一款|一名)?(?:人工智能|AI|智能|语言模型|大模型|大语言模型|助手|聊天机器人)|我叫|我的名字|我(?:是)?由.{0,12}(?:开发|训练|创造)", re.I)
-ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
-        "model": "assistant", "chatgpt": "assistant", "system": "system"}
+ROLE = {**SHAREGPT_ROLES, "bot": "assistant", "model": "assistant"}  # the trainer's role names, and two more
 
 
 @dataclass
