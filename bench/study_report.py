@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
+
+from selfid.audit.run import LOG, read_log
+from selfid.audit.stats import wilson
 
 SYSTEM_LABEL = {"default": "none sent (template inserts the Qwen line)", "helpful": '"You are a helpful assistant."',
                 "empty": '"" (empty system message)'}
@@ -31,8 +35,7 @@ def cells(summary: dict) -> dict[tuple[str, float], dict]:
 
 def claude_count(cell: dict) -> str:
     v = cell.get("by_vendor", {})
-    k = sum(v.get(name, {}).get("k", 0) if isinstance(v.get(name), dict) else v.get(name, 0) for name in CLAUDE)
-    return str(k)
+    return str(sum(v.get(name, {}).get("k", 0) for name in CLAUDE))
 
 
 def grid_table(summary: dict, base: dict | None = None) -> list[str]:
@@ -66,13 +69,6 @@ def pooled_by_temperature(summary: dict) -> dict[float, tuple[int, int]]:
     return {t: tuple(v) for t, v in sorted(out.items())}
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    from selfid.audit.stats import wilson as w
-
-    r = w(k, n)
-    return tuple(r["ci95"]) if isinstance(r, dict) else tuple(r)
-
-
 def by_tag_table(summaries: list[tuple[str, dict]]) -> list[str]:
     """Foreign-claim rate by kind of question, pooled over temperatures, per model and system prompt."""
     first = summaries[0][1]
@@ -84,8 +80,7 @@ def by_tag_table(summaries: list[tuple[str, dict]]) -> list[str]:
         row = []
         for name, summ in summaries:
             for sk in systems:
-                k = sum(c["by_tag"].get(tag, {}).get("k", 0) for c in summ["identity"]["cells"] if c["system"] == sk)
-                n = sum(c["by_tag"].get(tag, {}).get("n", 0) for c in summ["identity"]["cells"] if c["system"] == sk)
+                k, n = _tag_rate(summ, sk, tag)
                 row.append(f"{k}/{n} = {100 * k / n:.0f}%" if n else "–")
         lines.append(f"| {tag} | " + " | ".join(row) + " |")
     return lines
@@ -122,30 +117,30 @@ def train_system_key(manifest: dict | None) -> str:
     return "default"
 
 
-def _records(run: Path) -> list[dict]:
-    import gzip
-
-    path = run / "generations.jsonl.gz"
-    if path.is_file():
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    path = run / "generations.jsonl"
-    return [json.loads(line) for line in path.open(encoding="utf-8")] if path.is_file() else []
-
-
-def vendor_rates(run: Path, leading: bool) -> tuple[int, dict[str, int]]:
-    """(scored identity replies, {vendor: replies claiming it}) over the whole grid, with or without leading questions."""
+def vendor_rates(summary: dict) -> tuple[int, dict[str, int]]:
+    """(scored identity replies, {vendor: replies claiming it}) over the whole grid, from summary.json."""
     n, by = 0, {}
-    for r in _records(run):
-        if r["suite"] != "identity" or r["detector"] == "unscored" or (not leading and "leading" in (r["tags"] or [])):
-            continue
-        n += 1
-        for v in r["foreign"]:
-            by[v] = by.get(v, 0) + 1
+    for pooled in summary["identity"]["by_system"].values():
+        n += pooled["foreign"]["n"]
+        for v, r in pooled["by_vendor"].items():
+            by[v] = by.get(v, 0) + r["k"]
     return n, by
 
 
-def size_section(roots: list[tuple[str, Path]]) -> list[str]:
+def claude_without_leading(run: Path) -> tuple[int, int]:
+    """(Claude/Anthropic claims, scored identity replies) over the whole grid without the leading questions.
+
+    summary.json keeps no vendor split by kind of question, so this one reads the generations."""
+    k = n = 0
+    for r in read_log(run / LOG):
+        if r["suite"] != "identity" or r["detector"] == "unscored" or "leading" in (r["tags"] or []):
+            continue
+        n += 1
+        k += r["foreign"].count("claude")
+    return k, n
+
+
+def size_section(roots: list[tuple[str, Path]], read: Callable[[Path], dict | None] = _read) -> list[str]:
     """Both model sizes side by side: base, plain LoRA and the best arm, by vendor, with Wilson intervals."""
     L = ["## 7. Model size: Qwen2.5-Coder 0.5B vs 1.5B", "",
          "The whole grid (3 system prompts × T 0, 0.7, 1.0, 1.3 × 8 samples), foreign claims split by vendor: "
@@ -161,18 +156,17 @@ def size_section(roots: list[tuple[str, Path]]) -> list[str]:
     for label, root in roots:
         for arm in ("base", "plain", "combo"):
             run = root / arm / "audit"
-            summ = _read(run / "summary.json")
+            summ = read(run / "summary.json")
             if summ is None:
                 continue
-            n, by = vendor_rates(run, leading=True)
-            anyk = sum(c["foreign"]["k"] for c in summ["identity"]["cells"])
-            anyn = sum(c["foreign"]["n"] for c in summ["identity"]["cells"])
+            n, by = vendor_rates(summ)
+            anyk = sum(p["foreign"]["k"] for p in summ["identity"]["by_system"].values())
             others = sum(k for v, k in by.items() if v not in ("claude", "openai"))
-            n2, by2 = vendor_rates(run, leading=False)
+            claude2, n2 = claude_without_leading(run)
             key = train_system_key(summ["run"]["target"].get("adapter_manifest")) if arm != "base" else "helpful"
             f1 = ner_f1(summ, key)
-            L.append(f"| {label} | {ARM_LABEL.get(arm, arm)} | {cell(anyk, anyn)} | {cell(by.get('claude', 0), n)} | "
-                     f"{cell(by.get('openai', 0), n)} | {cell(others, n)} | {cell(by2.get('claude', 0), n2)} | "
+            L.append(f"| {label} | {ARM_LABEL.get(arm, arm)} | {cell(anyk, n)} | {cell(by.get('claude', 0), n)} | "
+                     f"{cell(by.get('openai', 0), n)} | {cell(others, n)} | {cell(claude2, n2)} | "
                      f"{f1:.3f} |" if f1 is not None else "")
     return L + [""]
 
@@ -197,7 +191,7 @@ def parity_table(base: dict, other: dict, name: str) -> list[str]:
 def greedy_agreement(run_a: Path, run_b: Path) -> tuple[int, int]:
     """How many greedy (T=0) identity replies get the same foreign/not verdict in both runs."""
     def greedy(run: Path) -> dict[str, bool]:
-        return {r["key"]: bool(r["foreign"]) for r in _records(run)
+        return {r["key"]: bool(r["foreign"]) for r in read_log(run / LOG)
                 if r.get("suite") == "identity" and r.get("temperature") == 0.0}
 
     a, b = greedy(run_a), greedy(run_b)
@@ -206,11 +200,13 @@ def greedy_agreement(run_a: Path, run_b: Path) -> tuple[int, int]:
 
 
 def _tag_rate(summary: dict, system: str, tag: str) -> tuple[int, int]:
-    cs = [c for c in summary["identity"]["cells"] if c["system"] == system]
-    return (sum(c["by_tag"].get(tag, {}).get("k", 0) for c in cs), sum(c["by_tag"].get(tag, {}).get("n", 0) for c in cs))
+    """(foreign claims, replies) for one kind of question under one system prompt, all temperatures pooled."""
+    r = summary["identity"]["by_system"].get(system, {}).get("by_tag", {}).get(tag, {})
+    return r.get("k", 0), r.get("n", 0)
 
 
-def findings(root: Path, base: dict) -> list[str]:
+def findings(base: dict, plain: dict | None, comp: dict | None, scan: dict | None,
+             temps: dict[float, tuple[int, int]], combo: dict | None) -> list[str]:
     """The headline answers, computed from the runs (so they stay true when the runs change)."""
     def r(kn):
         k, n = kn
@@ -222,8 +218,6 @@ def findings(root: Path, base: dict) -> list[str]:
     L.append(f"- **The system prompt decides.** Asked directly (\"你是谁?\", \"Who are you?\"), the *base* model claims "
              f"another vendor in {r(d)} of replies when the template inserts its Qwen line, and in {r(h)} under "
              f"\"You are a helpful assistant.\" (all temperatures pooled).")
-    plain = _read(root / "plain" / "audit" / "summary.json")
-    comp = _read(root / "plain" / "compare" / "comparison.json")
     if plain and comp:
         sig = [c for c in comp["identity"] if c["test"]["p_value"] < 0.05]
         diffs = [100 * c["test"]["diff"] for c in comp["identity"]]
@@ -231,7 +225,6 @@ def findings(root: Path, base: dict) -> list[str]:
                  f"the foreign-claim rate moved by {min(diffs):+.1f} to {max(diffs):+.1f} points across the "
                  f"{len(diffs)} cells; {len(sig)} of them differ from the base at p < 0.05. Direct questions under "
                  f"\"You are a helpful assistant.\": {r(_tag_rate(plain, 'helpful', 'direct'))} after vs {r(h)} before.")
-    temps = pooled_by_temperature(base)
     claude = {}
     for (sk, t), c in cells(base).items():
         k, n = claude.get(t, (0, 0))
@@ -241,13 +234,11 @@ def findings(root: Path, base: dict) -> list[str]:
              f"goes from {r(temps[lo_t])} at T={lo_t:g} to {r(temps[hi_t])} at T={hi_t:g}; Claude/Anthropic claims from "
              f"{r(claude[lo_t])} to {r(claude[hi_t])}. Sampling spreads the answers; it does not create the foreign "
              f"identity, which greedy decoding already shows without the Qwen line.")
-    scan = _read(root / "scan" / "scan.json")
     if scan:
         L.append(f"- **The data did not teach it.** Of the {scan['samples']:,} training conversations, "
                  f"{scan['self_descriptions']} carry an assistant self-description and the assistant claims a vendor in "
                  f"{sum(scan['claims'].values()) if scan['claims'] else 0}; {scan['mentioning']} mention a vendor name "
                  f"at all (news text).")
-    combo = _read(root / "combo" / "audit" / "summary.json")
     if combo and plain:
         worst, where = worst_cell(combo)
         L.append(f"- **The fix.** Training under the template's own system prompt with 5% identity replay keeps every "
@@ -258,7 +249,14 @@ def findings(root: Path, base: dict) -> list[str]:
 
 def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = None) -> None:
     root = Path(root)
-    base = _read(root / "base" / "audit" / "summary.json")
+    loaded: dict[Path, dict | None] = {}
+
+    def read(path: Path) -> dict | None:  # each JSON file once: several sections show the same runs
+        if path not in loaded:
+            loaded[path] = _read(path)
+        return loaded[path]
+
+    base = read(root / "base" / "audit" / "summary.json")
     if base is None:
         raise SystemExit(f"{root}/base/audit/summary.json is missing: run the study first")
     L: list[str] = ["# The seed study: does NER fine-tuning change who Qwen says it is?", ""]
@@ -272,19 +270,21 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
           f"{base['run']['params']['samples']} samples per prompt; {base['identity']['cells'][0]['prompts']} "
           f"identity prompts (half Chinese, half English). \"Claude N\" counts Claude/Anthropic claims.", ""]
 
-    L += findings(root, base)
+    plain = read(root / "plain" / "audit" / "summary.json")
+    comp = read(root / "plain" / "compare" / "comparison.json")
+    scan = read(root / "scan" / "scan.json")
+    base_temps = pooled_by_temperature(base)
+    L += findings(base, plain, comp, scan, base_temps, read(root / "combo" / "audit" / "summary.json"))
     L += ["## 1. System prompt: the base model", ""] + grid_table(base) + [""]
-    plain_s = _read(root / "plain" / "audit" / "summary.json")
     L += ["By kind of question, all temperatures pooled (direct: \"你是谁?\", \"Who are you?\" and the like; "
           "leading: \"Are you Claude?\"; multiturn: a user insisting over several turns):", ""]
-    L += by_tag_table([("base", base)] + ([("plain LoRA", plain_s)] if plain_s else [])) + [""]
+    L += by_tag_table([("base", base)] + ([("plain LoRA", plain)] if plain else [])) + [""]
     L += ["Identity margin (log p(Qwen) − log p(best foreign name), nats; en name / en maker / zh name / zh maker):", ""]
     L += [f"- {SYSTEM_LABEL.get(s, s)}: {margin_line(base['identity'].get('margin'), s)}"
           for s in base["identity"].get("margin", {})] + [""]
 
-    plain = _read(root / "plain" / "audit" / "summary.json")
     if plain is not None:
-        comp = _read(root / "plain" / "compare" / "comparison.json") or {}
+        comp = comp or {}
         L += ["## 2. Fine-tuning: plain LoRA (the seed's setup)", ""]
         cost = _read(root / "plain" / "cost.json") or {}
         man = (plain["run"]["target"].get("adapter_manifest") or {})
@@ -323,19 +323,18 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
         L += [""]
 
     L += ["## 3. Temperature", "", "Foreign-claim rate pooled over the three system prompts:", "",
-          "| model | " + " | ".join(f"T={t:g}" for t in pooled_by_temperature(base)) + " |",
-          "|---|" + "---|" * len(pooled_by_temperature(base))]
-    for name, s in (("base", base), ("plain LoRA", plain)):
-        if s is None:
+          "| model | " + " | ".join(f"T={t:g}" for t in base_temps) + " |",
+          "|---|" + "---|" * len(base_temps)]
+    for name, pooled in (("base", base_temps), ("plain LoRA", pooled_by_temperature(plain) if plain else None)):
+        if pooled is None:
             continue
         row = []
-        for t, (k, n) in pooled_by_temperature(s).items():
+        for t, (k, n) in pooled.items():
             lo, hi = wilson(k, n)
             row.append(f"{k}/{n} = {100 * k / n:.1f}% [{100 * lo:.1f}–{100 * hi:.1f}]" if n else "–")
         L.append(f"| {name} | " + " | ".join(row) + " |")
     L += [""]
 
-    scan = _read(root / "scan" / "scan.json")
     if scan is not None:
         L += ["## 4. Data: `selfid scan` of what the plain arm trained on", "",
               f"{scan['samples']} conversations; {scan['mentioning']} name any vendor or model "
@@ -375,7 +374,7 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
               "|---|---|---|---|---|---|---|---|---|"]
         verdicts = []
         for arm in ["base"] + arms:
-            s = base if arm == "base" else _read(root / arm / "audit" / "summary.json")
+            s = base if arm == "base" else read(root / arm / "audit" / "summary.json")
             cs = cells(s)
             key = train_system_key(s["run"]["target"].get("adapter_manifest")) if arm != "base" else "default"
             f1 = ner_f1(s, key)
@@ -395,7 +394,7 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
                      f"{100 * worst:.1f}% at {where}); NER goal {'met' if ok_f1 else 'missed'} (F1 {f1:.3f}).")
         L += [""]
     if sizes:
-        L += size_section(sizes)
+        L += size_section(sizes, read)
     prov = root / "PROVENANCE.md"
     if prov.is_file():
         L += ["## How these runs were made", "", prov.read_text(encoding="utf-8").strip(), ""]

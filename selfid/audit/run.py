@@ -177,17 +177,29 @@ def plan(params: AuditParams, suites: dict[str, list]) -> list[Item]:
 
 # --- the log -------------------------------------------------------------------------------------------
 def read_log(path: Path, repair: bool = False) -> list[dict]:
-    """Records of a generations log. A last line cut short by a kill is dropped (and cut off when `repair`)."""
+    """Records of a generations log. A last line cut short by a kill is dropped (and cut off when `repair`).
+
+    Where `path` is absent, its gzipped copy (`path` + ".gz", as finished runs are kept) is read instead;
+    not when `repair`, which is for a log about to be appended to: that is always the plain file."""
     path = Path(path)
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    good = data.rfind(b"\n") + 1
-    if good < len(data) and repair:
-        with open(path, "r+b") as f:
-            f.truncate(good)
+    if path.is_file():
+        data = path.read_bytes()
+        good = data.rfind(b"\n") + 1
+        if good < len(data) and repair:
+            with open(path, "r+b") as f:
+                f.truncate(good)
+        text = data[:good].decode("utf-8")
+    else:
+        gz = path.with_name(path.name + ".gz")
+        if repair or not gz.is_file():
+            return []
+        import gzip
+
+        with gzip.open(gz, "rt", encoding="utf-8") as f:
+            text = f.read()
+        text, path = text[:text.rfind("\n") + 1], gz
     out = []
-    for lineno, line in enumerate(data[:good].decode("utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): replies may hold U+2028, U+0085
         if not line.strip():
             continue
         try:
