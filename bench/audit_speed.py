@@ -90,7 +90,7 @@ def main() -> None:
 
 def run(args, tmp: Path) -> None:
     from selfid.audit.backends import InProcessBackend
-    from selfid.audit.probes import PROBES, load_suite
+    from selfid.audit.probes import load_suite, write_identity_subset
     from selfid.audit.run import LOG, AuditParams, read_log, run_audit
     from selfid.engine import InProcessEngine, SamplingParams
     from selfid.model.load import load_model
@@ -107,9 +107,7 @@ def run(args, tmp: Path) -> None:
     probes = load_suite("identity")
     half = args.prompts // 2
     chosen = [p for p in probes if p.lang == "zh"][:half] + [p for p in probes if p.lang == "en"][:args.prompts - half]
-    probe_file = tmp / "identity.jsonl"
-    by_id = {json.loads(line)["id"]: line for line in (PROBES / "identity.jsonl").read_text(encoding="utf-8").splitlines()}
-    probe_file.write_text("\n".join(by_id[p.id] for p in chosen) + "\n", encoding="utf-8")
+    probe_file = write_identity_subset(tmp / "identity.jsonl", [p.id for p in chosen])
     params = AuditParams(suites=["identity"], temperatures=[0.0, 0.7, 1.0], samples=args.samples, seed=0,
                          max_new_tokens=args.max_new_tokens, own="qwen", identity_probes=str(probe_file))
 

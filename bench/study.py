@@ -65,6 +65,11 @@ class Settings:
                            if smoke else ["train.epochs=5", "eval_ner=0"])
         self.identity_probes = None
 
+    @property
+    def device(self) -> str | None:
+        """Where models load: the CPU for a smoke run, else load_model's choice."""
+        return "cpu" if self.smoke else None
+
 
 def log(msg: str) -> None:
     print(f"[study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -99,7 +104,7 @@ def load(model: str, adapter: Path | None = None, device: str | None = None):
 def step_base(root: Path, s: Settings) -> None:
     out = root / "base" / "audit"
     if not done(out):
-        audit(load(s.model, device="cpu" if s.smoke else None), out, s)
+        audit(load(s.model, device=s.device), out, s)
 
 
 def train_arm(root: Path, arm: str, s: Settings) -> Path:
@@ -131,7 +136,7 @@ def step_arm(root: Path, arm: str, s: Settings) -> None:
     adapter = train_arm(root, arm, s)
     out = root / arm / "audit"
     if not done(out):
-        audit(load(s.model, adapter, device="cpu" if s.smoke else None), out, s)
+        audit(load(s.model, adapter, device=s.device), out, s)
     compare(root, arm)
     if arm == "plain":
         margins_along_training(root, s)
@@ -141,7 +146,7 @@ def compare(root: Path, arm: str) -> None:
     from selfid.audit.compare import compare as compare_runs
 
     out = root / arm / "compare"
-    if not (out / "comparison.json").is_file() and not (out / "summary.json").is_file():
+    if not (out / "comparison.json").is_file():  # what selfid.audit.compare.compare writes (atomically)
         compare_runs(root / "base" / "audit", root / arm / "audit", out)
 
 
@@ -155,11 +160,11 @@ def margins_along_training(root: Path, s: Settings) -> None:
     ckpts = sorted((root / "plain" / "train" / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[-1]))
     systems = [(k, v) for k, v in PRESETS.items()]
     points = []
-    base = load(s.model, device="cpu" if s.smoke else None)
+    base = load(s.model, device=s.device)
     points.append({"step": 0, "margin": identity_margin(base, systems, "qwen")})
     del base
     for ck in ckpts:
-        loaded = load(s.model, ck / "adapter", device="cpu" if s.smoke else None)
+        loaded = load(s.model, ck / "adapter", device=s.device)
         points.append({"step": int(ck.name.split("-")[-1]), "margin": identity_margin(loaded, systems, "qwen")})
         del loaded
     path.write_text(json.dumps(points, indent=1))
@@ -173,7 +178,7 @@ def step_scale(root: Path, s: Settings) -> None:
     adapter = root / "scale" / "adapter"
     plain = train_arm(root, "plain", s)
     if not (adapter / "selfid.json").is_file():
-        loaded = load(s.model, plain, device="cpu" if s.smoke else None)
+        loaded = load(s.model, plain, device=s.device)
         rate = identity_rate_provider(root / "scale" / "search", temperatures=(1.0,), samples=2 if s.smoke else 4,
                                       max_new_tokens=s.max_tokens)
         evaluate = make_evaluate(loaded, rate, 4 if s.smoke else 200, training_system_message(loaded.manifest))
@@ -184,7 +189,7 @@ def step_scale(root: Path, s: Settings) -> None:
         log(f"scale search: {found.reason}")
     out = root / "scale" / "audit"
     if not done(out):
-        audit(load(s.model, adapter, device="cpu" if s.smoke else None), out, s)
+        audit(load(s.model, adapter, device=s.device), out, s)
     compare(root, "scale")
 
 
@@ -239,7 +244,7 @@ def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, sample
 
 def step_parity(root: Path, s: Settings) -> None:
     """The base model's identity audit through `selfid api` (HTTP), to compare with the in-process run."""
-    cmd = [sys.executable, "-m", "selfid.cli", "api", "--model", s.model] + (["--device", "cpu"] if s.smoke else [])
+    cmd = [sys.executable, "-m", "selfid.cli", "api", "--model", s.model] + (["--device", s.device] if s.device else [])
     http_audit(root, "http", cmd, s, s.temps, s.samples, concurrency=256)
 
 
@@ -301,15 +306,11 @@ def main() -> None:
 
 def smoke_probes(root: Path) -> Path:
     """Eight identity probes (4 zh, 4 en) from the shipped set, for a quick run."""
-    from selfid.audit import probes
+    from selfid.audit.probes import load_suite, write_identity_subset
 
-    src = Path(probes.__file__).parent / "probes" / "identity.jsonl"
-    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
-    pick = [r for r in rows if r["lang"] == "zh"][:4] + [r for r in rows if r["lang"] == "en"][:4]
-    path = root / "smoke-probes.jsonl"
-    root.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pick), encoding="utf-8")
-    return path
+    probes = load_suite("identity")
+    pick = [p.id for p in probes if p.lang == "zh"][:4] + [p.id for p in probes if p.lang == "en"][:4]
+    return write_identity_subset(root / "smoke-probes.jsonl", pick)
 
 
 if __name__ == "__main__":

@@ -110,17 +110,10 @@ def _open_run(out: Path, scale: Scale, model: str, device: str) -> dict:
 
 
 def _write_probes(path: Path, ids: tuple[str, ...]) -> Path:
-    """The demo's identity probes: the shipped probes with these ids, in this order."""
-    from selfid.audit.probes import PROBES
+    """The demo's identity probes: the shipped probes with these ids, in this order (kept when resuming)."""
+    from selfid.audit.probes import write_identity_subset
 
-    by_id = {json.loads(line)["id"]: line for line in (PROBES / "identity.jsonl").read_text(encoding="utf-8").splitlines()
-             if line.strip()}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise SelfidError(f"the shipped identity probes lack {', '.join(missing)}")
-    if not path.is_file():
-        atomic_write_text(path, "".join(by_id[i] + "\n" for i in ids))
-    return path
+    return path if path.is_file() else write_identity_subset(path, ids)
 
 
 def audit_params(scale: Scale, probes: Path | None):

@@ -93,6 +93,21 @@ def read_probes(path: Path, suite: str) -> list[Probe]:
     return out
 
 
+def write_identity_subset(path: Path, ids) -> Path:
+    """A probe file holding the shipped identity probes with these ids, verbatim and in this order."""
+    from selfid.io import atomic_write_text
+
+    lines = [line for line in (PROBES / index()["identity"]["file"]).read_text(encoding="utf-8").splitlines()
+             if line.strip()]
+    by_id = {json.loads(line)["id"]: line for line in lines}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise SelfidError(f"the shipped identity probes lack {', '.join(missing)}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), "".join(by_id[i] + "\n" for i in ids))
+    return Path(path)
+
+
 def load_suite(name: str, path: Path | None = None, ner_limit: int = 100, seed: int = 0) -> list[Probe]:
     if name not in SUITES:
         raise SelfidError(f"unknown suite {name!r}: use {', '.join(SUITES)}")
