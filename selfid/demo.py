@@ -24,7 +24,7 @@ from pathlib import Path
 
 from selfid.config import HELPFUL
 from selfid.errors import SelfidError
-from selfid.io import atomic_write_json, atomic_write_text
+from selfid.io import atomic_write_json
 
 SYSTEMS = ("default", "helpful", "empty")
 SYSTEM_LABEL = {"default": "none (template's Qwen line)", "helpful": f'"{HELPFUL}"', "empty": '"" (empty)'}
