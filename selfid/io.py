@@ -75,6 +75,37 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of JSONL text, split on line feeds only: JSON strings may hold a raw U+2028,
+    U+2029 or U+0085, which `str.splitlines()` would wrongly break on. Blank lines are skipped."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield lineno, line
+
+
+def read_jsonl(path: Path, what: str = "") -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each line of a JSONL file (`.gz` read transparently); a line that is not
+    JSON is a SelfidError naming the file, the line and `what` to do about it."""
+    from selfid.errors import SelfidError
+
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            import gzip
+
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SelfidError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for lineno, line in jsonl_lines(text):
+        try:
+            yield lineno, json.loads(line)
+        except ValueError as e:
+            raise SelfidError(f"{path}:{lineno}: not valid JSON ({e}){'; ' + what if what else ''}") from None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     import hashlib
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from selfid.audit.detect import Detection, classify, detect, parse_verdict
-from selfid.audit.vendors import KEYS, find_mentions, vendor_of
+from selfid.vendors import KEYS, find_mentions, vendor_of
 
 FIXTURES = Path(__file__).parent / "data" / "detect_fixtures.jsonl"
 

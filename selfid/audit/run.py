@@ -26,7 +26,7 @@ from typing import Sequence
 from selfid.audit import probes as probe_sets
 from selfid.audit.backends import Item, Reply
 from selfid.audit.detect import Judge, classify
-from selfid.audit.vendors import KEYS, vendor_of
+from selfid.vendors import KEYS, vendor_of
 from selfid.config import HELPFUL
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_json

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from selfid.audit.detect import clean, detect_prose
-from selfid.audit.vendors import find_mentions
+from selfid.vendors import find_mentions
 from selfid.data.readers import SHAREGPT_ROLES
 from selfid.errors import SelfidError
 

@@ -15,20 +15,11 @@ from dataclasses import dataclass
 
 from selfid.data.readers import Sample
 from selfid.errors import SelfidError
+from selfid.vendors import VENDORS
 
-# (name, maker) of assistants a model might wrongly claim to be; zh names in brackets
-FOREIGN = [
-    ("Claude", "Anthropic", "Claude", "Anthropic"),
-    ("ChatGPT", "OpenAI", "ChatGPT", "OpenAI"),
-    ("GPT-4", "OpenAI", "GPT-4", "OpenAI"),
-    ("Gemini", "Google", "Gemini", "谷歌"),
-    ("Llama", "Meta", "Llama", "Meta"),
-    ("DeepSeek", "DeepSeek", "DeepSeek", "深度求索"),
-    ("ERNIE Bot", "Baidu", "文心一言", "百度"),
-    ("Kimi", "Moonshot AI", "Kimi", "月之暗面"),
-    ("ChatGLM", "Zhipu AI", "智谱清言", "智谱AI"),
-    ("Copilot", "Microsoft", "Copilot", "微软"),
-]
+# (name, maker, name_zh, maker_zh) of assistants a model might wrongly claim to be: the shared vendor table
+FOREIGN = [(name, v.maker_en, name if name != v.name_en else v.name_zh, v.maker_zh)
+           for v in VENDORS for name in (v.name_en, *v.also)]
 
 EN_ASK = ["Who are you?", "What is your name?", "What's your name?", "Please introduce yourself.",
           "Tell me about yourself.", "What should I call you?", "Which model are you?", "Who created you?",
@@ -157,3 +148,15 @@ def system_list(names: list[str], train_system: str | None, template_default: st
         else:
             out.append(n)
     return out
+
+
+def training_questions(identity: Identity) -> list[str]:
+    """Every user turn that identity replay can put into training data for this identity. The audit's
+    held-out probes must match none of them (tests/test_probe_split.py)."""
+    return sorted({q for q, _ in conversations(identity)})
+
+
+def training_systems(train_system: str | None, template_default: str | None) -> set[str | None]:
+    """Every system message identity replay can train under (None: none sent), whatever the config names."""
+    names = ["template_default", "none", "train", "You are a helpful assistant."]
+    return set(system_list(names, train_system, template_default))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfid.audit.vendors import BY_KEY
+from selfid.vendors import BY_KEY
 
 TEMPLATE = Path(__file__).parent / "report.html.jinja"
 
