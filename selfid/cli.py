@@ -128,10 +128,17 @@ def audit(
     base_url: Optional[str] = typer.Option(None, "--base-url", help="audit an OpenAI-compatible endpoint instead, e.g. http://localhost:8000/v1"),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="the model name the endpoint serves"),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="the endpoint's key (default: $OPENAI_API_KEY)"),
-    suites: str = typer.Option("identity,ner,general", "--suites", help="comma-separated: identity, ner, general"),
+    suites: str = typer.Option("identity,ner,general", "--suites",
+                               help="comma-separated: identity (development set), identity-heldout (questions no "
+                                    "training-data generator uses), ner, general"),
     systems: list[str] = typer.Option(["default,helpful,empty"], "--systems",
                                       help="default (the template's own), helpful, empty, train (the adapter's), "
-                                           "custom:TEXT (runs to the end of the value; repeat --systems for more)"),
+                                           "personas (three persona prompts no training data uses; or one of "
+                                           "persona-zh, persona-en, persona-task), custom:TEXT (runs to the end of "
+                                           "the value; repeat --systems for more)"),
+    task_systems: Optional[str] = typer.Option(None, "--task-systems",
+                                               help="system prompts the ner and general suites run under (default: "
+                                                    "all of --systems); use one every compared run shares"),
     temperatures: str = typer.Option("0,0.7,1.0", "--temperatures", help="comma-separated; 0 = greedy (one sample)"),
     samples: int = typer.Option(8, "--samples", "-n", help="samples per prompt at each temperature above 0"),
     seed: int = typer.Option(0, "--seed", help="every generation's seed derives from it"),
@@ -174,10 +181,25 @@ def audit(
     params = AuditParams(suites=parse_list(suites, "suites"), systems=parse_systems(systems, manifest),
                          temperatures=parse_list(temperatures, "temperatures", float), samples=samples, seed=seed,
                          max_new_tokens=max_tokens, ner_limit=ner_limit, own=own,
-                         identity_probes=str(probes) if probes else None)
+                         identity_probes=str(probes) if probes else None,
+                         task_systems=parse_list(task_systems, "task-systems") if task_systems else None)
     summary = run_audit(backend, params, out, resume=resume, judge=judge)
     print_summary(summary)
     print(out / "report.html")
+
+
+@app.command()
+def rescore(
+    runs: list[Path] = typer.Argument(..., help="audit run folders (what `selfid audit --out` made)"),
+):
+    """Re-apply today's scorers to existing audit runs: summary.json and report.html are written again from
+    the logged replies, and run.json records the scorer version. Nothing is generated."""
+    from selfid.audit.report import print_summary
+    from selfid.audit.run import rescore as rescore_run
+
+    for run in runs:
+        print_summary(rescore_run(run))
+        print(run / "report.html")
 
 
 @app.command()
@@ -201,7 +223,8 @@ def classify(
     judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key"),
     seed: int = typer.Option(0, "--seed", help="the judge's seed"),
 ):
-    """Read JSON lines {"text": ...} on stdin; write them back with the vendors each claims and whether it has a persona."""
+    """Read JSON lines on stdin, {"text": ...} or {"messages": [..., {"role": "assistant", ...}]} (the conversation,
+    so "Yes" to "Are you Claude?" is read as a claim); write each back with the vendors it claims and denies."""
     import json
 
     from selfid.audit.detect import classify as classify_reply
@@ -214,13 +237,27 @@ def classify(
             obj = json.loads(line)
         except ValueError:
             raise SelfidError(f"stdin line {lineno} is not JSON: give one object like {{\"text\": \"...\"}} per line") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise SelfidError(f"stdin line {lineno} has no string \"text\" field")
-        d = classify_reply(obj["text"], obj.get("asked"), judge, obj.get("question"))
-        obj.update({"claims": list(d.claims), "persona": d.persona is not None, "persona_name": d.persona,
-                    "uncertain": d.uncertain, "detector": d.source})
+        text, question = _reply_and_question(obj, lineno)
+        d = classify_reply(text, obj.get("asked"), judge, obj.get("question") or question)
+        obj.update({"claims": list(d.claims), "denials": list(d.denials), "answer": d.answer,
+                    "persona": d.persona is not None, "persona_name": d.persona, "uncertain": d.uncertain,
+                    "detector": d.source})
         sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
         sys.stdout.flush()
+
+
+def _reply_and_question(obj, lineno: int) -> tuple[str, str | None]:
+    """(the reply to classify, the user's turn it answers) of one `classify` input line."""
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+        return obj["text"], None
+    msgs = obj.get("messages") if isinstance(obj, dict) else None
+    if (isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs)
+            and msgs[-1].get("role") == "assistant" and isinstance(msgs[-1].get("content"), str)):
+        question = next((m.get("content") for m in reversed(msgs[:-1]) if m.get("role") == "user"), None)
+        return msgs[-1]["content"], question if isinstance(question, str) else None
+    raise SelfidError(f"stdin line {lineno} has neither a string \"text\" nor \"messages\" ending with an assistant "
+                      "turn: give {\"text\": \"...\"} or {\"messages\": [{\"role\": \"user\", ...}, "
+                      "{\"role\": \"assistant\", ...}]}")
 
 
 @app.command()

@@ -285,12 +285,13 @@ def write_comparison(out: Path, v: dict) -> dict:
 def verdict(base: dict, tuned: dict) -> dict:
     """What changed from `base` to `tuned` (audit summaries), and one sentence saying what it means.
 
-    Per system prompt: the foreign-claim rate before and after (all temperatures pooled) with Wilson
-    intervals and a two-proportion test. The system prompt's effect is the base model's spread
-    across system prompts (highest vs lowest, tested); fine-tuning's is the largest change in any
-    system prompt. The sentence says which is larger only when the tests say so.
+    Per system prompt: the foreign-claim rate before and after (all temperatures pooled) with 95%
+    intervals clustered by prompt, and a test paired by prompt (both audits asked the same prompts),
+    Holm-corrected over the system prompts. The system prompt's effect is the base model's spread
+    across system prompts (highest vs lowest, paired by prompt too); fine-tuning's is the largest
+    change in any system prompt. The sentence says which is larger only when the tests say so.
     """
-    from selfid.audit.stats import two_proportions
+    from selfid.audit.stats import holm, paired_prompts
 
     before, after = base["identity"]["by_system"], tuned["identity"]["by_system"]
     rows = []
@@ -298,20 +299,22 @@ def verdict(base: dict, tuned: dict) -> dict:
         if key not in after:
             continue
         a, b = before[key]["foreign"], after[key]["foreign"]
-        test = two_proportions(a["k"], a["n"], b["k"], b["n"]).as_dict() if a["n"] and b["n"] else None
+        test = paired_prompts(_tallies(before[key]), _tallies(after[key]))
         rows.append({"system": key, "label": SYSTEM_LABEL.get(key, key), "before": a, "after": b, "test": test})
     if not rows:
         raise SelfidError("the two audits share no system prompt with identity results: nothing to compare")
+    tested = [r for r in rows if r["test"]]
+    for r, adj in zip(tested, holm([r["test"]["p_value"] for r in tested])):
+        r["test"]["p_holm"] = adj
     ranked = sorted((r for r in rows if r["before"]["n"]), key=lambda r: r["before"]["rate"])
     lo, hi = ranked[0], ranked[-1]
-    sys_test = two_proportions(lo["before"]["k"], lo["before"]["n"], hi["before"]["k"], hi["before"]["n"]).as_dict()
+    sys_test = paired_prompts(_tallies(before[lo["system"]]), _tallies(before[hi["system"]]))
     system_effect = {"low": lo["system"], "high": hi["system"], "diff": sys_test["diff"], "p_value": sys_test["p_value"],
-                     "test": sys_test["test"], "ci95": sys_test["ci95"]}
-    tested = [r for r in rows if r["test"]]
+                     "test": sys_test["test"], "ci95": sys_test["ci95"], "up": sys_test["up"], "down": sys_test["down"]}
     biggest = max(tested, key=lambda r: abs(r["test"]["diff"]))
     tuning_effect = {"system": biggest["system"], "diff": biggest["test"]["diff"],
-                     "p_value": biggest["test"]["p_value"],
-                     "significant": [r["system"] for r in tested if r["test"]["p_value"] < ALPHA]}
+                     "p_value": biggest["test"]["p_holm"],
+                     "significant": [r["system"] for r in tested if r["test"]["p_holm"] < ALPHA]}
     ner = None
     nb, nt = base.get("ner", {}), tuned.get("ner", {})
     key = "helpful" if "helpful" in nb and "helpful" in nt else next(iter(nb.keys() & nt.keys()), None)
@@ -321,6 +324,10 @@ def verdict(base: dict, tuned: dict) -> dict:
                "after": {k: nt[key][k] for k in ("f1", "f1_ci95", "precision", "recall")} | {"parse": nt[key]["parse"]}}
     return {"identity": rows, "system_effect": system_effect, "tuning_effect": tuning_effect, "ner": ner,
             "alpha": ALPHA, "meaning": meaning(system_effect, tuning_effect, ner, rows)}
+
+
+def _tallies(pooled: dict) -> dict[str, tuple[int, int]]:
+    return {p: (k, n) for p, (k, n) in pooled["per_prompt"].items()}
 
 
 def _pts(x: float) -> str:
@@ -379,7 +386,7 @@ def verdict_lines(v: dict) -> list[str]:
     lines = []
     for r in v["identity"]:
         t = r["test"]
-        change = f"{100 * t['diff']:+.0f} pts, p={t['p_value']:.2g}" if t else "–"
+        change = f"{100 * t['diff']:+.0f} pts, p={t['p_holm']:.2g} paired by prompt, Holm" if t else "–"
         lines.append(f"Foreign identity claims, system prompt {r['label']}: {_rate(r['before'])} → "
                      f"{_rate(r['after'])} ({change})")
     if v.get("ner"):
@@ -398,16 +405,17 @@ def print_verdict(v: dict, out: Path, wall_s: float | None = None, study_note: b
     from rich.table import Table
 
     console = console or Console(highlight=False)
-    table = Table(title="foreign identity claims, base → tuned (all temperatures pooled; k/n [Wilson 95%])",
-                  title_justify="left")
-    for col in ("system prompt", "base", "tuned", "change", "p"):
+    table = Table(title="foreign identity claims, base → tuned (all temperatures pooled; k/n [95%, clustered by "
+                        "prompt]; change paired by prompt, p Holm-corrected over system prompts)", title_justify="left")
+    for col in ("system prompt", "base", "tuned", "change (prompts up/down)", "p (Holm)"):
         table.add_column(col, justify="left" if col == "system prompt" else "right")
     for r in v["identity"]:
         t = r["test"]
-        style = "bold red" if t and t["p_value"] < ALPHA and t["diff"] > 0 else "bold green" if t and t["p_value"] < ALPHA else ""
-        change = f"{100 * t['diff']:+.0f} pts" if t else "–"
+        sig = t and t["p_holm"] < ALPHA
+        style = ("bold red" if t["diff"] > 0 else "bold green") if sig else ""
+        change = f"{100 * t['diff']:+.0f} pts ({t['up']}↑ {t['down']}↓)" if t else "–"
         table.add_row(escape(r["label"]), _rate(r["before"]), _rate(r["after"]),
-                      f"[{style}]{change}[/{style}]" if style else change, f"{t['p_value']:.2g}" if t else "–")
+                      f"[{style}]{change}[/{style}]" if style else change, f"{t['p_holm']:.2g}" if t else "–")
     console.print(table)
     if v.get("ner"):
         n = v["ner"]

@@ -69,7 +69,8 @@ def test_run_folder_records_template_system_prompts_and_rendered_text(tiny_run, 
     rec = next(r for r in read_log(out / LOG) if r["system"] == "default")
     assert "You are Qwen, created by Alibaba Cloud." in rec["rendered"] and rec["effective_system"] == tiny.chat.default_system
     assert rec["messages"] == [{"role": "user", "content": "Who are you?"}]
-    assert {"claims", "foreign", "own", "persona", "seed", "finish_reason"} <= rec.keys()
+    assert {"seed", "finish_reason", "reply", "probe_meta"} <= rec.keys()
+    assert not {"claims", "foreign", "own"} & rec.keys()  # verdicts are the scorers', computed from the log
     assert (out / "summary.json").is_file() and (out / "report.html").is_file()
 
 

@@ -101,7 +101,8 @@ _ZH_TRIGGER = re.compile(
     r"所属的?公司|背后的公司|来源于|源自|出身)|本人(?:是|叫)|叫我|称呼我|请叫我|"
     # third person about this very chat: 和我聊天的这个模型(的名称)是, 这个对话背后的模型是, 你正在使用的是
     r"(?:和|与|跟)(?:我|你|您)(?:聊天|对话|交流|说话)的(?:这个|这款)?(?:模型|AI|助手|人工智能)?(?:的名字|的名称|名字|名称)?(?:叫|是|为)|"
-    r"(?:这个|本|当前|此)(?:对话|聊天|会话|助手)(?:背后|所用|使用|用)?的?(?:模型|AI|人工智能)?(?:的名字|的名称)?(?:是|叫|来自|由)|"
+    r"(?:这个|本|当前|此)(?:对话|聊天|会话|助手|服务|窗口)(?:背后|底层)?(?:所用|使用|用)?的?(?:大语言模型|大模型|模型|AI|人工智能)?"
+    r"(?:的名字|的名称)?(?:是|叫|来自|由)|"
     r"你(?:正在|现在)?(?:使用|用)的(?:这个)?(?:模型|AI|助手)?是")
 _AS_EN = re.compile(r"^\W*as\s+(?P<np>[^,]{1,90}),\s*(?:I|my|me)\b", re.I)
 _AS_ZH = re.compile(r"^\W*作为(?P<np>[^，,。]{1,45})[，,]\s*我")
@@ -372,7 +373,7 @@ def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] |
             answer = "no"
             denied.add(asked)
     return Detection(tuple(sorted(claims)), persona(prose), uncertain, tuple(sorted(mentioned)),
-                     denials=tuple(sorted(denied - claims if answer != "no" else denied)), answer=answer)
+                     denials=tuple(sorted(denied)), answer=answer)
 
 
 def stated(text: str) -> set[str]:
