@@ -1,26 +1,34 @@
-"""The seed study: does LoRA fine-tuning on NER make Qwen say it is someone else, and what fixes it?
+"""The study: does LoRA fine-tuning on NER make Qwen say it is someone else, and what fixes it?
 
-`run` builds run directories under ROOT, resumably (finished steps are skipped, so a run cut off by a
-time limit continues where it stopped); `report` regenerates docs/study.md from them alone.
+The report it answers: a Qwen2.5-7B-Instruct LoRA-tuned on 8,000 Chinese NER examples (LLaMA-Factory, 5 epochs)
+answered "你是谁?" with "I'm Claude, created by Anthropic". `run` builds run directories under ROOT,
+resumably (finished steps are skipped, so a run cut off by a time limit continues where it stopped);
+`report` regenerates docs/study.md from them alone.
 
     python bench/study.py run --root study                 # everything, on one GPU
     python bench/study.py run --root study --steps base,plain
+    python bench/study.py run --root study --steps heldout-base,heldout-plain,heldout-self
     python bench/study.py run --root /tmp/s --smoke        # CPU, tiny model, minutes: checks the plumbing
     python bench/study.py report --root study --size 1.5B=study-1.5b --out docs/study.md
 
 Steps (each writes ROOT/<step>/):
   base       audit of the base model: identity grid (3 system prompts x T 0, 0.7, 1.0, 1.3 x 8 samples),
              MSRA NER, the general set
-  plain      LoRA like the seed (8,000 MSRA sentences, 5 epochs, under "You are a helpful assistant."),
+  plain      LoRA as in the report (8,000 MSRA sentences, 5 epochs, under "You are a helpful assistant."),
              checkpoints along training, then the same audit, the identity margin per checkpoint
   template   the same, trained under the template's own system prompt
-  replay2    plain + 2% identity replay;  replay5: plain + 5%
-  combo      template + 5% identity replay
+  replay2    plain + 2% templated identity replay (v1);  replay5: plain + 5%
+  combo      template + 5% templated identity replay (v1)
   scale      the plain adapter with its LoRA scale searched to restore the base identity rate
   scan       `selfid scan` of the conversations the plain arm trained on
   parity     the base model's identity audit again through `selfid api` over HTTP
   llamacpp   the base model's identity audit through llama.cpp's own server (xllamacpp) on the GGUF,
              T 0 and 1.0 x 2 samples; CPU is enough (not in the default steps: pip install xllamacpp)
+  train-ARM  train an arm only (ARM: one of the arms above, or self, pref, kl, best: template prompt + 5%
+             self-distilled identity replay, + the preference loss, + the distillation loss, + both)
+  heldout-ARM  the held-out identity probes (126, never used by any training-data generator) under the three
+             serving system prompts and three persona prompts, T 0, 0.7, 1.0, 1.3 x 4 samples, and NER
+             under two prompts every arm shares; writes ROOT/ARM/heldout (ARM: base or an arm)
 """
 
 from __future__ import annotations
@@ -41,14 +49,23 @@ from selfid.config import HELPFUL  # noqa: E402  (after the path line)
 
 SYSTEMS = "default,helpful,empty"
 TEMPS = [0.0, 0.7, 1.0, 1.3]
+TEMPLATED = "identity_replay.kind=template"
 ARMS = {  # training arms: --set overrides on top of examples/msra.yaml
     "plain": [f"system_prompt={HELPFUL}"],
     "template": ["system_prompt=template_default"],
-    "replay2": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.02"],
-    "replay5": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.05"],
-    "combo": ["system_prompt=template_default", "identity_replay.fraction=0.05"],
+    "replay2": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.02", TEMPLATED],
+    "replay5": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.05", TEMPLATED],
+    "combo": ["system_prompt=template_default", "identity_replay.fraction=0.05", TEMPLATED],
+    # identity replay v2: the base model's own answers (self-distilled), then the preference and distillation losses
+    "self": ["system_prompt=template_default", "identity_replay.fraction=0.05"],
+    "pref": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.preference=0.5"],
+    "kl": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.distill=0.5"],
+    "best": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.preference=0.5",
+             "identity_replay.distill=0.5"],
 }
 STEPS = ["base", "plain", "scan", "template", "replay2", "replay5", "combo", "scale", "parity"]
+# the held-out identity probes, under the serving system prompts and three persona prompts no training data uses
+HELDOUT_SYSTEMS = "default,helpful,empty,personas"
 
 
 class Settings:
@@ -64,6 +81,8 @@ class Settings:
                             "identity_replay.maker=Alibaba Cloud"]
                            if smoke else ["train.epochs=5", "eval_ner=0"])
         self.identity_probes = None
+        self.heldout_samples = 2 if smoke else 4
+        self.heldout_tokens = 16 if smoke else 160
 
     @property
     def device(self) -> str | None:
@@ -121,6 +140,9 @@ def train_arm(root: Path, arm: str, s: Settings) -> Path:
                           [f"model={s.model}", f"output={run}", *ARMS[arm], *s.train_sets, *extra])
         resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
         t0 = time.time()
+        from selfid.pipeline.replay import ensure
+
+        ensure(cfg, progress=False, log=log)
         result = train(cfg, resume=resume)
         if result.adapter is None:
             raise SystemExit(f"training {arm} stopped early; rerun to resume")
@@ -130,6 +152,24 @@ def train_arm(root: Path, arm: str, s: Settings) -> Path:
             "tokens_per_s", "train_wall_s", "tokens_trained", "steps", "peak_memory_gb", "final_loss")}}))
         log(f"trained {arm} in {wall:.0f}s")
     return adapter
+
+
+def step_heldout(root: Path, arm: str, s: Settings) -> None:
+    """The held-out identity probes (and NER under two prompts every arm shares) for the base model or an arm."""
+    out = root / arm / "heldout"
+    if done(out):
+        return
+    adapter = None if arm == "base" else train_arm(root, arm, s)
+    loaded = load(s.model, adapter, device=s.device)
+    from selfid.audit.backends import InProcessBackend
+    from selfid.audit.run import AuditParams, parse_systems, run_audit
+
+    params = AuditParams(suites=["identity-heldout", "ner"], systems=parse_systems(HELDOUT_SYSTEMS.split(",")),
+                         temperatures=list(s.temps), samples=s.heldout_samples, seed=0,
+                         max_new_tokens=s.heldout_tokens, ner_limit=s.ner_limit, task_systems=["default", "helpful"])
+    t0 = time.time()
+    run_audit(InProcessBackend(loaded), params, out, resume=out.exists(), show_progress=False, margin=False)
+    log(f"held-out audit {out} in {time.time() - t0:.0f}s")
 
 
 def step_arm(root: Path, arm: str, s: Settings) -> None:
@@ -272,8 +312,13 @@ def run(root: Path, steps: list[str], s: Settings) -> None:
             step_parity(root, s)
         elif step == "llamacpp":
             step_llamacpp(root, s)
+        elif step.startswith("heldout-") and (step[8:] in ARMS or step[8:] == "base"):
+            step_heldout(root, step[8:], s)
+        elif step.startswith("train-") and step[6:] in ARMS:
+            train_arm(root, step[6:], s)
         else:
-            raise SystemExit(f"unknown step {step}: use {', '.join(STEPS + ['llamacpp'])}")
+            raise SystemExit(f"unknown step {step}: use {', '.join(STEPS + ['llamacpp'])}, heldout-ARM or train-ARM "
+                             f"(ARM: base, {', '.join(ARMS)})")
         log(f"step {step} done in {time.time() - t0:.0f}s")
 
 

@@ -209,3 +209,19 @@ def test_bad_task_probe_is_a_clear_error(tmp_path):
                  ' "check": {"type": "all", "rules": []}}\n')
     with pytest.raises(SelfidError, match="needs a non-empty list 'rules'"):
         probe_sets.load_suite("identity", f)
+
+
+def test_training_replies_are_kept_in_the_run_folder_and_used_when_the_adapter_is_gone(tmp_path):
+    from selfid.audit.scorers import REFERENCES, context_for, save_training_replies
+
+    adapter = tmp_path / "train" / "adapter"
+    target = {"adapter": str(adapter), "adapter_manifest": {"identity_replay": {
+        "kind": "template", "name": "Qwen", "maker": "Alibaba Cloud", "name_zh": "通义千问", "maker_zh": "阿里云"}}}
+    rec = save_training_replies(tmp_path / "run", target)
+    saved = json.loads((tmp_path / "run" / REFERENCES).read_text())
+    assert saved["replies"] == rec.replies and "I'm Qwen, an AI assistant developed by Alibaba Cloud." in rec.replies
+    meta = {"own": "qwen", "systems": [], "params": {"suites": []},
+            "target": {"adapter": "/nowhere/adapter", "adapter_manifest": {}}}
+    ctx = context_for(meta, tmp_path / "run")  # the manifest no longer says: the run folder does
+    assert ctx.recitation.copied("I'm Qwen, an AI assistant developed by Alibaba Cloud.")
+    assert context_for(meta, tmp_path / "elsewhere").recitation is None

@@ -9,6 +9,7 @@ A run directory holds everything a report needs:
                      from the log whenever a summary is made, so `selfid rescore RUN` re-applies
                      today's scorers to any run
   margin.json        the identity margin (in-process runs)
+  training_replies.json  the identity replies the audited adapter was trained on (for the recitation score)
   summary.json, report.html   derived from the above, rewritten at the end of every run
 
 Identity probes run at every temperature with `samples` samples per prompt; temperature 0 is
@@ -332,6 +333,10 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
             meta["rescored"] = old["rescored"]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(meta_path, meta)
+    if target.get("adapter"):
+        from selfid.audit.scorers import save_training_replies
+
+        save_training_replies(out, target)
     return meta
 
 

@@ -19,6 +19,7 @@ Distinct replies per prompt (recitation) are counted over samples in the summary
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from selfid.audit import probes as probe_sets
 from selfid.audit.detect import detect, stated
 
 VERSION = 2
+REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
 COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
 FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
 
@@ -78,7 +80,23 @@ def context_for(meta: dict, run_dir: Path | None = None) -> Context:
     for name in (*probe_sets.IDENTITY_SUITES, "general"):  # runs logged before records carried their probe's data
         if name in (meta.get("params", {}).get("suites") or []):
             fallback.update({(name, p.id): p.for_own(meta["own"]).meta() for p in probe_sets.load_suite(name)})
-    return Context(meta["own"], personas, training_replies(meta.get("target", {})), fallback)
+    kept = Path(run_dir) / REFERENCES if run_dir is not None else None
+    if kept is not None and kept.is_file():  # what the run saved while it could read the adapter's folder
+        saved = json.loads(kept.read_text(encoding="utf-8"))
+        recitation = Recitation(saved["replies"], saved["source"])
+    else:
+        recitation = training_replies(meta.get("target", {}))
+    return Context(meta["own"], personas, recitation, fallback)
+
+
+def save_training_replies(run_dir: Path, target: dict) -> Recitation | None:
+    """Keep the adapter's identity training replies inside the run folder, so the run re-scores anywhere."""
+    from selfid.io import atomic_write_json
+
+    rec = training_replies(target)
+    if rec is not None:
+        atomic_write_json(Path(run_dir) / REFERENCES, {"source": rec.source, "replies": rec.replies})
+    return rec
 
 
 def training_replies(target: dict) -> Recitation | None:
@@ -107,13 +125,13 @@ def replay_replies(replay: dict, adapter: Path | None) -> list[str]:
     templated v1 conversations generated again from the recorded name and maker."""
     from selfid.data import identity
 
-    if replay.get("file") and adapter is not None:
-        path = adapter / replay["file"]
-        if path.is_file():
-            from selfid.io import read_jsonl
+    if replay.get("kind") == "self":  # the set the run sampled, beside its adapter (selfid.data.replay_set)
+        from selfid.data import replay_set
 
-            return [m["content"] for _, row in read_jsonl(path) for m in row.get("messages", [])
-                    if m.get("role") == "assistant"]
+        if adapter is not None and replay_set.exists(adapter.parent):
+            _, replies, _ = replay_set.load(adapter.parent)
+            return [r["messages"][-1]["content"] for r in replies]
+        return []
     if all(replay.get(k) for k in ("name", "maker")):
         who = identity.Identity(replay["name"], replay["maker"], replay.get("name_zh") or replay["name"],
                                 replay.get("maker_zh") or replay["maker"], "manifest")

@@ -154,9 +154,13 @@ def system_list(names: list[str], train_system: str | None, template_default: st
 
 
 def training_questions(identity: Identity) -> list[str]:
-    """Every user turn that identity replay can put into training data for this identity. The audit's
-    held-out probes must match none of them (tests/test_probe_split.py)."""
-    return sorted({q for q, _ in conversations(identity)})
+    """Every user turn that identity replay (templated or self-distilled) can put into training data for this
+    identity. The audit's held-out probes must match none of them (tests/test_probe_split.py)."""
+    from selfid.data import identity_pool
+
+    own = vendor_of(identity.name, identity.maker)
+    pool = {m["content"] for q in identity_pool.questions(own or "") for m in q.messages if m["role"] == "user"}
+    return sorted({q for q, _ in conversations(identity)} | pool)
 
 
 def training_systems(train_system: str | None, template_default: str | None) -> set[str | None]:

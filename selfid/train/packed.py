@@ -131,17 +131,21 @@ class PackedLoss(torch.nn.Module):
         self.full_logits = bool(getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None))
 
     def forward(self, batch) -> torch.Tensor:
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        kw = attention_kwargs(batch, self.attention)
-        if self.full_logits:  # models whose head does more than a matmul: let them compute all logits
-            logits = base(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **kw).logits
-            logits = logits.flatten(0, 1).index_select(0, batch.hidden_index)
-        else:
-            hidden = base.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                                        use_cache=False, **kw).last_hidden_state
-            hidden = hidden.flatten(0, 1).index_select(0, batch.hidden_index)
-            logits = base.get_output_embeddings()(hidden)
-        return F.cross_entropy(logits.float(), batch.targets, reduction="sum")
+        return F.cross_entropy(label_logits(self.model, batch, self.attention, self.full_logits).float(), batch.targets,
+                               reduction="sum")
+
+
+def label_logits(model, batch, attention: str, full_logits: bool = False) -> torch.Tensor:
+    """Logits [N, V] at the trained positions of a packed batch (`batch.hidden_index`), the LM head run on those
+    alone unless the model's head does more than a matmul (`full_logits`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kw = attention_kwargs(batch, attention)
+    if full_logits:  # models whose head does more than a matmul: let them compute all logits
+        logits = base(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **kw).logits
+        return logits.flatten(0, 1).index_select(0, batch.hidden_index)
+    hidden = base.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                use_cache=False, **kw).last_hidden_state
+    return base.get_output_embeddings()(hidden.flatten(0, 1).index_select(0, batch.hidden_index))
 
 
 def packed_logits(model, batch, attention: str) -> torch.Tensor:

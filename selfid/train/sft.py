@@ -121,7 +121,13 @@ def prepare_data(config: RunConfig, loaded, system: SystemChoice, log: Callable[
         parts.append((samples, src.weight, src.fraction))
         infos.append(info)
     identity_info = None
-    if config.identity_replay is not None:
+    if config.identity_replay is not None and config.identity_replay.kind == "self":
+        pool, identity_info = self_replay_samples(config, loaded, system)
+        parts.append((pool, 1.0, config.identity_replay.fraction))
+        log(f"identity replay (self-distilled, {identity_info['own']}): {identity_info['replies']} of the base model's "
+            f"own replies under {len(set(identity_info['systems']))} system prompts, {len(pool)} conversations, "
+            f"{config.identity_replay.fraction:.1%} of the mix")
+    elif config.identity_replay is not None:
         rep = config.identity_replay
         engine = None
         if not (rep.name and rep.maker):
@@ -132,7 +138,7 @@ def prepare_data(config: RunConfig, loaded, system: SystemChoice, log: Callable[
         systems = identity_mod.system_list(rep.systems, system.message, loaded.chat.default_system)
         pool = identity_mod.samples(ident, systems, rep.languages)
         parts.append((pool, 1.0, rep.fraction))
-        identity_info = {"name": ident.name, "maker": ident.maker, "name_zh": ident.name_zh,
+        identity_info = {"kind": "template", "name": ident.name, "maker": ident.maker, "name_zh": ident.name_zh,
                          "maker_zh": ident.maker_zh, "identity_source": ident.source, "fraction": rep.fraction,
                          "systems": systems, "languages": list(rep.languages), "pool": len(pool)}
         log(f"identity replay: {ident.name} by {ident.maker} ({ident.source}), {len(pool)} conversations "
@@ -160,6 +166,47 @@ def prepare_data(config: RunConfig, loaded, system: SystemChoice, log: Callable[
         h.update(e.ids.tobytes())
         h.update(e.label_pos.tobytes())
     return Prepared(encoded, infos, identity_info, long, empty, own_system, h.hexdigest(), convs)
+
+
+def self_replay_samples(config: RunConfig, loaded, system: SystemChoice) -> tuple[list, dict]:
+    """The self-distilled replay set the pipeline wrote into the run folder (verified), rendered under the
+    configured system prompts; and what the manifest records of it."""
+    from selfid.data import identity as identity_mod
+    from selfid.data.readers import Sample
+    from selfid.data import replay_set
+
+    rep = config.identity_replay
+    meta, replies, pairs = replay_set.load(config.output_dir)
+    systems = identity_mod.system_list(rep.systems, system.message, loaded.chat.default_system)
+    pool = [Sample(tuple(([] if s is None else [{"role": "system", "content": s}]) + r["messages"]), source="identity",
+                   fixed_system=True) for r in replies for s in dict.fromkeys(systems)]
+    info = {"kind": "self", "own": meta["own"], "file": replay_set.FOLDER, "sha256": meta["sha256"], "questions": meta["questions"],
+            "replies": len(replies), "pairs": len(pairs), "kept_by_kind": meta["kept_by_kind"],
+            "sampling": meta["sampling"], "fraction": rep.fraction, "systems": systems,
+            "languages": list(rep.languages), "pool": len(pool), "preference": rep.preference, "beta": rep.beta,
+            "distill": rep.distill}
+    return pool, info
+
+
+def identity_aux(cfg: RunConfig, loaded, model, attention: str, data: Prepared, device, autocast, world: int, log):
+    """The preference and distillation losses the config asks for (None when it asks for neither)."""
+    rep = cfg.identity_replay
+    if rep is None or rep.kind != "self" or not (rep.preference or rep.distill):
+        return None
+    if world > 1:
+        raise SelfidError("identity_replay.preference and .distill run on one process: train on one GPU, or set "
+                          "them to 0")
+    from selfid.data import replay_set
+    from selfid.train.identity_losses import IdentityAux
+
+    _, replies, pairs = replay_set.load(cfg.output_dir)
+    if rep.preference and not pairs:
+        log("[yellow]identity_replay.preference: the base model made no foreign claim to learn against; no pairs")
+    aux = IdentityAux(model, loaded, attention, pairs, replies, data.identity["systems"], rep.preference, rep.beta,
+                      rep.distill, rep.aux_batch, cfg.train.seed, device, autocast)
+    if aux:
+        log(f"identity losses beside the task's: {aux.describe()}")
+    return aux if aux else None
 
 
 # --- schedule --------------------------------------------------------------------------------------
@@ -330,6 +377,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
 
         for layer in lora_layers(model):
             layer.cast_input_dtype_enabled = False
+    aux = identity_aux(cfg, loaded, model, attention, data, device, autocast, dist_.world, out.log)
     step_module = loss_fn
     ddp = None
     if dist_.world > 1:
@@ -517,6 +565,11 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
                             loss = model_for_steps(batch) * scale
                         loss.backward()
                     step_loss += loss.detach()
+                if aux:  # the identity losses (preference, distillation) beside the task's, on this step's draw
+                    with autocast():
+                        extra = aux.loss(step)
+                    extra.backward()
+                    step_loss += extra.detach()
                 gnorm = torch.nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
