@@ -367,7 +367,7 @@ def heldout_section(runs: Runs, root: Path, arms: list[str]) -> tuple[list[str],
         L.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(row) + f" | {distinct(d)} | "
                  f"{f'{f1:.3f}' if f1 is not None else '–'} |")
     L += ["", "Foreign claims per system prompt (all temperatures pooled) and the worst cell:", "",
-          "| arm | " + " | ".join(SYSTEM_LABEL.get(k, k).split(':')[0] if k in PERSONAS else k
+          "| arm | " + " | ".join(k
                                    for k in base["identity-heldout"]["by_system"]) + " | worst cell |",
           "|---|" + "---|" * (len(base["identity-heldout"]["by_system"]) + 1)]
     for arm, s in held.items():
