@@ -79,7 +79,7 @@ class Settings:
         self.train_sets = (["data.0.limit=48", "train.epochs=1", "train.batch_tokens=2048", "train.pack_length=1024",
                             "train.lr=3e-3", "eval_ner=0", "device=cpu", "identity_replay.name=Qwen",
                             "identity_replay.maker=Alibaba Cloud"]
-                           if smoke else ["train.epochs=5", "eval_ner=0"])
+                           if smoke else ["train.epochs=5", "eval_ner=0", "train.save_every=100"])
         self.identity_probes = None
         self.heldout_samples = 2 if smoke else 4
         self.heldout_tokens = 16 if smoke else 160

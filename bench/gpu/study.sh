@@ -15,6 +15,8 @@ echo "[$(date +%T)] converting $model once, before the processes race for it"
 python3 -c "from selfid.model.load import load_model; load_model('$model', progress=False)" || exit 1
 [ "${MPS:-0}" = 1 ] && nvidia-cuda-mps-control -d && echo "[$(date +%T)] MPS daemon started (processes share the GPU concurrently)"
 pids=()
+# stopped (timeout, Ctrl-C): pass it on, so training saves a checkpoint at its next step and audits keep their logs
+trap 'echo "[$(date +%T)] stopping"; kill -TERM "${pids[@]}" 2>/dev/null; wait' TERM INT
 for chain in "$@"; do
   log="$root/log-${chain//,/+}.txt"
   echo "[$(date +%T)] start $chain"
