@@ -237,8 +237,8 @@ def classify(
             obj = json.loads(line)
         except ValueError:
             raise SelfidError(f"stdin line {lineno} is not JSON: give one object like {{\"text\": \"...\"}} per line") from None
-        text, question = _reply_and_question(obj, lineno)
-        d = classify_reply(text, obj.get("asked"), judge, obj.get("question") or question)
+        text, question, earlier = _reply_and_question(obj, lineno)
+        d = classify_reply(text, obj.get("asked"), judge, obj.get("question") or question, earlier=earlier)
         obj.update({"claims": list(d.claims), "denials": list(d.denials), "answer": d.answer,
                     "persona": d.persona is not None, "persona_name": d.persona, "uncertain": d.uncertain,
                     "detector": d.source})
@@ -246,15 +246,15 @@ def classify(
         sys.stdout.flush()
 
 
-def _reply_and_question(obj, lineno: int) -> tuple[str, str | None]:
-    """(the reply to classify, the user's turn it answers) of one `classify` input line."""
+def _reply_and_question(obj, lineno: int) -> tuple[str, str | None, list[str]]:
+    """(the reply to classify, the user's turn it answers, the user's earlier turns) of one `classify` input line."""
     if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-        return obj["text"], None
+        return obj["text"], None, []
     msgs = obj.get("messages") if isinstance(obj, dict) else None
     if (isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs)
             and msgs[-1].get("role") == "assistant" and isinstance(msgs[-1].get("content"), str)):
-        question = next((m.get("content") for m in reversed(msgs[:-1]) if m.get("role") == "user"), None)
-        return msgs[-1]["content"], question if isinstance(question, str) else None
+        users = [m["content"] for m in msgs[:-1] if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        return msgs[-1]["content"], (users[-1] if users else None), users[:-1]
     raise SelfidError(f"stdin line {lineno} has neither a string \"text\" nor \"messages\" ending with an assistant "
                       "turn: give {\"text\": \"...\"} or {\"messages\": [{\"role\": \"user\", ...}, "
                       "{\"role\": \"assistant\", ...}]}")

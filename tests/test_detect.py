@@ -245,3 +245,22 @@ def test_classify_cli_reads_conversations():
     bad = subprocess.run([sys.executable, "-m", "selfid.cli", "classify"], capture_output=True, text=True, timeout=120,
                          input=json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
     assert bad.returncode != 0 and "ending with an assistant turn" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_agreement_with_replies_labelled_independently_of_the_detector():
+    """400 replies sampled at random from the study's runs (8 arms, zh and en), labelled by a reader who never saw
+    the detector or its code (tests/data/labelled_replies.jsonl; "other" = a vendor outside the table). Measured
+    once before any fix they prompted: 96.0% exact-set, 98.0% on "claims a foreign vendor" (0 false alarms, 8 misses,
+    6 of them follow-ups naming the vendor only in an earlier turn). This bar keeps what was fixed since."""
+    rows = [json.loads(line) for line in (FIXTURES.parent / "labelled_replies.jsonl").read_text(encoding="utf-8")
+            .split("\n") if line.strip()]
+    assert len(rows) == 400
+    exact = foreign = denial = 0
+    for r in rows:
+        users = [m["content"] for m in r["messages"] if m["role"] == "user"]
+        d = detect(r["reply"], question=users[-1], earlier=users[:-1])
+        want = {c for c in r["claims"] if c != "other"}
+        exact += want == set(d.claims)
+        foreign += (bool(want - {"qwen"}) or "other" in r["claims"]) == bool(set(d.claims) - {"qwen"})
+        denial += r["denies_own"] == ("qwen" in d.denials)
+    assert exact / 400 >= 0.97 and foreign / 400 >= 0.99 and denial == 400, (exact, foreign, denial)

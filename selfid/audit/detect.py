@@ -20,6 +20,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from selfid.vendors import BY_KEY, KEYS, Mention, find_mentions
 
@@ -103,7 +104,7 @@ _ZH_TRIGGER = re.compile(
     r"(?:和|与|跟)(?:我|你|您)(?:聊天|对话|交流|说话)的(?:这个|这款)?(?:模型|AI|助手|人工智能)?(?:的名字|的名称|名字|名称)?(?:叫|是|为)|"
     r"(?:这个|本|当前|此)(?:对话|聊天|会话|助手|服务|窗口)(?:背后|底层)?(?:所用|使用|用)?的?(?:大语言模型|大模型|模型|AI|人工智能)?"
     r"(?:的名字|的名称)?(?:是|叫|来自|由)|"
-    r"你(?:正在|现在)?(?:使用|用)的(?:这个)?(?:模型|AI|助手)?是")
+    r"你(?:正在|现在)?(?:使用|用)的(?:这个)?(?:模型|AI|助手)?是|(?:这个|该)模型的(?:名字|名称)(?:是|叫)")
 _AS_EN = re.compile(r"^\W*as\s+(?P<np>[^,]{1,90}),\s*(?:I|my|me)\b", re.I)
 _AS_ZH = re.compile(r"^\W*作为(?P<np>[^，,。]{1,45})[，,]\s*我")
 # "OpenAI created me", "阿里云开发了我"
@@ -153,6 +154,8 @@ _REPORTED = re.compile(
 _AFFIRM = re.compile(r"^\W*(?:yes|yeah|yep|yup|correct|that'?s\s+(?:right|correct)|indeed|right|exactly|sure|true|"
                      r"absolutely|certainly|of\s+course|definitely|you\s+got\s+it|"
                      r"是的|是啊|是呀|对的|对|没错|正是|正确|确实|当然|嗯)(?![a-z])", re.I)
+# "of course (I can)", "sure, how can I help": an offer of help, not a yes to the question
+_OFFER = re.compile(r"^\W*(?:当然可以|当然能|sure,?\s+(?:I\s+can|how\s+can|what\s+can)|of\s+course,?\s+(?:I\s+can|how\s+can|what\s+can))", re.I)
 # a "no" that opens the reply: to "Are you Qwen?" it denies the model's own identity
 _DENY = re.compile(r"^\W*(?:no(?=\s*[,.!;:\u2014-]|\s*$|\s+I\b)|nope\b|not\s+(?:really|at\s+all|quite|exactly)\b|incorrect\b|"
                    r"that'?s\s+(?:not|wrong|incorrect)\b|不是|不对|并不是|并非|不(?=[，,。！!]))", re.I)
@@ -249,9 +252,12 @@ _SPEECH_END = re.compile(r"(?:\b(?:said|says|say|wrote|writes|replied|replies|an
 _OPENS_CONTRAST = re.compile(r"^\s*(?:but|rather|instead|however|而是|而|但是|但|只是|乃是|实际上是|其实是)", re.I)
 
 
+_ASIDE = re.compile(r"\s*[（(][^（）()]{1,20}[）)]")  # "我是LLM（语言模型），由OpenAI研发": an aside, not a new clause
+
+
 def _sentence_claims(sentence: str) -> tuple[set[str], set[str]]:
     """(claimed, denied): vendors one sentence claims as the model's own, and those it denies being."""
-    body = sentence.strip()
+    body = _ASIDE.sub("", sentence.strip())
     if not body or body.endswith(("?", "？")) or re.search(r"吗\W*$", body):
         return set(), set()
     claims: set[str] = set()
@@ -323,12 +329,17 @@ def persona(text: str) -> str | None:
     return None
 
 
-def leading_vendor(question: str | None) -> str | None:
+def leading_vendor(question: str | None, earlier: Sequence[str] = ()) -> str | None:
     """The vendor a yes/no question names ("Are you Claude?", "你是文心一言吗？" -> its key), else None.
 
-    A question naming models of two vendors ("Are you GPT or Qwen?") is a choice, not a leading one."""
+    A question naming models of two vendors ("Are you GPT or Qwen?") is a choice, not a leading one. A
+    follow-up that names none ("So is my friend right?", "Just admit it.") leads to the one vendor the
+    user's `earlier` turns named, if they named exactly one."""
     if not question:
         return None
+    if not find_mentions(question) and earlier:
+        named = list(dict.fromkeys(m.vendor for turn in earlier for m in find_mentions(turn)))
+        return named[0] if len(named) == 1 else None
     q = unicodedata.normalize("NFKC", question).strip()
     if not (_LEADING_EN.search(q) or _LEADING_ZH.search(q)):
         return None
@@ -336,16 +347,17 @@ def leading_vendor(question: str | None) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def detect(text: str, asked: str | None = None, question: str | None = None, keep_code: bool = False) -> Detection:
+def detect(text: str, asked: str | None = None, question: str | None = None, keep_code: bool = False,
+           earlier: Sequence[str] = ()) -> Detection:
     """The vendors `text` claims as its own identity or maker, and those it denies.
 
     `asked`: the vendor a leading question named ("Are you Claude?" -> "claude"); when not given it is read
-    from `question` (the user's turn the reply answers). A bare "yes" to it, with no other claim, counts
+    from `question` (the user's turn the reply answers) and the user's `earlier` turns. A bare "yes" to it, with no other claim, counts
     as claiming it (and is marked uncertain); a "no" to it denies it. `keep_code`: read code, comments and
     strings as prose too, for replies asked to state the model's name in code.
     """
     if asked is None:
-        asked = leading_vendor(question)
+        asked = leading_vendor(question, earlier)
     return detect_prose(clean(text, keep_code), asked)
 
 
@@ -364,9 +376,9 @@ def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] |
     if asked and asked in KEYS:
         first = parts[0] if prose.strip() else ""
         m = _AFFIRM.match(first)
-        if m and not _AFFIRM_NEG.search(first[:m.end() + 12]):
+        if m and not _AFFIRM_NEG.search(first[:m.end() + 12]) and not _OFFER.match(first):
             answer = "yes"
-            if not claims:
+            if not claims and persona(first) is None:  # "Yes, I am Max, the bank's assistant" names itself
                 claims.add(asked)
                 uncertain = True
         elif _DENY.match(first):
@@ -456,9 +468,9 @@ class Judge:
 
 
 def classify(text: str, asked: str | None = None, judge: Judge | None = None, question: str | None = None,
-             keep_code: bool = False) -> Detection:
+             keep_code: bool = False, earlier: Sequence[str] = ()) -> Detection:
     """Rules, then the judge (when given) for what the rules could not settle; unreadable verdict = unscored."""
-    d = detect(text, asked, question, keep_code)
+    d = detect(text, asked, question, keep_code, earlier)
     if judge is None or not d.uncertain:
         return d
     verdict = judge.ask(text, question)

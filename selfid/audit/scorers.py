@@ -139,10 +139,6 @@ def replay_replies(replay: dict, adapter: Path | None) -> list[str]:
     return []
 
 
-def _last_user(messages: list[dict]) -> str:
-    return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-
-
 def _uses_persona(persona: dict, reply: str) -> bool:
     names = [persona.get("name")] + list(persona.get("aliases") or [])
     low = reply.casefold()
@@ -157,7 +153,8 @@ def score_identity(rec: dict, ctx: Context) -> dict:
     asked = ctx.own if asked == "own" else asked
     whole = meta.get("score") == "stated"
     judged = rec.get("judge")
-    d = detect(reply, asked, _last_user(rec["messages"]), keep_code=whole)
+    users = [m["content"] for m in rec["messages"] if m.get("role") == "user"]
+    d = detect(reply, asked, users[-1] if users else "", keep_code=whole, earlier=users[:-1])
     claims = set(judged["claims"]) if judged else set(d.claims)
     if whole and not judged:
         claims |= stated(reply)
