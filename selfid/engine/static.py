@@ -302,7 +302,7 @@ class SlotDecoder:
         now (a server's first requests would otherwise wait for the captures)."""
         if not self.graphs_on:
             return
-        self.reserve(max(rows), max(prompt_tokens) + RESERVE_AHEAD)
+        self.reserve(max(rows), 2 * max(prompt_tokens))
         for b in rows:
             if self.graphs_on and b <= self.slots:
                 self._graph(("decode", pow2(b)), pow2(b), 1, indexed=False)
@@ -346,9 +346,9 @@ class SlotDecoder:
         tok = torch.zeros((b, q), dtype=torch.long)
         for k, r in enumerate(rows):
             tok[k, :lens[k]] = torch.tensor(r.prompt_ids)
-        buf["tok"].copy_(tok, non_blocking=True)
-        buf["last"].copy_(torch.tensor([x - 1 for x in lens] + [q - 1] * (b - n)), non_blocking=True)
-        buf["rows"].copy_(torch.tensor(slots + [self.slots] * (b - n)), non_blocking=True)
+        buf["tok"].copy_(tok)
+        buf["last"].copy_(torch.tensor([x - 1 for x in lens] + [q - 1] * (b - n)))
+        buf["rows"].copy_(torch.tensor(slots + [self.slots] * (b - n)))
         graph.replay()
         self.stats["graph_prefills"] += 1
         return buf["out"][:n].clone()
