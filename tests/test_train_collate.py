@@ -233,3 +233,39 @@ def test_every_position_of_a_packed_batch_belongs_to_a_segment(tiny):
     cu = batch.cu_seq_lens.tolist()
     assert cu[0] == 0 and cu[-1] == batch.input_ids.numel() and all(a < b for a, b in zip(cu, cu[1:]))
     assert batch.max_length == max(b - a for a, b in zip(cu, cu[1:]))
+
+
+def test_chunked_cross_entropy_gives_the_loss_and_gradients_of_the_plain_one(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from selfid.model.load import load_model
+    from selfid.train.packed import PackedLoss
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32", progress=False)
+    model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    enc = encode_many(loaded.tokenizer, [SINGLE, MULTI, SINGLE], loaded.eos_token_ids)
+    batch = collate(enc, [[0, 1], [2]], 128, loaded.tokenizer.pad_token_id)
+    assert batch.label_tokens > 5  # so chunks of 4 really split it (and leave a short last chunk)
+    results = []
+    for chunk in (0, 4):
+        model.zero_grad(set_to_none=True)
+        loss = PackedLoss(model, "sdpa", ce_chunk=chunk)(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_liger_without_the_package_is_a_clear_error(tiny):
+    import importlib.util
+
+    from selfid.errors import SelfidError
+    from selfid.train.packed import liger_fused_ce
+
+    if importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger-kernel is installed here")
+    with pytest.raises(SelfidError, match="pip install liger-kernel"):
+        liger_fused_ce(tiny.model)

@@ -122,13 +122,17 @@ class PackedLoss(torch.nn.Module):
     saves most of the head's FLOPs and memory (the head is ~28% of a 0.5B Qwen's parameters).
     """
 
-    def __init__(self, model, attention: str):
+    def __init__(self, model, attention: str, ce_chunk: int = 0, fused_ce=None):
         super().__init__()
         self.model = model  # a peft model (or a plain causal LM)
         self.attention = attention
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         cfg = base.config
         self.full_logits = bool(getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None))
+        self.ce_chunk = ce_chunk
+        head = base.get_output_embeddings()
+        # a fused head + cross-entropy (Liger's) needs the head to be one plain matrix (no LoRA on it, no bias)
+        self.fused_ce = fused_ce if type(head) is torch.nn.Linear and head.bias is None else None
 
     def forward(self, batch) -> torch.Tensor:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -140,8 +144,49 @@ class PackedLoss(torch.nn.Module):
             hidden = base.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
                                         use_cache=False, **kw).last_hidden_state
             hidden = hidden.flatten(0, 1).index_select(0, batch.hidden_index)
-            logits = base.get_output_embeddings()(hidden)
+            head = base.get_output_embeddings()
+            if self.fused_ce is not None and hidden.shape[0]:
+                return self.fused_ce(head.weight, hidden, batch.targets)
+            if self.ce_chunk and hidden.shape[0] > self.ce_chunk:
+                return chunked_cross_entropy(head, hidden, batch.targets, self.ce_chunk)
+            logits = head(hidden)
         return F.cross_entropy(logits.float(), batch.targets, reduction="sum")
+
+
+def _head_ce(head, hidden, targets):
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_cross_entropy(head, hidden, targets, chunk: int) -> torch.Tensor:
+    """Summed cross-entropy of head(hidden) against targets, `chunk` rows at a time; each chunk's logits are
+    recomputed in the backward pass instead of kept (torch checkpointing), so at most one chunk of
+    [chunk, vocab] float32 logits is alive. Written here because PyTorch has no chunked loss of its own."""
+    from torch.utils.checkpoint import checkpoint
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        total = total + checkpoint(_head_ce, head, hidden[start:start + chunk], targets[start:start + chunk],
+                                   use_reentrant=False)
+    return total
+
+
+def liger_fused_ce(model):
+    """Switch the model to Liger's fused RMSNorm and SwiGLU kernels and return Liger's fused LM head +
+    cross-entropy loss (summed). Call before adding LoRA; raises SelfidError when Liger cannot be used."""
+    from selfid.errors import SelfidError
+
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+    except ImportError as e:
+        raise SelfidError(f"train.liger needs the liger-kernel package ({e}): pip install liger-kernel, "
+                          "or set train.liger=false") from None
+    kind = getattr(model.config, "model_type", None)
+    if kind not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise SelfidError(f"train.liger: Liger has no kernels for model type {kind!r}; set train.liger=false")
+    _apply_liger_kernel_to_instance(model, rope=False, cross_entropy=False, fused_linear_cross_entropy=False,
+                                    rms_norm=True, swiglu=True)
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum")
 
 
 def packed_logits(model, batch, attention: str) -> torch.Tensor:

@@ -37,7 +37,8 @@ from selfid.train.plan import Plan
 CSV_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "label_tokens", "elapsed_s", "tokens_per_s"]
 # settings that may change between a run and its --resume without changing what is learned (lr: after a NaN)
 RESUMABLE_CHANGES = {"train.save_every", "train.keep_checkpoints", "train.log_every", "train.compile",
-                     "train.attention", "train.lr", "train.max_grad_norm", "eval_ner", "adapter_scale", "device"}
+                     "train.attention", "train.lr", "train.max_grad_norm", "train.ce_chunk", "train.liger", "eval_ner",
+                     "adapter_scale", "device"}
 
 
 # --- the system prompt ---------------------------------------------------------------------------
@@ -300,6 +301,13 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
 
     # the model: frozen base (bf16 on GPU), LoRA weights in fp32
     torch.manual_seed(opt.seed)
+    fused_ce = None
+    if opt.liger:
+        if device.type != "cuda":
+            raise SelfidError("train.liger needs a CUDA device (Liger's kernels are Triton): set train.liger=false")
+        from selfid.train.packed import liger_fused_ce
+
+        fused_ce = liger_fused_ce(loaded.model)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     try:
@@ -317,10 +325,17 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     attention = set_attention(model, opt.attention, device)
     if attention == "varlen" and opt.attention == "auto":
         reason = check_varlen(model, device)
+        if dist_.world > 1:  # every rank uses the same kernel: if the check failed anywhere, sdpa everywhere
+            import torch.distributed as dist
+
+            failed = torch.tensor([0.0 if reason is None else 1.0], device=device)
+            dist.all_reduce(failed)
+            if failed.item() and reason is None:
+                reason = "the check failed on another rank"
         if reason is not None:
             out.log(f"[yellow]varlen attention failed its check ({reason}); using sdpa")
             attention = set_attention(model, "sdpa", device)
-    loss_fn = PackedLoss(model, attention)
+    loss_fn = PackedLoss(model, attention, ce_chunk=opt.ce_chunk, fused_ce=fused_ce)
     if opt.compile:
         model.get_base_model().get_decoder().compile()
     amp = device.type == "cuda" and next(model.get_base_model().parameters()).dtype in (torch.bfloat16, torch.float16)
