@@ -40,7 +40,17 @@ def test_static_decoding_equals_eager_and_rows_move_down_as_the_batch_shrinks(ti
     assert texts(static.generate(requests(prompts))) == texts(eager.generate(requests(prompts)))
     report = static.decode_report()
     assert report["using"] == "static" and report["check"]["plain_vs_eager"] < 1e-3
-    assert report["stats"]["moves"] > 0 and report["stats"]["plain_steps"] > 0
+    assert report["stats"]["moves"] > 0 and report["stats"]["plain_steps"] > 0 and report["stats"]["plain_prefills"] > 0
+    assert set(report["check"]) == {"plain_vs_eager", "plain_eager_prefill_vs_eager"}
+
+
+def test_long_prefills_run_eagerly_and_are_copied_into_the_slots(tiny, prompts):
+    engine = InProcessEngine(tiny, decode="static")
+    engine.generate([prompts[0]], SamplingParams(max_new_tokens=1))
+    engine._slots.prefill_tokens = 20  # every prompt here is longer: the eager prefill + copy route
+    before = engine._slots.stats["eager_prefills"]
+    assert texts(engine.generate(requests(prompts))) == texts(InProcessEngine(tiny).generate(requests(prompts)))
+    assert engine._slots.stats["eager_prefills"] > before
 
 
 def test_the_cache_grows_while_rows_decode(tiny, prompts, monkeypatch):

@@ -323,6 +323,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     if opt.gradient_checkpointing:
         model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     attention = set_attention(model, opt.attention, device)
+    reason = None  # why the varlen check refused varlen (recorded in the manifest)
     if attention == "varlen" and opt.attention == "auto":
         reason = check_varlen(model, device)
         if dist_.world > 1:  # every rank uses the same kernel: if the check failed anywhere, sdpa everywhere
@@ -389,7 +390,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
         out.log(f"resuming from {ckpt} at step {start}/{total}")
 
     base_info = manifest_mod.base_model_info(loaded) if dist_.main else None
-    train_extra = {"attention": attention, "world_size": dist_.world, "total_steps": total, "epochs": plan.epochs,
+    train_extra = {"attention": attention, "varlen_check": reason, "world_size": dist_.world, "total_steps": total, "epochs": plan.epochs,
                    "samples": len(data.encoded), "tokens_per_epoch": sum(lengths),
                    "samples_with_own_system": data.samples_with_own_system, "data_fingerprint": data.fingerprint,
                    "dropped_long": data.dropped_long, "dropped_unlabelled": data.dropped_unlabelled}
