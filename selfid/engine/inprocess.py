@@ -169,7 +169,9 @@ class InProcessEngine:
         names = None
         if self.adapters() and any(r.req.adapter is not None for r in rows):  # None: the active adapter
             names = [r.req.adapter or self._active_adapter() for r in rows]
-            if static is not None:
+            if static is not None and set(names) == {self._active_adapter()} != {BASE_MODEL}:
+                names = None  # every row wants the adapter the model runs anyway: no per-row routing needed
+            elif static is not None:
                 self._say("adapters", "rows that name adapters decode eagerly (PEFT's per-row adapters cannot be "
                                       "captured in a static step)")
         return DecodeBatch(rows, self._forward, self.pad_id, self.model.config.vocab_size, self.loaded.device, names,
