@@ -191,6 +191,9 @@ class InProcessEngine:
         if static is not None:
             try:
                 static.warm(rows=[b for b in (1, 2, 4, 8, 16, 32) if b <= self.max_batch_size])
+            except Exception as e:  # noqa: BLE001 - e.g. no room for the cache: shapes are then captured on first use
+                self._say("warm", f"capturing the small batch shapes ahead failed ({type(e).__name__}: {e}); "
+                                  "they are captured on first use")
             finally:
                 static.release()
 

@@ -288,7 +288,7 @@ class SlotDecoder:
             self._forward(*args)
         torch.cuda.current_stream(dev).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):  # other threads may use CUDA
             buf["out"] = self._forward(*args)
         if self.pool is None:
             self.pool = graph.pool()
