@@ -38,6 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+# speed-only training variants (comma-separated overrides each); the CPU smoke run skips compilation
+VARIANTS = {False: ["train.batch_tokens=32768", "train.batch_tokens=65536,train.ce_chunk=8192", "train.compile=true",
+                    "train.liger=true", "train.liger=true,train.batch_tokens=32768"],
+            True: ["train.ce_chunk=16", "train.batch_tokens=65536,train.ce_chunk=8192", "train.liger=true"]}
+
+
 @dataclass
 class Step:
     name: str
@@ -60,10 +66,7 @@ def steps(out: Path, smoke: bool) -> list[Step]:
              420, out="train_speed.json"),
         Step("variants", ["bench/train_speed.py", *s, "--skip-baseline", "--eval", "0",
                           "--set", f"train.max_steps={2 if smoke else 40}",
-                          "--variant", "train.ce_chunk=16" if smoke else "train.batch_tokens=32768",
-                          "--variant", "train.batch_tokens=65536,train.ce_chunk=8192",
-                          "--variant", "train.liger=true",
-                          "--variant", "train.liger=true,train.batch_tokens=32768",
+                          *[x for v in VARIANTS[smoke] for x in ("--variant", v)],
                           "--out", str(out / "train_variants.json")], 40 if not smoke else 5, 240,
              out="train_variants.json"),
         Step("ddp", ["bench/ddp_speed.py", *s, "--out", str(out / "ddp.json")], 60 if not smoke else 10, 300,
@@ -174,10 +177,13 @@ def summary_lines(results: dict) -> list[str]:
                      f"F1 {fmt(t['selfid'].get('ner_f1'), '{:.3f}')} vs {fmt(b.get('ner_f1'), '{:.3f}')}")
     va = results.get("variants", {}).get("result") or {}
     if va.get("selfid"):
-        cells = [f"default {fmt(va['selfid']['tokens_per_s'])}"]
+        def cell(r):
+            return f"{fmt(r.get('tokens_per_s'))} ({fmt(r.get('steady_tokens_per_s'))} steady)"
+
+        cells = [f"default {cell(va['selfid'])}"]
         for k, r in (va.get("variants") or {}).items():
-            cells.append(f"{k} {fmt(r.get('tokens_per_s')) if 'error' not in r else 'error: ' + r['error'][:80]}")
-        lines.append("train variants (tok/s, speed only): " + "; ".join(cells))
+            cells.append(f"{k} {cell(r) if 'error' not in r else 'error: ' + r['error'][:80]}")
+        lines.append("train variants (tok/s overall and after the first 10 steps, speed only): " + "; ".join(cells))
     d = results.get("ddp", {}).get("result") or {}
     if d.get("speedup") is not None:
         lines.append(f"ddp: {d['procs']} processes {d['speedup']}x one (goal >= 1.8x); loss curves max diff "

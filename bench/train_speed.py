@@ -44,6 +44,23 @@ def peak_gb(device):
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
 
 
+def steady_rate(metrics_csv: Path) -> float | None:
+    """Tokens/s after the first logged interval (which holds warm-up and any compilation), from metrics.csv."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return None
+    with open(metrics_csv, newline="") as f:
+        rows = [(float(r["elapsed_s"]), int(r["tokens"])) for r in csv.DictReader(f)]
+    if not rows:
+        return None
+    first = rows[0][0]
+    later = [(t, n) for t, n in rows if t > first]
+    if not later:
+        return None
+    return round(sum(n for _, n in later) / max(later[-1][0] - first, 1e-9), 1)
+
+
 def run_selfid(config, eval_n: int) -> dict:
     import torch
 
@@ -54,10 +71,11 @@ def run_selfid(config, eval_n: int) -> dict:
     reset_memory(device)
     result = train(config)
     m = result.metrics
+    steady = steady_rate(result.output / "metrics.csv")
     out = {"tokens_per_s": m["tokens_per_s"], "train_wall_s": m["train_wall_s"], "tokens": m["tokens_trained"],
            "steps": m["steps"], "final_loss": m["final_loss"], "peak_memory_gb": peak_gb(device),
            "attention": result.manifest["train"]["attention"],
-           "varlen_check": result.manifest["train"].get("varlen_check")}
+           "varlen_check": result.manifest["train"].get("varlen_check"), "steady_tokens_per_s": steady}
     if eval_n:
         result.model.eval()
         t = time.perf_counter()
@@ -206,7 +224,8 @@ def main() -> None:
         if "error" in r:
             print(f"variant {variant}: {r['error']}")
         else:
-            print(f"variant {variant}: {r['tokens_per_s']:,.0f} tok/s, peak {r['peak_memory_gb']} GB, "
+            print(f"variant {variant}: {r['tokens_per_s']:,.0f} tok/s ({r.get('steady_tokens_per_s') or 0:,.0f} after "
+                  f"the first interval), peak {r['peak_memory_gb']} GB, "
                   f"final loss {r['final_loss']:.4f}, attention {r['attention']}")
     if a.out:
         a.out.write_text(json.dumps(results, indent=2))

@@ -122,3 +122,13 @@ def test_decode_modes_are_checked(tiny):
     with pytest.raises(SelfidError, match="not one of"):
         InProcessEngine(tiny, decode="fast")
     assert InProcessEngine(tiny).decode_mode == "eager"  # the CPU default
+
+
+def test_a_compiled_model_is_not_captured(tiny):
+    layer = tiny.model.model.layers[0]
+    assert static_mod.unsupported(tiny.model) is None
+    layer.compile()  # only marks it; nothing compiles until it runs
+    try:
+        assert "torch.compile" in static_mod.unsupported(tiny.model)
+    finally:
+        layer._compiled_call_impl = None

@@ -107,11 +107,15 @@ def set_attention(model, requested: str, device) -> str:
     return choice
 
 
-def attention_kwargs(batch, choice: str) -> dict:
-    """Extra forward kwargs: sample boundaries for the varlen kernels; nothing for the mask-based ones."""
+def attention_kwargs(batch, choice: str, fixed_max: bool = False) -> dict:
+    """Extra forward kwargs: sample boundaries for the varlen kernels; nothing for the mask-based ones.
+
+    `fixed_max`: give the row length as the longest segment instead of the batch's own longest, so that the
+    value never changes between batches (torch.compile recompiles for every new Python int it is given)."""
     if choice in ("varlen", "flash_attention_2"):
+        longest = int(batch.input_ids.shape[1]) if fixed_max else batch.max_length
         return {"cu_seq_lens_q": batch.cu_seq_lens, "cu_seq_lens_k": batch.cu_seq_lens,
-                "max_length_q": batch.max_length, "max_length_k": batch.max_length}
+                "max_length_q": longest, "max_length_k": longest}
     return {}
 
 
@@ -122,8 +126,9 @@ class PackedLoss(torch.nn.Module):
     saves most of the head's FLOPs and memory (the head is ~28% of a 0.5B Qwen's parameters).
     """
 
-    def __init__(self, model, attention: str, ce_chunk: int = 0, fused_ce=None):
+    def __init__(self, model, attention: str, ce_chunk: int = 0, fused_ce=None, fixed_max: bool = False):
         super().__init__()
+        self.fixed_max = fixed_max
         self.model = model  # a peft model (or a plain causal LM)
         self.attention = attention
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -136,7 +141,7 @@ class PackedLoss(torch.nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        kw = attention_kwargs(batch, self.attention)
+        kw = attention_kwargs(batch, self.attention, self.fixed_max)
         if self.full_logits:  # models whose head does more than a matmul: let them compute all logits
             logits = base(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **kw).logits
             logits = logits.flatten(0, 1).index_select(0, batch.hidden_index)

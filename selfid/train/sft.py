@@ -336,9 +336,10 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
         if reason is not None:
             out.log(f"[yellow]varlen attention failed its check ({reason}); using sdpa")
             attention = set_attention(model, "sdpa", device)
-    loss_fn = PackedLoss(model, attention, ce_chunk=opt.ce_chunk, fused_ce=fused_ce)
-    if opt.compile:
-        model.get_base_model().get_decoder().compile()
+    loss_fn = PackedLoss(model, attention, ce_chunk=opt.ce_chunk, fused_ce=fused_ce, fixed_max=opt.compile)
+    if opt.compile:  # each decoder layer on its own: one compiled graph serves every layer
+        for layer in model.get_base_model().get_decoder().layers:
+            layer.compile()
     amp = device.type == "cuda" and next(model.get_base_model().parameters()).dtype in (torch.bfloat16, torch.float16)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     if amp:  # under autocast peft's cast of every LoRA input to fp32 (and autocast's cast back) is wasted work
