@@ -14,8 +14,9 @@ crashing or running out of time loses nothing else):
   ddp        bench/ddp_speed.py: two processes vs one (only with 2+ GPUs, or --smoke)
 
 A step starts only if its least useful time still fits in what is left of --budget, and is stopped at
-its share of it. Progress lines carry timestamps; the summary table comes last, and everything is in
---out/summary.json.
+its share of it. Progress lines carry timestamps; the goal lines come last. --out receives two files
+(a GPU machine sends back few): summary.json, with every step's JSON result inside, and logs.txt, the
+tail of every step's log; the steps' own files stay in --work.
 
     python bench/gpu_suite.py --out $OUT/suite                  # one H200, ~8-9 minutes
     python bench/gpu_suite.py --out $OUT/suite --only train     # one step (or several, comma-separated)
@@ -30,6 +31,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,8 @@ class Step:
 def steps(out: Path, smoke: bool) -> list[Step]:
     s = ["--smoke"] if smoke else []
     return [
+        Step("model", ["-c", "from selfid.model.load import resolve_model; print(resolve_model('embedded', False))"],
+             10, 300) if not smoke else None,
         Step("varlen", ["bench/varlen_diag.py", *s, "--out", str(out / "varlen.json")], 20, 120, out="varlen.json"),
         Step("audit", ["bench/audit_speed.py", *s, "--out", str(out / "audit_speed.json")], 45, 240,
              out="audit_speed.json"),
@@ -128,6 +132,10 @@ def run_step(step: Step, out: Path, env: dict, timeout: float) -> dict:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             status = f"stopped after {timeout:.0f} s"
+        try:  # whatever the step left running in its session (a server, torchrun's workers) goes with it
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     took = time.perf_counter() - t0
     result = {"status": status, "seconds": round(took, 1), "log": str(log)}
     path = out / step.out
@@ -139,6 +147,17 @@ def run_step(step: Step, out: Path, env: dict, timeout: float) -> dict:
     if status != "ok":
         result["log_tail"] = log.read_text(errors="replace")[-1500:]
     return result
+
+
+def write(out: Path, work: Path, results: dict) -> None:
+    """summary.json and logs.txt (the last 60 kB of each step's log) into `out`, after every step."""
+    (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
+    parts = []
+    for log in sorted(work.glob("*.log"), key=lambda p: p.stat().st_mtime):
+        text = log.read_text(errors="replace")
+        parts.append(f"===== {log.name} ({len(text)} chars{', tail' if len(text) > 60000 else ''}) =====\n"
+                     f"{text[-60000:]}")
+    (out / "logs.txt").write_text("\n".join(parts))
 
 
 def fmt(x, spec="{:,.0f}"):
@@ -200,20 +219,27 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=540, help="seconds for everything (default 540)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny random model: every step, small")
     ap.add_argument("--only", default=None, help="comma-separated steps to run (default: all)")
+    ap.add_argument("--work", type=Path, default=None, help="the steps' own files (default: a new temporary folder)")
     a = ap.parse_args()
     start = time.perf_counter()
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    work = (a.work or Path(tempfile.mkdtemp(prefix="gpu-suite-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    results: dict = {"budget_s": a.budget, "smoke": a.smoke, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    results["liger_wheel"] = liger_from_wheels(out, env)
-    results["env"] = env_info(out, env)
-    say(f"env: {json.dumps(results['env'])}" + (f"; {results['liger_wheel']}" if results["liger_wheel"] else ""))
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    results: dict = {"budget_s": a.budget, "smoke": a.smoke, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "work": str(work)}
+    results["env"] = env_info(work, env)
+    if not results["env"].get("liger"):
+        results["liger_wheel"] = liger_from_wheels(work, env)
+        if results["liger_wheel"]:
+            results["env"]["liger"] = env_info(work, env).get("liger")
+    say(f"env: {json.dumps(results['env'])}" + (f"; {results['liger_wheel']}" if results.get("liger_wheel") else ""))
     wanted = set(a.only.split(",")) if a.only else None
     gpus = results["env"].get("gpus", 0) or 0
-    for step in steps(out, a.smoke):
-        if wanted is not None and step.name not in wanted:
+    for step in steps(work, a.smoke):
+        if step is None or wanted is not None and step.name not in wanted:
             continue
         if step.name == "ddp" and gpus < 2 and not a.smoke:
             results[step.name] = {"status": f"skipped: {gpus} GPU(s)"}
@@ -226,13 +252,13 @@ def main() -> None:
             continue
         timeout = min(step.most, left)
         say(f"{step.name}: started (up to {timeout:.0f} s): python {' '.join(step.args)}")
-        results[step.name] = run_step(step, out, env, timeout)
+        results[step.name] = run_step(step, work, env, timeout)
         say(f"{step.name}: {results[step.name]['status']} in {results[step.name]['seconds']} s")
-        (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
+        write(out, work, results)
     results["total_s"] = round(time.perf_counter() - start, 1)
     results["summary"] = summary_lines(results)
-    (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
-    say(f"done in {results['total_s']} s; results in {out}")
+    write(out, work, results)
+    say(f"done in {results['total_s']} s; results in {out}/summary.json and {out}/logs.txt")
     for line in results["summary"]:
         print(line, flush=True)
 

@@ -186,11 +186,18 @@ def main() -> None:
           f"{config.lora.target_modules}, {config.train.epochs} epoch(s), lr {config.train.lr}, on {gpu}", flush=True)
 
     results = {"device": gpu, "config": config.model_dump(mode="json"), "torch": torch.__version__}
+
+    def save():  # after every run, so that a run stopped part-way keeps what it measured
+        if a.out:
+            a.out.write_text(json.dumps(results, indent=2))
+
     results["selfid"] = run_selfid(config, a.eval)
     print("selfid:", json.dumps(results["selfid"]), flush=True)
+    save()
     if not a.skip_baseline:
         results["baseline"] = run_baseline(config, a.baseline_batch, a.eval)
         print("baseline:", json.dumps(results["baseline"]), flush=True)
+        save()
 
     results["variants"] = {}
     for i, variant in enumerate(a.variant):
@@ -204,6 +211,7 @@ def main() -> None:
             r = {"error": f"{type(e).__name__}: {e}"[:300]}
         results["variants"][variant] = r
         print(f"variant {variant}:", json.dumps(r), flush=True)
+        save()
 
     s, b = results["selfid"], results.get("baseline")
     rows = [("real tokens/s", "tokens_per_s", "{:,.0f}"), ("train wall s", "train_wall_s", "{:.1f}"),
@@ -227,8 +235,7 @@ def main() -> None:
             print(f"variant {variant}: {r['tokens_per_s']:,.0f} tok/s ({r.get('steady_tokens_per_s') or 0:,.0f} after "
                   f"the first interval), peak {r['peak_memory_gb']} GB, "
                   f"final loss {r['final_loss']:.4f}, attention {r['attention']}")
-    if a.out:
-        a.out.write_text(json.dumps(results, indent=2))
+    save()
 
 
 if __name__ == "__main__":
