@@ -9,9 +9,9 @@ prefilled the same way (right-padded to a bucket, into their slots); long or wid
 model's own eager forward and their keys/values are copied into the slots. The last slot is scratch for the
 padding rows of a prefill bucket. When rows drop to a smaller bucket, rows in high slots move down.
 
-Attention during these passes is `decode_attention` below: grouped-query attention over the slot's
-columns with an additive mask (column <= position), written with plain matmuls so that a kv head is
-read once per step (transformers' sdpa path with a mask repeats every kv head `groups` times).
+Attention during these passes is `decode_attention` below: PyTorch's sdpa over the slot's columns with
+an additive mask (column <= position), query heads folded per kv head so that each kv head is read once
+per step (transformers' sdpa path with a mask repeats every kv head `groups` times).
 
 CUDA graphs are checked against the eager path at start-up on a small scripted batch (rows joining
 and leaving included); if they disagree, the engine says why in one log line and decodes eagerly.
@@ -48,22 +48,22 @@ def pow2(n: int, least: int = 1) -> int:
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention interface: query [n, H, q, D] over the slot columns key/value [n, Hkv, L, D].
 
-    Mirrors transformers' eager attention (matmul in the model's dtype, additive mask, float32 softmax),
-    but groups the query heads of each kv head instead of repeating the kv heads.
+    PyTorch's scaled_dot_product_attention with the additive mask, the query heads that share a kv head
+    folded into the query length (as transformers' own decode path does for one query): each kv head is
+    read once instead of being repeated `groups` times.
     """
+    import torch.nn.functional as F
+
     if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None or kwargs.get("s_aux") is not None:
         raise NotImplementedError("static decoding supports full causal attention only (no softcap, sliding window or sinks)")
     n, H, q, D = query.shape
-    Hkv = key.shape[1]
+    Hkv, L = key.shape[1], key.shape[2]
     g = H // Hkv
-    L = key.shape[2]
-    scale = scaling if scaling is not None else D ** -0.5
     qg = query.reshape(n, Hkv, g * q, D)
-    scores = torch.matmul(qg, key.transpose(2, 3)) * scale
-    scores = scores.view(n, Hkv, g, q, L) + attention_mask.view(n, 1, 1, q, L)
-    probs = scores.softmax(-1, dtype=torch.float32).to(value.dtype).view(n, Hkv, g * q, L)
-    out = torch.matmul(probs, value).view(n, H, q, value.shape[-1])
-    return out.transpose(1, 2).contiguous(), None
+    mask = attention_mask.view(n, 1, 1, q, L)
+    mask = mask.expand(n, 1, g, q, L).reshape(n, 1, g * q, L) if g > 1 else mask.view(n, 1, q, L)
+    out = F.scaled_dot_product_attention(qg, key, value, attn_mask=mask, scale=scaling)
+    return out.view(n, H, q, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
 def register_attention() -> None:
@@ -501,17 +501,22 @@ def check(engine, decoder: SlotDecoder) -> tuple[str | None, dict]:
         return max(float((x - y).norm(dim=-1).div(y.norm(dim=-1).clamp(min=1e-6)).max()) for x, y in zip(a, b))
 
     half = decoder.dtype in (torch.float16, torch.bfloat16)
-    tol = 0.05 if half else 1e-3
+    tol = 0.1 if half else 1e-3  # bf16: ~1% between two attention kernels; a wrong slot, mask or stale graph: O(1)
     reference = script(None)
     info = {}
     graphs = decoder.graphs_on
     rows_limit = decoder.prefill_rows
     decoder.acquire()
     try:
+        plain = None
         for use_graphs in ([False, True] if graphs else [False]):
             decoder.graphs_on = use_graphs
             name = "graph" if use_graphs else "plain"
-            info[f"{name}_vs_eager"] = worst(script(decoder), reference)
+            got = script(decoder)
+            info[f"{name}_vs_eager"] = worst(got, reference)
+            if use_graphs:  # the same kernels replayed: any difference beyond rounding is a stale input
+                info["graph_vs_plain"] = worst(got, plain)
+            plain = got
             decoder.prefill_rows = 0  # the long-prompt route: eager prefill, copied into the slots
             try:
                 info[f"{name}_eager_prefill_vs_eager"] = worst(script(decoder), reference)
@@ -523,6 +528,7 @@ def check(engine, decoder: SlotDecoder) -> tuple[str | None, dict]:
     if decoder.capture_error is not None:
         return f"capturing a CUDA graph failed ({decoder.capture_error})", info
     for name, err in info.items():
-        if not err <= tol:
-            return f"{name.replace('_', ' ')}: logits differ by {err:.3g} (relative; tolerance {tol:g})", info
+        limit = min(tol, 0.02) if name == "graph_vs_plain" else tol
+        if not err <= limit:
+            return f"{name.replace('_', ' ')}: logits differ by {err:.3g} (relative; tolerance {limit:g})", info
     return None, info
