@@ -9,7 +9,7 @@ crashing or running out of time loses nothing else):
              again with eager decoding: same seeds -> same replies?
   serve      bench/serve_load.py: `selfid api` under 1/8/16/32 streaming clients, tokens/s, TTFT p50/p95
   train      bench/train_speed.py: selfid train vs Trainer + peft, tokens/s and NER F1
-  variants   bench/train_speed.py, speed only (40 steps): larger micro-batches, chunked and fused
+  variants   bench/train_speed.py, speed only (30 steps): larger micro-batches, chunked and fused
              cross-entropy (Liger), against the default config in the same process
   ddp        bench/ddp_speed.py: two processes vs one (only with 2+ GPUs, or --smoke)
 
@@ -69,7 +69,7 @@ def steps(out: Path, smoke: bool) -> list[Step]:
         Step("train", ["bench/train_speed.py", *s, "--out", str(out / "train_speed.json")], 200 if not smoke else 10,
              420, out="train_speed.json"),
         Step("variants", ["bench/train_speed.py", *s, "--skip-baseline", "--eval", "0",
-                          "--set", f"train.max_steps={2 if smoke else 40}",
+                          "--set", f"train.max_steps={2 if smoke else 30}",
                           *[x for v in VARIANTS[smoke] for x in ("--variant", v)],
                           "--out", str(out / "train_variants.json")], 40 if not smoke else 5, 240,
              out="train_variants.json"),
@@ -202,7 +202,7 @@ def summary_lines(results: dict) -> list[str]:
         cells = [f"default {cell(va['selfid'])}"]
         for k, r in (va.get("variants") or {}).items():
             cells.append(f"{k} {cell(r) if 'error' not in r else 'error: ' + r['error'][:80]}")
-        lines.append("train variants (tok/s overall and after the first 10 steps, speed only): " + "; ".join(cells))
+        lines.append("train variants (tok/s overall and after the first 10 steps; 30 steps each, speed only): " + "; ".join(cells))
     d = results.get("ddp", {}).get("result") or {}
     if d.get("speedup") is not None:
         lines.append(f"ddp: {d['procs']} processes {d['speedup']}x one (goal >= 1.8x); loss curves max diff "
