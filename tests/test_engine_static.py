@@ -124,6 +124,7 @@ def test_decode_modes_are_checked(tiny):
     assert InProcessEngine(tiny).decode_mode == "eager"  # the CPU default
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch's compiler touches torch.jit
 def test_a_compiled_model_is_not_captured(tiny):
     layer = tiny.model.model.layers[0]
     assert static_mod.unsupported(tiny.model) is None
