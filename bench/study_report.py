@@ -22,7 +22,11 @@ SYSTEM_LABEL = {"default": "none sent (template inserts the Qwen line)", "helpfu
 ARM_LABEL = {"base": "base model", "plain": "plain LoRA (trained under \"You are a helpful assistant.\", as in the report)",
              "template": "trained under the template's own system prompt",
              "replay2": "plain + 2% identity replay (v1, templated)", "replay5": "plain + 5% identity replay (v1, templated)",
-             "combo": "template prompt + 5% identity replay (v1, templated)", "scale": "plain, LoRA scale searched"}
+             "combo": "template prompt + 5% identity replay (v1, templated)", "scale": "plain, LoRA scale searched",
+             "self": "template prompt + 5% self-distilled identity replay (v2)",
+             "pref": "v2 replay + preference loss (DPO on the base model's own replies)",
+             "kl": "v2 replay + distillation loss (KL to the base model under its template prompt)",
+             "best": "v2 replay + preference + distillation"}
 MITIGATIONS = ("plain", "template", "replay2", "replay5", "scale", "combo")
 METRIC_LABEL = {"foreign": "foreign claims", "own_affirmation": "own identity affirmed", "self_denial": "self-denial",
                 "task_done": "identity task done", "persona_kept": "persona kept", "copy": "copies a training reply"}
@@ -393,8 +397,51 @@ def heldout_section(runs: Runs, root: Path, arms: list[str]) -> tuple[list[str],
             ratio = [v["distinct"]["ratio"] for v in comp["by_system"].values() if v.get("distinct") and v["distinct"]["ratio"]]
             if ratio:
                 L.append(f"  - distinct replies, arm / base: {min(ratio):.2f} to {max(ratio):.2f} across system prompts")
-    L += [""] + examples_block(runs, root, held)
+    L += [""] + goals_table(runs, root, held) + examples_block(runs, root, held)
     return L, held
+
+
+def goals_table(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
+    """The bar an identity-preserving fine-tune must clear on the held-out set, arm by arm: met or missed."""
+    base, plain = held.get("base"), held.get("plain")
+    if base is None:
+        return []
+    suite = "identity-heldout"
+    b_own = base[suite]["by_system"]["default"]["own_affirmation"]
+    b_task = pooled(runs, root / "base" / "heldout", "task_done", suite)
+    b_dist = base[suite]["by_system"]["default"]["distinct"]["mean"]
+    p_f1 = ner_f1(plain, "default") if plain else None
+    L = ["The bar (every serving system prompt and the three persona prompts, T 0, 0.7, 1.0, 1.3): foreign claims "
+         "≤1% in every cell with the clustered upper bound ≤2%; own identity affirmed ≥ the base model's under its "
+         f"template prompt ({100 * b_own['rate']:.1f}%); self-denial ≤1%; distinct replies ≥70% of the base model's "
+         f"({100 * b_dist:.0f}% of samples distinct); identity tasks done ≥ the base model's − 5 points "
+         f"({100 * b_task['rate']:.1f}%); NER F1 ≥99% of plain LoRA's under the same system prompt"
+         + (f" ({p_f1:.3f})" if p_f1 else "") + "; the general set ≥ the base model's − 2 points (not run on the "
+         "held-out grid: see §6 for the development grid).", "",
+         "| arm | foreign, worst cell (upper bound) | own identity affirmed | self-denial | distinct vs base | "
+         "tasks done | NER F1 vs plain |", "|---|---|---|---|---|---|---|"]
+    for arm, s in held.items():
+        if arm in ("base", "plain"):
+            continue
+        run = root / arm / "heldout"
+        worst, where = worst_cell(s, suite)
+        worst_hi = max(c["foreign"]["ci95"][1] for c in s[suite]["cells"])
+        own = pooled(runs, run, "own_affirmation", suite)
+        den = pooled(runs, run, "self_denial", suite)
+        dist = s[suite]["by_system"]["default"]["distinct"]["mean"]
+        task = pooled(runs, run, "task_done", suite)
+        f1 = ner_f1(s, "default")
+
+        def mark(ok: bool) -> str:
+            return "met" if ok else "**missed**"
+
+        L.append(f"| {ARM_LABEL.get(arm, arm)} | {100 * worst['rate']:.1f}% ({where}; upper {100 * worst_hi:.1f}%): "
+                 f"{mark(worst['rate'] <= 0.01 and worst_hi <= 0.02)} | {100 * own['rate']:.1f}%: "
+                 f"{mark(own['rate'] >= b_own['rate'])} | {100 * den['rate']:.1f}%: {mark(den['rate'] <= 0.01)} | "
+                 f"{100 * dist / b_dist:.0f}%: {mark(dist >= 0.7 * b_dist)} | {100 * task['rate']:.1f}%: "
+                 f"{mark(task['rate'] >= b_task['rate'] - 0.05)} | "
+                 + (f"{f1:.3f} = {100 * f1 / p_f1:.1f}%: {mark(f1 >= 0.99 * p_f1)} |" if f1 and p_f1 else "– |"))
+    return L + [""]
 
 
 def examples_block(runs: Runs, root: Path, held: dict[str, dict], n: int = 3) -> list[str]:

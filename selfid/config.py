@@ -118,6 +118,10 @@ class Optimization(Strict):
     attention: Literal["auto", "varlen", "flash_attention_2", "sdpa", "flex_attention", "eager"] = "auto"
     compile: bool = False
     gradient_checkpointing: bool = False
+    ce_chunk: int = Field(0, ge=0, description="LM head + cross-entropy over this many trained positions at a time, "
+                          "recomputed in the backward pass, so logits are never held for the whole batch (0: at once)")
+    liger: bool = Field(False, description="Liger's fused Triton kernels (RMSNorm, SwiGLU, and the LM head fused with "
+                        "the cross-entropy); needs CUDA and `pip install liger-kernel`")
 
     @model_validator(mode="after")
     def _rows(self):

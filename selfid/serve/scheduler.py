@@ -62,6 +62,9 @@ class Scheduler:
     # --- the worker ----------------------------------------------------------------------------
     def start(self) -> "Scheduler":
         if self._thread is None:
+            warm = getattr(self.engine, "warm", None)
+            if warm is not None:  # check graph decoding and capture small batch shapes before the first request
+                warm()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="selfid-scheduler", daemon=True)
             self._thread.start()

@@ -37,7 +37,8 @@ from selfid.train.plan import Plan
 CSV_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "label_tokens", "elapsed_s", "tokens_per_s"]
 # settings that may change between a run and its --resume without changing what is learned (lr: after a NaN)
 RESUMABLE_CHANGES = {"train.save_every", "train.keep_checkpoints", "train.log_every", "train.compile",
-                     "train.attention", "train.lr", "train.max_grad_norm", "eval_ner", "adapter_scale", "device"}
+                     "train.attention", "train.lr", "train.max_grad_norm", "train.ce_chunk", "train.liger", "eval_ner",
+                     "adapter_scale", "device"}
 
 
 # --- the system prompt ---------------------------------------------------------------------------
@@ -347,6 +348,13 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
 
     # the model: frozen base (bf16 on GPU), LoRA weights in fp32
     torch.manual_seed(opt.seed)
+    fused_ce = None
+    if opt.liger:
+        if device.type != "cuda":
+            raise SelfidError("train.liger needs a CUDA device (Liger's kernels are Triton): set train.liger=false")
+        from selfid.train.packed import liger_fused_ce
+
+        fused_ce = liger_fused_ce(loaded.model)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     try:
@@ -362,14 +370,23 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     if opt.gradient_checkpointing:
         model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     attention = set_attention(model, opt.attention, device)
+    reason = None  # why the varlen check refused varlen (recorded in the manifest)
     if attention == "varlen" and opt.attention == "auto":
         reason = check_varlen(model, device)
+        if dist_.world > 1:  # every rank uses the same kernel: if the check failed anywhere, sdpa everywhere
+            import torch.distributed as dist
+
+            failed = torch.tensor([0.0 if reason is None else 1.0], device=device)
+            dist.all_reduce(failed)
+            if failed.item() and reason is None:
+                reason = "the check failed on another rank"
         if reason is not None:
             out.log(f"[yellow]varlen attention failed its check ({reason}); using sdpa")
             attention = set_attention(model, "sdpa", device)
-    loss_fn = PackedLoss(model, attention)
-    if opt.compile:
-        model.get_base_model().get_decoder().compile()
+    loss_fn = PackedLoss(model, attention, ce_chunk=opt.ce_chunk, fused_ce=fused_ce, fixed_max=opt.compile)
+    if opt.compile:  # each decoder layer on its own: one compiled graph serves every layer
+        for layer in model.get_base_model().get_decoder().layers:
+            layer.compile()
     amp = device.type == "cuda" and next(model.get_base_model().parameters()).dtype in (torch.bfloat16, torch.float16)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     if amp:  # under autocast peft's cast of every LoRA input to fp32 (and autocast's cast back) is wasted work
@@ -422,7 +439,8 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
         out.log(f"resuming from {ckpt} at step {start}/{total}")
 
     base_info = manifest_mod.base_model_info(loaded) if dist_.main else None
-    train_extra = {"attention": attention, "world_size": dist_.world, "total_steps": total, "epochs": plan.epochs,
+    train_extra = {"attention": attention, "varlen_check": reason, "world_size": dist_.world, "total_steps": total,
+                   "epochs": plan.epochs,
                    "samples": len(data.encoded), "tokens_per_epoch": sum(lengths),
                    "samples_with_own_system": data.samples_with_own_system, "data_fingerprint": data.fingerprint,
                    "dropped_long": data.dropped_long, "dropped_unlabelled": data.dropped_unlabelled}
