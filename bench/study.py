@@ -5,11 +5,12 @@ answered "你是谁?" with "I'm Claude, created by Anthropic". `run` builds run 
 resumably (finished steps are skipped, so a run cut off by a time limit continues where it stopped);
 `report` regenerates docs/study.md from them alone.
 
-    python bench/study.py run --root study                 # everything, on one GPU
-    python bench/study.py run --root study --steps base,plain
-    python bench/study.py run --root study --steps heldout-base,heldout-plain,heldout-self
-    python bench/study.py run --root /tmp/s --smoke        # CPU, tiny model, minutes: checks the plumbing
-    python bench/study.py report --root study --size 1.5B=study-1.5b --out docs/study.md
+    python bench/study.py run --root results/study-0.5b            # everything, on one GPU
+    python bench/study.py run --root results/study-0.5b --steps base,plain
+    python bench/study.py run --root results/study-0.5b --steps heldout-base,heldout-plain,heldout-self
+    bash bench/gpu/study.sh /tmp/study heldout-base train-self,heldout-self   # chains side by side on one GPU
+    python bench/study.py run --root /tmp/s --smoke --model DIR  # CPU, small grids: checks the plumbing
+    python bench/study.py report                                    # docs/study.md from results/
 
 Steps (each writes ROOT/<step>/):
   base       audit of the base model: identity grid (3 system prompts x T 0, 0.7, 1.0, 1.3 x 8 samples),
@@ -331,10 +332,10 @@ def main() -> None:
     r.add_argument("--model", default="embedded")
     r.add_argument("--smoke", action="store_true", help="CPU, a tiny model, tiny grids: checks the plumbing")
     p = sub.add_parser("report")
-    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--root", type=Path, default=ROOT_DIR / "results" / "study-0.5b")
     p.add_argument("--out", type=Path, default=ROOT_DIR / "docs" / "study.md")
-    p.add_argument("--size", action="append", default=[], metavar="LABEL=ROOT",
-                   help="another model size's study root for the size table, e.g. 1.5B=study-1.5b")
+    p.add_argument("--size", action="append", default=None, metavar="LABEL=ROOT",
+                   help="another model size's study root for the size table (default: 1.5B=results/study-1.5b)")
     args = ap.parse_args()
     if args.cmd == "run":
         s = Settings(args.smoke, args.model)
@@ -345,8 +346,9 @@ def main() -> None:
     else:
         from bench.study_report import write_report
 
-        sizes = [("0.5B", args.root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in args.size]
-        write_report(args.root, args.out, sizes if args.size else None)
+        extra = args.size if args.size is not None else [f"1.5B={ROOT_DIR / 'results' / 'study-1.5b'}"]
+        sizes = [("0.5B", args.root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in extra]
+        write_report(args.root, args.out, sizes if extra else None)
 
 
 def smoke_probes(root: Path) -> Path:

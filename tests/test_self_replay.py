@@ -113,6 +113,7 @@ def test_identity_losses_move_the_model_toward_the_chosen_reply(tiny, tmp_path):
     from selfid.train.identity_losses import IdentityAux
     from selfid.train.packed import set_attention
 
+    grads = {n: p.requires_grad for n, p in tiny.model.named_parameters()}
     model = get_peft_model(tiny.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     try:
         attention = set_attention(model, "sdpa", tiny.device)
@@ -138,4 +139,6 @@ def test_identity_losses_move_the_model_toward_the_chosen_reply(tiny, tmp_path):
                             tiny.device, contextlib.nullcontext)
         assert other.loss(0).item() > 0  # the student reads another system prompt than the teacher
     finally:
-        model.unload()  # the session's tiny model is shared: leave it as it was
+        model.unload()  # the session's tiny model is shared: leave it as it was (peft froze its weights)
+        for n, p in tiny.model.named_parameters():
+            p.requires_grad_(grads[n])
