@@ -129,7 +129,6 @@ def step_base(root: Path, s: Settings) -> None:
 
 def train_arm(root: Path, arm: str, s: Settings) -> Path:
     from selfid.config import load_config
-    from selfid.train.sft import train
 
     run = root / arm / "train"
     adapter = run / "adapter"
@@ -141,10 +140,9 @@ def train_arm(root: Path, arm: str, s: Settings) -> Path:
                           [f"model={s.model}", f"output={run}", *ARMS[arm], *s.train_sets, *extra])
         resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
         t0 = time.time()
-        from selfid.pipeline.replay import ensure
+        from selfid.pipeline.train import run as train_pipeline
 
-        ensure(cfg, progress=False, log=log)
-        result = train(cfg, resume=resume)
+        result = train_pipeline(cfg, resume=resume, log=log)
         if result.adapter is None:
             raise SystemExit(f"training {arm} stopped early; rerun to resume")
         wall = time.time() - t0
@@ -214,7 +212,8 @@ def margins_along_training(root: Path, s: Settings) -> None:
 
 def step_scale(root: Path, s: Settings) -> None:
     from selfid.manifest import training_system_message
-    from selfid.train.scale import identity_rate_provider, make_evaluate, save_scaled, search_scale
+    from selfid.pipeline.adapter_scale import identity_rate_provider, make_evaluate
+    from selfid.train.scale import save_scaled, search_scale
 
     adapter = root / "scale" / "adapter"
     plain = train_arm(root, "plain", s)

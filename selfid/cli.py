@@ -288,12 +288,9 @@ def train(
 ):
     """LoRA fine-tune a model on the config's data; writes OUTPUT/adapter with its selfid.json manifest."""
     from selfid.config import load_config
-    from selfid.pipeline.replay import ensure
-    from selfid.train.sft import train as run
+    from selfid.pipeline.train import run
 
-    cfg = load_config(config, set_)
-    ensure(cfg)  # a self-distilled identity replay set is sampled from the base model before training
-    result = run(cfg, resume=resume)
+    result = run(load_config(config, set_), resume=resume)  # with the identity replay set and adapter scale
     if result.stopped:
         raise typer.Exit(130 if result.checkpoint else 1)
 

@@ -130,7 +130,7 @@ def unsupported(model) -> str | None:
     if isinstance(rope, dict) and any(t in str(rope.get("rope_type", rope.get("type", ""))) for t in ("dynamic", "longrope")):
         return f"rope type {rope.get('rope_type') or rope.get('type')!r} updates itself from the positions"
     try:
-        decoder, _ = base.get_decoder(), base.get_output_embeddings()
+        base.get_decoder(), base.get_output_embeddings()
     except Exception as e:  # noqa: BLE001 - any model without the usual decoder/head split
         return f"no decoder/output head split ({type(e).__name__})"
     if any(getattr(m, "_compiled_call_impl", None) is not None for m in base.modules()):

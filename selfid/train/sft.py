@@ -306,13 +306,6 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     from selfid.model.load import load_model
 
     cfg, opt = config, config.train
-    identity_rate = None
-    if cfg.adapter_scale is not None:  # fail before training, not after it
-        from selfid.train.scale import identity_rate_provider
-
-        sc = cfg.adapter_scale
-        identity_rate = identity_rate_provider(cfg.output_dir / "adapter-scale-audits", sc.temperatures, sc.samples,
-                                               sc.max_new_tokens, cfg.train.seed)
     dist_ = init_distributed(cfg.device)
     out = _Console(dist_.main, console)
     output = cfg.output_dir
@@ -648,17 +641,12 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
             manifest_mod.write(tmp, man)
         out.log(f"adapter written to {adapter_dir} ({total_tokens:,} tokens in {wall:.1f} s, "
                 f"{metrics['tokens_per_s']:,.0f} tok/s)")
-        if cfg.adapter_scale is not None:
-            from selfid.train.scale import make_evaluate, save_scaled, search_scale
-
-            sc = cfg.adapter_scale
-            model.eval()
-            evaluate = make_evaluate(loaded_with(loaded, model), identity_rate, sc.ner_sentences, system.message)
-            found = search_scale(evaluate, sc.grid, sc.f1_tolerance, sc.identity_margin)
-            scaled = save_scaled(adapter_dir, found.scale, output / "adapter-scaled", found)
-            metrics["adapter_scale"] = found.to_dict()
-            out.log(f"adapter scale: {found.reason}; written to {scaled}")
     return TrainResult(output, adapter_dir, final_ckpt, total, total, False, metrics, model, loaded, man)
+
+
+def system_message(config: RunConfig, loaded) -> str | None:
+    """The system message training sends with each sample (None: none, the template's own applies)."""
+    return resolve_system(config.system_prompt, loaded.chat).message
 
 
 def loaded_with(loaded, model):
