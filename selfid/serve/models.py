@@ -20,7 +20,8 @@ from selfid.engine import BASE_MODEL
 from selfid.errors import SelfidError
 from selfid.manifest import training_system_message
 from selfid.model.chat import ChatFormat
-from selfid.model.load import SAMPLING_KEYS, LoadedModel, load_model, read_manifest
+from selfid.model.load import (SAMPLING_KEYS, LoadedModel, adapter_fix, check_adapter, load_model, read_manifest,
+                               unreadable)
 
 log = logging.getLogger("selfid.serve")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -89,6 +90,8 @@ def load_served(model: str, adapters: Sequence[str] = (), device: str | None = N
                 progress: bool = True) -> tuple[LoadedModel, list[Served]]:
     """Load the base model once and every adapter onto it (PEFT, one adapter per name)."""
     specs = parse_adapter_specs(adapters)
+    for _, folder in specs:  # before the base model loads, so a damaged adapter fails in a second
+        check_adapter(folder)
     loaded = load_model(model, device=device, dtype=dtype, progress=progress)
     name = base_name(loaded)
     if any(n == name for n, _ in specs):
@@ -98,6 +101,7 @@ def load_served(model: str, adapters: Sequence[str] = (), device: str | None = N
     if not specs:
         return loaded, served
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     peft_model = None
     for adapter_name, folder in specs:
@@ -106,6 +110,8 @@ def load_served(model: str, adapters: Sequence[str] = (), device: str | None = N
                 peft_model = PeftModel.from_pretrained(loaded.model, folder, adapter_name=adapter_name)
             else:
                 peft_model.load_adapter(folder, adapter_name=adapter_name)
+        except (SafetensorError, EOFError) as e:
+            raise unreadable(f"the adapter {adapter_name!r} in {folder}", e, adapter_fix(folder)) from None
         except (ValueError, RuntimeError, KeyError) as e:
             raise SelfidError(f"could not load adapter {adapter_name!r} from {folder} onto {name}: "
                               f"{str(e).splitlines()[0][:300]} (was it trained on this base model?)") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_json
+from selfid.io import CHECKSUMS, atomic_dir, atomic_write_json, write_checksums
 
 
 @dataclass
@@ -99,7 +99,7 @@ def save_scaled(adapter_dir: str | Path, scale: float, out: str | Path, search: 
               for k, v in weights.items()}
     with atomic_dir(out) as tmp:
         for f in adapter_dir.iterdir():
-            if f.is_file() and f.name not in ("adapter_model.safetensors", "selfid.json"):
+            if f.is_file() and f.name not in ("adapter_model.safetensors", "selfid.json", CHECKSUMS):
                 shutil.copy2(f, tmp / f.name)
         save_file(scaled, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         manifest_path = adapter_dir / "selfid.json"
@@ -108,6 +108,7 @@ def save_scaled(adapter_dir: str | Path, scale: float, out: str | Path, search: 
         manifest["adapter_scale_search"] = search.to_dict() if search else None
         manifest["scaled_from"] = str(adapter_dir)
         atomic_write_json(tmp / "selfid.json", manifest)
+        write_checksums(tmp)
     return out
 
 
