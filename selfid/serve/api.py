@@ -159,7 +159,7 @@ class Service:
         matches = None
         if served.train_system_known:
             matches = rendered.effective_system == served.training_effective_system()
-        ids = self.engine.encode(rendered.text)
+        ids = served.chat.encode(rendered)  # message text stays text: no forged turns
         window = self.engine.context_window
         if len(ids) >= window:
             raise APIError(400, f"this model's context window is {window} tokens, but the messages take "
