@@ -58,16 +58,19 @@ def chat(
 
 
 # --- serve: `selfid api` and `selfid webchat` (one server: the API under /v1, the page at /) ---
-def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page: bool) -> None:
-    from selfid.serve.api import create_app, service_from_args
+def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page: bool,
+           allowed_host=(), max_pending=None) -> None:
+    from selfid.serve.api import ANY_HOST, allowed_hosts, create_app, service_from_args
     from selfid.serve.server import check_port_free, default_port, serve, setup_logging
 
     port = port if port is not None else default_port(7860 if page else 8000)
     check_port_free(host, port)  # before the model loads, so a busy port fails in a second
     setup_logging()
     key = api_key if api_key is not None else os.environ.get("API_KEY") or None
+    hosts = allowed_hosts(host, allowed_host or ())
     service = service_from_args(model, adapter or [], device=device, dtype=dtype, api_key=key,
-                                max_batch_size=max_batch_size, default_model=default_model)
+                                max_batch_size=max_batch_size, default_model=default_model, allowed_hosts=hosts,
+                                max_pending=max_pending)
     names = ", ".join(service.served)
     where = f"http://{host}:{port}"
     keyed = " (API key required)" if key else ""
@@ -75,6 +78,12 @@ def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, d
         print(f"selfid: chat page at {where}/ with {names}; OpenAI API at {where}/v1{keyed}", file=sys.stderr)
     else:
         print(f"selfid: serving {names} at {where}/v1 (OpenAI API){keyed}; chat page at {where}/", file=sys.stderr)
+    if not key:
+        print(f"selfid: warning: no API key is set, so any program that can reach {where} can use the model; "
+              "pass --api-key KEY (or set API_KEY) to require one", file=sys.stderr)
+    if hosts == (ANY_HOST,):
+        print("selfid: warning: requests naming any host are answered (DNS rebinding is not blocked); pass "
+              "--allowed-host NAME for each name clients use", file=sys.stderr)
     serve(create_app(service), host, port)
 
 
@@ -97,8 +106,15 @@ def _serve_verb(page: bool):
         default_model: Optional[str] = typer.Option(
             None, "--default-model", help="the served name that answers requests naming no model or an unknown one "
             "(clients that send placeholders such as gpt-3.5-turbo); default: the only model when no adapter is served"),
+        allowed_host: Optional[list[str]] = typer.Option(
+            None, "--allowed-host", help="a host name clients may address (repeatable; '*' for any); default: "
+            "localhost names for a loopback --host, the --host itself otherwise, any name for 0.0.0.0"),
+        max_pending: Optional[int] = typer.Option(
+            None, "--max-pending", min=1, help="most requests in flight (decoding or waiting); more get HTTP 429 with "
+            "Retry-After (default: twice --max-batch-size)"),
     ):
-        _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page)
+        _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page,
+               allowed_host=allowed_host, max_pending=max_pending)
 
     return verb
 

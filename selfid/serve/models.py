@@ -53,13 +53,27 @@ class Served:
         """The system prompt the model saw in training (the template's when training sent none)."""
         return self.train_system if self.train_system is not None else self.chat.default_system
 
+    @property
+    def public_defaults_source(self) -> str:
+        """Where the sampling defaults came from, with file paths cut to file names (for clients)."""
+        return without_paths(self.defaults_source)
+
     def card(self) -> dict:
-        """What the page and /v1/models show about this model beyond OpenAI's fields."""
+        """What the page and /v1/models show about this model beyond OpenAI's fields (no file paths: any web
+        page the user opens could read them)."""
         system, source = self.default_system()
         return {"system_prompt": system, "system_prompt_source": source, "template_hash": self.chat.template_hash,
-                "generation_defaults": self.generation_defaults, "generation_defaults_source": self.defaults_source,
-                "adapter_path": str(self.path) if self.path else None,
+                "generation_defaults": self.generation_defaults,
+                "generation_defaults_source": self.public_defaults_source,
                 "training_system_prompt_known": self.train_system_known}
+
+
+PATH = re.compile(r"(?<![\w.:/])(?:~|\.{1,2})?(?:/[^\s/'\"(),]+)+")
+
+
+def without_paths(text: str) -> str:
+    """'/home/u/runs/ner/adapter/selfid.json (generation_defaults)' -> 'selfid.json (generation_defaults)'."""
+    return PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], text)
 
 
 def parse_adapter_specs(specs: Sequence[str]) -> list[tuple[str, Path]]:
