@@ -11,7 +11,26 @@ import typer
 
 from selfid.errors import SelfidError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+def _no_value_shown(params):
+    """Flags (--resume, --help) take no value; typer labels them <bool> in help as if they did."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _no_value_shown(super().get_params(ctx))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _no_value_shown([*command.params, command.get_help_option(ctx)])
+        return command
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
                   help="Fine-tune chat models, serve them, and audit who they say they are.")
 
 
@@ -322,8 +341,8 @@ def eval_ner(
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/demo-TIMESTAMP); "
                                        "an existing demo folder is continued"),
-    full: bool = typer.Option(False, "--full", help="the seed study's scale: 8,000 sentences x 5 epochs, every "
-                              "identity probe at T 0/0.7/1.0/1.3 x 8 samples (meant for a GPU)"),
+    full: bool = typer.Option(False, "--full", help="the scale of the study in docs/study.md: 8,000 sentences x 5 "
+                              "epochs, every identity probe at T 0/0.7/1.0/1.3 x 8 samples (meant for a GPU)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ):
     """Audit the embedded model, LoRA-train it on NER, audit it again and say what changed (minutes on a CPU)."""

@@ -248,11 +248,13 @@ class _Console:
 
 
 def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool] | None = None,
-          console=None) -> TrainResult:
+          console=None, system_prompt_by_design: str | None = None) -> TrainResult:
     """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints, the adapter and its manifest.
 
     `on_step(step)` is called after every optimizer step; returning True stops the run the way
-    Ctrl-C does (a checkpoint is saved and `--resume` continues from it).
+    Ctrl-C does (a checkpoint is saved and `--resume` continues from it). `system_prompt_by_design`
+    says why a run trains under a system prompt other than the template's on purpose (an experiment);
+    it is printed instead of the warning.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -286,7 +288,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     system = resolve_system(cfg.system_prompt, chat)
     warning = system_warning(system, chat)
     if warning:
-        out.log(f"[yellow]warning: {warning}")
+        out.log(system_prompt_by_design if system_prompt_by_design else f"[yellow]warning: {warning}")
     out.log(f"system prompt in training ({system.policy}): {system.effective!r} · template {chat.template_hash}")
 
     data = prepare_data(cfg, loaded, system, out.log)
