@@ -320,7 +320,7 @@ class _Phases:
         self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                            transient=True)
         self._p.start()
-        task = self._p.add_task("starting", total=None)
+        task = self._p.add_task("loading transformers", total=None)
         return lambda phase: self._p.update(task, description=phase)
 
     def __exit__(self, *exc):
