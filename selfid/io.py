@@ -152,5 +152,5 @@ def verify_checksums(folder: Path) -> str | None:
             return f"{name} has {got:,} bytes, {size:,} were written"
     for name, _, sha in entries:
         if sha256_file(folder / name) != sha:
-            return f"{name} has changed since it was written (its sha256 differs)"
+            return f"{name} has changed since it was written: its sha256 differs"
     return None

@@ -120,8 +120,12 @@ def check_folder(folder: Path) -> None:
     if problem is None:
         return
     fix = (f"delete {folder} and selfid converts it again" if (folder / MARKER).is_file()
-           else "restore it from a copy or write it again (e.g. selfid export)")
+           else "restore it from a copy or write it again (e.g. selfid export)" + _on_purpose(folder))
     raise damaged(f"the model in {folder}", problem, fix)
+
+
+def _on_purpose(folder: Path) -> str:
+    return f"; if you changed its files on purpose, delete {folder / 'checksums.json'}"
 
 
 def check_adapter(folder: Path) -> None:
@@ -130,7 +134,7 @@ def check_adapter(folder: Path) -> None:
 
     problem = verify_checksums(folder)
     if problem is not None:
-        raise damaged(f"the adapter in {folder}", problem, adapter_fix(folder))
+        raise damaged(f"the adapter in {folder}", problem, adapter_fix(folder) + _on_purpose(folder))
 
 
 def adapter_fix(folder: Path) -> str:
