@@ -130,31 +130,30 @@ def _plain_text_encoder(tokenizer):
     return plain
 
 
-def tokenize(tokenizer, text: str, literal: Sequence[tuple[int, int]] = ()) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids of `text` and each token's character span; the `literal` spans are encoded as plain text."""
-    if not literal:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+def tokenize(tokenizer, text: str, literal: Sequence[tuple[int, int]] = (),
+             offsets: bool = False) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """Token ids of `text`, the `literal` spans encoded as plain text, and (offsets=True, fast tokenizers
+    only) each token's character span."""
+    def encode(piece: str, at: int, plain_text: bool) -> tuple[list[int], list]:
+        plain = _plain_text_encoder(tokenizer) if plain_text else None
+        if plain is not None:
+            enc = plain.encode(piece, add_special_tokens=False)
+            return enc.ids, [(a + at, b + at) for a, b in enc.offsets]
+        kw = {"split_special_tokens": True} if plain_text else {}
+        enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=offsets, **kw)
+        return list(enc["input_ids"]), [(a + at, b + at) for a, b in enc["offset_mapping"]] if offsets else []
+
     ids: list[int] = []
-    offsets: list[tuple[int, int]] = []
-    plain = _plain_text_encoder(tokenizer)
+    spans: list[tuple[int, int]] = []
     pos = 0
     for start, end in [*literal, (len(text), len(text))]:
-        if start > pos:
-            enc = tokenizer(text[pos:start], add_special_tokens=False, return_offsets_mapping=True)
-            ids += enc["input_ids"]
-            offsets += [(a + pos, b + pos) for a, b in enc["offset_mapping"]]
-        if end > start and plain is not None:
-            enc = plain.encode(text[start:end], add_special_tokens=False)
-            ids += enc.ids
-            offsets += [(a + start, b + start) for a, b in enc.offsets]
-        elif end > start:
-            enc = tokenizer(text[start:end], add_special_tokens=False, split_special_tokens=True,
-                            return_offsets_mapping=True)
-            ids += enc["input_ids"]
-            offsets += [(a + start, b + start) for a, b in enc["offset_mapping"]]
+        for a, b, plain_text in ((pos, start, False), (start, end, True)):
+            if b > a:
+                got, where = encode(text[a:b], a, plain_text)
+                ids += got
+                spans += where
         pos = end
-    return ids, offsets
+    return ids, spans if offsets else None
 
 
 class ChatFormat:

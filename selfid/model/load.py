@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from selfid.errors import SelfidError
+from selfid.io import CHECKSUMS, verify_checksums
 from selfid.model.chat import ChatFormat
 from selfid.model.embedded import EMBEDDED, MARKER, ensure_converted, ensure_embedded
 
@@ -114,8 +115,6 @@ def damaged(what: str, problem: str, fix: str) -> SelfidError:
 
 def check_folder(folder: Path) -> None:
     """Raise a one-line error when a model folder no longer matches the checksums.json written with it."""
-    from selfid.io import verify_checksums
-
     problem = verify_checksums(folder)
     if problem is None:
         return
@@ -125,13 +124,11 @@ def check_folder(folder: Path) -> None:
 
 
 def _on_purpose(folder: Path) -> str:
-    return f"; if you changed its files on purpose, delete {folder / 'checksums.json'}"
+    return f"; if you changed its files on purpose, delete {folder / CHECKSUMS}"
 
 
 def check_adapter(folder: Path) -> None:
     """Raise a one-line error when an adapter folder no longer matches the checksums.json written with it."""
-    from selfid.io import verify_checksums
-
     problem = verify_checksums(folder)
     if problem is not None:
         raise damaged(f"the adapter in {folder}", problem, adapter_fix(folder) + _on_purpose(folder))

@@ -69,7 +69,7 @@ def encode_many(tokenizer, conversations: Sequence[Sequence[dict]], eos_ids: Seq
     """
     texts, spans, literals = zip(*(assistant_spans(tokenizer, c) for c in conversations)) if conversations else ((), (), ())
     enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)  # one batched call
-    encoded = [tokenize(tokenizer, t, lit) if lit else (i, o)
+    encoded = [tokenize(tokenizer, t, lit, offsets=True) if lit else (i, o)
                for t, lit, i, o in zip(texts, literals, enc["input_ids"], enc["offset_mapping"])]
     eos = set(int(e) for e in eos_ids)
     out = []
