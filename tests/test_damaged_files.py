@@ -83,20 +83,41 @@ def test_the_server_refuses_a_damaged_adapter_before_loading_the_base_model(tiny
 
 # --- what training writes ----------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def stopped_run(tiny_model_dir, tmp_path_factory):
+    """A run of 6 steps stopped after step 4, with checkpoints at steps 2 and 4, and a pristine copy of it."""
+    root = tmp_path_factory.mktemp("stopped")
+    data, out = write_data(root), root / "run"
+    cfg = tiny_config(tiny_model_dir, out, data, "train.max_steps=6", "train.save_every=2")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SELFID_HOME", str(root / "selfid-home"))
+        train(cfg, on_step=lambda step: step == 4)
+    shutil.copytree(out, root / "pristine")
+    return cfg, root / "pristine"
+
+
 @pytest.fixture
-def data(tmp_path):
-    return write_data(tmp_path)
+def run_copy(stopped_run, selfid_home):
+    """The stopped run as it was after step 4 (a resume must use the same output folder), and its config."""
+    cfg, pristine = stopped_run
+    shutil.rmtree(cfg.output_dir)
+    shutil.copytree(pristine, cfg.output_dir)
+    return cfg.output_dir, cfg
 
 
-def test_training_writes_checksums_and_readable_files_and_loaders_check_them(tiny_model_dir, tmp_path, data,
-                                                                            selfid_home):
-    out = tmp_path / "run"
-    train(tiny_config(tiny_model_dir, out, data, "train.max_steps=2"))
+def test_training_writes_checksums_and_readable_files_and_loaders_check_them(run_copy, tiny_model_dir):
+    from rich.console import Console
+
+    out, cfg = run_copy
+    buf = io.StringIO()
+    train(cfg, resume=True, console=Console(file=buf, width=200))
+    assert "over 1 epoch ·" in buf.getvalue() and "(s)" not in buf.getvalue()  # 6 steps are one epoch here
+    assert "1 process per step" in buf.getvalue()
     adapter = out / "adapter"
     assert (adapter / "checksums.json").is_file()
     assert stat.S_IMODE(os.stat(adapter / "adapter_model.safetensors").st_mode) == FILE_MODE
     flip_last_byte(adapter / "adapter_model.safetensors")
-    with pytest.raises(SelfidError, match=r"adapter_model.safetensors has changed.*checkpoints/step-000002/adapter "
+    with pytest.raises(SelfidError, match=r"adapter_model.safetensors has changed.*checkpoints/step-000006/adapter "
                                           r"holds the weights of the run's last checkpoint"):
         load_model(str(tiny_model_dir), adapter=adapter, device="cpu", progress=False)
 
@@ -105,41 +126,32 @@ def test_training_writes_checksums_and_readable_files_and_loaders_check_them(tin
     (lambda ckpt: flip_last_byte(ckpt / "state.pt"), r"state.pt has changed since it was written"),
     (lambda ckpt: truncate(ckpt / "adapter" / "adapter_model.safetensors"), r"adapter/adapter_model.safetensors has \d"),
 ])
-def test_resume_refuses_a_damaged_checkpoint_and_says_what_to_delete(tiny_model_dir, tmp_path, data, selfid_home,
-                                                                     damage, said):
-    out = tmp_path / "run"
-    cfg = tiny_config(tiny_model_dir, out, data, "train.max_steps=6", "train.save_every=2")
-    train(cfg, on_step=lambda step: step == 4)
+def test_resume_refuses_a_damaged_checkpoint_and_says_what_to_delete(run_copy, damage, said):
+    import re
+
+    out, cfg = run_copy
     ckpt = out / "checkpoints" / "step-000004"
     damage(ckpt)
     with pytest.raises(SelfidError) as e:
         train(cfg, resume=True)
     assert str(e.value).startswith(f"--resume: the checkpoint {ckpt} is damaged (")
-    assert e.value.args[0].endswith(f": delete it (rm -r {ckpt}) and --resume continues from step-000002")
-    import re
-
+    assert str(e.value).endswith(f": delete it (rm -r {ckpt}) and --resume continues from step-000002")
     assert re.search(said, str(e.value))
     shutil.rmtree(ckpt)  # doing what it says works
     assert train(cfg, resume=True).steps_done == 6
 
 
-def test_a_checkpoint_from_before_checksums_that_cannot_be_read_is_one_line(tiny_model_dir, tmp_path, data,
-                                                                           selfid_home):
-    out = tmp_path / "run"
-    cfg = tiny_config(tiny_model_dir, out, data, "train.max_steps=4")
-    train(cfg, on_step=lambda step: step == 2)
-    ckpt = out / "checkpoints" / "step-000002"
+def test_a_checkpoint_from_before_checksums_that_cannot_be_read_is_one_line(run_copy):
+    out, cfg = run_copy
+    ckpt = out / "checkpoints" / "step-000004"
     (ckpt / "checksums.json").unlink()
     truncate(ckpt / "state.pt")
-    with pytest.raises(SelfidError, match=r"checkpoint .* is damaged \(it cannot be read: .*\): delete it .* start "
-                                          r"again without --resume"):
+    with pytest.raises(SelfidError, match=r"checkpoint .*step-000004 is damaged \(it cannot be read: .*\): delete it"):
         train(cfg, resume=True)
 
 
-def test_metrics_elapsed_time_runs_on_across_a_resume(tiny_model_dir, tmp_path, data, selfid_home):
-    out = tmp_path / "run"
-    cfg = tiny_config(tiny_model_dir, out, data, "train.max_steps=6")
-    train(cfg, on_step=lambda step: step == 3)
+def test_metrics_elapsed_time_runs_on_across_a_resume(run_copy):
+    out, cfg = run_copy
     path = out / "metrics.csv"
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -152,14 +164,4 @@ def test_metrics_elapsed_time_runs_on_across_a_resume(tiny_model_dir, tmp_path, 
     train(cfg, resume=True)
     with open(path, newline="") as f:
         elapsed = [float(r["elapsed_s"]) for r in csv.DictReader(f)]
-    assert len(elapsed) == 6 and elapsed == sorted(elapsed) and elapsed[3] > 3600
-
-
-def test_one_epoch_is_said_in_the_singular(tiny_model_dir, tmp_path, data, selfid_home):
-    from rich.console import Console
-
-    buf = io.StringIO()
-    train(tiny_config(tiny_model_dir, tmp_path / "run", data, "train.epochs=1", "train.max_steps=1"),
-          console=Console(file=buf, width=200))
-    text = buf.getvalue()
-    assert "over 1 epoch ·" in text and "(s)" not in text and "1 process per step" in text
+    assert len(elapsed) == 6 and elapsed == sorted(elapsed) and elapsed[4] > 3600
