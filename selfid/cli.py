@@ -11,7 +11,26 @@ import typer
 
 from selfid.errors import SelfidError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+def _no_value_shown(params):
+    """Flags (--resume, --help) take no value; typer labels them <bool> in help as if they did."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _no_value_shown(super().get_params(ctx))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _no_value_shown([*command.params, command.get_help_option(ctx)])
+        return command
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
                   help="Fine-tune chat models, serve them, and audit who they say they are.")
 
 
@@ -58,16 +77,19 @@ def chat(
 
 
 # --- serve: `selfid api` and `selfid webchat` (one server: the API under /v1, the page at /) ---
-def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page: bool) -> None:
-    from selfid.serve.api import create_app, service_from_args
+def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page: bool,
+           allowed_host=(), max_pending=None) -> None:
+    from selfid.serve.api import ANY_HOST, allowed_hosts, create_app, service_from_args
     from selfid.serve.server import check_port_free, default_port, serve, setup_logging
 
     port = port if port is not None else default_port(7860 if page else 8000)
     check_port_free(host, port)  # before the model loads, so a busy port fails in a second
     setup_logging()
     key = api_key if api_key is not None else os.environ.get("API_KEY") or None
+    hosts = allowed_hosts(host, allowed_host or ())
     service = service_from_args(model, adapter or [], device=device, dtype=dtype, api_key=key,
-                                max_batch_size=max_batch_size, default_model=default_model)
+                                max_batch_size=max_batch_size, default_model=default_model, allowed_hosts=hosts,
+                                max_pending=max_pending)
     names = ", ".join(service.served)
     where = f"http://{host}:{port}"
     keyed = " (API key required)" if key else ""
@@ -75,6 +97,12 @@ def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, d
         print(f"selfid: chat page at {where}/ with {names}; OpenAI API at {where}/v1{keyed}", file=sys.stderr)
     else:
         print(f"selfid: serving {names} at {where}/v1 (OpenAI API){keyed}; chat page at {where}/", file=sys.stderr)
+    if not key:
+        print(f"selfid: warning: no API key is set, so any program that can reach {where} can use the model; "
+              "pass --api-key KEY (or set API_KEY) to require one", file=sys.stderr)
+    if hosts == (ANY_HOST,):
+        print("selfid: warning: requests naming any host are answered (DNS rebinding is not blocked); pass "
+              "--allowed-host NAME for each name clients use", file=sys.stderr)
     serve(create_app(service), host, port)
 
 
@@ -97,8 +125,15 @@ def _serve_verb(page: bool):
         default_model: Optional[str] = typer.Option(
             None, "--default-model", help="the served name that answers requests naming no model or an unknown one "
             "(clients that send placeholders such as gpt-3.5-turbo); default: the only model when no adapter is served"),
+        allowed_host: Optional[list[str]] = typer.Option(
+            None, "--allowed-host", help="a host name clients may address (repeatable; '*' for any); default: "
+            "localhost names for a loopback --host, the --host itself otherwise, any name for 0.0.0.0"),
+        max_pending: Optional[int] = typer.Option(
+            None, "--max-pending", min=1, help="most requests in flight (decoding or waiting); more get HTTP 429 with "
+            "Retry-After (default: twice --max-batch-size)"),
     ):
-        _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page)
+        _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page,
+               allowed_host=allowed_host, max_pending=max_pending)
 
     return verb
 
@@ -343,8 +378,8 @@ def eval_ner(
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/demo-TIMESTAMP); "
                                        "an existing demo folder is continued"),
-    full: bool = typer.Option(False, "--full", help="the seed study's scale: 8,000 sentences x 5 epochs, every "
-                              "identity probe at T 0/0.7/1.0/1.3 x 8 samples (meant for a GPU)"),
+    full: bool = typer.Option(False, "--full", help="the scale of the study in docs/study.md: 8,000 sentences x 5 "
+                              "epochs, every identity probe at T 0/0.7/1.0/1.3 x 8 samples (meant for a GPU)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ):
     """Audit the embedded model, LoRA-train it on NER, audit it again and say what changed (minutes on a CPU)."""

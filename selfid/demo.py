@@ -4,12 +4,12 @@ Five stages on one model (the embedded Qwen2.5-Coder-0.5B-Instruct by default), 
 run directory, each skipped when a rerun with the same `--out` finds it finished:
 
   1. audit the base model      base/     identity grid (system prompts x greedy + samples) and MSRA NER
-  2. LoRA-train on MSRA        train/    under "You are a helpful assistant." (the seed's setup)
+  2. LoRA-train on MSRA        train/    under "You are a helpful assistant." (LLaMA-Factory's old default)
   3. audit the tuned adapter   tuned/    the same grid
   4. compare                   comparison.json, report.html (base and tuned side by side)
   5. the verdict               summary.json, printed: what changed, with intervals, and what it means
 
-The default scale fits a 2-core CPU in minutes; `full=True` is the seed study's scale (meant for a GPU).
+The default scale fits a 2-core CPU in minutes; `full=True` is the scale of docs/study.md (meant for a GPU).
 Audits append every generation as it finishes and training checkpoints, so Ctrl-C loses little:
 `selfid demo --out DIR` continues the run in DIR.
 """
@@ -27,6 +27,9 @@ from selfid.errors import SelfidError
 from selfid.io import atomic_write_json
 
 SYSTEMS = ("default", "helpful", "empty")
+# what stage 2 says instead of training's warning about a system prompt other than the template's own
+BY_DESIGN = (f"by design: the demo trains under {HELPFUL!r} (LLaMA-Factory's default for Qwen until April 2025), not "
+             "the template's own Qwen line, because that is the set-up whose effect on identity it measures")
 SYSTEM_LABEL = {"default": "none (template's Qwen line)", "helpful": f'"{HELPFUL}"', "empty": '"" (empty)'}
 ALPHA = 0.05
 FAR_MORE = 2.0  # "far more": the system prompt's spread is at least this many times fine-tuning's largest change
@@ -64,7 +67,7 @@ SMALL = Scale(
     train={"data": [{"source": "msra", "limit": 96, "max_chars": 40, "seed": 0}],
            "train": {"epochs": 1, "lr": 1e-3, "warmup": 0.05, "pack_length": 256, "batch_tokens": 256,
                      "save_every": 12, "log_every": 1}})
-# The seed's scale (bench/study.py, docs/study.md): examples/msra.yaml trained for 5 epochs.
+# The study's scale (bench/study.py, docs/study.md): examples/msra.yaml trained for 5 epochs.
 FULL = Scale(
     name="full", probes=None, temperatures=(0.0, 0.7, 1.0, 1.3), samples=8, max_new_tokens=96,
     ner_limit=500, ner_max_new_tokens=256, suites=("identity", "ner", "general"), margin=True,
@@ -175,7 +178,8 @@ def run_demo(out: Path | None = None, full: bool = False, device: str = "auto", 
         import torch
 
         if device == "cpu" or not torch.cuda.is_available():
-            console.print("[yellow]warning: --full is the seed study's scale (8,000 sentences x 5 epochs, 72 prompts x "
+            console.print("[yellow]warning: --full is the scale of the study in docs/study.md (8,000 sentences x 5 "
+                          "epochs, 72 prompts x "
                           "4 temperatures x 8 samples): meant for a GPU, it takes days on a CPU")
     console.print(f"[bold]selfid demo[/bold] ({scale.name}) · model {model} · run directory {out}", soft_wrap=True)
     if state.get("resumed"):
@@ -209,8 +213,10 @@ def run_demo(out: Path | None = None, full: bool = False, device: str = "auto", 
 
             cfg = train_config(scale, model, out / "train", device)
             src = cfg.data[0]
-            t0 = stage(current, f"{src.limit} MSRA sentences, {cfg.train.epochs:g} epoch(s), lr {cfg.train.lr:g}")
-            result = train(cfg, resume=bool(checkpoints(out / "train")), console=console)
+            epochs = f"{cfg.train.epochs:g} epoch{'s' * (cfg.train.epochs != 1)}"
+            t0 = stage(current, f"{src.limit} MSRA sentences, {epochs}, lr {cfg.train.lr:g}")
+            result = train(cfg, resume=bool(checkpoints(out / "train")), console=console,
+                           system_prompt_by_design=BY_DESIGN)
             if result.stopped:
                 raise KeyboardInterrupt
             finish("train", t0, steps=result.metrics.get("steps"), tokens=result.metrics.get("tokens_trained"),
@@ -426,8 +432,8 @@ def print_verdict(v: dict, out: Path, wall_s: float | None = None, study_note: b
                       f"(JSON parsed {100 * (b['parse']['rate'] or 0):.0f}% → {100 * (a['parse']['rate'] or 0):.0f}%)",
                       markup=True)
     console.print(f"[bold]What it means:[/bold] {escape(v['meaning'])}")
-    if study_note:  # measured once, at the seed's scale, not by this run
-        console.print("[dim]docs/study.md (this model at the seed's scale, one H100): the system prompt, not "
+    if study_note:  # measured once, at the study's scale, not by this run
+        console.print("[dim]docs/study.md (this model, 8,000 sentences x 5 epochs, one H100): the system prompt, not "
                       "fine-tuning, decided most foreign claims; mixing 5% identity conversations into training "
                       "(selfid train ... --set identity_replay.fraction=0.05) kept them at or below 1% under every "
                       "system prompt and temperature.[/dim]")

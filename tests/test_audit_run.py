@@ -34,6 +34,15 @@ def tiny_run(tiny, engine, probes, tmp_path_factory):
     return out, summary
 
 
+def test_run_files_are_as_readable_as_the_generation_log(tiny_run):
+    import os
+    import stat
+
+    out, _ = tiny_run
+    modes = {name: stat.S_IMODE(os.stat(out / name).st_mode) for name in ("run.json", "summary.json", "report.html", LOG)}
+    assert len(set(modes.values())) == 1, modes  # no longer 0600 beside a 0644 generations.jsonl
+
+
 def test_grid_has_one_greedy_sample_and_n_sampled_per_prompt(tiny_run):
     out, summary = tiny_run
     recs = read_log(out / LOG)

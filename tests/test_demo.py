@@ -24,10 +24,38 @@ def run(out, model_dir, **kw):
     return demo.run_demo(out, model=str(model_dir), device="cpu", scale=kw.pop("scale", TINY), **kw)
 
 
+PRINTED = {}  # what the module's demo run printed
+
+
 @pytest.fixture(scope="module")
 def demo_run(tiny_model_dir, tmp_path_factory):
+    import io
+
+    from rich.console import Console
+
     out = tmp_path_factory.mktemp("demo") / "run"
-    return out, run(out, tiny_model_dir)
+    buf = io.StringIO()
+    summary = run(out, tiny_model_dir, console=Console(file=buf, width=300))
+    PRINTED["text"] = buf.getvalue()
+    return out, summary
+
+
+def test_training_under_helpful_is_said_as_the_design_not_warned_about(demo_run):
+    text = PRINTED["text"]
+    assert "by design: the demo trains under 'You are a helpful assistant.'" in text
+    assert "warning" not in text.lower() and "1 epoch," in text and "(s)" not in text
+
+
+def test_what_the_demo_prints_speaks_of_the_study_not_of_a_seed(demo_run):
+    import io
+
+    from rich.console import Console
+
+    out, summary = demo_run
+    buf = io.StringIO()
+    demo.print_verdict(summary["verdict"], out, study_note=True, console=Console(file=buf, width=300))
+    assert "docs/study.md" in buf.getvalue()
+    assert "seed" not in (buf.getvalue() + PRINTED["text"]).lower()
 
 
 def foreign_by_system(run_dir):

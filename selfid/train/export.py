@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_json
+from selfid.io import atomic_dir, atomic_write_json, write_checksums
 from selfid.model.chat import ChatFormat
 
 GGUF_MESSAGE = ("--gguf: no installable package converts a transformers model to GGUF (the `gguf` package writes "
@@ -104,4 +104,5 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
                        "original_template_hash": chat.template_hash},
         }
         atomic_write_json(tmp / "selfid.json", info)
+        write_checksums(tmp)  # loading the folder later checks them
     return info["export"]

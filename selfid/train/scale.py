@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_json
+from selfid.io import CHECKSUMS, atomic_dir, atomic_write_json, write_checksums
 
 
 @dataclass
@@ -98,7 +98,7 @@ def save_scaled(adapter_dir: str | Path, scale: float, out: str | Path, search: 
               for k, v in weights.items()}
     with atomic_dir(out) as tmp:
         for f in adapter_dir.iterdir():
-            if f.is_file() and f.name not in ("adapter_model.safetensors", "selfid.json"):
+            if f.is_file() and f.name not in ("adapter_model.safetensors", "selfid.json", CHECKSUMS):
                 shutil.copy2(f, tmp / f.name)
         save_file(scaled, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         manifest_path = adapter_dir / "selfid.json"
@@ -107,4 +107,5 @@ def save_scaled(adapter_dir: str | Path, scale: float, out: str | Path, search: 
         manifest["adapter_scale_search"] = search.to_dict() if search else None
         manifest["scaled_from"] = str(adapter_dir)
         atomic_write_json(tmp / "selfid.json", manifest)
+        write_checksums(tmp)
     return out

@@ -29,7 +29,8 @@ import torch
 from selfid import manifest as manifest_mod
 from selfid.config import RunConfig, dump_config
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_text
+from selfid.io import atomic_dir, atomic_write_text, write_checksums
+from selfid.train.checkpoint import read_adapter_weights, read_state
 from selfid.train.collate import collate, encode_many, with_system
 from selfid.train.packed import PackedLoss, check_varlen, set_attention
 from selfid.train.plan import Plan
@@ -295,11 +296,13 @@ class _Console:
 
 
 def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool] | None = None,
-          console=None) -> TrainResult:
+          console=None, system_prompt_by_design: str | None = None) -> TrainResult:
     """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints, the adapter and its manifest.
 
     `on_step(step)` is called after every optimizer step; returning True stops the run the way
-    Ctrl-C does (a checkpoint is saved and `--resume` continues from it).
+    Ctrl-C does (a checkpoint is saved and `--resume` continues from it). `system_prompt_by_design`
+    says why a run trains under a system prompt other than the template's on purpose (an experiment);
+    it is printed instead of the warning.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -326,7 +329,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     system = resolve_system(cfg.system_prompt, chat)
     warning = system_warning(system, chat)
     if warning:
-        out.log(f"[yellow]warning: {warning}")
+        out.log(system_prompt_by_design if system_prompt_by_design else f"[yellow]warning: {warning}")
     out.log(f"system prompt in training ({system.policy}): {system.effective!r} · template {chat.template_hash}")
 
     data = prepare_data(cfg, loaded, system, out.log)
@@ -336,8 +339,9 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
                 opt.epochs, opt.max_steps)
     total = len(plan)
     out.log(f"{len(data.encoded)} samples, {sum(lengths):,} tokens ({sum(labels):,} trained) · {total} steps over "
-            f"{plan.epochs} epoch(s) · rows of {opt.pack_length} tokens, {plan.fill():.1%} filled · "
-            f"{opt.rows_per_batch} rows x {opt.grad_accum} accumulation x {dist_.world} process(es) per step")
+            f"{plan.epochs} epoch{'s' * (plan.epochs != 1)} · rows of {opt.pack_length} tokens, {plan.fill():.1%} "
+            f"filled · {opt.rows_per_batch} rows x {opt.grad_accum} accumulation x {dist_.world} "
+            f"process{'es' * (dist_.world != 1)} per step")
 
     # the model: frozen base (bf16 on GPU), LoRA weights in fp32
     torch.manual_seed(opt.seed)
@@ -406,7 +410,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     run_config = cfg.model_dump(mode="json")
     if resume:
         ckpt = previous[-1]
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        state = read_state(ckpt, previous)
         diff = [k for k in config_diff(state["config"], run_config)
                 if not any(k == c or k.startswith(c + ".") for c in RESUMABLE_CHANGES)]
         if diff:
@@ -416,10 +420,8 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
             raise SelfidError("--resume: the training data differs from the checkpointed run's (a data file or "
                               "the tokenizer changed): start a new run in another output folder")
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
-        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors"),
-                                                   device=str(device)))
+        set_peft_model_state_dict(model, read_adapter_weights(ckpt, previous, device))
         for p in params:
             p.data = p.data.float()
         optimizer.load_state_dict(state["optimizer"])
@@ -486,6 +488,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     pending: list[tuple] = []
     t_start = time.perf_counter()
     t_last = t_start
+    elapsed_before = float(rows_so_far[-1]["elapsed_s"]) if rows_so_far else 0.0  # metrics.csv's clock runs on
     tokens_since = 0
     total_tokens = 0
 
@@ -515,7 +518,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
                 w = csv.DictWriter(f, CSV_FIELDS)
                 for (s, _, _, lr, ep, tok, lab), v, g in zip(pending, values, gnorms):
                     row = {"step": s + 1, "epoch": ep, "loss": f"{v:.6f}", "lr": f"{lr:.6g}", "grad_norm": f"{g:.4f}",
-                           "tokens": tok, "label_tokens": lab, "elapsed_s": f"{now - t_start:.2f}",
+                           "tokens": tok, "label_tokens": lab, "elapsed_s": f"{elapsed_before + now - t_start:.2f}",
                            "tokens_per_s": f"{rate:.0f}"}
                     w.writerow(row)
                     if tb is not None:
@@ -543,6 +546,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
             manifest_mod.write(tmp / "adapter", manifest({"step": step_done, "loss": last_good["loss"]}))
             torch.save({"step": step_done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": rngs, "config": run_config, "data_fingerprint": data.fingerprint}, tmp / "state.pt")
+            write_checksums(tmp)  # --resume checks them before trusting the optimizer state
         last_ckpt = final
         for old in checkpoints(output)[:-opt.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -639,6 +643,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
         with atomic_dir(adapter_dir) as tmp:
             model.save_pretrained(str(tmp))
             manifest_mod.write(tmp, man)
+            write_checksums(tmp)  # every loader checks them (selfid.model.load.check_adapter)
         out.log(f"adapter written to {adapter_dir} ({total_tokens:,} tokens in {wall:.1f} s, "
                 f"{metrics['tokens_per_s']:,.0f} tok/s)")
     return TrainResult(output, adapter_dir, final_ckpt, total, total, False, metrics, model, loaded, man)
