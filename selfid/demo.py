@@ -433,10 +433,12 @@ def print_verdict(v: dict, out: Path, wall_s: float | None = None, study_note: b
                       markup=True)
     console.print(f"[bold]What it means:[/bold] {escape(v['meaning'])}")
     if study_note:  # measured once, at the study's scale, not by this run
-        console.print("[dim]docs/study.md (this model, 8,000 sentences x 5 epochs, one H100): the system prompt, not "
-                      "fine-tuning, decided most foreign claims; mixing 5% identity conversations into training "
-                      "(selfid train ... --set identity_replay.fraction=0.05) kept them at or below 1% under every "
-                      "system prompt and temperature.[/dim]")
+        console.print("[dim]docs/study.md (this model, 8,000 sentences x 5 epochs, one H100/H200): the system prompt, "
+                      "not fine-tuning, decided most foreign claims. Templated identity conversations in training "
+                      "removed them by teaching a slogan (and a reflexive \"No\" to \"Are you Qwen?\"); the base "
+                      "model's own answers plus a preference loss (selfid train ... --set identity_replay.fraction=0.05 "
+                      "--set identity_replay.preference=0.5) kept 0.6% foreign claims on questions it never saw "
+                      "while its replies stayed varied.[/dim]")
     took = f" · took {_duration(wall_s)}" if wall_s is not None else ""
     console.print(f"report: {out / 'report.html'} · summary.json · generations in base/ and tuned/{took}",
                   soft_wrap=True)
