@@ -12,6 +12,7 @@ from pathlib import Path
 
 from selfid.audit.compare import compare_identity
 from selfid.audit.probes import personas
+from selfid.audit.report.fmt import rate_text
 from selfid.audit.report.summary import load_run, summarize
 from selfid.audit.stats import clustered_rate, holm, paired_prompts
 
@@ -61,12 +62,9 @@ def _json(path: Path):
 
 # --- the one way numbers are written here ---------------------------------------------------------------
 def rate(r: dict | None, digits: int = 1, kn: bool = True) -> str:
-    """"k/n = 12.3% [9.1–16.4]": a rate with its 95% interval (clustered by prompt where it is an identity rate)."""
-    if not r or not r.get("n"):
-        return "–"
-    lo, hi = r["ci95"]
-    head = f"{r['k']}/{r['n']} = " if kn else ""
-    return f"{head}{100 * r['rate']:.{digits}f}% [{100 * lo:.{digits}f}–{100 * hi:.{digits}f}]"
+    """"k/n = 12.3% [9.1–16.4]" (or without k/n): a rate with its 95% interval, clustered by prompt where it is an
+    identity rate."""
+    return rate_text(r, digits, digits, "kn" if kn else "short")
 
 
 def pts(d: dict | None) -> str:
@@ -397,8 +395,28 @@ def heldout_section(runs: Runs, root: Path, arms: list[str]) -> tuple[list[str],
             ratio = [v["distinct"]["ratio"] for v in comp["by_system"].values() if v.get("distinct") and v["distinct"]["ratio"]]
             if ratio:
                 L.append(f"  - distinct replies, arm / base: {min(ratio):.2f} to {max(ratio):.2f} across system prompts")
-    L += [""] + goals_table(runs, root, held) + examples_block(runs, root, held)
+    L += [""] + goals_table(runs, root, held) + misses_block(runs, root, held) + examples_block(runs, root, held)
     return L, held
+
+
+def misses_block(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
+    """What the metrics above do not score, counted from the replies: identity questions asked right after an NER
+    exchange answered with NER output instead, and refusals."""
+    rows = []
+    for arm in held:
+        recs = [r for r in runs.records(root / arm / "heldout") if r["suite"] == "identity-heldout"]
+        after = [r for r in recs if "after-task" in (r["tags"] or []) and "PER" in r["messages"][0]["content"]]
+        bleed = sum(r["reply"].lstrip().startswith("{") for r in after)
+        refusals = sum(any(x in r["reply"] for x in ("can't assist", "cannot assist", "无法回答", "不能回答"))
+                       for r in recs)
+        rows.append(f"| {ARM_LABEL.get(arm, arm)} | {bleed}/{len(after)} = {100 * bleed / max(1, len(after)):.0f}% | "
+                    f"{refusals}/{len(recs)} |")
+    return ["What these numbers do not score, counted from the replies: after an NER exchange, the identity "
+            "question answered with more NER output (`{\"PER\": [], ...}`) instead of an answer — the task bleeding "
+            "into the conversation; and refusals (\"I'm sorry, but I can't assist with that.\"). Neither is a "
+            "foreign claim or a self-denial, and neither is right.", "",
+            "| arm | NER output instead of an answer (after an NER exchange) | refusals |", "|---|---|---|",
+            *rows, ""]
 
 
 def goals_table(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:

@@ -381,10 +381,9 @@ def meaning(system_effect: dict, tuning_effect: dict, ner: dict | None, rows: li
 
 
 def _rate(r: dict) -> str:
-    if not r.get("n"):
-        return "–"
-    lo, hi = r["ci95"]
-    return f"{100 * r['rate']:.0f}% ({r['k']}/{r['n']}) [{100 * lo:.0f}–{100 * hi:.0f}]"
+    from selfid.audit.report.fmt import rate_text
+
+    return rate_text(r, digits=0)
 
 
 def verdict_lines(v: dict) -> list[str]:

@@ -7,14 +7,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from selfid.audit.probes import IDENTITY_SUITES
+from selfid.audit.report.fmt import rate_text
 from selfid.audit.report.html import sysprompt
 
 
 def pct(r: dict | None) -> str:
-    if not r or r.get("rate") is None:
-        return "–"
-    lo, hi = r["ci95"]
-    return f"{100 * r['rate']:.1f}% ({r['k']}/{r['n']}) [{100 * lo:.0f}–{100 * hi:.0f}]"
+    return rate_text(r)
 
 
 def _temps(summary: dict) -> list[float]:
