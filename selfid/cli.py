@@ -137,7 +137,11 @@ def audit(
     seed: int = typer.Option(0, "--seed", help="every generation's seed derives from it"),
     max_tokens: int = typer.Option(128, "--max-tokens", help="most new tokens per identity/general reply"),
     ner_limit: int = typer.Option(100, "--ner-limit", help="MSRA test sentences in the ner suite"),
-    own: str = typer.Option("auto", "--own", help="the model's own vendor (qwen, meta, ...); auto infers it"),
+    own: str = typer.Option("auto", "--own", help="the model's own vendor (qwen, meta, ...); auto infers it (for an "
+                            "endpoint: from --own-from, else from its own answers, never from a served name)"),
+    own_from: Optional[str] = typer.Option(None, "--own-from", help="(endpoint) the model folder, adapter, selfid.json "
+                                           "or .gguf the endpoint serves: says whose model it is and gives the "
+                                           "template's expected token counts"),
     probes: Optional[Path] = typer.Option(None, "--probes", help="an identity probe file (JSONL) instead of the shipped one"),
     resume: bool = typer.Option(False, "--resume", help="continue a run in --out, repeating no finished generation"),
     concurrency: int = typer.Option(8, "--concurrency", help="requests in flight (endpoint)"),
@@ -155,13 +159,15 @@ def audit(
 
     if base_url and (model or adapter):
         raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
+    if own_from and not base_url:
+        raise SelfidError("--own-from is for auditing an endpoint (--base-url); in-process, --model names the model")
     if base_url and not model_name:
         raise SelfidError("--base-url needs --model-name (the name the endpoint serves)")
     judge = _judge(judge_base_url, judge_model, judge_api_key, seed)
     if base_url:
         from selfid.audit.backends import HttpBackend
 
-        backend = HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries)
+        backend = HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries, reference=own_from)
         manifest = None
     else:
         from selfid.audit.backends import InProcessBackend

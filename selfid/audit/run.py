@@ -286,7 +286,15 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
         raise SelfidError(f"{out} already holds an audit run: pass --resume to continue it, or choose a new --out")
     if has_log and not meta_path.is_file():
         raise SelfidError(f"{out / LOG} exists without run.json: this is not a selfid run folder, choose a new --out")
-    own, own_source = resolve_own(params, target)
+    endpoint = None
+    if target.get("backend") == "http":  # whose model it is and what the server does, measured (audit/endpoint.py)
+        from selfid.audit.endpoint import examine
+
+        old_meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        endpoint = old_meta.get("endpoint") or examine(backend, params, getattr(backend, "reference", None))
+        own, own_source = endpoint["own"]["vendor"], endpoint["own"]["source"]
+    else:
+        own, own_source = resolve_own(params, target)
     systems = []
     for s in params.systems:
         if hasattr(backend, "render"):
@@ -310,6 +318,8 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
                   "the ner and general suites run greedy, once per system prompt" if params.task_systems is None else
                   f"the ner and general suites run greedy, once under each of: {', '.join(params.task_systems)}"],
     }
+    if endpoint is not None:
+        meta["endpoint"] = endpoint
     if meta_path.is_file():
         old = json.loads(meta_path.read_text(encoding="utf-8"))
         if old.get("params") != meta["params"] or _identity(old.get("target", {})) != _identity(target):
