@@ -270,15 +270,20 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="a new folder for the merged model"),
     merge: bool = typer.Option(False, "--merge", help="merge the LoRA weights into the base model (required)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="the base model; default: from the adapter's manifest"),
-    gguf: bool = typer.Option(False, "--gguf", help="also write a GGUF file (when a converter is available)"),
+    gguf: bool = typer.Option(False, "--gguf", help="also write OUT/gguf/model-TYPE.gguf for llama.cpp and ollama "
+                              "(Qwen2-architecture models), with the chat template and an ollama Modelfile"),
+    gguf_types: str = typer.Option("bf16,q8_0", "--gguf-types", help="comma-separated: f32, f16, bf16, q8_0, q5_1, "
+                                   "q5_0, q4_1, q4_0"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (the base model's), bfloat16, float16, float32"),
 ):
-    """Write a merged model whose chat template carries the training system prompt."""
+    """Write a merged model whose chat template carries the training system prompt (and, with --gguf, GGUF files)."""
     from selfid.train.export import export as run
 
-    info = run(adapter, out, model=model, merge=merge, gguf=gguf, dtype=dtype)
+    info = run(adapter, out, model=model, merge=merge, gguf=gguf_types if gguf else False, dtype=dtype)
     print(f"exported to {out} ({info['dtype']}); default system prompt {info['default_system']!r}, "
           f"template {info['template_hash']}")
+    for g in info.get("gguf", []):
+        print(f"  {out / g['path']} ({g['type']}, {g['bytes'] / 2**20:.1f} MiB)")
 
 
 @app.command("eval-ner")
