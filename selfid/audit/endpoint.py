@@ -284,13 +284,15 @@ def system_handling(backend, systems: Sequence, reference: Reference | None) -> 
                     f"rendered differently from the local template ({m} tokens, expected {e})"
             elif empty is not None and m > empty:
                 verdict = f"the server inserts a system prompt ({m - empty} tokens more than an empty one)"
+            elif empty is not None and m == empty:
+                verdict = "the server's own (an empty system message gets the same prompt, so its length is unknown)"
             else:
-                verdict = "no system prompt inserted (as many tokens as an empty one)"
+                verdict = "no system prompt inserted (fewer tokens than an empty one)"
         elif e is not None and m == e:
             verdict = "as sent"
         elif m == none and (e is None or e != expected[None]):
-            verdict = (f"{REPLACED}: the same prompt as sending none (the server replaced or dropped it)"
-                       if text == "" or reaches else f"{REPLACED}: the server puts no system message in the prompt")
+            verdict = (f"{REPLACED} (the same prompt as none: replaced or dropped)"
+                       if text == "" or reaches else f"{REPLACED} (the server puts no system message in the prompt)")
         elif e is not None:
             verdict = f"rendered differently from the local template ({m} tokens, expected {e})"
         elif text == "" and none is not None and m < none:
@@ -349,7 +351,7 @@ def ignored(params: dict, handling: dict) -> list[str]:
         out.append("max_tokens")
     for key, c in handling.get("conditions", {}).items():
         if c["evidently"].startswith(REPLACED):
-            out.append(f"the {key!r} system prompt ({c['evidently']})")
+            out.append(f"the {key!r} system prompt, {c['evidently']}")
     return out
 
 
