@@ -292,6 +292,8 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
 
         old_meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
         endpoint = old_meta.get("endpoint") or examine(backend, params, getattr(backend, "reference", None))
+        if not old_meta and meta_path.is_file():  # another audit took the folder while this one's preflight ran
+            raise SelfidError(f"{out} was taken by another audit run meanwhile: choose a new --out")
         own, own_source = endpoint["own"]["vendor"], endpoint["own"]["source"]
     else:
         own, own_source = resolve_own(params, target)
