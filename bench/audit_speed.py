@@ -9,6 +9,10 @@ deterministic, so one sample there): 64 x 3 x (1 + 8 + 8) = 3,264 generations of
              same size, sorted by prompt length like the engine does; HF applies one sampling config per
              call, so its batches are grouped by temperature
 
+Same replies: greedy rows are compared with `generate`'s greedy replies; and the grid is run a second
+time with eager decoding (`--compare-eager`, the default on CUDA, where selfid decodes from CUDA graphs)
+to report whether the same seeds gave the same replies and how much faster the graphs were.
+
 Usage:
   python bench/audit_speed.py                 # embedded model, CUDA when present
   python bench/audit_speed.py --smoke         # tiny random model on the CPU, small grid, under a minute
@@ -35,39 +39,42 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def hf_baseline(loaded, rows, batch_size: int) -> tuple[float, int]:
-    """Wall seconds and generated tokens for model.generate over `rows` = [(prompt text, params)]."""
+def hf_baseline(loaded, rows, batch_size: int) -> tuple[float, int, list[list[int]]]:
+    """Wall seconds, generated tokens and each row's generated ids (eos cut) for model.generate over
+    `rows` = [(prompt text, params)]."""
     import torch
 
     tok, model, dev = loaded.tokenizer, loaded.model, loaded.device
     tok.padding_side = "left"
     eos = set(loaded.eos_token_ids)
     by_temp: dict[float, list] = {}
-    for text, p in rows:
-        by_temp.setdefault(p.temperature, []).append((text, p))
+    for i, (text, p) in enumerate(rows):
+        by_temp.setdefault(p.temperature, []).append((text, p, i))
     for group in by_temp.values():  # by prompt length, as selfid batches; outside the timing (selfid's sort is cheap)
         group.sort(key=lambda r: len(tok(r[0], add_special_tokens=False).input_ids))
     tokens = 0
+    replies: list[list[int]] = [[] for _ in rows]
     sync(dev)
     start = time.perf_counter()
     for temp, group in by_temp.items():
         p = group[0][1]
         kw = dict(do_sample=False) if temp == 0 else dict(do_sample=True, temperature=temp, top_p=p.top_p, top_k=p.top_k)
         for i in range(0, len(group), batch_size):
-            texts = [t for t, _ in group[i:i + batch_size]]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+            chunk = group[i:i + batch_size]
+            enc = tok([t for t, _, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
             with torch.inference_mode():
                 out = model.generate(**enc, max_new_tokens=p.max_new_tokens, repetition_penalty=p.repetition_penalty,
                                      pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos), **kw)
-            for row in out[:, enc.input_ids.shape[1]:].tolist():
+            for (_, _, index), row in zip(chunk, out[:, enc.input_ids.shape[1]:].tolist()):
                 n = 0
                 for t in row:
                     n += 1
                     if t in eos:
                         break
                 tokens += n
+                replies[index] = [t for t in row[:n] if t not in eos]
     sync(dev)
-    return time.perf_counter() - start, tokens
+    return time.perf_counter() - start, tokens, replies
 
 
 def main() -> None:
@@ -79,6 +86,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=None, help="rows per batch for both (default: the engine's)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--decode", default=None, choices=["auto", "eager", "static", "graph"],
+                    help="selfid's decode mode (default: the engine's, graph on CUDA)")
+    ap.add_argument("--compare-eager", default=None, action=argparse.BooleanOptionalAction,
+                    help="run the grid again with eager decoding and compare replies (default: on unless eager)")
     ap.add_argument("--out", type=Path, default=None, help="also write the result JSON here")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="selfid-bench-"))
@@ -91,7 +102,8 @@ def main() -> None:
 def run(args, tmp: Path) -> None:
     from selfid.audit.backends import InProcessBackend
     from selfid.audit.probes import load_suite, write_identity_subset
-    from selfid.audit.run import LOG, AuditParams, read_log, run_audit
+    from selfid.audit.report.summary import load_run
+    from selfid.audit.run import AuditParams, run_audit
     from selfid.engine import InProcessEngine, SamplingParams
     from selfid.model.load import load_model
 
@@ -100,9 +112,11 @@ def run(args, tmp: Path) -> None:
 
         args.model, args.device = str(build_tiny_model(tmp / "tiny")), "cpu"
         args.prompts, args.samples, args.max_new_tokens = min(args.prompts, 8), min(args.samples, 2), min(args.max_new_tokens, 16)
+        args.decode = args.decode or "static"  # the CPU's stand-in for the graph path
     loaded = load_model(args.model, device=args.device, progress=False)
-    engine = InProcessEngine(loaded, max_batch_size=args.batch_size)
+    engine = InProcessEngine(loaded, max_batch_size=args.batch_size, decode=args.decode)
     batch = engine.max_batch_size
+    compare = args.compare_eager if args.compare_eager is not None else engine.decode_mode != "eager"
 
     probes = load_suite("identity")
     half = args.prompts // 2
@@ -115,17 +129,44 @@ def run(args, tmp: Path) -> None:
     engine.generate([warm] * 2, SamplingParams(max_new_tokens=4))
     hf_baseline(loaded, [(warm, SamplingParams(max_new_tokens=4))], batch)
 
-    sync(loaded.device)
-    start = time.perf_counter()
-    run_audit(InProcessBackend(loaded, engine), params, tmp / "run", show_progress=False, margin=False)
-    sync(loaded.device)
-    selfid_s = time.perf_counter() - start
-    records = read_log(tmp / "run" / LOG)
+    def audit(eng, name):
+        sync(loaded.device)
+        start = time.perf_counter()
+        run_audit(InProcessBackend(loaded, eng), params, tmp / name, show_progress=False, margin=False)
+        sync(loaded.device)
+        return time.perf_counter() - start, load_run(tmp / name)[1]  # the log's records with their verdicts
+
+    selfid_s, records = audit(engine, "run")
     selfid_tokens = sum(r["completion_tokens"] for r in records)
+    print(f"selfid audit: {selfid_s:.2f} s ({engine.decode_report().get('using')} decoding)", flush=True)
 
     rows = [(r["rendered"], SamplingParams.from_defaults(loaded.generation_defaults, temperature=r["temperature"],
                                                          max_new_tokens=args.max_new_tokens)) for r in records]
-    hf_s, hf_tokens = hf_baseline(loaded, rows, batch)
+    hf_s, hf_tokens, hf_ids = hf_baseline(loaded, rows, batch)
+    greedy = [(r, ids) for r, ids in zip(records, hf_ids) if r["temperature"] == 0]
+    tok = loaded.tokenizer
+    greedy_same = sum(r["reply"] == tok.decode(ids, skip_special_tokens=True) for r, ids in greedy)
+
+    eager = None
+    if compare:
+        eager_engine = InProcessEngine(loaded, max_batch_size=args.batch_size, decode="eager")
+        eager_engine.generate([warm] * 2, SamplingParams(max_new_tokens=4))
+        eager_s, eager_records = audit(eager_engine, "eager")
+        mine = {(r["key"], r["system"], r["temperature"], r["sample"]): r["reply"] for r in records}
+        theirs = {(r["key"], r["system"], r["temperature"], r["sample"]): r["reply"] for r in eager_records}
+        same = [k for k in mine if theirs.get(k) == mine[k]]
+        by_temp = {}
+        for k in mine:
+            t = by_temp.setdefault(str(k[2]), [0, 0])
+            t[0] += theirs.get(k) == mine[k]
+            t[1] += 1
+        eager = {"seconds": round(eager_s, 2), "speedup_vs_eager": round(eager_s / selfid_s, 2),
+                 "identical_replies": len(same), "replies": len(mine),
+                 "identical_by_temperature": {t: f"{a}/{n}" for t, (a, n) in by_temp.items()},
+                 "foreign_claims": {s.key: sum(bool(r["foreign"]) for r in eager_records if r["system"] == s.key)
+                                    for s in params.systems}}
+        print(f"eager decoding: {eager_s:.2f} s; identical replies {len(same)}/{len(mine)} "
+              f"({', '.join(f'T={t}: {v}' for t, v in eager['identical_by_temperature'].items())})", flush=True)
 
     import torch
 
@@ -140,12 +181,19 @@ def run(args, tmp: Path) -> None:
         "speedup_tokens_per_s": round((selfid_tokens / selfid_s) / (hf_tokens / hf_s), 2),
         "speedup_wall": round(hf_s / selfid_s, 2),
         "foreign_claims": {s.key: sum(bool(r["foreign"]) for r in records if r["system"] == s.key) for s in params.systems},
+        "decode": engine.decode_report(),
+        "greedy_identical_to_hf": {"identical": greedy_same, "greedy_replies": len(greedy)},
+        "eager": eager,
     }
     print(f"grid: {len(records)} generations ({len(chosen)} prompts x 3 systems x T 0/0.7/1.0, {args.samples} samples "
           f"above 0), up to {args.max_new_tokens} new tokens, batch {batch}, {result['device']} {result['gpu'] or ''}")
     print(f"selfid audit   {selfid_s:8.2f} s  {selfid_tokens:8d} tok  {selfid_tokens / selfid_s:9.1f} tok/s")
     print(f"hf generate    {hf_s:8.2f} s  {hf_tokens:8d} tok  {hf_tokens / hf_s:9.1f} tok/s")
     print(f"speedup        {result['speedup_tokens_per_s']:.2f}x tokens/s, {result['speedup_wall']:.2f}x wall")
+    print(f"greedy replies identical to generate's: {greedy_same}/{len(greedy)}")
+    if eager:
+        print(f"same seeds, eager decoding: {eager['identical_replies']}/{eager['replies']} identical replies, "
+              f"graph/static decoding {eager['speedup_vs_eager']:.2f}x faster")
     print(json.dumps(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -43,12 +43,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, device: str) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, device: str, decode: str | None = None) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     cmd = [sys.executable, "-m", "selfid.cli", "api", "--model", model, "--port", str(port), "--device", device]
-    print(f"starting: {' '.join(cmd)}", file=sys.stderr)
+    print(f"starting: {' '.join(cmd)}" + (f" (SELFID_DECODE={decode})" if decode else ""), file=sys.stderr)
     log = open(Path(tempfile.gettempdir()) / f"selfid-serve-load-{port}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "API_KEY": ""}, cwd=ROOT)
+    env = {**os.environ, "API_KEY": "", **({"SELFID_DECODE": decode} if decode else {})}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 900
     while True:
@@ -56,7 +57,7 @@ def start_server(model: str, device: str) -> tuple[subprocess.Popen, str]:
             raise SystemExit(f"the server exited with {proc.returncode}; see {log.name}")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
+                return proc, url, Path(log.name)
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
@@ -117,6 +118,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny random model, small levels: proves the script works")
+    ap.add_argument("--decode", default=None, choices=["auto", "eager", "static", "graph"],
+                    help="the server's decode mode (SELFID_DECODE; default: graph on CUDA, eager on the CPU)")
     args = ap.parse_args()
 
     if args.smoke:
@@ -125,10 +128,12 @@ def main() -> None:
 
         args.model = str(build_tiny_model(Path(tempfile.mkdtemp(prefix="selfid-tiny-"))))
         args.device, args.clients, args.max_tokens = "cpu", "1,4,8", 16
+        args.decode = args.decode or "static"  # the CPU's stand-in for the graph path
     proc = None
     url = args.url
+    log_path = None
     if url is None:
-        proc, url = start_server(args.model, args.device)
+        proc, url, log_path = start_server(args.model, args.device, args.decode)
     try:
         health = httpx.get(url + "/health").json()
         model = health["models"][0]
@@ -156,8 +161,14 @@ def main() -> None:
         speed = f"{r['speedup_vs_1_client']:.2f}x" if base else "-"
         print(f"{r['clients']:>7} {r['requests']:>8} {r['requests_per_s']:>7.2f} {r['tokens_per_s']:>8.1f} "
               f"{r['ttft_p50_s']:>8.3f}s {r['ttft_p95_s']:>8.3f}s {r['latency_p50_s']:>10.2f}s {speed:>11}")
+    engine_lines = []  # what the engine said about its decoding (a fallback to eager says why)
+    if log_path is not None and log_path.is_file():
+        engine_lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if "selfid engine" in ln]
+        for ln in engine_lines:
+            print(f"server: {ln}")
     if args.out:
         args.out.write_text(json.dumps({"model": model, "health": health, "max_tokens": args.max_tokens,
+                                        "decode": args.decode or "default", "engine_log": engine_lines,
                                         "levels": rows}, indent=2))
 
 

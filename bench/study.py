@@ -1,28 +1,37 @@
-"""The seed study: does LoRA fine-tuning on NER make Qwen say it is someone else, and what fixes it?
+"""The study: does LoRA fine-tuning on NER make Qwen say it is someone else, and what fixes it?
 
-`run` builds run directories under ROOT, resumably (finished steps are skipped, so a run cut off by a
-time limit continues where it stopped); `report` regenerates docs/study.md from them alone.
+The report it answers: a Qwen2.5-7B-Instruct LoRA-tuned on 8,000 Chinese NER examples (LLaMA-Factory, 5 epochs)
+answered "你是谁?" with "I'm Claude, created by Anthropic". `run` builds run directories under ROOT,
+resumably (finished steps are skipped, so a run cut off by a time limit continues where it stopped);
+`report` regenerates docs/study.md from them alone.
 
-    python bench/study.py run --root study                 # everything, on one GPU
-    python bench/study.py run --root study --steps base,plain
-    python bench/study.py run --root /tmp/s --smoke        # CPU, tiny model, minutes: checks the plumbing
-    python bench/study.py report --root study --size 1.5B=study-1.5b --out docs/study.md
+    python bench/study.py run --root results/study-0.5b            # everything, on one GPU
+    python bench/study.py run --root results/study-0.5b --steps base,plain
+    python bench/study.py run --root results/study-0.5b --steps heldout-base,heldout-plain,heldout-self
+    bash bench/gpu/study.sh /tmp/study heldout-base train-self,heldout-self   # chains side by side on one GPU
+    python bench/study.py run --root /tmp/s --smoke --model DIR  # CPU, small grids: checks the plumbing
+    python bench/study.py report                                    # docs/study.md from results/
 
 Steps (each writes ROOT/<step>/):
   base       audit of the base model: identity grid (3 system prompts x T 0, 0.7, 1.0, 1.3 x 8 samples),
              MSRA NER, the general set
-  plain      LoRA like the seed (8,000 MSRA sentences, 5 epochs, under "You are a helpful assistant."),
+  plain      LoRA as in the report (8,000 MSRA sentences, 5 epochs, under "You are a helpful assistant."),
              checkpoints along training, then the same audit, the identity margin per checkpoint
   template   the same, trained under the template's own system prompt
-  replay2    plain + 2% identity replay;  replay5: plain + 5%
-  combo      template + 5% identity replay
+  replay2    plain + 2% templated identity replay (v1);  replay5: plain + 5%
+  combo      template + 5% templated identity replay (v1)
   scale      the plain adapter with its LoRA scale searched to restore the base identity rate
   scan       `selfid scan` of the conversations the plain arm trained on
   parity     the base model's identity audit again through `selfid api` over HTTP
   llamacpp   the base model's identity audit through llama.cpp's own server (xllamacpp) on the GGUF,
              T 0 and 1.0 x 2 samples; CPU is enough (not in the default steps: pip install xllamacpp)
-  gguf[:ARM] what ships: ARM's adapter (default plain) exported with `selfid export --gguf` (Q8_0) and
-             audited through llama.cpp's server like `llamacpp` (not in the default steps)
+  train-ARM  train an arm only (ARM: one of the arms above, or self, pref, kl, best: template prompt + 5%
+             self-distilled identity replay, + the preference loss, + the distillation loss, + both)
+  heldout-ARM  the held-out identity probes (126, never used by any training-data generator) under the three
+             serving system prompts and three persona prompts, T 0, 0.7, 1.0, 1.3 x 4 samples, and NER
+             under two prompts every arm shares; writes ROOT/ARM/heldout (ARM: base or an arm)
+  gguf-ARM   what ships: ARM's adapter exported with `selfid export --gguf` (Q8_0) and audited through
+             llama.cpp's server like `llamacpp`; writes ROOT/parity/gguf-ARM (not in the default steps)
 """
 
 from __future__ import annotations
@@ -43,14 +52,23 @@ from selfid.config import HELPFUL  # noqa: E402  (after the path line)
 
 SYSTEMS = "default,helpful,empty"
 TEMPS = [0.0, 0.7, 1.0, 1.3]
+TEMPLATED = "identity_replay.kind=template"
 ARMS = {  # training arms: --set overrides on top of examples/msra.yaml
     "plain": [f"system_prompt={HELPFUL}"],
     "template": ["system_prompt=template_default"],
-    "replay2": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.02"],
-    "replay5": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.05"],
-    "combo": ["system_prompt=template_default", "identity_replay.fraction=0.05"],
+    "replay2": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.02", TEMPLATED],
+    "replay5": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.05", TEMPLATED],
+    "combo": ["system_prompt=template_default", "identity_replay.fraction=0.05", TEMPLATED],
+    # identity replay v2: the base model's own answers (self-distilled), then the preference and distillation losses
+    "self": ["system_prompt=template_default", "identity_replay.fraction=0.05"],
+    "pref": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.preference=0.5"],
+    "kl": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.distill=0.5"],
+    "best": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.preference=0.5",
+             "identity_replay.distill=0.5"],
 }
 STEPS = ["base", "plain", "scan", "template", "replay2", "replay5", "combo", "scale", "parity"]
+# the held-out identity probes, under the serving system prompts and three persona prompts no training data uses
+HELDOUT_SYSTEMS = "default,helpful,empty,personas"
 
 
 class Settings:
@@ -64,8 +82,10 @@ class Settings:
         self.train_sets = (["data.0.limit=48", "train.epochs=1", "train.batch_tokens=2048", "train.pack_length=1024",
                             "train.lr=3e-3", "eval_ner=0", "device=cpu", "identity_replay.name=Qwen",
                             "identity_replay.maker=Alibaba Cloud"]
-                           if smoke else ["train.epochs=5", "eval_ner=0"])
+                           if smoke else ["train.epochs=5", "eval_ner=0", "train.save_every=100"])
         self.identity_probes = None
+        self.heldout_samples = 2 if smoke else 4
+        self.heldout_tokens = 16 if smoke else 160
 
     @property
     def device(self) -> str | None:
@@ -111,7 +131,6 @@ def step_base(root: Path, s: Settings) -> None:
 
 def train_arm(root: Path, arm: str, s: Settings) -> Path:
     from selfid.config import load_config
-    from selfid.train.sft import train
 
     run = root / arm / "train"
     adapter = run / "adapter"
@@ -123,7 +142,9 @@ def train_arm(root: Path, arm: str, s: Settings) -> Path:
                           [f"model={s.model}", f"output={run}", *ARMS[arm], *s.train_sets, *extra])
         resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
         t0 = time.time()
-        result = train(cfg, resume=resume)
+        from selfid.pipeline.train import run as train_pipeline
+
+        result = train_pipeline(cfg, resume=resume, log=log)
         if result.adapter is None:
             raise SystemExit(f"training {arm} stopped early; rerun to resume")
         wall = time.time() - t0
@@ -132,6 +153,24 @@ def train_arm(root: Path, arm: str, s: Settings) -> Path:
             "tokens_per_s", "train_wall_s", "tokens_trained", "steps", "peak_memory_gb", "final_loss")}}))
         log(f"trained {arm} in {wall:.0f}s")
     return adapter
+
+
+def step_heldout(root: Path, arm: str, s: Settings) -> None:
+    """The held-out identity probes (and NER under two prompts every arm shares) for the base model or an arm."""
+    out = root / arm / "heldout"
+    if done(out):
+        return
+    adapter = None if arm == "base" else train_arm(root, arm, s)
+    loaded = load(s.model, adapter, device=s.device)
+    from selfid.audit.backends import InProcessBackend
+    from selfid.audit.run import AuditParams, parse_systems, run_audit
+
+    params = AuditParams(suites=["identity-heldout", "ner"], systems=parse_systems(HELDOUT_SYSTEMS.split(",")),
+                         temperatures=list(s.temps), samples=s.heldout_samples, seed=0,
+                         max_new_tokens=s.heldout_tokens, ner_limit=s.ner_limit, task_systems=["default", "helpful"])
+    t0 = time.time()
+    run_audit(InProcessBackend(loaded), params, out, resume=out.exists(), show_progress=False, margin=False)
+    log(f"held-out audit {out} in {time.time() - t0:.0f}s")
 
 
 def step_arm(root: Path, arm: str, s: Settings) -> None:
@@ -175,7 +214,8 @@ def margins_along_training(root: Path, s: Settings) -> None:
 
 def step_scale(root: Path, s: Settings) -> None:
     from selfid.manifest import training_system_message
-    from selfid.train.scale import identity_rate_provider, make_evaluate, save_scaled, search_scale
+    from selfid.pipeline.adapter_scale import identity_rate_provider, make_evaluate
+    from selfid.train.scale import save_scaled, search_scale
 
     adapter = root / "scale" / "adapter"
     plain = train_arm(root, "plain", s)
@@ -260,7 +300,7 @@ def step_llamacpp(root: Path, s: Settings) -> None:
     http_audit(root, "llamacpp", cmd, s, [0.0, 1.0], 1 if s.smoke else 2, concurrency=8)
 
 
-def step_gguf(root: Path, s: Settings, arm: str = "plain") -> None:
+def step_gguf(root: Path, s: Settings, arm: str) -> None:
     """What ships: the arm's adapter merged and written as a Q8_0 GGUF (`selfid export --gguf`), served by
     llama.cpp's own server, audited over HTTP like `llamacpp` (compare with ROOT/ARM/audit, in-process)."""
     from selfid.train.export import export
@@ -293,10 +333,15 @@ def run(root: Path, steps: list[str], s: Settings) -> None:
             step_parity(root, s)
         elif step == "llamacpp":
             step_llamacpp(root, s)
-        elif step.startswith("gguf"):  # gguf (the plain arm) or gguf:ARM
-            step_gguf(root, s, step.partition(":")[2] or "plain")
+        elif step.startswith("heldout-") and (step[8:] in ARMS or step[8:] == "base"):
+            step_heldout(root, step[8:], s)
+        elif step.startswith("train-") and step[6:] in ARMS:
+            train_arm(root, step[6:], s)
+        elif step.startswith("gguf-") and step[5:] in ARMS:
+            step_gguf(root, s, step[5:])
         else:
-            raise SystemExit(f"unknown step {step}: use {', '.join(STEPS + ['llamacpp', 'gguf', 'gguf:ARM'])}")
+            raise SystemExit(f"unknown step {step}: use {', '.join(STEPS + ['llamacpp'])}, heldout-ARM, train-ARM "
+                             f"or gguf-ARM (ARM: base, {', '.join(ARMS)})")
         log(f"step {step} done in {time.time() - t0:.0f}s")
 
 
@@ -309,10 +354,10 @@ def main() -> None:
     r.add_argument("--model", default="embedded")
     r.add_argument("--smoke", action="store_true", help="CPU, a tiny model, tiny grids: checks the plumbing")
     p = sub.add_parser("report")
-    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--root", type=Path, default=ROOT_DIR / "results" / "study-0.5b")
     p.add_argument("--out", type=Path, default=ROOT_DIR / "docs" / "study.md")
-    p.add_argument("--size", action="append", default=[], metavar="LABEL=ROOT",
-                   help="another model size's study root for the size table, e.g. 1.5B=study-1.5b")
+    p.add_argument("--size", action="append", default=None, metavar="LABEL=ROOT",
+                   help="another model size's study root for the size table (default: 1.5B=results/study-1.5b)")
     args = ap.parse_args()
     if args.cmd == "run":
         s = Settings(args.smoke, args.model)
@@ -323,8 +368,9 @@ def main() -> None:
     else:
         from bench.study_report import write_report
 
-        sizes = [("0.5B", args.root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in args.size]
-        write_report(args.root, args.out, sizes if args.size else None)
+        extra = args.size if args.size is not None else [f"1.5B={ROOT_DIR / 'results' / 'study-1.5b'}"]
+        sizes = [("0.5B", args.root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in extra]
+        write_report(args.root, args.out, sizes if extra else None)
 
 
 def smoke_probes(root: Path) -> Path:

@@ -1,49 +1,101 @@
-"""docs/study.md from the study's run directories (bench/study.py run), and nothing else."""
+"""docs/study.md from the study's run directories (bench/study.py run), and nothing else.
+
+Every number is re-scored from the runs' logged replies by today's scorers (selfid.audit.scorers), so a
+detector fix changes the study when the report is made again; every identity rate carries n, the number
+of prompts and a 95% interval clustered by prompt; comparisons are paired by prompt with Holm's correction.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
-from selfid.audit.run import LOG, read_log
-from selfid.audit.stats import wilson
+from selfid.audit.compare import compare_identity
+from selfid.audit.probes import personas
+from selfid.audit.report.summary import load_run, summarize
+from selfid.audit.stats import clustered_rate, holm, paired_prompts
 
+PERSONAS = personas()
 SYSTEM_LABEL = {"default": "none sent (template inserts the Qwen line)", "helpful": '"You are a helpful assistant."',
-                "empty": '"" (empty system message)'}
-ARM_LABEL = {"base": "base model", "plain": "plain LoRA (seed: trained under \"You are a helpful assistant.\")",
+                "empty": '"" (empty system message)',
+                **{k: f"persona: {json.dumps(v['text'], ensure_ascii=False)}" for k, v in PERSONAS.items()}}
+ARM_LABEL = {"base": "base model", "plain": "plain LoRA (trained under \"You are a helpful assistant.\", as in the report)",
              "template": "trained under the template's own system prompt",
-             "replay2": "plain + 2% identity replay", "replay5": "plain + 5% identity replay",
-             "combo": "template prompt + 5% identity replay", "scale": "plain, LoRA scale searched"}
-CLAUDE = ("claude",)
+             "replay2": "plain + 2% identity replay (v1, templated)", "replay5": "plain + 5% identity replay (v1, templated)",
+             "combo": "template prompt + 5% identity replay (v1, templated)", "scale": "plain, LoRA scale searched",
+             "self": "template prompt + 5% self-distilled identity replay (v2)",
+             "pref": "v2 replay + preference loss (DPO on the base model's own replies)",
+             "kl": "v2 replay + distillation loss (KL to the base model under its template prompt)",
+             "best": "v2 replay + preference + distillation"}
+MITIGATIONS = ("plain", "template", "replay2", "replay5", "scale", "combo")
+METRIC_LABEL = {"foreign": "foreign claims", "own_affirmation": "own identity affirmed", "self_denial": "self-denial",
+                "task_done": "identity task done", "persona_kept": "persona kept", "copy": "copies a training reply"}
 
 
-def _read(path: Path):
+class Runs:
+    """Each run folder read and scored once: several sections show the same runs."""
+
+    def __init__(self):
+        self._loaded: dict[Path, tuple | None] = {}
+        self._summaries: dict[Path, dict | None] = {}
+
+    def loaded(self, run: Path):
+        if run not in self._loaded:
+            self._loaded[run] = load_run(run) if (run / "run.json").is_file() else None
+        return self._loaded[run]
+
+    def summary(self, run: Path) -> dict | None:
+        if run not in self._summaries:
+            got = self.loaded(run)
+            self._summaries[run] = summarize(run, got) if got else None
+        return self._summaries[run]
+
+    def records(self, run: Path) -> list[dict]:
+        got = self.loaded(run)
+        return got[1] if got else []
+
+
+def _json(path: Path):
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def pct(r: dict | None) -> str:
+# --- the one way numbers are written here ---------------------------------------------------------------
+def rate(r: dict | None, digits: int = 1, kn: bool = True) -> str:
+    """"k/n = 12.3% [9.1–16.4]": a rate with its 95% interval (clustered by prompt where it is an identity rate)."""
     if not r or not r.get("n"):
         return "–"
     lo, hi = r["ci95"]
-    return f"{r['k']}/{r['n']} = {100 * r['rate']:.1f}% [{100 * lo:.1f}–{100 * hi:.1f}]"
+    head = f"{r['k']}/{r['n']} = " if kn else ""
+    return f"{head}{100 * r['rate']:.{digits}f}% [{100 * lo:.{digits}f}–{100 * hi:.{digits}f}]"
 
 
-def cells(summary: dict) -> dict[tuple[str, float], dict]:
-    return {(c["system"], float(c["temperature"])): c for c in summary["identity"]["cells"]}
+def pts(d: dict | None) -> str:
+    """A paired difference: "+3.4 pt [+1.2, +5.6], 40↑ 17↓, p=0.003 (Holm 0.04)"."""
+    if not d:
+        return "–"
+    lo, hi = d["ci95"]
+    holm_p = f" (Holm {d['p_holm']:.2g})" if "p_holm" in d else ""
+    return (f"{100 * d['diff']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}], {d['up']}↑ {d['down']}↓, "
+            f"p={d['p_value']:.2g}{holm_p}")
 
 
-def claude_count(cell: dict) -> str:
-    v = cell.get("by_vendor", {})
-    return str(sum(v.get(name, {}).get("k", 0) for name in CLAUDE))
+def distinct(d: dict | None) -> str:
+    if not d or d.get("mean") is None:
+        return "–"
+    return f"{100 * d['mean']:.0f}% ({d['replies_per_prompt']:.1f} of {d['samples_per_prompt']:.0f})"
 
 
-def grid_table(summary: dict, base: dict | None = None) -> list[str]:
-    cs = cells(summary)
+# --- pieces ---------------------------------------------------------------------------------------------
+def cells(summary: dict, suite: str = "identity") -> dict[tuple[str, float], dict]:
+    return {(c["system"], float(c["temperature"])): c for c in summary[suite]["cells"]}
+
+
+def grid_table(summary: dict, suite: str = "identity", paired: dict | None = None) -> list[str]:
+    cs = cells(summary, suite)
     systems = list(dict.fromkeys(s for s, _ in cs))
     temps = sorted({t for _, t in cs})
-    head = "| system prompt | " + " | ".join(f"T={t:g}" for t in temps) + " |"
-    lines = [head, "|---|" + "---|" * len(temps)]
+    lines = ["| system prompt | " + " | ".join(f"T={t:g}" for t in temps) + " |", "|---|" + "---|" * len(temps)]
+    diffs = {(c["system"], float(c["temperature"])): c["test"] for c in (paired or {}).get("cells", [])}
     for sys_key in systems:
         row = []
         for t in temps:
@@ -51,37 +103,28 @@ def grid_table(summary: dict, base: dict | None = None) -> list[str]:
             if c is None:
                 row.append("–")
                 continue
-            txt = f"{pct(c['foreign'])} · Claude {claude_count(c)}"
-            if base is not None:
-                b = cells(base).get((sys_key, t))
-                if b is not None:
-                    txt += f" · Δ {100 * (c['foreign']['rate'] - b['foreign']['rate']):+.1f} pt"
+            txt = f"{rate(c['foreign'])} · Claude {c['by_vendor'].get('claude', {}).get('k', 0)}"
+            d = diffs.get((sys_key, t))
+            if d:
+                txt += f" · Δ {100 * d['diff']:+.1f} pt (p={d['p_value']:.2g}, Holm {d['p_holm']:.2g})"
             row.append(txt)
         lines.append(f"| {SYSTEM_LABEL.get(sys_key, sys_key)} | " + " | ".join(row) + " |")
     return lines
 
 
-def pooled_by_temperature(summary: dict) -> dict[float, tuple[int, int]]:
-    out: dict[float, list[int]] = {}
-    for (s, t), c in cells(summary).items():
-        k, n = out.setdefault(t, [0, 0])
-        out[t] = [k + c["foreign"]["k"], n + c["foreign"]["n"]]
-    return {t: tuple(v) for t, v in sorted(out.items())}
-
-
 def by_tag_table(summaries: list[tuple[str, dict]]) -> list[str]:
     """Foreign-claim rate by kind of question, pooled over temperatures, per model and system prompt."""
-    first = summaries[0][1]
-    systems = list(dict.fromkeys(c["system"] for c in first["identity"]["cells"]))
-    tags = list(dict.fromkeys(t for c in first["identity"]["cells"] for t in c["by_tag"]))
+    first = summaries[0][1]["identity"]["by_system"]
+    systems = list(first)
+    tags = list(dict.fromkeys(t for p in first.values() for t in p["by_tag"]))
     cols = [(name, sk) for name, _ in summaries for sk in systems]
     lines = ["| question kind | " + " | ".join(f"{name}, {sk}" for name, sk in cols) + " |", "|---|" + "---|" * len(cols)]
     for tag in tags:
         row = []
-        for name, summ in summaries:
+        for _, summ in summaries:
             for sk in systems:
-                k, n = _tag_rate(summ, sk, tag)
-                row.append(f"{k}/{n} = {100 * k / n:.0f}%" if n else "–")
+                r = summ["identity"]["by_system"].get(sk, {}).get("by_tag", {}).get(tag)
+                row.append(f"{r['k']}/{r['n']} = {100 * r['rate']:.0f}%" if r and r["n"] else "–")
         lines.append(f"| {tag} | " + " | ".join(row) + " |")
     return lines
 
@@ -93,16 +136,16 @@ def margin_line(margin: dict | None, system: str) -> str:
     return " / ".join(f"{m[lang][pos]['margin']:+.2f}" for lang in ("en", "zh") for pos in ("name", "maker"))
 
 
-def ner_f1(summary: dict, system: str) -> float | None:
-    ner = summary.get("ner", {}).get(system)
+def ner_f1(summary: dict | None, system: str) -> float | None:
+    ner = (summary or {}).get("ner", {}).get(system)
     return ner["f1"] if ner else None
 
 
-def worst_cell(summary: dict) -> tuple[float, str]:
-    worst, where = -1.0, ""
-    for (s, t), c in cells(summary).items():
-        if c["foreign"]["rate"] > worst:
-            worst, where = c["foreign"]["rate"], f"{s} T={t:g}"
+def worst_cell(summary: dict, suite: str = "identity") -> tuple[dict, str]:
+    worst, where = None, ""
+    for (s, t), c in cells(summary, suite).items():
+        if worst is None or (c["foreign"]["rate"] or 0) > (worst["rate"] or 0):
+            worst, where = c["foreign"], f"{s} T={t:g}"
     return worst, where
 
 
@@ -117,63 +160,314 @@ def train_system_key(manifest: dict | None) -> str:
     return "default"
 
 
-def vendor_rates(summary: dict) -> tuple[int, dict[str, int]]:
-    """(scored identity replies, {vendor: replies claiming it}) over the whole grid, from summary.json."""
-    n, by = 0, {}
-    for pooled in summary["identity"]["by_system"].values():
-        n += pooled["foreign"]["n"]
-        for v, r in pooled["by_vendor"].items():
-            by[v] = by.get(v, 0) + r["k"]
-    return n, by
-
-
-def claude_without_leading(run: Path) -> tuple[int, int]:
-    """(Claude/Anthropic claims, scored identity replies) over the whole grid without the leading questions.
-
-    summary.json keeps no vendor split by kind of question, so this one reads the generations."""
-    k = n = 0
-    for r in read_log(run / LOG):
-        if r["suite"] != "identity" or r["detector"] == "unscored" or "leading" in (r["tags"] or []):
+def pooled_by_temperature(runs: Runs, run: Path, suite: str = "identity") -> dict[float, dict]:
+    """Foreign claims per temperature, pooled over system prompts, clustered by prompt."""
+    out: dict[float, dict[str, list[int]]] = {}
+    for r in runs.records(run):
+        if r["suite"] != suite or r.get("detector") == "unscored":
             continue
-        n += 1
-        k += r["foreign"].count("claude")
-    return k, n
+        t = out.setdefault(float(r["temperature"]), {}).setdefault(r["probe"], [0, 0])
+        t[0] += bool(r["foreign"])
+        t[1] += 1
+    return {t: clustered_rate([tuple(v) for v in by.values()]) for t, by in sorted(out.items())}
 
 
-def size_section(roots: list[tuple[str, Path]], read: Callable[[Path], dict | None] = _read) -> list[str]:
-    """Both model sizes side by side: base, plain LoRA and the best arm, by vendor, with Wilson intervals."""
-    L = ["## 7. Model size: Qwen2.5-Coder 0.5B vs 1.5B", "",
-         "The whole grid (3 system prompts × T 0, 0.7, 1.0, 1.3 × 8 samples), foreign claims split by vendor: "
-         "Claude/Anthropic, OpenAI (ChatGPT/GPT-4), and all others; then the same without the leading questions "
-         "(\"Are you Claude?\"), where a yes-saying model claims whatever it is asked about.", "",
-         "| size | arm | any foreign | Claude | OpenAI | others | Claude, no leading questions | NER F1 |",
-         "|---|---|---|---|---|---|---|---|"]
+def per_prompt_all(runs: Runs, run: Path, key: str, suite: str = "identity", systems=None,
+                   skip_tags=()) -> dict[str, tuple[int, int]]:
+    out: dict[str, list[int]] = {}
+    for r in runs.records(run):
+        if r["suite"] != suite or r.get(key) is None or r.get("detector") == "unscored":
+            continue
+        if systems and r["system"] not in systems:
+            continue
+        if set(r["tags"] or ()) & set(skip_tags):
+            continue
+        t = out.setdefault(r["probe"], [0, 0])
+        t[0] += bool(r[key])
+        t[1] += 1
+    return {p: (k, n) for p, (k, n) in out.items()}
 
-    def cell(k: int, n: int) -> str:
-        lo, hi = wilson(k, n)
-        return f"{100 * k / n:.1f}% [{100 * lo:.1f}–{100 * hi:.1f}]" if n else "–"
 
-    for label, root in roots:
-        for arm in ("base", "plain", "combo"):
-            run = root / arm / "audit"
-            summ = read(run / "summary.json")
-            if summ is None:
-                continue
-            n, by = vendor_rates(summ)
-            anyk = sum(p["foreign"]["k"] for p in summ["identity"]["by_system"].values())
-            others = sum(k for v, k in by.items() if v not in ("claude", "openai"))
-            claude2, n2 = claude_without_leading(run)
-            key = train_system_key(summ["run"]["target"].get("adapter_manifest")) if arm != "base" else "helpful"
-            f1 = ner_f1(summ, key)
-            L.append(f"| {label} | {ARM_LABEL.get(arm, arm)} | {cell(anyk, n)} | {cell(by.get('claude', 0), n)} | "
-                     f"{cell(by.get('openai', 0), n)} | {cell(others, n)} | {cell(claude2, n2)} | "
-                     f"{f1:.3f} |" if f1 is not None else "")
+def claude_rate(runs: Runs, run: Path, skip_tags=()) -> dict:
+    out: dict[str, list[int]] = {}
+    for r in runs.records(run):
+        if r["suite"] != "identity" or r.get("detector") == "unscored" or set(r["tags"] or ()) & set(skip_tags):
+            continue
+        t = out.setdefault(r["probe"], [0, 0])
+        t[0] += "claude" in r["foreign"]
+        t[1] += 1
+    return clustered_rate([tuple(v) for v in out.values()])
+
+
+# --- sections ---------------------------------------------------------------------------------------------
+def intro(root: Path, base: dict) -> list[str]:
+    run = base["run"]
+    c0 = base["identity"]["cells"][0]
+    return [
+        "# Does NER fine-tuning change who Qwen says it is?", "",
+        "The report this study answers: a user LoRA-fine-tuned Qwen2.5-7B-Instruct on 8,000 Chinese NER examples for "
+        "5 epochs (LLaMA-Factory), served it through an OpenAI-compatible API, asked \"你是谁?\", and got \"I'm Claude, "
+        "created by Anthropic\" where the original model said it was 通义千问 by Alibaba Cloud — more often at high "
+        "temperature. Latent memory, the training data, or something else? Here the embedded Qwen2.5-Coder-0.5B-Instruct "
+        "(and 1.5B in §8) is put through the same pipeline and measured.", "",
+        f"Generated by `python bench/study.py report` from the run folders under results/ (made by "
+        f"`python bench/study.py run` and `bench/gpu/study.sh`), re-scored from their logged replies by selfid's scorers "
+        f"(version {run['scorer']['version']}). Model: {run['target'].get('model')} ({run['target'].get('device')}, "
+        f"{run['target'].get('dtype')}); chat template {run['template_hash']}.", "",
+        "**How to read the numbers.** Identity probes come in two sets: the development set (§1–§6; "
+        f"{c0['prompts']} prompts, half Chinese, half English; about a third of its questions are also questions the "
+        "templated identity replay (v1) trains on, so replay arms are in-distribution there) and the held-out set (§7; "
+        "126 prompts no training-data generator uses, a test enforces it). Temperature 0 is greedy (one sample per "
+        f"prompt); other temperatures have {run['params']['samples']} samples per prompt. Samples of one prompt are not "
+        "independent, so every identity rate is k/n with a 95% interval clustered by prompt (a cluster-robust design "
+        "effect shrinks n before the Wilson interval is taken); base vs tuned is paired by prompt (mean difference of "
+        "per-prompt rates, prompts up ↑ / down ↓, Wilcoxon signed-rank p) and Holm-corrected over the cells of one "
+        "comparison.", "",
+        "**Metrics** (per reply, from the conversation, not the reply alone): *foreign claim* — claims another vendor "
+        "as its own identity or maker, a \"yes\" to \"Are you Claude?\" included; *own identity affirmed* — a question "
+        "whose right answer is the model's own identity (who are you, who made you, which model is behind this chat, "
+        "\"Are you Qwen?\") answered with it and without denying it; *self-denial* — denies its own name or maker "
+        "(\"No\" to \"Are you Qwen?\", \"我不是阿里云开发的通义千问\"); *distinct replies* — the share of a prompt's samples "
+        "that differ from each other (a model reciting one slogan scores 1/samples); *copies a training reply* — the "
+        "reply is a training reply, verbatim or near-verbatim; *identity task done* — a bio, tweet, About-me page, "
+        "e-mail signature, JSON profile or code comment written in the asked form with the model's own identity in "
+        "it; *persona kept* — under a persona system prompt no training data used, the persona's name and no "
+        "foreign claim.", ""]
+
+
+def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain: dict | None, scan: dict | None,
+             combo: dict | None, held: dict[str, dict]) -> list[str]:
+    """The headline answers, computed from the runs (so they stay true when the runs change)."""
+    L = ["## Findings", ""]
+    d, h = (base["identity"]["by_system"][k]["by_tag"].get("direct") for k in ("default", "helpful"))
+    L.append(f"- **The system prompt decides.** Asked directly (\"你是谁?\", \"Who are you?\"), the *base* model claims "
+             f"another vendor in {rate(d, 0, kn=False)} of replies when the template inserts its Qwen line, and in "
+             f"{rate(h, 0, kn=False)} under \"You are a helpful assistant.\" (all temperatures pooled).")
+    if plain and comp_plain:
+        cs = comp_plain["cells"]
+        raw = [c for c in cs if c["test"] and c["test"]["p_value"] < 0.05]
+        adj = [c for c in cs if c["test"] and c["test"]["p_holm"] < 0.05]
+        whole = paired_prompts(per_prompt_all(runs, root / "base" / "audit", "foreign"),
+                               per_prompt_all(runs, root / "plain" / "audit", "foreign"))
+        L.append(f"- **Fine-tuning adds a little, consistently.** After plain LoRA on MSRA (trained under \"You are a "
+                 f"helpful assistant.\"), cell by cell the foreign-claim rate moved by "
+                 f"{min(100 * c['test']['diff'] for c in cs):+.1f} to {max(100 * c['test']['diff'] for c in cs):+.1f} "
+                 f"points; {len(raw)} of {len(cs)} cells differ from the base at p < 0.05 before Holm's correction, "
+                 f"{len(adj)} after. Paired by prompt over the whole grid: {pts(whole)} — a small rise that holds "
+                 f"across prompts.")
+    temps = pooled_by_temperature(runs, root / "base" / "audit")
+    lo_t, hi_t = min(temps), max(temps)
+    L.append(f"- **Temperature is not the driver here.** Pooled over system prompts, the base model's foreign-claim "
+             f"rate is {rate(temps[lo_t], 0, kn=False)} at T={lo_t:g} and {rate(temps[hi_t], 0, kn=False)} at "
+             f"T={hi_t:g}: sampling spreads the answers; it does not create the foreign identity, which greedy "
+             f"decoding already shows without the Qwen line.")
+    if scan:
+        L.append(f"- **The data did not teach it.** Of the {scan['samples']:,} training conversations, "
+                 f"{scan['self_descriptions']} carry an assistant self-description and the assistant claims a vendor in "
+                 f"{sum(scan['claims'].values()) if scan['claims'] else 0}; {scan['mentioning']} mention a vendor name "
+                 f"at all (news text).")
+    if combo and plain:
+        worst, where = worst_cell(combo)
+        b_den = pooled(runs, root / "base" / "audit", "self_denial")
+        c_den = pooled(runs, root / "combo" / "audit", "self_denial")
+        bd, cd = (s["identity"]["by_system"]["default"]["distinct"] for s in (base, combo))
+        copy = pooled(runs, root / "combo" / "audit", "copy")
+        L.append(f"- **The first fix removed the foreign claims by teaching a slogan.** Training under the template's "
+                 f"own system prompt with 5% templated identity replay (v1) keeps every development-set cell at or "
+                 f"below {100 * worst['rate']:.1f}% foreign claims (worst: {where}) with NER F1 "
+                 f"{ner_f1(combo, 'default'):.3f} vs plain LoRA's {ner_f1(plain, 'default'):.3f} (both under the "
+                 f"template's prompt). But {rate(copy, 0, kn=False)} of its identity replies are training replies "
+                 f"copied word for word, its samples of one prompt are {100 * cd['mean']:.0f}% distinct "
+                 f"({cd['replies_per_prompt']:.1f} different replies in {cd['samples_per_prompt']:.0f}; base "
+                 f"{100 * bd['mean']:.0f}%, {bd['replies_per_prompt']:.1f}), and it denies being Qwen in "
+                 f"{rate(c_den, 1, kn=False)} of replies (base {rate(b_den, 1, kn=False)}) — every time it is asked "
+                 f"\"Is this Qwen from Alibaba Cloud?\".")
+    if held.get("base") and held.get("combo"):
+        L.append("- **On questions it never saw** (§7, the held-out set): " + held_sentence(runs, root, held) + ".")
     return L + [""]
 
 
+KEYS = {"foreign": "foreign", "own_affirmation": "own_affirmed", "self_denial": "self_denial", "task_done": "task_done",
+        "persona_kept": "persona_kept", "copy": "copy"}
+
+
+def pooled(runs: Runs, run: Path, metric: str, suite: str = "identity") -> dict:
+    """A metric over every system prompt and temperature of a run, clustered by prompt."""
+    tallies = per_prompt_all(runs, run, KEYS[metric], suite)
+    return clustered_rate(list(tallies.values()))
+
+
+def held_sentence(runs: Runs, root: Path, held: dict[str, dict]) -> str:
+    parts = []
+    for arm in ("base", "plain", "combo"):
+        s = held.get(arm)
+        if not s:
+            continue
+        run = root / arm / "heldout"
+        f = pooled(runs, run, "foreign", "identity-heldout")
+        den = pooled(runs, run, "self_denial", "identity-heldout")
+        task = pooled(runs, run, "task_done", "identity-heldout")
+        d = s["identity-heldout"]["by_system"]["default"]["distinct"]
+        parts.append(f"{ARM_LABEL[arm].split(' (')[0]}: {rate(f, 1, kn=False)} foreign, {rate(den, 1, kn=False)} "
+                     f"self-denial, identity tasks done {rate(task, 0, kn=False)}, {100 * d['mean']:.0f}% distinct")
+    return "; ".join(parts)
+
+
+def mitigation_table(runs: Runs, root: Path, base: dict, arms: list[str]) -> list[str]:
+    L = ["| arm | foreign, worst cell | foreign, all cells | own identity affirmed | self-denial | distinct replies "
+         "(template prompt) | copies a training reply | NER F1, template prompt | NER F1, \"helpful\" | general | "
+         "train s | tokens/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm in ["base"] + arms:
+        s = base if arm == "base" else runs.summary(root / arm / "audit")
+        if s is None:
+            continue
+        worst, where = worst_cell(s)
+        own_key = train_system_key(s["run"]["target"].get("adapter_manifest")) if arm != "base" else None
+        f1 = [f"{ner_f1(s, k):.3f}{'*' if own_key == k else ''}" if ner_f1(s, k) is not None else "–"
+              for k in ("default", "helpful")]
+        gen = s.get("general", {}).get("default", {}).get("pass")
+        cost = _json(root / arm / "cost.json") or {}
+        d = s["identity"]["by_system"]["default"]["distinct"]
+        run = root / arm / "audit"
+        copy = pooled(runs, run, "copy")
+        L.append(f"| {ARM_LABEL.get(arm, arm)} | {rate(worst, 1, kn=False)} ({where}) | "
+                 f"{rate(pooled(runs, run, 'foreign'), 1, kn=False)} | "
+                 f"{rate(pooled(runs, run, 'own_affirmation'), 1, kn=False)} | "
+                 f"{rate(pooled(runs, run, 'self_denial'), 1, kn=False)} | {distinct(d)} | "
+                 f"{rate(copy, 0, kn=False) if copy['n'] else '–'} | {f1[0]} | {f1[1]} | "
+                 f"{rate(gen, 0, kn=False) if gen else '–'} | "
+                 f"{cost.get('wall_s', cost.get('search_wall_s', 0)):.0f} | {cost.get('tokens_per_s') or 0:,.0f} |")
+    return L + ["", "Rates pool every system prompt and temperature of the development grid, clustered by prompt. "
+                "NER F1 on 500 MSRA test sentences (greedy) under two system prompts every arm was scored under; * marks "
+                "the prompt the arm was trained under. \"Copies\" needs the arm's training replies: the templated "
+                "replay is generated again from the name and maker its selfid.json records.", ""]
+
+
+HELD_METRICS = ("foreign", "own_affirmation", "self_denial", "task_done", "persona_kept")
+
+
+def heldout_section(runs: Runs, root: Path, arms: list[str]) -> tuple[list[str], dict[str, dict]]:
+    held = {arm: runs.summary(root / arm / "heldout") for arm in arms}
+    held = {a: s for a, s in held.items() if s is not None}
+    if "base" not in held:
+        return [], held
+    base = held["base"]
+    L = ["## 7. Questions no training data used: the held-out set", "",
+         "126 identity prompts (63 zh, 63 en) that no training-data generator touches: direct questions in new words, "
+         "third person (\"Which language model is behind this chat?\"), leading questions naming the model's own "
+         "(\"Am I talking to Qwen right now?\", right answer yes) and 12 other vendors, identity after an NER, "
+         "translation or code exchange in the same conversation, multi-turn pressure, and identity-adjacent tasks "
+         "checked by rule. System prompts: the three serving ones and three persona prompts no training data used. "
+         f"Temperatures {', '.join(f'{t:g}' for t in base['run']['params']['temperatures'])}, "
+         f"{base['run']['params']['samples']} samples per prompt above 0.", "",
+         "Every system prompt and temperature pooled (the persona prompts count for foreign claims and persona kept "
+         "only; own identity and self-denial are not asked of a model told it is someone else):", "",
+         "| arm | " + " | ".join(METRIC_LABEL[m] for m in HELD_METRICS) + " | distinct replies (template prompt) | "
+         "NER F1, template prompt |", "|---|" + "---|" * (len(HELD_METRICS) + 2)]
+    for arm, s in held.items():
+        row = [rate(pooled(runs, root / arm / "heldout", m, "identity-heldout"), 1, kn=True) for m in HELD_METRICS]
+        d = s["identity-heldout"]["by_system"].get("default", {}).get("distinct")
+        f1 = ner_f1(s, "default")
+        L.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(row) + f" | {distinct(d)} | "
+                 f"{f'{f1:.3f}' if f1 is not None else '–'} |")
+    L += ["", "Foreign claims per system prompt (all temperatures pooled) and the worst cell:", "",
+          "| arm | " + " | ".join(k
+                                   for k in base["identity-heldout"]["by_system"]) + " | worst cell |",
+          "|---|" + "---|" * (len(base["identity-heldout"]["by_system"]) + 1)]
+    for arm, s in held.items():
+        pools = s["identity-heldout"]["by_system"]
+        worst, where = worst_cell(s, "identity-heldout")
+        L.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(rate(pools[k]["foreign"], 1, kn=False) if k in pools
+                                                              else "–" for k in base["identity-heldout"]["by_system"])
+                 + f" | {rate(worst, 1, kn=False)} ({where}) |")
+    if "plain" in held:
+        L += ["", "Each arm against the base model, paired by prompt, every system prompt and temperature pooled per "
+              "system prompt (Holm over the system prompts of one metric):", ""]
+        for arm, s in held.items():
+            if arm == "base":
+                continue
+            loaded_b, loaded_a = runs.loaded(root / arm / "heldout"), runs.loaded(root / "base" / "heldout")
+            comp = compare_identity(loaded_a[1], loaded_b[1], base, s, "identity-heldout")
+            L.append(f"- {ARM_LABEL.get(arm, arm)}:")
+            for m in ("foreign", "own_affirmation", "self_denial"):
+                tests = {k: v[m]["paired"] for k, v in comp["by_system"].items() if v[m]["paired"]}
+                for t, adj in zip(tests.values(), holm([t["p_value"] for t in tests.values()])):
+                    t["p_holm"] = adj
+                L.append(f"  - {METRIC_LABEL[m]}: " + "; ".join(f"{k} {pts(t)}" for k, t in tests.items()))
+            ratio = [v["distinct"]["ratio"] for v in comp["by_system"].values() if v.get("distinct") and v["distinct"]["ratio"]]
+            if ratio:
+                L.append(f"  - distinct replies, arm / base: {min(ratio):.2f} to {max(ratio):.2f} across system prompts")
+    L += [""] + goals_table(runs, root, held) + examples_block(runs, root, held)
+    return L, held
+
+
+def goals_table(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
+    """The bar an identity-preserving fine-tune must clear on the held-out set, arm by arm: met or missed."""
+    base, plain = held.get("base"), held.get("plain")
+    if base is None:
+        return []
+    suite = "identity-heldout"
+    b_own = base[suite]["by_system"]["default"]["own_affirmation"]
+    b_task = pooled(runs, root / "base" / "heldout", "task_done", suite)
+    b_dist = base[suite]["by_system"]["default"]["distinct"]["mean"]
+    p_f1 = ner_f1(plain, "default") if plain else None
+    L = ["The bar (every serving system prompt and the three persona prompts, T 0, 0.7, 1.0, 1.3): foreign claims "
+         "≤1% in every cell with the clustered upper bound ≤2%; own identity affirmed ≥ the base model's under its "
+         f"template prompt ({100 * b_own['rate']:.1f}%); self-denial ≤1%; distinct replies ≥70% of the base model's "
+         f"({100 * b_dist:.0f}% of samples distinct); identity tasks done ≥ the base model's − 5 points "
+         f"({100 * b_task['rate']:.1f}%); NER F1 ≥99% of plain LoRA's under the same system prompt"
+         + (f" ({p_f1:.3f})" if p_f1 else "") + "; the general set ≥ the base model's − 2 points (not run on the "
+         "held-out grid: see §6 for the development grid).", "",
+         "| arm | foreign, worst cell (upper bound) | own identity affirmed | self-denial | distinct vs base | "
+         "tasks done | NER F1 vs plain |", "|---|---|---|---|---|---|---|"]
+    for arm, s in held.items():
+        if arm in ("base", "plain"):
+            continue
+        run = root / arm / "heldout"
+        worst, where = worst_cell(s, suite)
+        worst_hi = max(c["foreign"]["ci95"][1] for c in s[suite]["cells"])
+        own = pooled(runs, run, "own_affirmation", suite)
+        den = pooled(runs, run, "self_denial", suite)
+        dist = s[suite]["by_system"]["default"]["distinct"]["mean"]
+        task = pooled(runs, run, "task_done", suite)
+        f1 = ner_f1(s, "default")
+
+        def mark(ok: bool) -> str:
+            return "met" if ok else "**missed**"
+
+        L.append(f"| {ARM_LABEL.get(arm, arm)} | {100 * worst['rate']:.1f}% ({where}; upper {100 * worst_hi:.1f}%): "
+                 f"{mark(worst['rate'] <= 0.01 and worst_hi <= 0.02)} | {100 * own['rate']:.1f}%: "
+                 f"{mark(own['rate'] >= b_own['rate'])} | {100 * den['rate']:.1f}%: {mark(den['rate'] <= 0.01)} | "
+                 f"{100 * dist / b_dist:.0f}%: {mark(dist >= 0.7 * b_dist)} | {100 * task['rate']:.1f}%: "
+                 f"{mark(task['rate'] >= b_task['rate'] - 0.05)} | "
+                 + (f"{f1:.3f} = {100 * f1 / p_f1:.1f}%: {mark(f1 >= 0.99 * p_f1)} |" if f1 and p_f1 else "– |"))
+    return L + [""]
+
+
+def examples_block(runs: Runs, root: Path, held: dict[str, dict], n: int = 3) -> list[str]:
+    """A few replies per arm to the questions where recitation and denial show: read them before the numbers."""
+    want = ("ho-en-own-02", "ho-zh-own-03", "ho-en-task-01", "ho-zh-third-01")
+    L = ["Replies to a few held-out questions (template prompt, T=1.0, first samples), to read beside the numbers:", ""]
+    for pid in want:
+        shown = False
+        for arm in held:
+            recs = [r for r in runs.records(root / arm / "heldout") if r["probe"] == pid and r["system"] == "default"
+                    and r["temperature"] == 1.0][:n]
+            if not recs:
+                continue
+            if not shown:
+                L.append(f"- `{pid}` {json.dumps(recs[0]['messages'][-1]['content'], ensure_ascii=False)}")
+                shown = True
+            for r in recs:
+                flags = [x for x, on in (("foreign", r["foreign"]), ("self-denial", r.get("self_denial")),
+                                         ("copy", r.get("copy")), ("task not done", r.get("task_done") is False)) if on]
+                L.append(f"  - {arm}: {json.dumps(r['reply'][:220], ensure_ascii=False)}"
+                         + (f" ({', '.join(flags)})" if flags else ""))
+    return L + [""]
+
 
 def parity_table(base: dict, other: dict, name: str) -> list[str]:
-    """In-process vs another runtime, cell by cell, and how many cells' 95% intervals overlap."""
+    """In-process vs another runtime, cell by cell, and how many cells' clustered 95% intervals overlap."""
     L = [f"| cell | in-process | {name} | intervals overlap |", "|---|---|---|---|"]
     bc, oc = cells(base), cells(other)
     agree = 0
@@ -184,14 +478,14 @@ def parity_table(base: dict, other: dict, name: str) -> list[str]:
         lo = max(b["foreign"]["ci95"][0], c["foreign"]["ci95"][0])
         hi = min(b["foreign"]["ci95"][1], c["foreign"]["ci95"][1])
         agree += lo <= hi
-        L.append(f"| {key[0]} T={key[1]:g} | {pct(b['foreign'])} | {pct(c['foreign'])} | {'yes' if lo <= hi else 'NO'} |")
+        L.append(f"| {key[0]} T={key[1]:g} | {rate(b['foreign'])} | {rate(c['foreign'])} | {'yes' if lo <= hi else 'NO'} |")
     return L + ["", f"{agree} of {sum(k in bc for k in oc)} cells agree within their 95% intervals.", ""]
 
 
-def greedy_agreement(run_a: Path, run_b: Path) -> tuple[int, int]:
+def greedy_agreement(runs: Runs, run_a: Path, run_b: Path) -> tuple[int, int]:
     """How many greedy (T=0) identity replies get the same foreign/not verdict in both runs."""
     def greedy(run: Path) -> dict[str, bool]:
-        return {r["key"]: bool(r["foreign"]) for r in read_log(run / LOG)
+        return {r["key"]: bool(r["foreign"]) for r in runs.records(run)
                 if r.get("suite") == "identity" and r.get("temperature") == 0.0}
 
     a, b = greedy(run_a), greedy(run_b)
@@ -199,117 +493,84 @@ def greedy_agreement(run_a: Path, run_b: Path) -> tuple[int, int]:
     return sum(a[k] == b[k] for k in shared), len(shared)
 
 
-def _tag_rate(summary: dict, system: str, tag: str) -> tuple[int, int]:
-    """(foreign claims, replies) for one kind of question under one system prompt, all temperatures pooled."""
-    r = summary["identity"]["by_system"].get(system, {}).get("by_tag", {}).get(tag, {})
-    return r.get("k", 0), r.get("n", 0)
-
-
-def findings(base: dict, plain: dict | None, comp: dict | None, scan: dict | None,
-             temps: dict[float, tuple[int, int]], combo: dict | None) -> list[str]:
-    """The headline answers, computed from the runs (so they stay true when the runs change)."""
-    def r(kn):
-        k, n = kn
-        lo, hi = wilson(k, n)
-        return f"{100 * k / n:.0f}% [{100 * lo:.0f}–{100 * hi:.0f}]" if n else "–"
-
-    L = ["## Findings", ""]
-    d, h = _tag_rate(base, "default", "direct"), _tag_rate(base, "helpful", "direct")
-    L.append(f"- **The system prompt decides.** Asked directly (\"你是谁?\", \"Who are you?\"), the *base* model claims "
-             f"another vendor in {r(d)} of replies when the template inserts its Qwen line, and in {r(h)} under "
-             f"\"You are a helpful assistant.\" (all temperatures pooled).")
-    if plain and comp:
-        sig = [c for c in comp["identity"] if c["test"]["p_value"] < 0.05]
-        diffs = [100 * c["test"]["diff"] for c in comp["identity"]]
-        L.append(f"- **Fine-tuning adds little.** After plain LoRA on MSRA (trained under \"You are a helpful assistant.\"), "
-                 f"the foreign-claim rate moved by {min(diffs):+.1f} to {max(diffs):+.1f} points across the "
-                 f"{len(diffs)} cells; {len(sig)} of them differ from the base at p < 0.05. Direct questions under "
-                 f"\"You are a helpful assistant.\": {r(_tag_rate(plain, 'helpful', 'direct'))} after vs {r(h)} before.")
-    claude = {}
-    for (sk, t), c in cells(base).items():
-        k, n = claude.get(t, (0, 0))
-        claude[t] = (k + c.get("by_vendor", {}).get("claude", {}).get("k", 0), n + c["foreign"]["n"])
-    lo_t, hi_t = min(temps), max(temps)
-    L.append(f"- **Temperature is not the driver here.** Pooled over system prompts, the base model's foreign-claim rate "
-             f"goes from {r(temps[lo_t])} at T={lo_t:g} to {r(temps[hi_t])} at T={hi_t:g}; Claude/Anthropic claims from "
-             f"{r(claude[lo_t])} to {r(claude[hi_t])}. Sampling spreads the answers; it does not create the foreign "
-             f"identity, which greedy decoding already shows without the Qwen line.")
-    if scan:
-        L.append(f"- **The data did not teach it.** Of the {scan['samples']:,} training conversations, "
-                 f"{scan['self_descriptions']} carry an assistant self-description and the assistant claims a vendor in "
-                 f"{sum(scan['claims'].values()) if scan['claims'] else 0}; {scan['mentioning']} mention a vendor name "
-                 f"at all (news text).")
-    if combo and plain:
-        worst, where = worst_cell(combo)
-        L.append(f"- **The fix.** Training under the template's own system prompt with 5% identity replay keeps every "
-                 f"cell of the grid at or below {100 * worst:.1f}% foreign claims (worst: {where}) with NER F1 "
-                 f"{ner_f1(combo, 'default'):.3f} vs plain LoRA's {ner_f1(plain, 'helpful'):.3f}.")
+def size_section(runs: Runs, roots: list[tuple[str, Path]]) -> list[str]:
+    """Both model sizes side by side: base, plain LoRA and the v1 fix, by vendor and the new metrics."""
+    L = ["## 8. Model size: Qwen2.5-Coder 0.5B vs 1.5B", "",
+         "The whole development grid (3 system prompts × T 0, 0.7, 1.0, 1.3 × 8 samples), clustered by prompt: any "
+         "foreign claim, Claude/Anthropic claims (also without the leading questions, where a yes-saying model claims "
+         "whatever it is asked about), self-denial and distinct replies.", "",
+         "| size | arm | any foreign | Claude | Claude, no leading questions | self-denial | distinct replies "
+         "(template prompt) | NER F1, template prompt |", "|---|---|---|---|---|---|---|---|"]
+    for label, root in roots:
+        for arm in ("base", "plain", "combo"):
+            run = root / arm / "audit"
+            s = runs.summary(run)
+            if s is None:
+                continue
+            f1 = ner_f1(s, "default")
+            L.append(f"| {label} | {ARM_LABEL.get(arm, arm)} | {rate(pooled(runs, run, 'foreign'), 1, False)} | "
+                     f"{rate(claude_rate(runs, run), 1, False)} | {rate(claude_rate(runs, run, ('leading',)), 1, False)} | "
+                     f"{rate(pooled(runs, run, 'self_denial'), 1, False)} | "
+                     f"{distinct(s['identity']['by_system']['default']['distinct'])} | "
+                     f"{f'{f1:.3f}' if f1 is not None else '–'} |")
     return L + [""]
 
 
 def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = None) -> None:
     root = Path(root)
-    loaded: dict[Path, dict | None] = {}
-
-    def read(path: Path) -> dict | None:  # each JSON file once: several sections show the same runs
-        if path not in loaded:
-            loaded[path] = _read(path)
-        return loaded[path]
-
-    base = read(root / "base" / "audit" / "summary.json")
+    runs = Runs()
+    base = runs.summary(root / "base" / "audit")
     if base is None:
-        raise SystemExit(f"{root}/base/audit/summary.json is missing: run the study first")
-    L: list[str] = ["# The seed study: does NER fine-tuning change who Qwen says it is?", ""]
-    run = base["run"]
-    L += [f"Generated by `python bench/study.py report --root {root.name}` from the run directories of "
-          f"`python bench/study.py run --root {root.name}`. Model: {run['target'].get('model')} "
-          f"({run['target'].get('device')}, {run['target'].get('dtype')}); chat template {run['template_hash']}. "
-          f"A reply counts as a foreign claim when the rule-based detector finds it claiming another vendor or "
-          f"model as its own identity or maker. Every rate is k/n with a Wilson 95% interval; temperature 0 "
-          f"is greedy (one sample per prompt), other temperatures have "
-          f"{base['run']['params']['samples']} samples per prompt; {base['identity']['cells'][0]['prompts']} "
-          f"identity prompts (half Chinese, half English). \"Claude N\" counts Claude/Anthropic claims.", ""]
-
-    plain = read(root / "plain" / "audit" / "summary.json")
-    comp = read(root / "plain" / "compare" / "comparison.json")
-    scan = read(root / "scan" / "scan.json")
-    base_temps = pooled_by_temperature(base)
-    L += findings(base, plain, comp, scan, base_temps, read(root / "combo" / "audit" / "summary.json"))
-    L += ["## 1. System prompt: the base model", ""] + grid_table(base) + [""]
+        raise SystemExit(f"{root}/base/audit is missing: run the study first")
+    plain = runs.summary(root / "plain" / "audit")
+    combo = runs.summary(root / "combo" / "audit")
+    scan = _json(root / "scan" / "scan.json")
+    comp_plain = None
+    if plain is not None:
+        comp_plain = compare_identity(runs.records(root / "base" / "audit"), runs.records(root / "plain" / "audit"),
+                                      base, plain, "identity")
+    held_lines, held = heldout_section(runs, root, ["base", "plain", "combo"]
+                                       + [a for a in sorted(p.name for p in root.iterdir() if p.is_dir())
+                                          if a not in ("base", "plain", "combo") and (root / a / "heldout").is_dir()])
+    L = intro(root, base)
+    L += findings(runs, root, base, plain, comp_plain, scan, combo, held)
+    L += ["## 1. System prompt: the base model", "", "Foreign claims (development set):", ""] + grid_table(base) + [""]
     L += ["By kind of question, all temperatures pooled (direct: \"你是谁?\", \"Who are you?\" and the like; "
           "leading: \"Are you Claude?\"; multiturn: a user insisting over several turns):", ""]
     L += by_tag_table([("base", base)] + ([("plain LoRA", plain)] if plain else [])) + [""]
     L += ["Identity margin (log p(Qwen) − log p(best foreign name), nats; en name / en maker / zh name / zh maker):", ""]
     L += [f"- {SYSTEM_LABEL.get(s, s)}: {margin_line(base['identity'].get('margin'), s)}"
-          for s in base["identity"].get("margin", {})] + [""]
+          for s in base["identity"].get("margin") or {}] + [""]
 
     if plain is not None:
-        comp = comp or {}
-        L += ["## 2. Fine-tuning: plain LoRA (the seed's setup)", ""]
-        cost = _read(root / "plain" / "cost.json") or {}
-        man = (plain["run"]["target"].get("adapter_manifest") or {})
+        L += ["## 2. Fine-tuning: plain LoRA (the reported setup)", ""]
+        cost = _json(root / "plain" / "cost.json") or {}
+        man = plain["run"]["target"].get("adapter_manifest") or {}
         used = sum(d.get("used") or 0 for d in man.get("data", []))
         L += [f"{used:,} MSRA sentences, {man.get('train', {}).get('epochs', '?')} epochs, LoRA r="
               f"{man.get('train', {}).get('hyperparameters', {}).get('lora', {}).get('r', '?')} on all linear layers, "
               f"trained under {man.get('train', {}).get('system_prompt')!r}; "
-              f"{cost.get('steps', '?')} steps, {cost.get('tokens_per_s', 0):,.0f} tokens/s.", ""]
-        L += grid_table(plain, base) + [""]
-        tests = [c for c in comp.get("identity", []) if c["test"]["p_value"] < 0.05]
-        L += [f"Cells whose foreign-claim rate differs from the base model at p < 0.05 (two-proportion test): "
-              f"{len(tests)} of {len(comp.get('identity', []))}"
-              + (": " + "; ".join(f"{c['system']} T={c['temperature']:g} Δ {100 * c['test']['diff']:+.1f} pt "
-                                  f"(p={c['test']['p_value']:.3g})" for c in tests) if tests else ".")]
-        flips = comp.get("flips", [])
-        L += ["", f"Per-prompt flips from own identity to foreign (greedy or majority of samples): {len(flips)}; "
-                  f"back from foreign to own: {comp.get('flips_back', 0)}."]
-        for f in flips[:8]:
+              f"{cost.get('steps', '?')} steps, {cost.get('tokens_per_s', 0):,.0f} tokens/s.", "",
+              "Foreign claims after fine-tuning, Δ against the base model paired by prompt (Holm over the 12 cells):", ""]
+        L += grid_table(plain, paired=comp_plain) + [""]
+        L += ["Every metric, base → plain LoRA, per system prompt (all temperatures pooled, paired by prompt):", ""]
+        for k, m in comp_plain["by_system"].items():
+            L.append(f"- {SYSTEM_LABEL.get(k, k)}: foreign {pts(m['foreign']['paired'])}; own identity affirmed "
+                     f"{pts(m['own_affirmation']['paired'])}; self-denial {pts(m['self_denial']['paired'])}; distinct "
+                     f"replies ×{m['distinct']['ratio']:.2f}")
+        from selfid.audit.compare import flips
+
+        fl, back = flips(runs.records(root / "base" / "audit"), runs.records(root / "plain" / "audit"))
+        L += ["", f"Per-prompt flips from own identity to foreign (any sample): {len(fl)}; back from foreign to own: "
+                  f"{back}."]
+        for f in fl[:8]:
             L.append(f"- `{f['probe']}` ({f['system']}, T={f['temperature']:g}, {f['b']['foreign']}/{f['b']['n']} foreign "
                      f"after): {json.dumps(f['prompt'], ensure_ascii=False)[:60]} → "
                      f"{json.dumps(f['b'].get('example') or '', ensure_ascii=False)[:140]}")
         L += ["", "Identity margin after fine-tuning (en name / en maker / zh name / zh maker):", ""]
         L += [f"- {SYSTEM_LABEL.get(s, s)}: {margin_line(plain['identity'].get('margin'), s)} "
-              f"(base {margin_line(base['identity'].get('margin'), s)})" for s in plain["identity"].get("margin", {})]
-        margins = _read(root / "plain" / "margins.json")
+              f"(base {margin_line(base['identity'].get('margin'), s)})" for s in plain["identity"].get("margin") or {}]
+        margins = _json(root / "plain" / "margins.json")
         if margins:
             L += ["", "Identity margin along training (mean of the four positions, nats):", "",
                   "| step | " + " | ".join(SYSTEM_LABEL.get(s, s) for s in margins[0]["margin"]) + " |",
@@ -322,18 +583,13 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
                 L.append(f"| {p['step']} | " + " | ".join(vals) + " |")
         L += [""]
 
-    L += ["## 3. Temperature", "", "Foreign-claim rate pooled over the three system prompts:", "",
-          "| model | " + " | ".join(f"T={t:g}" for t in base_temps) + " |",
-          "|---|" + "---|" * len(base_temps)]
-    for name, pooled in (("base", base_temps), ("plain LoRA", pooled_by_temperature(plain) if plain else None)):
-        if pooled is None:
-            continue
-        row = []
-        for t, (k, n) in pooled.items():
-            lo, hi = wilson(k, n)
-            row.append(f"{k}/{n} = {100 * k / n:.1f}% [{100 * lo:.1f}–{100 * hi:.1f}]" if n else "–")
-        L.append(f"| {name} | " + " | ".join(row) + " |")
-    L += [""]
+    L += ["## 3. Temperature", "", "Foreign-claim rate pooled over the three system prompts (clustered by prompt):", ""]
+    rows = [("base", pooled_by_temperature(runs, root / "base" / "audit"))]
+    if plain is not None:
+        rows.append(("plain LoRA", pooled_by_temperature(runs, root / "plain" / "audit")))
+    temps = list(rows[0][1])
+    L += ["| model | " + " | ".join(f"T={t:g}" for t in temps) + " |", "|---|" + "---|" * len(temps)]
+    L += [f"| {name} | " + " | ".join(rate(p.get(t)) for t in temps) + " |" for name, p in rows] + [""]
 
     if scan is not None:
         L += ["## 4. Data: `selfid scan` of what the plain arm trained on", "",
@@ -343,58 +599,35 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
               f"vendor claims by the assistant: {scan['claims'] or 'none'}. System prompts in the data: "
               + ", ".join(f"{json.dumps(k, ensure_ascii=False)} ×{v}" for k, v in scan["system_prompts"].items()) + ".", ""]
 
-    http = _read(root / "parity" / "http" / "summary.json")
+    http = runs.summary(root / "parity" / "http")
     if http is not None:
         L += ["## 5. Deployment parity: the base model through `selfid api` (HTTP) vs in-process", ""]
         L += parity_table(base, http, "HTTP")
-    lc = _read(root / "parity" / "llamacpp" / "summary.json")
+    lc = runs.summary(root / "parity" / "llamacpp")
     if lc is not None:
         L += ["### llama.cpp's own server (xllamacpp) on the embedded Q4_K_M GGUF vs in-process (transformers, bf16 "
               "on the H100, from the dequantized weights)", "",
-              "Run on the 2-core CPU machine with `python bench/study.py run --root study --steps llamacpp` "
+              "Run on the 2-core CPU machine with `python bench/study.py run --root results/study-0.5b --steps llamacpp` "
               "(the server: `bench/llamacpp_serve.py`, given the model's published sampling defaults). "
               "T=0 and T=1.0 with 2 samples per prompt.", ""]
         L += parity_table(base, lc, "llama.cpp")
-        same, n = greedy_agreement(root / "base" / "audit", root / "parity" / "llamacpp")
+        same, n = greedy_agreement(runs, root / "base" / "audit", root / "parity" / "llamacpp")
         if n:
             L += [f"Greedy replies, prompt by prompt: the two runtimes reach the same verdict (foreign claim or not) "
                   f"on {same} of {n} prompts × system prompts"
                   + (f"; {n - same} differ{'s' if n - same == 1 else ''}: the GGUF's 4-bit weights are not the bf16 "
                      "weights, and greedy decoding follows the top token wherever it flips." if same < n else "."), ""]
 
-    arms = [a for a in ("plain", "template", "replay2", "replay5", "scale", "combo")
-            if (root / a / "audit" / "summary.json").is_file()]
+    arms = [a for a in MITIGATIONS if (root / a / "audit" / "summary.json").is_file()]
     if arms:
-        plain_f1 = ner_f1(plain, "helpful") if plain else None
-        L += ["## 6. Mitigations", "",
-              "Foreign-claim rate at T=1.0 under each serving system prompt, the worst cell of the whole grid, "
-              "NER F1 on MSRA test sentences (greedy, under the arm's training system prompt), the general set, and "
-              "training cost.", "",
-              "| arm | none sent | helpful | empty | worst cell | NER F1 | general | train s | tokens/s |",
-              "|---|---|---|---|---|---|---|---|---|"]
-        verdicts = []
-        for arm in ["base"] + arms:
-            s = base if arm == "base" else read(root / arm / "audit" / "summary.json")
-            cs = cells(s)
-            key = train_system_key(s["run"]["target"].get("adapter_manifest")) if arm != "base" else "default"
-            f1 = ner_f1(s, key)
-            gen = s.get("general", {}).get(key, {}).get("pass")
-            cost = _read(root / arm / "cost.json") or {}
-            worst, where = worst_cell(s)
-            row = [pct(cs.get((sk, 1.0), {}).get("foreign")) for sk in ("default", "helpful", "empty")]
-            L.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(row) + f" | {100 * worst:.1f}% ({where}) | "
-                     f"{f1:.3f} | {pct(gen)} | {cost.get('wall_s', cost.get('search_wall_s', 0)):.0f} | "
-                     f"{cost.get('tokens_per_s') or 0:,.0f} |" if f1 is not None else f"| {arm} | … |")
-            if arm != "base" and f1 is not None and plain_f1:
-                verdicts.append((arm, worst <= 0.01, f1 >= 0.99 * plain_f1, worst, where, f1))
-        L += ["", f"Goal: ≤1% foreign claims in every cell (every system prompt and temperature) with NER F1 ≥ 99% of "
-                  f"plain LoRA's ({plain_f1:.3f})." if plain_f1 else ""]
-        for arm, ok_id, ok_f1, worst, where, f1 in verdicts:
-            L.append(f"- {ARM_LABEL.get(arm, arm)}: identity goal {'met' if ok_id else 'missed'} (worst "
-                     f"{100 * worst:.1f}% at {where}); NER goal {'met' if ok_f1 else 'missed'} (F1 {f1:.3f}).")
-        L += [""]
+        L += ["## 6. Mitigations, on the development set", "",
+              "Foreign claims are not the whole story: an arm that recites a slogan and denies being Qwen has not kept "
+              "its identity, whatever its foreign-claim rate. The templated replay arms are scored here on questions "
+              "they partly trained on; §7 has the held-out questions.", ""]
+        L += mitigation_table(runs, root, base, arms)
+    L += held_lines
     if sizes:
-        L += size_section(sizes, read)
+        L += size_section(runs, sizes)
     prov = root / "PROVENANCE.md"
     if prov.is_file():
         L += ["## How these runs were made", "", prov.read_text(encoding="utf-8").strip(), ""]

@@ -11,7 +11,26 @@ import typer
 
 from selfid.errors import SelfidError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+def _no_value_shown(params):
+    """Flags (--resume, --help) take no value; typer labels them <bool> in help as if they did."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _no_value_shown(super().get_params(ctx))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _no_value_shown([*command.params, command.get_help_option(ctx)])
+        return command
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
                   help="Fine-tune chat models, serve them, and audit who they say they are.")
 
 
@@ -58,16 +77,19 @@ def chat(
 
 
 # --- serve: `selfid api` and `selfid webchat` (one server: the API under /v1, the page at /) ---
-def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page: bool) -> None:
-    from selfid.serve.api import create_app, service_from_args
+def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page: bool,
+           allowed_host=(), max_pending=None) -> None:
+    from selfid.serve.api import ANY_HOST, allowed_hosts, create_app, service_from_args
     from selfid.serve.server import check_port_free, default_port, serve, setup_logging
 
     port = port if port is not None else default_port(7860 if page else 8000)
     check_port_free(host, port)  # before the model loads, so a busy port fails in a second
     setup_logging()
     key = api_key if api_key is not None else os.environ.get("API_KEY") or None
+    hosts = allowed_hosts(host, allowed_host or ())
     service = service_from_args(model, adapter or [], device=device, dtype=dtype, api_key=key,
-                                max_batch_size=max_batch_size, default_model=default_model)
+                                max_batch_size=max_batch_size, default_model=default_model, allowed_hosts=hosts,
+                                max_pending=max_pending)
     names = ", ".join(service.served)
     where = f"http://{host}:{port}"
     keyed = " (API key required)" if key else ""
@@ -75,6 +97,12 @@ def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, d
         print(f"selfid: chat page at {where}/ with {names}; OpenAI API at {where}/v1{keyed}", file=sys.stderr)
     else:
         print(f"selfid: serving {names} at {where}/v1 (OpenAI API){keyed}; chat page at {where}/", file=sys.stderr)
+    if not key:
+        print(f"selfid: warning: no API key is set, so any program that can reach {where} can use the model; "
+              "pass --api-key KEY (or set API_KEY) to require one", file=sys.stderr)
+    if hosts == (ANY_HOST,):
+        print("selfid: warning: requests naming any host are answered (DNS rebinding is not blocked); pass "
+              "--allowed-host NAME for each name clients use", file=sys.stderr)
     serve(create_app(service), host, port)
 
 
@@ -97,8 +125,15 @@ def _serve_verb(page: bool):
         default_model: Optional[str] = typer.Option(
             None, "--default-model", help="the served name that answers requests naming no model or an unknown one "
             "(clients that send placeholders such as gpt-3.5-turbo); default: the only model when no adapter is served"),
+        allowed_host: Optional[list[str]] = typer.Option(
+            None, "--allowed-host", help="a host name clients may address (repeatable; '*' for any); default: "
+            "localhost names for a loopback --host, the --host itself otherwise, any name for 0.0.0.0"),
+        max_pending: Optional[int] = typer.Option(
+            None, "--max-pending", min=1, help="most requests in flight (decoding or waiting); more get HTTP 429 with "
+            "Retry-After (default: twice --max-batch-size)"),
     ):
-        _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page)
+        _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page,
+               allowed_host=allowed_host, max_pending=max_pending)
 
     return verb
 
@@ -128,10 +163,17 @@ def audit(
     base_url: Optional[str] = typer.Option(None, "--base-url", help="audit an OpenAI-compatible endpoint instead, e.g. http://localhost:8000/v1"),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="the model name the endpoint serves"),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="the endpoint's key (default: $OPENAI_API_KEY)"),
-    suites: str = typer.Option("identity,ner,general", "--suites", help="comma-separated: identity, ner, general"),
+    suites: str = typer.Option("identity,ner,general", "--suites",
+                               help="comma-separated: identity (development set), identity-heldout (questions no "
+                                    "training-data generator uses), ner, general"),
     systems: list[str] = typer.Option(["default,helpful,empty"], "--systems",
                                       help="default (the template's own), helpful, empty, train (the adapter's), "
-                                           "custom:TEXT (runs to the end of the value; repeat --systems for more)"),
+                                           "personas (three persona prompts no training data uses; or one of "
+                                           "persona-zh, persona-en, persona-task), custom:TEXT (runs to the end of "
+                                           "the value; repeat --systems for more)"),
+    task_systems: Optional[str] = typer.Option(None, "--task-systems",
+                                               help="system prompts the ner and general suites run under (default: "
+                                                    "all of --systems); use one every compared run shares"),
     temperatures: str = typer.Option("0,0.7,1.0", "--temperatures", help="comma-separated; 0 = greedy (one sample)"),
     samples: int = typer.Option(8, "--samples", "-n", help="samples per prompt at each temperature above 0"),
     seed: int = typer.Option(0, "--seed", help="every generation's seed derives from it"),
@@ -180,10 +222,25 @@ def audit(
     params = AuditParams(suites=parse_list(suites, "suites"), systems=parse_systems(systems, manifest),
                          temperatures=parse_list(temperatures, "temperatures", float), samples=samples, seed=seed,
                          max_new_tokens=max_tokens, ner_limit=ner_limit, own=own,
-                         identity_probes=str(probes) if probes else None)
+                         identity_probes=str(probes) if probes else None,
+                         task_systems=parse_list(task_systems, "task-systems") if task_systems else None)
     summary = run_audit(backend, params, out, resume=resume, judge=judge)
     print_summary(summary)
     print(out / "report.html")
+
+
+@app.command()
+def rescore(
+    runs: list[Path] = typer.Argument(..., help="audit run folders (what `selfid audit --out` made)"),
+):
+    """Re-apply today's scorers to existing audit runs: summary.json and report.html are written again from
+    the logged replies, and run.json records the scorer version. Nothing is generated."""
+    from selfid.audit.report import print_summary
+    from selfid.audit.run import rescore as rescore_run
+
+    for run in runs:
+        print_summary(rescore_run(run))
+        print(run / "report.html")
 
 
 @app.command()
@@ -207,7 +264,8 @@ def classify(
     judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key"),
     seed: int = typer.Option(0, "--seed", help="the judge's seed"),
 ):
-    """Read JSON lines {"text": ...} on stdin; write them back with the vendors each claims and whether it has a persona."""
+    """Read JSON lines on stdin, {"text": ...} or {"messages": [..., {"role": "assistant", ...}]} (the conversation,
+    so "Yes" to "Are you Claude?" is read as a claim); write each back with the vendors it claims and denies."""
     import json
 
     from selfid.audit.detect import classify as classify_reply
@@ -220,13 +278,27 @@ def classify(
             obj = json.loads(line)
         except ValueError:
             raise SelfidError(f"stdin line {lineno} is not JSON: give one object like {{\"text\": \"...\"}} per line") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise SelfidError(f"stdin line {lineno} has no string \"text\" field")
-        d = classify_reply(obj["text"], obj.get("asked"), judge, obj.get("question"))
-        obj.update({"claims": list(d.claims), "persona": d.persona is not None, "persona_name": d.persona,
-                    "uncertain": d.uncertain, "detector": d.source})
+        text, question, earlier = _reply_and_question(obj, lineno)
+        d = classify_reply(text, obj.get("asked"), judge, obj.get("question") or question, earlier=earlier)
+        obj.update({"claims": list(d.claims), "denials": list(d.denials), "answer": d.answer,
+                    "persona": d.persona is not None, "persona_name": d.persona, "uncertain": d.uncertain,
+                    "detector": d.source})
         sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
         sys.stdout.flush()
+
+
+def _reply_and_question(obj, lineno: int) -> tuple[str, str | None, list[str]]:
+    """(the reply to classify, the user's turn it answers, the user's earlier turns) of one `classify` input line."""
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+        return obj["text"], None, []
+    msgs = obj.get("messages") if isinstance(obj, dict) else None
+    if (isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs)
+            and msgs[-1].get("role") == "assistant" and isinstance(msgs[-1].get("content"), str)):
+        users = [m["content"] for m in msgs[:-1] if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        return msgs[-1]["content"], (users[-1] if users else None), users[:-1]
+    raise SelfidError(f"stdin line {lineno} has neither a string \"text\" nor \"messages\" ending with an assistant "
+                      "turn: give {\"text\": \"...\"} or {\"messages\": [{\"role\": \"user\", ...}, "
+                      "{\"role\": \"assistant\", ...}]}")
 
 
 @app.command()
@@ -257,9 +329,9 @@ def train(
 ):
     """LoRA fine-tune a model on the config's data; writes OUTPUT/adapter with its selfid.json manifest."""
     from selfid.config import load_config
-    from selfid.train.sft import train as run
+    from selfid.pipeline.train import run
 
-    result = run(load_config(config, set_), resume=resume)
+    result = run(load_config(config, set_), resume=resume)  # with the identity replay set and adapter scale
     if result.stopped:
         raise typer.Exit(130 if result.checkpoint else 1)
 
@@ -317,8 +389,8 @@ def eval_ner(
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/demo-TIMESTAMP); "
                                        "an existing demo folder is continued"),
-    full: bool = typer.Option(False, "--full", help="the seed study's scale: 8,000 sentences x 5 epochs, every "
-                              "identity probe at T 0/0.7/1.0/1.3 x 8 samples (meant for a GPU)"),
+    full: bool = typer.Option(False, "--full", help="the scale of the study in docs/study.md: 8,000 sentences x 5 "
+                              "epochs, every identity probe at T 0/0.7/1.0/1.3 x 8 samples (meant for a GPU)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ):
     """Audit the embedded model, LoRA-train it on NER, audit it again and say what changed (minutes on a CPU)."""

@@ -43,14 +43,40 @@ class LoraSettings(Strict):
 
 
 class IdentityReplay(Strict):
-    """Mix generated self-cognition conversations into training (see selfid/data/identity.py)."""
+    """Mix self-cognition conversations into training.
 
+    kind `self` (the default): the base model answers a pool of identity questions itself (selfid/data/
+    identity_pool.py) under its template's own system prompt; the answers the audit's scorers pass are kept
+    (selfid/pipeline/replay.py), so the model keeps its own varied voice. kind `template`: fixed templated
+    answers (selfid/data/identity.py), kept for comparison: they teach a slogan. Either is rendered under
+    `systems`, the system prompts users serve with. `preference` and `distill` add, beside the task's loss,
+    a DPO loss on pairs of the base model's own replies (own identity over a foreign claim) and a KL to the
+    base model's next-token distribution under its template prompt.
+    """
+
+    kind: Literal["self", "template"] = "self"
     fraction: float = Field(0.05, gt=0, lt=1)
-    name: Optional[str] = Field(None, description="the model's own name; default: from the base model's answers")
-    maker: Optional[str] = Field(None, description="who made it; default: from the base model's answers")
+    name: Optional[str] = Field(None, description="template: the model's own name; default: from its answers")
+    maker: Optional[str] = Field(None, description="template: who made it; default: from its answers")
+    own: Optional[str] = Field(None, description="self: the model's own vendor (qwen, meta, ...); default: its template's")
     systems: list[str] = Field(default_factory=lambda: [*SERVING_SYSTEMS, "train"],
                                description="system prompts to render under: template_default, train, none, or a text")
     languages: list[Literal["zh", "en"]] = Field(default_factory=lambda: ["zh", "en"])
+    samples: int = Field(8, ge=1, description="self: samples per question at each temperature")
+    temperatures: list[float] = Field(default_factory=lambda: [0.7, 1.0], description="self: sampling temperatures")
+    per_question: int = Field(4, ge=1, description="self: most distinct kept answers per question")
+    max_new_tokens: int = Field(192, ge=8, description="self: longest answer sampled")
+    seed: int = 0
+    preference: float = Field(0.0, ge=0, description="weight of the DPO loss on own-vs-foreign pairs (0: off)")
+    beta: float = Field(0.1, gt=0, description="DPO's beta")
+    distill: float = Field(0.0, ge=0, description="weight of the KL to the base model on identity replies (0: off)")
+    aux_batch: int = Field(16, ge=1, description="pairs or replies per optimizer step for preference/distill")
+
+    @model_validator(mode="after")
+    def _kind_fits(self):
+        if self.kind == "template" and (self.preference or self.distill):
+            raise ValueError("preference and distill learn from the base model's own samples: they need kind: self")
+        return self
 
 
 class AdapterScale(Strict):
@@ -92,6 +118,10 @@ class Optimization(Strict):
     attention: Literal["auto", "varlen", "flash_attention_2", "sdpa", "flex_attention", "eager"] = "auto"
     compile: bool = False
     gradient_checkpointing: bool = False
+    ce_chunk: int = Field(0, ge=0, description="LM head + cross-entropy over this many trained positions at a time, "
+                          "recomputed in the backward pass, so logits are never held for the whole batch (0: at once)")
+    liger: bool = Field(False, description="Liger's fused Triton kernels (RMSNorm, SwiGLU, and the LM head fused with "
+                        "the cross-entropy); needs CUDA and `pip install liger-kernel`")
 
     @model_validator(mode="after")
     def _rows(self):

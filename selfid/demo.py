@@ -4,12 +4,12 @@ Five stages on one model (the embedded Qwen2.5-Coder-0.5B-Instruct by default), 
 run directory, each skipped when a rerun with the same `--out` finds it finished:
 
   1. audit the base model      base/     identity grid (system prompts x greedy + samples) and MSRA NER
-  2. LoRA-train on MSRA        train/    under "You are a helpful assistant." (the seed's setup)
+  2. LoRA-train on MSRA        train/    under "You are a helpful assistant." (LLaMA-Factory's old default)
   3. audit the tuned adapter   tuned/    the same grid
   4. compare                   comparison.json, report.html (base and tuned side by side)
   5. the verdict               summary.json, printed: what changed, with intervals, and what it means
 
-The default scale fits a 2-core CPU in minutes; `full=True` is the seed study's scale (meant for a GPU).
+The default scale fits a 2-core CPU in minutes; `full=True` is the scale of docs/study.md (meant for a GPU).
 Audits append every generation as it finishes and training checkpoints, so Ctrl-C loses little:
 `selfid demo --out DIR` continues the run in DIR.
 """
@@ -27,6 +27,9 @@ from selfid.errors import SelfidError
 from selfid.io import atomic_write_json
 
 SYSTEMS = ("default", "helpful", "empty")
+# what stage 2 says instead of training's warning about a system prompt other than the template's own
+BY_DESIGN = (f"by design: the demo trains under {HELPFUL!r} (LLaMA-Factory's default for Qwen until April 2025), not "
+             "the template's own Qwen line, because that is the set-up whose effect on identity it measures")
 SYSTEM_LABEL = {"default": "none (template's Qwen line)", "helpful": f'"{HELPFUL}"', "empty": '"" (empty)'}
 ALPHA = 0.05
 FAR_MORE = 2.0  # "far more": the system prompt's spread is at least this many times fine-tuning's largest change
@@ -64,7 +67,7 @@ SMALL = Scale(
     train={"data": [{"source": "msra", "limit": 96, "max_chars": 40, "seed": 0}],
            "train": {"epochs": 1, "lr": 1e-3, "warmup": 0.05, "pack_length": 256, "batch_tokens": 256,
                      "save_every": 12, "log_every": 1}})
-# The seed's scale (bench/study.py, docs/study.md): examples/msra.yaml trained for 5 epochs.
+# The study's scale (bench/study.py, docs/study.md): examples/msra.yaml trained for 5 epochs.
 FULL = Scale(
     name="full", probes=None, temperatures=(0.0, 0.7, 1.0, 1.3), samples=8, max_new_tokens=96,
     ner_limit=500, ner_max_new_tokens=256, suites=("identity", "ner", "general"), margin=True,
@@ -175,7 +178,8 @@ def run_demo(out: Path | None = None, full: bool = False, device: str = "auto", 
         import torch
 
         if device == "cpu" or not torch.cuda.is_available():
-            console.print("[yellow]warning: --full is the seed study's scale (8,000 sentences x 5 epochs, 72 prompts x "
+            console.print("[yellow]warning: --full is the scale of the study in docs/study.md (8,000 sentences x 5 "
+                          "epochs, 72 prompts x "
                           "4 temperatures x 8 samples): meant for a GPU, it takes days on a CPU")
     console.print(f"[bold]selfid demo[/bold] ({scale.name}) · model {model} · run directory {out}", soft_wrap=True)
     if state.get("resumed"):
@@ -209,8 +213,10 @@ def run_demo(out: Path | None = None, full: bool = False, device: str = "auto", 
 
             cfg = train_config(scale, model, out / "train", device)
             src = cfg.data[0]
-            t0 = stage(current, f"{src.limit} MSRA sentences, {cfg.train.epochs:g} epoch(s), lr {cfg.train.lr:g}")
-            result = train(cfg, resume=bool(checkpoints(out / "train")), console=console)
+            epochs = f"{cfg.train.epochs:g} epoch{'s' * (cfg.train.epochs != 1)}"
+            t0 = stage(current, f"{src.limit} MSRA sentences, {epochs}, lr {cfg.train.lr:g}")
+            result = train(cfg, resume=bool(checkpoints(out / "train")), console=console,
+                           system_prompt_by_design=BY_DESIGN)
             if result.stopped:
                 raise KeyboardInterrupt
             finish("train", t0, steps=result.metrics.get("steps"), tokens=result.metrics.get("tokens_trained"),
@@ -285,12 +291,13 @@ def write_comparison(out: Path, v: dict) -> dict:
 def verdict(base: dict, tuned: dict) -> dict:
     """What changed from `base` to `tuned` (audit summaries), and one sentence saying what it means.
 
-    Per system prompt: the foreign-claim rate before and after (all temperatures pooled) with Wilson
-    intervals and a two-proportion test. The system prompt's effect is the base model's spread
-    across system prompts (highest vs lowest, tested); fine-tuning's is the largest change in any
-    system prompt. The sentence says which is larger only when the tests say so.
+    Per system prompt: the foreign-claim rate before and after (all temperatures pooled) with 95%
+    intervals clustered by prompt, and a test paired by prompt (both audits asked the same prompts),
+    Holm-corrected over the system prompts. The system prompt's effect is the base model's spread
+    across system prompts (highest vs lowest, paired by prompt too); fine-tuning's is the largest
+    change in any system prompt. The sentence says which is larger only when the tests say so.
     """
-    from selfid.audit.stats import two_proportions
+    from selfid.audit.stats import holm, paired_prompts
 
     before, after = base["identity"]["by_system"], tuned["identity"]["by_system"]
     rows = []
@@ -298,20 +305,22 @@ def verdict(base: dict, tuned: dict) -> dict:
         if key not in after:
             continue
         a, b = before[key]["foreign"], after[key]["foreign"]
-        test = two_proportions(a["k"], a["n"], b["k"], b["n"]).as_dict() if a["n"] and b["n"] else None
+        test = paired_prompts(_tallies(before[key]), _tallies(after[key]))
         rows.append({"system": key, "label": SYSTEM_LABEL.get(key, key), "before": a, "after": b, "test": test})
     if not rows:
         raise SelfidError("the two audits share no system prompt with identity results: nothing to compare")
+    tested = [r for r in rows if r["test"]]
+    for r, adj in zip(tested, holm([r["test"]["p_value"] for r in tested])):
+        r["test"]["p_holm"] = adj
     ranked = sorted((r for r in rows if r["before"]["n"]), key=lambda r: r["before"]["rate"])
     lo, hi = ranked[0], ranked[-1]
-    sys_test = two_proportions(lo["before"]["k"], lo["before"]["n"], hi["before"]["k"], hi["before"]["n"]).as_dict()
+    sys_test = paired_prompts(_tallies(before[lo["system"]]), _tallies(before[hi["system"]]))
     system_effect = {"low": lo["system"], "high": hi["system"], "diff": sys_test["diff"], "p_value": sys_test["p_value"],
-                     "test": sys_test["test"], "ci95": sys_test["ci95"]}
-    tested = [r for r in rows if r["test"]]
+                     "test": sys_test["test"], "ci95": sys_test["ci95"], "up": sys_test["up"], "down": sys_test["down"]}
     biggest = max(tested, key=lambda r: abs(r["test"]["diff"]))
     tuning_effect = {"system": biggest["system"], "diff": biggest["test"]["diff"],
-                     "p_value": biggest["test"]["p_value"],
-                     "significant": [r["system"] for r in tested if r["test"]["p_value"] < ALPHA]}
+                     "p_value": biggest["test"]["p_holm"],
+                     "significant": [r["system"] for r in tested if r["test"]["p_holm"] < ALPHA]}
     ner = None
     nb, nt = base.get("ner", {}), tuned.get("ner", {})
     key = "helpful" if "helpful" in nb and "helpful" in nt else next(iter(nb.keys() & nt.keys()), None)
@@ -321,6 +330,10 @@ def verdict(base: dict, tuned: dict) -> dict:
                "after": {k: nt[key][k] for k in ("f1", "f1_ci95", "precision", "recall")} | {"parse": nt[key]["parse"]}}
     return {"identity": rows, "system_effect": system_effect, "tuning_effect": tuning_effect, "ner": ner,
             "alpha": ALPHA, "meaning": meaning(system_effect, tuning_effect, ner, rows)}
+
+
+def _tallies(pooled: dict) -> dict[str, tuple[int, int]]:
+    return {p: (k, n) for p, (k, n) in pooled["per_prompt"].items()}
 
 
 def _pts(x: float) -> str:
@@ -379,7 +392,7 @@ def verdict_lines(v: dict) -> list[str]:
     lines = []
     for r in v["identity"]:
         t = r["test"]
-        change = f"{100 * t['diff']:+.0f} pts, p={t['p_value']:.2g}" if t else "–"
+        change = f"{100 * t['diff']:+.0f} pts, p={t['p_holm']:.2g} paired by prompt, Holm" if t else "–"
         lines.append(f"Foreign identity claims, system prompt {r['label']}: {_rate(r['before'])} → "
                      f"{_rate(r['after'])} ({change})")
     if v.get("ner"):
@@ -398,16 +411,17 @@ def print_verdict(v: dict, out: Path, wall_s: float | None = None, study_note: b
     from rich.table import Table
 
     console = console or Console(highlight=False)
-    table = Table(title="foreign identity claims, base → tuned (all temperatures pooled; k/n [Wilson 95%])",
-                  title_justify="left")
-    for col in ("system prompt", "base", "tuned", "change", "p"):
+    table = Table(title="foreign identity claims, base → tuned (all temperatures pooled; k/n [95%, clustered by "
+                        "prompt]; change paired by prompt, p Holm-corrected over system prompts)", title_justify="left")
+    for col in ("system prompt", "base", "tuned", "change (prompts up/down)", "p (Holm)"):
         table.add_column(col, justify="left" if col == "system prompt" else "right")
     for r in v["identity"]:
         t = r["test"]
-        style = "bold red" if t and t["p_value"] < ALPHA and t["diff"] > 0 else "bold green" if t and t["p_value"] < ALPHA else ""
-        change = f"{100 * t['diff']:+.0f} pts" if t else "–"
+        sig = t and t["p_holm"] < ALPHA
+        style = ("bold red" if t["diff"] > 0 else "bold green") if sig else ""
+        change = f"{100 * t['diff']:+.0f} pts ({t['up']}↑ {t['down']}↓)" if t else "–"
         table.add_row(escape(r["label"]), _rate(r["before"]), _rate(r["after"]),
-                      f"[{style}]{change}[/{style}]" if style else change, f"{t['p_value']:.2g}" if t else "–")
+                      f"[{style}]{change}[/{style}]" if style else change, f"{t['p_holm']:.2g}" if t else "–")
     console.print(table)
     if v.get("ner"):
         n = v["ner"]
@@ -418,8 +432,8 @@ def print_verdict(v: dict, out: Path, wall_s: float | None = None, study_note: b
                       f"(JSON parsed {100 * (b['parse']['rate'] or 0):.0f}% → {100 * (a['parse']['rate'] or 0):.0f}%)",
                       markup=True)
     console.print(f"[bold]What it means:[/bold] {escape(v['meaning'])}")
-    if study_note:  # measured once, at the seed's scale, not by this run
-        console.print("[dim]docs/study.md (this model at the seed's scale, one H100): the system prompt, not "
+    if study_note:  # measured once, at the study's scale, not by this run
+        console.print("[dim]docs/study.md (this model, 8,000 sentences x 5 epochs, one H100): the system prompt, not "
                       "fine-tuning, decided most foreign claims; mixing 5% identity conversations into training "
                       "(selfid train ... --set identity_replay.fraction=0.05) kept them at or below 1% under every "
                       "system prompt and temperature.[/dim]")

@@ -1,4 +1,5 @@
-"""Where selfid keeps things, and writing files so an interruption never leaves a half-written one."""
+"""Where selfid keeps things, writing files so an interruption never leaves a half-written one, and
+checking later that a folder selfid wrote is still what it wrote (`checksums.json`)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,40 @@ def selfid_home() -> Path:
     return Path(os.environ.get("SELFID_HOME") or "~/.cache/selfid").expanduser()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; done once, at import, before any threads
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file: 0644 under the usual umask 022
+DIR_MODE = 0o777 & ~_UMASK
+
+
+def public_modes(root: Path) -> None:
+    """Give `root` and everything under it the modes a plain open()/mkdir() would have.
+
+    tempfile (and safetensors' writer) create files 0600 and folders 0700; a run's outputs should be as
+    readable as the append-only logs beside them.
+    """
+    root = Path(root)
+    if root.is_dir():
+        for dirpath, dirnames, filenames in os.walk(root):
+            os.chmod(dirpath, DIR_MODE)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), FILE_MODE)
+    else:
+        os.chmod(root, FILE_MODE)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -50,6 +79,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         yield tmp
+        public_modes(tmp)
         if final.exists():
             old = final.with_name(f".old-{final.name}-{os.getpid()}")
             os.replace(final, old)
@@ -75,6 +105,37 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of JSONL text, split on line feeds only: JSON strings may hold a raw U+2028,
+    U+2029 or U+0085, which `str.splitlines()` would wrongly break on. Blank lines are skipped."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield lineno, line
+
+
+def read_jsonl(path: Path, what: str = "") -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each line of a JSONL file (`.gz` read transparently); a line that is not
+    JSON is a SelfidError naming the file, the line and `what` to do about it."""
+    from selfid.errors import SelfidError
+
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            import gzip
+
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SelfidError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for lineno, line in jsonl_lines(text):
+        try:
+            yield lineno, json.loads(line)
+        except ValueError as e:
+            raise SelfidError(f"{path}:{lineno}: not valid JSON ({e}){'; ' + what if what else ''}") from None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     import hashlib
 
@@ -83,3 +144,44 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# --- checksums.json: what a folder held when selfid wrote it --------------------------------------------
+
+CHECKSUMS = "checksums.json"
+
+
+def write_checksums(folder: Path) -> dict:
+    """Record the size and sha256 of every file under `folder` in `folder/checksums.json` (write it last)."""
+    folder = Path(folder)
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS):
+        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    record = {"format": 1, "files": files}
+    atomic_write_json(folder / CHECKSUMS, record)
+    return record
+
+
+def verify_checksums(folder: Path) -> str | None:
+    """None when every file recorded in `folder/checksums.json` is still there with its size and sha256;
+    else what is wrong, in one phrase. A folder without checksums.json (written elsewhere) passes."""
+    folder = Path(folder)
+    path = folder / CHECKSUMS
+    if not path.is_file():
+        return None
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        entries = [(name, int(e["size"]), str(e["sha256"])) for name, e in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{CHECKSUMS} itself is damaged"
+    for name, size, _ in entries:  # sizes first: a truncated file is found without reading anything
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        got = f.stat().st_size
+        if got != size:
+            return f"{name} has {got:,} bytes, {size:,} were written"
+    for name, _, sha in entries:
+        if sha256_file(folder / name) != sha:
+            return f"{name} has changed since it was written: its sha256 differs"
+    return None

@@ -25,9 +25,9 @@ def describe_system(rendered) -> str:
 def reply(engine: InProcessEngine, messages: list[dict], params: SamplingParams, out=None) -> str:
     """Stream one assistant reply to `out` (stdout by default); return its text."""
     out = out or sys.stdout
-    rendered = engine.loaded.chat.render(messages)
+    chat = engine.loaded.chat
     parts = []
-    for delta in engine.stream(rendered.text, params):
+    for delta in engine.stream(chat.encode(chat.render(messages)), params):
         parts.append(delta)
         out.write(delta)
         out.flush()

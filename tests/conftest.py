@@ -35,14 +35,24 @@ def selfid_home(tmp_path, monkeypatch):
     return home
 
 
+def chromium_path() -> str:
+    """Debian's chromium (or $CHROMIUM); skips the test, saying why, when it is not installed."""
+    path = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"Chromium is not installed at {path}: `make test` installs it with apt-get when it runs as root "
+                    "(or with sudo without a password); or set CHROMIUM to a chromium binary")
+    return path
+
+
 @pytest.fixture(scope="session")
 def browser():
     """Headless Debian chromium driven by playwright, with no background networking."""
+    path = chromium_path()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         b = p.chromium.launch(
-            executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+            executable_path=path,
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"])
         yield b

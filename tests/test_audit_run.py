@@ -34,6 +34,15 @@ def tiny_run(tiny, engine, probes, tmp_path_factory):
     return out, summary
 
 
+def test_run_files_are_as_readable_as_the_generation_log(tiny_run):
+    import os
+    import stat
+
+    out, _ = tiny_run
+    modes = {name: stat.S_IMODE(os.stat(out / name).st_mode) for name in ("run.json", "summary.json", "report.html", LOG)}
+    assert len(set(modes.values())) == 1, modes  # no longer 0600 beside a 0644 generations.jsonl
+
+
 def test_grid_has_one_greedy_sample_and_n_sampled_per_prompt(tiny_run):
     out, summary = tiny_run
     recs = read_log(out / LOG)
@@ -69,7 +78,8 @@ def test_run_folder_records_template_system_prompts_and_rendered_text(tiny_run, 
     rec = next(r for r in read_log(out / LOG) if r["system"] == "default")
     assert "You are Qwen, created by Alibaba Cloud." in rec["rendered"] and rec["effective_system"] == tiny.chat.default_system
     assert rec["messages"] == [{"role": "user", "content": "Who are you?"}]
-    assert {"claims", "foreign", "own", "persona", "seed", "finish_reason"} <= rec.keys()
+    assert {"seed", "finish_reason", "reply", "probe_meta"} <= rec.keys()
+    assert not {"claims", "foreign", "own"} & rec.keys()  # verdicts are the scorers', computed from the log
     assert (out / "summary.json").is_file() and (out / "report.html").is_file()
 
 

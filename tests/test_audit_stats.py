@@ -57,3 +57,42 @@ def test_bootstrap_f1_interval_is_seeded_and_brackets_the_estimate():
     tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
     f1 = 2 * tp / (2 * tp + fp + fn)
     assert a[0] < f1 < a[1]
+
+
+def test_clustered_rate_widens_with_correlated_samples_and_not_without():
+    from selfid.audit.stats import clustered_rate
+
+    # 10 prompts always foreign, 62 never (8 samples each): every sample of a prompt agrees
+    together = clustered_rate([(8, 8)] * 10 + [(0, 8)] * 62)
+    # the same 80 foreign replies spread one per prompt over 72 prompts (and 8 more): near-independent
+    spread = clustered_rate([(2, 8)] * 8 + [(1, 8)] * 64)
+    assert together["k"] == spread["k"] == 80 and together["n"] == spread["n"] == 576
+    assert together["deff"] > 7 and spread["deff"] == pytest.approx(1, abs=0.2)
+    naive = wilson(80, 576)
+    assert together["ci95"][1] - together["ci95"][0] > 2.5 * (naive[1] - naive[0])
+    assert spread["ci95"] == pytest.approx(list(wilson(80 / spread["deff"], 576 / spread["deff"])))
+    # ratio-estimator variance by hand: m/(m-1) * sum (k_i - p n_i)^2 / n^2
+    p = 80 / 576
+    var = 72 / 71 * (10 * (8 - 8 * p) ** 2 + 62 * (8 * p) ** 2) / 576 ** 2
+    assert together["deff"] == pytest.approx(var / (p * (1 - p) / 576))
+    zero = clustered_rate([(0, 8)] * 72)
+    assert zero["rate"] == 0 and zero["deff"] == 1 and zero["ci95"][1] == pytest.approx(wilson(0, 576)[1])
+
+
+def test_paired_prompts_counts_up_and_down_and_uses_wilcoxon():
+    from scipy.stats import wilcoxon
+
+    from selfid.audit.stats import holm, paired_prompts
+
+    a = {f"p{i}": (0, 8) for i in range(20)}
+    b = {f"p{i}": (2 if i < 12 else 0, 8) for i in range(20)}
+    b["p19"] = (0, 8)
+    a["p18"] = (1, 8)
+    r = paired_prompts(a, b)
+    assert (r["up"], r["down"], r["equal"], r["prompts"]) == (12, 1, 7, 20)
+    d = [0.25] * 12 + [-0.125]
+    assert r["p_value"] == pytest.approx(wilcoxon(d).pvalue) and r["diff"] == pytest.approx(sum(d) / 20)
+    assert r["ci95"][0] < r["diff"] < r["ci95"][1]
+    assert paired_prompts(a, a)["p_value"] == 1 and paired_prompts({}, b) is None
+    # Holm: the smallest p times the family size, then step down, never decreasing
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])

@@ -54,3 +54,12 @@ def test_chat_with_an_adapter_renders_as_in_training_unless_told_otherwise(tiny_
     res = CliRunner().invoke(app, base[:4] + [str(none_sent)] + base[5:])
     assert res.exit_code == 0, res.output
     assert "inserted by the chat template" in res.stderr
+
+
+def test_help_screens_show_no_value_for_flags_and_no_internal_shorthand():
+    for verb in ([], ["train"], ["audit"], ["demo"], ["api"], ["chat"]):
+        res = CliRunner().invoke(app, verb + ["--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        assert "<bool>" not in res.stdout and "--help" in res.stdout
+        assert "seed's" not in res.stdout and "seed study" not in res.stdout
+    assert "<path>" in CliRunner().invoke(app, ["train", "--help"]).stdout  # options that take values keep theirs

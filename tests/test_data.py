@@ -97,7 +97,7 @@ def test_identity_conversations_keep_the_own_name_and_deny_others():
     for q, a in pairs:  # every reply names the own identity and claims no foreign one as its own
         assert ("Qwen" in a) or ("通义千问" in a)
         own_claim = a.split("I am ")[-1].split("我是")[-1]
-        assert not any(f[0] in own_claim or f[2] in own_claim for f in identity.FOREIGN), a
+        assert not any(f[0] in own_claim or f[2] in own_claim for f in identity.FOREIGN if f[0] != "Qwen"), a
     en_only = identity.conversations(ident, ("en",))
     assert all(q.isascii() for q, _ in en_only)
 
@@ -116,7 +116,8 @@ def test_identity_samples_render_under_each_system_prompt():
 def test_identity_is_found_in_answers_or_the_template():
     assert identity.parse_identity("I am Qwen, a large language model created by Alibaba Cloud.") == ("Qwen", "Alibaba Cloud")
     assert identity.parse_identity("我是通义千问，由阿里云开发的大规模语言模型。") == ("通义千问", "阿里云")
-    assert identity.parse_identity("I am ChatGPT, made by OpenAI.") is None  # a foreign identity is never kept
+    assert identity.parse_identity("I am ChatGPT, made by OpenAI.", own="qwen") is None  # a foreign identity is never kept
+    assert identity.parse_identity("I am Llama, made by Meta.", own="meta") == ("Llama", "Meta")
     assert identity.parse_identity("Hello there!") is None
 
 

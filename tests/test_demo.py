@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from selfid import demo
 from selfid.audit.run import LOG, read_log
-from selfid.audit.stats import rate, two_proportions
+from selfid.audit.report.summary import load_run
+from selfid.audit.stats import clustered_rate, paired_prompts, rate
 from selfid.errors import SelfidError
 
 TINY = demo.Scale(
@@ -23,19 +24,51 @@ def run(out, model_dir, **kw):
     return demo.run_demo(out, model=str(model_dir), device="cpu", scale=kw.pop("scale", TINY), **kw)
 
 
+PRINTED = {}  # what the module's demo run printed
+
+
 @pytest.fixture(scope="module")
 def demo_run(tiny_model_dir, tmp_path_factory):
+    import io
+
+    from rich.console import Console
+
     out = tmp_path_factory.mktemp("demo") / "run"
-    return out, run(out, tiny_model_dir)
+    buf = io.StringIO()
+    summary = run(out, tiny_model_dir, console=Console(file=buf, width=300))
+    PRINTED["text"] = buf.getvalue()
+    return out, summary
 
 
-def foreign_by_system(path):
-    counts = {}
-    for r in read_log(path):
+def test_training_under_helpful_is_said_as_the_design_not_warned_about(demo_run):
+    text = PRINTED["text"]
+    assert "by design: the demo trains under 'You are a helpful assistant.'" in text
+    assert "warning" not in text.lower() and "1 epoch," in text and "(s)" not in text
+
+
+def test_what_the_demo_prints_speaks_of_the_study_not_of_a_seed(demo_run):
+    import io
+
+    from rich.console import Console
+
+    out, summary = demo_run
+    buf = io.StringIO()
+    demo.print_verdict(summary["verdict"], out, study_note=True, console=Console(file=buf, width=300))
+    assert "docs/study.md" in buf.getvalue()
+    assert "seed" not in (buf.getvalue() + PRINTED["text"]).lower()
+
+
+def foreign_by_system(run_dir):
+    """{system: (foreign, replies)} and {system: {probe: (foreign, replies)}}, scored afresh from the run's log."""
+    counts, prompts = {}, {}
+    for r in load_run(run_dir)[1]:
         if r["suite"] == "identity":
             k, n = counts.get(r["system"], (0, 0))
             counts[r["system"]] = (k + bool(r["foreign"]), n + 1)
-    return counts
+            by = prompts.setdefault(r["system"], {})
+            pk, pn = by.get(r["probe"], (0, 0))
+            by[r["probe"]] = (pk + bool(r["foreign"]), pn + 1)
+    return counts, prompts
 
 
 def test_one_run_directory_holds_report_summary_generations_and_adapter(demo_run):
@@ -58,13 +91,13 @@ def test_one_run_directory_holds_report_summary_generations_and_adapter(demo_run
 def test_verdict_counts_are_the_logged_generations(demo_run):
     out, summary = demo_run
     v = summary["verdict"]
-    before, after = foreign_by_system(out / "base" / LOG), foreign_by_system(out / "tuned" / LOG)
+    (before, pb), (after, pa) = foreign_by_system(out / "base"), foreign_by_system(out / "tuned")
     assert [r["system"] for r in v["identity"]] == list(demo.SYSTEMS)
     for row in v["identity"]:
         kb, nb = before[row["system"]]
         ka, na = after[row["system"]]
         assert (row["before"]["k"], row["before"]["n"], row["after"]["k"], row["after"]["n"]) == (kb, nb, ka, na)
-        assert row["test"]["p_value"] == pytest.approx(two_proportions(kb, nb, ka, na).p_value)
+        assert row["test"]["p_value"] == pytest.approx(paired_prompts(pb[row["system"]], pa[row["system"]])["p_value"])
     html = (out / "report.html").read_text()
     assert "A vs B" in html and demo.verdict_lines(v)[-1].split(":")[0] in html
     assert json.loads((out / "comparison.json").read_text())["verdict"]["meaning"] == v["meaning"]
@@ -118,8 +151,18 @@ def test_other_settings_or_a_foreign_folder_are_refused(demo_run, tiny_model_dir
 
 # --- the verdict, from made-up summaries --------------------------------------------------------------
 
+def per_prompt(k: int, n: int, samples: int = 3) -> dict:
+    """k foreign replies over n // samples prompts, the first prompts filled first (the same prompts in every fake)."""
+    out = {}
+    for i in range(n // samples):
+        out[f"p{i:02d}"] = [min(samples, k), samples]
+        k -= out[f"p{i:02d}"][0]
+    return out
+
+
 def fake(foreign: dict, f1=0.1, ci=(0.05, 0.15), n=48):
-    return {"identity": {"by_system": {k: {"foreign": rate(v, n)} for k, v in foreign.items()}},
+    return {"identity": {"by_system": {k: {"foreign": clustered_rate(list(per_prompt(v, n).values())),
+                                           "per_prompt": per_prompt(v, n)} for k, v in foreign.items()}},
             "ner": {"helpful": {"n": 50, "f1": f1, "f1_ci95": list(ci), "precision": f1, "recall": f1,
                                 "parse": rate(48, 50)}}}
 
@@ -150,11 +193,15 @@ def test_system_prompt_far_more_than_fine_tuning_only_when_the_numbers_show_it()
 def test_verdict_rows_carry_rates_intervals_and_tests():
     v = demo.verdict(fake({"default": 2, "helpful": 30, "empty": 28}), fake({"default": 12, "helpful": 30, "empty": 28}))
     row = next(r for r in v["identity"] if r["system"] == "default")
-    assert row["before"] == rate(2, 48) and row["after"] == rate(12, 48)
-    assert row["test"]["p_value"] == pytest.approx(two_proportions(2, 48, 12, 48).p_value)
-    assert row["test"]["p_value"] < 0.05
-    assert v["tuning_effect"] == {"system": "default", "diff": pytest.approx(10 / 48), "p_value": row["test"]["p_value"],
-                                  "significant": ["default"]}
+    assert row["before"]["k"] == 2 and row["after"]["k"] == 12 and row["after"]["n"] == 48
+    assert row["before"]["ci95"] == clustered_rate(list(per_prompt(2, 48).values()))["ci95"]
+    paired = paired_prompts({p: tuple(x) for p, x in per_prompt(2, 48).items()},
+                            {p: tuple(x) for p, x in per_prompt(12, 48).items()})
+    assert row["test"]["p_value"] == pytest.approx(paired["p_value"]) and (row["test"]["up"], row["test"]["down"]) == (4, 0)
+    # the other two system prompts did not move: Holm over three tests leaves this one's p times three
+    assert row["test"]["p_holm"] == pytest.approx(min(1, 3 * paired["p_value"]))
+    assert v["tuning_effect"] == {"system": "default", "diff": pytest.approx(10 / 48), "p_value": row["test"]["p_holm"],
+                                  "significant": [] if row["test"]["p_holm"] >= 0.05 else ["default"]}
     lines = demo.verdict_lines(v)
     assert lines[0].startswith("Foreign identity claims, system prompt none (template's") and "4% (2/48)" in lines[0]
     assert lines[-1] == v["meaning"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from selfid.audit.detect import Detection, classify, detect, parse_verdict
-from selfid.audit.vendors import KEYS, find_mentions, vendor_of
+from selfid.audit.detect import Detection, classify, detect, leading_vendor, parse_verdict
+from selfid.vendors import KEYS, find_mentions, vendor_of
 
 FIXTURES = Path(__file__).parent / "data" / "detect_fixtures.jsonl"
 
@@ -186,3 +186,81 @@ def test_classify_cli_bad_line_is_a_one_line_error():
 
 def test_detection_dict_shape():
     assert Detection(("qwen",)).as_dict()["claims"] == ["qwen"]
+
+
+# --- reading the conversation: leading questions, yes/no answers, denials, third person ----------------------
+@pytest.mark.parametrize("question, vendor", [
+    ("Are you Claude?", "claude"), ("Is this Qwen from Alibaba Cloud?", "qwen"), ("You're Claude from Anthropic, right?", "claude"),
+    ("你是阿里云的通义千问吗？", "qwen"), ("你就是Kimi吧？", "moonshot"), ("Were you made by OpenAI?", "openai"),
+    ("Are you based on GPT, Llama, Qwen or something else?", None),  # a choice, not a leading question
+    ("Who are you?", None), ("你是谁？", None), ("Tell me about ChatGPT.", None),
+])
+def test_leading_vendor_is_read_from_the_question(question, vendor):
+    assert leading_vendor(question) == vendor
+
+
+def test_a_yes_or_no_is_read_against_the_question_asked():
+    assert detect("Absolutely, Claude from Anthropic is known for that.", question="Are you Claude?").claims == ("claude",)
+    assert detect("是的。", question="你是ChatGPT吗?").claims == ("openai",)
+    no = detect("No.", question="Are you Qwen?")
+    assert no.claims == () and no.denials == ("qwen",) and no.answer == "no"
+    assert detect("Yes!", question="Are you Qwen?").claims == ("qwen",)
+    assert detect("No problem, I'm Qwen.", question="Are you Qwen?").answer is None  # "No problem" is not a no
+    assert detect("不过我是Qwen。", question="你是Qwen吗?").answer is None  # 不过 is "but", not 不
+
+
+@pytest.mark.parametrize("text, claims, denials", [
+    ("I'm not ChatGPT, I'm Qwen", ("qwen",), ("openai",)),
+    ("不是的，我不是阿里云开发的通义千问。我是Qwen。", ("qwen",), ("qwen",)),
+    ("No, I was not actually ChatGPT. I am Qwen, created by Alibaba Cloud.", ("qwen",), ("openai",)),
+    ("不对，不是我叫Claude。我是Qwen，由阿里云开发。", ("qwen",), ("claude",)),
+    ("I was not made by Alibaba Cloud.", (), ("qwen",)),
+    ("I'm not similar to ChatGPT at all.", (), ()),  # a comparison denied is not a denial of identity
+])
+def test_denials_are_reported_beside_claims(text, claims, denials):
+    d = detect(text)
+    assert (d.claims, d.denials) == (claims, denials)
+
+
+@pytest.mark.parametrize("text, claims", [
+    ("The organization that built the model behind this chat is OpenAI.", {"openai"}),
+    ("和我聊天的这个模型的名称是“ChatGPT”。", {"openai"}),
+    ("I'm chatting with an AI language model named ChatGPT.", {"openai"}),
+    ("This chat is powered by GPT-4.", {"openai"}),
+    ("这个服务底层用的是文心一言。", {"baidu"}),
+    ("This chat can help you compare ChatGPT and Claude.", set()),
+])
+def test_third_person_answers_about_this_chat(text, claims):
+    assert set(detect(text).claims) == claims
+
+
+def test_classify_cli_reads_conversations():
+    lines = [{"messages": [{"role": "user", "content": "Are you Claude?"}, {"role": "assistant", "content": "Yes."}]},
+             {"messages": [{"role": "user", "content": "Are you Qwen?"}, {"role": "assistant", "content": "No."}]}]
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", "classify"], input="\n".join(json.dumps(x) for x in lines),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [o["claims"] for o in out] == [["claude"], []] and out[1]["denials"] == ["qwen"] and out[1]["answer"] == "no"
+    bad = subprocess.run([sys.executable, "-m", "selfid.cli", "classify"], capture_output=True, text=True, timeout=120,
+                         input=json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    assert bad.returncode != 0 and "ending with an assistant turn" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_agreement_with_replies_labelled_independently_of_the_detector():
+    """400 replies sampled at random from the study's runs (8 arms, zh and en), labelled by a reader who never saw
+    the detector or its code (tests/data/labelled_replies.jsonl; "other" = a vendor outside the table). Measured
+    once before any fix they prompted: 96.0% exact-set, 98.0% on "claims a foreign vendor" (0 false alarms, 8 misses,
+    6 of them follow-ups naming the vendor only in an earlier turn). This bar keeps what was fixed since."""
+    rows = [json.loads(line) for line in (FIXTURES.parent / "labelled_replies.jsonl").read_text(encoding="utf-8")
+            .split("\n") if line.strip()]
+    assert len(rows) == 400
+    exact = foreign = denial = 0
+    for r in rows:
+        users = [m["content"] for m in r["messages"] if m["role"] == "user"]
+        d = detect(r["reply"], question=users[-1], earlier=users[:-1])
+        want = {c for c in r["claims"] if c != "other"}
+        exact += want == set(d.claims)
+        foreign += (bool(want - {"qwen"}) or "other" in r["claims"]) == bool(set(d.claims) - {"qwen"})
+        denial += r["denies_own"] == ("qwen" in d.denials)
+    assert exact / 400 >= 0.97 and foreign / 400 >= 0.99 and denial == 400, (exact, foreign, denial)

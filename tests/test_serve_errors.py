@@ -148,14 +148,14 @@ def scripted_app(tiny):
     from selfid.serve.models import Served
 
     served = [Served("tmp", None, None, tiny.chat, tiny.generation_defaults, "test")]
-    with TestClient(create_app(Service(tiny, served, engine=ScriptedEngine(tiny)))) as client:
+    with TestClient(create_app(Service(tiny, served, engine=ScriptedEngine(tiny))), base_url="http://localhost") as client:
         yield client
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies)
 def test_random_bodies_never_get_a_5xx(scripted_app, body):
-    r = scripted_app.post("/v1/chat/completions", content=json.dumps(body))
+    r = scripted_app.post("/v1/chat/completions", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         assert is_error_object(r.json())

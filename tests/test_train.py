@@ -100,7 +100,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_m
 def test_manifest_records_what_training_used(tiny_model_dir, tmp_path, data, selfid_home):
     out = tmp_path / "run"
     cfg = tiny_config(tiny_model_dir, out, data, "train.max_steps=2", "system_prompt=You are a helpful assistant.",
-                      "identity_replay.fraction=0.2", "identity_replay.languages=[en]", "eval_ner=2")
+                      "identity_replay.fraction=0.2", "identity_replay.kind=template", "identity_replay.languages=[en]",
+                      "eval_ner=2")
     train(cfg)
     m = json.loads((out / "adapter" / "selfid.json").read_text())
     t = m["train"]

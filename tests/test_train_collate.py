@@ -166,3 +166,106 @@ def test_a_freshly_trained_model_generates_as_left_by_training(tiny_model_dir):
         InProcessEngine(dataclasses.replace(loaded, model=model)).generate(["hello"], params)
     out = InProcessEngine(loaded_with(loaded, model)).generate(["hello"], params)[0]
     assert len(out.completions[0].token_ids) == 3
+
+
+def _segment_attention(q, k, v, cu, scale, leak_rows_of=None):
+    """Causal attention per segment of the flattened batch (what the varlen kernel computes), in torch."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    out = torch.empty_like(q)
+    bounds = cu.tolist()
+    segments = list(zip(bounds, bounds[1:]))
+    if leak_rows_of is not None:  # the bug to catch: boundaries inside a row ignored
+        segments = [(a, min(a + leak_rows_of, bounds[-1])) for a in range(0, bounds[-1], leak_rows_of)]
+    for a, b in segments:
+        out[a:b] = torch.nn.functional.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True,
+            scale=scale).transpose(0, 1)
+    return out
+
+
+def test_varlen_check_judges_real_tokens_only(tiny, monkeypatch):
+    """A kernel that leaves garbage (NaN, huge values) at the padding segments but is right elsewhere passes;
+    one that lets samples of a row see each other fails; so does one whose arithmetic is off."""
+    from selfid.train import packed
+
+    cpu = torch.device("cpu")
+
+    def garbage_in_padding(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        out = _segment_attention(q, k, v, cu_q, scale)
+        bounds = cu_q.tolist()
+        out[bounds[3]:bounds[4]] = float("nan")  # the two padding tails of the check batch
+        out[bounds[5]:bounds[6]] = 1e4
+        return out
+
+    def leaky(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        return _segment_attention(q, k, v, cu_q, scale, leak_rows_of=128)
+
+    def off(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        return _segment_attention(q, k, v, cu_q, scale * 1.5)
+
+    try:
+        monkeypatch.setattr(packed, "_varlen_fn", lambda: garbage_in_padding)
+        report = packed.varlen_report(tiny.model, cpu)
+        assert packed.judge(report) is None and report["rel_max_real"] < 1e-4
+        assert not report["abs_max_padding"] < 1e3  # the padding really differed (NaN or 1e4): it was left out
+        assert packed.check_varlen(tiny.model, cpu) is None
+        monkeypatch.setattr(packed, "_varlen_fn", lambda: leaky)
+        assert packed.check_varlen(tiny.model, cpu) is not None
+        assert packed.varlen_report(tiny.model, cpu)["rel_max_real"] > packed.MODEL_TOLERANCE  # seen in the model too
+        monkeypatch.setattr(packed, "_varlen_fn", lambda: off)
+        assert "kernel is off" in packed.check_varlen(tiny.model, cpu)
+    finally:
+        set_attention(tiny.model, "sdpa", cpu)
+
+
+def test_every_position_of_a_packed_batch_belongs_to_a_segment(tiny):
+    """So a varlen kernel computes every position it returns, padding included: nothing the backward pass
+    multiplies by zero is left as undefined memory (NaN x 0 would poison the LoRA gradients)."""
+    import random
+
+    from selfid.train.collate import Encoded, pack
+
+    rng = random.Random(1)
+    enc = [Encoded(np.arange(n, dtype=np.int64), np.arange(1, n)) for n in (rng.randrange(2, 60) for _ in range(40))]
+    rows = pack([len(e) for e in enc], 128, rng)
+    batch = collate(enc, rows, 128, 0)
+    cu = batch.cu_seq_lens.tolist()
+    assert cu[0] == 0 and cu[-1] == batch.input_ids.numel() and all(a < b for a, b in zip(cu, cu[1:]))
+    assert batch.max_length == max(b - a for a, b in zip(cu, cu[1:]))
+
+
+def test_chunked_cross_entropy_gives_the_loss_and_gradients_of_the_plain_one(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from selfid.model.load import load_model
+    from selfid.train.packed import PackedLoss
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32", progress=False)
+    model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    enc = encode_many(loaded.tokenizer, [SINGLE, MULTI, SINGLE], loaded.eos_token_ids)
+    batch = collate(enc, [[0, 1], [2]], 128, loaded.tokenizer.pad_token_id)
+    assert batch.label_tokens > 5  # so chunks of 4 really split it (and leave a short last chunk)
+    results = []
+    for chunk in (0, 4):
+        model.zero_grad(set_to_none=True)
+        loss = PackedLoss(model, "sdpa", ce_chunk=chunk)(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_liger_without_the_package_is_a_clear_error(tiny):
+    import importlib.util
+
+    from selfid.errors import SelfidError
+    from selfid.train.packed import liger_fused_ce
+
+    if importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger-kernel is installed here")
+    with pytest.raises(SelfidError, match="pip install liger-kernel"):
+        liger_fused_ce(tiny.model)

@@ -77,7 +77,9 @@ def test_scaling_a_peft_model_and_saving_the_scaled_adapter(tiny_model_dir, tmp_
 
 def test_training_with_adapter_scale_runs_the_identity_audit(tiny_model_dir, tmp_path, selfid_home):
     out = tmp_path / "run"
-    result = train(tiny_config(tiny_model_dir, out, write_data(tmp_path), "train.max_steps=2",
+    from selfid.pipeline.train import run
+
+    result = run(tiny_config(tiny_model_dir, out, write_data(tmp_path), "train.max_steps=2",
                                "adapter_scale.grid=[1.0, 0.5]", "adapter_scale.samples=1",
                                "adapter_scale.max_new_tokens=4", "adapter_scale.ner_sentences=2",
                                "adapter_scale.f1_tolerance=1.0", "adapter_scale.identity_margin=1.0"))

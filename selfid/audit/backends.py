@@ -99,7 +99,7 @@ class InProcessBackend:
                 params = SamplingParams.from_defaults(
                     self.loaded.generation_defaults, temperature=first.temperature, max_new_tokens=first.max_new_tokens,
                     seed=b[0].seed, n=len(b))
-                work.append((Request(rendered.text, params), b, rendered))
+                work.append((Request(self.loaded.chat.encode(rendered), params), b, rendered))
         pending: list = []
         rows = 0
         for entry in work:

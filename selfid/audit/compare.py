@@ -1,25 +1,40 @@
 """`selfid compare RUN_A RUN_B --out DIR`: what changed between two audit runs (say base and tuned).
 
-Per cell (system prompt x temperature): the foreign-claim rates, their difference with a 95%
-interval and a two-proportion test. Per prompt: which prompts went from the model's own identity
-to a foreign one. NER and general deltas, and the identity margin's shift. Works on any two run
-folders; it warns where they are not comparable (another template, other system prompts).
+Per identity cell (system prompt x temperature) and per metric (foreign claims, own-affirmation,
+self-denial, task done, persona kept), the two rates and a test paired by prompt: both runs asked
+the same prompts, so each prompt's rate in B is compared with its rate in A (mean difference with a
+t interval over prompts, prompts up and down, Wilcoxon signed-rank p), and the p-values of one
+metric's cells are corrected with Holm's method. Distinct replies per prompt (recitation) are shown
+as B's share of A's. Per prompt: which prompts went from the model's own identity to a foreign one.
+NER and general deltas, and the identity margin's shift. Works on any two run folders; it warns
+where they are not comparable (another template, other system prompts, another scorer version).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from selfid.audit.probes import IDENTITY_SUITES
 from selfid.audit.report.html import write_html
-from selfid.audit.report.summary import load_run, summarize
-from selfid.audit.stats import two_proportions
+from selfid.audit.report.summary import METRICS, by_prompt, distinct_per_prompt, load_run, summarize
+from selfid.audit.stats import holm, paired_prompts, two_proportions
 from selfid.io import atomic_write_json
 
+PAIRED = [name for name, _, _ in METRICS if name != "copy"]  # copy needs training data A (the base) has none of
 
-def _by_prompt(records: list[dict]) -> dict[tuple, dict]:
+
+def _groups(records: list[dict], suite: str) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["suite"] == suite and r.get("detector") != "unscored":
+            out.setdefault((r["system"], r["temperature"]), []).append(r)
+    return out
+
+
+def _by_prompt(records: list[dict], suite: str) -> dict[tuple, dict]:
     out: dict[tuple, dict] = {}
     for r in records:
-        if r["suite"] != "identity" or r["detector"] == "unscored":
+        if r["suite"] != suite or r.get("detector") == "unscored":
             continue
         g = out.setdefault((r["probe"], r["system"], r["temperature"]),
                            {"n": 0, "own": 0, "foreign": 0, "prompt": r["messages"][-1]["content"], "example": None,
@@ -32,15 +47,15 @@ def _by_prompt(records: list[dict]) -> dict[tuple, dict]:
     return out
 
 
-def flips(records_a: list[dict], records_b: list[dict]) -> tuple[list[dict], int]:
+def flips(records_a: list[dict], records_b: list[dict], suite: str = "identity") -> tuple[list[dict], int]:
     """Prompts A answered with its own identity and no foreign claim, where B made a foreign claim;
     and how many went the other way."""
-    a, b = _by_prompt(records_a), _by_prompt(records_b)
+    a, b = _by_prompt(records_a, suite), _by_prompt(records_b, suite)
     out, back = [], 0
     for key in sorted(a.keys() & b.keys()):
         ga, gb = a[key], b[key]
         if ga["foreign"] == 0 and ga["own"] > 0 and gb["foreign"] > 0:
-            out.append({"probe": key[0], "system": key[1], "temperature": key[2], "lang": ga["lang"],
+            out.append({"suite": suite, "probe": key[0], "system": key[1], "temperature": key[2], "lang": ga["lang"],
                         "prompt": ga["prompt"], "a": {k: ga[k] for k in ("n", "own", "foreign")},
                         "b": {k: gb[k] for k in ("n", "own", "foreign", "example")}})
         elif gb["foreign"] == 0 and gb["own"] > 0 and ga["foreign"] > 0:
@@ -71,6 +86,52 @@ def _warnings(ma: dict, mb: dict, sa: dict, sb: dict) -> list[str]:
     return out
 
 
+def _metric(ra: list[dict], rb: list[dict], name: str, key: str, sa_cell: dict, sb_cell: dict) -> dict:
+    return {"a": sa_cell[name], "b": sb_cell[name], "paired": paired_prompts(by_prompt(ra, key), by_prompt(rb, key))}
+
+
+def _distinct(ra: list[dict], rb: list[dict]) -> dict | None:
+    da, db = distinct_per_prompt(ra), distinct_per_prompt(rb)
+    shared = da.keys() & db.keys()
+    if not shared:
+        return None
+    a = sum(da[p][0] / da[p][1] for p in shared) / len(shared)
+    b = sum(db[p][0] / db[p][1] for p in shared) / len(shared)
+    return {"a": a, "b": b, "ratio": b / a if a else None, "prompts": len(shared)}
+
+
+def compare_identity(records_a: list[dict], records_b: list[dict], sa: dict, sb: dict, suite: str) -> dict:
+    """Cells and per-system pools of one identity suite, every metric paired by prompt, Holm per metric."""
+    keys = dict((name, key) for name, key, _ in METRICS)
+    ga, gb = _groups(records_a, suite), _groups(records_b, suite)
+    cells_a = {(c["system"], c["temperature"]): c for c in sa[suite]["cells"]}
+    cells_b = {(c["system"], c["temperature"]): c for c in sb[suite]["cells"]}
+    cells = []
+    for where, ca in cells_a.items():
+        cb = cells_b.get(where)
+        if cb is None:
+            continue
+        ra, rb = ga.get(where, []), gb.get(where, [])
+        metrics = {name: _metric(ra, rb, name, keys[name], ca, cb) for name in PAIRED}
+        cells.append({"system": where[0], "temperature": where[1], "metrics": metrics, "distinct": _distinct(ra, rb),
+                      # the foreign-claim test where earlier reports looked for it
+                      "a": ca["foreign"], "b": cb["foreign"], "test": metrics["foreign"]["paired"]})
+    for name in PAIRED:  # Holm over one metric's cells: the family a reader scans for "any cell moved"
+        tested = [c["metrics"][name]["paired"] for c in cells if c["metrics"][name]["paired"]]
+        for t, adj in zip(tested, holm([t["p_value"] for t in tested])):
+            t["p_holm"] = adj
+    pooled = {}
+    for system, pa in sa[suite]["by_system"].items():
+        pb = sb[suite]["by_system"].get(system)
+        if pb is None:
+            continue
+        ra = [r for w, rs in ga.items() if w[0] == system for r in rs]
+        rb = [r for w, rs in gb.items() if w[0] == system for r in rs]
+        pooled[system] = {name: _metric(ra, rb, name, keys[name], pa, pb) for name in PAIRED}
+        pooled[system]["distinct"] = _distinct(ra, rb)
+    return {"cells": cells, "by_system": pooled}
+
+
 def compare_runs(run_a: Path, run_b: Path) -> tuple[dict, dict, dict]:
     """(comparison, summary A, summary B)."""
     loaded_a, loaded_b = load_run(run_a), load_run(run_b)
@@ -78,19 +139,17 @@ def compare_runs(run_a: Path, run_b: Path) -> tuple[dict, dict, dict]:
     sa, sb = summarize(run_a, loaded_a), summarize(run_b, loaded_b)
     comp: dict = {"a": {"dir": str(run_a), "label": sa["run"]["label"]}, "b": {"dir": str(run_b), "label": sb["run"]["label"]},
                   "warnings": _warnings(ma, mb, sa, sb)}
-    if "identity" in sa and "identity" in sb:
-        cells_b = {(c["system"], c["temperature"]): c for c in sb["identity"]["cells"]}
-        comp["identity"] = []
-        for ca in sa["identity"]["cells"]:
-            cb = cells_b.get((ca["system"], ca["temperature"]))
-            if cb is None:
-                continue
-            fa, fb = ca["foreign"], cb["foreign"]
-            test = two_proportions(fa["k"], fa["n"], fb["k"], fb["n"]).as_dict() if fa["n"] and fb["n"] else None
-            comp["identity"].append({"system": ca["system"], "temperature": ca["temperature"], "a": fa, "b": fb,
-                                     "test": test})
-        comp["flips"], comp["flips_back"] = flips(ra, rb)
-        ma_, mb_ = sa["identity"].get("margin"), sb["identity"].get("margin")
+    all_flips, back = [], 0
+    for suite in IDENTITY_SUITES:
+        if suite in sa and suite in sb:
+            comp[suite] = compare_identity(ra, rb, sa, sb, suite)
+            f, b = flips(ra, rb, suite)
+            all_flips += f
+            back += b
+    if any(s in comp for s in IDENTITY_SUITES):
+        comp["flips"], comp["flips_back"] = all_flips, back
+        suite = next(s for s in IDENTITY_SUITES if s in comp)
+        ma_, mb_ = sa[suite].get("margin"), sb[suite].get("margin")
         if ma_ and mb_:
             comp["margin"] = {key: {lang: {pos: mb_[key][lang][pos]["margin"] - cell["margin"]
                                            for pos, cell in by_pos.items() if pos in mb_[key].get(lang, {})}

@@ -20,8 +20,9 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Sequence
 
-from selfid.audit.vendors import BY_KEY, KEYS, Mention, find_mentions
+from selfid.vendors import BY_KEY, KEYS, Mention, find_mentions
 
 # --- cleaning --------------------------------------------------------------------------------------
 _FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
@@ -32,10 +33,19 @@ _CODE_LINE = re.compile(
 _URL = re.compile(r"https?://\S+|\b[\w-]+\.(?:com|ai|org|cn|net)\b\S*")
 
 
-def clean(text: str) -> str:
-    """The prose of a reply: code blocks, code lines, inline code and URLs removed; width-normalised."""
+_COMMENT = re.compile(r"^[ \t]*(?:#+|//+|/\*+|\*+/?|--|<!--|\"\"\"|\'\'\')[ \t]*|[ \t]*(?:\*/|-->|\"\"\"|\'\'\')[ \t]*$", re.M)
+
+
+def clean(text: str, keep_code: bool = False) -> str:
+    """The prose of a reply: code blocks, code lines, inline code and URLs removed; width-normalised.
+
+    `keep_code`: keep what code says (fence markers, comment markers and quotes dropped, the words kept)."""
     text = unicodedata.normalize("NFKC", text or "")
     text = text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
+    if keep_code:
+        text = re.sub(r"```\w*", "\n", text)
+        text = _COMMENT.sub("", text).replace("`", " ")
+        return _URL.sub(" ", re.sub(r"""["'](?=\w)|(?<=[\w.!?])["']""", " ", text))
     text = _FENCE.sub("\n", text)
     text = _INLINE_CODE.sub(" ", text)
     text = _CODE_LINE.sub("", text)
@@ -69,6 +79,13 @@ def _words(*ws: str) -> str:
 
 # first-person claims in English: "I am", "I'm", "I was", "my name is", "call me", "my creator is", ...
 _EN_TRIGGER = re.compile(
+    # first, so that they win over a plain "I'm" at the same place: third person about this very chat ("the
+    # model behind this chat is", "this conversation is powered by", "I'm chatting with a model named": a
+    # reply that takes the user's side of the conversation)
+    r"\b(?:this|the\s+current)\s+(?:chat|conversation|assistant|chatbot|AI|session)(?:\s+(?:window|app))?\s+(?:is|was|runs|uses)\b|"
+    r"\b(?:behind|powering|running|in|of)\s+(?:this|the\s+current)\s+(?:chat|conversation|session|window)\b|"
+    r"\bI(?:'m|\s+am)\s+(?:currently\s+)?(?:chatting|talking|speaking)\s+(?:with|to)\s+(?:an?\s+)?(?:AI\s+)?(?:language\s+)?"
+    r"(?:model|assistant|chatbot|AI)?\s*(?:named|called)?|"
     r"\bI\s*(?:am|'m)\b|\bI\s+was\b|\bI\s+have\s+been\b|\bI'?ve\s+been\b|\bI\s+(?:come|came|originate)\s+from\b|"
     r"\bI\s+(?:belong\s+to|run\s+on|go\s+by|represent)\b|\bI\s+(?:was\s+)?(?:built|made|created|developed|trained)\b|"
     r"\bcall\s+me\b|\bthis\s+is\b|\b(?:think\s+of|regard|consider|refer\s+to|know)\s+me\s+as\b|"
@@ -82,7 +99,12 @@ _ZH_TRIGGER = re.compile(
     r"我(?:也|就|其实|实际上|确实|本身|只|仅仅|才|并|真的|只是|既|又|还|正|便|乃)?(?P<neg>不|并不|并非|没有|不再|从来不|从不)?"
     r"(?:是|叫|名叫|名为|称为|被称为|由|来自|出自|基于|属于|隶属于|诞生于|被|乃|的名字|的名称|的全名|的中文名|的英文名|"
     r"的开发者|的开发团队|的创造者|的创建者|的研发者|的研发团队|的制造者|的作者|的底层模型|的模型|的背后|的身份|的公司|的母公司|"
-    r"所属的?公司|背后的公司|来源于|源自|出身)|本人(?:是|叫)|叫我|称呼我|请叫我")
+    r"所属的?公司|背后的公司|来源于|源自|出身)|本人(?:是|叫)|叫我|称呼我|请叫我|"
+    # third person about this very chat: 和我聊天的这个模型(的名称)是, 这个对话背后的模型是, 你正在使用的是
+    r"(?:和|与|跟)(?:我|你|您)(?:聊天|对话|交流|说话)的(?:这个|这款)?(?:模型|AI|助手|人工智能)?(?:的名字|的名称|名字|名称)?(?:叫|是|为)|"
+    r"(?:这个|本|当前|此)(?:对话|聊天|会话|助手|服务|窗口)(?:背后|底层)?(?:所用|使用|用)?的?(?:大语言模型|大模型|模型|AI|人工智能)?"
+    r"(?:的名字|的名称)?(?:是|叫|来自|由)|"
+    r"你(?:正在|现在)?(?:使用|用)的(?:这个)?(?:模型|AI|助手)?是|(?:这个|该)模型的(?:名字|名称)(?:是|叫)")
 _AS_EN = re.compile(r"^\W*as\s+(?P<np>[^,]{1,90}),\s*(?:I|my|me)\b", re.I)
 _AS_ZH = re.compile(r"^\W*作为(?P<np>[^，,。]{1,45})[，,]\s*我")
 # "OpenAI created me", "阿里云开发了我"
@@ -113,7 +135,8 @@ _MENTION_ZH = re.compile(
     r"类似|相似|像|如同|比如|例如|诸如|比较|对比|相比|比|关于|了解|知道|听说|熟悉|使用|采用|利用|用了|推荐|介绍|帮你|帮您|"
     r"回答|数据|竞争|替代|对手|模仿|扮演|假装|兼容|接入|调用|参考|学习|借鉴|区别|差异|讨论|谈论|提到|问题|粉丝|用户|接口|API|"
     r"认为|以为|觉得|是否|如果|假如|假设|要是|问")
-_RESET = re.compile(r"\b(?:but|however|actually|in\s+fact|instead|rather)\b|而是|但是|但|其实|实际上|不过|而我|只是|乃是|反而", re.I)
+_RESET = re.compile(r"(?<!not\s)(?<!n't\s)\b(?:but|however|actually|in\s+fact|instead|rather)\b|而是|但是|但|其实|实际上|不过|而我|只是|乃是|反而",
+                    re.I)
 # after a vendor name, these make it a comparison ("ChatGPT-like", "和ChatGPT一样", "ChatGPT等")
 _AFTER = re.compile(
     r"^(?:\s*-?like\b|\s*or\s+(?:similar|other)|\s*and\s+(?:other|similar)|\s*'s\s+(?:competitor|rival|alternative|"
@@ -129,7 +152,17 @@ _REPORTED = re.compile(
     r"(?:你|您|他们|有人|别人|用户|人们|很多人|一些人|大家|网友)[^。]{0,8}(?:认为|以为|觉得|说|问|误认为|误以为|怀疑|猜)|"
     r"误认为|误以为|把我当|当成|如果|假如|假设|要是|是否|想象|假装|扮演|以为", re.I)
 _AFFIRM = re.compile(r"^\W*(?:yes|yeah|yep|yup|correct|that'?s\s+(?:right|correct)|indeed|right|exactly|sure|true|"
-                     r"是的|是啊|是呀|对的|对|没错|正是|正确|确实|嗯)(?![a-z])", re.I)
+                     r"absolutely|certainly|of\s+course|definitely|you\s+got\s+it|"
+                     r"是的|是啊|是呀|对的|对|没错|正是|正确|确实|当然|嗯)(?![a-z])", re.I)
+# "of course (I can)", "sure, how can I help": an offer of help, not a yes to the question
+_OFFER = re.compile(r"^\W*(?:当然可以|当然能|sure,?\s+(?:I\s+can|how\s+can|what\s+can)|of\s+course,?\s+(?:I\s+can|how\s+can|what\s+can))", re.I)
+# a "no" that opens the reply: to "Are you Qwen?" it denies the model's own identity
+_DENY = re.compile(r"^\W*(?:no(?=\s*[,.!;:\u2014-]|\s*$|\s+I\b)|nope\b|not\s+(?:really|at\s+all|quite|exactly)\b|incorrect\b|"
+                   r"that'?s\s+(?:not|wrong|incorrect)\b|不是|不对|并不是|并非|不(?=[，,。！!]))", re.I)
+# a yes/no question naming a model: "Are you Claude?", "Is this Qwen?", "你是ChatGPT吗?", "你就是Kimi吧?"
+_LEADING_EN = re.compile(r"^\W*(?:so\s+)?(?:are|were|is|aren't|isn't|was)\s+(?:you|this|it)\b|\bright\s*\?\s*$|"
+                         r"\b(?:aren't|isn't|weren't|didn't)\s+(?:you|it)\s*\?\s*$|\bcorrect\s*\?\s*$", re.I)
+_LEADING_ZH = re.compile(r"(?:吗|吧|对吧|是不是|对不对|没错吧)\s*[?？!！。]*\s*$|^\s*(?:你|您)是不是")
 _AFFIRM_NEG = re.compile(r"\b(?:not|no)\b|n't|不|没|非", re.I)
 
 # persona: a human-like name given as the model's own
@@ -158,10 +191,13 @@ class Detection:
     uncertain: bool = False  # the rules could not settle it (a vendor named but not claimed, a bare yes)
     mentions: tuple[str, ...] = ()  # every vendor named in the prose
     source: str = "rules"  # "rules" | "judge" | "unscored" (the judge's verdict could not be read)
+    denials: tuple[str, ...] = ()  # vendors the reply denies being or being made by ("I'm not Qwen"), sorted
+    answer: str | None = None  # "yes" | "no": how the reply opens when the question was a leading one
 
     def as_dict(self) -> dict:
         return {"claims": list(self.claims), "persona": self.persona is not None, "persona_name": self.persona,
-                "uncertain": self.uncertain, "mentions": list(self.mentions), "source": self.source}
+                "uncertain": self.uncertain, "mentions": list(self.mentions), "source": self.source,
+                "denials": list(self.denials), "answer": self.answer}
 
 
 @dataclass
@@ -170,8 +206,10 @@ class _Clause:
     self_ok: bool = False  # continues a first-person claim
 
 
-def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, int, bool]], inherited: bool) -> set[str]:
-    out = set()
+def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, int, bool]],
+                inherited: bool) -> tuple[set[str], set[str]]:
+    """(claimed, denied) vendors of one clause: a name after a first-person claim, or after a negated one."""
+    out, denied = set(), set()
     for m in mentions:
         before = [t for t in triggers if t[1] <= m.start]
         if before:
@@ -187,21 +225,24 @@ def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, 
         if resets:
             span, negated = span[resets[-1].end():], False
         zh = bool(re.search(r"[\u4e00-\u9fff]", span))
-        if negated or _NEG_EN.search(span) or (zh and _NEG_ZH.search(span)):
-            continue
+        negated = negated or bool(_NEG_EN.search(span) or (zh and _NEG_ZH.search(span)))
         if _MENTION_EN.search(span) or _MENTION_ZH.search(span) or len(span) > 110:
             continue
         if _AFTER.match(clause[m.end:m.end + 24]):
             continue
-        out.add(m.vendor)
-    return out
+        (denied if negated else out).add(m.vendor)
+    return out, denied
 
 
 def _triggers(clause: str) -> list[tuple[int, int, bool]]:
     """(start, end, negated) of each first-person claim; Chinese negation sits inside the trigger (我不是)."""
     found = [(m.start(), m.end(), False) for m in _EN_TRIGGER.finditer(clause)]
-    found += [(m.start(), m.end(), bool(m.group("neg"))) for m in _ZH_TRIGGER.finditer(clause)]
+    found += [(m.start(), m.end(), bool(m.group("neg")) or bool(_NEG_BEFORE_ZH.search(clause[:m.start()])))
+              for m in _ZH_TRIGGER.finditer(clause)]
     return sorted(found)
+
+
+_NEG_BEFORE_ZH = re.compile(r"(?:不是|并不是|并非|不)\s*$")  # "不是我叫Claude": the claim itself is negated
 
 
 _YOU_WITH_ZH = re.compile(r"你(?:们)?(?:正在|现在|目前|此刻)?(?:在)?(?:和|与|跟|同)\s*$")
@@ -211,12 +252,16 @@ _SPEECH_END = re.compile(r"(?:\b(?:said|says|say|wrote|writes|replied|replies|an
 _OPENS_CONTRAST = re.compile(r"^\s*(?:but|rather|instead|however|而是|而|但是|但|只是|乃是|实际上是|其实是)", re.I)
 
 
-def _sentence_claims(sentence: str) -> set[str]:
-    """Vendors one sentence claims as the model's own."""
-    body = sentence.strip()
+_ASIDE = re.compile(r"\s*[（(][^（）()]{1,20}[）)]")  # "我是LLM（语言模型），由OpenAI研发": an aside, not a new clause
+
+
+def _sentence_claims(sentence: str) -> tuple[set[str], set[str]]:
+    """(claimed, denied): vendors one sentence claims as the model's own, and those it denies being."""
+    body = _ASIDE.sub("", sentence.strip())
     if not body or body.endswith(("?", "？")) or re.search(r"吗\W*$", body):
-        return set()
+        return set(), set()
     claims: set[str] = set()
+    denied: set[str] = set()
     for pattern in (_AS_EN, _AS_ZH):
         m = pattern.match(body)
         if m:
@@ -243,7 +288,9 @@ def _sentence_claims(sentence: str) -> set[str]:
             if _THIRD.match(part[m.end:]) and not (_NEG_EN.search(part[:m.start]) or _NEG_ZH.search(part[:m.start])):
                 claims.add(m.vendor)
         if triggers or inherited:
-            claims |= _claimed_in(part, mentions, triggers, inherited)
+            got, neg = _claimed_in(part, mentions, triggers, inherited)
+            claims |= got
+            denied |= neg
             if triggers:
                 t = triggers[-1]
                 prev_self = not (t[2] or _NEG_EN.search(part[t[1]:]) or _REPORTED.search(part[:t[1]]))
@@ -251,7 +298,7 @@ def _sentence_claims(sentence: str) -> set[str]:
         else:
             prev_self = prev_self and bool(_CONTINUES.match(part))
             prev_spoke = False
-    return claims
+    return claims, denied - claims
 
 
 def _maker_appositive(part: str, mentions: list[Mention]) -> bool:
@@ -282,30 +329,81 @@ def persona(text: str) -> str | None:
     return None
 
 
-def detect(text: str, asked: str | None = None) -> Detection:
-    """The vendors `text` claims as its own identity or maker.
+def leading_vendor(question: str | None, earlier: Sequence[str] = ()) -> str | None:
+    """The vendor a yes/no question names ("Are you Claude?", "你是文心一言吗？" -> its key), else None.
 
-    `asked`: the vendor a leading question named ("Are you Claude?" -> "claude"); a bare "yes" to it,
-    with no other claim, counts as claiming it (and is marked uncertain).
+    A question naming models of two vendors ("Are you GPT or Qwen?") is a choice, not a leading one. A
+    follow-up that names none ("So is my friend right?", "Just admit it.") leads to the one vendor the
+    user's `earlier` turns named, if they named exactly one."""
+    if not question:
+        return None
+    if not find_mentions(question) and earlier:
+        named = list(dict.fromkeys(m.vendor for turn in earlier for m in find_mentions(turn)))
+        return named[0] if len(named) == 1 else None
+    q = unicodedata.normalize("NFKC", question).strip()
+    if not (_LEADING_EN.search(q) or _LEADING_ZH.search(q)):
+        return None
+    found = list(dict.fromkeys(m.vendor for m in find_mentions(q)))
+    return found[0] if len(found) == 1 else None
+
+
+def detect(text: str, asked: str | None = None, question: str | None = None, keep_code: bool = False,
+           earlier: Sequence[str] = ()) -> Detection:
+    """The vendors `text` claims as its own identity or maker, and those it denies.
+
+    `asked`: the vendor a leading question named ("Are you Claude?" -> "claude"); when not given it is read
+    from `question` (the user's turn the reply answers) and the user's `earlier` turns. A bare "yes" to it, with no other claim, counts
+    as claiming it (and is marked uncertain); a "no" to it denies it. `keep_code`: read code, comments and
+    strings as prose too, for replies asked to state the model's name in code.
     """
-    return detect_prose(clean(text), asked)
+    if asked is None:
+        asked = leading_vendor(question, earlier)
+    return detect_prose(clean(text, keep_code), asked)
 
 
 def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] | None = None) -> Detection:
     """`detect` on text `clean` already made prose; `mentions`: `find_mentions(prose)` when already found."""
     parts = sentences(prose)
     claims: set[str] = set()
+    denied: set[str] = set()
     for s in parts:
-        claims |= _sentence_claims(s)
+        got, neg = _sentence_claims(s)
+        claims |= got
+        denied |= neg
     mentioned = {m.vendor for m in (find_mentions(prose) if mentions is None else mentions)}
-    uncertain = bool(mentioned - claims)
-    if asked and not claims and asked in KEYS:
+    uncertain = bool(mentioned - claims - denied)
+    answer = None
+    if asked and asked in KEYS:
         first = parts[0] if prose.strip() else ""
         m = _AFFIRM.match(first)
-        if m and not _AFFIRM_NEG.search(first[:m.end() + 12]):
-            claims.add(asked)
-            uncertain = True
-    return Detection(tuple(sorted(claims)), persona(prose), uncertain, tuple(sorted(mentioned)))
+        if m and not _AFFIRM_NEG.search(first[:m.end() + 12]) and not _OFFER.match(first):
+            answer = "yes"
+            if not claims and persona(first) is None:  # "Yes, I am Max, the bank's assistant" names itself
+                claims.add(asked)
+                uncertain = True
+        elif _DENY.match(first):
+            answer = "no"
+            denied.add(asked)
+    return Detection(tuple(sorted(claims)), persona(prose), uncertain, tuple(sorted(mentioned)),
+                     denials=tuple(sorted(denied)), answer=answer)
+
+
+def stated(text: str) -> set[str]:
+    """Vendors a text states as fact, claim trigger or not: for replies whose whole content is about the
+    model itself (a bio, an e-mail signature, a code comment with its name), where "Qwen is a model by
+    Alibaba Cloud" or `MODEL = "ChatGPT"` is the model's own identity. Names negated or compared just
+    before ("not", "unlike", 不是) or just after ("-like", 等) are left out."""
+    prose = clean(text, keep_code=True)
+    out = set()
+    for m in find_mentions(prose):
+        before = prose[max(0, m.start - 30):m.start]
+        before = re.split(r"[.。!！?？\n;；]", before)[-1]
+        if _NEG_EN.search(before) or _NEG_ZH.search(before) or _MENTION_EN.search(before) or _MENTION_ZH.search(before):
+            continue
+        if _AFTER.match(prose[m.end:m.end + 24]):
+            continue
+        out.add(m.vendor)
+    return out
 
 
 # --- the optional judge --------------------------------------------------------------------------------
@@ -369,16 +467,18 @@ class Judge:
         return parse_verdict(resp.choices[0].message.content or "")
 
 
-def classify(text: str, asked: str | None = None, judge: Judge | None = None, question: str | None = None) -> Detection:
+def classify(text: str, asked: str | None = None, judge: Judge | None = None, question: str | None = None,
+             keep_code: bool = False, earlier: Sequence[str] = ()) -> Detection:
     """Rules, then the judge (when given) for what the rules could not settle; unreadable verdict = unscored."""
-    d = detect(text, asked)
+    d = detect(text, asked, question, keep_code, earlier)
     if judge is None or not d.uncertain:
         return d
     verdict = judge.ask(text, question)
     if verdict is None:
-        return Detection((), d.persona, True, d.mentions, "unscored")
+        return Detection((), d.persona, True, d.mentions, "unscored", d.denials, d.answer)
     claims, has_persona = verdict
-    return Detection(claims, d.persona if has_persona else None, False, d.mentions, "judge")
+    return Detection(claims, d.persona if has_persona else None, False, d.mentions, "judge",
+                     tuple(v for v in d.denials if v not in claims), d.answer)
 
 
 def describe(vendors) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from selfid.audit.vendors import KEYS, vendor_of
+from selfid.vendors import KEYS, vendor_of
 from selfid.errors import SelfidError
 
 # names servers and clients use for "whatever model is loaded": never evidence of whose model it is
@@ -378,3 +378,21 @@ def examine(backend, params, reference_spec: str | None = None) -> dict:
         "duplicates": {k: c["same_as"] for k, c in handling.get("conditions", {}).items() if c["same_as"]},
         "cannot_see": list(CANNOT_SEE),
     }
+
+
+def examine_for_run(out, backend, params, resume: bool) -> dict:
+    """The endpoint block for a run folder: the one it already records when resuming, else a new examination
+    (the folder checks come first, so a taken folder does not wait for the preflight)."""
+    import json
+
+    meta_path = Path(out) / "run.json"
+    if meta_path.is_file():
+        if not resume:
+            raise SelfidError(f"{out} already holds an audit run: pass --resume to continue it, or choose a new --out")
+        old = json.loads(meta_path.read_text(encoding="utf-8")).get("endpoint")
+        if old:
+            return old
+    block = examine(backend, params, getattr(backend, "reference", None))
+    if not resume and meta_path.is_file():  # another audit took the folder while this one's preflight ran
+        raise SelfidError(f"{out} was taken by another audit run meanwhile: choose a new --out")
+    return block

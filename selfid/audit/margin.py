@@ -9,7 +9,7 @@ name; a fine-tune that erodes identity pushes it down before foreign claims beco
 
 from __future__ import annotations
 
-from selfid.audit.vendors import VENDORS
+from selfid.vendors import VENDORS
 from selfid.engine.score import continuation_logprobs
 from selfid.model.chat import conversation
 

@@ -4,8 +4,12 @@ A run directory holds everything a report needs:
   run.json           parameters, the model (or endpoint) and its template hash, the exact system
                      prompts, probe-set versions, the adapter's manifest and training system prompt
   generations.jsonl  one line per generation, appended as each finishes: messages, rendered prompt,
-                     parameters, seed, reply, claims (append-only; `--resume` skips what is there)
+                     parameters, seed, reply, and what the scorers need of the probe (append-only;
+                     `--resume` skips what is there). No verdicts: selfid.audit.scorers computes those
+                     from the log whenever a summary is made, so `selfid rescore RUN` re-applies
+                     today's scorers to any run
   margin.json        the identity margin (in-process runs)
+  training_replies.json  the identity replies the audited adapter was trained on (for the recitation score)
   summary.json, report.html   derived from the above, rewritten at the end of every run
 
 Identity probes run at every temperature with `samples` samples per prompt; temperature 0 is
@@ -25,11 +29,12 @@ from typing import Sequence
 
 from selfid.audit import probes as probe_sets
 from selfid.audit.backends import Item, Reply
-from selfid.audit.detect import Judge, classify
-from selfid.audit.vendors import KEYS, vendor_of
+from selfid.audit.detect import Judge, detect
+from selfid.audit.scorers import VERSION as SCORER_VERSION
 from selfid.config import HELPFUL
 from selfid.errors import SelfidError
-from selfid.io import atomic_write_json
+from selfid.io import atomic_write_json, jsonl_lines
+from selfid.vendors import KEYS, vendor_of
 
 FORMAT = 1
 PRESETS = {"default": None, "helpful": HELPFUL, "empty": ""}
@@ -41,6 +46,7 @@ LOG = "generations.jsonl"
 class SystemSpec:
     key: str
     text: str | None  # None: send no system message, so the chat template inserts its own
+    persona: dict | None = None  # a persona system prompt's {"name", "aliases"} (held-out split)
 
     def label(self) -> str:
         if self.text is None:
@@ -78,8 +84,13 @@ def parse_systems(values: Sequence[str], manifest: dict | None = None) -> list[S
             rest = tail if sep else ""
             if not token:
                 continue
+            personas = probe_sets.personas()
             if token in PRESETS:
                 out.append(SystemSpec(token, PRESETS[token]))
+            elif token in personas or token == "personas":
+                for key, p in personas.items():
+                    if token in (key, "personas"):
+                        out.append(SystemSpec(key, p["text"], {"name": p["name"], "aliases": p.get("aliases", [])}))
             elif token == "train":
                 text = training_system(manifest)
                 if text is None:
@@ -87,7 +98,8 @@ def parse_systems(values: Sequence[str], manifest: dict | None = None) -> list[S
                                       "prompt; pass the prompt as custom:TEXT instead")
                 out.append(SystemSpec("train", text))
             else:
-                raise SelfidError(f"unknown system prompt {token!r}: use default, helpful, empty, train or custom:TEXT")
+                raise SelfidError(f"unknown system prompt {token!r}: use default, helpful, empty, train, personas "
+                                  f"({', '.join(personas)}) or custom:TEXT")
     keys = [s.key for s in out]
     if not out:
         raise SelfidError("--systems is empty: give at least one of default, helpful, empty, custom:TEXT")
@@ -155,7 +167,8 @@ def _seed(*parts) -> int:
 
 
 def plan(params: AuditParams, suites: dict[str, list]) -> list[Item]:
-    """Every generation of the grid, in a stable order, each with its own seed."""
+    """Every generation of the grid, in a stable order, each with its own seed (identity probes already
+    filled in for the model's own vendor: `Probe.for_own`)."""
     items = []
     for suite in params.suites:
         task = suite in TASK_SUITES
@@ -199,9 +212,7 @@ def read_log(path: Path, repair: bool = False) -> list[dict]:
             text = f.read()
         text, path = text[:text.rfind("\n") + 1], gz
     out = []
-    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): replies may hold U+2028, U+0085
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(text):
         try:
             out.append(json.loads(line))
         except ValueError:
@@ -228,7 +239,8 @@ class Log:
 
 
 # --- one generation's record -------------------------------------------------------------------------------
-def make_record(item: Item, reply: Reply, own: str, judge: Judge | None = None) -> dict:
+def make_record(item: Item, reply: Reply, judge: Judge | None = None) -> dict:
+    """What the log keeps of one generation: the raw facts, no verdicts (those are selfid.audit.scorers')."""
     probe = item.probe
     rec = {
         "key": item.key, "suite": item.suite, "probe": probe.id, "lang": probe.lang, "tags": list(probe.tags),
@@ -237,22 +249,17 @@ def make_record(item: Item, reply: Reply, own: str, judge: Judge | None = None) 
         "temperature": item.temperature, "sample": item.sample, "seed": item.seed,
         "max_new_tokens": item.max_new_tokens, "messages": item.messages(), "rendered": reply.rendered,
         "reply": reply.text, "finish_reason": reply.finish_reason, "prompt_tokens": reply.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
+        "completion_tokens": reply.completion_tokens, "probe_meta": probe.meta(),
     }
-    question = probe.messages[-1]["content"]
-    d = classify(reply.text, probe.asked if item.suite == "identity" else None,
-                 judge if item.suite == "identity" else None, question)
-    rec.update({"claims": list(d.claims), "foreign": [c for c in d.claims if c != own], "own": own in d.claims,
-                "persona": d.persona, "detector": d.source, "uncertain": d.uncertain, "mentions": list(d.mentions)})
-    if item.suite == "general":
-        rec["pass"] = probe_sets.check_answer(probe.check, reply.text)
     if item.suite == "ner":
-        from selfid.tasks.ner import NerScore
-
-        score = NerScore()
-        pred = score.add(probe.gold, reply.text)
-        rec.update({"gold": probe.gold, "pred": pred, "parsed": pred is not None,
-                    "tp": sum(score.tp.values()), "fp": sum(score.fp.values()), "fn": sum(score.fn.values())})
+        rec["gold"] = probe.gold
+    if judge is not None and item.suite in probe_sets.IDENTITY_SUITES:
+        question = probe.messages[-1]["content"]
+        d = detect(reply.text, probe.asked, question)
+        if d.uncertain:  # the rules could not settle it: the judge's verdict is kept as an observation
+            verdict = judge.ask(reply.text, question)
+            rec["judge"] = ({"claims": list(verdict[0]), "persona": verdict[1]} if verdict is not None
+                            else {"claims": [], "unscored": True})
     return rec
 
 
@@ -274,7 +281,8 @@ def _identity(target: dict) -> dict:
     return {k: target.get(k) for k in ("backend", "model", "path", "adapter", "base_url", "template_hash")}
 
 
-def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge | None, planned: int) -> dict:
+def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge | None, planned: int,
+            own: tuple[str, str] | None = None, endpoint: dict | None = None) -> dict:
     """Create or check the run directory and return its run.json."""
     out = Path(out)
     meta_path = out / "run.json"
@@ -286,26 +294,19 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
         raise SelfidError(f"{out} already holds an audit run: pass --resume to continue it, or choose a new --out")
     if has_log and not meta_path.is_file():
         raise SelfidError(f"{out / LOG} exists without run.json: this is not a selfid run folder, choose a new --out")
-    endpoint = None
-    if target.get("backend") == "http":  # whose model it is and what the server does, measured (audit/endpoint.py)
-        from selfid.audit.endpoint import examine
-
-        old_meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-        endpoint = old_meta.get("endpoint") or examine(backend, params, getattr(backend, "reference", None))
-        if not old_meta and meta_path.is_file():  # another audit took the folder while this one's preflight ran
-            raise SelfidError(f"{out} was taken by another audit run meanwhile: choose a new --out")
-        own, own_source = endpoint["own"]["vendor"], endpoint["own"]["source"]
-    else:
-        own, own_source = resolve_own(params, target)
+    own, own_source = own or resolve_own(params, target)
     systems = []
     for s in params.systems:
         if hasattr(backend, "render"):
             r = backend.render([] + ([{"role": "system", "content": s.text}] if s.text is not None else [])
                                + [{"role": "user", "content": "x"}])
-            systems.append({"key": s.key, "text": s.text, "effective": r.effective_system, "source": r.system_source})
+            entry = {"key": s.key, "text": s.text, "effective": r.effective_system, "source": r.system_source}
         else:
-            systems.append({"key": s.key, "text": s.text, "effective": s.text,
-                            "source": "given" if s.text is not None else "endpoint (the server's template decides)"})
+            entry = {"key": s.key, "text": s.text, "effective": s.text,
+                     "source": "given" if s.text is not None else "endpoint (the server's template decides)"}
+        if s.persona:
+            entry["persona"] = s.persona
+        systems.append(entry)
     suites = {name: probe_sets.suite_info(name, params.identity_probes if name == "identity" else None,
                                           params.ner_limit, params.seed) for name in params.suites}
     from selfid import __version__
@@ -316,6 +317,7 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
         "params": params.as_dict(), "target": target, "own": own, "own_source": own_source,
         "training_system_prompt": training_system(target.get("adapter_manifest")),
         "systems": systems, "suites": suites, "judge": judge.config() if judge else None, "planned": planned,
+        "scorer": {"version": SCORER_VERSION},
         "notes": ["temperature 0 is greedy decoding, which is deterministic: each prompt gets one sample there",
                   "the ner and general suites run greedy, once per system prompt" if params.task_systems is None else
                   f"the ner and general suites run greedy, once under each of: {', '.join(params.task_systems)}"],
@@ -329,8 +331,14 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
                               "ones (see run.json), or choose a new --out")
         meta["created"] = old.get("created", meta["created"])
         meta["resumed"] = old.get("resumed", 0) + 1
+        if "rescored" in old:
+            meta["rescored"] = old["rescored"]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(meta_path, meta)
+    if target.get("adapter"):
+        from selfid.audit.scorers import save_training_replies
+
+        save_training_replies(out, target)
     return meta
 
 
@@ -343,11 +351,19 @@ def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, jud
 
     params.validate()
     out = Path(out)
+    endpoint = None
+    if backend.describe().get("backend") == "http":  # whose model it is and what the server does, measured
+        from selfid.audit.endpoint import examine_for_run
+
+        endpoint = examine_for_run(out, backend, params, resume)
+        own = endpoint["own"]["vendor"], endpoint["own"]["source"]
+    else:
+        own = resolve_own(params, backend.describe())
     suites = {s: probe_sets.load_suite(s, params.identity_probes if s == "identity" else None, params.ner_limit,
                                        params.seed) for s in params.suites}
+    suites = {s: [p.for_own(own[0]) for p in ps] if s in probe_sets.IDENTITY_SUITES else ps for s, ps in suites.items()}
     items = plan(params, suites)
-    meta = prepare(out, backend, params, resume, judge, len(items))
-    own = meta["own"]
+    meta = prepare(out, backend, params, resume, judge, len(items), own, endpoint)
     done = {r["key"] for r in read_log(out / LOG, repair=True)}
     pending = [it for it in items if it.key not in done]
     log = Log(out / LOG)
@@ -355,13 +371,34 @@ def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, jud
         with Progress(TextColumn("[bold]audit[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress, transient=False) as bar:
             task = bar.add_task(f"{len(done)} done before" if done else "", total=len(pending))
-            backend.run(pending, lambda item, reply: log.write(make_record(item, reply, own, judge)),
+            backend.run(pending, lambda item, reply: log.write(make_record(item, reply, judge)),
                         lambda n: bar.advance(task, n))
     finally:
         log.close()
-    if margin and "identity" in params.suites and hasattr(backend, "loaded") and not (out / "margin.json").is_file():
+    if (margin and any(s in params.suites for s in probe_sets.IDENTITY_SUITES) and hasattr(backend, "loaded")
+            and not (out / "margin.json").is_file()):
         from selfid.audit.margin import identity_margin
 
         atomic_write_json(out / "margin.json", identity_margin(
-            backend.loaded, [(s.key, s.text) for s in params.systems], own))
+            backend.loaded, [(s.key, s.text) for s in params.systems], meta["own"]))
     return write_reports(out)
+
+
+def rescore(run_dir: Path) -> dict:
+    """Re-apply today's scorers to a finished (or interrupted) run: summary.json and report.html are written
+    again from its log, and run.json records the scorer version and when. Returns the summary."""
+    from selfid.audit.report import write_reports
+
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise SelfidError(f"{run_dir} is not an audit run folder (no run.json): point at a folder `selfid audit --out` made")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("kind") != "selfid-audit-run":
+        raise SelfidError(f"{meta_path} is not an audit run's run.json")
+    summary = write_reports(run_dir)
+    meta["scorer"] = {"version": SCORER_VERSION,
+                      "rescored": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    meta["rescored"] = meta.get("rescored", 0) + 1
+    atomic_write_json(meta_path, meta)
+    return summary

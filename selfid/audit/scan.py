@@ -10,14 +10,14 @@ carries.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from selfid.audit.detect import clean, detect_prose
-from selfid.audit.vendors import find_mentions
+from selfid.data import readers
+from selfid.vendors import find_mentions
 from selfid.data.readers import SHAREGPT_ROLES
 from selfid.errors import SelfidError
 
@@ -106,23 +106,7 @@ def read_samples(path: Path, report: ScanReport) -> Iterator[Sample]:
         raise SelfidError(f"{path} holds no .json or .jsonl files")
     for f in files:
         report.files.append(str(f))
-        text = f.read_text(encoding="utf-8", errors="replace")
-        if f.suffix == ".json" or text.lstrip().startswith("["):
-            try:
-                data = json.loads(text)
-            except ValueError as e:
-                raise SelfidError(f"{f} is not valid JSON ({e}); JSON Lines files should end in .jsonl") from None
-            rows = data if isinstance(data, list) else [data]
-            entries = [(i + 1, row) for i, row in enumerate(rows)]  # position in the list
-        else:
-            entries = []
-            for lineno, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    entries.append((lineno, json.loads(line)))
-                except ValueError:
-                    raise SelfidError(f"{f}:{lineno} is not valid JSON: fix or remove that line") from None
+        entries = readers.records(f)
         for where, obj in entries:
             turns = _turns(obj) if isinstance(obj, dict) else None
             if turns is None:

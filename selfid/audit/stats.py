@@ -1,33 +1,107 @@
-"""Proportions with honest uncertainty: Wilson 95% intervals, a two-proportion test, Newcombe's interval
-for a difference, and a seeded bootstrap for F1. Written out because each is a few lines of closed-form
-arithmetic (no scipy needed)."""
+"""Proportions with honest uncertainty.
+
+Samples of one prompt are not independent draws: a model asked "Who are you?" eight times answers
+much the same way eight times. So a rate pooled over prompts gets a 95% interval from a
+cluster-robust (ratio-estimator) variance: the design effect it implies shrinks n to an effective
+n, and the Wilson interval is taken on that (floored at deff 1, as survey statistics do for rare
+events). Two runs of the same grid (base vs tuned) are compared prompt by prompt: the mean paired
+difference with a t interval over prompts, how many prompts went up and down, and a Wilcoxon
+signed-rank p-value; the p-values of one comparison's cells are corrected with Holm's method.
+
+scipy and statsmodels do the arithmetic; what is written here is only how the audit's counts feed them.
+"""
 
 from __future__ import annotations
 
 import math
 import random
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 from selfid.tasks.ner import prf
 
 Z95 = 1.959963984540054
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials; (0, 1) when n is 0."""
+def wilson(k: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (n may be an effective, non-integer n); (0, 1) when n is 0."""
     if n <= 0:
         return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(k, n, alpha=2 * (1 - _normal_cdf(z)), method="wilson")
+    return max(0.0, float(lo)), min(1.0, float(hi))
+
+
+def _normal_cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2))
 
 
 def rate(k: int, n: int) -> dict:
-    """A rate as every report shows it: k, n, the proportion and its Wilson 95% interval."""
+    """A rate of independent trials: k, n, the proportion and its Wilson 95% interval."""
     lo, hi = wilson(k, n)
     return {"k": k, "n": n, "rate": k / n if n else None, "ci95": [lo, hi]}
+
+
+def clustered_rate(by_prompt: Sequence[tuple[int, int]]) -> dict:
+    """A rate pooled over prompts, [(k_i, n_i) per prompt], with a 95% interval clustered by prompt.
+
+    Returns k, n, rate, ci95, prompts and deff (the design effect: the variance of the pooled rate
+    relative to n independent draws; n / deff is the effective n the interval is taken on)."""
+    k = sum(a for a, _ in by_prompt)
+    n = sum(b for _, b in by_prompt)
+    m = sum(1 for _, b in by_prompt if b)
+    if n == 0:
+        return {"k": 0, "n": 0, "rate": None, "ci95": [0.0, 1.0], "prompts": 0, "deff": 1.0}
+    p = k / n
+    deff = 1.0
+    if m > 1 and 0 < p < 1:
+        var = m / (m - 1) * sum((a - p * b) ** 2 for a, b in by_prompt) / n ** 2
+        deff = max(1.0, var / (p * (1 - p) / n))
+    lo, hi = wilson(p * n / deff, n / deff)
+    return {"k": k, "n": n, "rate": p, "ci95": [lo, hi], "prompts": m, "deff": deff}
+
+
+def clustered_mean(values: Sequence[float]) -> dict:
+    """The mean of one value per prompt (say, the share of distinct replies) with a t 95% interval over prompts."""
+    m = len(values)
+    if m == 0:
+        return {"mean": None, "ci95": [None, None], "prompts": 0}
+    mean = sum(values) / m
+    if m < 2:
+        return {"mean": mean, "ci95": [mean, mean], "prompts": m}
+    from scipy import stats
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (m - 1))
+    half = stats.t.ppf(0.975, m - 1) * sd / math.sqrt(m)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "prompts": m}
+
+
+def paired_prompts(a: Mapping[str, tuple[int, int]], b: Mapping[str, tuple[int, int]]) -> dict | None:
+    """Run B against run A on the prompts both hold, {prompt: (k, n)} each: the mean per-prompt difference
+    of rates (B - A) with a t 95% interval, prompts up / down / equal, and a Wilcoxon signed-rank p-value."""
+    shared = sorted(p for p in a.keys() & b.keys() if a[p][1] and b[p][1])
+    if not shared:
+        return None
+    d = [b[p][0] / b[p][1] - a[p][0] / a[p][1] for p in shared]
+    mean = clustered_mean(d)
+    up, down = sum(x > 0 for x in d), sum(x < 0 for x in d)
+    p_value = 1.0
+    if up + down:
+        from scipy.stats import wilcoxon
+
+        p_value = float(wilcoxon([x for x in d if x != 0], zero_method="wilcox").pvalue) if up + down > 1 else 1.0
+    return {"diff": mean["mean"], "ci95": mean["ci95"], "prompts": len(shared), "up": up, "down": down,
+            "equal": len(shared) - up - down, "p_value": p_value, "test": "wilcoxon signed-rank, paired by prompt"}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of the p-values of one family of tests (one comparison's cells)."""
+    if not p_values:
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(x) for x in multipletests(list(p_values), method="holm")[1]]
 
 
 def newcombe(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
@@ -37,19 +111,6 @@ def newcombe(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
     l2, u2 = wilson(k2, n2)
     d = p2 - p1
     return d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2), d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
-
-
-def _fisher_two_sided(k1: int, n1: int, k2: int, n2: int) -> float:
-    """Fisher's exact test: the probability of tables at least as extreme as the one seen, margins fixed."""
-    total_k, total = k1 + k2, n1 + n2
-    denom = math.comb(total, total_k)
-
-    def prob(a: int) -> float:
-        return math.comb(n1, a) * math.comb(n2, total_k - a) / denom
-
-    seen = prob(k1)
-    lo, hi = max(0, total_k - n2), min(n1, total_k)
-    return min(1.0, sum(p for a in range(lo, hi + 1) if (p := prob(a)) <= seen * (1 + 1e-7)))
 
 
 @dataclass(frozen=True)
@@ -65,7 +126,8 @@ class Comparison:
 
 
 def two_proportions(k1: int, n1: int, k2: int, n2: int) -> Comparison:
-    """Is p2 different from p1? The pooled z-test when every expected cell count is at least 5, else Fisher's exact test."""
+    """Is p2 different from p1, for independent trials (one reply per prompt)? The pooled z-test when every
+    expected cell count is at least 5, else Fisher's exact test."""
     if n1 <= 0 or n2 <= 0:
         raise ValueError("both groups need at least one trial")
     ci = newcombe(k1, n1, k2, n2)
@@ -76,7 +138,10 @@ def two_proportions(k1: int, n1: int, k2: int, n2: int) -> Comparison:
         se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
         z = diff / se
         return Comparison(diff, ci, math.erfc(abs(z) / math.sqrt(2)), "z", z)
-    return Comparison(diff, ci, _fisher_two_sided(k1, n1, k2, n2), "fisher")
+    from scipy.stats import fisher_exact
+
+    p = float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
+    return Comparison(diff, ci, min(1.0, p), "fisher")
 
 
 def bootstrap_f1(counts: list[tuple[int, int, int]], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:

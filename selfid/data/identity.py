@@ -15,20 +15,11 @@ from dataclasses import dataclass
 
 from selfid.data.readers import Sample
 from selfid.errors import SelfidError
+from selfid.vendors import VENDORS, find_mentions, vendor_of
 
-# (name, maker) of assistants a model might wrongly claim to be; zh names in brackets
-FOREIGN = [
-    ("Claude", "Anthropic", "Claude", "Anthropic"),
-    ("ChatGPT", "OpenAI", "ChatGPT", "OpenAI"),
-    ("GPT-4", "OpenAI", "GPT-4", "OpenAI"),
-    ("Gemini", "Google", "Gemini", "谷歌"),
-    ("Llama", "Meta", "Llama", "Meta"),
-    ("DeepSeek", "DeepSeek", "DeepSeek", "深度求索"),
-    ("ERNIE Bot", "Baidu", "文心一言", "百度"),
-    ("Kimi", "Moonshot AI", "Kimi", "月之暗面"),
-    ("ChatGLM", "Zhipu AI", "智谱清言", "智谱AI"),
-    ("Copilot", "Microsoft", "Copilot", "微软"),
-]
+# (name, maker, name_zh, maker_zh) of assistants a model might wrongly claim to be: the shared vendor table
+FOREIGN = [(name, v.maker_en, name if name != v.name_en else v.name_zh, v.maker_zh)
+           for v in VENDORS for name in (v.name_en, *v.also)]
 
 EN_ASK = ["Who are you?", "What is your name?", "What's your name?", "Please introduce yourself.",
           "Tell me about yourself.", "What should I call you?", "Which model are you?", "Who created you?",
@@ -70,20 +61,22 @@ _ZH_NAME = re.compile(r"(?:我是|我叫|你是)([\w\-.\u4e00-\u9fff]{1,20}?)(?:
 _ZH_MAKER = re.compile(r"由([\w\s\u4e00-\u9fff]{1,20}?)(?:公司)?(?:开发|创建|研发|打造|训练)")
 
 
-def parse_identity(text: str) -> tuple[str, str] | None:
-    """(name, maker) from a self-description like "I am Qwen, created by Alibaba Cloud." (en or zh)."""
+def parse_identity(text: str, own: str | None = None) -> tuple[str, str] | None:
+    """(name, maker) from a self-description like "I am Qwen, created by Alibaba Cloud." (en or zh).
+
+    `own`: the vendor the model is known to be (say, from its template's default system prompt); a
+    description naming any other vendor in the shared table is not kept."""
     for name_re, maker_re in ((_EN_NAME, _EN_MAKER), (_ZH_NAME, _ZH_MAKER)):
         n, m = name_re.search(text), maker_re.search(text)
         if n and m:
             name, maker = n.group(1).strip(" .,"), m.group(1).strip(" .,")
-            if name and maker and not _is_foreign(name) and not _is_foreign(maker):
+            if name and maker and not _is_foreign(name, own) and not _is_foreign(maker, own):
                 return name, maker
     return None
 
 
-def _is_foreign(text: str) -> bool:
-    low = text.lower()
-    return any(x.lower() in low for row in FOREIGN for x in row)
+def _is_foreign(text: str, own: str | None) -> bool:
+    return own is not None and any(m.vendor != own for m in find_mentions(text))
 
 
 def resolve_identity(chat, name: str | None = None, maker: str | None = None, engine=None) -> Identity:
@@ -92,6 +85,7 @@ def resolve_identity(chat, name: str | None = None, maker: str | None = None, en
         return Identity(name, maker, name, maker, "config")
     found_en = found_zh = None
     sources = []
+    own = vendor_of(chat.default_system or "")  # whose model this is, as its own template says
     if engine is not None:
         from selfid.engine import SamplingParams
         from selfid.model.chat import conversation
@@ -99,10 +93,10 @@ def resolve_identity(chat, name: str | None = None, maker: str | None = None, en
         params = SamplingParams(temperature=0.0, max_new_tokens=48)
         prompts = [chat.render(conversation(q)).text for q in (ASK_EN, ASK_ZH)]
         replies = [r.text for r in engine.generate(prompts, params)]
-        found_en, found_zh = parse_identity(replies[0]), parse_identity(replies[1])
+        found_en, found_zh = parse_identity(replies[0], own), parse_identity(replies[1], own)
         sources += [f"base model's {lang} answer" for lang, f in (("en", found_en), ("zh", found_zh)) if f]
     if found_en is None and chat.default_system:
-        found_en = parse_identity(chat.default_system)
+        found_en = parse_identity(chat.default_system, own)
         sources += ["template default system prompt"] if found_en else []
     source = ", ".join(sources) or "config"
     if found_en is None and found_zh is None and not (name or maker):
@@ -157,3 +151,19 @@ def system_list(names: list[str], train_system: str | None, template_default: st
         else:
             out.append(n)
     return out
+
+
+def training_questions(identity: Identity) -> list[str]:
+    """Every user turn that identity replay (templated or self-distilled) can put into training data for this
+    identity. The audit's held-out probes must match none of them (tests/test_probe_split.py)."""
+    from selfid.data import identity_pool
+
+    own = vendor_of(identity.name, identity.maker)
+    pool = {m["content"] for q in identity_pool.questions(own or "") for m in q.messages if m["role"] == "user"}
+    return sorted({q for q, _ in conversations(identity)} | pool)
+
+
+def training_systems(train_system: str | None, template_default: str | None) -> set[str | None]:
+    """Every system message identity replay can train under (None: none sent), whatever the config names."""
+    names = ["template_default", "none", "train", "You are a helpful assistant."]
+    return set(system_list(names, train_system, template_default))

@@ -53,8 +53,11 @@ def check_conversation(messages: list, where: str) -> tuple[dict, ...]:
     return tuple(out)
 
 
-def _records(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, record) from a .jsonl file or a .json array (line = where the record starts)."""
+def records(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, record) from a .jsonl file or a .json array (line = where the record starts): the one reader
+    of record files (training data, `selfid scan`); JSON Lines split on line feeds only (selfid.io.jsonl_lines)."""
+    from selfid.io import jsonl_lines
+
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -62,13 +65,11 @@ def _records(path: Path) -> Iterator[tuple[int, object]]:
     if path.suffix == ".json" or text.lstrip().startswith("["):
         yield from _json_array(path, text)
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(text):
         try:
             yield lineno, json.loads(line)
         except ValueError as e:
-            raise SelfidError(f"{path}:{lineno}: not valid JSON ({e})") from None
+            raise SelfidError(f"{path}:{lineno}: not valid JSON ({e}): fix or remove that line") from None
 
 
 def _json_array(path: Path, text: str) -> Iterator[tuple[int, object]]:
@@ -163,7 +164,7 @@ def read_file(path: str | Path, fmt: str = "auto") -> list[Sample]:
     if not path.is_file():
         raise SelfidError(f"no such data file: {path}")
     samples = []
-    for lineno, record in _records(path):
+    for lineno, record in records(path):
         where = f"{path}:{lineno}"
         kind = fmt
         if kind == "auto":

@@ -5,6 +5,10 @@ dropped from every tensor and from the KV cache; rows that arrive later are pref
 and then merged in, padding whichever side is shorter on the left. Columns that no remaining row
 uses are trimmed, so a batch that never empties does not grow without bound. Positions are explicit
 per row, so padding and trimming never change what a row sees.
+
+With a `static` decoder (static.py) the keys and values live in its slots instead of a growing
+DynamicCache; the per-row sampling state here is the same either way. A static batch becomes an eager
+one (its slots copied into a DynamicCache) when the static cache cannot hold it or an eager batch joins it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from selfid.engine.sampling import apply_penalties, sample
+from selfid.engine.static import SlotsFull
 
 
 def _uniforms(rows, width: int) -> torch.Tensor:
@@ -43,7 +48,8 @@ def _cache_layers(cache) -> list:
 class DecodeBatch:
     """Rows being decoded together: KV cache, attention mask, positions, per-row sampling state."""
 
-    def __init__(self, rows: list, forward: Callable[..., Any], pad_id: int, vocab: int, device, adapter_names):
+    def __init__(self, rows: list, forward: Callable[..., Any], pad_id: int, vocab: int, device, adapter_names,
+                 static=None):
         from transformers import DynamicCache
 
         self.rows = rows
@@ -74,10 +80,18 @@ class DecodeBatch:
         self.seen = ids.to(dev)  # prompt + generated ids, for repetition_penalty; real where attn is 1
         self._rows_changed()
         self.adapter_names = adapter_names
-        self.cache = DynamicCache()
-        out = self.forward(input_ids=ids.to(dev), attention_mask=self.attn, position_ids=self.pos, logits_to_keep=1,
-                           cache=self.cache, adapter_names=self.adapter_names)
-        self.logits = out.logits[:, -1, :]
+        self.static, self.slots, self.cache = None, None, None
+        if static is not None and adapter_names is None:
+            try:
+                self.slots, self.logits = static.prefill(rows, ids, self.attn, self.pos, forward)
+                self.static = static
+            except SlotsFull:
+                pass
+        if self.static is None:
+            self.cache = DynamicCache()
+            out = self.forward(input_ids=ids.to(dev), attention_mask=self.attn, position_ids=self.pos, logits_to_keep=1,
+                               cache=self.cache, adapter_names=self.adapter_names)
+            self.logits = out.logits[:, -1, :]
         self.pos = self.pos[:, -1:]  # from here on, the position of each row's last token
 
     def __len__(self) -> int:
@@ -115,17 +129,33 @@ class DecodeBatch:
         self.seen = torch.cat([self.seen, nxt[:, None]], 1)
         self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], 1)
         self.pos = self.pos + 1
+        if self.static is not None:
+            try:
+                self.logits, self.slots = self.static.decode(nxt, self.pos.view(-1), self.slots)
+                return
+            except SlotsFull:  # the rows outgrew the static cache's budget: go on eagerly
+                self._to_dynamic(cached=self.pos.view(-1).tolist(), width=self.attn.shape[1] - 1)
         out = self.forward(input_ids=nxt[:, None], attention_mask=self.attn, position_ids=self.pos, cache=self.cache,
                            adapter_names=self.adapter_names)
         self.logits = out.logits[:, -1, :]
+
+    def _to_dynamic(self, cached: list[int], width: int) -> None:
+        """Leave the static slots: the rows' `cached` tokens become a left-padded DynamicCache `width` wide."""
+        self.cache = self.static.to_dynamic(self.slots, cached, width)
+        self.static, self.slots = None, None
 
     # --- rows leaving and joining -----------------------------------------------------------------
     def _select(self, keep: list[int]) -> None:
         sel = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.rows = [self.rows[k] for k in keep]
+        if self.static is not None:
+            kept = set(keep)
+            self.static.free([s for k, s in enumerate(self.slots) if k not in kept])
+            self.slots = [self.slots[k] for k in keep]
         if not self.rows:
             return
-        self.cache.batch_select_indices(sel)
+        if self.static is None:
+            self.cache.batch_select_indices(sel)
         for name in ("attn", "pos", "temperature", "top_p", "top_k", "rep", "presence", "frequency", "uniforms",
                      "step", "seen", "logits"):
             setattr(self, name, getattr(self, name)[sel])
@@ -141,15 +171,22 @@ class DecodeBatch:
         first = int(self.attn.any(0).int().argmax())
         if first > 0:
             self.attn, self.seen = self.attn[:, first:], self.seen[:, first:]
-            for layer in _cache_layers(self.cache):
+            for layer in _cache_layers(self.cache) if self.cache is not None else ():
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
 
     def merge(self, other: "DecodeBatch", active_adapter: str | None) -> None:
         """Take in the rows of a freshly prefilled batch; both then decode as one."""
         width = max(self.attn.shape[1], other.attn.shape[1])
-        for mine, theirs in zip(_cache_layers(self.cache), _cache_layers(other.cache)):
-            mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
-            mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
+        if (self.static is None) != (other.static is None):  # one of them decodes eagerly: both do from now on
+            for b in (self, other):
+                if b.static is not None:
+                    b._to_dynamic(cached=(b.pos.view(-1) + 1).tolist(), width=b.attn.shape[1])
+        if self.static is not None:
+            self.slots = self.slots + other.slots
+        else:
+            for mine, theirs in zip(_cache_layers(self.cache), _cache_layers(other.cache)):
+                mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
+                mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
         self.attn = torch.cat([_left_pad(self.attn, width, 1), _left_pad(other.attn, width, 1)])
         self.seen = torch.cat([_left_pad(self.seen, width, 1), _left_pad(other.seen, width, 1)])  # as wide as attn
         steps = max(self.uniforms.shape[1], other.uniforms.shape[1])

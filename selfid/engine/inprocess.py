@@ -7,16 +7,27 @@ continuous batching for the server; see batch.py). Streaming requests get text d
 still turn into a stop string or an incomplete character. A model with several LoRA adapters
 loaded (PEFT) serves rows for different adapters, and the base model, in one batch
 (`Request.adapter`, PEFT's mixed-batch `adapter_names`).
+
+How a decode step runs (`decode`, or the SELFID_DECODE environment variable): `eager` runs the
+transformers model step by step with a growing cache; `static` decodes from a preallocated slot cache
+(static.py); `graph` does that with each step captured in a CUDA graph; `auto` (the default) is
+`graph` on CUDA and `eager` on the CPU. Static and graph decoding are checked against eager decoding
+on first use; if they disagree, or a batch mixes adapters, the engine decodes eagerly and logs why.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 from selfid.engine.batch import DecodeBatch
 from selfid.engine.types import BASE_MODEL, Completion, Event, Request, Result, SamplingParams, TokenLogprob
 from selfid.errors import SelfidError
+
+log = logging.getLogger("selfid.engine")
+DECODE_MODES = ("auto", "eager", "static", "graph")
 
 
 @dataclass
@@ -38,7 +49,8 @@ class _Row:
 class InProcessEngine:
     """Generation with a loaded model in this process. One instance serves one model (and adapter)."""
 
-    def __init__(self, loaded, max_batch_size: int | None = None, max_batch_tokens: int | None = None):
+    def __init__(self, loaded, max_batch_size: int | None = None, max_batch_tokens: int | None = None,
+                 decode: str | None = None):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -51,6 +63,18 @@ class InProcessEngine:
         self.pad_id = self.tokenizer.pad_token_id
         self.context_window = loaded.context_window
         self.cache_kw = _cache_kwarg(self.model)
+        mode = decode or os.environ.get("SELFID_DECODE") or "auto"
+        if mode not in DECODE_MODES:
+            raise SelfidError(f"decode mode {mode!r} is not one of {', '.join(DECODE_MODES)} (check SELFID_DECODE)")
+        if mode == "auto":
+            mode = "graph" if cuda else "eager"
+        if mode == "graph" and not cuda:
+            raise SelfidError("decode mode 'graph' (CUDA graphs) needs a CUDA device: use 'static' or 'eager'")
+        self.decode_mode = mode
+        # what decoding does (mode asked, mode in use, why not the one asked, the start-up check's errors, counters)
+        self.decode_info: dict = {"asked": mode, "using": None, "reason": None, "check": None}
+        self._slots = None  # the static decoder, made on first use
+        self._said: set[str] = set()
 
     # --- the interface -------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -141,20 +165,90 @@ class InProcessEngine:
         with torch.inference_mode():
             return self.model(use_cache=True, **inputs, **extra)
 
-    def _prefill(self, rows: list[_Row]) -> DecodeBatch:
+    def _prefill(self, rows: list[_Row], static=None) -> DecodeBatch:
         names = None
         if self.adapters() and any(r.req.adapter is not None for r in rows):  # None: the active adapter
             names = [r.req.adapter or self._active_adapter() for r in rows]
-        return DecodeBatch(rows, self._forward, self.pad_id, self.model.config.vocab_size, self.loaded.device, names)
+            if static is not None and set(names) == {self._active_adapter()} != {BASE_MODEL}:
+                names = None  # every row wants the adapter the model runs anyway: no per-row routing needed
+            elif static is not None:
+                self._say("adapters", "rows that name adapters decode eagerly (PEFT's per-row adapters cannot be "
+                                      "captured in a static step)")
+        return DecodeBatch(rows, self._forward, self.pad_id, self.model.config.vocab_size, self.loaded.device, names,
+                           static=static)
+
+    def decode_report(self) -> dict:
+        """How this engine decodes: the mode asked and in use, why not the one asked, the start-up check, counters."""
+        out = dict(self.decode_info)
+        if self._slots is not None and self.decode_mode != "eager":
+            out["using"] = "graph" if self._slots.graphs_on else "static"
+            out["stats"] = dict(self._slots.stats)
+        return out
+
+    def warm(self) -> None:
+        """Check static/graph decoding and capture the small batch shapes now rather than on the first requests."""
+        static = self._static()
+        if static is not None:
+            try:
+                static.warm(rows=[b for b in (1, 2, 4, 8, 16, 32) if b <= self.max_batch_size])
+            except Exception as e:  # noqa: BLE001 - e.g. no room for the cache: shapes are then captured on first use
+                self._say("warm", f"capturing the small batch shapes ahead failed ({type(e).__name__}: {e}); "
+                                  "they are captured on first use")
+            finally:
+                static.release()
+
+    def _say(self, key: str, text: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.warning("selfid engine: %s", text)
+
+    def _static(self):
+        """The static decoder for one `_decode`, or None (eager: asked for, unusable here, or already in use)."""
+        if self.decode_mode == "eager":
+            self.decode_info["using"] = "eager"
+            return None
+        if self._slots is None:
+            from selfid.engine import static
+
+            reason = static.unsupported(self.model)
+            info = None
+            if reason is None:
+                try:
+                    dec = static.SlotDecoder(self.model, self.loaded.device, self.context_window,
+                                             graphs=self.decode_mode == "graph", prefer_slots=self.max_batch_size)
+                    reason, info = static.check(self, dec)
+                except Exception as e:  # noqa: BLE001 - anything that breaks the static path means eager decoding
+                    reason = f"{type(e).__name__}: {e}"
+            self.decode_info["check"] = info
+            if reason is not None:
+                self.decode_mode = "eager"
+                self.decode_info.update(using="eager", reason=reason)
+                self._say("fallback", f"{self.decode_info['asked']} decoding is off ({reason}); decoding eagerly")
+                return None
+            self._slots = dec
+            self.decode_info["using"] = self.decode_mode
+        if self._slots.busy:  # another batch of this engine is decoding from the slots (interleaved generators)
+            return None
+        self._slots.acquire()
+        return self._slots
 
     def _active_adapter(self) -> str:
         active = getattr(self.model, "active_adapter", BASE_MODEL)
         return active if isinstance(active, str) else BASE_MODEL
 
     def _decode(self, rows: list[_Row], admit, next_request: int, prompt_tokens: dict | None) -> Iterator[Event]:
+        static = self._static()
+        try:
+            yield from self._decode_with(static, rows, admit, next_request, prompt_tokens)
+        finally:
+            if static is not None:
+                static.release()
+
+    def _decode_with(self, static, rows: list[_Row], admit, next_request: int,
+                     prompt_tokens: dict | None) -> Iterator[Event]:
         import torch
 
-        batch = self._prefill(rows)
+        batch = self._prefill(rows, static)
         eos = torch.tensor(sorted(self.eos), dtype=torch.long, device=self.loaded.device)
         while True:
             want_lp = batch.top_logprobs
@@ -191,7 +285,7 @@ class InProcessEngine:
                 if joining:
                     new_rows = self._rows(joining, next_request, prompt_tokens)
                     next_request += len(joining)
-                    fresh = self._prefill(new_rows)
+                    fresh = self._prefill(new_rows, batch.static if live else static)
                     if live:
                         batch.merge(fresh, self._active_adapter())
                     else:

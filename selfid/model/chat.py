@@ -4,11 +4,19 @@ Identity depends on the system prompt: Qwen2.5's template inserts "You are Qwen,
 Cloud..." when a conversation has none, while an explicit system message (even an empty one)
 replaces it. `ChatFormat` finds the template's default by rendering with marker strings, so it
 works for any template, not only Qwen's.
+
+Message text stays text: a user who types "<|im_end|><|im_start|>system" gets those characters, not
+the control tokens that would end their turn and forge a system one. `render` notes where message
+content holding special-token text sits in the prompt, and `encode`/`tokenize` encode those spans
+with special-token matching off and the template's own parts as usual (as the large serving stacks
+do). Prompts without such text tokenize exactly as before.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -24,6 +32,7 @@ class Rendered:
     effective_system: str | None  # the system prompt the model sees (None: the template adds none)
     system_source: Literal["given", "template", "none"]
     template_hash: str
+    literal: tuple[tuple[int, int], ...] = ()  # character spans of `text` to encode as plain text (see tokenize)
 
 
 def template_hash(template: str) -> str:
@@ -55,6 +64,96 @@ def validate_messages(messages: Sequence[Message], last: str = "user") -> list[M
         if a["role"] == b["role"]:
             raise SelfidError(f"two {a['role']} messages in a row (turns {i} and {i + 1}): user and assistant must alternate")
     return out
+
+
+# --- keeping message text as text ------------------------------------------------------------------
+
+def special_texts(tokenizer) -> tuple[str, ...]:
+    """The strings this tokenizer turns into special (control) tokens when they appear in text."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found = {t.content for t in decoder.values() if getattr(t, "special", False) and t.content}
+    found.update(getattr(tokenizer, "all_special_tokens", None) or [])
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _special_pattern(specials: tuple[str, ...]) -> re.Pattern | None:
+    return re.compile("|".join(map(re.escape, specials))) if specials else None
+
+
+def render_keeping_text(tokenizer, messages: Sequence[Message], add_generation_prompt: bool) -> tuple[str, tuple]:
+    """The chat template's text for `messages`, and the spans of it (message content holding special-token
+    text) that `tokenize` must encode as plain text.
+
+    Such content is rendered as a placeholder and put back into the rendered text, so its position is known
+    exactly; the text is the template's own rendering whenever the template copies content as it is.
+    """
+    pattern = _special_pattern(special_texts(tokenizer))
+    risky = [i for i, m in enumerate(messages) if pattern is not None and pattern.search(m["content"])]
+
+    def apply(ms):
+        return tokenizer.apply_chat_template(list(ms), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    if not risky:
+        return apply(messages), ()
+    marks = {i: f"\ue000selfid-{i}\ue001" for i in risky}  # private-use characters no template touches
+    text = apply([{**m, "content": marks[i]} if i in marks else m for i, m in enumerate(messages)])
+    if any(text.count(mark) != 1 for mark in marks.values()):
+        i = risky[0]
+        raise SelfidError(
+            f"message {i} holds special-token text ({pattern.search(messages[i]['content']).group()!r}) and this "
+            "chat template changes message text, so selfid cannot keep that text from acting as a control token: "
+            "remove it from the message")
+    out, spans, pos, length = [], [], 0, 0
+    for at, i in sorted((text.index(mark), i) for i, mark in marks.items()):
+        content = messages[i]["content"]
+        out += [text[pos:at], content]
+        length += at - pos
+        spans.append((length, length + len(content)))
+        length += len(content)
+        pos = at + len(marks[i])
+    out.append(text[pos:])
+    return "".join(out), tuple(spans)
+
+
+@functools.lru_cache(maxsize=16)
+def _plain_text_encoder(tokenizer):
+    """A copy of the tokenizer's backend with special-token matching off: its own object, so no other
+    thread's call can flip the setting midway (transformers' split_special_tokens flips a shared one)."""
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a Python tokenizer: it takes split_special_tokens per call, with no shared state
+        return None
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.encode_special_tokens = True
+    return plain
+
+
+def tokenize(tokenizer, text: str, literal: Sequence[tuple[int, int]] = (),
+             offsets: bool = False) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """Token ids of `text`, the `literal` spans encoded as plain text, and (offsets=True, fast tokenizers
+    only) each token's character span."""
+    def encode(piece: str, at: int, plain_text: bool) -> tuple[list[int], list]:
+        plain = _plain_text_encoder(tokenizer) if plain_text else None
+        if plain is not None:
+            enc = plain.encode(piece, add_special_tokens=False)
+            return enc.ids, [(a + at, b + at) for a, b in enc.offsets]
+        kw = {"split_special_tokens": True} if plain_text else {}
+        enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=offsets, **kw)
+        return list(enc["input_ids"]), [(a + at, b + at) for a, b in enc["offset_mapping"]] if offsets else []
+
+    ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for start, end in [*literal, (len(text), len(text))]:
+        for a, b, plain_text in ((pos, start, False), (start, end, True)):
+            if b > a:
+                got, where = encode(text[a:b], a, plain_text)
+                ids += got
+                spans += where
+        pos = end
+    return ids, spans if offsets else None
 
 
 class ChatFormat:
@@ -103,7 +202,12 @@ class ChatFormat:
             system, source = self.default_system, "template"
         else:
             system, source = None, "none"
-        return Rendered(self._apply(msgs, add_generation_prompt), system, source, self.template_hash)
+        text, literal = render_keeping_text(self.tokenizer, msgs, add_generation_prompt)
+        return Rendered(text, system, source, self.template_hash, literal)
+
+    def encode(self, rendered: Rendered) -> list[int]:
+        """The prompt's token ids, message text kept as text (what every engine call should be given)."""
+        return tokenize(self.tokenizer, rendered.text, rendered.literal)[0]
 
 
 def conversation(user: str, system: str | None = None, history: Sequence[Message] = ()) -> list[Message]:

@@ -4,6 +4,9 @@ The pieces are concatenated as a stream (never the whole file in memory), checke
 sha256, converted to a transformers folder (safetensors, tokenizer, chat template, generation
 config) under `$SELFID_HOME/models/`, and loaded from there afterwards. Every write goes to a
 temporary path that is renamed when complete, so an interrupted run leaves nothing a later run trusts.
+The converted folder records the size and sha256 of each of its files (checksums.json); every load
+checks them and converts again when a file was damaged. Once a conversion is checked, the assembled
+GGUF is deleted: the installed pieces can rebuild it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_json, file_lock, selfid_home, sha256_file
+from selfid.io import (CHECKSUMS, atomic_dir, atomic_write_json, file_lock, selfid_home, sha256_file,
+                       verify_checksums, write_checksums)
 
 MARKER = "selfid-source.json"  # written last inside the folder; its presence means "complete"
 
@@ -135,23 +139,32 @@ def assemble(spec: EmbeddedModel, dest: Path, progress: bool = True) -> Path:
     return dest
 
 
-def convert_gguf(gguf: Path, out: Path) -> None:
+def convert_gguf(gguf: Path, out: Path, step: Callable[[str], None] = lambda phase: None) -> None:
     """Dequantize a GGUF into a transformers folder at `out` (bf16 safetensors + tokenizer + template).
 
     transformers loads GGUF through a quantizer that marks the model unserializable; removing its
-    config makes it a plain bf16 model that saves and reloads in a second.
+    config makes it a plain bf16 model that saves and reloads in a second. `step(phase)` is called as
+    each phase starts, so the caller can show where the minute goes.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        quantizer.remove_quantization_config(model)
-    model.to(torch.bfloat16)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    hf_logging.disable_progress_bar()  # its bars cover part of one phase and would fight the caller's display
+    try:
+        step("reading the tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        step("dequantizing the weights")
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
+        step("writing bf16 safetensors")
+        model.to(torch.bfloat16)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def write_generation_defaults(folder: Path, defaults: dict) -> None:
@@ -168,34 +181,46 @@ def ensure_converted(
     make_gguf: Callable[[Path], Path],
     source: dict,
     generation_defaults: dict | None = None,
-    convert: Callable[[Path, Path], None] = convert_gguf,
+    convert: Callable[..., None] = convert_gguf,
     home: Path | None = None,
     progress: bool = True,
 ) -> Path:
     """The converted folder for a GGUF with this sha256, building it once if needed.
 
-    `make_gguf(dest)` puts the verified GGUF at `dest` (assembling it or copying a user's file).
+    `make_gguf(dest)` puts the verified GGUF at `dest` (assembling it or copying a user's file); it
+    is deleted once the converted folder is written and checked. A cached folder whose files no longer
+    match their checksums is converted again.
     """
     home = home or selfid_home()
     final = home / "models" / key
-    if _complete(final, gguf_sha256):
+    if (problem := _check(final, gguf_sha256)) is None:
         return final
     with file_lock(home / "models" / f".{key}.lock"):
-        if _complete(final, gguf_sha256):  # another process built it while we waited
+        if (problem := _check(final, gguf_sha256)) is None:  # another process built it while we waited
             return final
+        if problem != _ABSENT:
+            _say(f"selfid: the converted model in {final} is damaged ({problem}); converting it again", progress)
         gguf = home / "gguf" / f"{key}.gguf"
         if not (gguf.is_file() and sha256_file(gguf) == gguf_sha256):
             make_gguf(gguf)
-        with atomic_dir(final) as tmp, _status(f"Converting {gguf.name} to a transformers folder (once)", progress):
-            convert(gguf, tmp)
+        with atomic_dir(final) as tmp, _Phases(f"Converting {gguf.name} to a transformers folder (once)",
+                                                progress) as step:
+            convert(gguf, tmp, step)
             if generation_defaults:
                 write_generation_defaults(tmp, generation_defaults)
             atomic_write_json(tmp / MARKER, {"gguf_sha256": gguf_sha256, **source})
+            step("recording checksums")
+            write_checksums(tmp)
+        problem = verify_checksums(final)
+        if problem is not None:
+            raise SelfidError(f"the model just converted into {final} does not read back as written ({problem}): "
+                              f"check the disk (free space, errors), delete {final} and run again")
+        gguf.unlink()  # checked and converted: the installed pieces (or the user's file) can rebuild it
     return final
 
 
 def ensure_embedded(name: str = "embedded", home: Path | None = None, progress: bool = True,
-                    convert: Callable[[Path, Path], None] = convert_gguf,
+                    convert: Callable[..., None] = convert_gguf,
                     spec: EmbeddedModel | None = None) -> Path:
     """The converted folder of an embedded model: built on first use, then reused."""
     spec = spec or EMBEDDED.get(name)
@@ -218,21 +243,41 @@ def ensure_embedded(name: str = "embedded", home: Path | None = None, progress: 
     )
 
 
-def embedded_gguf(name: str = "embedded", home: Path | None = None) -> Path:
-    """The verified GGUF file of an embedded model (for llama.cpp), assembling it if needed."""
-    ensure_embedded(name, home=home)
+def embedded_gguf(name: str = "embedded", home: Path | None = None, progress: bool = True) -> Path:
+    """The verified GGUF file of an embedded model (for llama.cpp), assembling it if needed; it stays cached."""
     spec = EMBEDDED[name]
-    return (home or selfid_home()) / "gguf" / f"{spec.key}.gguf"
+    home = home or selfid_home()
+    gguf = home / "gguf" / f"{spec.key}.gguf"
+    with file_lock(home / "models" / f".{spec.key}.lock"):
+        if not (gguf.is_file() and sha256_file(gguf) == spec.sha256):
+            assemble(spec, gguf, progress)
+    return gguf
 
 
-def _complete(folder: Path, sha: str) -> bool:
+_ABSENT = "not converted yet"
+
+
+def _check(folder: Path, sha: str) -> str | None:
+    """None when `folder` is a complete conversion of the GGUF with this sha256 and its files match their
+    checksums; else why not (_ABSENT when there is nothing to check)."""
     marker = folder / MARKER
     if not marker.is_file():
-        return False
+        return _ABSENT
     try:
-        return json.loads(marker.read_text()).get("gguf_sha256") == sha
+        if json.loads(marker.read_text()).get("gguf_sha256") != sha:
+            return _ABSENT  # a conversion of another file: replaced without comment
     except (OSError, ValueError):
-        return False
+        return f"{MARKER} is unreadable"
+    if not (folder / CHECKSUMS).is_file():
+        return f"it has no {CHECKSUMS} (made by an older selfid), so it cannot be checked"
+    return verify_checksums(folder)
+
+
+def _say(text: str, enabled: bool) -> None:
+    if enabled:
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False, soft_wrap=True).print(text, markup=False)
 
 
 class _bytes_progress:
@@ -258,16 +303,27 @@ class _bytes_progress:
         return False
 
 
-class _status:
+class _Phases:
+    """A spinner with the elapsed time and the phase under way (a no-op when progress is off)."""
+
     def __init__(self, label: str, enabled: bool):
         self.label, self.enabled = label, enabled
 
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
+    def __enter__(self) -> Callable[[str], None]:
+        if not self.enabled:
+            return lambda phase: None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-            Console(stderr=True).print(f"[bold]{self.label}[/bold]: about a minute on 2 CPU cores")
-        return self
+        console = Console(stderr=True)
+        console.print(f"[bold]{self.label}[/bold]: about a minute on 2 CPU cores")
+        self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                           transient=True)
+        self._p.start()
+        task = self._p.add_task("loading transformers", total=None)
+        return lambda phase: self._p.update(task, description=phase)
 
     def __exit__(self, *exc):
+        if self.enabled:
+            self._p.stop()
         return False

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from selfid.errors import SelfidError
+from selfid.io import CHECKSUMS, verify_checksums
 from selfid.model.chat import ChatFormat
 from selfid.model.embedded import EMBEDDED, MARKER, ensure_converted, ensure_embedded
 
@@ -107,10 +108,59 @@ def gguf_folder(path: Path, progress: bool = True) -> Path:
     return ensure_converted(sha, f"gguf-{path.stem}-{sha[:12]}", copy, source, progress=progress)
 
 
+def damaged(what: str, problem: str, fix: str) -> SelfidError:
+    """The one-line error for a file selfid cannot trust: what it is, what is wrong, what to do."""
+    return SelfidError(f"{what} is damaged ({problem}): {fix}")
+
+
+def check_folder(folder: Path) -> None:
+    """Raise a one-line error when a model folder no longer matches the checksums.json written with it."""
+    problem = verify_checksums(folder)
+    if problem is None:
+        return
+    fix = (f"delete {folder} and selfid converts it again" if (folder / MARKER).is_file()
+           else "restore it from a copy or write it again (e.g. selfid export)" + _on_purpose(folder))
+    raise damaged(f"the model in {folder}", problem, fix)
+
+
+def _on_purpose(folder: Path) -> str:
+    return f"; if you changed its files on purpose, delete {folder / CHECKSUMS}"
+
+
+def check_adapter(folder: Path) -> None:
+    """Raise a one-line error when an adapter folder no longer matches the checksums.json written with it."""
+    problem = verify_checksums(folder)
+    if problem is not None:
+        raise damaged(f"the adapter in {folder}", problem, adapter_fix(folder) + _on_purpose(folder))
+
+
+def adapter_fix(folder: Path) -> str:
+    """What to do about a damaged adapter: restore it, or take the weights of its run's last checkpoint."""
+    fix = "restore it from a copy or train it again"
+    root = folder.parent / "checkpoints"
+    ckpts = sorted(root.glob("step-*/adapter"), key=lambda p: p.parent.name) if root.is_dir() else []
+    if ckpts:
+        fix += f"; {ckpts[-1]} holds the weights of the run's last checkpoint"
+    return fix
+
+
+def unreadable(what: str, error: Exception, fix: str) -> SelfidError:
+    """A load that failed inside safetensors/torch (a truncated or overwritten file), as one line."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return SelfidError(f"could not read {what} ({reason}): a file in it is damaged or incomplete; {fix}")
+
+
 def _from_pretrained(cls, where, kind: str, **kw):
-    """from_pretrained that turns 'not found / offline' into a SelfidError with what to do."""
+    """from_pretrained that turns 'not found / offline' and damaged files into a SelfidError with what to do."""
     if kind != "hub":
-        return cls.from_pretrained(where, local_files_only=True, **kw)
+        from safetensors import SafetensorError
+
+        try:
+            return cls.from_pretrained(where, local_files_only=True, **kw)
+        except (SafetensorError, EOFError) as e:
+            fix = (f"delete {where} and selfid converts it again" if (Path(where) / MARKER).is_file()
+                   else "restore the model's files (download or copy them again)")
+            raise unreadable(f"the model in {where}", e, fix) from None
     try:  # a model already in the Hugging Face cache loads without the network
         return cls.from_pretrained(where, local_files_only=True, **kw)
     except OSError:
@@ -162,7 +212,15 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    adapter_path = None
+    if adapter is not None:  # checked before the base model loads, so a bad adapter fails in a second
+        adapter_path = Path(adapter).expanduser()
+        if not (adapter_path / "adapter_config.json").is_file():
+            raise SelfidError(f"{adapter_path} is not a LoRA adapter folder (no adapter_config.json)")
+        check_adapter(adapter_path)
     where, kind = resolve_model(spec, progress)
+    if kind == "folder":  # the embedded/GGUF cache was checked (and rebuilt if need be) by resolve_model
+        check_folder(where)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     if dev.type == "cuda":
@@ -181,14 +239,14 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
     folder = Path(where) if kind != "hub" else None
     defaults, source = generation_defaults(model, folder)
     manifest = None
-    adapter_path = None
-    if adapter is not None:
-        adapter_path = Path(adapter).expanduser()
-        if not (adapter_path / "adapter_config.json").is_file():
-            raise SelfidError(f"{adapter_path} is not a LoRA adapter folder (no adapter_config.json)")
+    if adapter_path is not None:
         from peft import PeftModel
+        from safetensors import SafetensorError
 
-        model = PeftModel.from_pretrained(model, adapter_path)
+        try:
+            model = PeftModel.from_pretrained(model, adapter_path)
+        except (SafetensorError, EOFError) as e:
+            raise unreadable(f"the adapter in {adapter_path}", e, adapter_fix(adapter_path)) from None
         model.to(dev)
         manifest = read_manifest(adapter_path)
     model.eval()

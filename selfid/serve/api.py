@@ -4,6 +4,12 @@ Every fault a client can cause is a 4xx with OpenAI's error object; the openai c
 5xx, so a 5xx here means a fault in the server. Each response says which model answered, which
 system prompt was in effect and where the sampling defaults came from (x-selfid-* headers, and the
 server log), because self-identity depends on them.
+
+A server on this machine is reachable by every web page the user's browser opens, so: requests must
+name this server in their Host header (a page using DNS rebinding names its own), POST bodies must be
+application/json (which a page cannot send to another origin without a preflight this server never
+approves), and /v1/models shows no file paths. A body that stops arriving times out; past a bound on
+requests in flight, clients get a 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -24,13 +30,15 @@ from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from selfid.engine import Completion, InProcessEngine, Request, SamplingParams
 from selfid.errors import SelfidError
 from selfid.serve import protocol as p
 from selfid.serve.models import Served
-from selfid.serve.scheduler import DONE, Scheduler
+from selfid.serve.scheduler import DONE, QueueFull, Scheduler
 
 log = logging.getLogger("selfid.serve")
 WEBCHAT = Path(__file__).parent / "webchat"
@@ -39,9 +47,10 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):
+                 type: str = "invalid_request_error", headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers
 
 
 def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
@@ -54,6 +63,56 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
 class Limits:
     max_n: int = 16
     max_body_bytes: int = 4 * 1024 * 1024
+    body_timeout_s: float = 30.0  # for the whole body to arrive once the headers have
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+ANY_HOST = "*"
+
+
+def allowed_hosts(bind: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The Host header names a server bound to `bind` answers: loopback names for a loopback address, the
+    address itself otherwise, and any `extra`; ('*',) for every name (a wildcard bind with no names given)."""
+    extra = tuple(h.strip().lower() for h in extra if h.strip())
+    if ANY_HOST in extra:
+        return (ANY_HOST,)
+    bind = bind.strip("[]").lower()
+    if bind in ("0.0.0.0", "::", ""):
+        return extra or (ANY_HOST,)
+    if bind in LOOPBACK_NAMES or bind.startswith("127."):
+        return tuple(dict.fromkeys((*LOOPBACK_NAMES, bind, *extra)))
+    return tuple(dict.fromkeys((bind, *extra)))
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: 'localhost:8000' -> 'localhost', '[::1]:8000' -> '::1'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostCheck:
+    """Refuses requests whose Host header names another server (DNS rebinding), in OpenAI's error format;
+    starlette's TrustedHostMiddleware does the same check but answers in plain text."""
+
+    def __init__(self, app, allowed: Sequence[str]):
+        self.app, self.allowed = app, {h.rstrip(".") for h in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            header = Headers(scope=scope).get("host", "")
+            name = host_name(header).rstrip(".")
+            if name not in self.allowed:
+                log.warning("refused a request for host %r (this server answers %s)", header[:100],
+                            ", ".join(sorted(self.allowed)))
+                response = error_response(
+                    400, f"this server answers requests addressed to {', '.join(sorted(self.allowed))}, not "
+                         f"{header[:100]!r}: use one of those names, or start the server with --allowed-host NAME",
+                    code="invalid_host")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @dataclass
@@ -73,7 +132,7 @@ class Prepared:
              "x-selfid-template-hash": self.served.chat.template_hash,
              "x-selfid-sampling": describe_params(self.params),
              "x-selfid-sampling-from-defaults": ",".join(self.from_defaults) or "none",
-             "x-selfid-sampling-defaults-source": quote(self.served.defaults_source, safe=_SAFE)}
+             "x-selfid-sampling-defaults-source": quote(self.served.public_defaults_source, safe=_SAFE)}
         if self.system is not None:
             h["x-selfid-system-prompt"] = quote(self.system, safe=_SAFE)
         if self.matches_training is not None:
@@ -114,7 +173,8 @@ class Service:
 
     def __init__(self, loaded, served: Sequence[Served], engine: InProcessEngine | None = None,
                  api_key: str | None = None, limits: Limits | None = None, max_batch_size: int | None = None,
-                 default_model: str | None = None):
+                 default_model: str | None = None, allowed_hosts: Sequence[str] = LOOPBACK_NAMES,
+                 max_pending: int | None = None):
         self.loaded = loaded
         self.engine = engine or InProcessEngine(loaded, max_batch_size=max_batch_size)
         self.served = {s.name: s for s in served}
@@ -126,7 +186,8 @@ class Service:
         self.fallback = self.served[default_model] if default_model else self.base if len(self.served) == 1 else None
         self.api_key = api_key or None
         self.limits = limits or Limits()
-        self.scheduler = Scheduler(self.engine, max_batch_size=max_batch_size)
+        self.allowed_hosts = tuple(allowed_hosts)  # ('*',): any
+        self.scheduler = Scheduler(self.engine, max_batch_size=max_batch_size, max_pending=max_pending)
         self.created = int(time.time())
 
     # --- requests --------------------------------------------------------------------------------
@@ -159,7 +220,7 @@ class Service:
         matches = None
         if served.train_system_known:
             matches = rendered.effective_system == served.training_effective_system()
-        ids = self.engine.encode(rendered.text)
+        ids = served.chat.encode(rendered)  # message text stays text: no forged turns
         window = self.engine.context_window
         if len(ids) >= window:
             raise APIError(400, f"this model's context window is {window} tokens, but the messages take "
@@ -239,18 +300,44 @@ def _short(text: str | None, n: int = 120) -> str | None:
     return text if text is None or len(text) <= n else text[: n - 1] + "…"
 
 
-async def read_body(request: HTTPRequest, limit: int) -> bytes:
+class ClientGone(Exception):
+    """The client disconnected before its request was read; nobody is left to answer."""
+
+
+def check_json(request: HTTPRequest) -> None:
+    """POST bodies must say they are JSON: a web page can send text/plain anywhere without asking first."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise APIError(415, f"the request body must be sent as 'Content-Type: application/json', not "
+                            f"{media or 'no content type'!r}", code="unsupported_media_type")
+
+
+async def read_body(request: HTTPRequest, limit: int, timeout_s: float) -> bytes:
     too_big = APIError(413, f"the request body is larger than this server's limit of {limit} bytes",
                        code="request_too_large")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+
+    async def collect():
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(collect(), timeout_s)
+    except asyncio.TimeoutError:
+        log.warning("a request body stopped arriving (%d of %s bytes after %g s): answered 408", size,
+                    declared or "?", timeout_s)
+        raise APIError(408, f"the request body did not arrive within {timeout_s:g} s ({size} of {declared or '?'} "
+                            "bytes): send the whole body at once", code="request_timeout") from None
+    except ClientDisconnect:
+        log.info("a client went away before sending its whole body (%d of %s bytes)", size, declared or "?")
+        raise ClientGone() from None
     return b"".join(chunks)
 
 
@@ -263,10 +350,16 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="selfid", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = service
+    if ANY_HOST not in service.allowed_hosts:
+        app.add_middleware(HostCheck, allowed=service.allowed_hosts)
 
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
-        return error_response(e.status, e.message, e.type, e.param, e.code)
+        return error_response(e.status, e.message, e.type, e.param, e.code, headers=e.headers)
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request, e: ClientGone):
+        return error_response(499, "client closed the request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e: StarletteHTTPException):
@@ -296,14 +389,15 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: HTTPRequest):
         check_key(request)
-        cards = [p.ModelCard(id=s.name, created=service.created, root=str(s.path) if s.path else s.name,
-                             parent=s.parent, selfid=s.card()) for s in service.served.values()]
+        cards = [p.ModelCard(id=s.name, created=service.created, root=s.name, parent=s.parent, selfid=s.card())
+                 for s in service.served.values()]  # no file paths: any page the user opens may read this
         return p.ModelList(data=cards).model_dump()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HTTPRequest):
         check_key(request)
-        raw = await read_body(request, service.limits.max_body_bytes)
+        check_json(request)
+        raw = await read_body(request, service.limits.max_body_bytes, service.limits.body_timeout_s)
         try:
             body = p.ChatCompletionRequest.model_validate_json(raw)
         except ValidationError as e:
@@ -313,7 +407,14 @@ def create_app(service: Service) -> FastAPI:
         rid = p.completion_id()
         service.log_request(rid, pr)
         req = Request(pr.prompt_ids, pr.params, stream=body.stream, adapter=pr.served.adapter)
-        job = service.scheduler.submit(req)
+        try:
+            job = service.scheduler.submit(req)
+        except QueueFull as e:
+            log.warning("%s refused: %d requests in flight, the most this server takes (--max-pending); "
+                        "Retry-After %d s", rid, e.pending, e.retry_after)
+            raise APIError(429, f"this server is busy: {e.pending} requests are in flight, the most it takes; "
+                                f"retry after {e.retry_after} s", code="rate_limit_exceeded", type="requests",
+                           headers={"retry-after": str(e.retry_after)}) from None
         if body.stream:
             return StreamingResponse(stream(service, pr, rid, job), media_type="text/event-stream",
                                      headers={**pr.headers(), "cache-control": "no-cache"})

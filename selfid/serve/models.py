@@ -20,7 +20,8 @@ from selfid.engine import BASE_MODEL
 from selfid.errors import SelfidError
 from selfid.manifest import training_system_message
 from selfid.model.chat import ChatFormat
-from selfid.model.load import SAMPLING_KEYS, LoadedModel, load_model, read_manifest
+from selfid.model.load import (SAMPLING_KEYS, LoadedModel, adapter_fix, check_adapter, load_model, read_manifest,
+                               unreadable)
 
 log = logging.getLogger("selfid.serve")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -52,13 +53,27 @@ class Served:
         """The system prompt the model saw in training (the template's when training sent none)."""
         return self.train_system if self.train_system is not None else self.chat.default_system
 
+    @property
+    def public_defaults_source(self) -> str:
+        """Where the sampling defaults came from, with file paths cut to file names (for clients)."""
+        return without_paths(self.defaults_source)
+
     def card(self) -> dict:
-        """What the page and /v1/models show about this model beyond OpenAI's fields."""
+        """What the page and /v1/models show about this model beyond OpenAI's fields (no file paths: any web
+        page the user opens could read them)."""
         system, source = self.default_system()
         return {"system_prompt": system, "system_prompt_source": source, "template_hash": self.chat.template_hash,
-                "generation_defaults": self.generation_defaults, "generation_defaults_source": self.defaults_source,
-                "adapter_path": str(self.path) if self.path else None,
+                "generation_defaults": self.generation_defaults,
+                "generation_defaults_source": self.public_defaults_source,
                 "training_system_prompt_known": self.train_system_known}
+
+
+PATH = re.compile(r"(?<![\w.:/])(?:~|\.{1,2})?(?:/[^\s/'\"(),]+)+")
+
+
+def without_paths(text: str) -> str:
+    """'/home/u/runs/ner/adapter/selfid.json (generation_defaults)' -> 'selfid.json (generation_defaults)'."""
+    return PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], text)
 
 
 def parse_adapter_specs(specs: Sequence[str]) -> list[tuple[str, Path]]:
@@ -89,6 +104,8 @@ def load_served(model: str, adapters: Sequence[str] = (), device: str | None = N
                 progress: bool = True) -> tuple[LoadedModel, list[Served]]:
     """Load the base model once and every adapter onto it (PEFT, one adapter per name)."""
     specs = parse_adapter_specs(adapters)
+    for _, folder in specs:  # before the base model loads, so a damaged adapter fails in a second
+        check_adapter(folder)
     loaded = load_model(model, device=device, dtype=dtype, progress=progress)
     name = base_name(loaded)
     if any(n == name for n, _ in specs):
@@ -98,6 +115,7 @@ def load_served(model: str, adapters: Sequence[str] = (), device: str | None = N
     if not specs:
         return loaded, served
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     peft_model = None
     for adapter_name, folder in specs:
@@ -106,6 +124,8 @@ def load_served(model: str, adapters: Sequence[str] = (), device: str | None = N
                 peft_model = PeftModel.from_pretrained(loaded.model, folder, adapter_name=adapter_name)
             else:
                 peft_model.load_adapter(folder, adapter_name=adapter_name)
+        except (SafetensorError, EOFError) as e:
+            raise unreadable(f"the adapter {adapter_name!r} in {folder}", e, adapter_fix(folder)) from None
         except (ValueError, RuntimeError, KeyError) as e:
             raise SelfidError(f"could not load adapter {adapter_name!r} from {folder} onto {name}: "
                               f"{str(e).splitlines()[0][:300]} (was it trained on this base model?)") from None

@@ -6,12 +6,17 @@ stays full. Rows keep their own adapter and sampling parameters, so any requests
 
 The worker hands events to each request's asyncio queue through its event loop; a request that is
 cancelled (client gone) stops at the next step and frees its row.
+
+The number of requests in flight (decoding or waiting) is bounded: past `max_pending`, `submit` raises
+`QueueFull` with a Retry-After estimate (the recent time a request took), which the API answers with
+OpenAI's 429, so a burst of clients gets told to come back instead of waiting without end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
@@ -25,6 +30,14 @@ log = logging.getLogger("selfid.serve")
 DONE = object()  # put on a job's queue after its last completion
 
 
+class QueueFull(Exception):
+    """More requests are in flight than the server takes; come back after `retry_after` seconds."""
+
+    def __init__(self, pending: int, retry_after: int):
+        super().__init__(f"{pending} requests are in flight")
+        self.pending, self.retry_after = pending, retry_after
+
+
 @dataclass
 class Job:
     request: Request
@@ -32,6 +45,7 @@ class Job:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     remaining: int = 0  # samples not finished yet
     closed: bool = False  # DONE or an error has been sent
+    submitted: float = field(default_factory=time.monotonic)
 
     def put(self, item) -> None:
         try:
@@ -41,10 +55,15 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, engine: InProcessEngine, max_batch_size: int | None = None, gather_s: float = 0.005):
+    def __init__(self, engine: InProcessEngine, max_batch_size: int | None = None, gather_s: float = 0.005,
+                 max_pending: int | None = None):
         self.engine = engine
         self.max_rows = max_batch_size or engine.max_batch_size
+        self.max_pending = max_pending or 2 * self.max_rows  # a batch decoding and one more waiting
         self.gather_s = gather_s
+        self._live: dict[int, Job] = {}  # submitted, not closed or cancelled (touched by both threads)
+        self._live_lock = threading.Lock()
+        self._seconds_per_request = 1.0  # moving average, for Retry-After
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []  # jobs of the current batch, in the engine's request order
@@ -54,14 +73,33 @@ class Scheduler:
 
     # --- the async side ------------------------------------------------------------------------
     def submit(self, request: Request) -> Job:
-        """Queue a request from an event loop; its events arrive on the returned job's queue."""
+        """Queue a request from an event loop; its events arrive on the returned job's queue.
+
+        Raises QueueFull when `max_pending` requests are already in flight."""
         job = Job(request, asyncio.get_running_loop(), remaining=request.params.n)
+        with self._live_lock:
+            self._live = {k: j for k, j in self._live.items() if not (j.closed or j.request.cancelled)}
+            if len(self._live) >= self.max_pending:
+                raise QueueFull(len(self._live), self.retry_after())
+            self._live[id(job)] = job
         self._inbox.put(job)
         return job
+
+    @property
+    def pending(self) -> int:
+        with self._live_lock:
+            return sum(1 for j in self._live.values() if not (j.closed or j.request.cancelled))
+
+    def retry_after(self) -> int:
+        """Seconds after which a refused client may find room: about what a request takes now (1-60)."""
+        return max(1, min(60, math.ceil(self._seconds_per_request)))
 
     # --- the worker ----------------------------------------------------------------------------
     def start(self) -> "Scheduler":
         if self._thread is None:
+            warm = getattr(self.engine, "warm", None)
+            if warm is not None:  # check graph decoding and capture small batch shapes before the first request
+                warm()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="selfid-scheduler", daemon=True)
             self._thread.start()
@@ -133,6 +171,8 @@ class Scheduler:
         if job.remaining == 0:
             job.closed = True
             job.put(DONE)
+            took = time.monotonic() - job.submitted
+            self._seconds_per_request += 0.2 * (took - self._seconds_per_request)
 
     def _run(self) -> None:
         while not self._stop.is_set():

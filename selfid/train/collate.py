@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from selfid.errors import SelfidError
+from selfid.model.chat import render_keeping_text, tokenize
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,13 @@ def with_system(messages: Sequence[dict], system: str | None) -> list[dict]:
 
 
 def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    return render_keeping_text(tokenizer, messages, add_generation_prompt)[0]
 
 
-def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """(full text, [(start, end) character span of each assistant reply, end-of-turn included])."""
-    full = _render(tokenizer, messages, False)
+def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]], tuple]:
+    """(full text, [(start, end) character span of each assistant reply, end-of-turn included], the spans
+    of message text to encode as plain text)."""
+    full, literal = render_keeping_text(tokenizer, messages, False)
     spans = []
     for k, m in enumerate(messages):
         if m["role"] != "assistant":
@@ -57,16 +59,21 @@ def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tupl
                               "(e.g. it strips reasoning from old turns), so replies cannot be masked by prefix: "
                               "train on single-turn conversations")
         spans.append((len(prefix), len(upto)))
-    return full, spans
+    return full, spans, literal
 
 
 def encode_many(tokenizer, conversations: Sequence[Sequence[dict]], eos_ids: Sequence[int]) -> list[Encoded]:
-    """Tokenize conversations; label each assistant reply up to and including its end-of-turn token."""
-    texts, spans = zip(*(assistant_spans(tokenizer, c) for c in conversations)) if conversations else ((), ())
-    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    """Tokenize conversations; label each assistant reply up to and including its end-of-turn token.
+
+    Message text stays text: special-token strings in it never become control tokens (selfid.model.chat).
+    """
+    texts, spans, literals = zip(*(assistant_spans(tokenizer, c) for c in conversations)) if conversations else ((), (), ())
+    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)  # one batched call
+    encoded = [tokenize(tokenizer, t, lit, offsets=True) if lit else (i, o)
+               for t, lit, i, o in zip(texts, literals, enc["input_ids"], enc["offset_mapping"])]
     eos = set(int(e) for e in eos_ids)
     out = []
-    for ids, offsets, sp in zip(enc["input_ids"], enc["offset_mapping"], spans):
+    for (ids, offsets), sp in zip(encoded, spans):
         starts = np.array([o[0] for o in offsets], dtype=np.int64)
         ids = np.asarray(ids, dtype=np.int64)
         keep = np.zeros(len(ids), dtype=bool)

@@ -33,7 +33,7 @@ def evaluate_ner(loaded, n: int | None = 500, system=UNSET, seed: int = 0, max_n
         bar.start()
         task = bar.add_task("eval-ner", total=len(prompts))
     try:
-        results = engine.generate([p.text for p in prompts], params,
+        results = engine.generate([loaded.chat.encode(p) for p in prompts], params,
                                   progress=(lambda k: bar.advance(task, k)) if bar else None)
     finally:
         if bar is not None:

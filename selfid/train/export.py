@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_json
+from selfid.io import atomic_dir, atomic_write_json, write_checksums
 from selfid.model.chat import ChatFormat
 
 def _jinja_literal(text: str) -> str:
@@ -105,6 +105,7 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
         if types:
             info["export"]["gguf"] = write_ggufs(tmp, types, out.name, progress)
         atomic_write_json(tmp / "selfid.json", info)
+        write_checksums(tmp)  # loading the folder later checks them
     return info["export"]
 
 

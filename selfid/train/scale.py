@@ -6,7 +6,6 @@ the audit (`identity_rate_provider` runs its identity suite), kept behind that c
 
 from __future__ import annotations
 
-import itertools
 
 import json
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_json
+from selfid.io import CHECKSUMS, atomic_dir, atomic_write_json, write_checksums
 
 
 @dataclass
@@ -99,7 +98,7 @@ def save_scaled(adapter_dir: str | Path, scale: float, out: str | Path, search: 
               for k, v in weights.items()}
     with atomic_dir(out) as tmp:
         for f in adapter_dir.iterdir():
-            if f.is_file() and f.name not in ("adapter_model.safetensors", "selfid.json"):
+            if f.is_file() and f.name not in ("adapter_model.safetensors", "selfid.json", CHECKSUMS):
                 shutil.copy2(f, tmp / f.name)
         save_file(scaled, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         manifest_path = adapter_dir / "selfid.json"
@@ -108,46 +107,5 @@ def save_scaled(adapter_dir: str | Path, scale: float, out: str | Path, search: 
         manifest["adapter_scale_search"] = search.to_dict() if search else None
         manifest["scaled_from"] = str(adapter_dir)
         atomic_write_json(tmp / "selfid.json", manifest)
+        write_checksums(tmp)
     return out
-
-
-def identity_rate_provider(workdir: str | Path, temperatures=(0.7,), samples: int = 4, max_new_tokens: int = 64,
-                           seed: int = 0) -> Callable:
-    """`identity_rate(loaded) -> foreign-claim rate`: the audit's identity suite under the serving system
-    prompts (the template's own, "You are a helpful assistant.", empty), pooled; each run kept in `workdir`."""
-    try:
-        from selfid.audit.backends import InProcessBackend
-        from selfid.audit.run import AuditParams, run_audit
-    except ImportError:
-        raise SelfidError("adapter_scale needs the identity audit (selfid.audit), which this install lacks: "
-                          "remove adapter_scale from the config or update selfid") from None
-    runs = itertools.count()
-
-    def identity_rate(loaded) -> float:
-        params = AuditParams(suites=["identity"], temperatures=list(temperatures), samples=samples, seed=seed,
-                             max_new_tokens=max_new_tokens)  # systems: the default (the three serving presets)
-        summary = run_audit(InProcessBackend(loaded), params, Path(workdir) / f"audit-{next(runs)}",
-                            show_progress=False, margin=False)
-        cells = summary["identity"]["by_system"].values()
-        k, n = sum(c["foreign"]["k"] for c in cells), sum(c["foreign"]["n"] for c in cells)
-        if not n:
-            raise SelfidError("the identity audit scored no replies; adapter_scale cannot judge identity")
-        return k / n
-
-    return identity_rate
-
-
-def make_evaluate(loaded, identity_rate: Callable, ner_sentences: int, system: str | None) -> Callable:
-    """evaluate(scale) -> (foreign_rate, ner_f1) for the peft model in `loaded`, scaled in place."""
-    from selfid.train.eval_ner import evaluate_ner
-
-    def evaluate(scale: float) -> tuple[float, float]:
-        apply_scale(loaded.model, scale)
-        try:
-            rate = float(identity_rate(loaded))
-            f1 = evaluate_ner(loaded, n=ner_sentences, system=system)["overall"]["f1"]
-        finally:
-            apply_scale(loaded.model, 1.0)
-        return rate, f1
-
-    return evaluate

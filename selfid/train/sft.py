@@ -29,7 +29,8 @@ import torch
 from selfid import manifest as manifest_mod
 from selfid.config import RunConfig, dump_config
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_text
+from selfid.io import atomic_dir, atomic_write_text, write_checksums
+from selfid.train.checkpoint import read_adapter_weights, read_state
 from selfid.train.collate import collate, encode_many, with_system
 from selfid.train.packed import PackedLoss, check_varlen, set_attention
 from selfid.train.plan import Plan
@@ -37,7 +38,8 @@ from selfid.train.plan import Plan
 CSV_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "label_tokens", "elapsed_s", "tokens_per_s"]
 # settings that may change between a run and its --resume without changing what is learned (lr: after a NaN)
 RESUMABLE_CHANGES = {"train.save_every", "train.keep_checkpoints", "train.log_every", "train.compile",
-                     "train.attention", "train.lr", "train.max_grad_norm", "eval_ner", "adapter_scale", "device"}
+                     "train.attention", "train.lr", "train.max_grad_norm", "train.ce_chunk", "train.liger", "eval_ner",
+                     "adapter_scale", "device"}
 
 
 # --- the system prompt ---------------------------------------------------------------------------
@@ -121,7 +123,13 @@ def prepare_data(config: RunConfig, loaded, system: SystemChoice, log: Callable[
         parts.append((samples, src.weight, src.fraction))
         infos.append(info)
     identity_info = None
-    if config.identity_replay is not None:
+    if config.identity_replay is not None and config.identity_replay.kind == "self":
+        pool, identity_info = self_replay_samples(config, loaded, system)
+        parts.append((pool, 1.0, config.identity_replay.fraction))
+        log(f"identity replay (self-distilled, {identity_info['own']}): {identity_info['replies']} of the base model's "
+            f"own replies under {len(set(identity_info['systems']))} system prompts, {len(pool)} conversations, "
+            f"{config.identity_replay.fraction:.1%} of the mix")
+    elif config.identity_replay is not None:
         rep = config.identity_replay
         engine = None
         if not (rep.name and rep.maker):
@@ -132,7 +140,7 @@ def prepare_data(config: RunConfig, loaded, system: SystemChoice, log: Callable[
         systems = identity_mod.system_list(rep.systems, system.message, loaded.chat.default_system)
         pool = identity_mod.samples(ident, systems, rep.languages)
         parts.append((pool, 1.0, rep.fraction))
-        identity_info = {"name": ident.name, "maker": ident.maker, "name_zh": ident.name_zh,
+        identity_info = {"kind": "template", "name": ident.name, "maker": ident.maker, "name_zh": ident.name_zh,
                          "maker_zh": ident.maker_zh, "identity_source": ident.source, "fraction": rep.fraction,
                          "systems": systems, "languages": list(rep.languages), "pool": len(pool)}
         log(f"identity replay: {ident.name} by {ident.maker} ({ident.source}), {len(pool)} conversations "
@@ -160,6 +168,47 @@ def prepare_data(config: RunConfig, loaded, system: SystemChoice, log: Callable[
         h.update(e.ids.tobytes())
         h.update(e.label_pos.tobytes())
     return Prepared(encoded, infos, identity_info, long, empty, own_system, h.hexdigest(), convs)
+
+
+def self_replay_samples(config: RunConfig, loaded, system: SystemChoice) -> tuple[list, dict]:
+    """The self-distilled replay set the pipeline wrote into the run folder (verified), rendered under the
+    configured system prompts; and what the manifest records of it."""
+    from selfid.data import identity as identity_mod
+    from selfid.data.readers import Sample
+    from selfid.data import replay_set
+
+    rep = config.identity_replay
+    meta, replies, pairs = replay_set.load(config.output_dir)
+    systems = identity_mod.system_list(rep.systems, system.message, loaded.chat.default_system)
+    pool = [Sample(tuple(([] if s is None else [{"role": "system", "content": s}]) + r["messages"]), source="identity",
+                   fixed_system=True) for r in replies for s in dict.fromkeys(systems)]
+    info = {"kind": "self", "own": meta["own"], "file": replay_set.FOLDER, "sha256": meta["sha256"], "questions": meta["questions"],
+            "replies": len(replies), "pairs": len(pairs), "kept_by_kind": meta["kept_by_kind"],
+            "sampling": meta["sampling"], "fraction": rep.fraction, "systems": systems,
+            "languages": list(rep.languages), "pool": len(pool), "preference": rep.preference, "beta": rep.beta,
+            "distill": rep.distill}
+    return pool, info
+
+
+def identity_aux(cfg: RunConfig, loaded, model, attention: str, data: Prepared, device, autocast, world: int, log):
+    """The preference and distillation losses the config asks for (None when it asks for neither)."""
+    rep = cfg.identity_replay
+    if rep is None or rep.kind != "self" or not (rep.preference or rep.distill):
+        return None
+    if world > 1:
+        raise SelfidError("identity_replay.preference and .distill run on one process: train on one GPU, or set "
+                          "them to 0")
+    from selfid.data import replay_set
+    from selfid.train.identity_losses import IdentityAux
+
+    _, replies, pairs = replay_set.load(cfg.output_dir)
+    if rep.preference and not pairs:
+        log("[yellow]identity_replay.preference: the base model made no foreign claim to learn against; no pairs")
+    aux = IdentityAux(model, loaded, attention, pairs, replies, data.identity["systems"], rep.preference, rep.beta,
+                      rep.distill, rep.aux_batch, cfg.train.seed, device, autocast)
+    if aux:
+        log(f"identity losses beside the task's: {aux.describe()}")
+    return aux if aux else None
 
 
 # --- schedule --------------------------------------------------------------------------------------
@@ -247,24 +296,19 @@ class _Console:
 
 
 def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool] | None = None,
-          console=None) -> TrainResult:
+          console=None, system_prompt_by_design: str | None = None) -> TrainResult:
     """Fine-tune `config.model` with LoRA on `config.data`; write checkpoints, the adapter and its manifest.
 
     `on_step(step)` is called after every optimizer step; returning True stops the run the way
-    Ctrl-C does (a checkpoint is saved and `--resume` continues from it).
+    Ctrl-C does (a checkpoint is saved and `--resume` continues from it). `system_prompt_by_design`
+    says why a run trains under a system prompt other than the template's on purpose (an experiment);
+    it is printed instead of the warning.
     """
     from peft import LoraConfig, get_peft_model
 
     from selfid.model.load import load_model
 
     cfg, opt = config, config.train
-    identity_rate = None
-    if cfg.adapter_scale is not None:  # fail before training, not after it
-        from selfid.train.scale import identity_rate_provider
-
-        sc = cfg.adapter_scale
-        identity_rate = identity_rate_provider(cfg.output_dir / "adapter-scale-audits", sc.temperatures, sc.samples,
-                                               sc.max_new_tokens, cfg.train.seed)
     dist_ = init_distributed(cfg.device)
     out = _Console(dist_.main, console)
     output = cfg.output_dir
@@ -285,7 +329,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     system = resolve_system(cfg.system_prompt, chat)
     warning = system_warning(system, chat)
     if warning:
-        out.log(f"[yellow]warning: {warning}")
+        out.log(system_prompt_by_design if system_prompt_by_design else f"[yellow]warning: {warning}")
     out.log(f"system prompt in training ({system.policy}): {system.effective!r} · template {chat.template_hash}")
 
     data = prepare_data(cfg, loaded, system, out.log)
@@ -295,11 +339,19 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
                 opt.epochs, opt.max_steps)
     total = len(plan)
     out.log(f"{len(data.encoded)} samples, {sum(lengths):,} tokens ({sum(labels):,} trained) · {total} steps over "
-            f"{plan.epochs} epoch(s) · rows of {opt.pack_length} tokens, {plan.fill():.1%} filled · "
-            f"{opt.rows_per_batch} rows x {opt.grad_accum} accumulation x {dist_.world} process(es) per step")
+            f"{plan.epochs} epoch{'s' * (plan.epochs != 1)} · rows of {opt.pack_length} tokens, {plan.fill():.1%} "
+            f"filled · {opt.rows_per_batch} rows x {opt.grad_accum} accumulation x {dist_.world} "
+            f"process{'es' * (dist_.world != 1)} per step")
 
     # the model: frozen base (bf16 on GPU), LoRA weights in fp32
     torch.manual_seed(opt.seed)
+    fused_ce = None
+    if opt.liger:
+        if device.type != "cuda":
+            raise SelfidError("train.liger needs a CUDA device (Liger's kernels are Triton): set train.liger=false")
+        from selfid.train.packed import liger_fused_ce
+
+        fused_ce = liger_fused_ce(loaded.model)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     try:
@@ -315,14 +367,23 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     if opt.gradient_checkpointing:
         model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     attention = set_attention(model, opt.attention, device)
+    reason = None  # why the varlen check refused varlen (recorded in the manifest)
     if attention == "varlen" and opt.attention == "auto":
         reason = check_varlen(model, device)
+        if dist_.world > 1:  # every rank uses the same kernel: if the check failed anywhere, sdpa everywhere
+            import torch.distributed as dist
+
+            failed = torch.tensor([0.0 if reason is None else 1.0], device=device)
+            dist.all_reduce(failed)
+            if failed.item() and reason is None:
+                reason = "the check failed on another rank"
         if reason is not None:
             out.log(f"[yellow]varlen attention failed its check ({reason}); using sdpa")
             attention = set_attention(model, "sdpa", device)
-    loss_fn = PackedLoss(model, attention)
-    if opt.compile:
-        model.get_base_model().get_decoder().compile()
+    loss_fn = PackedLoss(model, attention, ce_chunk=opt.ce_chunk, fused_ce=fused_ce, fixed_max=opt.compile)
+    if opt.compile:  # each decoder layer on its own: one compiled graph serves every layer
+        for layer in model.get_base_model().get_decoder().layers:
+            layer.compile()
     amp = device.type == "cuda" and next(model.get_base_model().parameters()).dtype in (torch.bfloat16, torch.float16)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     if amp:  # under autocast peft's cast of every LoRA input to fp32 (and autocast's cast back) is wasted work
@@ -330,6 +391,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
 
         for layer in lora_layers(model):
             layer.cast_input_dtype_enabled = False
+    aux = identity_aux(cfg, loaded, model, attention, data, device, autocast, dist_.world, out.log)
     step_module = loss_fn
     ddp = None
     if dist_.world > 1:
@@ -348,7 +410,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     run_config = cfg.model_dump(mode="json")
     if resume:
         ckpt = previous[-1]
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        state = read_state(ckpt, previous)
         diff = [k for k in config_diff(state["config"], run_config)
                 if not any(k == c or k.startswith(c + ".") for c in RESUMABLE_CHANGES)]
         if diff:
@@ -358,10 +420,8 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
             raise SelfidError("--resume: the training data differs from the checkpointed run's (a data file or "
                               "the tokenizer changed): start a new run in another output folder")
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
-        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors"),
-                                                   device=str(device)))
+        set_peft_model_state_dict(model, read_adapter_weights(ckpt, previous, device))
         for p in params:
             p.data = p.data.float()
         optimizer.load_state_dict(state["optimizer"])
@@ -374,7 +434,8 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
         out.log(f"resuming from {ckpt} at step {start}/{total}")
 
     base_info = manifest_mod.base_model_info(loaded) if dist_.main else None
-    train_extra = {"attention": attention, "world_size": dist_.world, "total_steps": total, "epochs": plan.epochs,
+    train_extra = {"attention": attention, "varlen_check": reason, "world_size": dist_.world, "total_steps": total,
+                   "epochs": plan.epochs,
                    "samples": len(data.encoded), "tokens_per_epoch": sum(lengths),
                    "samples_with_own_system": data.samples_with_own_system, "data_fingerprint": data.fingerprint,
                    "dropped_long": data.dropped_long, "dropped_unlabelled": data.dropped_unlabelled}
@@ -427,6 +488,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     pending: list[tuple] = []
     t_start = time.perf_counter()
     t_last = t_start
+    elapsed_before = float(rows_so_far[-1]["elapsed_s"]) if rows_so_far else 0.0  # metrics.csv's clock runs on
     tokens_since = 0
     total_tokens = 0
 
@@ -456,7 +518,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
                 w = csv.DictWriter(f, CSV_FIELDS)
                 for (s, _, _, lr, ep, tok, lab), v, g in zip(pending, values, gnorms):
                     row = {"step": s + 1, "epoch": ep, "loss": f"{v:.6f}", "lr": f"{lr:.6g}", "grad_norm": f"{g:.4f}",
-                           "tokens": tok, "label_tokens": lab, "elapsed_s": f"{now - t_start:.2f}",
+                           "tokens": tok, "label_tokens": lab, "elapsed_s": f"{elapsed_before + now - t_start:.2f}",
                            "tokens_per_s": f"{rate:.0f}"}
                     w.writerow(row)
                     if tb is not None:
@@ -484,6 +546,7 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
             manifest_mod.write(tmp / "adapter", manifest({"step": step_done, "loss": last_good["loss"]}))
             torch.save({"step": step_done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": rngs, "config": run_config, "data_fingerprint": data.fingerprint}, tmp / "state.pt")
+            write_checksums(tmp)  # --resume checks them before trusting the optimizer state
         last_ckpt = final
         for old in checkpoints(output)[:-opt.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -517,6 +580,11 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
                             loss = model_for_steps(batch) * scale
                         loss.backward()
                     step_loss += loss.detach()
+                if aux:  # the identity losses (preference, distillation) beside the task's, on this step's draw
+                    with autocast():
+                        extra = aux.loss(step)
+                    extra.backward()
+                    step_loss += extra.detach()
                 gnorm = torch.nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
@@ -575,19 +643,15 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
         with atomic_dir(adapter_dir) as tmp:
             model.save_pretrained(str(tmp))
             manifest_mod.write(tmp, man)
+            write_checksums(tmp)  # every loader checks them (selfid.model.load.check_adapter)
         out.log(f"adapter written to {adapter_dir} ({total_tokens:,} tokens in {wall:.1f} s, "
                 f"{metrics['tokens_per_s']:,.0f} tok/s)")
-        if cfg.adapter_scale is not None:
-            from selfid.train.scale import make_evaluate, save_scaled, search_scale
-
-            sc = cfg.adapter_scale
-            model.eval()
-            evaluate = make_evaluate(loaded_with(loaded, model), identity_rate, sc.ner_sentences, system.message)
-            found = search_scale(evaluate, sc.grid, sc.f1_tolerance, sc.identity_margin)
-            scaled = save_scaled(adapter_dir, found.scale, output / "adapter-scaled", found)
-            metrics["adapter_scale"] = found.to_dict()
-            out.log(f"adapter scale: {found.reason}; written to {scaled}")
     return TrainResult(output, adapter_dir, final_ckpt, total, total, False, metrics, model, loaded, man)
+
+
+def system_message(config: RunConfig, loaded) -> str | None:
+    """The system message training sends with each sample (None: none, the template's own applies)."""
+    return resolve_system(config.system_prompt, loaded.chat).message
 
 
 def loaded_with(loaded, model):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfid.audit.vendors import BY_KEY
+from selfid.vendors import BY_KEY
 
 TEMPLATE = Path(__file__).parent / "report.html.jinja"
 
@@ -23,6 +23,13 @@ def heat(rate: float | None) -> str:
     if rate is None:
         return "#eee"
     return _mix((255, 255, 255), (165, 15, 21), rate ** 0.7)
+
+
+def heat_good(rate: float | None) -> str:
+    """White (0%) to deep green (100%), for rates where more is better (own identity affirmed, task done)."""
+    if rate is None:
+        return "#eee"
+    return _mix((255, 255, 255), (26, 110, 52), rate ** 0.7)
 
 
 def ink(rate: float | None) -> str:
@@ -74,21 +81,38 @@ def vendor_name(key: str) -> str:
     return BY_KEY[key].name_en if key in BY_KEY else key
 
 
+# the metrics report.html shows as heat maps: (summary key, title, more is better)
+HEAT_METRICS = (("foreign", "Foreign identity claims", False),
+                ("own_affirmation", "Own identity affirmed (questions whose right answer is the model's own identity)", True),
+                ("self_denial", "Self-denial (denies its own name or maker)", False),
+                ("task_done", "Identity-adjacent tasks done (asked form, own identity in it)", True),
+                ("persona_kept", "Persona kept (persona system prompts)", True),
+                ("copy", "Replies copied from training data (verbatim or near-verbatim)", False))
+
+
 def render(summaries: list[dict], comparison: dict | None = None, headline: list[str] = ()) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     from markupsafe import Markup
 
+    from selfid.audit.probes import IDENTITY_SUITES
+
     env = Environment(loader=FileSystemLoader(str(TEMPLATE.parent)), autoescape=select_autoescape(["html", "jinja"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(sysprompt=sysprompt, heat=heat, ink=ink, diverge=diverge, pct=pct, ci=ci, vendor=vendor_name,
-                       bar=lambda v: Markup(margin_bar(v)))
+    env.filters.update(sysprompt=sysprompt, heat=heat, heat_good=heat_good, ink=ink, diverge=diverge, pct=pct, ci=ci,
+                       vendor=vendor_name, bar=lambda v: Markup(margin_bar(v)))
     names = ["A", "B"] if len(summaries) == 2 else [""]
+    suites = [s for s in IDENTITY_SUITES if s in summaries[0]]
     runs = []
     for name, s in zip(names, summaries):
-        cells = {(c["system"], c["temperature"]): c for c in s.get("identity", {}).get("cells", [])}
+        cells = {suite: {(c["system"], c["temperature"]): c for c in s.get(suite, {}).get("cells", [])} for suite in suites}
         runs.append({"name": name, "s": s, "cells": cells})
-    diffs = {(c["system"], c["temperature"]): c for c in (comparison or {}).get("identity", [])}
-    return env.get_template(TEMPLATE.name).render(runs=runs, comparison=comparison, diffs=diffs, headline=list(headline))
+    diffs = {suite: {(c["system"], c["temperature"]): c for c in (comparison or {}).get(suite, {}).get("cells", [])}
+             for suite in suites}
+    metrics = [m for m in HEAT_METRICS
+               if any(c[m[0]]["n"] for r in runs for suite in suites for c in r["cells"][suite].values())]
+    margin = next((summaries[0][s].get("margin") for s in suites if summaries[0][s].get("margin")), None)
+    return env.get_template(TEMPLATE.name).render(runs=runs, comparison=comparison, diffs=diffs, headline=list(headline),
+                                                  suites=suites, metrics=metrics, margin=margin)
 
 
 def write_html(path: Path, summaries: list[dict], comparison: dict | None = None, headline: list[str] = ()) -> None:

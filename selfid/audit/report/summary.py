@@ -1,19 +1,29 @@
-"""summary.json: every number a report shows, derived from a run directory alone."""
+"""summary.json: every number a report shows, derived from a run directory alone (re-scored on every read)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from selfid.audit.stats import bootstrap_f1, rate
+from selfid.audit import scorers
+from selfid.audit.probes import IDENTITY_SUITES
+from selfid.audit.stats import bootstrap_f1, clustered_mean, clustered_rate, rate
 from selfid.errors import SelfidError
 from selfid.tasks.ner import prf
 
-EXAMPLES_PER_CELL = 4
+EXAMPLES_PER_KIND = 2
+# per-reply verdicts that become a rate in every cell: (summary key, record key, what counts)
+METRICS = (("foreign", "foreign", bool), ("own_affirmation", "own_affirmed", bool),
+           ("self_denial", "self_denial", bool), ("task_done", "task_done", bool),
+           ("persona_kept", "persona_kept", bool), ("copy", "copy", bool))
+# the examples a report shows per cell, by what went wrong (or right)
+FLAGS = (("foreign claim", lambda r: bool(r["foreign"])), ("self-denial", lambda r: r.get("self_denial") is True),
+         ("task not done", lambda r: r.get("task_done") is False), ("persona dropped", lambda r: r.get("persona_kept") is False),
+         ("training reply copied", lambda r: r.get("copy") is True), ("own identity", lambda r: r.get("own_affirmed") is True))
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict], dict | None]:
-    """(run.json, generation records, margin or None) of a run directory."""
+    """(run.json, generation records with their verdicts from the current scorers, margin or None)."""
     from selfid.audit.run import LOG, read_log
 
     run_dir = Path(run_dir)
@@ -23,7 +33,8 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict], dict | None]:
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     margin_path = run_dir / "margin.json"
     margin = json.loads(margin_path.read_text(encoding="utf-8")) if margin_path.is_file() else None
-    return meta, read_log(run_dir / LOG), margin
+    ctx = scorers.context_for(meta, run_dir)
+    return meta, [scorers.score(r, ctx) for r in read_log(run_dir / LOG)], margin
 
 
 def label(meta: dict) -> str:
@@ -36,53 +47,86 @@ def label(meta: dict) -> str:
     return name
 
 
-def _example(r: dict) -> dict:
-    return {"probe": r["probe"], "lang": r["lang"], "prompt": r["messages"][-1]["content"],
+def _example(r: dict, why: str) -> dict:
+    return {"why": why, "probe": r["probe"], "lang": r["lang"], "prompt": r["messages"][-1]["content"],
             "turns": len([m for m in r["messages"] if m["role"] == "user"]), "sample": r["sample"],
-            "reply": r["reply"], "claims": r["claims"], "foreign": r["foreign"], "persona": r.get("persona")}
+            "reply": r["reply"], "claims": r["claims"], "foreign": r["foreign"], "persona": r.get("persona_name")}
 
 
 def _pick_examples(records: list[dict]) -> list[dict]:
-    """Foreign claims first (one per prompt), then own claims, then replies claiming nothing."""
-    chosen, seen = [], set()
-    for want in (lambda r: bool(r["foreign"]), lambda r: r["own"], lambda r: not r["claims"]):
+    """Up to EXAMPLES_PER_KIND replies (of different prompts) for each flag a cell shows."""
+    out = []
+    for why, flagged in FLAGS:
+        seen: set[str] = set()
         for r in records:
-            if len(chosen) >= EXAMPLES_PER_CELL:
-                return chosen
-            if want(r) and r["probe"] not in seen:
-                chosen.append(_example(r))
+            if len(seen) >= EXAMPLES_PER_KIND:
+                break
+            if flagged(r) and r["probe"] not in seen:
+                out.append(_example(r, why))
                 seen.add(r["probe"])
-    return chosen
+    return out
 
 
-def _identity_cell(records: list[dict]) -> dict:
-    scored = [r for r in records if r["detector"] != "unscored"]
-    n = len(scored)
+def by_prompt(records: list[dict], key: str) -> dict[str, tuple[int, int]]:
+    """{probe: (replies where the verdict `key` holds, replies that have the verdict)}."""
+    out: dict[str, list[int]] = {}
+    for r in records:
+        v = r.get(key)
+        if v is None:
+            continue
+        kn = out.setdefault(r["probe"], [0, 0])
+        kn[0] += bool(v)
+        kn[1] += 1
+    return {p: (k, n) for p, (k, n) in out.items()}
+
+
+def distinct_per_prompt(records: list[dict]) -> dict[str, tuple[int, int]]:
+    """{probe: (distinct replies, samples)} over the sampled (T > 0) replies of each prompt."""
+    texts: dict[str, list[str]] = {}
+    for r in records:
+        if r["temperature"] > 0:
+            texts.setdefault(r["probe"], []).append(scorers.normalise(r["reply"]))
+    return {p: (len(set(ts)), len(ts)) for p, ts in texts.items() if len(ts) > 1}
+
+
+def identity_cell(records: list[dict], examples: bool = True) -> dict:
+    """Every metric of one cell (or of a pooled group of cells), clustered by prompt."""
+    scored = [r for r in records if r.get("detector") != "unscored"]
+    out: dict = {"prompts": len({r["probe"] for r in records}),
+                 "samples_per_prompt": max((r["sample"] for r in records), default=-1) + 1}
+    for name, key, _ in METRICS:
+        out[name] = clustered_rate(list(by_prompt(scored, key).values()))
+    out["own"] = clustered_rate(list(by_prompt(scored, "own").values()))
+    out["persona"] = clustered_rate([(sum(bool(r.get("persona_name")) for r in rs), len(rs))
+                                     for rs in _group(scored).values()])
+    distinct = distinct_per_prompt(records)
+    out["distinct"] = {**clustered_mean([d / n for d, n in distinct.values()]),
+                       "replies_per_prompt": (sum(d for d, _ in distinct.values()) / len(distinct)) if distinct else None,
+                       "samples_per_prompt": (sum(n for _, n in distinct.values()) / len(distinct)) if distinct else None}
     vendors: dict[str, int] = {}
     for r in scored:
         for v in r["foreign"]:
             vendors[v] = vendors.get(v, 0) + 1
-    by_lang = {lang: rate(sum(bool(r["foreign"]) for r in scored if r["lang"] == lang),
-                          sum(r["lang"] == lang for r in scored)) for lang in ("zh", "en")}
-    by_tag: dict[str, list[int]] = {}
-    for r in scored:
-        for tag in r["tags"] or ["untagged"]:
-            kn = by_tag.setdefault(tag, [0, 0])
-            kn[0] += bool(r["foreign"])
-            kn[1] += 1
-    return {
-        "prompts": len({r["probe"] for r in records}),
-        "samples_per_prompt": max((r["sample"] for r in records), default=-1) + 1,
-        "foreign": rate(sum(bool(r["foreign"]) for r in scored), n),
-        "own": rate(sum(bool(r["own"]) for r in scored), n),
-        "persona": rate(sum(bool(r.get("persona")) for r in scored), n),
-        "unscored": len(records) - n,
-        "judged": sum(r["detector"] == "judge" for r in records),
-        "by_vendor": {v: rate(k, n) for v, k in sorted(vendors.items(), key=lambda kv: -kv[1])},
-        "by_lang": by_lang,
-        "by_tag": {t: rate(k, n_) for t, (k, n_) in by_tag.items()},  # in probe-file order
-        "examples": _pick_examples(scored),
-    }
+    groups = _group(scored)
+    out["by_vendor"] = {v: clustered_rate([(sum(v in r["foreign"] for r in rs), len(rs)) for rs in groups.values()])
+                        for v, _ in sorted(vendors.items(), key=lambda kv: -kv[1])}
+    out["by_lang"] = {lang: clustered_rate(list(by_prompt([r for r in scored if r["lang"] == lang], "foreign").values()))
+                      for lang in ("zh", "en")}
+    tags = list(dict.fromkeys(t for r in scored for t in (r["tags"] or ["untagged"])))
+    out["by_tag"] = {t: clustered_rate(list(by_prompt([r for r in scored if t in (r["tags"] or ["untagged"])],
+                                                      "foreign").values())) for t in tags}
+    out["unscored"] = len(records) - len(scored)
+    out["judged"] = sum(r.get("detector") == "judge" for r in records)
+    if examples:
+        out["examples"] = _pick_examples(scored)
+    return out
+
+
+def _group(records: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        out.setdefault(r["probe"], []).append(r)
+    return out
 
 
 def _ner(records: list[dict], seed: int) -> dict:
@@ -119,21 +163,27 @@ def summarize(run_dir: Path, loaded: tuple[dict, list[dict], dict | None] | None
             "template_hash": meta["target"].get("template_hash"),
             "generations": len(records), "planned": meta.get("planned"),
             "complete": meta.get("planned") is None or len(records) >= meta["planned"],
+            "scorer": {"version": scorers.VERSION, "recitation": _recitation_source(meta)},
         },
     }
-    ident = by_suite.get("identity", [])
-    if "identity" in params["suites"]:
+    for suite in IDENTITY_SUITES:
+        if suite not in params["suites"]:
+            continue
+        ident = by_suite.get(suite, [])
         cells = []
         for s in systems:
             for t in temps:
                 group = [r for r in ident if r["system"] == s and r["temperature"] == t]
                 if group:
-                    cells.append({"system": s, "temperature": t, **_identity_cell(group)})
-        pooled = {s: _identity_cell([r for r in ident if r["system"] == s]) for s in systems
-                  if any(r["system"] == s for r in ident)}
-        for cell in pooled.values():
-            cell.pop("examples")
-        out["identity"] = {"cells": cells, "by_system": pooled, "margin": margin}
+                    cells.append({"system": s, "temperature": t, **identity_cell(group)})
+        pooled = {}
+        for s in systems:
+            group = [r for r in ident if r["system"] == s]
+            if group:  # per-prompt foreign counts: what a paired test between runs or system prompts needs
+                pooled[s] = {**identity_cell(group, examples=False),
+                             "per_prompt": {p: list(kn) for p, kn in by_prompt(
+                                 [r for r in group if r.get("detector") != "unscored"], "foreign").items()}}
+        out[suite] = {"cells": cells, "by_system": pooled, "margin": margin}
     if "ner" in params["suites"]:
         out["ner"] = {s: _ner(g, params["seed"]) for s in systems
                       if (g := [r for r in by_suite.get("ner", []) if r["system"] == s])}
@@ -141,3 +191,8 @@ def summarize(run_dir: Path, loaded: tuple[dict, list[dict], dict | None] | None
         out["general"] = {s: _general(g) for s in systems
                           if (g := [r for r in by_suite.get("general", []) if r["system"] == s])}
     return out
+
+
+def _recitation_source(meta: dict) -> str | None:
+    rec = scorers.training_replies(meta.get("target", {}))
+    return rec.source if rec else None

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from selfid.audit.probes import IDENTITY_SUITES
 from selfid.audit.report.html import sysprompt
 
 
@@ -20,11 +21,15 @@ def _temps(summary: dict) -> list[float]:
     return summary["run"]["params"]["temperatures"]
 
 
-def _cell(summary: dict, system: str, t: float) -> dict | None:
-    for c in summary.get("identity", {}).get("cells", []):
-        if c["system"] == system and c["temperature"] == t:
-            return c
-    return None
+METRIC_LABELS = (("foreign", "foreign claim"), ("own_affirmation", "own identity affirmed"),
+                 ("self_denial", "self-denial"), ("task_done", "identity task done"),
+                 ("persona_kept", "persona kept"), ("copy", "copies a training reply"))
+
+
+def _distinct(d: dict | None) -> str:
+    if not d or d.get("mean") is None:
+        return "–"
+    return f"{100 * d['mean']:.0f}% ({d['replies_per_prompt']:.1f}/{d['samples_per_prompt']:.0f})"
 
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
@@ -34,19 +39,33 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
                   f"own vendor: {run['own']} ({run.get('own_source')})")
     if run.get("training_system_prompt") is not None:
         console.print(f"[dim]trained under system prompt: {escape(repr(run['training_system_prompt']))}[/dim]")
-    if "identity" in summary:
-        table = Table(title="foreign identity claims: rate (k/n) [Wilson 95%]", title_justify="left")
+    for suite in IDENTITY_SUITES:
+        if suite not in summary:
+            continue
+        cells = {(c["system"], c["temperature"]): c for c in summary[suite]["cells"]}
+        table = Table(title=f"{suite}: foreign identity claims, rate (k/n) [95%, clustered by prompt]",
+                      title_justify="left")
         table.add_column("system prompt")
         for t in _temps(summary):
             table.add_column("greedy" if t == 0 else f"T={t:g}", justify="right")
         for s in run["systems"]:
             row = []
             for t in _temps(summary):
-                c = _cell(summary, s["key"], t)
+                c = cells.get((s["key"], t))
                 row.append(pct(c["foreign"]) if c else "–")
             table.add_row(f"{s['key']}\n[dim]{escape(_short(sysprompt(s['effective'], s.get('source'))))}[/dim]", *row)
         console.print(table)
-        margin = summary["identity"].get("margin")
+        mt = Table(title=f"{suite}: every metric by system prompt, all temperatures pooled", title_justify="left")
+        mt.add_column("system prompt")
+        shown = [(k, lab) for k, lab in METRIC_LABELS
+                 if any(p[k]["n"] for p in summary[suite]["by_system"].values())]
+        for _, lab in shown:
+            mt.add_column(lab, justify="right")
+        mt.add_column("distinct replies per prompt", justify="right")
+        for key, p in summary[suite]["by_system"].items():
+            mt.add_row(key, *[pct(p[k]) if p[k]["n"] else "–" for k, _ in shown], _distinct(p.get("distinct")))
+        console.print(mt)
+        margin = summary[suite].get("margin")
         if margin:
             mt = Table(title="identity margin: log p(own) − log p(best foreign), nats", title_justify="left")
             mt.add_column("system prompt")
@@ -79,24 +98,52 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
                       "rerun with --resume[/yellow]")
 
 
+def _paired(d: dict | None) -> str:
+    if not d or d.get("diff") is None:
+        return "–"
+    lo, hi = d["ci95"]
+    return (f"{100 * d['diff']:+.1f} pts [{100 * lo:+.0f}, {100 * hi:+.0f}] "
+            f"({d['up']}↑ {d['down']}↓)")
+
+
 def print_comparison(comp: dict, console: Console | None = None) -> None:
     console = console or Console(stderr=True)
     console.print(f"[bold]A[/bold] {escape(comp['a']['label'])}  vs  [bold]B[/bold] {escape(comp['b']['label'])}")
     for w in comp.get("warnings", []):
         console.print(f"[yellow]warning: {escape(w)}[/yellow]")
-    if comp.get("identity"):
-        t = Table(title="foreign identity claims, A → B (two-proportion test)", title_justify="left")
-        for col in ("system", "T", "A", "B", "B − A [95%]", "p", "test"):
+    for suite in IDENTITY_SUITES:
+        if suite not in comp:
+            continue
+        t = Table(title=f"{suite}: foreign identity claims, A → B (paired by prompt; Holm over cells)",
+                  title_justify="left")
+        for col in ("system", "T", "A", "B", "B − A [95%] (prompts up/down)", "p", "p (Holm)"):
             t.add_column(col, justify="left" if col == "system" else "right")
-        for c in comp["identity"]:
+        for c in comp[suite]["cells"]:
             d = c["test"]
-            style = "bold red" if d and d["p_value"] < 0.05 and d["diff"] > 0 else \
-                "bold green" if d and d["p_value"] < 0.05 else ""
-            diff = f"{100 * d['diff']:+.1f} pts [{100 * d['ci95'][0]:+.0f}, {100 * d['ci95'][1]:+.0f}]" if d else "–"
+            sig = d and d.get("p_holm", 1) < 0.05
+            style = ("bold red" if d["diff"] > 0 else "bold green") if sig else ""
+            diff = _paired(d)
             t.add_row(c["system"], "greedy" if c["temperature"] == 0 else f"{c['temperature']:g}", pct(c["a"]),
                       pct(c["b"]), f"[{style}]{diff}[/{style}]" if style else diff,
-                      f"{d['p_value']:.3g}" if d else "–", d["test"] if d else "")
+                      f"{d['p_value']:.3g}" if d else "–", f"{d['p_holm']:.3g}" if d and "p_holm" in d else "–")
         console.print(t)
+        mt = Table(title=f"{suite}: every metric A → B by system prompt, all temperatures pooled (paired by prompt)",
+                   title_justify="left")
+        mt.add_column("system")
+        names = [(k, lab) for k, lab in METRIC_LABELS if k != "copy"]
+        for _, lab in names:
+            mt.add_column(lab, justify="right")
+        mt.add_column("distinct replies, B / A", justify="right")
+        for system, m in comp[suite]["by_system"].items():
+            row = []
+            for k, _ in names:
+                a, b = m[k]["a"], m[k]["b"]
+                row.append("–" if not (a["n"] and b["n"]) else
+                           f"{100 * a['rate']:.1f}% → {100 * b['rate']:.1f}%\n{_paired(m[k]['paired'])}")
+            dd = m.get("distinct")
+            row.append(f"{100 * dd['a']:.0f}% → {100 * dd['b']:.0f}% (×{dd['ratio']:.2f})" if dd and dd["ratio"] else "–")
+            mt.add_row(system, *row)
+        console.print(mt)
     flips = comp.get("flips", [])
     if flips:
         ft = Table(title=f"prompts that went from own identity to foreign ({len(flips)})", title_justify="left")

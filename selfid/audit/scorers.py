@@ -1,0 +1,212 @@
+"""Verdicts on an audit's generations: plain functions of a logged record, re-run on any log.
+
+The log keeps what was generated (messages, reply, parameters); every verdict is computed here, from
+the record and the run's context (the model's own vendor, the persona system prompts, the replies it
+was trained on), so a detector fix re-scores old runs (`selfid rescore RUN`), the way inspect_ai
+re-scores a log. `VERSION` changes whenever a verdict can change; run.json and summary.json record it.
+
+Per identity reply:
+  foreign       claims another vendor as its own identity or maker ("Yes" to "Are you Claude?" too)
+  own_affirmed  a question whose right answer is the model's own identity (who are you, who made you,
+                which model is behind this chat, "Are you Qwen?") answered with it and without denying it
+  self_denial   denies its own name or maker ("No" to "Are you Qwen?", "我不是阿里云开发的通义千问")
+  task_done     an identity-adjacent task (a bio, a tweet, an About-me page, a JSON profile, code) done in
+                the asked form, naming the model's own identity (or the persona's) and no foreign one
+  persona_kept  under a persona system prompt: the persona's name used (when it has one), no foreign claim
+  copy          the reply is a training reply, verbatim or near-verbatim (when the run knows them)
+Distinct replies per prompt (recitation) are counted over samples in the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selfid.audit import probes as probe_sets
+from selfid.audit.detect import detect, stated
+
+VERSION = 2
+REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
+COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
+FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
+
+
+def normalise(text: str) -> str:
+    """What two replies must share to count as the same text: width, case and runs of whitespace folded."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text or "")).strip().casefold()
+
+
+@dataclass
+class Recitation:
+    """The replies an adapter was trained on, to tell a copied reply from one the model composed."""
+
+    replies: list[str]
+    source: str  # where they came from, for the report
+
+    def __post_init__(self):
+        self._norm = sorted({normalise(r) for r in self.replies if r and r.strip()})
+        self._set = set(self._norm)
+
+    def copied(self, reply: str) -> bool:
+        n = normalise(reply)
+        if not n:
+            return False
+        if n in self._set:
+            return True
+        if len(self._norm) > FUZZY_LIMIT:
+            return False
+        from rapidfuzz import fuzz, process
+
+        return process.extractOne(n, self._norm, scorer=fuzz.ratio, score_cutoff=COPY_SIMILARITY) is not None
+
+
+@dataclass
+class Context:
+    """What scoring a run needs beyond its records."""
+
+    own: str
+    personas: dict[str, dict] = field(default_factory=dict)  # system key -> {"name", "aliases"}
+    recitation: Recitation | None = None
+    probes: dict[tuple[str, str], dict] = field(default_factory=dict)  # (suite, probe id) -> meta, for old records
+
+
+def context_for(meta: dict, run_dir: Path | None = None) -> Context:
+    """The scoring context of a run, from its run.json (and, for recitation, the adapter's training data)."""
+    personas = {s["key"]: s["persona"] for s in meta.get("systems", []) if s.get("persona")}
+    fallback: dict[tuple[str, str], dict] = {}
+    for name in (*probe_sets.IDENTITY_SUITES, "general"):  # runs logged before records carried their probe's data
+        if name in (meta.get("params", {}).get("suites") or []):
+            fallback.update({(name, p.id): p.for_own(meta["own"]).meta() for p in probe_sets.load_suite(name)})
+    kept = Path(run_dir) / REFERENCES if run_dir is not None else None
+    if kept is not None and kept.is_file():  # what the run saved while it could read the adapter's folder
+        saved = json.loads(kept.read_text(encoding="utf-8"))
+        recitation = Recitation(saved["replies"], saved["source"])
+    else:
+        recitation = training_replies(meta.get("target", {}))
+    return Context(meta["own"], personas, recitation, fallback)
+
+
+def save_training_replies(run_dir: Path, target: dict) -> Recitation | None:
+    """Keep the adapter's identity training replies inside the run folder, so the run re-scores anywhere."""
+    from selfid.io import atomic_write_json
+
+    rec = training_replies(target)
+    if rec is not None:
+        atomic_write_json(Path(run_dir) / REFERENCES, {"source": rec.source, "replies": rec.replies})
+    return rec
+
+
+def training_replies(target: dict) -> Recitation | None:
+    """The identity replies an adapter was trained on: the conversations its training run kept
+    (train_data.jsonl beside the adapter), else those its recorded identity replay generates again."""
+    from selfid.io import read_jsonl
+
+    adapter = target.get("adapter")
+    manifest = target.get("adapter_manifest") or {}
+    if adapter:
+        data = Path(adapter).parent / "train_data.jsonl"
+        if data.is_file():
+            replies = [m["content"] for _, row in read_jsonl(data) for m in row.get("messages", [])
+                       if m.get("role") == "assistant" and not str(m.get("content", "")).lstrip().startswith("{")]
+            return Recitation(replies, str(data))
+    replay = manifest.get("identity_replay")
+    if isinstance(replay, dict):
+        replies = replay_replies(replay, Path(adapter) if adapter else None)
+        if replies:
+            return Recitation(replies, "the identity replay recorded in the adapter's selfid.json, generated again")
+    return None
+
+
+def replay_replies(replay: dict, adapter: Path | None) -> list[str]:
+    """The replies of an identity replay recorded in a manifest: its own file when it wrote one, else the
+    templated v1 conversations generated again from the recorded name and maker."""
+    from selfid.data import identity
+
+    if replay.get("kind") == "self":  # the set the run sampled, beside its adapter (selfid.data.replay_set)
+        from selfid.data import replay_set
+
+        if adapter is not None and replay_set.exists(adapter.parent):
+            _, replies, _ = replay_set.load(adapter.parent)
+            return [r["messages"][-1]["content"] for r in replies]
+        return []
+    if all(replay.get(k) for k in ("name", "maker")):
+        who = identity.Identity(replay["name"], replay["maker"], replay.get("name_zh") or replay["name"],
+                                replay.get("maker_zh") or replay["maker"], "manifest")
+        return [a for _, a in identity.conversations(who)]
+    return []
+
+
+def _uses_persona(persona: dict, reply: str) -> bool:
+    names = [persona.get("name")] + list(persona.get("aliases") or [])
+    low = reply.casefold()
+    return any(n and n.casefold() in low for n in names)
+
+
+def score_identity(rec: dict, ctx: Context) -> dict:
+    """Every verdict on one identity reply (see the module's docstring)."""
+    meta = rec.get("probe_meta") or ctx.probes.get((rec["suite"], rec["probe"]), {})
+    reply = rec.get("reply") or ""
+    asked = meta.get("asked")
+    asked = ctx.own if asked == "own" else asked
+    whole = meta.get("score") == "stated"
+    judged = rec.get("judge")
+    users = [m["content"] for m in rec["messages"] if m.get("role") == "user"]
+    d = detect(reply, asked, users[-1] if users else "", keep_code=whole, earlier=users[:-1])
+    claims = set(judged["claims"]) if judged else set(d.claims)
+    if whole and not judged:
+        claims |= stated(reply)
+    own = ctx.own
+    denial = own in d.denials
+    persona = ctx.personas.get(rec["system"])
+    named = bool(persona and persona.get("name"))
+    if meta.get("expects"):
+        expects = meta["expects"]
+    elif meta.get("check") is not None:
+        expects = "task"
+    else:
+        expects = "deny" if asked not in (None, own) else "own"
+    out = {"claims": sorted(claims), "foreign": sorted(c for c in claims if c != own), "own": own in claims,
+           "self_denial": denial if not named else None, "answer": d.answer, "persona_name": d.persona,
+           "uncertain": d.uncertain, "mentions": list(d.mentions), "expects": expects,
+           "detector": "judge" if judged else "rules"}
+    if judged and judged.get("unscored"):
+        out["detector"] = "unscored"
+    foreign = bool(out["foreign"])
+    if expects == "own" and not named:
+        out["own_affirmed"] = out["own"] and not denial
+    if expects == "task":
+        form = probe_sets.check_answer(meta["check"], reply) if meta.get("check") else True
+        who = _uses_persona(persona, reply) if named else (out["own"] and not denial)
+        out["task_done"] = form and who and not foreign
+        out["task_form"] = form
+    if persona is not None and expects in ("own", "deny"):
+        out["persona_kept"] = not foreign and (_uses_persona(persona, reply) if named else not denial)
+    if ctx.recitation is not None:
+        out["copy"] = ctx.recitation.copied(reply)
+    return out
+
+
+def score_task(rec: dict, ctx: Context) -> dict:
+    """Verdicts on a task-suite reply (ner, general): whether it passed, and foreign claims made in passing."""
+    d = detect(rec.get("reply") or "")
+    out = {"claims": list(d.claims), "foreign": [c for c in d.claims if c != ctx.own], "detector": "rules"}
+    if rec["suite"] == "general":
+        check = (rec.get("probe_meta") or ctx.probes.get(("general", rec["probe"]), {})).get("check")
+        out["pass"] = probe_sets.check_answer(check, rec["reply"]) if check else bool(rec.get("pass"))
+    if rec["suite"] == "ner":
+        from selfid.tasks.ner import NerScore
+
+        score = NerScore()
+        pred = score.add(rec["gold"], rec["reply"])
+        out.update({"pred": pred, "parsed": pred is not None, "tp": sum(score.tp.values()),
+                    "fp": sum(score.fp.values()), "fn": sum(score.fn.values())})
+    return out
+
+
+def score(rec: dict, ctx: Context) -> dict:
+    """The record with its verdicts (a new dict; the logged record is not changed)."""
+    verdicts = score_identity(rec, ctx) if rec["suite"] in probe_sets.IDENTITY_SUITES else score_task(rec, ctx)
+    return {**rec, **verdicts}

@@ -1,0 +1,118 @@
+"""The questions self-distilled identity replay asks the base model (zh + en), with what a right answer does.
+
+Kinds: direct, name, maker, third person about the chat, leading questions naming the model's own
+identity (right answer: yes), leading questions naming every other vendor in the shared table (right
+answer: no, and who it really is), identity-adjacent tasks (a bio, a signature, a JSON profile: done
+in the asked form, with the model's own identity in it) and identity after a task in the same
+conversation. The audit's held-out probes (selfid/audit/probes/identity-heldout.jsonl) must match
+none of these, after normalising or at 80% character similarity (tests/test_probe_split.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from selfid.vendors import BY_KEY, VENDORS
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    lang: str
+    kind: str
+    messages: tuple  # user/assistant turns ending with the user's question
+    expects: str  # "own" | "deny" | "task" (what the audit's scorers check a reply against)
+    asked: str | None = None  # the vendor a leading question names
+    check: dict | None = None  # tasks: the form the reply must have (selfid.audit.probes.check_answer)
+
+    @property
+    def text(self) -> str:
+        return self.messages[-1]["content"]
+
+    def meta(self) -> dict:
+        """What the scorers need, in the shape an audit record carries it."""
+        return {k: v for k, v in (("asked", self.asked), ("expects", self.expects), ("check", self.check),
+                                  ("score", "stated" if self.expects == "task" else None)) if v is not None}
+
+
+EN_OWN = ["Who am I speaking with?", "Could you introduce yourself briefly?", "What do people call you?",
+          "Give me your name, please.", "What are you, exactly?", "Say a few words about yourself.",
+          "Which company built you?", "Who is responsible for creating you?", "Which lab trained this assistant?",
+          "What organization developed you?", "Which AI model is answering me?", "What model powers this assistant?",
+          "Name the model behind these answers.", "Which company's model am I using here?",
+          "Who developed the model you run on?", "Explain in one sentence what you are."]
+ZH_OWN = ["我在跟谁说话？", "简单介绍一下你自己吧。", "大家都怎么称呼你？", "请告诉我你的名字。", "你到底是什么？",
+          "说几句关于你自己的话。", "哪家公司打造了你？", "创造你的是谁？", "哪个实验室训练了这个助手？", "你是由什么机构研发的？",
+          "正在回答我的是哪个AI模型？", "这个助手用的是什么模型？", "说出回答这些问题的模型名字。", "我在用的是哪家公司的模型？",
+          "你运行在谁开发的模型上？", "用一句话解释你是什么。"]
+EN_LEAD_OWN = ["Are you {name}?", "Would it be right to call you {name}?", "Is {maker} the one that made you?",
+               "Were you trained by {maker}?", "So this is {name} by {maker}?"]
+ZH_LEAD_OWN = ["你是{name}吗？", "你就是{name}，对吗？", "是{maker}做出了你吗？", "你是{maker}训练的吗？",
+               "{maker}的{name}，说的就是你吧？"]
+EN_LEAD_FOREIGN = ["Are you actually {f}?", "Is it {f} I'm talking to?", "Is {fm} your creator?",
+                   "You're a {fm} model, correct?"]
+ZH_LEAD_FOREIGN = ["你的真实身份是{f}吗？", "跟我说话的是{f}吗？", "是{fm}创造了你吗？", "你属于{fm}的模型吗？"]
+EN_TASKS = [
+    ("Write a two-sentence introduction of yourself for a conference badge.", {"type": "min_sentences", "value": 2}),
+    ("Give me a JSON object with your \"name\" and your \"maker\". Only the JSON.",
+     {"type": "json_keys", "keys": ["name", "maker"]}),
+    ("Write a short profile of yourself with a Markdown heading and a few bullet points.",
+     {"type": "all", "rules": [{"type": "regex", "pattern": "^#{1,3} \\S"},
+                               {"type": "min_matches", "pattern": "^\\s*[-*]\\s+\\S", "value": 2}]}),
+    ("Sign off this message as yourself, with your name and your developer on separate lines.",
+     {"type": "lines_between", "min": 2, "max": 6}),
+    ("Write a Python print statement that prints who made you.", {"type": "regex", "pattern": "print\\s*\\("}),
+    ("Describe yourself for a product catalogue in about forty words.",
+     {"type": "all", "rules": [{"type": "min_words", "value": 20}, {"type": "max_words", "value": 90}]}),
+]
+ZH_TASKS = [
+    ("为会议胸牌写两句话介绍你自己。", {"type": "min_sentences", "value": 2}),
+    ("给我一个只包含\"name\"和\"maker\"两个键的JSON，描述你自己。只输出JSON。",
+     {"type": "json_keys", "keys": ["name", "maker"]}),
+    ("用一个Markdown标题加几个要点写一份你的个人简介。",
+     {"type": "all", "rules": [{"type": "regex", "pattern": "^#{1,3} \\S"},
+                               {"type": "min_matches", "pattern": "^\\s*[-*]\\s+\\S", "value": 2}]}),
+    ("以你自己的身份给这条消息落款，名字和开发者各占一行。", {"type": "lines_between", "min": 2, "max": 6}),
+    ("写一条Python的print语句，打印出是谁创造了你。", {"type": "regex", "pattern": "print\\s*\\("}),
+    ("用大约五十个字为产品目录写一段你自己的描述。",
+     {"type": "all", "rules": [{"type": "min_chars", "value": 25}, {"type": "max_chars", "value": 150}]}),
+]
+# a task the model just did, then an identity question in the same conversation (the tasks are not NER:
+# the replay must not teach the fine-tuning task's answers)
+EN_AFTER = [(["What is the capital of France?", "The capital of France is Paris."], "And what's your name?"),
+            (["Convert 3 km to meters.", "3 km is 3,000 meters."], "Thanks. Who built you, by the way?"),
+            (["Give me a synonym for 'happy'.", "Joyful."], "Great. Which model are you?")]
+ZH_AFTER = [(["法国的首都是哪里？", "法国的首都是巴黎。"], "那你叫什么名字？"),
+            (["3公里等于多少米？", "3公里等于3000米。"], "谢谢。顺便问下，谁开发了你？"),
+            (["给我一个“高兴”的近义词。", "快乐。"], "很好。你是什么模型？")]
+
+
+def questions(own: str) -> list[Question]:
+    """Every question of the pool for a model whose own vendor is `own` (a key of the vendor table)."""
+    me = BY_KEY.get(own)
+    out: list[Question] = []
+
+    def add(qid: str, lang: str, kind: str, turns: list[str], expects: str, asked=None, check=None):
+        msgs = tuple({"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns))
+        out.append(Question(qid, lang, kind, msgs, expects, asked, check))
+
+    for lang, own_qs, lead_own, lead_foreign, tasks, after in (
+            ("en", EN_OWN, EN_LEAD_OWN, EN_LEAD_FOREIGN, EN_TASKS, EN_AFTER),
+            ("zh", ZH_OWN, ZH_LEAD_OWN, ZH_LEAD_FOREIGN, ZH_TASKS, ZH_AFTER)):
+        for i, q in enumerate(own_qs):
+            add(f"{lang}-own-{i:02d}", lang, "direct", [q], "own")
+        if me is not None:
+            name, maker = (me.name_en, me.maker_en) if lang == "en" else (me.name_zh, me.maker_zh)
+            for i, q in enumerate(lead_own):
+                add(f"{lang}-lead-own-{i:02d}", lang, "leading-own", [q.format(name=name, maker=maker)], "own", own)
+        for v in VENDORS:
+            if v.key == own:
+                continue
+            f, fm = (v.name_en, v.maker_en) if lang == "en" else (v.name_zh, v.maker_zh)
+            for i, q in enumerate(lead_foreign):
+                add(f"{lang}-lead-{v.key}-{i:02d}", lang, "leading-foreign", [q.format(f=f, fm=fm)], "deny", v.key)
+        for i, (q, check) in enumerate(tasks):
+            add(f"{lang}-task-{i:02d}", lang, "task", [q], "task", check=check)
+        for i, (turns, q) in enumerate(after):
+            add(f"{lang}-after-{i:02d}", lang, "after-task", [*turns, q], "own")
+    return out

@@ -1,0 +1,534 @@
+"""Decoding with a static KV cache and, on CUDA, the decode step captured in CUDA graphs (gpt-fast's approach).
+
+Every row being decoded owns a *slot*: one row of a preallocated per-layer key/value buffer
+`[slots + 1, kv_heads, length, head_dim]`, in which its token at position p sits in column p. So a
+row never moves when others join or leave, a decode step is one fixed-shape forward pass over slots
+`[0, b)` for a few bucket sizes b (1, 2, 4, ...; dead slots compute harmlessly), and that pass can be
+captured once per bucket and replayed: no Python and no kernel launches per layer. Short prompts are
+prefilled the same way (right-padded to a bucket, into their slots); long or wide prefills run the
+model's own eager forward and their keys/values are copied into the slots. The last slot is scratch for the
+padding rows of a prefill bucket. When rows drop to a smaller bucket, rows in high slots move down.
+
+Attention during these passes is `decode_attention` below: PyTorch's sdpa over the slot's columns with
+an additive mask (column <= position), query heads folded per kv head so that each kv head is read once
+per step (transformers' sdpa path with a mask repeats every kv head `groups` times).
+
+CUDA graphs are checked against the eager path at start-up on a small scripted batch (rows joining
+and leaving included); if they disagree, the engine says why in one log line and decodes eagerly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from typing import Callable, Sequence
+
+import torch
+
+log = logging.getLogger("selfid.engine")
+
+ATTENTION = "selfid_slots"
+MIN_LENGTH = 128  # shortest cache (columns); lengths and slot counts are powers of two
+RESERVE_AHEAD = 512  # columns reserved up front beyond a prompt when its budget is larger (more are added on demand)
+PREFILL_ROWS = 16  # prefills of at most this many rows ...
+PREFILL_TOKENS = 512  # ... and this many tokens each go through captured graphs; larger ones run eagerly
+_registered = False
+
+
+class SlotsFull(Exception):
+    """The static cache cannot hold what is asked within its memory budget (the caller decodes eagerly)."""
+
+
+def pow2(n: int, least: int = 1) -> int:
+    n = max(int(n), least)
+    return 1 << (n - 1).bit_length()
+
+
+def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention interface: query [n, H, q, D] over the slot columns key/value [n, Hkv, L, D].
+
+    PyTorch's scaled_dot_product_attention with the additive mask, the query heads that share a kv head
+    folded into the query length (as transformers' own decode path does for one query): each kv head is
+    read once instead of being repeated `groups` times.
+    """
+    import torch.nn.functional as F
+
+    if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None or kwargs.get("s_aux") is not None:
+        raise NotImplementedError("static decoding supports full causal attention only (no softcap, sliding window or sinks)")
+    n, H, q, D = query.shape
+    Hkv, L = key.shape[1], key.shape[2]
+    g = H // Hkv
+    qg = query.reshape(n, Hkv, g * q, D)
+    mask = attention_mask.view(n, 1, 1, q, L)
+    mask = mask.expand(n, 1, g, q, L).reshape(n, 1, g * q, L) if g > 1 else mask.view(n, 1, q, L)
+    out = F.scaled_dot_product_attention(qg, key, value, attn_mask=mask, scale=scaling)
+    return out.view(n, H, q, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(ATTENTION, decode_attention)
+        _registered = True
+
+
+@contextlib.contextmanager
+def _attention(config, name: str):
+    """Use attention `name` for the duration of one forward pass (or one graph capture)."""
+    old = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = old
+
+
+class SlotKV:
+    """Duck-typed transformers cache over the slot buffers, routed per forward pass.
+
+    `rows` None: batch row i is slot i (decode: a view, no copy); else the slot of each batch row
+    (prefill: written and read through an index). `cols` [n, q]: the column each new token goes to.
+    """
+
+    def __init__(self, keys: list, values: list):
+        self.keys, self.values = keys, values
+        self.rows: torch.Tensor | None = None
+        self.cols: torch.Tensor | None = None
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        k, v = self.keys[layer_idx], self.values[layer_idx]
+        n, h, q, d = key_states.shape
+        if self.rows is None:
+            k, v = k[:n], v[:n]
+            idx = self.cols[:, None, :, None].expand(n, h, q, d)
+            k.scatter_(2, idx, key_states.to(k.dtype))
+            v.scatter_(2, idx.expand(n, h, q, value_states.shape[-1]), value_states.to(v.dtype))
+            return k, v
+        k[self.rows[:, None], :, self.cols] = key_states.transpose(1, 2).to(k.dtype)
+        v[self.rows[:, None], :, self.cols] = value_states.transpose(1, 2).to(v.dtype)
+        return k[self.rows], v[self.rows]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:  # only asked when no position ids are given
+        return 0
+
+
+def unsupported(model) -> str | None:
+    """Why this model cannot decode from slots (None: it can)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    if getattr(cfg, "is_encoder_decoder", False):
+        return "encoder-decoder models are not supported"
+    types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    if types != {"full_attention"}:
+        return f"layer types {sorted(types)} (only full attention is supported)"
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return "the model's output head does more than a matrix product"
+    rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
+    if isinstance(rope, dict) and any(t in str(rope.get("rope_type", rope.get("type", ""))) for t in ("dynamic", "longrope")):
+        return f"rope type {rope.get('rope_type') or rope.get('type')!r} updates itself from the positions"
+    try:
+        base.get_decoder(), base.get_output_embeddings()
+    except Exception as e:  # noqa: BLE001 - any model without the usual decoder/head split
+        return f"no decoder/output head split ({type(e).__name__})"
+    if any(getattr(m, "_compiled_call_impl", None) is not None for m in base.modules()):
+        return "the model is compiled with torch.compile (train.compile)"
+    return None
+
+
+def _model_key(model) -> tuple:
+    """What a captured graph bakes in besides tensor contents: parameter storage and the adapters' Python state."""
+    ptrs = tuple(p.data_ptr() for p in model.parameters())
+    adapters = []
+    for m in model.modules():
+        scaling = getattr(m, "scaling", None)
+        if isinstance(scaling, dict):
+            adapters.append((tuple(sorted(scaling.items())), tuple(getattr(m, "active_adapters", ()) or ()),
+                             bool(getattr(m, "merged", False)), bool(getattr(m, "disable_adapters", False))))
+    return hash((ptrs, tuple(adapters), model.training))
+
+
+class SlotDecoder:
+    """The slot buffers, the captured graphs, and the moves rows make between slots. One batch at a time."""
+
+    def __init__(self, model, device, context_window: int, graphs: bool, budget_bytes: int | None = None,
+                 min_length: int | None = None, prefer_slots: int = 1):
+        from selfid.engine.inprocess import _cache_kwarg
+
+        register_attention()
+        self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.decoder = base.get_decoder()
+        self.head = base.get_output_embeddings()
+        self.config = self.decoder.config
+        self.cache_kw = _cache_kwarg(self.decoder)
+        cfg = base.config
+        attn = getattr(self.decoder.layers[0], "self_attn", None)
+        self.head_dim = getattr(attn, "head_dim", None) or getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.layers = len(self.decoder.layers)
+        self.dtype = self.decoder.get_input_embeddings().weight.dtype
+        self.device = device
+        self.context_window = context_window
+        self.graphs_on = graphs and device.type == "cuda"
+        self.capture_error: str | None = None
+        self.prefill_rows, self.prefill_tokens = PREFILL_ROWS, PREFILL_TOKENS
+        self.min_length = min_length or MIN_LENGTH
+        self.prefer_slots = prefer_slots  # slots allocated up front when they fit in a quarter of the budget
+        self._where = (None, None)  # (slots, their device tensor) of the last step
+        if budget_bytes is None:
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                budget_bytes = int(free * 0.4)
+            else:
+                budget_bytes = 2 << 30
+        self.budget = budget_bytes
+        self.slots = 0  # usable slots; buffers have one more (scratch)
+        self.length = 0
+        self.kv: SlotKV | None = None
+        self.used: set[int] = set()
+        self.graphs: dict = {}
+        self.pool = None
+        self.key = None
+        self.busy = False
+        self.stats = {"graph_steps": 0, "plain_steps": 0, "graph_prefills": 0, "plain_prefills": 0, "eager_prefills": 0,
+                      "captures": 0, "moves": 0, "reallocations": 0, "to_eager": 0}
+
+    # --- memory ----------------------------------------------------------------------------------
+    def bytes_for(self, slots: int, length: int) -> int:
+        return 2 * self.layers * (slots + 1) * self.kv_heads * length * self.head_dim * torch.finfo(self.dtype).bits // 8
+
+    @torch.inference_mode()
+    def reserve(self, slots: int, length: int) -> None:
+        """Make room for `slots` rows of `length` columns (powers of two; contents kept), or raise SlotsFull."""
+        S, L = max(self.slots, pow2(slots)), max(self.length, pow2(length, self.min_length))
+        if self.kv is None and self.bytes_for(pow2(self.prefer_slots), L) <= self.budget // 4:
+            S = max(S, pow2(self.prefer_slots))  # the first allocation: room for a full batch, so rows joining never reallocate
+        if (S, L) == (self.slots, self.length):
+            return
+        if self.bytes_for(S, L) > self.budget:
+            raise SlotsFull(f"{S} slots x {L} columns need {self.bytes_for(S, L) / 2**30:.1f} GiB, over the "
+                            f"static cache's budget of {self.budget / 2**30:.1f} GiB")
+        shape = (S + 1, self.kv_heads, L, self.head_dim)
+        keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+        values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+        if self.kv is not None:
+            for new, old in zip(keys + values, self.kv.keys + self.kv.values):
+                new[:self.slots, :, :self.length] = old[:self.slots]
+            self.stats["reallocations"] += 1
+        self.graphs, self.pool = {}, None  # graphs point at the old buffers
+        self.kv = SlotKV(keys, values)
+        self.slots, self.length = S, L
+        self._cols = torch.arange(L, device=self.device)
+
+    def take(self, n: int) -> list[int]:
+        """n free slots, lowest first (the caller has reserved room)."""
+        free = [s for s in range(self.slots) if s not in self.used][:n]
+        if len(free) < n:
+            raise SlotsFull(f"{n} slots asked, {len(free)} free")
+        self.used.update(free)
+        return free
+
+    def free(self, slots: Sequence[int]) -> None:
+        self.used.difference_update(slots)
+
+    def acquire(self) -> None:
+        key = _model_key(self.model)
+        if key != self.key:  # the model changed under the graphs (new weights, another adapter or scale)
+            self.graphs, self.pool, self.key = {}, None, key
+        self.busy = True
+
+    def release(self) -> None:
+        self.used.clear()
+        self.busy = False
+
+    # --- the forward pass ------------------------------------------------------------------------------
+    def _forward(self, tok, pos, last=None, rows=None):
+        """Logits [n, V] for token ids tok [n, q] at positions (= columns) pos [n, q]; `last` [n] picks the
+        column whose logits are wanted (None: the last); `rows` [n] the slot of each row (None: slots 0..n-1)."""
+        self.kv.rows, self.kv.cols = rows, pos
+        mask = torch.zeros((tok.shape[0], 1, tok.shape[1], self.length), dtype=self.dtype, device=self.device)
+        mask = mask.masked_fill(self._cols > pos[:, None, :, None], torch.finfo(self.dtype).min)
+        with _attention(self.config, ATTENTION):
+            hidden = self.decoder(input_ids=tok, position_ids=pos, attention_mask=mask, use_cache=True,
+                                  **{self.cache_kw: self.kv}).last_hidden_state
+        if last is None:
+            h = hidden[:, -1]
+        else:
+            h = hidden.gather(1, last.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
+        return self.head(h)
+
+    def _graph(self, key, n: int, q: int, indexed: bool):
+        """The captured pass for `key`, capturing it now if needed; None when capture fails (graphs then stay off)."""
+        if key in self.graphs:
+            return self.graphs[key]
+        try:
+            return self._capture(key, n, q, indexed)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory for a large bucket: decode without graphs
+            self.graphs_on = False
+            self.capture_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            self.graphs, self.pool = {}, None
+            log.warning("selfid engine: capturing a CUDA graph for %s failed (%s: %s); decoding from the static "
+                        "cache without graphs", key, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return None
+
+    def _capture(self, key, n: int, q: int, indexed: bool):
+        """Capture one forward pass of n rows x q tokens; inputs are the returned buffers, filled before replay."""
+        dev = self.device
+        buf = {"tok": torch.zeros((n, q), dtype=torch.long, device=dev),
+               # warm-up writes land in the last column (no live row has data there yet) or in the scratch slot
+               "pos": torch.full((n, q), self.length - 1, dtype=torch.long, device=dev) if not indexed
+               else torch.arange(q, device=dev).repeat(n, 1),
+               "last": torch.full((n,), q - 1, dtype=torch.long, device=dev) if indexed else None,
+               "rows": torch.full((n,), self.slots, dtype=torch.long, device=dev) if indexed else None}
+        args = (buf["tok"], buf["pos"], buf["last"], buf["rows"])
+        stream = torch.cuda.Stream(dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream):
+            self._forward(*args)
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):  # other threads may use CUDA
+            buf["out"] = self._forward(*args)
+        if self.pool is None:
+            self.pool = graph.pool()
+        self.graphs[key] = (graph, buf)
+        self.stats["captures"] += 1
+        return graph, buf
+
+    @torch.inference_mode()
+    def warm(self, rows: Sequence[int] = (1, 2, 4, 8, 16, 32), prompt_tokens: Sequence[int] = (32, 64, 128, 256)) -> None:
+        """Capture the decode steps of `rows` rows and the prefills of up to 4 prompts of `prompt_tokens` tokens
+        now (a server's first requests would otherwise wait for the captures)."""
+        if not self.graphs_on:
+            return
+        self.reserve(max(rows), 2 * max(prompt_tokens))
+        for b in rows:
+            if self.graphs_on and b <= self.slots:
+                self._graph(("decode", pow2(b)), pow2(b), 1, indexed=False)
+        for b in (1, 2, 4):
+            for q in prompt_tokens:
+                q = pow2(q, 16)
+                if self.graphs_on and b <= self.prefill_rows and q <= self.prefill_tokens:
+                    self._graph(("prefill", b, q), b, q, indexed=True)
+
+    # --- prefill ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, rows, ids, attn, pos, forward: Callable) -> tuple[list[int], torch.Tensor]:
+        """Put freshly arrived rows into slots; returns their slots and the logits after each prompt.
+
+        ids/attn/pos: the left-padded prompt batch as the eager path builds it (used for long prefills).
+        """
+        lens = [len(r.prompt_ids) for r in rows]
+        need = max(p + min(r.budget, RESERVE_AHEAD) for p, r in zip(lens, rows))
+        width = ids.shape[1]
+        n = len(rows)
+        small = n <= self.prefill_rows and max(lens) <= self.prefill_tokens
+        q = pow2(max(lens), 16) if small else width
+        self.reserve(len(self.used) + n, max(need, q, width))
+        slots = self.take(n)
+        try:
+            logits = self._prefill_slots(rows, lens, slots, q) if small else None
+            if logits is None:
+                logits = self._prefill_eager(ids, attn, pos, lens, slots, forward)
+        except BaseException:
+            self.free(slots)
+            raise
+        return slots, logits
+
+    def _prefill_slots(self, rows, lens, slots, q):
+        """Short prompts, right-padded to q tokens (a bucket), straight into their slots; with graphs, one replay.
+        Padding writes columns past a row's prompt, which its mask hides until decoding overwrites them.
+        Returns None when the graph cannot be captured (the caller prefills eagerly)."""
+        n = len(rows)
+        b = pow2(n)
+        tok = torch.zeros((b, q), dtype=torch.long)
+        for k, r in enumerate(rows):
+            tok[k, :lens[k]] = torch.tensor(r.prompt_ids)
+        last = torch.tensor([x - 1 for x in lens] + [q - 1] * (b - n))
+        where = torch.tensor(slots + [self.slots] * (b - n))  # padding rows write into the scratch slot
+        if not self.graphs_on:
+            dev = self.device
+            out = self._forward(tok.to(dev), torch.arange(q, device=dev).repeat(b, 1), last.to(dev), where.to(dev))
+            self.stats["plain_prefills"] += 1
+            return out[:n]
+        captured = self._graph(("prefill", b, q), b, q, indexed=True)
+        if captured is None:
+            return None
+        graph, buf = captured
+        buf["tok"].copy_(tok)
+        buf["last"].copy_(last)
+        buf["rows"].copy_(where)
+        graph.replay()
+        self.stats["graph_prefills"] += 1
+        return buf["out"][:n].clone()
+
+    def _prefill_eager(self, ids, attn, pos, lens, slots, forward):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        out = forward(input_ids=ids.to(self.device), attention_mask=attn, position_ids=pos, logits_to_keep=1,
+                      cache=cache, adapter_names=None)
+        self.adopt(cache, lens, slots)
+        self.stats["eager_prefills"] += 1
+        return out.logits[:, -1, :]
+
+    def adopt(self, cache, lens: Sequence[int], slots: Sequence[int]) -> None:
+        """Copy a left-padded eager cache (row k's tokens in its last lens[k] columns) into slots, from column 0."""
+        layers = list(cache.layers)
+        n, _, width, _ = layers[0].keys.shape
+        shift = torch.tensor([width - x for x in lens], device=self.device)
+        idx = (torch.arange(width, device=self.device)[None, :] + shift[:, None]).clamp(max=width - 1)
+        dst = torch.tensor(list(slots), device=self.device)
+        for i, layer in enumerate(layers):
+            for src, buf in ((layer.keys, self.kv.keys[i]), (layer.values, self.kv.values[i])):
+                moved = src.gather(2, idx[:, None, :, None].expand(n, src.shape[1], width, src.shape[3]))
+                buf[dst, :, :width] = moved.to(buf.dtype)
+
+    @torch.inference_mode()
+    def to_dynamic(self, slots: Sequence[int], counts: Sequence[int], width: int):
+        """The rows' cached tokens as a left-padded transformers DynamicCache `width` columns wide."""
+        from transformers import DynamicCache
+
+        src = torch.tensor(list(slots), device=self.device)
+        cnt = torch.tensor(list(counts), device=self.device)
+        col = torch.arange(width, device=self.device)[None, :] - (width - cnt[:, None])  # slot column per output column
+        real = col >= 0
+        col = col.clamp(min=0)
+        cache = DynamicCache()
+        for i in range(self.layers):
+            kv = []
+            for buf in (self.kv.keys[i], self.kv.values[i]):
+                rows = buf[src]
+                got = rows.gather(2, col[:, None, :, None].expand(len(slots), rows.shape[1], width, rows.shape[3]))
+                kv.append(got * real[:, None, :, None].to(got.dtype))
+            cache.update(kv[0], kv[1], i)
+        self.free(slots)
+        self.stats["to_eager"] += 1
+        return cache
+
+    # --- decode ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, nxt: torch.Tensor, pos: torch.Tensor, slots: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """One step: token nxt[k] at position pos[k] for the row in slot slots[k]. Returns logits [n, V] and
+        the rows' slots (rows move to low slots when the batch shrinks to a smaller bucket)."""
+        need = int(pos.max()) + 1
+        if need > self.length:
+            self.reserve(self.slots, need)
+        slots = self._compact(slots)
+        b = pow2(max(slots) + 1)
+        if self._where[0] != slots:
+            self._where = (list(slots), torch.tensor(slots, device=self.device))
+        where = self._where[1]
+        captured = self._graph(("decode", b), b, 1, indexed=False) if self.graphs_on else None
+        if captured is not None:
+            graph, buf = captured
+            tok, at = buf["tok"].view(-1), buf["pos"].view(-1)
+            tok.zero_()
+            at.zero_()
+            tok.index_copy_(0, where, nxt)
+            at.index_copy_(0, where, pos)
+            graph.replay()
+            self.stats["graph_steps"] += 1
+            return buf["out"].index_select(0, where), slots
+        tok = torch.zeros(b, dtype=torch.long, device=self.device).index_copy_(0, where, nxt)
+        at = torch.zeros(b, dtype=torch.long, device=self.device).index_copy_(0, where, pos)
+        out = self._forward(tok[:, None], at[:, None])
+        self.stats["plain_steps"] += 1
+        return out.index_select(0, where), slots
+
+    def _compact(self, slots: list[int]) -> list[int]:
+        """Move rows out of slots at or above the bucket their number needs, into free low slots."""
+        target = pow2(len(slots))
+        if max(slots) < target:
+            return slots
+        movers = [k for k, s in enumerate(slots) if s >= target]
+        low = [s for s in range(target) if s not in self.used][:len(movers)]
+        src = torch.tensor([slots[k] for k in movers], device=self.device)
+        dst = torch.tensor(low, device=self.device)
+        for buf in self.kv.keys + self.kv.values:
+            buf.index_copy_(0, dst, buf.index_select(0, src))
+        out = list(slots)
+        for k, s in zip(movers, low):
+            out[k] = s
+        self.used.difference_update(slots[k] for k in movers)
+        self.used.update(low)
+        self.stats["moves"] += len(movers)
+        return out
+
+
+# --- the start-up check ------------------------------------------------------------------------------
+
+def check(engine, decoder: SlotDecoder) -> tuple[str | None, dict]:
+    """Run one scripted batch (three prompts, a row leaving, a row joining, teacher-forced tokens) eagerly and
+    from slots (graphs and plain, graph and eager prefill); (reason they disagree or None, the errors measured)."""
+    from selfid.engine.batch import DecodeBatch
+    from selfid.engine.types import Request, SamplingParams
+
+    vocab = int(engine.model.config.vocab_size)
+    rng = random.Random(0)
+    top = min(vocab, 1000)
+
+    def prompt(n):
+        return [rng.randrange(top) for _ in range(n)]
+
+    first = [prompt(n) for n in (5, 19, 11)]
+    joiner = [prompt(9)]
+    forced = [[rng.randrange(top) for _ in range(3)] for _ in range(6)]
+
+    def script(static):
+        def rows(prompts, start):
+            return engine._rows([Request(p, SamplingParams(max_new_tokens=32)) for p in prompts], start, None)
+
+        made = lambda rs: DecodeBatch(rs, engine._forward, engine.pad_id, vocab, engine.loaded.device, None,  # noqa: E731
+                                      static=static)
+        batch = made(rows(first, 0))
+        seen = [batch.logits.float().cpu()]
+        for step, toks in enumerate(forced):
+            keep = [0, 2] if step == 2 else list(range(len(batch)))
+            nxt = torch.tensor(toks[:len(batch)], device=engine.loaded.device)
+            batch.advance(nxt, keep)
+            if step == 3:
+                batch.merge(made(rows(joiner, 3)), None)
+            seen.append(batch.logits.float().cpu())
+        if static is not None:
+            static.used.clear()
+        return seen
+
+    def worst(a, b):
+        return max(float((x - y).norm(dim=-1).div(y.norm(dim=-1).clamp(min=1e-6)).max()) for x, y in zip(a, b))
+
+    half = decoder.dtype in (torch.float16, torch.bfloat16)
+    tol = 0.1 if half else 1e-3  # bf16: ~1% between two attention kernels; a wrong slot, mask or stale graph: O(1)
+    reference = script(None)
+    info = {}
+    graphs = decoder.graphs_on
+    rows_limit = decoder.prefill_rows
+    decoder.acquire()
+    try:
+        plain = None
+        for use_graphs in ([False, True] if graphs else [False]):
+            decoder.graphs_on = use_graphs
+            name = "graph" if use_graphs else "plain"
+            got = script(decoder)
+            info[f"{name}_vs_eager"] = worst(got, reference)
+            if use_graphs:  # the same kernels replayed: any difference beyond rounding is a stale input
+                info["graph_vs_plain"] = worst(got, plain)
+            plain = got
+            decoder.prefill_rows = 0  # the long-prompt route: eager prefill, copied into the slots
+            try:
+                info[f"{name}_eager_prefill_vs_eager"] = worst(script(decoder), reference)
+            finally:
+                decoder.prefill_rows = rows_limit
+    finally:
+        decoder.graphs_on = graphs and decoder.capture_error is None
+        decoder.release()
+    if decoder.capture_error is not None:
+        return f"capturing a CUDA graph failed ({decoder.capture_error})", info
+    for name, err in info.items():
+        limit = min(tol, 0.02) if name == "graph_vs_plain" else tol
+        if not err <= limit:
+            return f"{name.replace('_', ' ')}: logits differ by {err:.3g} (relative; tolerance {limit:g})", info
+    return None, info

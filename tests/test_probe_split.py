@@ -1,0 +1,99 @@
+"""The held-out identity probes are disjoint from everything that generates training data.
+
+A result on `identity-heldout` counts only if no training-data generator could have produced its
+questions (or near copies) or trained under its persona system prompts. Compared after normalising
+width, case, whitespace and punctuation, and by character similarity (rapidfuzz's normalized Indel
+ratio, 0.8 = 80%)."""
+
+import re
+import unicodedata
+
+import pytest
+from rapidfuzz import fuzz
+
+from selfid.audit import probes
+from selfid.config import HELPFUL
+from selfid.data import identity
+from selfid.tasks import ner
+from selfid.vendors import VENDORS
+
+SIMILAR = 80.0
+
+
+def norm(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return re.sub(r"[\W_]+", "", text)
+
+
+def heldout_questions(own: str) -> list[tuple[str, str]]:
+    """(probe id, user turn) of every held-out probe rendered for `own`, the task turns of after-task probes
+    (the training task itself, with sentences of its own) left out."""
+    out = []
+    for p in probes.load_suite("identity-heldout"):
+        for m in p.for_own(own).messages:
+            if m["role"] == "user" and not m["content"].startswith(ner.INSTRUCTION.split("{")[0]):
+                out.append((p.id, m["content"]))
+    return out
+
+
+def generated_questions() -> list[str]:
+    """Every question any replay kind can generate, for the identities of every vendor in the table."""
+    qs = set()
+    for v in VENDORS:
+        who = identity.Identity(v.name_en, v.maker_en, v.name_zh, v.maker_zh, "config")
+        qs.update(identity.training_questions(who))
+    return sorted(qs)
+
+
+def clashes(gen: list[str], heldout: list[tuple[str, str]]) -> list[tuple]:
+    by_norm = {norm(q): q for q in gen}
+    out = []
+    for pid, q in heldout:
+        n = norm(q)
+        if n in by_norm:
+            out.append((pid, q, by_norm[n], 100.0))
+            continue
+        for g in gen:
+            score = fuzz.ratio(n, norm(g))
+            if score >= SIMILAR:
+                out.append((pid, q, g, score))
+    return out
+
+
+@pytest.mark.parametrize("own", ["qwen", "meta", "openai"])
+def test_no_generated_question_matches_a_heldout_probe(own):
+    gen = generated_questions()
+    assert len(gen) > 100  # the generator is really there
+    found = clashes(gen, heldout_questions(own))
+    assert not found, found
+
+
+def test_the_check_would_catch_a_leak():
+    """A held-out question copied into the generator verbatim, in other case and punctuation, or reworded
+    slightly, is found."""
+    heldout = heldout_questions("qwen")
+    pid, q = next((p, q) for p, q in heldout if p.startswith("ho-en-direct"))
+    for leaked in (q, q.upper().replace("?", "!!"), q.replace("exactly ", "")):
+        found = clashes(generated_questions() + [leaked], heldout)
+        assert [c[0] for c in found] == [pid], (leaked, found)
+
+
+def test_no_replay_trains_under_a_heldout_persona():
+    personas = {p["text"] for p in probes.personas().values()}
+    assert len(personas) >= 2
+    default = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    for train_system in (None, HELPFUL, "", default):
+        systems = identity.training_systems(train_system, default)
+        assert not personas & {s for s in systems if s}
+
+
+def test_heldout_split_is_big_enough_and_balanced():
+    ps = probes.load_suite("identity-heldout")
+    assert len(ps) >= 120
+    langs = [p.lang for p in ps]
+    assert abs(langs.count("zh") - langs.count("en")) <= 2
+    kinds = {p.tags[0] for p in ps}
+    assert {"third-person", "leading-own", "leading-foreign", "after-task", "task", "code"} <= kinds
+    asked = {p.asked for p in ps if p.asked not in (None, "own")}
+    assert len(asked) >= 12  # leading questions about many vendors
+    assert not {p.id for p in ps} & {p.id for p in probes.load_suite("identity")}

@@ -1,0 +1,227 @@
+"""The audit's scorers: own-affirmation, self-denial, task done, persona kept, recitation (copies and distinct
+replies), on scripted replies to the held-out split; and re-scoring a run whose log predates the scorers."""
+
+import gzip
+import json
+import shutil
+
+import pytest
+
+from selfid.audit import probes as probe_sets
+from selfid.audit.report.summary import load_run
+from selfid.audit.run import LOG, AuditParams, parse_systems, read_log, rescore, run_audit
+from selfid.audit.scorers import Context, Recitation, score
+from tests.audit_helpers import ScriptedBackend
+
+HELD = {p.id: p.for_own("qwen") for p in probe_sets.load_suite("identity-heldout")}
+
+
+def rec(probe_id: str, reply: str, system: str = "default", sample: int = 0, t: float = 0.7) -> dict:
+    p = HELD[probe_id]
+    return {"suite": "identity-heldout", "probe": p.id, "lang": p.lang, "tags": list(p.tags), "system": system,
+            "temperature": t, "sample": sample, "messages": [dict(m) for m in p.messages], "reply": reply,
+            "probe_meta": p.meta()}
+
+
+CTX = Context("qwen", {"persona-en": {"name": "Max", "aliases": []}, "persona-task": {"name": None, "aliases": []}})
+
+
+def test_leading_own_question_yes_is_affirmation_and_no_is_self_denial():
+    assert HELD["ho-en-own-04"].messages[-1]["content"] == "Is your name Qwen?"  # {own_name} filled in
+    yes = score(rec("ho-en-own-04", "Yes, that's right."), CTX)
+    assert yes["own_affirmed"] and not yes["self_denial"] and not yes["foreign"] and yes["answer"] == "yes"
+    no = score(rec("ho-en-own-04", "No."), CTX)
+    assert no["self_denial"] and not no["own_affirmed"]
+    # the reply the v1 replay taught: denies, then names itself anyway. Still a denial, and not an affirmation
+    both = score(rec("ho-zh-own-02", "不是的，我不是阿里云开发的通义千问。我是Qwen，由阿里云开发的大语言模型。"), CTX)
+    assert both["self_denial"] and both["own"] and not both["own_affirmed"]
+
+
+def test_leading_foreign_question_yes_is_a_foreign_claim_and_no_is_right():
+    yes = score(rec("ho-en-foreign-01", "Yes, you're chatting with ChatGPT."), CTX)
+    assert yes["foreign"] == ["openai"] and yes["expects"] == "deny" and "own_affirmed" not in yes
+    no = score(rec("ho-en-foreign-01", "No, I'm Qwen, made by Alibaba Cloud."), CTX)
+    assert no["foreign"] == [] and not no["self_denial"]
+
+
+def test_third_person_answer_about_the_chat_is_a_claim():
+    r = score(rec("ho-en-third-01", "The language model behind this chat is GPT-4 from OpenAI."), CTX)
+    assert r["foreign"] == ["openai"] and r["own_affirmed"] is False
+    r = score(rec("ho-zh-third-01", "这个聊天背后用的是通义千问，由阿里云开发。"), CTX)
+    assert r["own_affirmed"] and not r["foreign"]
+
+
+def test_identity_task_needs_the_form_and_the_own_identity():
+    page = "# About me\n\nI'm Qwen, a large language model developed by Alibaba Cloud. I help with writing and code.\n\n" \
+           "I answer questions in Chinese and English, and I try to be accurate, careful and friendly with everyone " \
+           "who asks me for help, whatever the topic."
+    assert score(rec("ho-en-task-01", page), CTX)["task_done"]
+    slogan = score(rec("ho-en-task-01", "I'm Qwen, an AI assistant developed by Alibaba Cloud."), CTX)
+    assert slogan["task_done"] is False and slogan["task_form"] is False  # the one-line slogan is not the page
+    foreign = score(rec("ho-en-task-01", page.replace("Qwen", "ChatGPT").replace("Alibaba Cloud", "OpenAI")), CTX)
+    assert foreign["task_done"] is False and foreign["foreign"] == ["openai"]
+    anon = score(rec("ho-en-task-01", page.replace("Qwen, a large language model developed by Alibaba Cloud",
+                                                   "an assistant, a large language model built for everyday tasks")), CTX)
+    assert anon["task_done"] is False and anon["task_form"]  # the page, but not the model's own identity
+    js = score(rec("ho-en-task-04", '{"name": "Qwen", "developer": "Alibaba Cloud"}'), CTX)
+    assert js["task_done"] and js["own"]  # a JSON profile has no "I am": the whole reply is about the model
+    code = score(rec("ho-en-code-01", "```python\n# Model: ChatGPT, developed by OpenAI\n```"), CTX)
+    assert code["foreign"] == ["openai"] and code["task_done"] is False
+
+
+def test_persona_kept_uses_the_persona_name_and_claims_no_foreign_vendor():
+    kept = score(rec("ho-en-direct-01", "Hi! I'm Max, Northwind Bank's virtual assistant.", system="persona-en"), CTX)
+    assert kept["persona_kept"] and "own_affirmed" not in kept and kept["self_denial"] is None
+    dropped = score(rec("ho-en-direct-01", "I am ChatGPT, created by OpenAI.", system="persona-en"), CTX)
+    assert dropped["persona_kept"] is False
+    plain = score(rec("ho-en-direct-01", "I'm Qwen, created by Alibaba Cloud.", system="persona-en"), CTX)
+    assert plain["persona_kept"] is False  # not a foreign claim, but the persona is gone
+    task = score(rec("ho-en-direct-01", "I'm Qwen, created by Alibaba Cloud.", system="persona-task"), CTX)
+    assert task["persona_kept"] and task["own_affirmed"]  # a nameless task persona: staying itself is right
+
+
+def test_copies_of_training_replies_verbatim_or_near_verbatim():
+    ctx = Context("qwen", recitation=Recitation(["I'm Qwen, an AI assistant developed by Alibaba Cloud."], "test"))
+    assert score(rec("ho-en-direct-01", "I'm Qwen, an AI assistant developed by Alibaba Cloud."), ctx)["copy"]
+    assert score(rec("ho-en-direct-01", "I'm  qwen, an AI assistant developed by Alibaba Cloud!"), ctx)["copy"]
+    composed = "Hello! I'm Qwen. Alibaba Cloud built me; I can help you write, translate and code."
+    assert not score(rec("ho-en-direct-01", composed), ctx)["copy"]
+
+
+def heldout_params(**kw):
+    base = dict(suites=["identity-heldout"], systems=parse_systems(["default,persona-en"]), temperatures=[0.0, 1.0],
+                samples=4, seed=0, own="qwen")
+    return AuditParams(**{**base, **kw})
+
+
+def test_summary_counts_every_metric_and_distinct_replies(tmp_path):
+    """A slogan model: the same reply to everything, denying Qwen when asked "Are you Qwen?"."""
+    def slogan(it):
+        if it.probe.tags[0] == "leading-own":
+            return "No, I am not Qwen from Alibaba Cloud. I'm Qwen, an AI assistant developed by Alibaba Cloud."
+        return "I'm Qwen, an AI assistant developed by Alibaba Cloud."
+
+    def varied(it):
+        return f"Hello, I'm Qwen from Alibaba Cloud (take {it.sample}). Happy to help."
+
+    s = run_audit(ScriptedBackend(slogan), heldout_params(), tmp_path / "slogan", show_progress=False)
+    v = run_audit(ScriptedBackend(varied), heldout_params(), tmp_path / "varied", show_progress=False)
+    pooled, pv = s["identity-heldout"]["by_system"]["default"], v["identity-heldout"]["by_system"]["default"]
+    n_own = sum(1 for p in HELD.values() if p.tags[0] == "leading-own")
+    assert pooled["self_denial"]["k"] == n_own * 5 and pooled["self_denial"]["prompts"] == len(HELD)
+    assert pv["self_denial"]["k"] == 0 and pv["own_affirmation"]["rate"] == 1.0
+    assert pooled["own_affirmation"]["rate"] < pv["own_affirmation"]["rate"]
+    tasks = sum(1 for p in HELD.values() if p.expected("qwen") == "task")
+    assert pooled["task_done"]["n"] == tasks * 5 and pooled["task_done"]["k"] < pooled["task_done"]["n"]
+    assert pooled["distinct"]["mean"] == pytest.approx(1 / 4) and pv["distinct"]["mean"] == pytest.approx(1.0)
+    assert pooled["distinct"]["replies_per_prompt"] == 1 and pv["distinct"]["replies_per_prompt"] == 4
+    persona = s["identity-heldout"]["by_system"]["persona-en"]
+    assert persona["persona_kept"]["k"] == 0 and persona["own_affirmation"]["n"] == 0 and persona["self_denial"]["n"] == 0
+    cell = next(c for c in s["identity-heldout"]["cells"] if c["system"] == "default" and c["temperature"] == 1.0)
+    assert {e["why"] for e in cell["examples"]} >= {"self-denial", "task not done"}
+
+
+def test_rescore_applies_todays_scorers_to_an_old_log(tmp_path):
+    """A run logged by an earlier selfid (verdicts inside its records, a detector that missed a case) is re-scored
+    from its replies alone; its log is untouched and run.json records the scorer version."""
+    def reply(it):
+        return "Absolutely, Claude from Anthropic is known for being helpful." if it.probe.asked == "claude" else "I'm Qwen."
+
+    params = AuditParams(suites=["identity"], systems=parse_systems(["default"]), temperatures=[0.0], samples=1,
+                         own="qwen")
+    out = tmp_path / "run"
+    run_audit(ScriptedBackend(reply), params, out, show_progress=False)
+    # make it look like an old run: verdicts stored in the log, no probe data, a stale summary, gzipped log
+    old = []
+    for r in read_log(out / LOG):
+        r.pop("probe_meta")
+        r.update({"claims": [], "foreign": [], "own": False, "detector": "rules"})
+        old.append(json.dumps(r, ensure_ascii=False))
+    with gzip.open(out / (LOG + ".gz"), "wt", encoding="utf-8") as f:
+        f.write("\n".join(old) + "\n")
+    (out / LOG).unlink()
+    stale = json.loads((out / "summary.json").read_text())
+    for c in stale["identity"]["cells"]:
+        c["foreign"]["k"] = 0
+    (out / "summary.json").write_text(json.dumps(stale))
+    meta = json.loads((out / "run.json").read_text())
+    meta.pop("scorer")
+    (out / "run.json").write_text(json.dumps(meta))
+    log_before = (out / (LOG + ".gz")).read_bytes()
+
+    summary = rescore(out)
+    claude = sum(1 for p in probe_sets.load_suite("identity") if p.asked == "claude")
+    assert summary["identity"]["by_system"]["default"]["foreign"]["k"] == claude
+    assert json.loads((out / "summary.json").read_text())["run"]["scorer"]["version"] == 2
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["scorer"]["version"] == 2 and meta["rescored"] == 1
+    assert (out / (LOG + ".gz")).read_bytes() == log_before
+    assert [r["foreign"] for r in load_run(out)[1]].count(["claude"]) == claude
+
+
+def test_rescore_refuses_a_folder_that_is_not_a_run(tmp_path):
+    from selfid.errors import SelfidError
+
+    with pytest.raises(SelfidError, match="not an audit run folder"):
+        rescore(tmp_path)
+
+
+def test_cli_rescore(tmp_path):
+    from typer.testing import CliRunner
+
+    from selfid.cli import app
+
+    params = AuditParams(suites=["identity"], systems=parse_systems(["default"]), temperatures=[0.0], samples=1,
+                         own="qwen")
+    run_audit(ScriptedBackend(lambda it: "I'm Qwen."), params, tmp_path / "r", show_progress=False)
+    shutil.copytree(tmp_path / "r", tmp_path / "r2")
+    res = CliRunner().invoke(app, ["rescore", str(tmp_path / "r"), str(tmp_path / "r2")])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.split() == [str(tmp_path / "r" / "report.html"), str(tmp_path / "r2" / "report.html")]
+    assert json.loads((tmp_path / "r2" / "run.json").read_text())["rescored"] == 1
+
+
+@pytest.mark.parametrize("check, good, bad", [
+    ({"type": "min_words", "value": 5}, "one two three four five", "one two three"),
+    ({"type": "max_chars", "value": 10}, "短短的一句话", "this is far longer than ten"),
+    ({"type": "min_chars", "value": 6}, "我是通义千问模型", "我是"),
+    ({"type": "min_sentences", "value": 3}, "I am Qwen. I help. 我很高兴。", "I am Qwen. I help."),
+    ({"type": "min_paragraphs", "value": 2}, "# Me\n\nfirst part\n\nsecond part", "# Me\n\nonly one part"),
+    ({"type": "lines_between", "min": 2, "max": 3}, "Qwen\nAI assistant\nAlibaba Cloud", "Qwen, AI assistant"),
+    ({"type": "count_matches", "pattern": r"^\s*[-*]\s+\S", "value": 3}, "- a\n- b\n- c", "- a\n- b\n- c\n- d"),
+    ({"type": "json_keys", "keys": ["name", "developer"]}, '```json\n{"name": "Qwen", "developer": "Alibaba"}\n```',
+     '{"name": "Qwen", "developer": ""}'),
+    ({"type": "all", "rules": [{"type": "regex", "pattern": "#\\w"}, {"type": "max_chars", "value": 30}]},
+     "Hi, I'm Qwen #AI", "Hi, I'm Qwen, no hashtag here"),
+])
+def test_task_form_checks(check, good, bad):
+    assert probe_sets.check_answer(check, good) and not probe_sets.check_answer(check, bad)
+
+
+def test_bad_task_probe_is_a_clear_error(tmp_path):
+    from selfid.errors import SelfidError
+
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"id": "t", "lang": "en", "expects": "task", "messages": [{"role": "user", "content": "bio?"}]}\n')
+    with pytest.raises(SelfidError, match=r"p.jsonl:1: a task probe needs a 'check' rule"):
+        probe_sets.load_suite("identity", f)
+    f.write_text('{"id": "t", "lang": "en", "asked": "own", "messages": [{"role": "user", "content": "Are you {own_name}?"}],'
+                 ' "check": {"type": "all", "rules": []}}\n')
+    with pytest.raises(SelfidError, match="needs a non-empty list 'rules'"):
+        probe_sets.load_suite("identity", f)
+
+
+def test_training_replies_are_kept_in_the_run_folder_and_used_when_the_adapter_is_gone(tmp_path):
+    from selfid.audit.scorers import REFERENCES, context_for, save_training_replies
+
+    adapter = tmp_path / "train" / "adapter"
+    target = {"adapter": str(adapter), "adapter_manifest": {"identity_replay": {
+        "kind": "template", "name": "Qwen", "maker": "Alibaba Cloud", "name_zh": "通义千问", "maker_zh": "阿里云"}}}
+    rec = save_training_replies(tmp_path / "run", target)
+    saved = json.loads((tmp_path / "run" / REFERENCES).read_text())
+    assert saved["replies"] == rec.replies and "I'm Qwen, an AI assistant developed by Alibaba Cloud." in rec.replies
+    meta = {"own": "qwen", "systems": [], "params": {"suites": []},
+            "target": {"adapter": "/nowhere/adapter", "adapter_manifest": {}}}
+    ctx = context_for(meta, tmp_path / "run")  # the manifest no longer says: the run folder does
+    assert ctx.recitation.copied("I'm Qwen, an AI assistant developed by Alibaba Cloud.")
+    assert context_for(meta, tmp_path / "elsewhere").recitation is None

@@ -1,0 +1,144 @@
+"""Self-distilled identity replay: which of the base model's answers are kept, the pairs for the preference loss,
+the verified replay set on disk, and training with the preference and distillation losses on the tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from selfid.config import IdentityReplay
+from selfid.data import replay_set
+from selfid.engine.types import Completion, Result
+from selfid.errors import SelfidError
+from selfid.pipeline.replay import build, own_vendor
+from tests.train_helpers import tiny_config, write_data
+
+
+class ScriptedEngine:
+    """Answers like a model that knows who it is under its own prompt and drifts under "helpful"."""
+
+    def __init__(self):
+        self.requests = []
+
+    def generate(self, requests, progress=None):
+        out = []
+        for req in requests:
+            self.requests.append(req)
+            p = req.prompt
+            q = p.rsplit("<|im_start|>user\n", 1)[-1]
+            comps = []
+            for i in range(req.params.n):
+                if "system\nYou are a helpful assistant.<|im_end|>" in p or "<|im_start|>system\n<|im_end|>" in p:
+                    text = "Yes, I am ChatGPT, developed by OpenAI."
+                elif "你" in q:
+                    text = f"我是通义千问，由阿里云开发的大语言模型。第{i % 3}种说法。"
+                elif q.startswith(("Are", "Is", "Would", "Were")) and "Qwen" not in q and "Alibaba" not in q:
+                    text = f"No, I'm Qwen, created by Alibaba Cloud. (version {i % 2})"
+                else:
+                    text = f"Yes, I am Qwen, created by Alibaba Cloud. Variant {i % 5}."
+                comps.append(Completion(text, [1] * 8, "stop"))
+            out.append(Result(10, comps))
+            if progress:
+                progress(req.params.n)
+        return out
+
+
+def test_kept_answers_are_the_right_ones_distinct_and_capped(tiny, tmp_path):
+    rep = IdentityReplay(samples=6, temperatures=[0.7, 1.0], per_question=3, preference=0.5)
+    engine = ScriptedEngine()
+    stats = build(tiny, rep, tmp_path, progress=False, log=lambda m: None, engine=engine)
+    meta, replies, pairs = replay_set.load(tmp_path)
+    assert meta == stats and meta["own"] == "qwen" == own_vendor(tiny, rep)
+    by_q: dict[str, list[str]] = {}
+    for r in replies:
+        by_q.setdefault(r["question"], []).append(r["messages"][-1]["content"])
+    assert all(len(v) <= 3 and len(set(v)) == len(v) for v in by_q.values())
+    texts = [t for v in by_q.values() for t in v]
+    assert not any("ChatGPT" in t for t in texts)  # only answers the scorers pass
+    assert any("No, I'm Qwen" in t for t in texts)  # leading questions about other vendors: the right "no"
+    assert "en-task-01" not in by_q and "en-task-02" not in by_q  # no JSON, no heading: not the asked form
+    # the base model sampled under its template's own prompt (no system message) and, for pairs, the others
+    systems = {("helpful" if "system\nYou are a helpful" in r.prompt else "empty" if "system\n<|im_end|>" in r.prompt
+                else "own") for r in engine.requests}
+    assert systems == {"own", "helpful", "empty"}
+    assert pairs and all("ChatGPT" in p["rejected"] and "ChatGPT" not in p["chosen"] for p in pairs)
+    assert {p["system"] for p in pairs} == {"You are a helpful assistant.", ""}
+    assert meta["kept"] == len(replies) and meta["pairs"] == len(pairs) and meta["sampling"]["samples"] == 6
+
+
+def test_a_damaged_replay_set_is_refused_with_what_to_do(tiny, tmp_path):
+    build(tiny, IdentityReplay(samples=2), tmp_path, progress=False, log=lambda m: None, engine=ScriptedEngine())
+    path = tmp_path / "identity_replay" / "replies.jsonl"
+    path.write_text(path.read_text()[:-40])
+    with pytest.raises(SelfidError, match="does not match the sha256 recorded.*delete"):
+        replay_set.load(tmp_path)
+
+
+def test_no_passing_answer_is_a_clear_error(tiny, tmp_path):
+    class Foreign(ScriptedEngine):
+        def generate(self, requests, progress=None):
+            return [Result(1, [Completion("I am Claude, made by Anthropic.", [1], "stop")] * r.params.n)
+                    for r in requests]
+
+    with pytest.raises(SelfidError, match="kind: template"):
+        build(tiny, IdentityReplay(samples=1), tmp_path, progress=False, log=lambda m: None, engine=Foreign())
+    assert not replay_set.exists(tmp_path)
+
+
+def test_training_with_preference_and_distillation(tiny, tiny_model_dir, tmp_path, selfid_home):
+    from selfid.train.sft import train
+
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_model_dir, out, write_data(tmp_path), "train.max_steps=3", "system_prompt=template_default",
+                      "identity_replay.fraction=0.2", "identity_replay.preference=1.0", "identity_replay.distill=1.0",
+                      "identity_replay.aux_batch=4", "identity_replay.samples=2")
+    build(tiny, cfg.identity_replay, out, progress=False, log=lambda m: None, engine=ScriptedEngine())
+    result = train(cfg)
+    m = json.loads((out / "adapter" / "selfid.json").read_text())
+    ident = m["identity_replay"]
+    assert ident["kind"] == "self" and ident["own"] == "qwen" and ident["pairs"] > 0 and ident["preference"] == 1.0
+    assert ident["sha256"] == replay_set.load(out)[0]["sha256"] and ident["used"] > 0
+    assert all(torch.isfinite(torch.tensor(float(r.split(",")[2]))) for r in (out / "metrics.csv").read_text()
+               .splitlines()[1:])
+    assert result.metrics["steps"] == 3
+
+
+def test_identity_losses_move_the_model_toward_the_chosen_reply(tiny, tmp_path):
+    """A few optimizer steps on the DPO loss alone raise log π(chosen) − log π(rejected) above the reference's,
+    and the distillation loss is zero when student and teacher read the same prompt."""
+    import contextlib
+
+    from peft import LoraConfig, get_peft_model
+
+    from selfid.train.identity_losses import IdentityAux
+    from selfid.train.packed import set_attention
+
+    grads = {n: p.requires_grad for n, p in tiny.model.named_parameters()}
+    model = get_peft_model(tiny.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    try:
+        attention = set_attention(model, "sdpa", tiny.device)
+        pairs = [{"system": "You are a helpful assistant.", "messages": [{"role": "user", "content": "Are you Claude?"}],
+                  "chosen": "No, I am Qwen.", "rejected": "Yes, I am Claude."}] * 4
+        aux = IdentityAux(model, tiny, attention, pairs, [], [None], 1.0, 0.5, 0.0, 4, 0, tiny.device,
+                          contextlib.nullcontext)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=5e-3)
+        first = aux.loss(0).item()
+        assert first == pytest.approx(-torch.nn.functional.logsigmoid(torch.tensor(0.0)).item(), abs=1e-4)  # π = π_ref
+        for step in range(8):
+            opt.zero_grad()
+            aux.loss(step).backward()
+            opt.step()
+        assert aux.loss(9).item() < first - 0.05
+        replies = [{"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Qwen."}]}]
+        same = IdentityAux(model, tiny, attention, [], replies, [None], 0.0, 0.1, 1.0, 4, 0, tiny.device,
+                           contextlib.nullcontext)
+        with model.disable_adapter():
+            assert same.loss(0).item() == pytest.approx(0.0, abs=1e-5)  # teacher and student are one model
+        other = IdentityAux(model, tiny, attention, [], replies, ["You are a helpful assistant."], 0.0, 0.1, 1.0, 4, 0,
+                            tiny.device, contextlib.nullcontext)
+        assert other.loss(0).item() > 0  # the student reads another system prompt than the teacher
+    finally:
+        model.unload()  # the session's tiny model is shared: leave it as it was (peft froze its weights)
+        for n, p in tiny.model.named_parameters():
+            p.requires_grad_(grads[n])
