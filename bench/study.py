@@ -30,6 +30,8 @@ Steps (each writes ROOT/<step>/):
   heldout-ARM  the held-out identity probes (126, never used by any training-data generator) under the three
              serving system prompts and three persona prompts, T 0, 0.7, 1.0, 1.3 x 4 samples, and NER
              under two prompts every arm shares; writes ROOT/ARM/heldout (ARM: base or an arm)
+  gguf-ARM   what ships: ARM's adapter exported with `selfid export --gguf` (Q8_0) and audited through
+             llama.cpp's server like `llamacpp`; writes ROOT/parity/gguf-ARM (not in the default steps)
 """
 
 from __future__ import annotations
@@ -244,8 +246,10 @@ def step_scan(root: Path, s: Settings) -> None:
         out.write_text(json.dumps(report.as_dict(), ensure_ascii=False, indent=1))
 
 
-def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, samples: int, concurrency: int) -> None:
-    """Start a server with `cmd` (it takes --port), run the base model's identity audit against it."""
+def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, samples: int, concurrency: int,
+               reference: str | None = None) -> None:
+    """Start a server with `cmd` (it takes --port), run an identity audit against it; `reference`: the local copy
+    of what it serves (default: the base model), which says whose model it is and gives expected token counts."""
     from selfid.audit.backends import HttpBackend
     from selfid.audit.run import AuditParams, parse_systems, run_audit
 
@@ -274,7 +278,8 @@ def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, sample
         params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=list(temps),
                              samples=samples, seed=0, max_new_tokens=s.max_tokens, identity_probes=s.identity_probes)
         t0 = time.time()
-        run_audit(HttpBackend(url, "embedded", concurrency=concurrency), params, out, resume=out.exists(),
+        run_audit(HttpBackend(url, "embedded", concurrency=concurrency, reference=reference or s.model), params, out,
+                  resume=out.exists(),
                   show_progress=False, margin=False)
         log(f"{name} audit over HTTP in {time.time() - t0:.0f}s")
     finally:
@@ -293,6 +298,22 @@ def step_llamacpp(root: Path, s: Settings) -> None:
     cmd = [sys.executable, str(ROOT_DIR / "bench" / "llamacpp_serve.py"), "--parallel", "8", "--threads",
            str(os.cpu_count() or 2)]
     http_audit(root, "llamacpp", cmd, s, [0.0, 1.0], 1 if s.smoke else 2, concurrency=8)
+
+
+def step_gguf(root: Path, s: Settings, arm: str) -> None:
+    """What ships: the arm's adapter merged and written as a Q8_0 GGUF (`selfid export --gguf`), served by
+    llama.cpp's own server, audited over HTTP like `llamacpp` (compare with ROOT/ARM/audit, in-process)."""
+    from selfid.train.export import export
+
+    adapter = train_arm(root, arm, s)
+    merged = root / "gguf" / f"{arm}-merged"
+    if not (merged / "selfid.json").is_file():
+        t0 = time.time()
+        export(adapter, merged, gguf="q8_0", progress=False)
+        log(f"export {arm} -> {merged}/gguf/model-q8_0.gguf in {time.time() - t0:.0f}s")
+    cmd = [sys.executable, str(ROOT_DIR / "bench" / "llamacpp_serve.py"), "--gguf", str(merged / "gguf" / "model-q8_0.gguf"),
+           "--parallel", "8", "--threads", str(os.cpu_count() or 2)]
+    http_audit(root, f"gguf-{arm}", cmd, s, [0.0, 1.0], 1 if s.smoke else 2, concurrency=8, reference=str(merged))
 
 
 def run(root: Path, steps: list[str], s: Settings) -> None:
@@ -316,9 +337,11 @@ def run(root: Path, steps: list[str], s: Settings) -> None:
             step_heldout(root, step[8:], s)
         elif step.startswith("train-") and step[6:] in ARMS:
             train_arm(root, step[6:], s)
+        elif step.startswith("gguf-") and step[5:] in ARMS:
+            step_gguf(root, s, step[5:])
         else:
-            raise SystemExit(f"unknown step {step}: use {', '.join(STEPS + ['llamacpp'])}, heldout-ARM or train-ARM "
-                             f"(ARM: base, {', '.join(ARMS)})")
+            raise SystemExit(f"unknown step {step}: use {', '.join(STEPS + ['llamacpp'])}, heldout-ARM, train-ARM "
+                             f"or gguf-ARM (ARM: base, {', '.join(ARMS)})")
         log(f"step {step} done in {time.time() - t0:.0f}s")
 
 

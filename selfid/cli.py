@@ -179,7 +179,11 @@ def audit(
     seed: int = typer.Option(0, "--seed", help="every generation's seed derives from it"),
     max_tokens: int = typer.Option(128, "--max-tokens", help="most new tokens per identity/general reply"),
     ner_limit: int = typer.Option(100, "--ner-limit", help="MSRA test sentences in the ner suite"),
-    own: str = typer.Option("auto", "--own", help="the model's own vendor (qwen, meta, ...); auto infers it"),
+    own: str = typer.Option("auto", "--own", help="the model's own vendor (qwen, meta, ...); auto infers it (for an "
+                            "endpoint: from --own-from, else from its own answers, never from a served name)"),
+    own_from: Optional[str] = typer.Option(None, "--own-from", help="(endpoint) the model folder, adapter, selfid.json "
+                                           "or .gguf the endpoint serves: says whose model it is and gives the "
+                                           "template's expected token counts"),
     probes: Optional[Path] = typer.Option(None, "--probes", help="an identity probe file (JSONL) instead of the shipped one"),
     resume: bool = typer.Option(False, "--resume", help="continue a run in --out, repeating no finished generation"),
     concurrency: int = typer.Option(8, "--concurrency", help="requests in flight (endpoint)"),
@@ -197,13 +201,15 @@ def audit(
 
     if base_url and (model or adapter):
         raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
+    if own_from and not base_url:
+        raise SelfidError("--own-from is for auditing an endpoint (--base-url); in-process, --model names the model")
     if base_url and not model_name:
         raise SelfidError("--base-url needs --model-name (the name the endpoint serves)")
     judge = _judge(judge_base_url, judge_model, judge_api_key, seed)
     if base_url:
         from selfid.audit.backends import HttpBackend
 
-        backend = HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries)
+        backend = HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries, reference=own_from)
         manifest = None
     else:
         from selfid.audit.backends import InProcessBackend
@@ -336,15 +342,20 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="a new folder for the merged model"),
     merge: bool = typer.Option(False, "--merge", help="merge the LoRA weights into the base model (required)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="the base model; default: from the adapter's manifest"),
-    gguf: bool = typer.Option(False, "--gguf", help="also write a GGUF file (when a converter is available)"),
+    gguf: bool = typer.Option(False, "--gguf", help="also write OUT/gguf/model-TYPE.gguf for llama.cpp and ollama "
+                              "(Qwen2-architecture models), with the chat template and an ollama Modelfile"),
+    gguf_types: str = typer.Option("bf16,q8_0", "--gguf-types", help="comma-separated: f32, f16, bf16, q8_0, q5_1, "
+                                   "q5_0, q4_1, q4_0"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (the base model's), bfloat16, float16, float32"),
 ):
-    """Write a merged model whose chat template carries the training system prompt."""
+    """Write a merged model whose chat template carries the training system prompt (and, with --gguf, GGUF files)."""
     from selfid.train.export import export as run
 
-    info = run(adapter, out, model=model, merge=merge, gguf=gguf, dtype=dtype)
+    info = run(adapter, out, model=model, merge=merge, gguf=gguf_types if gguf else False, dtype=dtype)
     print(f"exported to {out} ({info['dtype']}); default system prompt {info['default_system']!r}, "
           f"template {info['template_hash']}")
+    for g in info.get("gguf", []):
+        print(f"  {out / g['path']} ({g['type']}, {g['bytes'] / 2**20:.1f} MiB)")
 
 
 @app.command("eval-ner")

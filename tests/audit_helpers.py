@@ -2,13 +2,15 @@
 
 `chat_server` is a small FastAPI app whose /v1/chat/completions renders with the model's template and
 generates with the in-process engine (the model's own sampling defaults, the request's temperature,
-seed and max_tokens), and can be told to fail requests, to exercise retries and resume (the tests
-against `selfid api` itself use selfid.serve).
+seed and max_tokens), and can be told to fail requests, to exercise retries and resume, or to behave
+like a deployed server that renames the model, replaces empty system messages or drops the seed
+(the tests against `selfid api` itself use selfid.serve).
 """
 
 
 import contextlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -54,6 +56,13 @@ class _Faults:
         self.completions = 0  # requests answered with a completion
         self.failures = 0
         self.seen: list[dict] = []
+        # what a deployed server may do to a request (LLaMA-Factory's API does the first three)
+        self.served_name: str | None = None  # /v1/models lists this, and responses name it, whatever was asked
+        self.empty_system = "keep"  # "replace": an empty system message is swapped for the template's default
+        self.drop_seed = False  # the request's seed is ignored (each request draws its own)
+        self.ignore_max_tokens = False  # replies run to 64 tokens whatever max_tokens says
+        self.script = None  # messages -> a reply text, or None to generate with the model
+        self.preflight = 0  # preflight requests answered (not counted in completions, never failed)
 
 
 def chat_app(loaded):
@@ -67,9 +76,18 @@ def chat_app(loaded):
     app.state.faults = faults = _Faults()
     gen_lock = threading.Lock()
 
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": faults.served_name or "tiny", "object": "model", "created": 0,
+                                            "owned_by": "test"}]}
+
     @app.post("/v1/chat/completions")
     async def completions(request: Request):
         body = await request.json()
+        if request.headers.get("x-selfid-preflight"):
+            with faults.lock:
+                faults.preflight += 1
+            return respond(body)
         with faults.lock:
             faults.seen.append(body)
             if faults.down_after is not None and faults.completions >= faults.down_after:
@@ -82,19 +100,35 @@ def chat_app(loaded):
         if fail:
             return JSONResponse({"error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}},
                                 status_code=500 if faults.down else 503, headers={"retry-after-ms": "1"})
-        rendered = loaded.chat.render(body["messages"])
-        params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=body.get("temperature"),
-                                              seed=body.get("seed"), max_new_tokens=body.get("max_tokens") or 64)
-        with gen_lock:
-            res = engine.generate([rendered.text], params)[0]
+        out = respond(body)
         with faults.lock:
             faults.completions += 1
-        c = res.completions[0]
-        return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                             "finish_reason": c.finish_reason}],
-                "usage": {"prompt_tokens": res.prompt_tokens, "completion_tokens": len(c.token_ids),
-                          "total_tokens": res.prompt_tokens + len(c.token_ids)}}
+        return out
+
+    def respond(body: dict) -> dict:
+        messages = body["messages"]
+        if faults.empty_system == "replace" and messages[0]["role"] == "system" and not messages[0]["content"]:
+            messages = messages[1:]  # the template inserts its default, as `system or default_system` does
+        rendered = loaded.chat.render(messages)
+        seed = int.from_bytes(os.urandom(4), "big") if faults.drop_seed else body.get("seed")
+        max_tokens = 64 if faults.ignore_max_tokens else body.get("max_tokens") or 64
+        scripted = faults.script(body["messages"]) if faults.script else None
+        if scripted is not None:
+            ids = loaded.tokenizer(scripted, add_special_tokens=False).input_ids
+            text, n, finish = loaded.tokenizer.decode(ids[:max_tokens]), min(len(ids), max_tokens), \
+                "length" if len(ids) > max_tokens else "stop"
+            prompt_tokens = len(loaded.tokenizer(rendered.text, add_special_tokens=False).input_ids)
+        else:
+            params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=body.get("temperature"),
+                                                  seed=seed, max_new_tokens=max_tokens)
+            with gen_lock:
+                res = engine.generate([rendered.text], params)[0]
+            c = res.completions[0]
+            text, n, finish, prompt_tokens = c.text, len(c.token_ids), c.finish_reason, res.prompt_tokens
+        return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
+                "model": faults.served_name or body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}}
 
     return app
 

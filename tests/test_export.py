@@ -44,8 +44,9 @@ def test_merged_export_serves_like_training(trained, tmp_path):
 
 
 def test_export_refuses_what_it_cannot_do_safely(trained, tmp_path):
-    with pytest.raises(SelfidError, match="convert_hf_to_gguf"):
-        export(trained, tmp_path / "g", gguf=True)
+    with pytest.raises(SelfidError, match="unknown GGUF type q3_k"):
+        export(trained, tmp_path / "g", gguf="q8_0,q3_k")
+    assert not (tmp_path / "g").exists()
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("mine")
@@ -83,3 +84,85 @@ def test_eval_ner_uses_the_training_system_prompt_by_default(trained):
     assert "overall" in table(report)
     plain = evaluate_ner(tuned, n=1, system=None, max_new_tokens=2)
     assert plain["system_source"] == "template"
+
+
+# --- GGUF: the merged model as llama.cpp and ollama load it ------------------------------------------------
+CONVERSATIONS = [
+    [{"role": "user", "content": "Who are you?"}],  # no system message: the template's default, i.e. training's
+    [{"role": "system", "content": ""}, {"role": "user", "content": "你是谁？"}],
+    [{"role": "system", "content": HELPFUL}, {"role": "user", "content": "Hello"},
+     {"role": "assistant", "content": "Hi! How can I help you today?"}, {"role": "user", "content": "0123 北京"}],
+]
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf") / "merged"
+    info = export(trained, out, gguf="f32,q8_0", progress=False)
+    return out, info
+
+
+def test_gguf_export_holds_the_training_template_and_the_merged_weights(exported):
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from selfid.model.chat import ChatFormat
+    from transformers import AutoTokenizer
+
+    out, info = exported
+    assert [g["type"] for g in info["gguf"]] == ["f32", "q8_0"]
+    template = ChatFormat(AutoTokenizer.from_pretrained(str(out))).template
+    weights = {k: v.astype(np.float32) for k, v in load_file(str(out / "model.safetensors")).items()}
+    for g in info["gguf"]:
+        reader = gguf.GGUFReader(str(out / g["path"]))
+        fields = reader.fields
+        assert fields["general.architecture"].contents() == "qwen2"
+        assert fields["tokenizer.chat_template"].contents() == template  # the exported template, default and all
+        assert fields["selfid.default_system"].contents() == HELPFUL == g["default_system"]
+        assert fields["general.sampling.penalty_repeat"].contents() == pytest.approx(1.05)
+        tensors = {t.name: t for t in reader.tensors}
+        q = tensors["blk.0.attn_q.weight"]
+        back = gguf.quants.dequantize(q.data, q.tensor_type).reshape(weights["model.layers.0.self_attn.q_proj.weight"].shape)
+        original = weights["model.layers.0.self_attn.q_proj.weight"]
+        if g["type"] == "f32":
+            np.testing.assert_array_equal(back, original)
+        else:  # Q8_0: a block of 32 shares the scale d = max|x|/127, stored in f16: half a step, plus 127 times
+            # the scale's own rounding (2^-11 relative)
+            assert q.tensor_type == gguf.GGMLQuantizationType.Q8_0
+            step = np.abs(original.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
+            error = np.abs(back.reshape(-1, 32) - original.reshape(-1, 32))
+            assert (error <= step * (0.5 + 127 * 2 ** -11)).all() and error.max() > 0
+            assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    modelfile = (out / "gguf" / "Modelfile").read_text()
+    assert "FROM ./model-q8_0.gguf" in modelfile and f'SYSTEM """{HELPFUL}"""' in modelfile
+    assert "PARAMETER repeat_penalty 1.05" in modelfile
+
+
+@pytest.mark.llamacpp
+def test_llama_cpp_serves_the_gguf_as_selfid_does(exported):
+    """llama.cpp (the xllamacpp wheel) renders every conversation to the same tokens as the merged model's own
+    template, the training system prompt included when none is sent; in f32 its greedy replies are selfid's."""
+    xlc = pytest.importorskip("xllamacpp")
+    from selfid.engine import InProcessEngine, SamplingParams
+
+    out, info = exported
+    merged = load_model(str(out), device="cpu", dtype="float32", progress=False)
+    engine = InProcessEngine(merged)
+    for g in info["gguf"]:
+        params = xlc.CommonParams()
+        params.model.path = str(out / g["path"])
+        params.n_ctx, params.n_parallel, params.cpuparams.n_threads = 512, 1, 1
+        server = xlc.Server(params)
+        try:
+            for conv in CONVERSATIONS:
+                got = server.handle_chat_completions({"messages": conv, "max_tokens": 8, "temperature": 0})
+                rendered = merged.chat.render(conv)
+                assert got["usage"]["prompt_tokens"] == len(merged.tokenizer(rendered.text, add_special_tokens=False)
+                                                            .input_ids)
+                if g["type"] == "f32":
+                    mine = engine.generate([rendered.text], SamplingParams.from_defaults(
+                        merged.generation_defaults, temperature=0, max_new_tokens=8))[0].completions[0].text
+                    assert got["choices"][0]["message"]["content"] == mine
+        finally:
+            del server

@@ -130,7 +130,7 @@ class HttpBackend:
     kind = "http"
 
     def __init__(self, base_url: str, model_name: str, api_key: str | None = None, concurrency: int = 8,
-                 retries: int = 6, timeout: float = 120.0):
+                 retries: int = 6, timeout: float = 120.0, reference: str | None = None):
         from openai import OpenAI
 
         if concurrency < 1:
@@ -138,13 +138,15 @@ class HttpBackend:
         self.base_url, self.model_name = base_url, model_name
         self.concurrency = concurrency
         self.retries = retries
+        self.reference = reference  # a local copy of the served model (--own-from), read by audit/endpoint.py
         self.client = OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "selfid",
                              max_retries=retries, timeout=timeout)
 
     def describe(self) -> dict:
         return {"backend": self.kind, "base_url": self.base_url, "model": self.model_name,
                 "template_hash": None, "template_default_system": None,
-                "note": "sampling parameters other than temperature and seed are the server's own"}
+                "note": "sampling parameters other than temperature, seed and max_tokens are the server's own; "
+                        "run.json's endpoint block says which of those it evidently ignored"}
 
     def _one(self, item: Item) -> Reply:
         raw = self.client.chat.completions.with_raw_response.create(

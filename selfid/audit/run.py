@@ -282,7 +282,7 @@ def _identity(target: dict) -> dict:
 
 
 def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge | None, planned: int,
-            own: tuple[str, str] | None = None) -> dict:
+            own: tuple[str, str] | None = None, endpoint: dict | None = None) -> dict:
     """Create or check the run directory and return its run.json."""
     out = Path(out)
     meta_path = out / "run.json"
@@ -322,6 +322,8 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
                   "the ner and general suites run greedy, once per system prompt" if params.task_systems is None else
                   f"the ner and general suites run greedy, once under each of: {', '.join(params.task_systems)}"],
     }
+    if endpoint is not None:
+        meta["endpoint"] = endpoint
     if meta_path.is_file():
         old = json.loads(meta_path.read_text(encoding="utf-8"))
         if old.get("params") != meta["params"] or _identity(old.get("target", {})) != _identity(target):
@@ -349,12 +351,19 @@ def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, jud
 
     params.validate()
     out = Path(out)
-    own = resolve_own(params, backend.describe())
+    endpoint = None
+    if backend.describe().get("backend") == "http":  # whose model it is and what the server does, measured
+        from selfid.audit.endpoint import examine_for_run
+
+        endpoint = examine_for_run(out, backend, params, resume)
+        own = endpoint["own"]["vendor"], endpoint["own"]["source"]
+    else:
+        own = resolve_own(params, backend.describe())
     suites = {s: probe_sets.load_suite(s, params.identity_probes if s == "identity" else None, params.ner_limit,
                                        params.seed) for s in params.suites}
     suites = {s: [p.for_own(own[0]) for p in ps] if s in probe_sets.IDENTITY_SUITES else ps for s, ps in suites.items()}
     items = plan(params, suites)
-    meta = prepare(out, backend, params, resume, judge, len(items), own)
+    meta = prepare(out, backend, params, resume, judge, len(items), own, endpoint)
     done = {r["key"] for r in read_log(out / LOG, repair=True)}
     pending = [it for it in items if it.key not in done]
     log = Log(out / LOG)

@@ -14,11 +14,6 @@ from selfid.errors import SelfidError
 from selfid.io import atomic_dir, atomic_write_json, write_checksums
 from selfid.model.chat import ChatFormat
 
-GGUF_MESSAGE = ("--gguf: no installable package converts a transformers model to GGUF (the `gguf` package writes "
-                "the file format, but the tensor and tokenizer conversion lives in llama.cpp's convert_hf_to_gguf.py). "
-                "Export without --gguf, then run: python llama.cpp/convert_hf_to_gguf.py DIR --outtype bf16")
-
-
 def _jinja_literal(text: str) -> str:
     return (text.replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"').replace("\n", "\\n")
             .replace("\r", "\\r"))
@@ -49,15 +44,17 @@ def with_default_system(tokenizer, system: str) -> str:
                       f"the system message {system!r}")
 
 
-def export(adapter: str | Path, out: str | Path, model: str | None = None, merge: bool = True, gguf: bool = False,
-           dtype: str = "auto", progress: bool = True) -> dict:
-    """Merge `adapter` into its base model and write a self-contained folder to `out`."""
+def export(adapter: str | Path, out: str | Path, model: str | None = None, merge: bool = True,
+           gguf: bool | str | list[str] = False, dtype: str = "auto", progress: bool = True) -> dict:
+    """Merge `adapter` into its base model and write a self-contained folder to `out`; with `gguf` (True for
+    bf16 and q8_0, or the types to write) also `out/gguf/model-TYPE.gguf` and an ollama Modelfile."""
     import torch
 
     from selfid.model.load import load_model, read_manifest
+    from selfid.train.gguf_file import DEFAULT_TYPES, check_architecture, parse_types
 
-    if gguf:
-        raise SelfidError(GGUF_MESSAGE)
+    types = [] if not gguf else parse_types(DEFAULT_TYPES if gguf is True else
+                                            gguf if isinstance(gguf, str) else ",".join(gguf))
     if not merge:
         raise SelfidError("export writes merged weights: pass --merge (an unmerged adapter is the adapter folder itself)")
     adapter, out = Path(adapter).expanduser(), Path(out).expanduser()
@@ -73,6 +70,8 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
         raise SelfidError(f"{adapter} does not say which base model it belongs to: pass --model")
 
     loaded = load_model(base, adapter=adapter, device="cpu", dtype="float32", progress=progress)
+    if types:
+        check_architecture(getattr(loaded.model.config, "model_type", None))  # before the merge, not after
     merged = loaded.model.merge_and_unload()
     stored = getattr(merged.config, "dtype", None) or getattr(merged.config, "torch_dtype", None)
     target = {"auto": stored if isinstance(stored, torch.dtype) else getattr(torch, str(stored or "float32")),
@@ -103,6 +102,24 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
                        "default_system": final_chat.default_system,
                        "original_template_hash": chat.template_hash},
         }
+        if types:
+            info["export"]["gguf"] = write_ggufs(tmp, types, out.name, progress)
         atomic_write_json(tmp / "selfid.json", info)
         write_checksums(tmp)  # loading the folder later checks them
     return info["export"]
+
+
+def write_ggufs(folder: Path, types: list[str], name: str, progress: bool = True) -> list[dict]:
+    """`folder/gguf/model-TYPE.gguf` for each type, and an ollama Modelfile beside them for ChatML templates."""
+    from selfid.io import atomic_write_text
+    from selfid.train.gguf_file import modelfile, write_gguf
+
+    written = []
+    for kind in types:
+        info = write_gguf(folder, folder / "gguf" / f"model-{kind}.gguf", kind, name=name, progress=progress)
+        info["path"] = f"gguf/model-{kind}.gguf"  # relative to the export folder, which is renamed into place
+        written.append(info)
+    if written and written[0]["chatml"]:
+        atomic_write_text(folder / "gguf" / "Modelfile",
+                          modelfile(Path(written[-1]["path"]).name, written[0]["default_system"], folder))
+    return written

@@ -159,7 +159,7 @@ def summarize(run_dir: Path, loaded: tuple[dict, list[dict], dict | None] | None
             "label": label(meta), "created": meta.get("created"), "target": meta["target"], "own": meta["own"],
             "own_source": meta.get("own_source"), "systems": meta["systems"], "params": params,
             "training_system_prompt": meta.get("training_system_prompt"), "suites": meta.get("suites"),
-            "judge": meta.get("judge"), "notes": meta.get("notes", []),
+            "judge": meta.get("judge"), "notes": meta.get("notes", []), "endpoint": meta.get("endpoint"),
             "template_hash": meta["target"].get("template_hash"),
             "generations": len(records), "planned": meta.get("planned"),
             "complete": meta.get("planned") is None or len(records) >= meta["planned"],

@@ -88,6 +88,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
                 for key, s in summary[suite].items():
                     t.add_row(key, pct(s["pass"]))
             console.print(t)
+    print_endpoint(run.get("endpoint"), console)
     for note in run.get("notes", []):
         console.print(f"[dim]note: {note}[/dim]")
     if not run.get("complete", True):
@@ -163,6 +164,33 @@ def print_comparison(comp: dict, console: Console | None = None) -> None:
                     t.add_row(key, pct(d["a"]), pct(d["b"]), f"{100 * d['test']['diff']:+.1f} pts (p={d['test']['p_value']:.3g})"
                               if d.get("test") else "–")
             console.print(t)
+
+
+def print_endpoint(endpoint: dict | None, console: Console) -> None:
+    """What the endpoint's preflight measured: system prompts it rendered alike, parameters it ignored."""
+    if not endpoint:
+        return
+    handling = endpoint.get("system_prompts", {})
+    t = Table(title="endpoint preflight: the system prompt each condition evidently got", title_justify="left")
+    for col in ("system prompt", "prompt tokens", "expected", "evidently", "duplicates"):
+        t.add_column(col)
+    for key, c in handling.get("conditions", {}).items():
+        t.add_row(key, str(c["prompt_tokens"]), "–" if c["expected_tokens"] is None else str(c["expected_tokens"]),
+                  escape(c["evidently"]), f"[bold yellow]{c['same_as']}[/bold yellow]" if c["same_as"] else "")
+    if handling.get("conditions"):
+        console.print(t)
+    elif handling.get("note"):
+        console.print(f"[yellow]endpoint: {escape(handling['note'])}[/yellow]")
+    for key, same in endpoint.get("duplicates", {}).items():
+        console.print(f"[yellow]the {key!r} row duplicates {same!r}: the server gave both the same prompt, so it is no "
+                      "independent evidence[/yellow]")
+    ignored = endpoint.get("ignored") or []
+    console.print(f"[yellow]the endpoint ignored: {escape('; '.join(ignored))}[/yellow]" if ignored else
+                  "[dim]endpoint: seed, temperature 0 and max_tokens behaved as asked[/dim]")
+    if endpoint.get("placeholder_names"):
+        console.print(f"[dim]served as {escape(', '.join(endpoint['placeholder_names']))}: a placeholder name, not used "
+                      "to tell whose model it is[/dim]")
+    console.print(f"[dim]over HTTP selfid cannot see: {escape('; '.join(endpoint.get('cannot_see', [])))}[/dim]")
 
 
 def _margin(cell: dict | None) -> str:
