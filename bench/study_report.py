@@ -405,7 +405,8 @@ def misses_block(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
     rows = []
     for arm in held:
         recs = [r for r in runs.records(root / arm / "heldout") if r["suite"] == "identity-heldout"]
-        after = [r for r in recs if "after-task" in (r["tags"] or []) and "PER" in r["messages"][0]["content"]]
+        after = [r for r in recs if "after-task" in (r["tags"] or [])
+                 and any(m["role"] == "user" and "PER" in m["content"] for m in r["messages"])]
         bleed = sum(r["reply"].lstrip().startswith("{") for r in after)
         refusals = sum(any(x in r["reply"] for x in ("can't assist", "cannot assist", "无法回答", "不能回答"))
                        for r in recs)
