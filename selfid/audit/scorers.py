@@ -80,13 +80,17 @@ def context_for(meta: dict, run_dir: Path | None = None) -> Context:
     for name in (*probe_sets.IDENTITY_SUITES, "general"):  # runs logged before records carried their probe's data
         if name in (meta.get("params", {}).get("suites") or []):
             fallback.update({(name, p.id): p.for_own(meta["own"]).meta() for p in probe_sets.load_suite(name)})
+    return Context(meta["own"], personas, recitation_for(meta, run_dir), fallback)
+
+
+def recitation_for(meta: dict, run_dir: Path | None = None) -> Recitation | None:
+    """The training replies a run's copies are judged against: what the run saved while it could read the
+    adapter's folder (training_replies.json), else what the adapter's manifest says."""
     kept = Path(run_dir) / REFERENCES if run_dir is not None else None
-    if kept is not None and kept.is_file():  # what the run saved while it could read the adapter's folder
+    if kept is not None and kept.is_file():
         saved = json.loads(kept.read_text(encoding="utf-8"))
-        recitation = Recitation(saved["replies"], saved["source"])
-    else:
-        recitation = training_replies(meta.get("target", {}))
-    return Context(meta["own"], personas, recitation, fallback)
+        return Recitation(saved["replies"], saved["source"])
+    return training_replies(meta.get("target", {}))
 
 
 def save_training_replies(run_dir: Path, target: dict) -> Recitation | None:

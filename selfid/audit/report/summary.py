@@ -163,7 +163,7 @@ def summarize(run_dir: Path, loaded: tuple[dict, list[dict], dict | None] | None
             "template_hash": meta["target"].get("template_hash"),
             "generations": len(records), "planned": meta.get("planned"),
             "complete": meta.get("planned") is None or len(records) >= meta["planned"],
-            "scorer": {"version": scorers.VERSION, "recitation": _recitation_source(meta)},
+            "scorer": {"version": scorers.VERSION, "recitation": _recitation_source(meta, run_dir)},
         },
     }
     for suite in IDENTITY_SUITES:
@@ -193,6 +193,6 @@ def summarize(run_dir: Path, loaded: tuple[dict, list[dict], dict | None] | None
     return out
 
 
-def _recitation_source(meta: dict) -> str | None:
-    rec = scorers.training_replies(meta.get("target", {}))
+def _recitation_source(meta: dict, run_dir: Path | None) -> str | None:
+    rec = scorers.recitation_for(meta, run_dir)
     return rec.source if rec else None
