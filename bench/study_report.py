@@ -275,13 +275,28 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
                  f"below {100 * worst['rate']:.1f}% foreign claims (worst: {where}) with NER F1 "
                  f"{ner_f1(combo, 'default'):.3f} vs plain LoRA's {ner_f1(plain, 'default'):.3f} (both under the "
                  f"template's prompt). But {rate(copy, 0, kn=False)} of its identity replies are training replies "
-                 f"copied word for word, its samples of one prompt are {100 * cd['mean']:.0f}% distinct "
+                 f"copied verbatim or nearly, its samples of one prompt are {100 * cd['mean']:.0f}% distinct "
                  f"({cd['replies_per_prompt']:.1f} different replies in {cd['samples_per_prompt']:.0f}; base "
                  f"{100 * bd['mean']:.0f}%, {bd['replies_per_prompt']:.1f}), and it denies being Qwen in "
                  f"{rate(c_den, 1, kn=False)} of replies (base {rate(b_den, 1, kn=False)}) — every time it is asked "
                  f"\"Is this Qwen from Alibaba Cloud?\".")
     if held.get("base") and held.get("combo"):
         L.append("- **On questions it never saw** (§7, the held-out set): " + held_sentence(runs, root, held) + ".")
+    if held.get("pref") and held.get("base"):
+        run = root / "pref" / "heldout"
+        f = pooled(runs, run, "foreign", "identity-heldout")
+        den = pooled(runs, run, "self_denial", "identity-heldout")
+        task = pooled(runs, run, "task_done", "identity-heldout")
+        own = pooled(runs, run, "own_affirmation", "identity-heldout")
+        d = held["pref"]["identity-heldout"]["by_system"]["default"]["distinct"]["mean"]
+        bd = held["base"]["identity-heldout"]["by_system"]["default"]["distinct"]["mean"]
+        worst, where = worst_cell(held["pref"], "identity-heldout")
+        L.append(f"- **The base model's own answers, plus a preference loss against its own foreign claims** (v2, "
+                 f"§7): on the held-out set {rate(f, 1, kn=False)} foreign claims (worst cell {rate(worst, 1, kn=False)},"
+                 f" {where}), own identity affirmed in {rate(own, 0, kn=False)}, identity tasks done "
+                 f"{rate(task, 0, kn=False)}, {100 * d / bd:.0f}% of the base model's distinct replies, NER F1 "
+                 f"{ner_f1(held['pref'], 'default'):.3f}. It still denies being Qwen in {rate(den, 1, kn=False)} of "
+                 f"replies and misses the bar (§7): not yet the product's promise.")
     return L + [""]
 
 
