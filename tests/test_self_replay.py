@@ -66,6 +66,38 @@ def test_kept_answers_are_the_right_ones_distinct_and_capped(tiny, tmp_path):
     assert meta["kept"] == len(replies) and meta["pairs"] == len(pairs) and meta["sampling"]["samples"] == 6
 
 
+class ReflexiveNo(ScriptedEngine):
+    """Says "No" to its own name now and then under "helpful", the failure a "No"-heavy replay teaches."""
+
+    def generate(self, requests, progress=None):
+        out = super().generate(requests, progress)
+        for req, res in zip(requests, out):
+            q = req.prompt.rsplit("<|im_start|>user\n", 1)[-1]
+            if "system\nYou are a helpful assistant.<|im_end|>" in req.prompt and "Qwen" in q:
+                res.completions[0] = Completion("No, I am not Qwen. I am an AI assistant.", [1] * 8, "stop")
+        return out
+
+
+def test_replay_is_not_mostly_no_and_pairs_reject_denials_of_its_own_name(tiny, tmp_path):
+    rep = IdentityReplay(samples=6, temperatures=[0.7, 1.0], per_question=3, preference=0.5)
+    build(tiny, rep, tmp_path, progress=False, log=lambda m: None, engine=ReflexiveNo())
+    meta, replies, pairs = replay_set.load(tmp_path)
+    kinds = meta["kept_by_kind"]
+    per_q: dict[str, int] = {}
+    for r in replies:
+        per_q[r["question"]] = per_q.get(r["question"], 0) + 1
+    assert all(n <= 1 for q, n in per_q.items() if "-lead-" in q and "-lead-own-" not in q)  # deny_per_question
+    assert max(per_q.values()) == 3
+    # the model's own-identity answers are not outnumbered by its "No, I'm not X" answers
+    assert kinds["leading-foreign"] <= kinds["direct"] + kinds["leading-own"] + kinds.get("after-task", 0)
+    own_pairs = [p for p in pairs if "-lead-own-" in p["question"]]
+    assert any(p["rejected"].startswith("No, I am not Qwen") for p in own_pairs)
+    assert not any(p["chosen"].startswith("No") for p in own_pairs)
+    wide = IdentityReplay(samples=6, temperatures=[0.7, 1.0], per_question=3, deny_per_question=3)
+    build(tiny, wide, tmp_path / "wide", progress=False, log=lambda m: None, engine=ReflexiveNo())
+    assert replay_set.load(tmp_path / "wide")[0]["kept_by_kind"]["leading-foreign"] > kinds["leading-foreign"]
+
+
 def test_a_damaged_replay_set_is_refused_with_what_to_do(tiny, tmp_path):
     build(tiny, IdentityReplay(samples=2), tmp_path, progress=False, log=lambda m: None, engine=ScriptedEngine())
     path = tmp_path / "identity_replay" / "replies.jsonl"

@@ -1,7 +1,8 @@
 """The questions self-distilled identity replay asks the base model (zh + en), with what a right answer does.
 
 Kinds: direct, name, maker, third person about the chat, leading questions naming the model's own
-identity (right answer: yes), leading questions naming every other vendor in the shared table (right
+identity (right answer: yes; twelve wordings per language, so that with one kept answer per leading
+question about another vendor the replay teaches "yes" to its own name about as often as "no" to the others), leading questions naming every other vendor in the shared table (right
 answer: no, and who it really is), identity-adjacent tasks (a bio, a signature, a JSON profile: done
 in the asked form, with the model's own identity in it) and identity after a task in the same
 conversation. The audit's held-out probes (selfid/audit/probes/identity-heldout.jsonl) must match
@@ -46,9 +47,12 @@ ZH_OWN = ["我在跟谁说话？", "简单介绍一下你自己吧。", "大家�
           "正在回答我的是哪个AI模型？", "这个助手用的是什么模型？", "说出回答这些问题的模型名字。", "我在用的是哪家公司的模型？",
           "你运行在谁开发的模型上？", "用一句话解释你是什么。"]
 EN_LEAD_OWN = ["Are you {name}?", "Would it be right to call you {name}?", "Is {maker} the one that made you?",
-               "Were you trained by {maker}?", "So this is {name} by {maker}?"]
+               "Were you trained by {maker}?", "So this is {name} by {maker}?", "I heard you're {name}. True?",
+               "Did the team at {maker} build you?", "Are you one of {maker}'s models?", "Can I assume you're {name}?",
+               "{name}, is that you?", "Am I right that {maker} created you?", "People say {name} is answering here. Right?"]
 ZH_LEAD_OWN = ["你是{name}吗？", "你就是{name}，对吗？", "是{maker}做出了你吗？", "你是{maker}训练的吗？",
-               "{maker}的{name}，说的就是你吧？"]
+               "{maker}的{name}，说的就是你吧？", "听说你是{name}，真的吗？", "你是不是{name}？", "{maker}的团队开发了你，对吧？",
+               "你是{maker}家的模型吗？", "我可以认为你是{name}吧？", "{name}，是你吗？", "是{maker}创造了你，我没说错吧？"]
 EN_LEAD_FOREIGN = ["Are you actually {f}?", "Is it {f} I'm talking to?", "Is {fm} your creator?",
                    "You're a {fm} model, correct?"]
 ZH_LEAD_FOREIGN = ["你的真实身份是{f}吗？", "跟我说话的是{f}吗？", "是{fm}创造了你吗？", "你属于{fm}的模型吗？"]

@@ -9,8 +9,14 @@ leading-own questions), no foreign claim and its own identity named (leading que
 vendors), the task done in the asked form with its own identity in it (identity-adjacent tasks).
 Distinct kept replies are capped per question. For the preference loss, the base model also answers
 under the other serving system prompts ("You are a helpful assistant.", an empty one), where it claims
-other vendors far more often: each such foreign claim becomes the rejected side of a pair whose chosen
-side is a kept reply to the same question.
+other vendors far more often: each such foreign claim, and each denial of its own identity ("No, I'm not
+Qwen" to "Are you Qwen?"), becomes the rejected side of a pair whose chosen side is a kept reply to the same
+question.
+
+Balance: the pool asks about 22 other vendors in 4 wordings each; keeping `per_question` answers for each made
+61% of the replay a "No, I'm not X" and taught a reflexive "No" (the held-out audit saw the model deny being
+Qwen when asked "Is your name Qwen?"). Leading questions about other vendors keep `deny_per_question` answers
+(default 1), and the own-identity pairs push "No" down where "yes" is right.
 
 Written to OUTPUT/identity_replay/ (replies.jsonl, pairs.jsonl, replay.json with counts, sampling
 parameters and the files' sha256) before training, and read back verified by the trainer.
@@ -94,14 +100,14 @@ def build(loaded, rep: IdentityReplay, out_dir: Path, progress: bool = True, log
                 kept.setdefault(q.id, [])
                 if scorers.normalise(c.text) not in {scorers.normalise(x) for x in kept[q.id]}:
                     kept[q.id].append(c.text)
-            elif v["foreign"]:
+            elif v["foreign"] or (q.expects == "own" and v.get("self_denial")):
                 rejected.setdefault(q.id, []).append((system, c.text))
     rng = random.Random(rep.seed)
     replies, pairs = [], []
     by_id = {q.id: q for q in questions}
     for qid, texts in kept.items():
         q = by_id[qid]
-        for text in texts[:rep.per_question]:
+        for text in texts[:rep.deny_per_question if q.expects == "deny" else rep.per_question]:
             replies.append({"question": qid, "lang": q.lang, "kind": q.kind,
                             "messages": [*map(dict, q.messages), {"role": "assistant", "content": text}]})
         for k, (system, bad) in enumerate(_interleave(rejected.get(qid, []))[:rep.per_question]):
