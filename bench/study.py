@@ -31,7 +31,8 @@ Steps (each writes ROOT/<step>/):
              serving system prompts and three persona prompts, T 0, 0.7, 1.0, 1.3 x 4 samples, and NER
              under two prompts every arm shares; writes ROOT/ARM/heldout (ARM: base or an arm)
   gguf-ARM   what ships: ARM's adapter exported with `selfid export --gguf` (Q8_0) and audited through
-             llama.cpp's server like `llamacpp`; writes ROOT/parity/gguf-ARM (not in the default steps)
+             llama.cpp's server like `llamacpp`, and the adapter in-process on the same grid (T 0 and 1.0 x 2);
+             writes ROOT/parity/gguf-ARM and ROOT/parity/inproc-ARM (not in the default steps)
 """
 
 from __future__ import annotations
@@ -136,6 +137,12 @@ def step_base(root: Path, s: Settings) -> None:
         audit(load(s.model, device=s.device), out, s)
 
 
+def arm_sets(s: Settings, arm: str) -> list[str]:
+    """The run's training overrides; identity_replay.* ones only for arms that replay (a key of it switches it on)."""
+    replays = any(a.startswith("identity_replay.") for a in ARMS[arm])
+    return [x for x in s.train_sets if replays or not x.startswith("identity_replay.")]
+
+
 def train_arm(root: Path, arm: str, s: Settings) -> Path:
     from selfid.config import load_config
 
@@ -146,7 +153,7 @@ def train_arm(root: Path, arm: str, s: Settings) -> Path:
         if arm == "plain":  # checkpoints along training, for the identity margin's path
             extra = ["train.save_every=20" if not s.smoke else "train.save_every=1", "train.keep_checkpoints=50"]
         cfg = load_config(ROOT_DIR / "examples" / "msra.yaml",
-                          [f"model={s.model}", f"output={run}", *ARMS[arm], *s.train_sets, *extra])
+                          [f"model={s.model}", f"output={run}", *ARMS[arm], *arm_sets(s, arm), *extra])
         resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
         t0 = time.time()
         from selfid.pipeline.train import run as train_pipeline
@@ -309,10 +316,21 @@ def step_llamacpp(root: Path, s: Settings) -> None:
 
 def step_gguf(root: Path, s: Settings, arm: str) -> None:
     """What ships: the arm's adapter merged and written as a Q8_0 GGUF (`selfid export --gguf`), served by
-    llama.cpp's own server, audited over HTTP like `llamacpp` (compare with ROOT/ARM/audit, in-process)."""
+    llama.cpp's own server, audited over HTTP like `llamacpp`, against the adapter in-process on the same grid
+    (ROOT/parity/inproc-ARM)."""
     from selfid.train.export import export
 
     adapter = train_arm(root, arm, s)
+    inproc = root / "parity" / f"inproc-{arm}"  # the adapter itself, the same grid as the GGUF's below
+    if not done(inproc):
+        from selfid.audit.backends import InProcessBackend
+        from selfid.audit.run import AuditParams, parse_systems, run_audit
+
+        params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=[0.0, 1.0],
+                             samples=1 if s.smoke else 2, seed=0, max_new_tokens=s.max_tokens,
+                             identity_probes=s.identity_probes)
+        run_audit(InProcessBackend(load(s.model, adapter, device=s.device)), params, inproc, resume=inproc.exists(),
+                  show_progress=False, margin=False)
     merged = root / "gguf" / f"{arm}-merged"
     if not (merged / "selfid.json").is_file():
         t0 = time.time()

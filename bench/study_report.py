@@ -27,7 +27,9 @@ ARM_LABEL = {"base": "base model", "plain": "plain LoRA (trained under \"You are
              "self": "template prompt + 5% self-distilled identity replay (v2)",
              "pref": "v2 replay + preference loss (DPO on the base model's own replies)",
              "kl": "v2 replay + distillation loss (KL to the base model under its template prompt)",
-             "best": "v2 replay + preference + distillation"}
+             "best": "v2 replay + preference + distillation",
+             "balanced": "v2 balanced replay (one \"No\" per other vendor's question) + preference, own denials rejected",
+             "balanced-kl": "v2 balanced replay + preference + distillation"}
 MITIGATIONS = ("plain", "template", "replay2", "replay5", "scale", "combo")
 METRIC_LABEL = {"foreign": "foreign claims", "own_affirmation": "own identity affirmed", "self_denial": "self-denial",
                 "task_done": "identity task done", "persona_kept": "persona kept", "copy": "copies a training reply"}
@@ -651,6 +653,22 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
                   f"on {same} of {n} prompts × system prompts"
                   + (f"; {n - same} differ{'s' if n - same == 1 else ''}: the GGUF's 4-bit weights are not the bf16 "
                      "weights, and greedy decoding follows the top token wherever it flips." if same < n else "."), ""]
+
+    for arm in ("plain", "balanced"):
+        gg, ip = runs.summary(root / "parity" / f"gguf-{arm}"), runs.summary(root / "parity" / f"inproc-{arm}")
+        if gg is None or ip is None:
+            continue
+        L += [f"### What ships: {ARM_LABEL.get(arm, arm)}, exported (`selfid export --gguf q8_0`) and served by "
+              "llama.cpp, vs the adapter in-process", "",
+              f"`python bench/study.py run --steps gguf-{arm}`: the adapter merged into the base weights, written as a "
+              "Q8_0 GGUF with its chat template and served by llama.cpp's server (xllamacpp, 8 slots, on the GPU "
+              "machine's CPU), against the adapter in-process (transformers, bf16) on the same grid: the development "
+              "probes, T=0 and T=1.0 with 2 samples per prompt.", ""]
+        L += parity_table(ip, gg, "GGUF Q8_0, llama.cpp")
+        same, n = greedy_agreement(runs, root / "parity" / f"inproc-{arm}", root / "parity" / f"gguf-{arm}")
+        if n:
+            L += [f"Greedy replies: the same verdict (foreign claim or not) on {same} of {n} prompts × system "
+                  f"prompts ({100 * same / n:.0f}%).", ""]
 
     arms = [a for a in MITIGATIONS if (root / a / "audit" / "summary.json").is_file()]
     if arms:

