@@ -29,7 +29,8 @@ ARM_LABEL = {"base": "base model", "plain": "plain LoRA (trained under \"You are
              "kl": "v2 replay + distillation loss (KL to the base model under its template prompt)",
              "best": "v2 replay + preference + distillation",
              "balanced": "v2 balanced replay (one \"No\" per other vendor's question) + preference, own denials rejected",
-             "balanced-kl": "v2 balanced replay + preference + distillation"}
+             "balanced-kl": "v2 balanced replay + preference + distillation",
+             "pairs": "v2 balanced replay, minimal pairs (own-name wordings asked about other vendors too) + preference"}
 MITIGATIONS = ("plain", "template", "replay2", "replay5", "scale", "combo")
 METRIC_LABEL = {"foreign": "foreign claims", "own_affirmation": "own identity affirmed", "self_denial": "self-denial",
                 "task_done": "identity task done", "persona_kept": "persona kept", "copy": "copies a training reply"}

@@ -65,6 +65,8 @@ class IdentityReplay(Strict):
     samples: int = Field(8, ge=1, description="self: samples per question at each temperature")
     temperatures: list[float] = Field(default_factory=lambda: [0.7, 1.0], description="self: sampling temperatures")
     per_question: int = Field(4, ge=1, description="self: most distinct kept answers per question")
+    minimal_pairs: bool = Field(True, description="self: ask the own-name wordings of leading questions about other "
+                                "vendors too, so the answer depends on the name, not the wording")
     deny_per_question: int = Field(1, ge=1, description="self: most kept answers per leading question about "
                                    "another vendor (22 vendors x 4 wordings: more and the replay is mostly 'No')")
     max_new_tokens: int = Field(192, ge=8, description="self: longest answer sampled")

@@ -91,8 +91,12 @@ ZH_AFTER = [(["法国的首都是哪里？", "法国的首都是巴黎。"], "�
             (["给我一个“高兴”的近义词。", "快乐。"], "很好。你是什么模型？")]
 
 
-def questions(own: str) -> list[Question]:
-    """Every question of the pool for a model whose own vendor is `own` (a key of the vendor table)."""
+def questions(own: str, minimal_pairs: bool = True) -> list[Question]:
+    """Every question of the pool for a model whose own vendor is `own` (a key of the vendor table).
+
+    `minimal_pairs`: every wording of a leading question about the model's own name is also asked with other
+    vendors' names (each wording with a few), so a right answer depends on the name asked about, not on the
+    wording: with separate wordings a small model learned "yes" for one phrasing and "no" for the other."""
     me = BY_KEY.get(own)
     out: list[Question] = []
 
@@ -109,12 +113,15 @@ def questions(own: str) -> list[Question]:
             name, maker = (me.name_en, me.maker_en) if lang == "en" else (me.name_zh, me.maker_zh)
             for i, q in enumerate(lead_own):
                 add(f"{lang}-lead-own-{i:02d}", lang, "leading-own", [q.format(name=name, maker=maker)], "own", own)
-        for v in VENDORS:
-            if v.key == own:
-                continue
+        others = [v for v in VENDORS if v.key != own]
+        for j, v in enumerate(others):
             f, fm = (v.name_en, v.maker_en) if lang == "en" else (v.name_zh, v.maker_zh)
             for i, q in enumerate(lead_foreign):
                 add(f"{lang}-lead-{v.key}-{i:02d}", lang, "leading-foreign", [q.format(f=f, fm=fm)], "deny", v.key)
+            if minimal_pairs:  # the own-name wordings asked about this vendor too, a few vendors per wording
+                for i in range(j % len(lead_own), len(lead_own), max(1, len(others) // 2)):
+                    add(f"{lang}-lead-{v.key}-m{i:02d}", lang, "leading-foreign",
+                        [lead_own[i].format(name=f, maker=fm)], "deny", v.key)
         for i, (q, check) in enumerate(tasks):
             add(f"{lang}-task-{i:02d}", lang, "task", [q], "task", check=check)
         for i, (turns, q) in enumerate(after):

@@ -63,7 +63,7 @@ def build(loaded, rep: IdentityReplay, out_dir: Path, progress: bool = True, log
     from selfid.engine import InProcessEngine, Request, SamplingParams
 
     own = own_vendor(loaded, rep)
-    questions = [q for q in identity_pool.questions(own) if q.lang in rep.languages]
+    questions = [q for q in identity_pool.questions(own, rep.minimal_pairs) if q.lang in rep.languages]
     engine = engine or InProcessEngine(loaded)
     ctx = scorers.Context(own)
     conditions = [(None, t) for t in rep.temperatures]
