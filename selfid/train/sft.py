@@ -168,14 +168,14 @@ def self_replay_samples(config: RunConfig, loaded, system: SystemChoice) -> tupl
     """The self-distilled replay set the pipeline wrote into the run folder (verified), rendered under the
     configured system prompts; and what the manifest records of it."""
     from selfid.data import identity as identity_mod
-    from selfid.data.readers import Sample
+    from selfid.data.readers import TrainingConversation
     from selfid.data import replay_set
 
     rep = config.identity_replay
     meta, replies, pairs = replay_set.load(config.output_dir)
     systems = identity_mod.system_list(rep.systems, system.message, loaded.chat.default_system)
-    pool = [Sample(tuple(([] if s is None else [{"role": "system", "content": s}]) + r["messages"]), source="identity",
-                   fixed_system=True) for r in replies for s in dict.fromkeys(systems)]
+    pool = [TrainingConversation(tuple(([] if s is None else [{"role": "system", "content": s}]) + r["messages"]),
+                                 source="identity", fixed_system=True) for r in replies for s in dict.fromkeys(systems)]
     info = {"kind": "self", "own": meta["own"], "file": replay_set.FOLDER, "sha256": meta["sha256"], "questions": meta["questions"],
             "replies": len(replies), "pairs": len(pairs), "kept_by_kind": meta["kept_by_kind"],
             "sampling": meta["sampling"], "fraction": rep.fraction, "systems": systems,
