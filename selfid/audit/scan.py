@@ -36,7 +36,8 @@ ROLE = {**SHAREGPT_ROLES, "bot": "assistant", "model": "assistant"}  # the train
 
 
 @dataclass
-class Sample:
+class ScannedRecord:
+    """One record of a scanned file, read leniently from any common chat-data shape: where it is, and its turns."""
     file: str
     line: int
     turns: list[tuple[str, str]]  # (role, text)
@@ -97,7 +98,7 @@ def _turns(obj: dict) -> list[tuple[str, str]] | None:
     return None
 
 
-def read_samples(path: Path, report: ScanReport) -> Iterator[Sample]:
+def read_samples(path: Path, report: ScanReport) -> Iterator[ScannedRecord]:
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json")) if path.is_dir() else [path]
     if not path.exists():
@@ -112,7 +113,7 @@ def read_samples(path: Path, report: ScanReport) -> Iterator[Sample]:
             if turns is None:
                 report.skipped += 1
                 continue
-            yield Sample(str(f), where, turns)
+            yield ScannedRecord(str(f), where, turns)
 
 
 def _snippet(text: str, start: int, end: int, width: int = 80) -> str:

@@ -13,7 +13,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
-from selfid.data.readers import Sample
+from selfid.data.readers import TrainingConversation
 from selfid.errors import SelfidError
 from selfid.vendors import VENDORS, find_mentions, vendor_of
 
@@ -127,14 +127,14 @@ def conversations(identity: Identity, languages=("zh", "en")) -> list[tuple[str,
     return list(dict.fromkeys(out))
 
 
-def samples(identity: Identity, systems: list[str | None], languages=("zh", "en")) -> list[Sample]:
+def samples(identity: Identity, systems: list[str | None], languages=("zh", "en")) -> list[TrainingConversation]:
     """Each conversation under each system prompt (None: no system message, the template's own applies)."""
     systems = list(dict.fromkeys(systems))
     out = []
     for (q, a), system in itertools.product(conversations(identity, languages), systems):
         msgs = ([] if system is None else [{"role": "system", "content": system}])
-        out.append(Sample(tuple(msgs + [{"role": "user", "content": q}, {"role": "assistant", "content": a}]),
-                          source="identity", fixed_system=True))
+        turn = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        out.append(TrainingConversation(tuple(msgs + turn), source="identity", fixed_system=True))
     return out
 
 

@@ -1,6 +1,6 @@
 """Readers for training conversations: alpaca json/jsonl and `messages` jsonl (OpenAI or sharegpt style).
 
-Every reader returns `Sample`s: a list of {role, content} messages ending with an assistant reply.
+Every reader returns `TrainingConversation`s: {role, content} messages ending with an assistant reply.
 A bad record is an error naming the file and the line it starts on.
 """
 
@@ -19,7 +19,8 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 
 @dataclass(frozen=True)
-class Sample:
+class TrainingConversation:
+    """One checked conversation to train on, and where it came from."""
     messages: tuple[dict, ...]  # [system], user, assistant, (user, assistant)*
     source: str
     fixed_system: bool = False  # True: train exactly these messages, never add the run's system prompt
@@ -158,7 +159,7 @@ def detect_format(record) -> str:
     raise SelfidError("cannot tell the data format: records need 'messages', 'conversations' or 'instruction'/'output'")
 
 
-def read_file(path: str | Path, fmt: str = "auto") -> list[Sample]:
+def read_file(path: str | Path, fmt: str = "auto") -> list[TrainingConversation]:
     """All samples in a data file; `fmt` is auto, alpaca or messages."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -173,7 +174,7 @@ def read_file(path: str | Path, fmt: str = "auto") -> list[Sample]:
             except SelfidError as e:
                 raise SelfidError(f"{where}: {e}") from None
         convert = alpaca_messages if kind == "alpaca" else chat_messages
-        samples.append(Sample(convert(record, where), source=str(path)))
+        samples.append(TrainingConversation(convert(record, where), source=str(path)))
     if not samples:
         raise SelfidError(f"{path} holds no records")
     return samples

@@ -1,45 +1,39 @@
 """LoRA supervised fine-tuning, top to bottom: config -> model + data -> packed steps -> adapter + manifest.
 
-Read it like a torchtune recipe. One process or several (torchrun / `accelerate launch` set RANK and
-WORLD_SIZE; the loop then runs DDP). Speed comes from packing (no padding), large token batches,
-the LM head only at trained positions, bf16 autocast with fp32 LoRA weights, fused AdamW, and
-reading the loss back from the device only every `log_every` steps.
+Read it like a torchtune recipe: `train()` is set-up (`set_up`: model, data, optimizer, scheduler, resume
+state, all in a `TrainSetup`), the loop (`train_loop`, changing only a `LoopState`), and the end (`finish`);
+checkpoints and the adapter are written and read back by train/checkpoint.py. One process or several
+(torchrun / `accelerate launch` set RANK and WORLD_SIZE; the loop then runs DDP). Speed comes from packing
+(no padding), large token batches, the LM head only at trained positions, bf16 autocast with fp32 LoRA
+weights, fused AdamW, and reading the loss back from the device only every `log_every` steps.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import math
 import os
-import random
-import shutil
 import signal
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 
 from selfid import manifest as manifest_mod
 from selfid.config import RunConfig, dump_config
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_text, write_checksums
-from selfid.train.checkpoint import read_adapter_weights, read_state
+from selfid.io import atomic_write_text
+from selfid.train import checkpoint
+from selfid.train.checkpoint import checkpoints, rng_state
 from selfid.train.collate import collate, encode_many, with_system
+from selfid.train.metrics_log import MetricsLog
 from selfid.train.packed import PackedLoss, check_varlen, set_attention
 from selfid.train.plan import Plan
-
-CSV_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "label_tokens", "elapsed_s", "tokens_per_s"]
-# settings that may change between a run and its --resume without changing what is learned (lr: after a NaN)
-RESUMABLE_CHANGES = {"train.save_every", "train.keep_checkpoints", "train.log_every", "train.compile",
-                     "train.attention", "train.lr", "train.max_grad_norm", "train.ce_chunk", "train.liger", "eval_ner",
-                     "adapter_scale", "device"}
 
 
 # --- the system prompt ---------------------------------------------------------------------------
@@ -174,14 +168,14 @@ def self_replay_samples(config: RunConfig, loaded, system: SystemChoice) -> tupl
     """The self-distilled replay set the pipeline wrote into the run folder (verified), rendered under the
     configured system prompts; and what the manifest records of it."""
     from selfid.data import identity as identity_mod
-    from selfid.data.readers import Sample
+    from selfid.data.readers import TrainingConversation
     from selfid.data import replay_set
 
     rep = config.identity_replay
     meta, replies, pairs = replay_set.load(config.output_dir)
     systems = identity_mod.system_list(rep.systems, system.message, loaded.chat.default_system)
-    pool = [Sample(tuple(([] if s is None else [{"role": "system", "content": s}]) + r["messages"]), source="identity",
-                   fixed_system=True) for r in replies for s in dict.fromkeys(systems)]
+    pool = [TrainingConversation(tuple(([] if s is None else [{"role": "system", "content": s}]) + r["messages"]),
+                                 source="identity", fixed_system=True) for r in replies for s in dict.fromkeys(systems)]
     info = {"kind": "self", "own": meta["own"], "file": replay_set.FOLDER, "sha256": meta["sha256"], "questions": meta["questions"],
             "replies": len(replies), "pairs": len(pairs), "kept_by_kind": meta["kept_by_kind"],
             "sampling": meta["sampling"], "fraction": rep.fraction, "systems": systems,
@@ -228,44 +222,7 @@ def lr_lambda(total: int, warmup: float, schedule: str, min_ratio: float) -> Cal
     return f
 
 
-# --- checkpoints ------------------------------------------------------------------------------------
-
-def checkpoints(output: Path) -> list[Path]:
-    root = output / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.pt").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def rng_state(device) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        path = f"{prefix}{k}"
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys += config_diff(va, vb, path + ".")
-        elif va != vb:
-            keys.append(path)
-    return keys
-
-
-# --- the run -----------------------------------------------------------------------------------------
+# --- the recipe: set-up, the loop, the end ---------------------------------------------------------------
 
 @dataclass
 class TrainResult:
@@ -304,11 +261,66 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
     says why a run trains under a system prompt other than the template's on purpose (an experiment);
     it is printed instead of the warning.
     """
-    from peft import LoraConfig, get_peft_model
+    run = set_up(config, resume, console, system_prompt_by_design)
+    if run.dist.main:
+        write_run_files(run)
+    metrics = MetricsLog(config.output_dir, run.start if resume else None, run.dist.main)
+    state = LoopState(step=run.start, last_checkpoint=run.previous[-1] if run.previous else None,
+                      last_loss=metrics.last_loss, elapsed_before=metrics.elapsed_s)
+    with metrics, stop_on_signals(state, run.out.log):
+        train_loop(run, state, metrics, on_step)
+        if state.step < run.total:  # stopped early
+            ckpt = save_checkpoint(run, state)
+            run.out.log(f"stopped at step {state.step}/{run.total}; checkpoint {ckpt}. Continue with: "
+                        f"selfid train CONFIG --resume (same config, output {config.output_dir})")
+            return TrainResult(config.output_dir, None, state.last_checkpoint, state.step, run.total, True,
+                               {"step": state.step, "loss": state.last_loss}, run.model, run.loaded)
+    return finish(run, state)
 
+
+# --- set-up: model, data, optimizer, scheduler, resume state ---------------------------------------------
+
+@dataclass
+class TrainSetup:
+    """What set-up builds once; the loop and the saves read it and change only the model and optimizer."""
+    cfg: RunConfig
+    dist: Dist
+    out: _Console
+    loaded: object  # selfid.model.load.LoadedModel
+    system: SystemChoice
+    data: Prepared
+    plan: Plan  # every step's rows, fixed by the seed (so a resume is exact)
+    model: object  # the peft model
+    params: list  # its trained (LoRA) parameters, in fp32
+    step_module: object  # the packed loss; DDP around it on several processes
+    ddp: object | None
+    autocast: Callable
+    aux: object | None  # identity losses beside the task's (train/identity_losses.py)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    previous: list[Path]  # the run's checkpoints when this session started, oldest first
+    start: int  # the step this session starts from (0, or the resumed checkpoint's)
+    run_config: dict  # the config as saved in checkpoints (--resume compares it)
+    train_extra: dict  # how training ran, for the manifest
+    base_info: dict | None  # the base model's manifest entry (main process only)
+
+    @property
+    def device(self):
+        return self.loaded.device
+
+    @property
+    def total(self) -> int:
+        return len(self.plan)
+
+    def manifest(self, metrics: dict) -> dict:
+        return manifest_mod.build(self.loaded, self.loaded.chat, self.system, self.cfg, self.data.sources,
+                                  self.data.identity, metrics, self.train_extra, self.base_info)
+
+
+def set_up(cfg: RunConfig, resume: bool, console, system_prompt_by_design: str | None) -> TrainSetup:
     from selfid.model.load import load_model
 
-    cfg, opt = config, config.train
+    opt = cfg.train
     dist_ = init_distributed(cfg.device)
     out = _Console(dist_.main, console)
     output = cfg.output_dir
@@ -343,8 +355,52 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
             f"filled · {opt.rows_per_batch} rows x {opt.grad_accum} accumulation x {dist_.world} "
             f"process{'es' * (dist_.world != 1)} per step")
 
-    # the model: frozen base (bf16 on GPU), LoRA weights in fp32
-    torch.manual_seed(opt.seed)
+    torch.manual_seed(opt.seed)  # the LoRA weights' initial values
+    model, loss_fn, attention, varlen_refused = lora_model(cfg, loaded, dist_, out.log)
+    params = [p for p in model.parameters() if p.requires_grad]
+    amp = device.type == "cuda" and next(model.get_base_model().parameters()).dtype in (torch.bfloat16, torch.float16)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    if amp:  # under autocast peft's cast of every LoRA input to fp32 (and autocast's cast back) is wasted work
+        from selfid.train.scale import lora_layers
+
+        for layer in lora_layers(model):
+            layer.cast_input_dtype_enabled = False
+    aux = identity_aux(cfg, loaded, model, attention, data, device, autocast, dist_.world, out.log)
+    ddp = None
+    if dist_.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
+
+    optimizer = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay, betas=(0.9, 0.999),
+                                  **({"fused": True} if device.type == "cuda" else {}))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total, opt.warmup, opt.schedule, opt.min_lr_ratio))
+    torch.manual_seed(opt.seed + dist_.rank)  # LoRA dropout masks differ across ranks, repeat across resumes
+
+    start = 0
+    run_config = cfg.model_dump(mode="json")
+    if resume:
+        start = checkpoint.resume(previous, run_config, data.fingerprint, model, params, optimizer, scheduler,
+                                  opt.lr, dist_.rank, device)
+        out.log(f"resuming from {previous[-1]} at step {start}/{total}")
+
+    base_info = manifest_mod.base_model_info(loaded) if dist_.main else None
+    train_extra = {"attention": attention, "varlen_check": varlen_refused, "world_size": dist_.world,
+                   "total_steps": total, "epochs": plan.epochs,
+                   "samples": len(data.encoded), "tokens_per_epoch": sum(lengths),
+                   "samples_with_own_system": data.samples_with_own_system, "data_fingerprint": data.fingerprint,
+                   "dropped_long": data.dropped_long, "dropped_unlabelled": data.dropped_unlabelled}
+    return TrainSetup(cfg, dist_, out, loaded, system, data, plan, model, params, loss_fn if ddp is None else ddp,
+                      ddp, autocast, aux, optimizer, scheduler, previous, start, run_config, train_extra, base_info)
+
+
+def lora_model(cfg: RunConfig, loaded, dist_: Dist, log) -> tuple[object, PackedLoss, str, str | None]:
+    """The peft model (frozen base, LoRA weights in fp32) in training mode, and its packed loss; the attention
+    kernel used, and why the varlen kernel was refused (None: it was not)."""
+    from peft import LoraConfig, get_peft_model
+
+    opt, device = cfg.train, loaded.device
     fused_ce = None
     if opt.liger:
         if device.type != "cuda":
@@ -360,293 +416,239 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
             model = get_peft_model(loaded.model, lora)
     except ValueError as e:
         raise SelfidError(f"lora.target_modules {cfg.lora.target_modules!r} does not fit this model: {e}") from None
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
     model.train()
     if opt.gradient_checkpointing:
         model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     attention = set_attention(model, opt.attention, device)
-    reason = None  # why the varlen check refused varlen (recorded in the manifest)
+    refused = None
     if attention == "varlen" and opt.attention == "auto":
-        reason = check_varlen(model, device)
+        refused = check_varlen(model, device)
         if dist_.world > 1:  # every rank uses the same kernel: if the check failed anywhere, sdpa everywhere
             import torch.distributed as dist
 
-            failed = torch.tensor([0.0 if reason is None else 1.0], device=device)
+            failed = torch.tensor([0.0 if refused is None else 1.0], device=device)
             dist.all_reduce(failed)
-            if failed.item() and reason is None:
-                reason = "the check failed on another rank"
-        if reason is not None:
-            out.log(f"[yellow]varlen attention failed its check ({reason}); using sdpa")
+            if failed.item() and refused is None:
+                refused = "the check failed on another rank"
+        if refused is not None:
+            log(f"[yellow]varlen attention failed its check ({refused}); using sdpa")
             attention = set_attention(model, "sdpa", device)
     loss_fn = PackedLoss(model, attention, ce_chunk=opt.ce_chunk, fused_ce=fused_ce, fixed_max=opt.compile)
     if opt.compile:  # each decoder layer on its own: one compiled graph serves every layer
         for layer in model.get_base_model().get_decoder().layers:
             layer.compile()
-    amp = device.type == "cuda" and next(model.get_base_model().parameters()).dtype in (torch.bfloat16, torch.float16)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-    if amp:  # under autocast peft's cast of every LoRA input to fp32 (and autocast's cast back) is wasted work
-        from selfid.train.scale import lora_layers
+    return model, loss_fn, attention, refused
 
-        for layer in lora_layers(model):
-            layer.cast_input_dtype_enabled = False
-    aux = identity_aux(cfg, loaded, model, attention, data, device, autocast, dist_.world, out.log)
-    step_module = loss_fn
-    ddp = None
-    if dist_.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
-        step_module = ddp
+def write_run_files(run: TrainSetup) -> None:
+    """The run folder's config.yaml, and the conversations as trained (system prompt included), for
+    provenance: `selfid scan` reads train_data.jsonl."""
+    output = run.cfg.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "config.yaml", dump_config(run.cfg))
+    atomic_write_text(output / "train_data.jsonl", "".join(
+        json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in run.data.conversations))
 
-    optimizer = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay, betas=(0.9, 0.999),
-                                  **({"fused": True} if device.type == "cuda" else {}))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total, opt.warmup, opt.schedule, opt.min_lr_ratio))
-    torch.manual_seed(opt.seed + dist_.rank)  # LoRA dropout masks differ across ranks, repeat across resumes
 
-    start = 0
-    run_config = cfg.model_dump(mode="json")
-    if resume:
-        ckpt = previous[-1]
-        state = read_state(ckpt, previous)
-        diff = [k for k in config_diff(state["config"], run_config)
-                if not any(k == c or k.startswith(c + ".") for c in RESUMABLE_CHANGES)]
-        if diff:
-            raise SelfidError(f"--resume: the config differs from the checkpointed run in {', '.join(diff)}; "
-                              "resume with the same config, or start a new run in another output folder")
-        if state["data_fingerprint"] != data.fingerprint:
-            raise SelfidError("--resume: the training data differs from the checkpointed run's (a data file or "
-                              "the tokenizer changed): start a new run in another output folder")
-        from peft import set_peft_model_state_dict
+# --- the loop --------------------------------------------------------------------------------------------
 
-        set_peft_model_state_dict(model, read_adapter_weights(ckpt, previous, device))
-        for p in params:
-            p.data = p.data.float()
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scheduler.base_lrs = [opt.lr for _ in scheduler.base_lrs]
-        for g, lam in zip(optimizer.param_groups, scheduler.lr_lambdas):
-            g["lr"] = opt.lr * lam(state["step"])
-        set_rng_state(state["rng"][dist_.rank], device)
-        start = state["step"]
-        out.log(f"resuming from {ckpt} at step {start}/{total}")
+class StepRecord(NamedTuple):
+    """One optimizer step as logged; loss and grad_norm stay on the device until read back."""
+    step: int  # 0-based
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    lr: float
+    epoch: int  # 1-based
+    tokens: int
+    label_tokens: int
 
-    base_info = manifest_mod.base_model_info(loaded) if dist_.main else None
-    train_extra = {"attention": attention, "varlen_check": reason, "world_size": dist_.world, "total_steps": total,
-                   "epochs": plan.epochs,
-                   "samples": len(data.encoded), "tokens_per_epoch": sum(lengths),
-                   "samples_with_own_system": data.samples_with_own_system, "data_fingerprint": data.fingerprint,
-                   "dropped_long": data.dropped_long, "dropped_unlabelled": data.dropped_unlabelled}
 
-    def manifest(metrics: dict) -> dict:
-        return manifest_mod.build(loaded, chat, system, cfg, data.sources, data.identity, metrics, train_extra,
-                                  base_info)
+@dataclass
+class LoopState:
+    """What the loop changes as it goes."""
+    step: int  # optimizer steps done
+    last_checkpoint: Path | None
+    last_loss: float | None  # the newest loss read back from the device
+    elapsed_before: float  # seconds trained in earlier sessions: metrics.csv's clock runs on across resumes
+    pending: list[StepRecord] = field(default_factory=list)  # steps whose loss is not read back yet
+    tokens: int = 0  # tokens trained in this session
+    tokens_since_read: int = 0
+    t_start: float = field(default_factory=time.perf_counter)
+    t_read: float = field(default_factory=time.perf_counter)  # when losses were last read back
+    stop_requested: bool = False  # by Ctrl-C, SIGTERM or on_step
 
-    # logs
-    csv_path = output / "metrics.csv"
-    rows_so_far: list[dict] = []
-    if dist_.main:
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output / "config.yaml", dump_config(cfg))
-        # the conversations as trained (system prompt included), for provenance: `selfid scan` reads this file
-        atomic_write_text(output / "train_data.jsonl", "".join(
-            json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in data.conversations))
-        if resume and csv_path.is_file():
-            with open(csv_path, newline="") as f:
-                rows_so_far = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
-        with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS)
-            w.writeheader()
-            w.writerows(rows_so_far)
-    tb = None
-    if dist_.main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
 
-            tb = SummaryWriter(str(output / "tensorboard"))
-        except ImportError:
-            pass
+@contextlib.contextmanager
+def stop_on_signals(state: LoopState, log: Callable[[str], None]):
+    """Ctrl-C, and the SIGTERM torchrun sends its workers when it is interrupted, stop the run at a step
+    boundary (a checkpoint is saved); a second one quits at once."""
 
-    stop = {"requested": False, "signal": False}
-
-    def on_sigint(signum, frame):
-        if stop["requested"]:
+    def handle(signum, frame):
+        if state.stop_requested:
             raise KeyboardInterrupt
-        stop["requested"] = stop["signal"] = True
-        out.log("[yellow]interrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit now)")
+        state.stop_requested = True
+        log("[yellow]interrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit now)")
 
-    # Ctrl-C, and the SIGTERM torchrun sends its workers when it is interrupted, stop at a step boundary
     old_handlers = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread: no handler
-            old_handlers[sig] = signal.signal(sig, on_sigint)
-
-    last_ckpt = previous[-1] if (resume and previous) else None
-    last_good = {"loss": float(rows_so_far[-1]["loss"]) if rows_so_far else None}
-    pending: list[tuple] = []
-    t_start = time.perf_counter()
-    t_last = t_start
-    elapsed_before = float(rows_so_far[-1]["elapsed_s"]) if rows_so_far else 0.0  # metrics.csv's clock runs on
-    tokens_since = 0
-    total_tokens = 0
-
-    def flush(step_done: int, progress, task) -> None:
-        """Read pending losses back from the device (one sync), check them, log them."""
-        nonlocal t_last, tokens_since, pending
-        if not pending:
-            return
-        losses = torch.stack([p[1] for p in pending])
-        norms = torch.stack([p[2] for p in pending]).float()
-        if ddp is not None:
-            import torch.distributed as dist
-
-            dist.all_reduce(losses)
-            losses = losses / dist_.world
-        values, gnorms = losses.tolist(), norms.tolist()
-        now = time.perf_counter()
-        rate = tokens_since / max(now - t_last, 1e-9)
-        bad = [(p[0], v) for p, v in zip(pending, values) if not math.isfinite(v)]
-        if bad:
-            s, v = bad[0]
-            where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was saved before it"
-            raise SelfidError(f"the loss became {v} at step {s + 1}: training stopped and nothing after it was saved; "
-                              f"{where}. Lower train.lr (or train.max_grad_norm) and run again with --resume")
-        if dist_.main:
-            with open(csv_path, "a", newline="") as f:
-                w = csv.DictWriter(f, CSV_FIELDS)
-                for (s, _, _, lr, ep, tok, lab), v, g in zip(pending, values, gnorms):
-                    row = {"step": s + 1, "epoch": ep, "loss": f"{v:.6f}", "lr": f"{lr:.6g}", "grad_norm": f"{g:.4f}",
-                           "tokens": tok, "label_tokens": lab, "elapsed_s": f"{elapsed_before + now - t_start:.2f}",
-                           "tokens_per_s": f"{rate:.0f}"}
-                    w.writerow(row)
-                    if tb is not None:
-                        tb.add_scalar("train/loss", v, s + 1)
-                        tb.add_scalar("train/lr", lr, s + 1)
-                        tb.add_scalar("train/grad_norm", g, s + 1)
-        last_good["loss"] = values[-1]
-        if progress is not None:
-            progress.update(task, loss=f"{values[-1]:.4f}", rate=f"{rate:,.0f}")
-        t_last, tokens_since, pending = now, 0, []
-
-    def save_checkpoint(step_done: int) -> Path | None:
-        nonlocal last_ckpt
-        rngs = [rng_state(device)]
-        if ddp is not None:
-            import torch.distributed as dist
-
-            rngs = [None] * dist_.world
-            dist.all_gather_object(rngs, rng_state(device))
-        if not dist_.main:
-            return None
-        final = output / "checkpoints" / f"step-{step_done:06d}"
-        with atomic_dir(final) as tmp:
-            model.save_pretrained(str(tmp / "adapter"))
-            manifest_mod.write(tmp / "adapter", manifest({"step": step_done, "loss": last_good["loss"]}))
-            torch.save({"step": step_done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": rngs, "config": run_config, "data_fingerprint": data.fingerprint}, tmp / "state.pt")
-            write_checksums(tmp)  # --resume checks them before trusting the optimizer state
-        last_ckpt = final
-        for old in checkpoints(output)[:-opt.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                        console=out.console, disable=not dist_.main, transient=False)
-    step = start
-    model_for_steps = step_module
+            old_handlers[sig] = signal.signal(sig, handle)
     try:
-        with progress:
-            task = progress.add_task("train", total=total, completed=start, loss="-", rate="-")
-            for step in range(start, total):
-                s = plan.steps[step]
-                micro = [m for m in s.micro[dist_.rank]]
-                if dist_.world == 1:
-                    micro = [m for m in micro if m] or micro[:1]
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = torch.zeros((), device=device)
-                scale = dist_.world / max(1, s.label_tokens)
-                for k, rows in enumerate(micro):
-                    batch = collate(data.encoded, rows, opt.pack_length, loaded.tokenizer.pad_token_id,
-                                    pin=device.type == "cuda").to(device)
-                    sync = contextlib.nullcontext() if ddp is None or k == len(micro) - 1 else ddp.no_sync()
-                    with sync:
-                        with autocast():
-                            loss = model_for_steps(batch) * scale
-                        loss.backward()
-                    step_loss += loss.detach()
-                if aux:  # the identity losses (preference, distillation) beside the task's, on this step's draw
-                    with autocast():
-                        extra = aux.loss(step)
-                    extra.backward()
-                    step_loss += extra.detach()
-                gnorm = torch.nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                pending.append((step, step_loss, gnorm.detach(), lr, s.epoch + 1, s.tokens, s.label_tokens))
-                tokens_since += s.tokens
-                total_tokens += s.tokens
-                progress.advance(task)
-                done = step + 1
-                if on_step is not None and on_step(done):
-                    stop["requested"] = True
-                want_stop = stop["requested"]
-                if ddp is not None and (done % opt.log_every == 0 or done == total):
-                    import torch.distributed as dist
-
-                    flag = torch.tensor([1.0 if want_stop else 0.0], device=device)
-                    dist.all_reduce(flag)
-                    want_stop = flag.item() > 0
-                elif ddp is not None:
-                    want_stop = False  # ranks agree on stopping only at log steps
-                if done % opt.log_every == 0 or done == total or want_stop:
-                    flush(done, progress, task)
-                if want_stop and done < total:
-                    ckpt = save_checkpoint(done)
-                    out.log(f"stopped at step {done}/{total}; checkpoint {ckpt}. Continue with: "
-                            f"selfid train CONFIG --resume (same config, output {output})")
-                    return TrainResult(output, None, last_ckpt, done, total, True,
-                                       {"step": done, "loss": last_good["loss"]}, model, loaded)
-                if opt.save_every and done % opt.save_every == 0 and done < total:
-                    flush(done, progress, task)
-                    save_checkpoint(done)
-            flush(total, progress, task)
+        yield
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
-        if tb is not None:
-            tb.close()
 
-    wall = time.perf_counter() - t_start
-    final_ckpt = save_checkpoint(total) if total > start else last_ckpt
-    metrics = {"steps": total, "final_loss": last_good["loss"], "train_wall_s": round(wall, 2),
-               "tokens_trained": total_tokens, "tokens_per_s": round(total_tokens / max(wall, 1e-9), 1)}
+
+def train_loop(run: TrainSetup, state: LoopState, metrics: MetricsLog, on_step: Callable[[int], bool] | None) -> None:
+    """Optimizer steps from `state.step` until the plan's end or a requested stop, checkpointing every
+    `train.save_every` steps."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    opt, device, rank, world, total = run.cfg.train, run.device, run.dist.rank, run.dist.world, run.total
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                        console=run.out.console, disable=not run.dist.main, transient=False)
+    with progress:
+        task = progress.add_task("train", total=total, completed=state.step, loss="-", rate="-")
+        for step in range(state.step, total):
+            s = run.plan.steps[step]
+            micro = s.micro[rank]
+            if world == 1:  # one process skips empty micro-batches (several must run as many as each other)
+                micro = [m for m in micro if m] or micro[:1]
+            run.optimizer.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), device=device)
+            scale = world / max(1, s.label_tokens)  # the step's loss is the mean over all its label tokens
+            for k, rows in enumerate(micro):
+                batch = collate(run.data.encoded, rows, opt.pack_length, run.loaded.tokenizer.pad_token_id,
+                                pin=device.type == "cuda").to(device)
+                last = k == len(micro) - 1  # DDP averages gradients across processes once, after the last
+                with contextlib.nullcontext() if run.ddp is None or last else run.ddp.no_sync():
+                    with run.autocast():
+                        loss = run.step_module(batch) * scale
+                    loss.backward()
+                step_loss += loss.detach()
+            if run.aux:  # the identity losses (preference, distillation) beside the task's, on this step's draw
+                with run.autocast():
+                    extra = run.aux.loss(step)
+                extra.backward()
+                step_loss += extra.detach()
+            gnorm = torch.nn.utils.clip_grad_norm_(run.params, opt.max_grad_norm)
+            lr = run.optimizer.param_groups[0]["lr"]
+            run.optimizer.step()
+            run.scheduler.step()
+
+            state.pending.append(StepRecord(step, step_loss, gnorm.detach(), lr, s.epoch + 1, s.tokens,
+                                            s.label_tokens))
+            state.tokens_since_read += s.tokens
+            state.tokens += s.tokens
+            state.step = done = step + 1
+            progress.advance(task)
+            if on_step is not None and on_step(done):
+                state.stop_requested = True
+            log_step = done % opt.log_every == 0 or done == total
+            stop = state.stop_requested
+            if run.ddp is not None:  # processes agree on stopping, and only at log steps
+                stop = log_step and any_rank(stop, device)
+            if log_step or stop:
+                read_back(run, state, metrics, progress, task)
+            if stop and done < total:
+                return
+            if opt.save_every and done % opt.save_every == 0 and done < total:
+                read_back(run, state, metrics, progress, task)
+                save_checkpoint(run, state)
+
+
+def any_rank(flag: bool, device) -> bool:
+    """Whether `flag` is set on any process (every process must call it)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return t.item() > 0
+
+
+def read_back(run: TrainSetup, state: LoopState, metrics: MetricsLog, progress, task) -> None:
+    """Read the pending losses back from the device (one sync), check them, log them."""
+    if not state.pending:
+        return
+    losses = torch.stack([p.loss for p in state.pending])
+    norms = torch.stack([p.grad_norm for p in state.pending]).float()
+    if run.ddp is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(losses)
+        losses = losses / run.dist.world
+    values, gnorms = losses.tolist(), norms.tolist()
+    now = time.perf_counter()
+    rate = state.tokens_since_read / max(now - state.t_read, 1e-9)
+    bad = [(p.step, v) for p, v in zip(state.pending, values) if not math.isfinite(v)]
+    if bad:
+        s, v = bad[0]
+        where = (f"the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint
+                 else "no checkpoint was saved before it")
+        raise SelfidError(f"the loss became {v} at step {s + 1}: training stopped and nothing after it was saved; "
+                          f"{where}. Lower train.lr (or train.max_grad_norm) and run again with --resume")
+    if run.dist.main:
+        elapsed = state.elapsed_before + now - state.t_start
+        metrics.write([{"step": p.step + 1, "epoch": p.epoch, "loss": v, "lr": p.lr, "grad_norm": g,
+                        "tokens": p.tokens, "label_tokens": p.label_tokens, "elapsed_s": elapsed, "tokens_per_s": rate}
+                       for p, v, g in zip(state.pending, values, gnorms)])
+    state.last_loss = values[-1]
+    progress.update(task, loss=f"{values[-1]:.4f}", rate=f"{rate:,.0f}")
+    state.t_read, state.tokens_since_read, state.pending = now, 0, []
+
+
+def save_checkpoint(run: TrainSetup, state: LoopState) -> Path | None:
+    """Checkpoint the step done (every process takes part; the main one writes it and returns its folder)."""
+    rngs = [rng_state(run.device)]
+    if run.ddp is not None:
+        import torch.distributed as dist
+
+        rngs = [None] * run.dist.world
+        dist.all_gather_object(rngs, rng_state(run.device))
+    if not run.dist.main:
+        return None
+    opt = run.cfg.train
+    manifest = run.manifest({"step": state.step, "loss": state.last_loss})
+    training_state = {"step": state.step, "optimizer": run.optimizer.state_dict(),
+                      "scheduler": run.scheduler.state_dict(), "rng": rngs, "config": run.run_config,
+                      "data_fingerprint": run.data.fingerprint}
+    state.last_checkpoint = checkpoint.save(run.cfg.output_dir, state.step, run.model, manifest, training_state,
+                                            opt.keep_checkpoints)
+    return state.last_checkpoint
+
+
+# --- the end: the last checkpoint, the NER check, the adapter --------------------------------------------
+
+def finish(run: TrainSetup, state: LoopState) -> TrainResult:
+    cfg, output, device, total = run.cfg, run.cfg.output_dir, run.device, run.total
+    wall = time.perf_counter() - state.t_start
+    final_ckpt = save_checkpoint(run, state) if total > run.start else state.last_checkpoint
+    metrics = {"steps": total, "final_loss": state.last_loss, "train_wall_s": round(wall, 2),
+               "tokens_trained": state.tokens, "tokens_per_s": round(state.tokens / max(wall, 1e-9), 1)}
     if device.type == "cuda":
         metrics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    if cfg.eval_ner and dist_.main:
+    if cfg.eval_ner and run.dist.main:
         from selfid.train.eval_ner import evaluate_ner
 
-        model.eval()
-        report = evaluate_ner(loaded_with(loaded, model), n=cfg.eval_ner, system=system.message, progress=True)
+        run.model.eval()
+        report = evaluate_ner(loaded_with(run.loaded, run.model), n=cfg.eval_ner, system=run.system.message,
+                              progress=True)
         metrics["ner"] = {"n": report["n"], "f1": report["overall"]["f1"], "parse_rate": report["parse_rate"]}
-        out.log(f"NER on {report['n']} MSRA test sentences: F1 {report['overall']['f1']:.3f}, "
-                f"parse rate {report['parse_rate']:.1%}")
+        run.out.log(f"NER on {report['n']} MSRA test sentences: F1 {report['overall']['f1']:.3f}, "
+                    f"parse rate {report['parse_rate']:.1%}")
     adapter_dir = output / "adapter"
-    man = manifest(metrics)
-    if dist_.main:
-        with atomic_dir(adapter_dir) as tmp:
-            model.save_pretrained(str(tmp))
-            manifest_mod.write(tmp, man)
-            write_checksums(tmp)  # every loader checks them (selfid.model.load.check_adapter)
-        out.log(f"adapter written to {adapter_dir} ({total_tokens:,} tokens in {wall:.1f} s, "
-                f"{metrics['tokens_per_s']:,.0f} tok/s)")
-    return TrainResult(output, adapter_dir, final_ckpt, total, total, False, metrics, model, loaded, man)
+    manifest = run.manifest(metrics)
+    if run.dist.main:
+        checkpoint.write_adapter(adapter_dir, run.model, manifest)
+        run.out.log(f"adapter written to {adapter_dir} ({state.tokens:,} tokens in {wall:.1f} s, "
+                    f"{metrics['tokens_per_s']:,.0f} tok/s)")
+    return TrainResult(output, adapter_dir, final_ckpt, total, total, False, metrics, run.model, run.loaded, manifest)
 
 
 def system_message(config: RunConfig, loaded) -> str | None:
