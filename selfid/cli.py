@@ -192,14 +192,15 @@ def audit(
     suites: str = typer.Option("identity,ner,general", "--suites",
                                help="comma-separated: identity (development set), identity-heldout (questions no "
                                     "training-data generator uses), ner, general"),
-    systems: list[str] = typer.Option(["default,helpful,empty"], "--systems",
-                                      help="default (the template's own), helpful, empty, train (the adapter's), "
+    systems: list[str] = typer.Option(["template,helpful,empty"], "--systems",
+                                      help="template (none sent: the chat template's own; named 'default' in "
+                                           "results), helpful, empty, adapter (the one it was trained under), "
                                            "personas (three persona prompts no training data uses; or one of "
-                                           "persona-zh, persona-en, persona-task), custom:TEXT (runs to the end of "
+                                           "persona-zh, persona-en, persona-task), text:TEXT (runs to the end of "
                                            "the value; repeat --systems for more)"),
     task_systems: Optional[str] = typer.Option(None, "--task-systems",
-                                               help="system prompts the ner and general suites run under (default: "
-                                                    "all of --systems); use one every compared run shares"),
+                                               help="system prompts of --systems the ner and general suites run "
+                                                    "under (default: all of them); use one every compared run shares"),
     temperatures: str = typer.Option("0,0.7,1.0", "--temperatures", help="comma-separated; 0 = greedy (one sample)"),
     samples: int = typer.Option(8, "--samples", "-n", help="samples per prompt at each temperature above 0"),
     seed: int = typer.Option(0, "--seed", help="every generation's seed derives from it"),
@@ -223,7 +224,7 @@ def audit(
 ):
     """Measure who a model says it is (and NER / general quality) over system prompts x temperatures x samples."""
     from selfid.audit.report import print_summary
-    from selfid.audit.run import AuditParams, parse_list, parse_systems, run_audit
+    from selfid.audit.run import AuditParams, condition_keys, parse_list, parse_systems, run_audit
 
     if base_url and (model or adapter):
         raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
@@ -249,7 +250,7 @@ def audit(
                          temperatures=parse_list(temperatures, "temperatures", float), samples=samples, seed=seed,
                          max_new_tokens=max_tokens, ner_limit=ner_limit, own=own,
                          identity_probes=str(probes) if probes else None,
-                         task_systems=parse_list(task_systems, "task-systems") if task_systems else None)
+                         task_systems=condition_keys(parse_list(task_systems, "task-systems")) if task_systems else None)
     summary = run_audit(backend, params, out, resume=resume, judge=judge)
     print_summary(summary)
     print(out / "report.html")

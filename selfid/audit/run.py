@@ -106,6 +106,15 @@ def parse_systems(values: Sequence[str], manifest=None) -> list[SystemSpec]:
     return out
 
 
+def condition_keys(tokens: Sequence[str]) -> list[str]:
+    """`--task-systems` names (template, helpful, a persona, adapter, text...) as the keys the run's results use."""
+    keys = []
+    for token in tokens:
+        token = canonical(token, "--task-systems")
+        keys.append(REPORT_NAMES.get(token, token))
+    return keys
+
+
 def parse_list(text: str, what: str, cast=str) -> list:
     try:
         values = [cast(x.strip()) for x in text.split(",") if x.strip()]
