@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from selfid.audit.backends import InProcessBackend
-from selfid.audit.run import LOG, AuditParams, SystemSpec, parse_systems, plan, read_log, run_audit
+from selfid.audit.run import LOG, AuditParams, SystemSpec, condition_keys, parse_systems, plan, read_log, run_audit
 from selfid.audit.probes import load_suite
 from selfid.engine import SamplingParams
 from selfid.errors import SelfidError
@@ -199,6 +199,9 @@ def test_parse_systems_reads_the_older_spellings_with_a_deprecation_message(depr
     assert len(messages) == 3 and all(m.startswith("--systems: ") and "older spelling" in m for m in messages)
     assert ["read as 'template'" in m for m in messages].count(True) == 1 and any("read as 'adapter'" in m for m in messages)
     assert any("read as 'text:You are Tom, a helper.'" in m for m in messages)
+    with pytest.warns(DeprecatedSpelling, match="--task-systems: 'default'"):  # named as the results name them
+        assert condition_keys(["template", "helpful", "default", "adapter", "persona-en"]) == [
+            "default", "helpful", "default", "adapter", "persona-en"]
 
 
 def test_an_existing_run_needs_resume_and_the_same_parameters(probes, tmp_path):
