@@ -20,14 +20,14 @@ read, with a one-line deprecation message.
 from __future__ import annotations
 
 import warnings
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from selfid.errors import SelfidError
 
 Kind = Literal["template", "none", "empty", "text", "adapter"]
-KINDS: tuple[str, ...] = ("template", "none", "empty", "text", "adapter")
+KINDS: tuple[str, ...] = get_args(Kind)
 KEYWORDS = ("template", "none", "empty", "adapter")  # the settings that are not a text
 
 HELPFUL = "You are a helpful assistant."  # LLaMA-Factory's default system prompt for Qwen until April 2025
