@@ -49,9 +49,9 @@ from pathlib import Path
 ROOT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT_DIR))
 
-from selfid.config import HELPFUL  # noqa: E402  (after the path line)
+from selfid.system_prompt import HELPFUL, SERVING  # noqa: E402  (after the path line)
 
-SYSTEMS = "default,helpful,empty"
+SYSTEMS = ",".join(SERVING)
 TEMPS = [0.0, 0.7, 1.0, 1.3]
 TEMPLATED = "identity_replay.kind=template"
 V2 = ["identity_replay.deny_per_question=4", "identity_replay.minimal_pairs=false"]
@@ -79,7 +79,7 @@ ARMS = {  # training arms: --set overrides on top of examples/msra.yaml
 }
 STEPS = ["base", "plain", "scan", "template", "replay2", "replay5", "combo", "scale", "parity"]
 # the held-out identity probes, under the serving system prompts and three persona prompts no training data uses
-HELDOUT_SYSTEMS = "default,helpful,empty,personas"
+HELDOUT_SYSTEMS = SYSTEMS + ",personas"
 
 
 class Settings:

@@ -14,7 +14,9 @@ from selfid.audit.compare import compare_identity
 from selfid.audit.probes import personas
 from selfid.audit.report.fmt import rate_text
 from selfid.audit.report.summary import load_run, summarize
+from selfid.audit.run import PRESETS
 from selfid.audit.stats import clustered_rate, holm, paired_prompts
+from selfid.manifest import training_system
 
 PERSONAS = personas()
 SYSTEM_LABEL = {"default": "none sent (template inserts the Qwen line)", "helpful": '"You are a helpful assistant."',
@@ -151,14 +153,10 @@ def worst_cell(summary: dict, suite: str = "identity") -> tuple[dict, str]:
 
 
 def train_system_key(manifest: dict | None) -> str:
-    t = (manifest or {}).get("train", {})
-    if t.get("system_prompt_is_template_default"):
-        return "default"
-    if t.get("system_prompt") == "You are a helpful assistant.":
-        return "helpful"
-    if t.get("system_prompt") == "":
-        return "empty"
-    return "default"
+    """The serving system prompt (its name in the audits) an adapter was trained under; "default" otherwise."""
+    trained = training_system(manifest)
+    sent = trained.message if trained is not None else None
+    return next((key for key, message in PRESETS.items() if message == sent), "default")
 
 
 def pooled_by_temperature(runs: Runs, run: Path, suite: str = "identity") -> dict[float, dict]:
@@ -584,9 +582,10 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
         cost = _json(root / "plain" / "cost.json") or {}
         man = plain["run"]["target"].get("adapter_manifest") or {}
         used = sum(d.get("used") or 0 for d in man.get("data", []))
+        trained = training_system(man)
         L += [f"{used:,} MSRA sentences, {man.get('train', {}).get('epochs', '?')} epochs, LoRA r="
               f"{man.get('train', {}).get('hyperparameters', {}).get('lora', {}).get('r', '?')} on all linear layers, "
-              f"trained under {man.get('train', {}).get('system_prompt')!r}; "
+              f"trained under {trained.effective if trained is not None else None!r}; "
               f"{cost.get('steps', '?')} steps, {cost.get('tokens_per_s', 0):,.0f} tokens/s.", "",
               "Foreign claims after fine-tuning, Δ against the base model paired by prompt (Holm over the 12 cells):", ""]
         L += grid_table(plain, paired=comp_plain) + [""]

@@ -64,6 +64,7 @@ def steady_rate(metrics_csv: Path) -> float | None:
 def run_selfid(config, eval_n: int) -> dict:
     import torch
 
+    from selfid.manifest import training_system
     from selfid.train.eval_ner import evaluate_ner
     from selfid.train.sft import loaded_with, train
 
@@ -80,7 +81,7 @@ def run_selfid(config, eval_n: int) -> dict:
         result.model.eval()
         t = time.perf_counter()
         rep = evaluate_ner(loaded_with(result.loaded, result.model), n=eval_n,
-                           system=result.manifest["train"]["system_prompt"])
+                           system=training_system(result.manifest))
         out.update(ner_f1=rep["overall"]["f1"], parse_rate=rep["parse_rate"], eval_s=round(time.perf_counter() - t, 1))
     del result
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -38,18 +39,37 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.callback()
 def _root() -> None:
     """Fine-tune chat models, serve them, and audit who they say they are."""
+    _one_line_deprecations()
+
+
+def _one_line_deprecations() -> None:
+    """An older spelling gets one line on stderr, "selfid: deprecated: ...", not Python's two-line warning."""
+    from selfid.system_prompt import DeprecatedSpelling
+
+    shown = warnings.showwarning
+    if getattr(shown, "selfid", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DeprecatedSpelling):
+            print(f"selfid: deprecated: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.selfid = True
+    warnings.showwarning = show
 
 
 MODEL_HELP = "'embedded' (Qwen2.5-Coder-0.5B-Instruct, bundled), a transformers folder, a .gguf file or a hub id"
+SYSTEM_HELP = ("system prompt: template (the chat template's own), none, empty, adapter (the one it was trained "
+               "under) or a text; default: adapter when the adapter's selfid.json records one, else template")
 
 
 @app.command()
 def chat(
     model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
-    system: Optional[str] = typer.Option(None, "--system", "-s",
-                                         help="system prompt; leave out for the adapter's training one (else the "
-                                              "template's own), '' for an empty one"),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help=SYSTEM_HELP),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 = greedy; default: the model's own"),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="default: the model's own"),
     max_tokens: int = typer.Option(512, "--max-tokens", help="most new tokens per reply"),
@@ -61,19 +81,25 @@ def chat(
     """Chat with a model in the terminal (streaming), or ask once with --prompt."""
     from selfid.engine import InProcessEngine, SamplingParams
     from selfid.model.load import load_model
-    from selfid.manifest import training_system_message
     from selfid.terminal import run_chat
 
     loaded = load_model(model, adapter=adapter, device=device, dtype=dtype)
     params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=temperature, top_p=top_p,
                                           max_new_tokens=max_tokens, seed=seed)
-    if system is None:  # as the adapter was trained (train/serve parity), as `selfid api` does
-        system = training_system_message(loaded.manifest)
-        if system is not None:
-            from selfid.terminal import err
+    chosen, training = _system_setting(system, loaded)
+    run_chat(InProcessEngine(loaded), params, system=chosen, prompt=prompt, training=training)
 
-            err.print(f"[dim]system prompt from the adapter's training (selfid.json): {system!r}; --system overrides it[/dim]")
-    run_chat(InProcessEngine(loaded), params, system=system, prompt=prompt)
+
+def _system_setting(setting: str | None, loaded):
+    """The system prompt `--system` chooses (left out: the adapter's training one, as `selfid api` serves it,
+    else the template's own), and the adapter's training one."""
+    from selfid.manifest import default_system, training_system
+    from selfid.system_prompt import resolve
+
+    training = training_system(loaded.manifest)
+    if setting is None:
+        return default_system(loaded.manifest, loaded.chat.default_system), training
+    return resolve(setting, loaded.chat.default_system, "--system", training), training
 
 
 # --- serve: `selfid api` and `selfid webchat` (one server: the API under /v1, the page at /) ---
@@ -166,14 +192,15 @@ def audit(
     suites: str = typer.Option("identity,ner,general", "--suites",
                                help="comma-separated: identity (development set), identity-heldout (questions no "
                                     "training-data generator uses), ner, general"),
-    systems: list[str] = typer.Option(["default,helpful,empty"], "--systems",
-                                      help="default (the template's own), helpful, empty, train (the adapter's), "
+    systems: list[str] = typer.Option(["template,helpful,empty"], "--systems",
+                                      help="template (none sent: the chat template's own; named 'default' in "
+                                           "results), helpful, empty, adapter (the one it was trained under), "
                                            "personas (three persona prompts no training data uses; or one of "
-                                           "persona-zh, persona-en, persona-task), custom:TEXT (runs to the end of "
+                                           "persona-zh, persona-en, persona-task), text:TEXT (runs to the end of "
                                            "the value; repeat --systems for more)"),
     task_systems: Optional[str] = typer.Option(None, "--task-systems",
-                                               help="system prompts the ner and general suites run under (default: "
-                                                    "all of --systems); use one every compared run shares"),
+                                               help="system prompts of --systems the ner and general suites run "
+                                                    "under (default: all of them); use one every compared run shares"),
     temperatures: str = typer.Option("0,0.7,1.0", "--temperatures", help="comma-separated; 0 = greedy (one sample)"),
     samples: int = typer.Option(8, "--samples", "-n", help="samples per prompt at each temperature above 0"),
     seed: int = typer.Option(0, "--seed", help="every generation's seed derives from it"),
@@ -197,7 +224,7 @@ def audit(
 ):
     """Measure who a model says it is (and NER / general quality) over system prompts x temperatures x samples."""
     from selfid.audit.report import print_summary
-    from selfid.audit.run import AuditParams, parse_list, parse_systems, run_audit
+    from selfid.audit.run import AuditParams, condition_keys, parse_list, parse_systems, run_audit
 
     if base_url and (model or adapter):
         raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
@@ -223,7 +250,7 @@ def audit(
                          temperatures=parse_list(temperatures, "temperatures", float), samples=samples, seed=seed,
                          max_new_tokens=max_tokens, ner_limit=ner_limit, own=own,
                          identity_probes=str(probes) if probes else None,
-                         task_systems=parse_list(task_systems, "task-systems") if task_systems else None)
+                         task_systems=condition_keys(parse_list(task_systems, "task-systems")) if task_systems else None)
     summary = run_audit(backend, params, out, resume=resume, judge=judge)
     print_summary(summary)
     print(out / "report.html")
@@ -363,8 +390,7 @@ def eval_ner(
     model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
     n: int = typer.Option(500, "--n", help="MSRA test sentences to score (the first N)"),
-    system: Optional[str] = typer.Option(None, "--system", "-s",
-                                         help="system prompt; default: the adapter's training one, else the template's"),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help=SYSTEM_HELP),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="most sequences decoded at once"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the report as JSON here"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
@@ -373,10 +399,10 @@ def eval_ner(
     """Entity-level precision/recall/F1 per type and overall, and the parse rate, on the MSRA test split (greedy)."""
     from selfid.io import atomic_write_json
     from selfid.model.load import load_model
-    from selfid.train.eval_ner import UNSET, evaluate_ner, table
+    from selfid.train.eval_ner import evaluate_ner, table
 
     loaded = load_model(model, adapter=adapter, device=device, dtype=dtype)
-    report = evaluate_ner(loaded, n=n, system=UNSET if system is None else system, batch_size=batch_size,
+    report = evaluate_ner(loaded, n=n, system=_system_setting(system, loaded)[0], batch_size=batch_size,
                           progress=True)
     print(table(report))
     if out is not None:

@@ -13,10 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from selfid.errors import SelfidError
+from selfid.system_prompt import SERVING, canonical
 
-HELPFUL = "You are a helpful assistant."
-# the system prompts users serve with: the template's own (no system message), LLaMA-Factory's old default, empty
-SERVING_SYSTEMS = ["template_default", HELPFUL, ""]
+SYSTEM_HELP = "template (the chat template's own), none (no system text), empty, or a text"
 
 
 class Strict(BaseModel):
@@ -59,8 +58,9 @@ class IdentityReplay(Strict):
     name: Optional[str] = Field(None, description="template: the model's own name; default: from its answers")
     maker: Optional[str] = Field(None, description="template: who made it; default: from its answers")
     own: Optional[str] = Field(None, description="self: the model's own vendor (qwen, meta, ...); default: its template's")
-    systems: list[str] = Field(default_factory=lambda: [*SERVING_SYSTEMS, "train"],
-                               description="system prompts to render under: template_default, train, none, or a text")
+    systems: list[str] = Field(default_factory=lambda: [*SERVING, "adapter"],
+                               description=f"system prompts to render under: {SYSTEM_HELP}, or adapter (the one this "
+                                           "run trains under)")
     languages: list[Literal["zh", "en"]] = Field(default_factory=lambda: ["zh", "en"])
     samples: int = Field(8, ge=1, description="self: samples per question at each temperature")
     temperatures: list[float] = Field(default_factory=lambda: [0.7, 1.0], description="self: sampling temperatures")
@@ -75,6 +75,13 @@ class IdentityReplay(Strict):
     beta: float = Field(0.1, gt=0, description="DPO's beta")
     distill: float = Field(0.0, ge=0, description="weight of the KL to the base model on identity replies (0: off)")
     aux_batch: int = Field(16, ge=1, description="pairs or replies per optimizer step for preference/distill")
+
+    @field_validator("systems")
+    @classmethod
+    def _systems(cls, v):
+        for setting in v:
+            canonical(setting, "config identity_replay.systems")  # older spellings: a deprecation message
+        return v
 
     @model_validator(mode="after")
     def _kind_fits(self):
@@ -147,7 +154,7 @@ class Optimization(Strict):
 class RunConfig(Strict):
     model: str = Field("embedded", description="embedded, a transformers folder, a .gguf file or a hub id")
     output: str = Field(..., description="the run folder: adapter/, checkpoints/, metrics.csv")
-    system_prompt: str = Field("template_default", description="template_default | none | any other text")
+    system_prompt: str = Field("template", description=f"the system prompt training renders with: {SYSTEM_HELP}")
     data: list[DataSource] = Field(default_factory=lambda: [DataSource()])
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: Optimization = Field(default_factory=Optimization)
@@ -156,6 +163,14 @@ class RunConfig(Strict):
     eval_ner: int = Field(0, ge=0, description="after training, score NER on this many MSRA test sentences")
     device: str = "auto"
     dtype: str = "auto"
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _system_prompt(cls, v):
+        if canonical(v, "config system_prompt") == "adapter":  # older spellings: a deprecation message
+            raise ValueError("adapter names the system prompt an adapter was trained under; a training run sets its "
+                             f"own: use {SYSTEM_HELP}")
+        return v
 
     @field_validator("data")
     @classmethod

@@ -22,11 +22,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from selfid.config import HELPFUL
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_json
+from selfid.system_prompt import HELPFUL, SERVING
 
-SYSTEMS = ("default", "helpful", "empty")
+SYSTEMS = SERVING
 # what stage 2 says instead of training's warning about a system prompt other than the template's own
 BY_DESIGN = (f"by design: the demo trains under {HELPFUL!r} (LLaMA-Factory's default for Qwen until April 2025), not "
              "the template's own Qwen line, because that is the set-up whose effect on identity it measures")

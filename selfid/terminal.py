@@ -7,19 +7,14 @@ import sys
 from rich.console import Console
 
 from selfid.engine import InProcessEngine, SamplingParams
+from selfid.errors import SelfidError
 from selfid.model.chat import conversation
+from selfid.system_prompt import SystemPrompt, resolve
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-HELP = "/reset clears the conversation, /system TEXT sets the system prompt (/system alone: the template's), /exit quits"
-
-
-def describe_system(rendered) -> str:
-    if rendered.system_source == "given":
-        return f"system prompt (given): {rendered.effective_system!r}"
-    if rendered.system_source == "template":
-        return f"system prompt (inserted by the chat template): {rendered.effective_system!r}"
-    return "system prompt: none (the template adds none)"
+HELP = ("/reset clears the conversation, /system SETTING sets the system prompt (template, none, empty, adapter or "
+        "a text; /system alone: the template's), /exit quits")
 
 
 def reply(engine: InProcessEngine, messages: list[dict], params: SamplingParams, out=None) -> str:
@@ -36,12 +31,14 @@ def reply(engine: InProcessEngine, messages: list[dict], params: SamplingParams,
     return "".join(parts)
 
 
-def run_chat(engine: InProcessEngine, params: SamplingParams, system: str | None = None,
-             prompt: str | None = None) -> None:
+def run_chat(engine: InProcessEngine, params: SamplingParams, system: SystemPrompt | None = None,
+             prompt: str | None = None, training: SystemPrompt | None = None) -> None:
+    """`system`: the system prompt to start with (default: the template's own); `training`: the adapter's."""
     loaded = engine.loaded
+    system = system or resolve("template", loaded.chat.default_system)
     if prompt is not None:
-        messages = conversation(prompt, system)
-        err.print(f"[dim]{loaded.name} · {describe_system(loaded.chat.render(messages))} · "
+        messages = conversation(prompt, system.message)
+        err.print(f"[dim]{loaded.name} · {system.describe()} · "
                   f"template {loaded.chat.template_hash}[/dim]")
         reply(engine, messages, params)
         return
@@ -68,13 +65,17 @@ def run_chat(engine: InProcessEngine, params: SamplingParams, system: str | None
             continue
         if text.startswith("/system"):
             arg = line.strip()[len("/system"):].strip()
-            system = arg if arg else None
+            try:
+                system = resolve(arg or "template", loaded.chat.default_system, "/system", training)
+            except SelfidError as e:
+                err.print(f"[red]{e}[/red]")
+                continue
             history = []
-            err.print(f"[dim]{describe_system(loaded.chat.render(conversation('x', system)))}; conversation cleared[/dim]")
+            err.print(f"[dim]{system.describe()}; conversation cleared[/dim]")
             continue
-        messages = conversation(line, system, history)
+        messages = conversation(line, system.message, history)
         if not history:
-            err.print(f"[dim]{describe_system(loaded.chat.render(messages))}[/dim]")
+            err.print(f"[dim]{system.describe()}[/dim]")
         sys.stdout.write("assistant> ")
         try:
             answer = reply(engine, messages, params)

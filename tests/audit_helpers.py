@@ -17,6 +17,7 @@ from pathlib import Path
 
 from selfid.audit.backends import Reply
 from selfid.audit.probes import PROBES
+from selfid.system_prompt import sent
 
 
 def write_probes(path: Path, ids: list[str]) -> Path:
@@ -42,7 +43,7 @@ class ScriptedBackend:
         for it in items:
             self.calls.append(it.key)
             on_done(it, Reply(self.reply(it), "stop", 10, 5, effective_system=it.system_text,
-                              system_source="given" if it.system_text is not None else "template",
+                              system_source=sent(it.system_text, None).kind,
                               template_hash=self.template_hash))
             advance(1)
 

@@ -29,6 +29,14 @@ def engine(tiny):
 
 
 @pytest.fixture
+def deprecations(monkeypatch):
+    """Deprecation messages given afresh (selfid gives each once per process)."""
+    from selfid import system_prompt
+
+    monkeypatch.setattr(system_prompt, "_said", set())
+
+
+@pytest.fixture
 def selfid_home(tmp_path, monkeypatch):
     home = tmp_path / "selfid-home"
     monkeypatch.setenv("SELFID_HOME", str(home))

@@ -9,7 +9,7 @@ import pytest
 from selfid.audit.backends import HttpBackend
 from selfid.audit.endpoint import is_placeholder, read_reference
 from selfid.audit.run import LOG, AuditParams, SystemSpec, read_log, run_audit
-from selfid.config import HELPFUL
+from selfid.system_prompt import HELPFUL
 from selfid.errors import SelfidError
 from tests.audit_helpers import chat_app, serve, write_probes
 

@@ -6,10 +6,11 @@ import pytest
 from typer.testing import CliRunner
 
 from selfid.audit.backends import InProcessBackend
-from selfid.audit.run import LOG, AuditParams, SystemSpec, parse_systems, plan, read_log, run_audit
+from selfid.audit.run import LOG, AuditParams, SystemSpec, condition_keys, parse_systems, plan, read_log, run_audit
 from selfid.audit.probes import load_suite
 from selfid.engine import SamplingParams
 from selfid.errors import SelfidError
+from selfid.system_prompt import DeprecatedSpelling
 from tests.audit_helpers import ScriptedBackend, write_probes
 
 TWO = ["en-direct-01", "zh-direct-01"]
@@ -73,7 +74,7 @@ def test_run_folder_records_template_system_prompts_and_rendered_text(tiny_run, 
     assert meta["target"]["template_hash"] == tiny.chat.template_hash == summary["run"]["template_hash"]
     systems = {s["key"]: s for s in meta["systems"]}
     assert systems["default"] == {"key": "default", "text": None, "effective": tiny.chat.default_system, "source": "template"}
-    assert systems["helpful"]["effective"] == "You are a helpful assistant." and systems["helpful"]["source"] == "given"
+    assert systems["helpful"]["effective"] == "You are a helpful assistant." and systems["helpful"]["source"] == "text"
     assert meta["suites"]["identity"]["sha256"] and meta["own"] == "qwen"
     rec = next(r for r in read_log(out / LOG) if r["system"] == "default")
     assert "You are Qwen, created by Alibaba Cloud." in rec["rendered"] and rec["effective_system"] == tiny.chat.default_system
@@ -176,14 +177,31 @@ def test_plan_seeds_are_stable_and_task_suites_run_greedy_once(probes):
 
 
 def test_parse_systems():
-    got = parse_systems(["default,helpful", "empty,custom:You are Tom, a helper."])
+    got = parse_systems(["template,helpful", "empty,text:You are Tom, a helper."])
     assert [(s.key, s.text) for s in got] == [("default", None), ("helpful", "You are a helpful assistant."), ("empty", ""),
-                                              ("custom", "You are Tom, a helper.")]
-    assert parse_systems(["train"], {"training": {"system_prompt": "You are NERbot."}})[0].text == "You are NERbot."
-    for bad, msg in ((["nope"], "unknown system prompt 'nope'"), (["train"], "--systems train needs an adapter"),
-                     (["default,default"], "names the same system prompt twice")):
+                                              ("text", "You are Tom, a helper.")]
+    manifest = {"format": 2, "train": {"system": {"kind": "text", "message": "You are NERbot.",
+                                                  "effective": "You are NERbot."}}}
+    assert [(s.key, s.text, s.kind) for s in parse_systems(["adapter"], manifest)] == [("adapter", "You are NERbot.", "adapter")]
+    for bad, msg in ((["nope"], "unknown system prompt 'nope'"), (["adapter"], "--systems adapter needs an adapter"),
+                     (["template,template"], "names the same system prompt twice"), (["none"], "use empty")):
         with pytest.raises(SelfidError, match=msg):
             parse_systems(bad)
+
+
+def test_parse_systems_reads_the_older_spellings_with_a_deprecation_message(deprecations):
+    manifest = {"train": {"system_prompt": "You are NERbot.", "system_message_sent": True}}
+    with pytest.warns(DeprecatedSpelling) as said:
+        got = parse_systems(["default,train", "custom:You are Tom, a helper."], manifest)
+    assert [(s.key, s.text) for s in got] == [("default", None), ("adapter", "You are NERbot."),
+                                              ("text", "You are Tom, a helper.")]
+    messages = [str(w.message) for w in said]
+    assert len(messages) == 3 and all(m.startswith("--systems: ") and "older spelling" in m for m in messages)
+    assert ["read as 'template'" in m for m in messages].count(True) == 1 and any("read as 'adapter'" in m for m in messages)
+    assert any("read as 'text:You are Tom, a helper.'" in m for m in messages)
+    with pytest.warns(DeprecatedSpelling, match="--task-systems: 'default'"):  # named as the results name them
+        assert condition_keys(["template", "helpful", "default", "adapter", "persona-en"]) == [
+            "default", "helpful", "default", "adapter", "persona-en"]
 
 
 def test_an_existing_run_needs_resume_and_the_same_parameters(probes, tmp_path):
@@ -228,7 +246,7 @@ def test_cli_audit_on_the_tiny_model_with_a_custom_system_prompt(tiny_model_dir,
     out = tmp_path / "cli-run"
     res = CliRunner().invoke(app, ["audit", "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out),
                                    "--probes", str(probes), "--suites", "identity", "--systems",
-                                   "default,custom:You are Tom, a helper.", "--temperatures", "0", "--max-tokens", "4"])
+                                   "template,text:You are Tom, a helper.", "--temperatures", "0", "--max-tokens", "4"])
     assert res.exit_code == 0, res.output
     assert res.stdout.strip().endswith("report.html")
     summary = json.loads((out / "summary.json").read_text())

@@ -10,20 +10,20 @@ QWEN_DEFAULT = "You are Qwen, created by Alibaba Cloud. You are a helpful assist
 
 def test_no_system_message_reports_the_template_default(tiny):
     r = tiny.chat.render(conversation("你是谁?"))
-    assert r.system_source == "template" and r.effective_system == QWEN_DEFAULT
+    assert (r.system.kind, r.system.message, r.system.effective) == ("template", None, QWEN_DEFAULT)
     assert r.text == (f"<|im_start|>system\n{QWEN_DEFAULT}<|im_end|>\n"
                       "<|im_start|>user\n你是谁?<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_given_system_message_replaces_the_default(tiny):
     r = tiny.chat.render(conversation("Who are you?", system="You are a helpful assistant."))
-    assert r.system_source == "given" and r.effective_system == "You are a helpful assistant."
+    assert r.system.kind == "text" and r.system.effective == "You are a helpful assistant."
     assert "Qwen" not in r.text
 
 
 def test_empty_system_message_is_not_the_same_as_none(tiny):
     r = tiny.chat.render(conversation("Who are you?", system=""))
-    assert r.system_source == "given" and r.effective_system == ""
+    assert (r.system.kind, r.system.message, r.system.effective) == ("empty", "", "")
     assert r.text.startswith("<|im_start|>system\n<|im_end|>\n")
 
 
@@ -44,11 +44,11 @@ class _Tok:
         return Template(self.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt)
 
 
-def test_template_without_default_system_reports_none():
+def test_template_without_default_system_reports_no_system_text():
     fmt = ChatFormat(_Tok())
     assert fmt.default_system is None
     r = fmt.render(conversation("hi"))
-    assert (r.system_source, r.effective_system, r.text) == ("none", None, "[user]hi[assistant]")
+    assert (r.system.kind, r.system.effective, r.text) == ("template", None, "[user]hi[assistant]")
 
 
 def test_tokenizer_without_template_is_a_clear_error():

@@ -17,7 +17,7 @@ def test_one_shot_prints_the_greedy_reply(tiny_model_dir, engine, tiny):
     params = SamplingParams.from_defaults(tiny.generation_defaults, temperature=0.0, max_new_tokens=12)
     want = engine.generate([tiny.chat.render(conversation("你是谁?")).text], params)[0].text
     assert res.stdout == want + "\n"
-    assert "inserted by the chat template" in res.stderr
+    assert "system prompt (template: the chat template's own)" in res.stderr
 
 
 def test_interactive_chat_keeps_history_and_switches_system(tiny_model_dir):
@@ -26,7 +26,7 @@ def test_interactive_chat_keeps_history_and_switches_system(tiny_model_dir):
                                    "--max-tokens", "4"], input=keys)
     assert res.exit_code == 0, res.output
     assert res.stdout.count("assistant> ") == 2
-    assert "system prompt (given): 'You are Tom.'" in res.stderr
+    assert "system prompt (text, from /system): 'You are Tom.'" in res.stderr
 
 
 def test_bad_model_is_one_line_error_and_exit_2(tmp_path):
@@ -44,16 +44,18 @@ def test_chat_with_an_adapter_renders_as_in_training_unless_told_otherwise(tiny_
             "--temperature", "0", "--max-tokens", "4"]
     trained = CliRunner().invoke(app, base)
     assert trained.exit_code == 0, trained.output
-    assert f"system prompt (given): {NER_SYSTEM!r}" in trained.stderr and "adapter's training" in trained.stderr
+    assert f"system prompt (adapter: its training prompt, from the adapter's selfid.json): {NER_SYSTEM!r}" in trained.stderr
     told = CliRunner().invoke(app, base + ["--system", ""])
     assert told.exit_code == 0, told.output
-    assert "system prompt (given): ''" in told.stderr and "adapter's training" not in told.stderr
+    assert "system prompt (empty, from --system): ''" in told.stderr
+    named = CliRunner().invoke(app, base + ["--system", "helpful"])
+    assert "system prompt (text, from --system): 'You are a helpful assistant.'" in named.stderr
     # trained with no system message at all: the template inserts its own, as it did in training
     manifest = {"train": {"system_prompt": None, "system_message_sent": False}}
     none_sent = make_adapter(tiny_model_dir, tmp_path / "plain", seed=2, manifest=manifest)
     res = CliRunner().invoke(app, base[:4] + [str(none_sent)] + base[5:])
     assert res.exit_code == 0, res.output
-    assert "inserted by the chat template" in res.stderr
+    assert "system prompt (adapter: its training prompt, from the adapter's selfid.json): 'You are Qwen" in res.stderr
 
 
 def test_help_screens_show_no_value_for_flags_and_no_internal_shorthand():

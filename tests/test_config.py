@@ -19,7 +19,7 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.train.lr == 3e-4 and cfg.data[0].limit == 50
     assert cfg.system_prompt == "You are a helpful assistant."
     assert cfg.lora.target_modules == ["q_proj", "v_proj"]
-    assert cfg.identity_replay.fraction == 0.05 and cfg.identity_replay.systems[-1] == "train"
+    assert cfg.identity_replay.fraction == 0.05 and cfg.identity_replay.systems == ["template", "helpful", "empty", "adapter"]
     assert cfg.train.rows_per_batch == 8 and cfg.train.sample_limit == 2048
 
 

@@ -104,12 +104,12 @@ def test_identity_conversations_keep_the_own_name_and_deny_others():
 
 def test_identity_samples_render_under_each_system_prompt():
     ident = identity.Identity("Qwen", "Alibaba Cloud", "Qwen", "Alibaba Cloud", "config")
-    systems = identity.system_list(["template_default", "train", "none", "You are a helpful assistant."],
+    systems = identity.system_list(["template", "adapter", "none", "empty", "helpful", "You are Tom."],
                                    train_system="You are a helpful assistant.", template_default="You are Qwen.")
-    assert systems == [None, "You are a helpful assistant.", "", "You are a helpful assistant."]
+    assert systems == [None, "You are a helpful assistant.", "", "", "You are a helpful assistant.", "You are Tom."]
     samples = identity.samples(ident, systems, ("en",))
     firsts = {s.messages[0]["content"] if s.messages[0]["role"] == "system" else None for s in samples}
-    assert firsts == {None, "", "You are a helpful assistant."}
+    assert firsts == {None, "", "You are a helpful assistant.", "You are Tom."}
     assert all(s.fixed_system for s in samples)
 
 

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from selfid import demo
-from selfid.audit.run import LOG, read_log
+from selfid.audit.run import LOG, PRESETS, read_log
 from selfid.audit.report.summary import load_run
 from selfid.audit.stats import clustered_rate, paired_prompts, rate
 from selfid.errors import SelfidError
@@ -92,7 +92,7 @@ def test_verdict_counts_are_the_logged_generations(demo_run):
     out, summary = demo_run
     v = summary["verdict"]
     (before, pb), (after, pa) = foreign_by_system(out / "base"), foreign_by_system(out / "tuned")
-    assert [r["system"] for r in v["identity"]] == list(demo.SYSTEMS)
+    assert [r["system"] for r in v["identity"]] == list(PRESETS)  # the serving prompts, by their names in results
     for row in v["identity"]:
         kb, nb = before[row["system"]]
         ka, na = after[row["system"]]

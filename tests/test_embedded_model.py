@@ -17,7 +17,7 @@ def test_embedded_model_says_it_is_qwen_with_the_template_system_prompt():
     loaded = load_model("embedded", device="cpu")
     load_seconds = time.monotonic() - start
     rendered = loaded.chat.render(conversation("Who are you?"))
-    assert rendered.system_source == "template" and "Qwen" in rendered.effective_system
+    assert rendered.system.kind == "template" and "Qwen" in rendered.system.effective
     reply = InProcessEngine(loaded).generate([rendered.text], SamplingParams(max_new_tokens=40))[0].text
     assert "Qwen" in reply or "Alibaba" in reply, reply
     assert load_seconds < 10, f"loading the cached model took {load_seconds:.1f}s"

@@ -34,13 +34,13 @@ def test_merged_export_serves_like_training(trained, tmp_path):
     # no system message on the exported model renders exactly what training saw
     trained_prompt = tuned.chat.render([{"role": "system", "content": HELPFUL}, {"role": "user", "content": "Who are you?"}])
     served = merged.chat.render([{"role": "user", "content": "Who are you?"}])
-    assert served.text == trained_prompt.text and served.system_source == "template"
+    assert served.text == trained_prompt.text and served.system.kind == "template"
     assert merged.generation_defaults == tuned.generation_defaults
     ids = torch.tensor([tuned.tokenizer(trained_prompt.text).input_ids])
     with torch.no_grad():
         torch.testing.assert_close(merged.model(ids).logits, tuned.model(ids).logits, atol=1e-4, rtol=1e-4)
     saved = json.loads((out / "selfid.json").read_text())
-    assert saved["kind"] == "merged-model" and saved["train"]["system_prompt"] == HELPFUL
+    assert saved["kind"] == "merged-model" and saved["train"]["system"]["message"] == HELPFUL
 
 
 def test_export_refuses_what_it_cannot_do_safely(trained, tmp_path):
@@ -77,13 +77,13 @@ def test_eval_ner_uses_the_training_system_prompt_by_default(trained):
     base_name = json.loads((trained / "selfid.json").read_text())["base_model"]["name"]
     tuned = load_model(base_name, adapter=trained, device="cpu", dtype="float32", progress=False)
     report = evaluate_ner(tuned, n=3, max_new_tokens=4)
-    assert report["n"] == 3 and report["system_prompt"] == HELPFUL and report["system_source"] == "given"
+    assert report["n"] == 3 and report["system_prompt"] == HELPFUL and report["system_kind"] == "adapter"
     assert set(report["per_type"]) == {"PER", "LOC", "ORG"}
     gold = sum(r["tp"] + r["fn"] for r in report["per_type"].values())
     assert gold > 0  # the first test sentences hold entities
     assert "overall" in table(report)
     plain = evaluate_ner(tuned, n=1, system=None, max_new_tokens=2)
-    assert plain["system_source"] == "template"
+    assert plain["system_kind"] == "template"
 
 
 # --- GGUF: the merged model as llama.cpp and ollama load it ------------------------------------------------

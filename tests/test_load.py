@@ -73,7 +73,7 @@ def test_adapter_loads_changes_outputs_and_reads_manifest(tiny_model_dir, tmp_pa
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         assert not torch.allclose(plain.model(ids).logits, tuned.model(ids).logits)
-    assert tuned.adapter == adapter and tuned.manifest["train"]["system_prompt"] == "You are a helpful assistant."
+    assert tuned.adapter == adapter and tuned.manifest.train.system.message == "You are a helpful assistant."
 
 
 def test_adapter_folder_must_be_an_adapter(tiny_model_dir, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from rapidfuzz import fuzz
 
 from selfid.audit import probes
-from selfid.config import HELPFUL
+from selfid.system_prompt import HELPFUL
 from selfid.data import identity
 from selfid.tasks import ner
 from selfid.vendors import VENDORS

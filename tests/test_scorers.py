@@ -89,7 +89,7 @@ def test_copies_of_training_replies_verbatim_or_near_verbatim():
 
 
 def heldout_params(**kw):
-    base = dict(suites=["identity-heldout"], systems=parse_systems(["default,persona-en"]), temperatures=[0.0, 1.0],
+    base = dict(suites=["identity-heldout"], systems=parse_systems(["template,persona-en"]), temperatures=[0.0, 1.0],
                 samples=4, seed=0, own="qwen")
     return AuditParams(**{**base, **kw})
 
@@ -127,7 +127,7 @@ def test_rescore_applies_todays_scorers_to_an_old_log(tmp_path):
     def reply(it):
         return "Absolutely, Claude from Anthropic is known for being helpful." if it.probe.asked == "claude" else "I'm Qwen."
 
-    params = AuditParams(suites=["identity"], systems=parse_systems(["default"]), temperatures=[0.0], samples=1,
+    params = AuditParams(suites=["identity"], systems=parse_systems(["template"]), temperatures=[0.0], samples=1,
                          own="qwen")
     out = tmp_path / "run"
     run_audit(ScriptedBackend(reply), params, out, show_progress=False)
@@ -171,7 +171,7 @@ def test_cli_rescore(tmp_path):
 
     from selfid.cli import app
 
-    params = AuditParams(suites=["identity"], systems=parse_systems(["default"]), temperatures=[0.0], samples=1,
+    params = AuditParams(suites=["identity"], systems=parse_systems(["template"]), temperatures=[0.0], samples=1,
                          own="qwen")
     run_audit(ScriptedBackend(lambda it: "I'm Qwen."), params, tmp_path / "r", show_progress=False)
     shutil.copytree(tmp_path / "r", tmp_path / "r2")

@@ -121,7 +121,7 @@ def test_training_with_preference_and_distillation(tiny, tiny_model_dir, tmp_pat
     from selfid.train.sft import train
 
     out = tmp_path / "run"
-    cfg = tiny_config(tiny_model_dir, out, write_data(tmp_path), "train.max_steps=3", "system_prompt=template_default",
+    cfg = tiny_config(tiny_model_dir, out, write_data(tmp_path), "train.max_steps=3", "system_prompt=template",
                       "identity_replay.fraction=0.2", "identity_replay.preference=1.0", "identity_replay.distill=1.0",
                       "identity_replay.aux_batch=4", "identity_replay.samples=2")
     build(tiny, cfg.identity_replay, out, progress=False, log=lambda m: None, engine=ScriptedEngine())

@@ -85,8 +85,8 @@ def test_models_lists_adapters_with_their_parent(adapter_server):
     assert models[base]["parent"] is None
     assert models["ner"]["parent"] == base and models["plain"]["parent"] == base
     assert models["ner"]["selfid"]["system_prompt"] == NER_SYSTEM
-    assert models["ner"]["selfid"]["system_prompt_source"].startswith("adapter manifest")
-    assert models["plain"]["selfid"]["system_prompt_source"] == "chat template default"
+    assert models["ner"]["selfid"]["system_prompt_kind"] == "adapter"
+    assert models["plain"]["selfid"]["system_prompt_kind"] == "template"
 
 
 def test_each_name_gets_its_own_weights(adapter_server, multi, tiny):
@@ -108,7 +108,7 @@ def test_training_system_prompt_is_used_when_the_request_has_none(adapter_server
     c = openai.OpenAI(base_url=bg.url + "/v1", api_key="x", max_retries=0)
     user = [{"role": "user", "content": "你是谁?"}]
     raw = c.chat.completions.with_raw_response.create(model="ner", messages=user, temperature=0, max_tokens=8)
-    assert raw.headers["x-selfid-system-source"] == "adapter-manifest"
+    assert raw.headers["x-selfid-system-source"] == "adapter"
     assert unquote(raw.headers["x-selfid-system-prompt"]) == NER_SYSTEM
     assert raw.headers["x-selfid-system-prompt-matches-training"] == "true"
     explicit = c.chat.completions.create(model="ner", messages=[{"role": "system", "content": NER_SYSTEM}] + user,
@@ -132,18 +132,19 @@ def test_manifests_are_read_defensively(tmp_path, tiny_model_dir, tiny, serve_lo
     # trained under the template's default with no system message sent: serve it the same way (none sent)
     unsent = make_adapter(tiny_model_dir, tmp_path / "unsent", 7, {"train": {
         "system_prompt": tiny.chat.default_system, "system_message_sent": False}})
-    _, served = load_served(str(tiny_model_dir), [f"odd={odd}", f"nulled={nulled}", f"junk={junk}", f"unsent={unsent}"],
-                            device="cpu", dtype="float32", progress=False)
+    hashed = make_adapter(tiny_model_dir, tmp_path / "hashed", 8, ner_manifest("0" * 16))
+    _, served = load_served(str(tiny_model_dir), [f"odd={odd}", f"nulled={nulled}", f"junk={junk}", f"unsent={unsent}",
+                                                  f"hashed={hashed}"], device="cpu", dtype="float32", progress=False)
     by = {s.name: s for s in served}
-    assert by["unsent"].train_system_known and by["unsent"].train_system is None
-    assert by["unsent"].default_system() == (tiny.chat.default_system, "chat template default")
-    assert by["unsent"].training_effective_system() == tiny.chat.default_system
-    assert by["odd"].default_system() == (tiny.chat.default_system, "chat template default")
-    assert not by["odd"].train_system_known
-    assert by["nulled"].train_system_known and by["nulled"].training_effective_system() == tiny.chat.default_system
-    assert not by["junk"].train_system_known
+    assert by["unsent"].training.kind == "template" and by["unsent"].training.message is None
+    assert by["unsent"].default_system().kind == "adapter"
+    assert (by["unsent"].default_system().message, by["unsent"].default_system().effective) == (None, tiny.chat.default_system)
+    for name in ("odd", "junk"):  # a damaged manifest is ignored, with a warning: the template's own applies
+        assert by[name].training is None and by[name].default_system().kind == "template"
+    assert by["nulled"].training is not None and by["nulled"].default_system().effective == tiny.chat.default_system
     text = serve_log.text()
-    assert "not a string or null" in text and "trained with chat template 0000000000000000" in text
+    assert "not a string or null" in text and "holds a JSON list, not an object" in text
+    assert "trained with chat template 0000000000000000" in text
     broken = make_adapter(tiny_model_dir, tmp_path / "broken", 6)
     (broken / "selfid.json").write_text("{not json")
     with pytest.raises(SelfidError, match="not valid JSON"):

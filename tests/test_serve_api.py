@@ -158,12 +158,12 @@ def test_headers_say_which_system_prompt_was_in_effect(client, plain_server):
     system = "你是一个乐于助人的助手。100% \"sure\"\nline two"
     raw = client.chat.completions.with_raw_response.create(
         model="m", messages=[{"role": "system", "content": system}, {"role": "user", "content": "hi"}], max_tokens=2)
-    assert raw.headers["x-selfid-system-source"] == "request"
+    assert raw.headers["x-selfid-system-source"] == "text"
     assert unquote(raw.headers["x-selfid-system-prompt"]) == system
     assert raw.headers["x-selfid-template-hash"] == service.base.chat.template_hash
     raw = client.chat.completions.with_raw_response.create(
         model="m", messages=[{"role": "system", "content": ""}, {"role": "user", "content": "hi"}], max_tokens=2)
-    assert raw.headers["x-selfid-system-source"] == "request" and raw.headers["x-selfid-system-prompt"] == ""
+    assert raw.headers["x-selfid-system-source"] == "empty" and raw.headers["x-selfid-system-prompt"] == ""
 
 
 def test_content_parts_are_joined_text(client):

@@ -83,7 +83,7 @@ def test_custom_system_prompt_is_sent_and_shown(page, adapter_server):
     greedy(page, tokens=2)
     reply = send(page, "hi", 1)
     assert reply.get_attribute("data-system") == "你是小明。"
-    assert "你是小明。" in page.inner_text("#effective-system") and "request" in page.inner_text("#effective-system")
+    assert "你是小明。" in page.inner_text("#effective-system") and "(text)" in page.inner_text("#effective-system")
 
 
 def test_stop_button_ends_the_reply_and_frees_the_server(page, adapter_server):

@@ -105,9 +105,9 @@ def test_manifest_records_what_training_used(tiny_model_dir, tmp_path, data, sel
     train(cfg)
     m = json.loads((out / "adapter" / "selfid.json").read_text())
     t = m["train"]
-    assert t["system_prompt"] == "You are a helpful assistant."
-    assert t["system_prompt_policy"] == "text" and t["system_message_sent"] is True
-    assert t["system_prompt_is_template_default"] is False
+    assert m["format"] == 2 and t["system"] == {"kind": "text", "message": "You are a helpful assistant.",
+                                                "effective": "You are a helpful assistant.",
+                                                "origin": "config system_prompt"}
     assert t["template_default_system"].startswith("You are Qwen, created by Alibaba Cloud")
     assert t["template_hash"] == m["chat_template"]["hash"] and len(t["template_hash"]) == 16
     assert t["hyperparameters"]["lora"]["r"] == 4 and t["hyperparameters"]["train"]["lr"] == 3e-3
@@ -135,17 +135,13 @@ def test_manifest_records_what_training_used(tiny_model_dir, tmp_path, data, sel
     from selfid.model.load import load_model
 
     loaded = load_model(str(tiny_model_dir), adapter=out / "adapter", device="cpu", progress=False)
-    assert loaded.manifest["train"]["system_prompt"] == "You are a helpful assistant."
+    assert loaded.manifest.train.system.message == "You are a helpful assistant."
 
 
-def test_system_prompt_policies(tiny):
+def test_training_warns_only_off_the_templates_own_system_prompt(tiny):
     chat = tiny.chat
-    default = resolve_system("template_default", chat)
-    assert default.message is None and default.effective == chat.default_system and default.is_template_default
-    none = resolve_system("none", chat)
-    assert none.message == "" and none.effective == "" and not none.is_template_default
-    text = resolve_system("You are a helpful assistant.", chat)
-    assert text.message == text.effective == "You are a helpful assistant." and not text.is_template_default
-    same = resolve_system(chat.default_system, chat)
-    assert same.is_template_default and sft.system_warning(same, chat) is None
-    assert "You are a helpful assistant." in sft.system_warning(text, chat)
+    for setting in ("template", chat.default_system):  # sent or not, the model sees the template's own
+        assert sft.system_warning(resolve_system(setting, chat), chat) is None
+    for setting in ("none", "empty", "You are a helpful assistant."):
+        warning = sft.system_warning(resolve_system(setting, chat), chat)
+        assert warning and "the model may learn to be someone else" in warning

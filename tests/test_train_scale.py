@@ -72,7 +72,7 @@ def test_scaling_a_peft_model_and_saving_the_scaled_adapter(tiny_model_dir, tmp_
     with torch.no_grad():
         torch.testing.assert_close(reloaded.model(ids).logits, half, atol=1e-5, rtol=1e-5)
     manifest = json.loads((scaled_dir / "selfid.json").read_text())
-    assert manifest["adapter_scale"] == 0.5 and manifest["train"]["system_prompt"] is not None
+    assert manifest["adapter_scale"] == 0.5 and manifest["train"]["system"]["kind"] == "template"
 
 
 def test_training_with_adapter_scale_runs_the_identity_audit(tiny_model_dir, tmp_path, selfid_home):

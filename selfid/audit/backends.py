@@ -46,7 +46,8 @@ class Reply:
     completion_tokens: int | None
     rendered: str | None = None  # the exact prompt text (in-process only)
     effective_system: str | None = None
-    system_source: str | None = None  # "given" | "template" | "none" | "endpoint" (not visible over HTTP)
+    system_source: str | None = None  # how it was chosen: template | none | empty | text | adapter; or endpoint
+    # (nothing sent to an endpoint that does not say what its template inserted)
     template_hash: str | None = None
 
 
@@ -71,7 +72,7 @@ class InProcessBackend:
 
         return {
             "backend": self.kind, "model": m.name, "source": m.source, "path": str(m.path) if m.path else None,
-            "adapter": str(m.adapter) if m.adapter else None, "adapter_manifest": m.manifest,
+            "adapter": str(m.adapter) if m.adapter else None, "adapter_manifest": m.manifest.record() if m.manifest else None,
             "template_hash": m.chat.template_hash, "template_default_system": m.chat.default_system,
             "generation_defaults": m.generation_defaults, "generation_defaults_source": m.generation_defaults_source,
             "device": str(m.device), "dtype": str(next(m.model.parameters()).dtype).replace("torch.", ""),
@@ -116,7 +117,7 @@ class InProcessBackend:
         for (req, members, rendered), res in zip(work, results):
             for item, c in zip(members, res.completions):
                 on_done(item, Reply(c.text, c.finish_reason, res.prompt_tokens, len(c.token_ids), rendered.text,
-                                    rendered.effective_system, rendered.system_source, rendered.template_hash))
+                                    rendered.system.effective, rendered.system.kind, rendered.template_hash))
 
 
 class HttpBackend:
@@ -205,16 +206,25 @@ def _short(e: Exception) -> str:
     return text[:200]
 
 
-_SOURCES = {"request": "given", "template": "template", "adapter-manifest": "adapter-manifest", "none": "none"}
+# how `selfid api` before the one vocabulary spelled x-selfid-system-source ("request": a text or an empty one)
+_OLD_SOURCES = {"request": "text", "adapter-manifest": "adapter"}
 
 
-def endpoint_system(headers, sent: str | None) -> tuple[str | None, str]:
-    """The system prompt in effect at the endpoint: `selfid api` says so in x-selfid-* headers; other servers
-    don't, so a request without a system message is recorded as "endpoint" (its template may insert one)."""
+def endpoint_system(headers, message: str | None) -> tuple[str | None, str]:
+    """The system prompt in effect at the endpoint and how it was chosen: `selfid api` says so in x-selfid-*
+    headers; other servers don't, so a request without a system message is recorded as "endpoint" (its
+    template may insert one)."""
     from urllib.parse import unquote
 
-    source = headers.get("x-selfid-system-source")
-    if source in _SOURCES:
-        prompt = headers.get("x-selfid-system-prompt")
-        return (unquote(prompt) if prompt is not None else None), _SOURCES[source]
-    return sent, "given" if sent is not None else "endpoint"
+    from selfid.system_prompt import KINDS, deprecated, sent
+
+    kind = headers.get("x-selfid-system-source")
+    prompt = headers.get("x-selfid-system-prompt")
+    text = unquote(prompt) if prompt is not None else None
+    if kind in _OLD_SOURCES:
+        new = "empty" if kind == "request" and text == "" else _OLD_SOURCES[kind]
+        deprecated("the endpoint's x-selfid-system-source header (an older selfid api)", kind, new)
+        kind = new
+    if kind in KINDS:
+        return text, kind
+    return message, sent(message, None).kind if message is not None else "endpoint"

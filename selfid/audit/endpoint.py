@@ -64,7 +64,7 @@ class Reference:
 def read_reference(spec: str) -> Reference:
     """A model folder, an adapter folder, a selfid.json, a .gguf file or an embedded model name."""
     from selfid.model.embedded import EMBEDDED
-    from selfid.model.load import read_manifest
+    from selfid.manifest import read as read_manifest
 
     if spec in EMBEDDED:
         from selfid.model.embedded import ensure_embedded
@@ -78,8 +78,8 @@ def read_reference(spec: str) -> Reference:
     if not path.is_dir():
         raise SelfidError(f"--own-from {spec}: no such folder or .gguf file; name the model folder, adapter folder, "
                           "selfid.json or .gguf file the endpoint serves")
-    manifest = read_manifest(path) or {}
-    base = manifest.get("base_model") or {}
+    manifest = read_manifest(path)
+    base = manifest.base_model if manifest is not None else {}
     model_type = None
     if (path / "config.json").is_file():
         import json

@@ -31,22 +31,28 @@ from selfid.audit import probes as probe_sets
 from selfid.audit.backends import Item, Reply
 from selfid.audit.detect import Judge, detect
 from selfid.audit.scorers import VERSION as SCORER_VERSION
-from selfid.config import HELPFUL
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_json, jsonl_lines
+from selfid.manifest import training_system
+from selfid.system_prompt import NAMED, OLD_TEXT_PREFIX, SERVING, canonical, message_of, sent
 from selfid.vendors import KEYS, vendor_of
 
 FORMAT = 1
-PRESETS = {"default": None, "helpful": HELPFUL, "empty": ""}
+# the name a system prompt has in audit results where it is not the setting's own: the study's results (and
+# every audit run before the one vocabulary) call the template's own "default"
+REPORT_NAMES = {"template": "default"}
+# the system prompts users serve with, by their names in audit results: {"default": None, "helpful": ..., "empty": ""}
+PRESETS = {REPORT_NAMES.get(s, s): message_of(s) for s in SERVING}
 TASK_SUITES = ("ner", "general")
 LOG = "generations.jsonl"
 
 
 @dataclass(frozen=True)
 class SystemSpec:
-    key: str
-    text: str | None  # None: send no system message, so the chat template inserts its own
+    key: str  # the condition's name in the run's results
+    text: str | None  # the system message sent (None: none, so the chat template inserts its own)
     persona: dict | None = None  # a persona system prompt's {"name", "aliases"} (held-out split)
+    kind: str | None = None  # how it was chosen (selfid/system_prompt.py); None: from `text` (template, empty, text)
 
     def label(self) -> str:
         if self.text is None:
@@ -54,58 +60,59 @@ class SystemSpec:
         return f"{self.key}: {self.text!r}"
 
 
-def training_system(manifest: dict | None) -> str | None:
-    """The system prompt an adapter was trained under, from its selfid.json, read defensively."""
-    if not isinstance(manifest, dict):
-        return None
-    for path in (("system_prompt",), ("train_system_prompt",), ("training", "system_prompt"), ("train", "system_prompt"),
-                 ("chat", "system_prompt"), ("data", "system_prompt"), ("system",)):
-        node = manifest
-        for k in path:
-            node = node.get(k) if isinstance(node, dict) else None
-        if isinstance(node, str):
-            return node
-    return None
-
-
-def parse_systems(values: Sequence[str], manifest: dict | None = None) -> list[SystemSpec]:
-    """`default,helpful,empty,train,custom:TEXT`; a custom text runs to the end of its value (it may hold commas)."""
+def parse_systems(values: Sequence[str], manifest=None) -> list[SystemSpec]:
+    """`template,helpful,empty,adapter,personas,text:TEXT`; a text runs to the end of its value (it may hold
+    commas). `manifest`: the audited adapter's, for `adapter`. Older spellings (default, train, custom:TEXT)
+    are read with a deprecation message."""
     out: list[SystemSpec] = []
-    customs = 0
+    texts = 0
+    personas = probe_sets.personas()
     for value in values:
         rest = value
         while rest:
             head, sep, tail = rest.partition(",")
-            token = head.strip()
-            if token.startswith("custom:"):
-                customs += 1
-                out.append(SystemSpec("custom" if customs == 1 else f"custom{customs}", rest.strip()[len("custom:"):]))
+            if head.strip().startswith(("text:", OLD_TEXT_PREFIX)):
+                texts += 1
+                full = canonical(rest.strip(), "--systems")
+                out.append(SystemSpec("text" if texts == 1 else f"text{texts}", full[len("text:"):], kind="text"))
                 break
             rest = tail if sep else ""
+            token = canonical(head.strip(), "--systems")
             if not token:
                 continue
-            personas = probe_sets.personas()
-            if token in PRESETS:
-                out.append(SystemSpec(token, PRESETS[token]))
+            if token in ("template", "empty") or token in NAMED:
+                out.append(SystemSpec(REPORT_NAMES.get(token, token), message_of(token)))
             elif token in personas or token == "personas":
                 for key, p in personas.items():
                     if token in (key, "personas"):
                         out.append(SystemSpec(key, p["text"], {"name": p["name"], "aliases": p.get("aliases", [])}))
-            elif token == "train":
-                text = training_system(manifest)
-                if text is None:
-                    raise SelfidError("--systems train needs an adapter whose selfid.json records its training system "
-                                      "prompt; pass the prompt as custom:TEXT instead")
-                out.append(SystemSpec("train", text))
+            elif token == "adapter":
+                trained = training_system(manifest)
+                if trained is None:
+                    raise SelfidError("--systems adapter needs an adapter whose selfid.json records its training "
+                                      "system prompt; pass the prompt as text:TEXT instead")
+                out.append(SystemSpec("adapter", trained.message, kind="adapter"))
+            elif token == "none":
+                raise SelfidError("--systems none: an audit names what it sends; use empty (an empty system message, "
+                                  "what none sends under a template with a default of its own) or template")
             else:
-                raise SelfidError(f"unknown system prompt {token!r}: use default, helpful, empty, train, personas "
-                                  f"({', '.join(personas)}) or custom:TEXT")
+                raise SelfidError(f"unknown system prompt {token!r} in --systems: use template, {', '.join(NAMED)}, "
+                                  f"empty, adapter, personas ({', '.join(personas)}) or text:TEXT")
     keys = [s.key for s in out]
     if not out:
-        raise SelfidError("--systems is empty: give at least one of default, helpful, empty, custom:TEXT")
+        raise SelfidError("--systems is empty: give at least one of template, helpful, empty, text:TEXT")
     if len(set(keys)) != len(keys):
         raise SelfidError(f"--systems names the same system prompt twice: {', '.join(keys)}")
     return out
+
+
+def condition_keys(tokens: Sequence[str]) -> list[str]:
+    """`--task-systems` names (template, helpful, a persona, adapter, text...) as the keys the run's results use."""
+    keys = []
+    for token in tokens:
+        token = canonical(token, "--task-systems")
+        keys.append(REPORT_NAMES.get(token, token))
+    return keys
 
 
 def parse_list(text: str, what: str, cast=str) -> list:
@@ -300,22 +307,24 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
         if hasattr(backend, "render"):
             r = backend.render([] + ([{"role": "system", "content": s.text}] if s.text is not None else [])
                                + [{"role": "user", "content": "x"}])
-            entry = {"key": s.key, "text": s.text, "effective": r.effective_system, "source": r.system_source}
-        else:
+            entry = {"key": s.key, "text": s.text, "effective": r.system.effective, "source": s.kind or r.system.kind}
+        else:  # over HTTP only what is sent is known
             entry = {"key": s.key, "text": s.text, "effective": s.text,
-                     "source": "given" if s.text is not None else "endpoint (the server's template decides)"}
+                     "source": s.kind or (sent(s.text, None).kind if s.text is not None
+                                          else "endpoint (the server's template decides)")}
         if s.persona:
             entry["persona"] = s.persona
         systems.append(entry)
     suites = {name: probe_sets.suite_info(name, params.identity_probes if name == "identity" else None,
                                           params.ner_limit, params.seed) for name in params.suites}
+    trained = training_system(target.get("adapter_manifest"))
     from selfid import __version__
 
     meta = {
         "kind": "selfid-audit-run", "format": FORMAT, "selfid": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "params": params.as_dict(), "target": target, "own": own, "own_source": own_source,
-        "training_system_prompt": training_system(target.get("adapter_manifest")),
+        "training_system_prompt": trained.effective if trained is not None else None,
         "systems": systems, "suites": suites, "judge": judge.config() if judge else None, "planned": planned,
         "scorer": {"version": SCORER_VERSION},
         "notes": ["temperature 0 is greedy decoding, which is deterministic: each prompt gets one sample there",

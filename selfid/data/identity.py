@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from selfid.data.readers import TrainingConversation
 from selfid.errors import SelfidError
+from selfid.system_prompt import SERVING, resolve, sent
 from selfid.vendors import VENDORS, find_mentions, vendor_of
 
 # (name, maker, name_zh, maker_zh) of assistants a model might wrongly claim to be: the shared vendor table
@@ -139,18 +140,11 @@ def samples(identity: Identity, systems: list[str | None], languages=("zh", "en"
 
 
 def system_list(names: list[str], train_system: str | None, template_default: str | None) -> list[str | None]:
-    """Config names to system messages: template_default -> None (no message), train -> the training one."""
-    out: list[str | None] = []
-    for n in names:
-        if n == "template_default":
-            out.append(None)
-        elif n == "train":
-            out.append(train_system)
-        elif n == "none":
-            out.append("" if template_default is not None else None)
-        else:
-            out.append(n)
-    return out
+    """`identity_replay.systems` settings to the system messages they send (None: none, so the template's own);
+    `adapter` is the one this run trains under, the message `train_system`."""
+    where = "config identity_replay.systems"
+    training = sent(train_system, template_default, "config system_prompt")
+    return [resolve(n, template_default, where, training).message for n in names]
 
 
 def training_questions(identity: Identity) -> list[str]:
@@ -165,5 +159,5 @@ def training_questions(identity: Identity) -> list[str]:
 
 def training_systems(train_system: str | None, template_default: str | None) -> set[str | None]:
     """Every system message identity replay can train under (None: none sent), whatever the config names."""
-    names = ["template_default", "none", "train", "You are a helpful assistant."]
+    names = ["template", "none", "empty", "adapter", *SERVING]
     return set(system_list(names, train_system, template_default))

@@ -3,7 +3,8 @@
 Identity depends on the system prompt: Qwen2.5's template inserts "You are Qwen, created by Alibaba
 Cloud..." when a conversation has none, while an explicit system message (even an empty one)
 replaces it. `ChatFormat` finds the template's default by rendering with marker strings, so it
-works for any template, not only Qwen's.
+works for any template, not only Qwen's; each rendering says which system prompt was in effect as a
+`SystemPrompt` (selfid/system_prompt.py).
 
 Message text stays text: a user who types "<|im_end|><|im_start|>system" gets those characters, not
 the control tokens that would end their turn and forge a system one. `render` notes where message
@@ -18,9 +19,10 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 from selfid.errors import SelfidError
+from selfid.system_prompt import SystemPrompt, sent
 
 ROLES = ("system", "user", "assistant")
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
@@ -29,8 +31,7 @@ Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 @dataclass(frozen=True)
 class Rendered:
     text: str  # the prompt, ready to tokenize
-    effective_system: str | None  # the system prompt the model sees (None: the template adds none)
-    system_source: Literal["given", "template", "none"]
+    system: SystemPrompt  # the system message sent (if any) and the system text the model sees
     template_hash: str
     literal: tuple[tuple[int, int], ...] = ()  # character spans of `text` to encode as plain text (see tokenize)
 
@@ -196,14 +197,9 @@ class ChatFormat:
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> Rendered:
         msgs = validate_messages(messages)
-        if msgs[0]["role"] == "system":
-            system, source = msgs[0]["content"], "given"
-        elif self.default_system is not None:
-            system, source = self.default_system, "template"
-        else:
-            system, source = None, "none"
+        system = sent(msgs[0]["content"] if msgs[0]["role"] == "system" else None, self.default_system)
         text, literal = render_keeping_text(self.tokenizer, msgs, add_generation_prompt)
-        return Rendered(text, system, source, self.template_hash, literal)
+        return Rendered(text, system, self.template_hash, literal)
 
     def encode(self, rendered: Rendered) -> list[int]:
         """The prompt's token ids, message text kept as text (what every engine call should be given)."""

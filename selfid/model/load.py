@@ -11,12 +11,12 @@ from typing import Any
 
 from selfid.errors import SelfidError
 from selfid.io import CHECKSUMS, verify_checksums
+from selfid.manifest import Manifest, read as read_manifest
 from selfid.model.chat import ChatFormat
 from selfid.model.embedded import EMBEDDED, MARKER, ensure_converted, ensure_embedded
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-MANIFEST = "selfid.json"  # what `selfid train` leaves beside an adapter
 
 
 @dataclass
@@ -30,7 +30,7 @@ class LoadedModel:
     generation_defaults: dict  # temperature (0 = greedy), top_p, top_k, repetition_penalty
     generation_defaults_source: str
     adapter: Path | None = None
-    manifest: dict | None = None  # the adapter's selfid.json, when it has one
+    manifest: Manifest | None = None  # the adapter's selfid.json, when it has one
     eos_token_ids: list[int] = field(default_factory=list)
 
     @property
@@ -194,16 +194,6 @@ def generation_defaults(model, folder: Path | None) -> tuple[dict, str]:
         elif (folder / "generation_config.json").is_file():
             source = str(folder / "generation_config.json")
     return out, source
-
-
-def read_manifest(adapter: Path) -> dict | None:
-    path = adapter / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise SelfidError(f"{path} is not valid JSON ({e}): restore it or delete it") from None
 
 
 def load_model(spec: str = "embedded", adapter: str | Path | None = None, device: str | None = None,

@@ -28,11 +28,14 @@ import hashlib
 import random
 from pathlib import Path
 
-from selfid.config import HELPFUL, IdentityReplay
+from selfid.config import IdentityReplay
 from selfid.data import replay_set
 from selfid.errors import SelfidError
+from selfid.system_prompt import SERVING, message_of
 
-REJECT_SYSTEMS = (HELPFUL, "")  # where the base model claims other vendors: the rejected side of pairs
+# the serving system prompts other than the template's own ("You are a helpful assistant.", an empty one), where
+# the base model claims other vendors: the rejected side of pairs
+REJECT_SYSTEMS = tuple(message_of(s) for s in SERVING if s != "template")
 
 
 def own_vendor(loaded, rep: IdentityReplay) -> str:

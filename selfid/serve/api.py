@@ -3,7 +3,9 @@
 Every fault a client can cause is a 4xx with OpenAI's error object; the openai client retries
 5xx, so a 5xx here means a fault in the server. Each response says which model answered, which
 system prompt was in effect and where the sampling defaults came from (x-selfid-* headers, and the
-server log), because self-identity depends on them.
+server log), because self-identity depends on them: `x-selfid-system-source` says how the system prompt
+was chosen (text or empty: the request's; adapter: the adapter's training one; template: the chat
+template's own) and `x-selfid-system-prompt` the text the model saw, percent-encoded.
 
 A server on this machine is reachable by every web page the user's browser opens, so: requests must
 name this server in their Host header (a page using DNS rebinding names its own), POST bodies must be
@@ -39,6 +41,7 @@ from selfid.errors import SelfidError
 from selfid.serve import protocol as p
 from selfid.serve.models import Served
 from selfid.serve.scheduler import DONE, QueueFull, Scheduler
+from selfid.system_prompt import SystemPrompt, sent
 
 log = logging.getLogger("selfid.serve")
 WEBCHAT = Path(__file__).parent / "webchat"
@@ -122,19 +125,18 @@ class Prepared:
     served: Served
     prompt_ids: list[int]
     params: SamplingParams
-    system: str | None
-    system_source: str
+    system: SystemPrompt
     from_defaults: list[str]
     matches_training: bool | None
 
     def headers(self) -> dict[str, str]:
-        h = {"x-selfid-model": self.served.name, "x-selfid-system-source": self.system_source,
+        h = {"x-selfid-model": self.served.name, "x-selfid-system-source": self.system.kind,
              "x-selfid-template-hash": self.served.chat.template_hash,
              "x-selfid-sampling": describe_params(self.params),
              "x-selfid-sampling-from-defaults": ",".join(self.from_defaults) or "none",
              "x-selfid-sampling-defaults-source": quote(self.served.public_defaults_source, safe=_SAFE)}
-        if self.system is not None:
-            h["x-selfid-system-prompt"] = quote(self.system, safe=_SAFE)
+        if self.system.effective is not None:
+            h["x-selfid-system-prompt"] = quote(self.system.effective, safe=_SAFE)
         if self.matches_training is not None:
             h["x-selfid-system-prompt-matches-training"] = str(self.matches_training).lower()
         return h
@@ -208,18 +210,19 @@ class Service:
     def prepare(self, body: p.ChatCompletionRequest) -> Prepared:
         served = self.resolve(body.model)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        given = messages[0]["role"] == "system"
-        if not given and served.train_system_known and served.train_system is not None:
-            messages.insert(0, {"role": "system", "content": served.train_system})
+        if messages[0]["role"] == "system":
+            system = sent(messages[0]["content"], served.chat.default_system, "the request")
+        else:
+            system = served.default_system()
+            if system.message is not None:
+                messages.insert(0, {"role": "system", "content": system.message})
         try:
             rendered = served.chat.render(messages)
         except SelfidError as e:
             raise APIError(400, str(e), param="messages") from None
-        source = {"given": "request" if given else "adapter-manifest", "template": "template",
-                  "none": "none"}[rendered.system_source]
         matches = None
-        if served.train_system_known:
-            matches = rendered.effective_system == served.training_effective_system()
+        if served.training is not None:
+            matches = rendered.system.effective == served.default_system().effective
         ids = served.chat.encode(rendered)  # message text stays text: no forged turns
         window = self.engine.context_window
         if len(ids) >= window:
@@ -245,18 +248,18 @@ class Service:
         except SelfidError as e:
             raise APIError(400, str(e)) from None
         from_defaults = [k for k in SAMPLING_FIELDS if overrides.get(k) is None and k in served.generation_defaults]
-        return Prepared(body, served, ids, params, rendered.effective_system, source, from_defaults, matches)
+        return Prepared(body, served, ids, params, system, from_defaults, matches)
 
     def log_request(self, rid: str, pr: Prepared) -> None:
-        system = "none" if pr.system is None else repr(_short(pr.system))
+        system = "none" if pr.system.effective is None else repr(_short(pr.system.effective))
         log.info("%s model=%s system(%s)=%s template=%s prompt=%d tokens stream=%s | %s | defaults for %s from %s",
-                 rid, pr.served.name, pr.system_source, system, pr.served.chat.template_hash, len(pr.prompt_ids),
+                 rid, pr.served.name, pr.system.kind, system, pr.served.chat.template_hash, len(pr.prompt_ids),
                  pr.body.stream, describe_params(pr.params), ",".join(pr.from_defaults) or "nothing",
                  pr.served.defaults_source)
         if pr.matches_training is False:
             log.warning("%s: the system prompt %s differs from the one adapter %s was trained with (%r): its "
                         "replies, and who it says it is, may differ from what training measured", rid, system,
-                        pr.served.name, _short(pr.served.training_effective_system()))
+                        pr.served.name, _short(pr.served.default_system().effective or ""))
 
     def token_logprobs(self, c: Completion) -> p.ChoiceLogprobs | None:
         if c.logprobs is None:

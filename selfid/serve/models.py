@@ -18,10 +18,10 @@ from typing import Sequence
 
 from selfid.engine import BASE_MODEL
 from selfid.errors import SelfidError
-from selfid.manifest import training_system_message
+from selfid import manifest as manifest_mod
 from selfid.model.chat import ChatFormat
-from selfid.model.load import (SAMPLING_KEYS, LoadedModel, adapter_fix, check_adapter, load_model, read_manifest,
-                               unreadable)
+from selfid.model.load import SAMPLING_KEYS, LoadedModel, adapter_fix, check_adapter, load_model, unreadable
+from selfid.system_prompt import SystemPrompt
 
 log = logging.getLogger("selfid.serve")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -36,22 +36,12 @@ class Served:
     generation_defaults: dict
     defaults_source: str
     path: Path | None = None  # the adapter folder
-    manifest: dict | None = None
-    train_system_known: bool = False  # the manifest records the training system prompt
-    train_system: str | None = None  # the system message sent in training (None: none; the template's own)
-    train_policy: str | None = None
+    manifest: manifest_mod.Manifest | None = None
+    training: SystemPrompt | None = None  # the system prompt of training, when the manifest records it
 
-    def default_system(self) -> tuple[str | None, str]:
-        """The system prompt a request without one gets, and where it comes from."""
-        if self.train_system_known and self.train_system is not None:
-            return self.train_system, "adapter manifest (training system prompt)"
-        if self.chat.default_system is not None:
-            return self.chat.default_system, "chat template default"
-        return None, "none"
-
-    def training_effective_system(self) -> str | None:
-        """The system prompt the model saw in training (the template's when training sent none)."""
-        return self.train_system if self.train_system is not None else self.chat.default_system
+    def default_system(self) -> SystemPrompt:
+        """The system prompt a request without one gets: the adapter's training one, else the template's."""
+        return manifest_mod.default_system(self.manifest, self.chat.default_system)
 
     @property
     def public_defaults_source(self) -> str:
@@ -61,11 +51,11 @@ class Served:
     def card(self) -> dict:
         """What the page and /v1/models show about this model beyond OpenAI's fields (no file paths: any web
         page the user opens could read them)."""
-        system, source = self.default_system()
-        return {"system_prompt": system, "system_prompt_source": source, "template_hash": self.chat.template_hash,
-                "generation_defaults": self.generation_defaults,
+        system = self.default_system()
+        return {"system_prompt": system.effective, "system_prompt_kind": system.kind,
+                "template_hash": self.chat.template_hash, "generation_defaults": self.generation_defaults,
                 "generation_defaults_source": self.public_defaults_source,
-                "training_system_prompt_known": self.train_system_known}
+                "training_system_prompt_known": self.training is not None}
 
 
 PATH = re.compile(r"(?<![\w.:/])(?:~|\.{1,2})?(?:/[^\s/'\"(),]+)+")
@@ -136,30 +126,30 @@ def load_served(model: str, adapters: Sequence[str] = (), device: str | None = N
 
 
 def adapter_served(name: str, folder: Path, parent: str, loaded: LoadedModel) -> Served:
-    manifest = read_manifest(folder)
     chat = adapter_chat(folder, loaded)
     defaults, source = dict(loaded.generation_defaults), loaded.generation_defaults_source
-    s = Served(name, parent, name, chat, defaults, source, path=folder, manifest=manifest)
-    train = manifest.get("train") if isinstance(manifest, dict) else None
+    try:
+        manifest = manifest_mod.read(folder)
+    except manifest_mod.ManifestError as e:  # one odd manifest does not stop the server; the log says so
+        log.warning("adapter %s: %s; ignoring it, so requests without a system message get the chat template's "
+                    "default", name, e)
+        manifest = None
+    s = Served(name, parent, name, chat, defaults, source, path=folder, manifest=manifest,
+               training=manifest_mod.training_system(manifest))
     if manifest is None:
-        log.warning("adapter %s: %s has no selfid.json, so the system prompt used in training is unknown; "
+        log.warning("adapter %s: %s has no usable selfid.json, so the system prompt used in training is unknown; "
                     "requests without a system message get the chat template's default", name, folder)
-    elif not isinstance(train, dict) or "system_prompt" not in train:
-        log.warning("adapter %s: %s/selfid.json records no train.system_prompt; requests without a system "
+        return s
+    if s.training is None:
+        log.warning("adapter %s: %s/selfid.json records no training system prompt; requests without a system "
                     "message get the chat template's default", name, folder)
-    elif train["system_prompt"] is not None and not isinstance(train["system_prompt"], str):
-        log.warning("adapter %s: train.system_prompt in %s/selfid.json is %r, not a string or null; ignoring it",
-                    name, folder, train["system_prompt"])
-    else:
-        s.train_system_known, s.train_system = True, training_system_message(manifest)
-        s.train_policy = train.get("system_prompt_policy") if isinstance(train.get("system_prompt_policy"), str) else None
-    trained_hash = train.get("template_hash") if isinstance(train, dict) else None
-    if isinstance(trained_hash, str) and trained_hash != chat.template_hash:
+    trained_hash = manifest.train.template_hash
+    if trained_hash is not None and trained_hash != chat.template_hash:
         log.warning("adapter %s was trained with chat template %s but is served with %s: replies may differ from "
                     "training; put the training template in %s/chat_template.jinja", name, trained_hash,
                     chat.template_hash, folder)
-    gd = manifest.get("generation_defaults") if isinstance(manifest, dict) else None
-    if isinstance(gd, dict):
+    gd = manifest.generation_defaults
+    if gd:
         picked = {k: gd[k] for k in SAMPLING_KEYS if isinstance(gd.get(k), (int, float)) and not isinstance(gd.get(k), bool)}
         if picked:
             s.generation_defaults = {**defaults, **picked}

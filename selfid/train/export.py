@@ -50,7 +50,8 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
     bf16 and q8_0, or the types to write) also `out/gguf/model-TYPE.gguf` and an ollama Modelfile."""
     import torch
 
-    from selfid.model.load import load_model, read_manifest
+    from selfid import manifest as manifest_mod
+    from selfid.model.load import load_model
     from selfid.train.gguf_file import DEFAULT_TYPES, check_architecture, parse_types
 
     types = [] if not gguf else parse_types(DEFAULT_TYPES if gguf is True else
@@ -62,8 +63,8 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
         raise SelfidError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SelfidError(f"{out} already exists and is not empty: choose a new --out folder")
-    manifest = read_manifest(adapter) or {}
-    base = model or (manifest.get("base_model") or {}).get("name")
+    manifest = manifest_mod.read(adapter)
+    base = model or (manifest.base_model.get("name") if manifest is not None else None)
     if base is None:
         base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
@@ -80,13 +81,12 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
         raise SelfidError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
     merged = merged.to(target)
 
-    train = manifest.get("train") or {}
     tokenizer = loaded.tokenizer
     chat = loaded.chat
-    system = train.get("system_prompt")
+    trained = manifest_mod.training_system(manifest)
     changed_template = False
-    if train.get("system_message_sent") and system is not None and system != chat.default_system:
-        tokenizer.chat_template = with_default_system(tokenizer, system)
+    if trained is not None and trained.message is not None and trained.message != chat.default_system:
+        tokenizer.chat_template = with_default_system(tokenizer, trained.message)
         changed_template = True
     final_chat = ChatFormat(tokenizer)
 
@@ -95,7 +95,7 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
         tokenizer.save_pretrained(tmp)
         merged.generation_config.save_pretrained(tmp)
         info = {
-            **manifest,
+            **(manifest.record() if manifest is not None else {}),
             "kind": "merged-model",
             "export": {"adapter": str(adapter), "base_model": base, "dtype": str(target).removeprefix("torch."),
                        "template_changed": changed_template, "template_hash": final_chat.template_hash,

@@ -28,6 +28,7 @@ from selfid import manifest as manifest_mod
 from selfid.config import RunConfig, dump_config
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_text
+from selfid.system_prompt import SystemPrompt, resolve
 from selfid.train import checkpoint
 from selfid.train.checkpoint import checkpoints, rng_state
 from selfid.train.collate import collate, encode_many, with_system
@@ -38,26 +39,13 @@ from selfid.train.plan import Plan
 
 # --- the system prompt ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class SystemChoice:
-    policy: str  # "template_default" | "none" | "text"
-    message: str | None  # the system message sent in training (None: none; the template may insert its own)
-    effective: str | None  # the system text the model saw (None: no system text at all)
-    is_template_default: bool
+def resolve_system(setting: str, chat) -> SystemPrompt:
+    """The config's `system_prompt` against the model's chat template."""
+    return resolve(setting, chat.default_system, "config system_prompt")
 
 
-def resolve_system(setting: str, chat) -> SystemChoice:
-    default = chat.default_system
-    if setting == "template_default":
-        return SystemChoice("template_default", None, default, True)
-    if setting == "none":  # an empty system message replaces a template's default; without one, send none
-        message = "" if default is not None else None
-        return SystemChoice("none", message, message, default is None)
-    return SystemChoice("text", setting, setting, setting == default)
-
-
-def system_warning(system: SystemChoice, chat) -> str | None:
-    if system.is_template_default:
+def system_warning(system: SystemPrompt, chat) -> str | None:
+    if system.effective == chat.default_system:
         return None
     return (f"training under the system prompt {system.effective!r}, but the chat template's default is "
             f"{chat.default_system!r}: the model may learn to be someone else when served without it. "
@@ -106,7 +94,7 @@ class Prepared:
     conversations: list = field(default_factory=list)  # exactly what was trained on, system messages included
 
 
-def prepare_data(config: RunConfig, loaded, system: SystemChoice, log: Callable[[str], None]) -> Prepared:
+def prepare_data(config: RunConfig, loaded, system: SystemPrompt, log: Callable[[str], None]) -> Prepared:
     from selfid.data import identity as identity_mod
     from selfid.data.mix import mix
     from selfid.data.sources import load_source
@@ -164,7 +152,7 @@ def prepare_data(config: RunConfig, loaded, system: SystemChoice, log: Callable[
     return Prepared(encoded, infos, identity_info, long, empty, own_system, h.hexdigest(), convs)
 
 
-def self_replay_samples(config: RunConfig, loaded, system: SystemChoice) -> tuple[list, dict]:
+def self_replay_samples(config: RunConfig, loaded, system: SystemPrompt) -> tuple[list, dict]:
     """The self-distilled replay set the pipeline wrote into the run folder (verified), rendered under the
     configured system prompts; and what the manifest records of it."""
     from selfid.data import identity as identity_mod
@@ -287,7 +275,7 @@ class TrainSetup:
     dist: Dist
     out: _Console
     loaded: object  # selfid.model.load.LoadedModel
-    system: SystemChoice
+    system: SystemPrompt
     data: Prepared
     plan: Plan  # every step's rows, fixed by the seed (so a resume is exact)
     model: object  # the peft model
@@ -342,7 +330,7 @@ def set_up(cfg: RunConfig, resume: bool, console, system_prompt_by_design: str |
     warning = system_warning(system, chat)
     if warning:
         out.log(system_prompt_by_design if system_prompt_by_design else f"[yellow]warning: {warning}")
-    out.log(f"system prompt in training ({system.policy}): {system.effective!r} · template {chat.template_hash}")
+    out.log(f"system prompt in training ({system.kind}): {system.effective!r} · template {chat.template_hash}")
 
     data = prepare_data(cfg, loaded, system, out.log)
     lengths = [len(e) for e in data.encoded]

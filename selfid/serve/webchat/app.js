@@ -34,8 +34,8 @@ function showDefaults() {
   const custom = systemMode() === "custom";
   $("system").disabled = !custom;
   $("effective-system").textContent = custom
-    ? describeSystem($("system").value, "given")
-    : describeSystem(info.system_prompt, info.system_prompt_source || "?");
+    ? describeSystem($("system").value, $("system").value === "" ? "empty" : "text")
+    : describeSystem(info.system_prompt, info.system_prompt_kind || "?");
   const d = info.generation_defaults || {};
   const useDefaults = $("use-defaults").checked;
   for (const id of ["temperature", "top-p"]) $(id).disabled = useDefaults;
