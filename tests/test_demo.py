@@ -85,7 +85,7 @@ def test_one_run_directory_holds_report_summary_generations_and_adapter(demo_run
     tuned_meta = json.loads((out / "tuned" / "run.json").read_text())
     assert tuned_meta["target"]["adapter"] == str(out / "train" / "adapter")
     assert tuned_meta["training_system_prompt"] == demo.HELPFUL
-    assert set(summary["stages"]) == {"base", "train", "tuned", "compare"}
+    assert set(summary["stages"]) == {"audit-base", "train", "audit-tuned", "compare"}
 
 
 def test_verdict_counts_are_the_logged_generations(demo_run):
