@@ -243,7 +243,8 @@ class Runner:
             rec, problem = self.record(stage.name), self.problem(stage)
             fresh = False
             if rec is not None and rec["inputs"] != inputs:
-                changed = ", ".join(p for p in inputs if rec["inputs"].get(p) != inputs[p])
+                changed = ", ".join(p for p in dict.fromkeys([*inputs, *rec["inputs"]])
+                                    if rec["inputs"].get(p) != inputs.get(p))
                 self.say("redo", label, f"{changed} changed since it ran: running it again from the start")
                 fresh = True
             elif rec is not None and problem is None:
