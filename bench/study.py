@@ -1,9 +1,11 @@
 """The study: does LoRA fine-tuning on NER make Qwen say it is someone else, and what fixes it?
 
 The report it answers: a Qwen2.5-7B-Instruct LoRA-tuned on 8,000 Chinese NER examples (LLaMA-Factory, 5 epochs)
-answered "你是谁?" with "I'm Claude, created by Anthropic". `run` builds run directories under ROOT,
-resumably (finished steps are skipped, so a run cut off by a time limit continues where it stopped);
-`report` regenerates docs/study.md from them alone.
+answered "你是谁?" with "I'm Claude, created by Anthropic". `run` builds run directories under ROOT as stages of
+selfid.pipeline.stages, the same runner as `selfid demo`: a step runs the stages it needs first (heldout-plain
+trains plain when it is not trained yet), a finished stage is skipped (ROOT/stages/NAME.json records it), a
+stage whose inputs changed runs again, and a run cut off by a time limit continues where it stopped. `report`
+regenerates docs/study.md from the run directories alone.
 
     python bench/study.py run --root results/study-0.5b            # everything, on one GPU
     python bench/study.py run --root results/study-0.5b --steps base,plain
@@ -12,7 +14,7 @@ resumably (finished steps are skipped, so a run cut off by a time limit continue
     python bench/study.py run --root /tmp/s --smoke --model DIR  # CPU, small grids: checks the plumbing
     python bench/study.py report                                    # docs/study.md from results/
 
-Steps (each writes ROOT/<step>/):
+Steps (each writes ROOT/<step>/ unless it says otherwise):
   base       audit of the base model: identity grid (3 system prompts x T 0, 0.7, 1.0, 1.3 x 8 samples),
              MSRA NER, the general set
   plain      LoRA as in the report (8,000 MSRA sentences, 5 epochs, under "You are a helpful assistant."),
@@ -108,11 +110,8 @@ def log(msg: str) -> None:
     print(f"[study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def done(path: Path) -> bool:
-    return (path / "summary.json").is_file()
-
-
-# --- steps ------------------------------------------------------------------------------------------
+# --- the work of each stage (selfid.pipeline.stages decides what runs; `stages` below says what each reads
+# and writes) ------------------------------------------------------------------------------------------
 
 def audit(loaded, out: Path, s: Settings, systems: str = SYSTEMS, suites=("identity", "ner", "general"),
           temps=None) -> dict:
@@ -122,10 +121,7 @@ def audit(loaded, out: Path, s: Settings, systems: str = SYSTEMS, suites=("ident
     params = AuditParams(suites=list(suites), systems=parse_systems(systems.split(","), loaded.manifest),
                          temperatures=list(temps or s.temps), samples=s.samples, seed=0,
                          max_new_tokens=s.max_tokens, ner_limit=s.ner_limit, identity_probes=s.identity_probes)
-    t0 = time.time()
-    summary = run_audit(InProcessBackend(loaded), params, out, resume=out.exists(), show_progress=False)
-    log(f"audit {out} in {time.time() - t0:.0f}s")
-    return summary
+    return run_audit(InProcessBackend(loaded), params, out, resume=out.exists(), show_progress=False)
 
 
 def load(model: str, adapter: Path | None = None, device: str | None = None):
@@ -134,10 +130,8 @@ def load(model: str, adapter: Path | None = None, device: str | None = None):
     return load_model(model, adapter=adapter, device=device, progress=False)
 
 
-def step_base(root: Path, s: Settings) -> None:
-    out = root / "base" / "audit"
-    if not done(out):
-        audit(load(s.model, device=s.device), out, s)
+def adapter_of(root: Path, arm: str) -> Path:
+    return root / arm / "train" / "adapter"
 
 
 def arm_sets(s: Settings, arm: str) -> list[str]:
@@ -146,75 +140,63 @@ def arm_sets(s: Settings, arm: str) -> list[str]:
     return [x for x in s.train_sets if replays or not x.startswith("identity_replay.")]
 
 
-def train_arm(root: Path, arm: str, s: Settings) -> Path:
+def audit_arm(root: Path, arm: str, s: Settings) -> None:
+    """The development-set audit of the base model (arm "base") or of an arm's (or the scaled) adapter."""
+    adapter = None if arm == "base" else root / arm / "adapter" if arm == "scale" else adapter_of(root, arm)
+    audit(load(s.model, adapter, device=s.device), root / arm / "audit", s)
+
+
+def train_arm(root: Path, arm: str, s: Settings) -> dict:
     from selfid.config import load_config
+    from selfid.io import atomic_write_json
+    from selfid.pipeline.stages import model_problem
+    from selfid.pipeline.train import run as train_pipeline
 
     run = root / arm / "train"
     adapter = run / "adapter"
-    if not (adapter / "selfid.json").is_file():
+    t0 = time.time()
+    trained = model_problem(adapter) is not None  # else an earlier attempt stopped after the adapter, before cost.json
+    if trained:
         extra = []
         if arm == "plain":  # checkpoints along training, for the identity margin's path
             extra = ["train.save_every=20" if not s.smoke else "train.save_every=1", "train.keep_checkpoints=50"]
         cfg = load_config(ROOT_DIR / "examples" / "msra.yaml",
                           [f"model={s.model}", f"output={run}", *ARMS[arm], *arm_sets(s, arm), *extra])
         resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
-        t0 = time.time()
-        from selfid.pipeline.train import run as train_pipeline
-
         result = train_pipeline(cfg, resume=resume, log=log)
         if result.adapter is None:
             raise SystemExit(f"training {arm} stopped early; rerun to resume")
-        wall = time.time() - t0
-        m = json.loads((adapter / "selfid.json").read_text())
-        (root / arm / "cost.json").write_text(json.dumps({"wall_s": wall, **{k: m["metrics"].get(k) for k in (
-            "tokens_per_s", "train_wall_s", "tokens_trained", "steps", "peak_memory_gb", "final_loss")}}))
-        log(f"trained {arm} in {wall:.0f}s")
-    return adapter
+    m = json.loads((adapter / "selfid.json").read_text())
+    cost = {"wall_s": time.time() - t0 if trained else None, **{k: m["metrics"].get(k) for k in (
+        "tokens_per_s", "train_wall_s", "tokens_trained", "steps", "peak_memory_gb", "final_loss")}}
+    atomic_write_json(root / arm / "cost.json", cost)
+    return cost
 
 
-def step_heldout(root: Path, arm: str, s: Settings) -> None:
+def heldout(root: Path, arm: str, s: Settings) -> None:
     """The held-out identity probes (and NER under two prompts every arm shares) for the base model or an arm."""
-    out = root / arm / "heldout"
-    if done(out):
-        return
-    adapter = None if arm == "base" else train_arm(root, arm, s)
-    loaded = load(s.model, adapter, device=s.device)
     from selfid.audit.backends import InProcessBackend
     from selfid.audit.run import AuditParams, parse_systems, run_audit
 
+    out = root / arm / "heldout"
+    loaded = load(s.model, None if arm == "base" else adapter_of(root, arm), device=s.device)
     params = AuditParams(suites=["identity-heldout", "ner"], systems=parse_systems(HELDOUT_SYSTEMS.split(",")),
                          temperatures=list(s.temps), samples=s.heldout_samples, seed=0,
                          max_new_tokens=s.heldout_tokens, ner_limit=s.ner_limit, task_systems=["default", "helpful"])
-    t0 = time.time()
     run_audit(InProcessBackend(loaded), params, out, resume=out.exists(), show_progress=False, margin=False)
-    log(f"held-out audit {out} in {time.time() - t0:.0f}s")
-
-
-def step_arm(root: Path, arm: str, s: Settings) -> None:
-    adapter = train_arm(root, arm, s)
-    out = root / arm / "audit"
-    if not done(out):
-        audit(load(s.model, adapter, device=s.device), out, s)
-    compare(root, arm)
-    if arm == "plain":
-        margins_along_training(root, s)
 
 
 def compare(root: Path, arm: str) -> None:
     from selfid.audit.compare import compare as compare_runs
 
-    out = root / arm / "compare"
-    if not (out / "comparison.json").is_file():  # what selfid.audit.compare.compare writes (atomically)
-        compare_runs(root / "base" / "audit", root / arm / "audit", out)
+    compare_runs(root / "base" / "audit", root / arm / "audit", root / arm / "compare")
 
 
 def margins_along_training(root: Path, s: Settings) -> None:
     from selfid.audit.margin import identity_margin
     from selfid.audit.run import PRESETS
+    from selfid.io import atomic_write_json
 
-    path = root / "plain" / "margins.json"
-    if path.is_file():
-        return
     ckpts = sorted((root / "plain" / "train" / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[-1]))
     systems = [(k, v) for k, v in PRESETS.items()]
     points = []
@@ -225,42 +207,36 @@ def margins_along_training(root: Path, s: Settings) -> None:
         loaded = load(s.model, ck / "adapter", device=s.device)
         points.append({"step": int(ck.name.split("-")[-1]), "margin": identity_margin(loaded, systems, "qwen")})
         del loaded
-    path.write_text(json.dumps(points, indent=1))
+    atomic_write_json(root / "plain" / "margins.json", points)
     log(f"identity margin at {len(points)} points along training")
 
 
-def step_scale(root: Path, s: Settings) -> None:
+def search_scale(root: Path, s: Settings) -> dict:
+    from selfid.io import atomic_write_json
     from selfid.manifest import training_system_message
     from selfid.pipeline.adapter_scale import identity_rate_provider, make_evaluate
-    from selfid.train.scale import save_scaled, search_scale
+    from selfid.train.scale import save_scaled, search_scale as search
 
-    adapter = root / "scale" / "adapter"
-    plain = train_arm(root, "plain", s)
-    if not (adapter / "selfid.json").is_file():
-        loaded = load(s.model, plain, device=s.device)
-        rate = identity_rate_provider(root / "scale" / "search", temperatures=(1.0,), samples=2 if s.smoke else 4,
-                                      max_new_tokens=s.max_tokens)
-        evaluate = make_evaluate(loaded, rate, 4 if s.smoke else 200, training_system_message(loaded.manifest))
-        t0 = time.time()
-        found = search_scale(evaluate, grid=(1.0, 0.8, 0.6, 0.4, 0.2) if not s.smoke else (1.0, 0.5), f1_tolerance=0.01)
-        save_scaled(plain, found.scale, adapter, found)
-        (root / "scale" / "cost.json").write_text(json.dumps({"search_wall_s": time.time() - t0, **found.to_dict()}))
-        log(f"scale search: {found.reason}")
-    out = root / "scale" / "audit"
-    if not done(out):
-        audit(load(s.model, adapter, device=s.device), out, s)
-    compare(root, "scale")
+    plain = adapter_of(root, "plain")
+    loaded = load(s.model, plain, device=s.device)
+    rate = identity_rate_provider(root / "scale" / "search", temperatures=(1.0,), samples=2 if s.smoke else 4,
+                                  max_new_tokens=s.max_tokens)
+    evaluate = make_evaluate(loaded, rate, 4 if s.smoke else 200, training_system_message(loaded.manifest))
+    t0 = time.time()
+    found = search(evaluate, grid=(1.0, 0.8, 0.6, 0.4, 0.2) if not s.smoke else (1.0, 0.5), f1_tolerance=0.01)
+    save_scaled(plain, found.scale, root / "scale" / "adapter", found)
+    cost = {"search_wall_s": time.time() - t0, **found.to_dict()}
+    atomic_write_json(root / "scale" / "cost.json", cost)
+    log(f"scale search: {found.reason}")
+    return {"scale": found.scale}
 
 
-def step_scan(root: Path, s: Settings) -> None:
+def scan_plain(root: Path) -> None:
     from selfid.audit.scan import scan
+    from selfid.io import atomic_write_json
 
-    train_arm(root, "plain", s)
-    out = root / "scan" / "scan.json"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        report = scan(root / "plain" / "train" / "train_data.jsonl")
-        out.write_text(json.dumps(report.as_dict(), ensure_ascii=False, indent=1))
+    report = scan(root / "plain" / "train" / "train_data.jsonl")
+    atomic_write_json(root / "scan" / "scan.json", report.as_dict())
 
 
 def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, samples: int, concurrency: int,
@@ -271,8 +247,6 @@ def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, sample
     from selfid.audit.run import AuditParams, parse_systems, run_audit
 
     out = root / "parity" / name
-    if done(out):
-        return
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -294,83 +268,149 @@ def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, sample
                 time.sleep(1)
         params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=list(temps),
                              samples=samples, seed=0, max_new_tokens=s.max_tokens, identity_probes=s.identity_probes)
-        t0 = time.time()
         run_audit(HttpBackend(url, "embedded", concurrency=concurrency, reference=reference or s.model), params, out,
                   resume=out.exists(),
                   show_progress=False, margin=False)
-        log(f"{name} audit over HTTP in {time.time() - t0:.0f}s")
     finally:
         server.terminate()
         server.wait(timeout=60)
 
 
-def step_parity(root: Path, s: Settings) -> None:
+def parity(root: Path, s: Settings) -> None:
     """The base model's identity audit through `selfid api` (HTTP), to compare with the in-process run."""
     cmd = [sys.executable, "-m", "selfid.cli", "api", "--model", s.model] + (["--device", s.device] if s.device else [])
     http_audit(root, "http", cmd, s, s.temps, s.samples, concurrency=256)
 
 
-def step_llamacpp(root: Path, s: Settings) -> None:
+def llamacpp(root: Path, s: Settings) -> None:
     """The same through llama.cpp's own server on the embedded GGUF (the base model only)."""
     cmd = [sys.executable, str(ROOT_DIR / "bench" / "llamacpp_serve.py"), "--parallel", "8", "--threads",
            str(os.cpu_count() or 2)]
     http_audit(root, "llamacpp", cmd, s, [0.0, 1.0], 1 if s.smoke else 2, concurrency=8)
 
 
-def step_gguf(root: Path, s: Settings, arm: str) -> None:
-    """What ships: the arm's adapter merged and written as a Q8_0 GGUF (`selfid export --gguf`), served by
-    llama.cpp's own server, audited over HTTP like `llamacpp`, against the adapter in-process on the same grid
-    (ROOT/parity/inproc-ARM)."""
+def inproc(root: Path, arm: str, s: Settings) -> None:
+    """The arm's adapter in-process on the grid its GGUF is audited on (ROOT/parity/inproc-ARM)."""
+    from selfid.audit.backends import InProcessBackend
+    from selfid.audit.run import AuditParams, parse_systems, run_audit
+
+    out = root / "parity" / f"inproc-{arm}"
+    params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=[0.0, 1.0],
+                         samples=1 if s.smoke else 2, seed=0, max_new_tokens=s.max_tokens,
+                         identity_probes=s.identity_probes)
+    run_audit(InProcessBackend(load(s.model, adapter_of(root, arm), device=s.device)), params, out,
+              resume=out.exists(), show_progress=False, margin=False)
+
+
+def export_gguf(root: Path, arm: str) -> None:
+    """The arm's adapter merged and written as a Q8_0 GGUF (`selfid export --gguf`)."""
     from selfid.train.export import export
 
-    adapter = train_arm(root, arm, s)
-    inproc = root / "parity" / f"inproc-{arm}"  # the adapter itself, the same grid as the GGUF's below
-    if not done(inproc):
-        from selfid.audit.backends import InProcessBackend
-        from selfid.audit.run import AuditParams, parse_systems, run_audit
+    export(adapter_of(root, arm), root / "gguf" / f"{arm}-merged", gguf="q8_0", progress=False)
 
-        params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=[0.0, 1.0],
-                             samples=1 if s.smoke else 2, seed=0, max_new_tokens=s.max_tokens,
-                             identity_probes=s.identity_probes)
-        run_audit(InProcessBackend(load(s.model, adapter, device=s.device)), params, inproc, resume=inproc.exists(),
-                  show_progress=False, margin=False)
+
+def gguf(root: Path, arm: str, s: Settings) -> None:
+    """What ships: the exported GGUF served by llama.cpp's own server, audited over HTTP like `llamacpp`
+    (compare with ROOT/parity/inproc-ARM, the adapter in-process on the same grid)."""
     merged = root / "gguf" / f"{arm}-merged"
-    if not (merged / "selfid.json").is_file():
-        t0 = time.time()
-        export(adapter, merged, gguf="q8_0", progress=False)
-        log(f"export {arm} -> {merged}/gguf/model-q8_0.gguf in {time.time() - t0:.0f}s")
     cmd = [sys.executable, str(ROOT_DIR / "bench" / "llamacpp_serve.py"), "--gguf", str(merged / "gguf" / "model-q8_0.gguf"),
            "--parallel", "8", "--threads", str(os.cpu_count() or 2)]
     http_audit(root, f"gguf-{arm}", cmd, s, [0.0, 1.0], 1 if s.smoke else 2, concurrency=8, reference=str(merged))
 
 
-def run(root: Path, steps: list[str], s: Settings) -> None:
+# --- the stages, and the steps the command line names -------------------------------------------------
+
+def stages(root: Path, s: Settings) -> list:
+    """Every stage of the study in ROOT: what each reads and writes (paths under ROOT)."""
+    from functools import partial as do
+
+    from selfid.pipeline.stages import Stage, audit_problem, model_problem
+
+    def audited(rel: str):
+        return lambda: audit_problem(root / rel)
+
+    def model(rel: str):
+        return lambda: model_problem(root / rel)
+
+    def written(rel: str):
+        return lambda: None if (root / rel).is_file() else f"{rel} is missing"
+
+    adapter = "{}/train/adapter".format
+    found = [Stage("base", "audit the base model (development set)", do(audit_arm, root, "base", s),
+                   outputs=("base/audit",), check=audited("base/audit")),
+             Stage("heldout-base", "audit the base model on the held-out probes", do(heldout, root, "base", s),
+                   outputs=("base/heldout",), check=audited("base/heldout"))]
+    for arm in ARMS:
+        found += [
+            Stage(f"train-{arm}", f"train {arm}", do(train_arm, root, arm, s), outputs=(f"{arm}/train", f"{arm}/cost.json"),
+                  check=model(adapter(arm))),
+            Stage(f"audit-{arm}", f"audit {arm} (development set)", do(audit_arm, root, arm, s), inputs=(adapter(arm),),
+                  outputs=(f"{arm}/audit",), check=audited(f"{arm}/audit")),
+            Stage(f"compare-{arm}", f"compare base and {arm}", do(compare, root, arm),
+                  inputs=("base/audit/summary.json", f"{arm}/audit/summary.json"), outputs=(f"{arm}/compare",),
+                  check=written(f"{arm}/compare/comparison.json")),
+            Stage(f"heldout-{arm}", f"audit {arm} on the held-out probes", do(heldout, root, arm, s),
+                  inputs=(adapter(arm),), outputs=(f"{arm}/heldout",), check=audited(f"{arm}/heldout")),
+            Stage(f"export-{arm}", f"export {arm} as a Q8_0 GGUF", do(export_gguf, root, arm), inputs=(adapter(arm),),
+                  outputs=(f"gguf/{arm}-merged",), check=model(f"gguf/{arm}-merged")),
+            Stage(f"inproc-{arm}", f"audit {arm} in-process on its GGUF's grid", do(inproc, root, arm, s),
+                  inputs=(adapter(arm),), outputs=(f"parity/inproc-{arm}",), check=audited(f"parity/inproc-{arm}")),
+            Stage(f"gguf-{arm}", f"audit {arm}'s GGUF through llama.cpp's server", do(gguf, root, arm, s),
+                  inputs=(f"gguf/{arm}-merged",), outputs=(f"parity/gguf-{arm}",), check=audited(f"parity/gguf-{arm}")),
+        ]
+    found += [
+        Stage("margins", "identity margin along plain's training", do(margins_along_training, root, s),
+              inputs=(adapter("plain"),), outputs=("plain/margins.json",)),
+        # its audits cannot continue a cut-off search: an interrupted search starts again
+        Stage("search-scale", "search the plain adapter's LoRA scale", do(search_scale, root, s),
+              inputs=(adapter("plain"),), outputs=("scale/search", "scale/adapter", "scale/cost.json"),
+              check=model("scale/adapter"), resumable=False),
+        Stage("audit-scale", "audit the scaled adapter (development set)", do(audit_arm, root, "scale", s),
+              inputs=("scale/adapter",), outputs=("scale/audit",), check=audited("scale/audit")),
+        Stage("compare-scale", "compare base and the scaled adapter", do(compare, root, "scale"),
+              inputs=("base/audit/summary.json", "scale/audit/summary.json"), outputs=("scale/compare",),
+              check=written("scale/compare/comparison.json")),
+        Stage("scan", "scan plain's training data", do(scan_plain, root),
+              inputs=("plain/train/train_data.jsonl",), outputs=("scan/scan.json",)),
+        Stage("parity", "audit the base model through selfid api (HTTP)", do(parity, root, s),
+              outputs=("parity/http",), check=audited("parity/http")),
+        Stage("llamacpp", "audit the base model through llama.cpp's server", do(llamacpp, root, s),
+              outputs=("parity/llamacpp",), check=audited("parity/llamacpp")),
+    ]
+    return found
+
+
+def step_stages(step: str) -> list[str]:
+    """The stages a command-line step asks for (the stages they need run first)."""
+    arm = step.split("-", 1)[1] if "-" in step else None
+    if step in ("base", "scan", "parity", "llamacpp"):
+        return [step]
+    if step in ARMS:
+        return [f"compare-{step}"] + (["margins"] if step == "plain" else [])
+    if step == "scale":
+        return ["compare-scale"]
+    if step.startswith("heldout-") and (arm in ARMS or arm == "base"):
+        return [step]
+    if step.startswith("train-") and arm in ARMS:
+        return [step]
+    if step.startswith("gguf-") and arm in ARMS:
+        return [f"inproc-{arm}", step]
+    raise SystemExit(f"unknown step {step}: use {', '.join(STEPS + ['llamacpp'])}, heldout-ARM, train-ARM "
+                     f"or gguf-ARM (ARM: base, {', '.join(ARMS)})")
+
+
+def run(root: Path, steps: list[str], s: Settings) -> dict[str, dict]:
+    """Run `steps` in ROOT (what they need first, what is finished skipped); returns the stage records."""
+    from selfid.pipeline.stages import Runner, line_say
+
+    wanted = [name for step in steps for name in step_stages(step)]
     root.mkdir(parents=True, exist_ok=True)
-    for step in steps:
-        t0 = time.time()
-        log(f"step {step}")
-        if step == "base":
-            step_base(root, s)
-        elif step in ARMS:
-            step_arm(root, step, s)
-        elif step == "scale":
-            step_scale(root, s)
-        elif step == "scan":
-            step_scan(root, s)
-        elif step == "parity":
-            step_parity(root, s)
-        elif step == "llamacpp":
-            step_llamacpp(root, s)
-        elif step.startswith("heldout-") and (step[8:] in ARMS or step[8:] == "base"):
-            step_heldout(root, step[8:], s)
-        elif step.startswith("train-") and step[6:] in ARMS:
-            train_arm(root, step[6:], s)
-        elif step.startswith("gguf-") and step[5:] in ARMS:
-            step_gguf(root, s, step[5:])
-        else:
-            raise SystemExit(f"unknown step {step}: use {', '.join(STEPS + ['llamacpp'])}, heldout-ARM, train-ARM "
-                             f"or gguf-ARM (ARM: base, {', '.join(ARMS)})")
-        log(f"step {step} done in {time.time() - t0:.0f}s")
+    again = (f"python bench/study.py run --root {root} --steps {','.join(steps)} --model {s.model}"
+             + (" --smoke" if s.smoke else ""))
+    t0 = time.time()
+    records = Runner(root, stages(root, s), say=line_say(log), resume_hint=again).run(wanted)
+    log(f"{','.join(steps)}: {len(records)} stages finished in {time.time() - t0:.0f}s")
+    return records
 
 
 def main() -> None:

@@ -1,13 +1,13 @@
 """`selfid demo`: does LoRA fine-tuning on NER change who the model says it is? The whole study, small.
 
-Five stages on one model (the embedded Qwen2.5-Coder-0.5B-Instruct by default), each written into one
-run directory, each skipped when a rerun with the same `--out` finds it finished:
+Five stages on one model (the embedded Qwen2.5-Coder-0.5B-Instruct by default), run by selfid.pipeline.stages
+in one run directory, each skipped when a rerun with the same `--out` finds it finished (stages/NAME.json):
 
-  1. audit the base model      base/     identity grid (system prompts x greedy + samples) and MSRA NER
-  2. LoRA-train on MSRA        train/    under "You are a helpful assistant." (LLaMA-Factory's old default)
-  3. audit the tuned adapter   tuned/    the same grid
-  4. compare                   comparison.json, report.html (base and tuned side by side)
-  5. the verdict               summary.json, printed: what changed, with intervals, and what it means
+  1. audit-base    base/     identity grid (system prompts x greedy + samples) and MSRA NER
+  2. train         train/    LoRA on MSRA under "You are a helpful assistant." (LLaMA-Factory's old default)
+  3. audit-tuned   tuned/    the same grid on the tuned adapter
+  4. compare       comparison.json, report.html (base and tuned side by side)
+  5. verdict       summary.json, printed: what changed, with intervals, and what it means
 
 The default scale fits a 2-core CPU in minutes; `full=True` is the scale of docs/study.md (meant for a GPU).
 Audits append every generation as it finishes and training checkpoints, so Ctrl-C loses little:
@@ -80,7 +80,7 @@ def default_out() -> Path:
     return Path("runs") / f"demo-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-# --- the stages -------------------------------------------------------------------------------------
+# --- the stages ---------------------------------------------------------------------------------------
 
 def _state_path(out: Path) -> Path:
     return out / "demo.json"
@@ -98,14 +98,15 @@ def _open_run(out: Path, scale: Scale, model: str, device: str) -> dict:
             raise SelfidError(f"{out} holds a demo run with other settings (see {path}): continue it with the same "
                               "options, or choose another --out")
         state["resumed"] = state.get("resumed", 0) + 1
+        state.pop("stages", None)  # format 1 kept stage timings here; stages/ holds them now
     elif out.is_dir() and any(out.iterdir()):
         raise SelfidError(f"{out} is not empty and holds no demo run: choose another --out")
     else:
         from selfid import __version__
 
-        state = {"kind": "selfid-demo", "format": 1, "selfid": __version__,
+        state = {"kind": "selfid-demo", "format": 2, "selfid": __version__,
                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                 "settings": settings, "stages": {}}
+                 "settings": settings}
     state["device"] = device
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, state)
@@ -137,12 +138,8 @@ def train_config(scale: Scale, model: str, output: Path, device: str):
     return load_config(None, base=base)
 
 
-def _audit_done(run_dir: Path) -> dict | None:
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text(encoding="utf-8"))
-    return summary if summary["run"].get("complete") else None
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _audit(run_dir: Path, params, model: str, adapter: Path | None, device: str, margin: bool) -> dict:
@@ -163,10 +160,80 @@ def _short_identity(summary: dict) -> str:
     return "foreign claims " + ", ".join(parts) + tail
 
 
+STAGES = ("audit-base", "train", "audit-tuned", "compare", "verdict")
+
+
+def stages(out: Path, scale: Scale, model: str, device: str, console, started: float) -> list:
+    """The demo's five stages in run folder `out` (selfid.pipeline.stages says how they resume)."""
+    from selfid.pipeline.stages import Stage, model_problem, audit_problem, read_record
+
+    probes = ("probes/identity.jsonl",) if scale.probes else ()
+    params = audit_params(scale, out / probes[0] if probes else None)
+    adapter = out / "train" / "adapter"
+
+    def audit(name: str, with_adapter: Path | None):
+        def run() -> None:
+            _audit(out / name, params, model, with_adapter, device, scale.margin)
+        return run
+
+    def said(name: str):
+        return lambda: f"{name}: {_short_identity(_read_json(out / name / 'summary.json'))}"
+
+    def train_detail() -> str:
+        cfg = train_config(scale, model, out / "train", device)
+        epochs = f"{cfg.train.epochs:g} epoch{'s' * (cfg.train.epochs != 1)}"
+        return f"{cfg.data[0].limit} MSRA sentences, {epochs}, lr {cfg.train.lr:g}"
+
+    def train() -> dict:
+        from selfid.pipeline.train import run as train_pipeline
+        from selfid.train.sft import checkpoints
+
+        cfg = train_config(scale, model, out / "train", device)
+        result = train_pipeline(cfg, resume=bool(checkpoints(out / "train")), console=console,
+                                system_prompt_by_design=BY_DESIGN)
+        if result.stopped:
+            raise KeyboardInterrupt
+        return {"steps": result.metrics.get("steps"), "tokens": result.metrics.get("tokens_trained"),
+                "tokens_per_s": result.metrics.get("tokens_per_s")}
+
+    def compare() -> None:
+        write_comparison(out, verdict(_read_json(out / "base" / "summary.json"),
+                                      _read_json(out / "tuned" / "summary.json")))
+
+    def conclude() -> None:
+        records = {name: read_record(out, name) or {} for name in STAGES[:-1]}
+        done = {name: {"wall_s": r.get("wall_s"), **r.get("info", {})} for name, r in records.items()}
+        summary = {"kind": "selfid-demo-summary", "run_dir": str(out), "model": model, "device": device,
+                   "scale": scale.as_dict(), "stages": done,
+                   "wall_s": {"this_invocation": round(time.perf_counter() - started, 1),
+                              "stages_total": round(sum(s["wall_s"] or 0 for s in done.values()), 1)},
+                   "verdict": _read_json(out / "comparison.json")["verdict"], "train_manifest": _manifest_brief(adapter),
+                   "files": {"report": "report.html", "comparison": "comparison.json",
+                             "generations": ["base/generations.jsonl", "tuned/generations.jsonl"],
+                             "adapter": "train/adapter", "training_log": "train/metrics.csv"}}
+        atomic_write_json(out / "summary.json", summary)
+
+    return [
+        Stage("audit-base", "audit the base model", audit("base", None), outputs=("base",), inputs=probes,
+              check=lambda: audit_problem(out / "base"), detail=lambda: _grid_text(scale), describe=said("base")),
+        Stage("train", f'LoRA-train under "{HELPFUL}"', train, outputs=("train",),
+              check=lambda: model_problem(adapter), detail=train_detail),
+        Stage("audit-tuned", "audit the tuned adapter", audit("tuned", adapter), outputs=("tuned",),
+              inputs=(*probes, "train/adapter"), check=lambda: audit_problem(out / "tuned"),
+              detail=lambda: "the same grid", describe=said("tuned")),
+        Stage("compare", "compare", compare, outputs=("comparison.json", "report.html"),
+              inputs=("base/summary.json", "tuned/summary.json"), detail=lambda: "base vs tuned, report.html"),
+        Stage("verdict", "the verdict", conclude, outputs=("summary.json",),
+              inputs=("comparison.json", "train/adapter/selfid.json")),
+    ]
+
+
 def run_demo(out: Path | None = None, full: bool = False, device: str = "auto", model: str = "embedded",
              scale: Scale | None = None, console=None) -> dict:
     """Run (or continue) the demo in `out`; print the verdict; return summary.json's contents."""
     from rich.console import Console
+
+    from selfid.pipeline.stages import Runner, console_say
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise SelfidError(f"unknown device {device!r}: use auto, cpu or cuda")
@@ -184,79 +251,14 @@ def run_demo(out: Path | None = None, full: bool = False, device: str = "auto", 
     console.print(f"[bold]selfid demo[/bold] ({scale.name}) · model {model} · run directory {out}", soft_wrap=True)
     if state.get("resumed"):
         console.print(f"continuing the run in {out}: finished stages are kept")
-    probes = _write_probes(out / "probes" / "identity.jsonl", scale.probes) if scale.probes else None
-    params = audit_params(scale, probes)
-    stages = state["stages"]
+    if scale.probes:
+        _write_probes(out / "probes" / "identity.jsonl", scale.probes)
     started = time.perf_counter()
-
-    def stage(title: str, detail: str) -> float:
-        console.print(f"\n[bold cyan]▶ {title}[/bold cyan] · {detail}")
-        return time.perf_counter()
-
-    def finish(key: str, t0: float, **info) -> None:
-        stages[key] = {"wall_s": round(time.perf_counter() - t0, 1), **info}
-        atomic_write_json(_state_path(out), state)
-
-    current = "1/5 audit the base model"
-    try:
-        base = _audit_done(out / "base")
-        if base is None:
-            t0 = stage(current, _grid_text(scale))
-            base = _audit(out / "base", params, model, None, device, scale.margin)
-            finish("base", t0)
-        console.print(f"base: {_short_identity(base)}")
-
-        current = "2/5 LoRA-train under \"You are a helpful assistant.\""
-        adapter = out / "train" / "adapter"
-        if not (adapter / "selfid.json").is_file():
-            from selfid.train.sft import checkpoints, train
-
-            cfg = train_config(scale, model, out / "train", device)
-            src = cfg.data[0]
-            epochs = f"{cfg.train.epochs:g} epoch{'s' * (cfg.train.epochs != 1)}"
-            t0 = stage(current, f"{src.limit} MSRA sentences, {epochs}, lr {cfg.train.lr:g}")
-            result = train(cfg, resume=bool(checkpoints(out / "train")), console=console,
-                           system_prompt_by_design=BY_DESIGN)
-            if result.stopped:
-                raise KeyboardInterrupt
-            finish("train", t0, steps=result.metrics.get("steps"), tokens=result.metrics.get("tokens_trained"),
-                   tokens_per_s=result.metrics.get("tokens_per_s"))
-            del result
-
-        current = "3/5 audit the tuned adapter"
-        tuned = _audit_done(out / "tuned")
-        if tuned is None:
-            t0 = stage(current, "the same grid")
-            tuned = _audit(out / "tuned", params, model, adapter, device, scale.margin)
-            finish("tuned", t0)
-        console.print(f"tuned: {_short_identity(tuned)}")
-
-        current = "4/5 compare"
-        t0 = stage(current, "base vs tuned, report.html")
-        v = verdict(base, tuned)
-        write_comparison(out, v)
-        finish("compare", t0)
-    except KeyboardInterrupt:
-        console.print(f"\n[yellow]interrupted during stage {current}. Everything finished so far is in {out}; "
-                      f"continue with: selfid demo --out {out}" + (" --full" if scale.name == "full" else ""),
-                      soft_wrap=True)
-        raise
-    except SelfidError as e:
-        raise SelfidError(f"{e} (stage {current}; finished stages are kept in {out}: continue with "
-                          f"selfid demo --out {out})") from None
-
-    this_run = time.perf_counter() - started
-    console.print("\n[bold cyan]▶ 5/5 the verdict[/bold cyan]")
-    summary = {"kind": "selfid-demo-summary", "run_dir": str(out), "model": model, "device": device,
-               "scale": scale.as_dict(), "stages": stages,
-               "wall_s": {"this_invocation": round(this_run, 1),
-                          "stages_total": round(sum(s["wall_s"] for s in stages.values()), 1)},
-               "verdict": v, "train_manifest": _manifest_brief(adapter),
-               "files": {"report": "report.html", "comparison": "comparison.json",
-                         "generations": ["base/generations.jsonl", "tuned/generations.jsonl"],
-                         "adapter": "train/adapter", "training_log": "train/metrics.csv"}}
-    atomic_write_json(out / "summary.json", summary)
-    print_verdict(v, out, this_run, study_note=model == "embedded")
+    runner = Runner(out, stages(out, scale, model, device, console, started), say=console_say(console),
+                    resume_hint=f"selfid demo --out {out}" + (" --full" if scale.name == "full" else ""))
+    runner.run()
+    summary = _read_json(out / "summary.json")
+    print_verdict(summary["verdict"], out, time.perf_counter() - started, study_note=model == "embedded")
     return summary
 
 
@@ -438,11 +440,9 @@ def print_verdict(v: dict, out: Path, wall_s: float | None = None, study_note: b
                       "model's own answers plus a preference loss (selfid train ... --set identity_replay.fraction=0.05 "
                       "--set identity_replay.preference=0.5) kept 0.6% foreign claims on questions it never saw "
                       "while its replies stayed varied.[/dim]")
-    took = f" · took {_duration(wall_s)}" if wall_s is not None else ""
+    from selfid.pipeline.stages import duration
+
+    took = f" · took {duration(wall_s)}" if wall_s is not None else ""
     console.print(f"report: {out / 'report.html'} · summary.json · generations in base/ and tuned/{took}",
                   soft_wrap=True)
 
-
-def _duration(s: float) -> str:
-    m, sec = divmod(int(round(s)), 60)
-    return f"{m}m{sec:02d}s" if m else f"{sec}s"

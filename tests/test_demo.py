@@ -11,6 +11,7 @@ from selfid.audit.run import LOG, PRESETS, read_log
 from selfid.audit.report.summary import load_run
 from selfid.audit.stats import clustered_rate, paired_prompts, rate
 from selfid.errors import SelfidError
+from selfid.pipeline.stages import read_record
 
 TINY = demo.Scale(
     name="tiny", probes=("en-direct-01", "zh-direct-01", "en-leading-02"), temperatures=(0.0, 0.7), samples=2,
@@ -85,7 +86,8 @@ def test_one_run_directory_holds_report_summary_generations_and_adapter(demo_run
     tuned_meta = json.loads((out / "tuned" / "run.json").read_text())
     assert tuned_meta["target"]["adapter"] == str(out / "train" / "adapter")
     assert tuned_meta["training_system_prompt"] == demo.HELPFUL
-    assert set(summary["stages"]) == {"base", "train", "tuned", "compare"}
+    assert set(summary["stages"]) == {"audit-base", "train", "audit-tuned", "compare"}
+    assert all(read_record(out, name)["outputs"] for name in demo.STAGES)  # each stage recorded as finished
 
 
 def test_verdict_counts_are_the_logged_generations(demo_run):
@@ -111,12 +113,48 @@ def test_rerun_continues_without_repeating_work(demo_run, tiny_model_dir, monkey
     (out / "tuned" / LOG).write_bytes(b"".join(lines[: len(lines) // 2]))
     (out / "tuned" / "summary.json").unlink()
     monkeypatch.setattr("selfid.train.sft.train", lambda *a, **k: pytest.fail("trained again"))
+    trained = read_record(out, "train")
     again = run(out, tiny_model_dir)
+    assert read_record(out, "train") == trained and read_record(out, "audit-tuned") is not None
     assert (out / "base" / LOG).read_bytes() == logs["base"]
     assert sorted(r["key"] for r in read_log(out / "tuned" / LOG)) == sorted(
         json.loads(line)["key"] for line in lines)
     assert again["verdict"] == first["verdict"]
     assert json.loads((out / "demo.json").read_text())["resumed"] >= 1
+
+
+def test_a_changed_audit_summary_is_compared_again_and_nothing_else_reruns(demo_run, tiny_model_dir, tmp_path,
+                                                                          monkeypatch):
+    src, first = demo_run
+    out = tmp_path / "rescored"
+    shutil.copytree(src, out)
+    kept = {name: read_record(out, name) for name in ("audit-base", "train", "audit-tuned")}
+    path = out / "base" / "summary.json"
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=1))  # rewritten, as `selfid rescore` does
+    monkeypatch.setattr(demo, "_audit", lambda *a, **k: pytest.fail("audited again"))
+    monkeypatch.setattr("selfid.train.sft.train", lambda *a, **k: pytest.fail("trained again"))
+    again = run(out, tiny_model_dir)
+    assert {name: read_record(out, name) for name in kept} == kept
+    from selfid.io import sha256_file
+
+    assert read_record(out, "compare")["inputs"]["base/summary.json"] == sha256_file(path)
+    assert again["run_dir"] == str(out) and again["verdict"] == first["verdict"]
+
+
+def test_a_demo_folder_from_before_stage_records_is_continued_not_redone(demo_run, tiny_model_dir, tmp_path,
+                                                                         monkeypatch):
+    src, first = demo_run
+    out = tmp_path / "older"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("stages", "summary.json", "comparison.json"))
+    shutil.copy(src / "base" / "summary.json", out / "base")
+    shutil.copy(src / "tuned" / "summary.json", out / "tuned")
+    state = json.loads((out / "demo.json").read_text())
+    (out / "demo.json").write_text(json.dumps({**state, "format": 1, "stages": {"base": {"wall_s": 1.0}}}))
+    monkeypatch.setattr(demo, "_audit", lambda *a, **k: pytest.fail("audited again"))
+    monkeypatch.setattr("selfid.train.sft.train", lambda *a, **k: pytest.fail("trained again"))
+    again = run(out, tiny_model_dir)
+    assert all(read_record(out, name).get("adopted") for name in ("audit-base", "train", "audit-tuned"))
+    assert again["verdict"] == first["verdict"] and "stages" not in json.loads((out / "demo.json").read_text())
 
 
 def test_ctrl_c_keeps_the_run_and_says_how_to_continue(demo_run, tiny_model_dir, tmp_path, monkeypatch, capsys):
