@@ -59,25 +59,25 @@ TEMPLATED = "identity_replay.kind=template"
 V2 = ["identity_replay.deny_per_question=4", "identity_replay.minimal_pairs=false"]
 ARMS = {  # training arms: --set overrides on top of examples/msra.yaml
     "plain": [f"system_prompt={HELPFUL}"],
-    "template": ["system_prompt=template_default"],
+    "template": ["system_prompt=template"],
     "replay2": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.02", TEMPLATED],
     "replay5": [f"system_prompt={HELPFUL}", "identity_replay.fraction=0.05", TEMPLATED],
-    "combo": ["system_prompt=template_default", "identity_replay.fraction=0.05", TEMPLATED],
+    "combo": ["system_prompt=template", "identity_replay.fraction=0.05", TEMPLATED],
     # identity replay v2: the base model's own answers (self-distilled), then the preference and distillation losses
     # (these four keep 4 answers per leading question about another vendor, as when they were run: 61% "No")
-    "self": ["system_prompt=template_default", "identity_replay.fraction=0.05", *V2],
-    "pref": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.preference=0.5", *V2],
-    "kl": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.distill=0.5", *V2],
-    "best": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.preference=0.5",
+    "self": ["system_prompt=template", "identity_replay.fraction=0.05", *V2],
+    "pref": ["system_prompt=template", "identity_replay.fraction=0.05", "identity_replay.preference=0.5", *V2],
+    "kl": ["system_prompt=template", "identity_replay.fraction=0.05", "identity_replay.distill=0.5", *V2],
+    "best": ["system_prompt=template", "identity_replay.fraction=0.05", "identity_replay.preference=0.5",
              "identity_replay.distill=0.5", *V2],
     # balanced (the default now): one answer per leading question about another vendor, twelve wordings of
     # leading questions about its own name, and its own denials as rejected replies of the preference pairs
-    "balanced": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.preference=0.5",
+    "balanced": ["system_prompt=template", "identity_replay.fraction=0.05", "identity_replay.preference=0.5",
                  "identity_replay.minimal_pairs=false"],
-    "balanced-kl": ["system_prompt=template_default", "identity_replay.fraction=0.05",
+    "balanced-kl": ["system_prompt=template", "identity_replay.fraction=0.05",
                     "identity_replay.preference=0.5", "identity_replay.distill=0.5", "identity_replay.minimal_pairs=false"],
     # minimal pairs (the default now): the own-name wordings also asked about other vendors
-    "pairs": ["system_prompt=template_default", "identity_replay.fraction=0.05", "identity_replay.preference=0.5"],
+    "pairs": ["system_prompt=template", "identity_replay.fraction=0.05", "identity_replay.preference=0.5"],
 }
 STEPS = ["base", "plain", "scan", "template", "replay2", "replay5", "combo", "scale", "parity"]
 # the held-out identity probes, under the serving system prompts and three persona prompts no training data uses

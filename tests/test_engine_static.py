@@ -133,3 +133,31 @@ def test_a_compiled_model_is_not_captured(tiny):
         assert "torch.compile" in static_mod.unsupported(tiny.model)
     finally:
         layer._compiled_call_impl = None
+
+
+def test_decode_attention_takes_the_kernel_output_layouts_cuda_returns(monkeypatch):
+    """CUDA's attention kernels return [n, Hkv, g*q, D] laid out as [n, g*q, Hkv, D]; a view of it across the
+    kv-head groups fails (it did on an H200). The result must not depend on the layout the kernel picked."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    n, H, Hkv, q, L, D = 3, 8, 2, 2, 7, 16
+    query, key, value = (torch.randn(n, H, q, D, generator=g), torch.randn(n, Hkv, L, D, generator=g),
+                         torch.randn(n, Hkv, L, D, generator=g))
+    mask = torch.zeros(n, 1, q, L)
+    mask[0, 0, :, 5:] = float("-inf")
+    want, _ = static_mod.decode_attention(None, query, key, value, mask, scaling=D ** -0.5)
+    real = F.scaled_dot_product_attention
+
+    def cuda_layout(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out.transpose(1, 2).contiguous().transpose(1, 2)  # same values, the strides CUDA's kernels give
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", cuda_layout)
+    got, _ = static_mod.decode_attention(None, query, key, value, mask, scaling=D ** -0.5)
+    assert torch.equal(got, want)
+    # and the values are attention's: each query head against its kv head, masked columns ignored
+    ref = real(query, key.repeat_interleave(H // Hkv, 1), value.repeat_interleave(H // Hkv, 1), attn_mask=mask,
+               scale=D ** -0.5).transpose(1, 2)
+    assert torch.allclose(got, ref, atol=1e-5)

@@ -60,10 +60,12 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     Hkv, L = key.shape[1], key.shape[2]
     g = H // Hkv
     qg = query.reshape(n, Hkv, g * q, D)
-    mask = attention_mask.view(n, 1, 1, q, L)
-    mask = mask.expand(n, 1, g, q, L).reshape(n, 1, g * q, L) if g > 1 else mask.view(n, 1, q, L)
+    mask = attention_mask.reshape(n, 1, 1, q, L)
+    mask = mask.expand(n, 1, g, q, L).reshape(n, 1, g * q, L) if g > 1 else mask.reshape(n, 1, q, L)
     out = F.scaled_dot_product_attention(qg, key, value, attn_mask=mask, scale=scaling)
-    return out.view(n, H, q, value.shape[-1]).transpose(1, 2).contiguous(), None
+    # reshape, not view: CUDA's kernels return [n, Hkv, g*q, D] laid out as [n, g*q, Hkv, D] (on an H200, view
+    # failed with "view size is not compatible with input tensor's size and stride" and decoding fell back to eager)
+    return out.reshape(n, H, q, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
 def register_attention() -> None:
