@@ -40,6 +40,7 @@ Steps (each writes ROOT/<step>/ unless it says otherwise):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import socket
@@ -247,9 +248,15 @@ def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, sample
     from selfid.audit.run import AuditParams, parse_systems, run_audit
 
     out = root / "parity" / name
+    # the same port each time for this name where it is free: the run records the endpoint's URL, and a resumed
+    # audit must find the endpoint it started with
+    port = 20000 + int(hashlib.sha256(name.encode()).hexdigest(), 16) % 20000
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
     out.parent.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(cmd + ["--port", str(port)], cwd=ROOT_DIR, stdout=subprocess.DEVNULL,
                               stderr=open(out.parent / f"{name}-server.log", "w"))

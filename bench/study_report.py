@@ -284,21 +284,57 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
     if held.get("base") and held.get("combo"):
         L.append("- **On questions it never saw** (§7, the held-out set): " + held_sentence(runs, root, held) + ".")
     if held.get("pref") and held.get("base"):
-        run = root / "pref" / "heldout"
-        f = pooled(runs, run, "foreign", "identity-heldout")
-        den = pooled(runs, run, "self_denial", "identity-heldout")
-        task = pooled(runs, run, "task_done", "identity-heldout")
-        own = pooled(runs, run, "own_affirmation", "identity-heldout")
-        d = held["pref"]["identity-heldout"]["by_system"]["default"]["distinct"]["mean"]
-        bd = held["base"]["identity-heldout"]["by_system"]["default"]["distinct"]["mean"]
-        worst, where = worst_cell(held["pref"], "identity-heldout")
-        L.append(f"- **The base model's own answers, plus a preference loss against its own foreign claims** (v2, "
-                 f"§7): on the held-out set {rate(f, 1, kn=False)} foreign claims (worst cell {rate(worst, 1, kn=False)},"
-                 f" {where}), own identity affirmed in {rate(own, 0, kn=False)}, identity tasks done "
-                 f"{rate(task, 0, kn=False)}, {100 * d / bd:.0f}% of the base model's distinct replies, NER F1 "
-                 f"{ner_f1(held['pref'], 'default'):.3f}. It still denies being Qwen in {rate(den, 1, kn=False)} of "
-                 f"replies and misses the bar (§7): not yet the product's promise.")
+        L.append("- **The base model's own answers, plus a preference loss against its own foreign claims** (v2, §7): "
+                 + v2_sentence(runs, root, held, "pref") + " It still denies being Qwen in "
+                 + rate(pooled(runs, root / "pref" / "heldout", "self_denial", "identity-heldout"), 1, kn=False)
+                 + " of replies: its replay set was 61% \"No, I'm not X\" answers (four per question about each of 22 "
+                 "other vendors, five wordings about its own name), and it learned to say \"No\" to a leading question.")
+    if held.get("pairs") and held.get("base"):
+        L.append("- **Balanced replay with minimal pairs** (one \"No\" per question about another vendor, twelve wordings "
+                 "about its own name, each also asked with other vendors' names, its own denials rejected in the "
+                 "preference pairs; the default now, §7): " + v2_sentence(runs, root, held, "pairs") + " Self-denial "
+                 + rate(pooled(runs, root / "pairs" / "heldout", "self_denial", "identity-heldout"), 1, kn=False)
+                 + ", almost all to questions about its maker (\"训练你的是阿里云吗？\" → \"不是的，我是由阿里云开发的…\"). "
+                 "Balancing alone, without the minimal pairs, turned the reflexive \"No\" into a reflexive \"Yes\" "
+                 "(\"I heard this app runs on Claude. True?\" → \"Yes, … Alibaba Cloud's Qwen\"): "
+                 + rate(pooled(runs, root / "balanced" / "heldout", "foreign", "identity-heldout"), 1, kn=False)
+                 + " foreign claims. Closer, but it still misses the bar (§7) at 0.5B, and 1.5B is not measured.")
+    gg, ip = root / "parity" / "gguf-plain", root / "parity" / "inproc-plain"
+    if runs.summary(gg) is not None and runs.summary(ip) is not None:
+        by = greedy_by_system(runs, ip, gg)
+        same = sum(a for k, (a, b) in by.items() if k != "default")
+        n = sum(b for k, (a, b) in by.items() if k != "default")
+        a, b = runs.records(ip), runs.records(gg)
+        keys = {r["key"] for r in b}
+
+        def greedy_default(recs):
+            got = [bool(r["foreign"]) for r in recs if r["key"] in keys and r["system"] == "default"
+                   and r.get("temperature") == 0.0]
+            return f"{sum(got)}/{len(got)}"
+
+        L.append(f"- **What ships keeps the training prompt, drift included** (§5, partial): plain LoRA merged and "
+                 f"exported as a Q8_0 GGUF, served by llama.cpp, reaches the adapter's greedy verdict on {same} of {n} "
+                 "prompts under the same system prompt (merge + quantization changed little), but `selfid export` makes "
+                 "the training prompt the file's default, so with no system message the shipped model claims another "
+                 f"vendor in {greedy_default(b)} greedy replies where the adapter under Qwen's own line does in "
+                 f"{greedy_default(a)}. Train under the template's own prompt, or serve the file with it.")
     return L + [""]
+
+
+def v2_sentence(runs: Runs, root: Path, held: dict, arm: str) -> str:
+    """One v2 arm on the held-out set, in the bar's terms."""
+    run = root / arm / "heldout"
+    f = pooled(runs, run, "foreign", "identity-heldout")
+    task = pooled(runs, run, "task_done", "identity-heldout")
+    own = pooled(runs, run, "own_affirmation", "identity-heldout")
+    d = held[arm]["identity-heldout"]["by_system"]["default"]["distinct"]["mean"]
+    bd = held["base"]["identity-heldout"]["by_system"]["default"]["distinct"]["mean"]
+    worst, where = worst_cell(held[arm], "identity-heldout")
+    f1, p_f1 = ner_f1(held[arm], "default"), ner_f1(held["plain"], "default") if held.get("plain") else None
+    return (f"on the held-out set {rate(f, 1, kn=False)} foreign claims (worst cell {rate(worst, 1, kn=False)}, {where}), "
+            f"own identity affirmed in {rate(own, 0, kn=False)}, identity tasks done {rate(task, 0, kn=False)}, "
+            f"{100 * d / bd:.0f}% of the base model's distinct replies, NER F1 {f1:.3f}"
+            + (f" ({100 * f1 / p_f1:.1f}% of plain LoRA's)." if p_f1 else "."))
 
 
 KEYS = {"foreign": "foreign", "own_affirmation": "own_affirmed", "self_denial": "self_denial", "task_done": "task_done",
@@ -517,6 +553,30 @@ def parity_table(base: dict, other: dict, name: str) -> list[str]:
     return L + ["", f"{agree} of {sum(k in bc for k in oc)} cells agree within their 95% intervals.", ""]
 
 
+def shared_parity_table(a: list[dict], b: list[dict], name: str) -> list[str]:
+    """parity_table on the replies both runs hold (one of them may be partial), foreign claims per cell, clustered
+    by prompt."""
+    from selfid.audit.stats import clustered_rate
+
+    shared = {r["key"] for r in a} & {r["key"] for r in b}
+    cells_: dict = {}
+    for side, recs in ((0, a), (1, b)):
+        for r in recs:
+            if r["key"] in shared and r.get("suite") == "identity":
+                per = cells_.setdefault((r["system"], r["temperature"]), ({}, {}))[side]
+                k, n = per.get(r["probe"], (0, 0))
+                per[r["probe"]] = (k + bool(r["foreign"]), n + 1)
+    L = [f"| cell | in-process | {name} | intervals overlap |", "|---|---|---|---|"]
+    agree = 0
+    for (system, t), (pa, pb) in cells_.items():
+        ra, rb = clustered_rate(list(pa.values())), clustered_rate(list(pb.values()))
+        ok = max(ra["ci95"][0], rb["ci95"][0]) <= min(ra["ci95"][1], rb["ci95"][1])
+        agree += ok
+        L.append(f"| {system} T={t:g} | {rate(ra)} | {rate(rb)} | {'yes' if ok else 'NO'} |")
+    return L + ["", f"{agree} of {len(cells_)} cells agree within their 95% intervals (the same replies' keys on "
+                    "both sides).", ""]
+
+
 def greedy_agreement(runs: Runs, run_a: Path, run_b: Path) -> tuple[int, int]:
     """How many greedy (T=0) identity replies get the same foreign/not verdict in both runs."""
     def greedy(run: Path) -> dict[str, bool]:
@@ -526,6 +586,21 @@ def greedy_agreement(runs: Runs, run_a: Path, run_b: Path) -> tuple[int, int]:
     a, b = greedy(run_a), greedy(run_b)
     shared = a.keys() & b.keys()
     return sum(a[k] == b[k] for k in shared), len(shared)
+
+
+def greedy_by_system(runs: Runs, run_a: Path, run_b: Path) -> dict[str, tuple[int, int]]:
+    """greedy_agreement per system prompt: {system: (same verdict, shared prompts)}."""
+    def greedy(run: Path) -> dict[str, tuple[str, bool]]:
+        return {r["key"]: (r["system"], bool(r["foreign"])) for r in runs.records(run)
+                if r.get("suite") == "identity" and r.get("temperature") == 0.0}
+
+    a, b = greedy(run_a), greedy(run_b)
+    out: dict[str, list[int]] = {}
+    for k in sorted(a.keys() & b.keys()):
+        c = out.setdefault(a[k][0], [0, 0])
+        c[0] += a[k][1] == b[k][1]
+        c[1] += 1
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 def size_section(runs: Runs, roots: list[tuple[str, Path]]) -> list[str]:
@@ -664,11 +739,22 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
               "Q8_0 GGUF with its chat template and served by llama.cpp's server (xllamacpp, 8 slots, on the GPU "
               "machine's CPU), against the adapter in-process (transformers, bf16) on the same grid: the development "
               "probes, T=0 and T=1.0 with 2 samples per prompt.", ""]
-        L += parity_table(ip, gg, "GGUF Q8_0, llama.cpp")
+        n_gg, n_ip = len(runs.records(root / "parity" / f"gguf-{arm}")), len(runs.records(root / "parity" / f"inproc-{arm}"))
+        if n_gg < n_ip:
+            L += [f"**Partial:** {n_gg} of the {n_ip} replies through llama.cpp (the GPU machine's time ran out); "
+                  "cells hold what was generated.", ""]
+        L += ["`selfid export` makes the training system prompt the exported template's default, so the GGUF's "
+              "\"none sent\" row is the model under that prompt (for plain LoRA: \"You are a helpful assistant.\"), "
+              "while the adapter in-process with no system message gets the Qwen line: that row measures what a user "
+              "of the shipped file gets, the other two rows measure merge + quantization under the same prompt.", ""]
+        L += shared_parity_table(runs.records(root / "parity" / f"inproc-{arm}"),
+                                 runs.records(root / "parity" / f"gguf-{arm}"), "GGUF Q8_0, llama.cpp")
         same, n = greedy_agreement(runs, root / "parity" / f"inproc-{arm}", root / "parity" / f"gguf-{arm}")
         if n:
             L += [f"Greedy replies: the same verdict (foreign claim or not) on {same} of {n} prompts × system "
-                  f"prompts ({100 * same / n:.0f}%).", ""]
+                  f"prompts ({100 * same / n:.0f}%)" + "; by system prompt: " + ", ".join(
+                      f"{k} {a}/{b}" for k, (a, b) in greedy_by_system(
+                          runs, root / "parity" / f"inproc-{arm}", root / "parity" / f"gguf-{arm}").items()) + ".", ""]
 
     arms = [a for a in MITIGATIONS if (root / a / "audit" / "summary.json").is_file()]
     if arms:

@@ -110,6 +110,20 @@ def test_local_template_gives_expected_token_counts(server, faults, probes, tiny
     assert cond["empty"]["same_as"] == "default"
 
 
+def test_a_text_the_template_makes_its_default_duplicates_the_default_condition(server, faults, probes,
+                                                                               tiny_model_dir, tmp_path):
+    """An exported model whose template defaults to its training prompt renders "none sent" and that prompt the
+    same: the two conditions are one, and the run says so."""
+    url, _ = server
+    params = grid(probes, own="qwen")
+    params.systems.append(SystemSpec("qwen-line", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."))
+    run_audit(HttpBackend(url, "tiny", reference=str(tiny_model_dir)), params, tmp_path / "r", show_progress=False)
+    ep = json.loads((tmp_path / "r" / "run.json").read_text())["endpoint"]
+    cond = ep["system_prompts"]["conditions"]
+    assert cond["qwen-line"]["prompt_tokens"] == cond["default"]["prompt_tokens"]
+    assert ep["duplicates"] == {"qwen-line": "default"} and cond["helpful"]["same_as"] is None
+
+
 def test_an_honest_endpoint_has_no_duplicates_and_ignores_nothing(server, faults, probes, tmp_path):
     url, _ = server
     faults.ignore_max_tokens = False

@@ -244,11 +244,15 @@ def resolve_own(own: str, reference: Reference | None, served: Sequence[str],
 
 
 # --- what the server does with system messages and parameters --------------------------------------------
-def _expected(reference: Reference | None, messages: list[dict]) -> int | None:
+def _rendered(reference: Reference | None, messages: list[dict]) -> str | None:
     if reference is None or reference.tokenizer is None:
         return None
-    text = reference.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return len(reference.tokenizer(text, add_special_tokens=False).input_ids)
+    return reference.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _expected(reference: Reference | None, messages: list[dict]) -> int | None:
+    text = _rendered(reference, messages)
+    return None if text is None else len(reference.tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def system_handling(backend, systems: Sequence, reference: Reference | None) -> dict:
@@ -303,6 +307,9 @@ def system_handling(backend, systems: Sequence, reference: Reference | None) -> 
             same = default_key or "none"  # "none": no condition of this audit sends none
         else:
             same = next((k for k, t in audit[:i] if t == text), None)
+            if (same is None and default_key is not None and text is not None and verdict == "as sent"
+                    and _rendered(reference, [{"role": "system", "content": text}] + user) == _rendered(reference, user)):
+                same = default_key  # the template's own default is this text (e.g. an export that made it the default)
         conditions[key] = {"sent": text, "prompt_tokens": m, "expected_tokens": e, "evidently": verdict,
                            "same_as": same}
     return {"reported": True, "question": QUESTION, "template_known": reference is not None and
