@@ -115,7 +115,8 @@ def test_the_command_line_is_the_one_bench_gpu_study_sh_calls(work, tmp_path, mo
                                       "--steps", "train-self,heldout-self"])
     study.main()
     assert work.calls == [("train", "self"), ("heldout", "self")]
-    assert study.step_stages("gguf-plain") == ["gguf-plain"] and study.step_stages("scale") == ["compare-scale"]
+    assert study.step_stages("gguf-plain") == ["inproc-plain", "gguf-plain"]
+    assert study.step_stages("scale") == ["compare-scale"]
     plan = [s.name for s in study.stages(tmp_path, study.Settings(True, "tiny"))]
     assert {"base", "heldout-base", "parity", "llamacpp", "search-scale", "export-best", "gguf-best"} <= set(plan)
     monkeypatch.setattr(sys, "argv", ["study.py", "run", "--root", str(tmp_path / "x"), "--steps", "base,heldout-nope"])
