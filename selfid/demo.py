@@ -437,9 +437,10 @@ def print_verdict(v: dict, out: Path, wall_s: float | None = None, study_note: b
         console.print("[dim]docs/study.md (this model, 8,000 sentences x 5 epochs, one H100/H200): the system prompt, "
                       "not fine-tuning, decided most foreign claims. Templated identity conversations in training "
                       "removed them by teaching a slogan (and a reflexive \"No\" to \"Are you Qwen?\"); the base "
-                      "model's own answers plus a preference loss (selfid train ... --set identity_replay.fraction=0.05 "
-                      "--set identity_replay.preference=0.5) kept 0.6% foreign claims on questions it never saw "
-                      "while its replies stayed varied.[/dim]")
+                      "model's own answers, balanced, plus a preference loss (selfid train ... --set "
+                      "identity_replay.fraction=0.05 --set identity_replay.preference=0.5) kept 0.3% foreign claims on "
+                      "questions it never saw while its replies stayed varied, but it still denies its maker in 1.5% "
+                      "of replies: not yet the bar.[/dim]")
     from selfid.pipeline.stages import duration
 
     took = f" · took {duration(wall_s)}" if wall_s is not None else ""
