@@ -35,6 +35,8 @@ def curve(output: Path) -> list[tuple[int, float]]:
 
 
 def main() -> None:
+    from selfid.manifest import read as read_manifest
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "examples" / "msra.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
@@ -66,12 +68,12 @@ def main() -> None:
         print(f"{name}: {' '.join(cmd[:8])} ...", flush=True)
         rc, tail, wall = run(cmd, env, a.timeout)
         out = work / name
-        manifest = out / "adapter" / "selfid.json"
-        if rc != 0 or not manifest.is_file():
+        manifest = read_manifest(out / "adapter") if rc == 0 else None
+        if manifest is None:
             result[name] = {"error": f"exit {rc}", "log_tail": tail[-2000:]}
             print(f"{name}: failed (exit {rc})\n{tail[-1500:]}", flush=True)
             continue
-        metrics = json.loads(manifest.read_text())["metrics"]
+        metrics = manifest.record()["metrics"]
         result[name] = {"tokens_per_s": metrics.get("tokens_per_s"), "train_wall_s": metrics.get("train_wall_s"),
                         "steps": metrics.get("steps"), "final_loss": metrics.get("final_loss"), "wall_s": round(wall, 1),
                         "curve": curve(out)}

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import socket
 import subprocess
@@ -52,7 +51,8 @@ from pathlib import Path
 ROOT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT_DIR))
 
-from selfid.system_prompt import HELPFUL, SERVING  # noqa: E402  (after the path line)
+from selfid.manifest import read as read_manifest  # noqa: E402  (after the path line)
+from selfid.system_prompt import HELPFUL, SERVING  # noqa: E402
 
 SYSTEMS = ",".join(SERVING)
 TEMPS = [0.0, 0.7, 1.0, 1.3]
@@ -167,8 +167,8 @@ def train_arm(root: Path, arm: str, s: Settings) -> dict:
         result = train_pipeline(cfg, resume=resume, log=log)
         if result.adapter is None:
             raise SystemExit(f"training {arm} stopped early; rerun to resume")
-    m = json.loads((adapter / "selfid.json").read_text())
-    cost = {"wall_s": time.time() - t0 if trained else None, **{k: m["metrics"].get(k) for k in (
+    metrics = read_manifest(adapter).record()["metrics"]
+    cost = {"wall_s": time.time() - t0 if trained else None, **{k: metrics.get(k) for k in (
         "tokens_per_s", "train_wall_s", "tokens_trained", "steps", "peak_memory_gb", "final_loss")}}
     atomic_write_json(root / arm / "cost.json", cost)
     return cost

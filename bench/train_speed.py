@@ -95,7 +95,8 @@ def run_baseline(config, batch: int, eval_n: int) -> dict:
 
     from selfid.model.load import load_model
     from selfid.train.eval_ner import evaluate_ner
-    from selfid.train.sft import prepare_data, resolve_system
+    from selfid.train.data import prepare_data
+    from selfid.train.sft import resolve_system
 
     opt = config.train
     loaded = load_model(config.model, device=None if config.device == "auto" else config.device, progress=False)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_json
+from selfid.manifest import read as read_manifest
 from selfid.system_prompt import HELPFUL, SERVING
 
 SYSTEMS = SERVING
@@ -269,11 +270,11 @@ def _grid_text(scale: Scale) -> str:
 
 
 def _manifest_brief(adapter: Path) -> dict | None:
-    path = adapter / "selfid.json"
-    if not path.is_file():
+    manifest = read_manifest(adapter)
+    if manifest is None:
         return None
-    m = json.loads(path.read_text(encoding="utf-8"))
-    return {"train": m.get("train"), "metrics": m.get("metrics")}
+    record = manifest.record()
+    return {"train": record["train"], "metrics": record.get("metrics")}
 
 
 def write_comparison(out: Path, v: dict) -> dict:

@@ -243,3 +243,15 @@ def test_verdict_rows_carry_rates_intervals_and_tests():
     lines = demo.verdict_lines(v)
     assert lines[0].startswith("Foreign identity claims, system prompt none (template's") and "4% (2/48)" in lines[0]
     assert lines[-1] == v["meaning"]
+
+
+def test_the_summary_reads_the_adapter_manifest_through_the_typed_reader(tmp_path):
+    assert demo._manifest_brief(tmp_path) is None  # no selfid.json: nothing to report
+    (tmp_path / "selfid.json").write_text(json.dumps(
+        {"format": 1, "train": {"system_prompt": "You are X.", "system_message_sent": False}, "metrics": {"steps": 3}}))
+    brief = demo._manifest_brief(tmp_path)  # an older layout, migrated: the template put the text there itself
+    assert brief["metrics"] == {"steps": 3}
+    assert brief["train"]["system"]["message"] is None and brief["train"]["system"]["effective"] == "You are X."
+    (tmp_path / "selfid.json").write_text('{"train": ')
+    with pytest.raises(SelfidError, match="not valid JSON"):
+        demo._manifest_brief(tmp_path)

@@ -90,3 +90,35 @@ def test_training_with_adapter_scale_runs_the_identity_audit(tiny_model_dir, tmp
     assert len(list((out / "adapter-scale-audits").iterdir())) == 2  # the base (scale 0) and the full adapter
     scaled = json.loads((out / "adapter-scaled" / "selfid.json").read_text())
     assert scaled["adapter_scale"] == 1.0 and scaled["adapter_scale_search"]["points"]
+
+
+def _hand_made_adapter(folder, manifest_text):
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    save_file({"x.lora_A.weight": torch.ones(2, 2), "x.lora_B.weight": torch.ones(2, 2)},
+              str(folder / "adapter_model.safetensors"))
+    (folder / "selfid.json").write_text(manifest_text)
+    return folder
+
+
+def test_saving_a_scaled_adapter_reads_its_manifest_through_the_typed_reader(tmp_path):
+    from safetensors.torch import load_file
+
+    from selfid.errors import SelfidError
+    from selfid.manifest import FORMAT, read, training_system
+
+    old = {"format": 1, "train": {"system_prompt": "You are X.", "system_message_sent": True}, "metrics": {"steps": 3}}
+    adapter = _hand_made_adapter(tmp_path / "old", json.dumps(old))
+    scaled = save_scaled(adapter, 0.5, tmp_path / "scaled")
+    assert load_file(str(scaled / "adapter_model.safetensors"))["x.lora_B.weight"].eq(0.5).all()
+    manifest = read(scaled)
+    assert manifest.format == FORMAT and manifest.record()["metrics"] == {"steps": 3}
+    assert training_system(manifest) == training_system(old) and training_system(old).message == "You are X."
+    assert manifest.record()["adapter_scale"] == 0.5
+
+    damaged = _hand_made_adapter(tmp_path / "damaged", '{"format": 1, "train": [')
+    with pytest.raises(SelfidError, match="not valid JSON"):
+        save_scaled(damaged, 0.5, tmp_path / "scaled-damaged")
+    assert not (tmp_path / "scaled-damaged").exists()

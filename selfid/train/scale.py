@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from selfid import manifest as manifest_mod
 from selfid.errors import SelfidError
-from selfid.io import CHECKSUMS, atomic_dir, atomic_write_json, write_checksums
+from selfid.io import CHECKSUMS, atomic_dir, write_checksums
 
 
 @dataclass
@@ -98,14 +99,12 @@ def save_scaled(adapter_dir: str | Path, scale: float, out: str | Path, search: 
               for k, v in weights.items()}
     with atomic_dir(out) as tmp:
         for f in adapter_dir.iterdir():
-            if f.is_file() and f.name not in ("adapter_model.safetensors", "selfid.json", CHECKSUMS):
+            if f.is_file() and f.name not in ("adapter_model.safetensors", manifest_mod.MANIFEST, CHECKSUMS):
                 shutil.copy2(f, tmp / f.name)
         save_file(scaled, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        manifest_path = adapter_dir / "selfid.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-        manifest["adapter_scale"] = scale
-        manifest["adapter_scale_search"] = search.to_dict() if search else None
-        manifest["scaled_from"] = str(adapter_dir)
-        atomic_write_json(tmp / "selfid.json", manifest)
+        manifest = manifest_mod.read(adapter_dir)
+        manifest_mod.write(tmp, {**(manifest.record() if manifest is not None else {}), "adapter_scale": scale,
+                                 "adapter_scale_search": search.to_dict() if search else None,
+                                 "scaled_from": str(adapter_dir)})
         write_checksums(tmp)
     return out
