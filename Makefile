@@ -44,5 +44,5 @@ chromium:
 	  || skip "apt-get could not install chromium (its output is above)"
 
 test: setup chromium
-	$(SAY) "running the tests (about 2 minutes on 2 cores)"
+	$(SAY) "running the tests (about 4 to 5 minutes on 2 cores)"
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q
