@@ -374,11 +374,14 @@ def export(
     gguf_types: str = typer.Option("bf16,q8_0", "--gguf-types", help="comma-separated: f32, f16, bf16, q8_0, q5_1, "
                                    "q5_0, q4_1, q4_0"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (the base model's), bfloat16, float16, float32"),
+    system: str = typer.Option("adapter", "--system", "-s", help="the exported template's default system prompt: "
+                               "adapter (the training prompt), template (the base template's own), empty or a text"),
 ):
     """Write a merged model whose chat template carries the training system prompt (and, with --gguf, GGUF files)."""
     from selfid.train.export import export as run
 
-    info = run(adapter, out, model=model, merge=merge, gguf=gguf_types if gguf else False, dtype=dtype)
+    info = run(adapter, out, model=model, merge=merge, gguf=gguf_types if gguf else False, dtype=dtype,
+               system=system, warn=lambda text: print(f"warning: {text}"))
     print(f"exported to {out} ({info['dtype']}); default system prompt {info['default_system']!r}, "
           f"template {info['template_hash']}")
     for g in info.get("gguf", []):

@@ -43,6 +43,20 @@ def test_merged_export_serves_like_training(trained, tmp_path):
     assert saved["kind"] == "merged-model" and saved["train"]["system"]["message"] == HELPFUL
 
 
+def test_export_says_when_it_ships_another_default_and_can_keep_the_templates(trained, tmp_path):
+    heard = []
+    info = export(trained, tmp_path / "as-trained", progress=False, warn=heard.append)
+    assert info["default_system"] == HELPFUL and info["system"]["kind"] == "adapter"
+    assert len(heard) == 1 and repr(HELPFUL) in heard[0] and "--system template" in heard[0]
+    heard.clear()
+    kept = export(trained, tmp_path / "template", progress=False, system="template", warn=heard.append)
+    assert not kept["template_changed"] and heard == [] and kept["system"]["kind"] == "template"
+    merged = load_model(str(tmp_path / "template"), device="cpu", dtype="float32", progress=False)
+    assert merged.chat.default_system == kept["default_system"] != HELPFUL
+    own = export(trained, tmp_path / "own", progress=False, system="You are Ada.", warn=heard.append)
+    assert own["default_system"] == "You are Ada." and own["template_changed"] and len(heard) == 1
+
+
 def test_export_refuses_what_it_cannot_do_safely(trained, tmp_path):
     with pytest.raises(SelfidError, match="unknown GGUF type q3_k"):
         export(trained, tmp_path / "g", gguf="q8_0,q3_k")

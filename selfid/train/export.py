@@ -2,7 +2,8 @@
 
 The folder holds the merged weights, the tokenizer, a chat template whose default system prompt is
 the one used in training (so vLLM, llama.cpp or transformers, given no system message, render
-exactly the training prompt), the model's generation config, and selfid.json with an `export` block.
+exactly the training prompt; `--system` picks another, e.g. `template` for the base template's own),
+the model's generation config, and selfid.json with an `export` block.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from selfid.errors import SelfidError
 from selfid.io import atomic_dir, atomic_write_json, write_checksums
 from selfid.model.chat import ChatFormat
+from selfid.system_prompt import resolve
 
 def _jinja_literal(text: str) -> str:
     return (text.replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"').replace("\n", "\\n")
@@ -45,9 +47,14 @@ def with_default_system(tokenizer, system: str) -> str:
 
 
 def export(adapter: str | Path, out: str | Path, model: str | None = None, merge: bool = True,
-           gguf: bool | str | list[str] = False, dtype: str = "auto", progress: bool = True) -> dict:
+           gguf: bool | str | list[str] = False, dtype: str = "auto", progress: bool = True,
+           system: str = "adapter", warn=None) -> dict:
     """Merge `adapter` into its base model and write a self-contained folder to `out`; with `gguf` (True for
-    bf16 and q8_0, or the types to write) also `out/gguf/model-TYPE.gguf` and an ollama Modelfile."""
+    bf16 and q8_0, or the types to write) also `out/gguf/model-TYPE.gguf` and an ollama Modelfile.
+
+    `system`: the exported template's default system prompt (selfid.system_prompt's vocabulary): `adapter`
+    (the training prompt, so the file serves as trained), `template` (the base template's own), or any
+    other setting. `warn(text)` hears when that default is not the base template's own."""
     import torch
 
     from selfid import manifest as manifest_mod
@@ -84,11 +91,20 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
     tokenizer = loaded.tokenizer
     chat = loaded.chat
     trained = manifest_mod.training_system(manifest)
+    if system == "adapter" and trained is None:
+        system = "template"  # nothing recorded: the template stays as it is
+    chosen = resolve(system, chat.default_system, "export --system", training=trained)
     changed_template = False
-    if trained is not None and trained.message is not None and trained.message != chat.default_system:
-        tokenizer.chat_template = with_default_system(tokenizer, trained.message)
+    if chosen.message is not None and chosen.message != chat.default_system:
+        tokenizer.chat_template = with_default_system(tokenizer, chosen.message)
         changed_template = True
     final_chat = ChatFormat(tokenizer)
+    if changed_template and warn is not None:
+        warn(f"the exported model's default system prompt is {chosen.message!r}, not the chat template's own "
+             f"({chat.default_system!r}): served without a system message it answers as under that prompt. A "
+             "LoRA trained under \"You are a helpful assistant.\" and shipped so claimed another vendor in 16 of "
+             "18 greedy identity replies on the embedded model (docs/study.md §5); --system template keeps the "
+             "template's own default.")
 
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -99,6 +115,7 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
             "kind": "merged-model",
             "export": {"adapter": str(adapter), "base_model": base, "dtype": str(target).removeprefix("torch."),
                        "template_changed": changed_template, "template_hash": final_chat.template_hash,
+                       "system": chosen.model_dump(),
                        "default_system": final_chat.default_system,
                        "original_template_hash": chat.template_hash},
         }
