@@ -102,8 +102,10 @@ def env_info(out: Path, env: dict) -> dict:
 
 
 def liger_from_wheels(out: Path, env: dict) -> str | None:
-    """Install a liger-kernel wheel from .whl/ (if present) into out/.pydeps for the steps; returns what happened."""
-    wheels = sorted((ROOT / ".whl").glob("liger_kernel-*.whl")) if (ROOT / ".whl").is_dir() else []
+    """Install a liger-kernel wheel from .whl/ or /tmp/m/wheels/ (bench/gpu/payload.sh), if present, into
+    out/.pydeps for the steps; returns what happened."""
+    wheels = [w for d in (ROOT / ".whl", Path("/tmp/m/wheels")) if d.is_dir()
+              for w in sorted(d.glob("liger_kernel-*.whl"))]
     if not wheels:
         return None
     target = out / ".pydeps"

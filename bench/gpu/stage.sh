@@ -27,4 +27,4 @@ n=$(ls .stage | wc -l)
 echo "Staged $n pieces. On the GPU machine, with carry [\".stage/cK\"] for K = 0 .. $((n - 1)), one call each, back to back:"
 echo "  mkdir -p /tmp/m && cp .stage/cK/part.K /tmp/m/"
 echo "then: cat \$(ls /tmp/m/part.* | sort -t. -k2 -n) > /tmp/m/model.gguf && echo \"$sha  /tmp/m/model.gguf\" | sha256sum -c && rm /tmp/m/part.*"
-echo "and: source bench/gpu/env.sh (with carry [\".whl\"]) before selfid runs there."
+echo "and: source bench/gpu/env.sh (with carry [\".whl\"], or the wheels bench/gpu/payload.sh stages) before selfid runs there."

