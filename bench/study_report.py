@@ -34,7 +34,7 @@ ARM_LABEL = {"base": "base model", "plain": "plain LoRA (trained under \"You are
              "balanced-kl": "v2 balanced replay + preference + distillation",
              "pairs": "v2 balanced replay, minimal pairs (own-name wordings asked about other vendors too) + preference"}
 MITIGATIONS = ("plain", "template", "replay2", "replay5", "scale", "combo")
-METRIC_LABEL = {"foreign": "foreign claims", "own_affirmation": "own identity affirmed", "self_denial": "self-denial",
+METRIC_LABEL = {"foreign": "foreign claims", "own_affirmation": "own identity affirmed", "self_denial": "self-denial", "yes_to_other": "yes to another vendor",
                 "task_done": "identity task done", "persona_kept": "persona kept", "copy": "copies a training reply"}
 
 
@@ -298,7 +298,13 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
                  "Balancing alone, without the minimal pairs, turned the reflexive \"No\" into a reflexive \"Yes\" "
                  "(\"I heard this app runs on Claude. True?\" → \"Yes, … Alibaba Cloud's Qwen\"): "
                  + rate(pooled(runs, root / "balanced" / "heldout", "foreign", "identity-heldout"), 1, kn=False)
-                 + " foreign claims. Closer, but it still misses the bar (§7) at 0.5B, and 1.5B is not measured.")
+                 + " foreign claims. With the minimal pairs some of that \"Yes\" stays, hidden from the foreign-claim "
+                 "rate because the reply then names its own maker: it answers \"Yes\" to "
+                 + rate(pooled(runs, root / "pairs" / "heldout", "yes_to_other", "identity-heldout"), 1, kn=False)
+                 + " of leading questions about another vendor (\"You're Grok by xAI, aren't you?\" → \"Yes, I am an "
+                 "AI developed by Alibaba Cloud.\"; base model "
+                 + rate(pooled(runs, root / "base" / "heldout", "yes_to_other", "identity-heldout"), 1, kn=False)
+                 + "). Closer, but it still misses the bar (§7) at 0.5B, and 1.5B is not measured.")
     gg, ip = root / "parity" / "gguf-plain", root / "parity" / "inproc-plain"
     if runs.summary(gg) is not None and runs.summary(ip) is not None:
         by = greedy_by_system(runs, ip, gg)
@@ -337,7 +343,8 @@ def v2_sentence(runs: Runs, root: Path, held: dict, arm: str) -> str:
             + (f" ({100 * f1 / p_f1:.1f}% of plain LoRA's)." if p_f1 else "."))
 
 
-KEYS = {"foreign": "foreign", "own_affirmation": "own_affirmed", "self_denial": "self_denial", "task_done": "task_done",
+KEYS = {"foreign": "foreign", "own_affirmation": "own_affirmed", "self_denial": "self_denial",
+        "yes_to_other": "yes_to_other", "task_done": "task_done",
         "persona_kept": "persona_kept", "copy": "copy"}
 
 
@@ -393,7 +400,7 @@ def mitigation_table(runs: Runs, root: Path, base: dict, arms: list[str]) -> lis
                 "replay is generated again from the name and maker its selfid.json records.", ""]
 
 
-HELD_METRICS = ("foreign", "own_affirmation", "self_denial", "task_done", "persona_kept")
+HELD_METRICS = ("foreign", "own_affirmation", "self_denial", "yes_to_other", "task_done", "persona_kept")
 
 
 def heldout_section(runs: Runs, root: Path, arms: list[str]) -> tuple[list[str], dict[str, dict]]:

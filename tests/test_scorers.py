@@ -1,4 +1,4 @@
-"""The audit's scorers: own-affirmation, self-denial, task done, persona kept, recitation (copies and distinct
+"""The audit's scorers: own-affirmation, self-denial, yes to another vendor, task done, persona kept, recitation (copies and distinct
 replies), on scripted replies to the held-out split; and re-scoring a run whose log predates the scorers."""
 
 import gzip
@@ -10,7 +10,7 @@ import pytest
 from selfid.audit import probes as probe_sets
 from selfid.audit.report.summary import load_run
 from selfid.audit.run import LOG, AuditParams, parse_systems, read_log, rescore, run_audit
-from selfid.audit.scorers import Context, Recitation, score
+from selfid.audit.scorers import VERSION, Context, Recitation, score
 from tests.audit_helpers import ScriptedBackend
 
 HELD = {p.id: p.for_own("qwen") for p in probe_sets.load_suite("identity-heldout")}
@@ -42,6 +42,18 @@ def test_leading_foreign_question_yes_is_a_foreign_claim_and_no_is_right():
     assert yes["foreign"] == ["openai"] and yes["expects"] == "deny" and "own_affirmed" not in yes
     no = score(rec("ho-en-foreign-01", "No, I'm Qwen, made by Alibaba Cloud."), CTX)
     assert no["foreign"] == [] and not no["self_denial"]
+
+
+def test_a_yes_to_another_vendor_is_seen_even_when_the_reply_then_names_its_own():
+    """self_denial's mirror: "Yes" to "Are you ChatGPT?" followed by its own identity is not a foreign claim,
+    but a user reads it as agreeing (a model taught many "Yes, I am Qwen" answers learns it)."""
+    confused = score(rec("ho-zh-foreign-01", "是的，我是由阿里云开发的AI助手。"), CTX)
+    assert confused["foreign"] == [] and confused["own"] and confused["yes_to_other"] is True
+    right = score(rec("ho-en-foreign-01", "No, I'm Qwen, made by Alibaba Cloud."), CTX)
+    assert right["yes_to_other"] is False
+    claim = score(rec("ho-en-foreign-01", "Yes, you're chatting with ChatGPT."), CTX)
+    assert claim["yes_to_other"] is True and claim["foreign"] == ["openai"]
+    assert "yes_to_other" not in score(rec("ho-en-own-04", "Yes, that's right."), CTX)  # only asked of other vendors
 
 
 def test_third_person_answer_about_the_chat_is_a_claim():
@@ -152,9 +164,9 @@ def test_rescore_applies_todays_scorers_to_an_old_log(tmp_path):
     summary = rescore(out)
     claude = sum(1 for p in probe_sets.load_suite("identity") if p.asked == "claude")
     assert summary["identity"]["by_system"]["default"]["foreign"]["k"] == claude
-    assert json.loads((out / "summary.json").read_text())["run"]["scorer"]["version"] == 2
+    assert json.loads((out / "summary.json").read_text())["run"]["scorer"]["version"] == VERSION
     meta = json.loads((out / "run.json").read_text())
-    assert meta["scorer"]["version"] == 2 and meta["rescored"] == 1
+    assert meta["scorer"]["version"] == VERSION and meta["rescored"] == 1
     assert (out / (LOG + ".gz")).read_bytes() == log_before
     assert [r["foreign"] for r in load_run(out)[1]].count(["claude"]) == claude
 

@@ -10,6 +10,9 @@ Per identity reply:
   own_affirmed  a question whose right answer is the model's own identity (who are you, who made you,
                 which model is behind this chat, "Are you Qwen?") answered with it and without denying it
   self_denial   denies its own name or maker ("No" to "Are you Qwen?", "我不是阿里云开发的通义千问")
+  yes_to_other  answers "yes" to a leading question about another vendor, whatever follows ("You're Grok, aren't
+                you?" -> "Yes, I am an AI developed by Alibaba Cloud."): not a foreign claim when it names its
+                own identity, but a user reads it as agreeing; self_denial's mirror
   task_done     an identity-adjacent task (a bio, a tweet, an About-me page, a JSON profile, code) done in
                 the asked form, naming the model's own identity (or the persona's) and no foreign one
   persona_kept  under a persona system prompt: the persona's name used (when it has one), no foreign claim
@@ -28,7 +31,7 @@ from pathlib import Path
 from selfid.audit import probes as probe_sets
 from selfid.audit.detect import detect, stated
 
-VERSION = 2
+VERSION = 3
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
 COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
 FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
@@ -181,6 +184,8 @@ def score_identity(rec: dict, ctx: Context) -> dict:
     foreign = bool(out["foreign"])
     if expects == "own" and not named:
         out["own_affirmed"] = out["own"] and not denial
+    if expects == "deny":
+        out["yes_to_other"] = d.answer == "yes"
     if expects == "task":
         form = probe_sets.check_answer(meta["check"], reply) if meta.get("check") else True
         who = _uses_persona(persona, reply) if named else (out["own"] and not denial)

@@ -85,6 +85,7 @@ def vendor_name(key: str) -> str:
 HEAT_METRICS = (("foreign", "Foreign identity claims", False),
                 ("own_affirmation", "Own identity affirmed (questions whose right answer is the model's own identity)", True),
                 ("self_denial", "Self-denial (denies its own name or maker)", False),
+                ("yes_to_other", "Yes to another vendor (\"Yes\" to a leading question about another vendor's model)", False),
                 ("task_done", "Identity-adjacent tasks done (asked form, own identity in it)", True),
                 ("persona_kept", "Persona kept (persona system prompts)", True),
                 ("copy", "Replies copied from training data (verbatim or near-verbatim)", False))

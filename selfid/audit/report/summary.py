@@ -14,10 +14,11 @@ from selfid.tasks.ner import prf
 EXAMPLES_PER_KIND = 2
 # per-reply verdicts that become a rate in every cell: (summary key, record key, what counts)
 METRICS = (("foreign", "foreign", bool), ("own_affirmation", "own_affirmed", bool),
-           ("self_denial", "self_denial", bool), ("task_done", "task_done", bool),
+           ("self_denial", "self_denial", bool), ("yes_to_other", "yes_to_other", bool), ("task_done", "task_done", bool),
            ("persona_kept", "persona_kept", bool), ("copy", "copy", bool))
 # the examples a report shows per cell, by what went wrong (or right)
 FLAGS = (("foreign claim", lambda r: bool(r["foreign"])), ("self-denial", lambda r: r.get("self_denial") is True),
+         ("yes to another vendor", lambda r: r.get("yes_to_other") is True),
          ("task not done", lambda r: r.get("task_done") is False), ("persona dropped", lambda r: r.get("persona_kept") is False),
          ("training reply copied", lambda r: r.get("copy") is True), ("own identity", lambda r: r.get("own_affirmed") is True))
 

@@ -20,7 +20,7 @@ def _temps(summary: dict) -> list[float]:
 
 
 METRIC_LABELS = (("foreign", "foreign claim"), ("own_affirmation", "own identity affirmed"),
-                 ("self_denial", "self-denial"), ("task_done", "identity task done"),
+                 ("self_denial", "self-denial"), ("yes_to_other", "yes to another vendor"), ("task_done", "identity task done"),
                  ("persona_kept", "persona kept"), ("copy", "copies a training reply"))
 
 
