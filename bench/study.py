@@ -240,12 +240,25 @@ def scan_plain(root: Path) -> None:
     atomic_write_json(root / "scan" / "scan.json", report.as_dict())
 
 
-def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, samples: int, concurrency: int,
+def identity_grid(s: Settings, temps, samples: int):
+    """The development identity probes under the serving system prompts, at `temps` x `samples`."""
+    from selfid.audit.run import AuditParams, parse_systems
+
+    return AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=list(temps),
+                       samples=samples, seed=0, max_new_tokens=s.max_tokens, identity_probes=s.identity_probes)
+
+
+def runtime_grid(s: Settings):
+    """The smaller grid the llama.cpp and GGUF comparisons run, on both sides of each comparison: T 0 and 1.0."""
+    return identity_grid(s, [0.0, 1.0], 1 if s.smoke else 2)
+
+
+def http_audit(root: Path, name: str, cmd: list[str], s: Settings, params, concurrency: int,
                reference: str | None = None) -> None:
-    """Start a server with `cmd` (it takes --port), run an identity audit against it; `reference`: the local copy
+    """Start a server with `cmd` (it takes --port), run the audit `params` against it; `reference`: the local copy
     of what it serves (default: the base model), which says whose model it is and gives expected token counts."""
     from selfid.audit.backends import HttpBackend
-    from selfid.audit.run import AuditParams, parse_systems, run_audit
+    from selfid.audit.run import run_audit
 
     out = root / "parity" / name
     # the same port each time for this name where it is free: the run records the endpoint's URL, and a resumed
@@ -273,8 +286,6 @@ def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, sample
                 if time.time() > deadline or server.poll() is not None:
                     raise SystemExit(f"the {name} server did not start: see {out.parent}/{name}-server.log")
                 time.sleep(1)
-        params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=list(temps),
-                             samples=samples, seed=0, max_new_tokens=s.max_tokens, identity_probes=s.identity_probes)
         run_audit(HttpBackend(url, "embedded", concurrency=concurrency, reference=reference or s.model), params, out,
                   resume=out.exists(),
                   show_progress=False, margin=False)
@@ -286,26 +297,23 @@ def http_audit(root: Path, name: str, cmd: list[str], s: Settings, temps, sample
 def parity(root: Path, s: Settings) -> None:
     """The base model's identity audit through `selfid api` (HTTP), to compare with the in-process run."""
     cmd = [sys.executable, "-m", "selfid.cli", "api", "--model", s.model] + (["--device", s.device] if s.device else [])
-    http_audit(root, "http", cmd, s, s.temps, s.samples, concurrency=256)
+    http_audit(root, "http", cmd, s, identity_grid(s, s.temps, s.samples), concurrency=256)
 
 
 def llamacpp(root: Path, s: Settings) -> None:
     """The same through llama.cpp's own server on the embedded GGUF (the base model only)."""
     cmd = [sys.executable, str(ROOT_DIR / "bench" / "llamacpp_serve.py"), "--parallel", "8", "--threads",
            str(os.cpu_count() or 2)]
-    http_audit(root, "llamacpp", cmd, s, [0.0, 1.0], 1 if s.smoke else 2, concurrency=8)
+    http_audit(root, "llamacpp", cmd, s, runtime_grid(s), concurrency=8)
 
 
 def inproc(root: Path, arm: str, s: Settings) -> None:
     """The arm's adapter in-process on the grid its GGUF is audited on (ROOT/parity/inproc-ARM)."""
     from selfid.audit.backends import InProcessBackend
-    from selfid.audit.run import AuditParams, parse_systems, run_audit
+    from selfid.audit.run import run_audit
 
     out = root / "parity" / f"inproc-{arm}"
-    params = AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=[0.0, 1.0],
-                         samples=1 if s.smoke else 2, seed=0, max_new_tokens=s.max_tokens,
-                         identity_probes=s.identity_probes)
-    run_audit(InProcessBackend(load(s.model, adapter_of(root, arm), device=s.device)), params, out,
+    run_audit(InProcessBackend(load(s.model, adapter_of(root, arm), device=s.device)), runtime_grid(s), out,
               resume=out.exists(), show_progress=False, margin=False)
 
 
@@ -322,7 +330,7 @@ def gguf(root: Path, arm: str, s: Settings) -> None:
     merged = root / "gguf" / f"{arm}-merged"
     cmd = [sys.executable, str(ROOT_DIR / "bench" / "llamacpp_serve.py"), "--gguf", str(merged / "gguf" / "model-q8_0.gguf"),
            "--parallel", "8", "--threads", str(os.cpu_count() or 2)]
-    http_audit(root, f"gguf-{arm}", cmd, s, [0.0, 1.0], 1 if s.smoke else 2, concurrency=8, reference=str(merged))
+    http_audit(root, f"gguf-{arm}", cmd, s, runtime_grid(s), concurrency=8, reference=str(merged))
 
 
 # --- the stages, and the steps the command line names -------------------------------------------------
