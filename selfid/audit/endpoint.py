@@ -250,8 +250,7 @@ def _rendered(reference: Reference | None, messages: list[dict]) -> str | None:
     return reference.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _expected(reference: Reference | None, messages: list[dict]) -> int | None:
-    text = _rendered(reference, messages)
+def _tokens(reference: Reference, text: str | None) -> int | None:
     return None if text is None else len(reference.tokenizer(text, add_special_tokens=False).input_ids)
 
 
@@ -271,8 +270,10 @@ def system_handling(backend, systems: Sequence, reference: Reference | None) -> 
     if all(v is None for v in measured.values()):
         return {"reported": False, "note": "the endpoint reports no usage.prompt_tokens, so what it does with "
                                            "system messages cannot be measured", "conditions": {}}
-    expected = {text: _expected(reference, (user if text is None else [{"role": "system", "content": text}] + user))
+    # each condition's prompt as the local template renders it (None: no template known), and its token count
+    rendered = {text: _rendered(reference, user if text is None else [{"role": "system", "content": text}] + user)
                 for text in measured}
+    expected = {text: _tokens(reference, r) for text, r in rendered.items()}
     none, empty = measured[None], measured[""]
     reaches = measured[control.strip()] is not None and none is not None and measured[control.strip()] > max(none, empty or 0)
     audit = [(s.key, s.text) for s in systems]
@@ -308,7 +309,7 @@ def system_handling(backend, systems: Sequence, reference: Reference | None) -> 
         else:
             same = next((k for k, t in audit[:i] if t == text), None)
             if (same is None and default_key is not None and text is not None and verdict == "as sent"
-                    and _rendered(reference, [{"role": "system", "content": text}] + user) == _rendered(reference, user)):
+                    and rendered[text] is not None and rendered[text] == rendered[None]):
                 same = default_key  # the template's own default is this text (e.g. an export that made it the default)
         conditions[key] = {"sent": text, "prompt_tokens": m, "expected_tokens": e, "evidently": verdict,
                            "same_as": same}
