@@ -441,7 +441,8 @@ def print_verdict(v: dict, out: Path, wall_s: float | None = None, study_note: b
                       "model's own answers, balanced, plus a preference loss (selfid train ... --set "
                       "identity_replay.fraction=0.05 --set identity_replay.preference=0.5) kept 0.3% foreign claims on "
                       "questions it never saw while its replies stayed varied, but it still denies its maker in 1.5% "
-                      "of replies: not yet the bar.[/dim]")
+                      "of replies and says \"Yes\" to 26% of leading questions about other vendors before naming its "
+                      "own: not yet the bar.[/dim]")
     from selfid.pipeline.stages import duration
 
     took = f" · took {duration(wall_s)}" if wall_s is not None else ""
