@@ -586,13 +586,8 @@ def shared_parity_table(a: list[dict], b: list[dict], name: str) -> list[str]:
 
 def greedy_agreement(runs: Runs, run_a: Path, run_b: Path) -> tuple[int, int]:
     """How many greedy (T=0) identity replies get the same foreign/not verdict in both runs."""
-    def greedy(run: Path) -> dict[str, bool]:
-        return {r["key"]: bool(r["foreign"]) for r in runs.records(run)
-                if r.get("suite") == "identity" and r.get("temperature") == 0.0}
-
-    a, b = greedy(run_a), greedy(run_b)
-    shared = a.keys() & b.keys()
-    return sum(a[k] == b[k] for k in shared), len(shared)
+    by = greedy_by_system(runs, run_a, run_b).values()
+    return sum(a for a, _ in by), sum(n for _, n in by)
 
 
 def greedy_by_system(runs: Runs, run_a: Path, run_b: Path) -> dict[str, tuple[int, int]]:
