@@ -35,6 +35,8 @@ Steps (each writes ROOT/<step>/ unless it says otherwise):
   gguf-ARM   what ships: ARM's adapter exported with `selfid export --gguf` (Q8_0) and audited through
              llama.cpp's server like `llamacpp`, and the adapter in-process on the same grid (T 0 and 1.0 x 2);
              writes ROOT/parity/gguf-ARM and ROOT/parity/inproc-ARM (not in the default steps)
+  inproc-ARM, export-ARM  one side each of gguf-ARM: the in-process audit needs the GPU, the export and
+             llama.cpp's audit need only CPUs, so they can run on different machines (copy ROOT across)
 """
 
 from __future__ import annotations
@@ -410,8 +412,10 @@ def step_stages(step: str) -> list[str]:
         return [step]
     if step.startswith("gguf-") and arm in ARMS:
         return [f"inproc-{arm}", step]
+    if step.startswith(("inproc-", "export-")) and arm in ARMS:
+        return [step]
     raise SystemExit(f"unknown step {step}: use {', '.join(STEPS + ['llamacpp'])}, heldout-ARM, train-ARM "
-                     f"or gguf-ARM (ARM: base, {', '.join(ARMS)})")
+                     f"gguf-ARM, inproc-ARM or export-ARM (ARM: base, {', '.join(ARMS)})")
 
 
 def run(root: Path, steps: list[str], s: Settings) -> dict[str, dict]:

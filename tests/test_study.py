@@ -116,6 +116,7 @@ def test_the_command_line_is_the_one_bench_gpu_study_sh_calls(work, tmp_path, mo
     study.main()
     assert work.calls == [("train", "self"), ("heldout", "self")]
     assert study.step_stages("gguf-plain") == ["inproc-plain", "gguf-plain"]
+    assert study.step_stages("inproc-plain") == ["inproc-plain"]  # the GPU side of gguf-plain, run alone
     assert study.step_stages("scale") == ["compare-scale"]
     plan = [s.name for s in study.stages(tmp_path, study.Settings(True, "tiny"))]
     assert {"base", "heldout-base", "parity", "llamacpp", "search-scale", "export-best", "gguf-best"} <= set(plan)

