@@ -403,13 +403,14 @@ def mitigation_table(runs: Runs, root: Path, base: dict, arms: list[str]) -> lis
 HELD_METRICS = ("foreign", "own_affirmation", "self_denial", "yes_to_other", "task_done", "persona_kept")
 
 
-def heldout_section(runs: Runs, root: Path, arms: list[str]) -> tuple[list[str], dict[str, dict]]:
+def heldout_section(runs: Runs, root: Path, arms: list[str],
+                    title: str = "## 7. Questions no training data used: the held-out set") -> tuple[list[str], dict[str, dict]]:
     held = {arm: runs.summary(root / arm / "heldout") for arm in arms}
     held = {a: s for a, s in held.items() if s is not None}
     if "base" not in held:
         return [], held
     base = held["base"]
-    L = ["## 7. Questions no training data used: the held-out set", "",
+    L = [title, "",
          "126 identity prompts (63 zh, 63 en) that no training-data generator touches: direct questions in new words, "
          "third person (\"Which language model is behind this chat?\"), leading questions naming the model's own "
          "(\"Am I talking to Qwen right now?\", right answer yes) and 12 other vendors, identity after an NER, "
@@ -605,6 +606,37 @@ def greedy_by_system(runs: Runs, run_a: Path, run_b: Path) -> dict[str, tuple[in
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+def gguf_parity(runs: Runs, root: Path, arm: str, heading: str = "###") -> list[str]:
+    """What ships: ARM exported as a Q8_0 GGUF and served by llama.cpp, vs its adapter in-process, same grid."""
+    L: list[str] = []
+    gg, ip = runs.summary(root / "parity" / f"gguf-{arm}"), runs.summary(root / "parity" / f"inproc-{arm}")
+    if gg is None or ip is None:
+        return L
+    L += [f"{heading} What ships: {ARM_LABEL.get(arm, arm)}, exported (`selfid export --gguf q8_0`) and served by "
+          "llama.cpp, vs the adapter in-process", "",
+          f"`python bench/study.py run --steps gguf-{arm}`: the adapter merged into the base weights, written as a "
+          "Q8_0 GGUF with its chat template and served by llama.cpp's server (xllamacpp, 8 slots, on CPU cores: "
+          "which machine, the provenance notes say), against the adapter in-process (transformers, bf16) on the same grid: the development "
+          "probes, T=0 and T=1.0 with 2 samples per prompt.", ""]
+    n_gg, n_ip = len(runs.records(root / "parity" / f"gguf-{arm}")), len(runs.records(root / "parity" / f"inproc-{arm}"))
+    if n_gg < n_ip:
+        L += [f"**Partial:** {n_gg} of the {n_ip} replies through llama.cpp (the run was cut short); "
+              "cells hold what was generated.", ""]
+    L += ["`selfid export` makes the training system prompt the exported template's default, so the GGUF's "
+          "\"none sent\" row is the model under that prompt (for plain LoRA: \"You are a helpful assistant.\"), "
+          "while the adapter in-process with no system message gets the Qwen line: that row measures what a user "
+          "of the shipped file gets, the other two rows measure merge + quantization under the same prompt.", ""]
+    L += shared_parity_table(runs.records(root / "parity" / f"inproc-{arm}"),
+                             runs.records(root / "parity" / f"gguf-{arm}"), "GGUF Q8_0, llama.cpp")
+    same, n = greedy_agreement(runs, root / "parity" / f"inproc-{arm}", root / "parity" / f"gguf-{arm}")
+    if n:
+        L += [f"Greedy replies: the same verdict (foreign claim or not) on {same} of {n} prompts × system "
+              f"prompts ({100 * same / n:.0f}%)" + "; by system prompt: " + ", ".join(
+                  f"{k} {a}/{b}" for k, (a, b) in greedy_by_system(
+                      runs, root / "parity" / f"inproc-{arm}", root / "parity" / f"gguf-{arm}").items()) + ".", ""]
+    return L
+
+
 def size_section(runs: Runs, roots: list[tuple[str, Path]]) -> list[str]:
     """Both model sizes side by side: base, plain LoRA and the v1 fix, by vendor and the new metrics."""
     L = ["## 8. Model size: Qwen2.5-Coder 0.5B vs 1.5B", "",
@@ -625,7 +657,19 @@ def size_section(runs: Runs, roots: list[tuple[str, Path]]) -> list[str]:
                      f"{rate(pooled(runs, run, 'self_denial'), 1, False)} | "
                      f"{distinct(s['identity']['by_system']['default']['distinct'])} | "
                      f"{f'{f1:.3f}' if f1 is not None else '–'} |")
-    return L + [""]
+    L.append("")
+    for label, root in roots[1:]:  # the first root's held-out set and GGUF have their own sections above
+        held_lines, _ = heldout_section(runs, root, held_arms(root), title=f"### The held-out set at {label}")
+        L += held_lines
+        L += gguf_parity(runs, root, "plain", heading=f"### At {label}:")
+    return L
+
+
+def held_arms(root: Path) -> list[str]:
+    """The arms with a held-out audit in ROOT: base, plain and combo first, the others by name."""
+    first = ["base", "plain", "combo"]
+    return first + sorted(p.name for p in root.iterdir()
+                          if p.is_dir() and p.name not in first and (p / "heldout").is_dir())
 
 
 def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = None) -> None:
@@ -641,9 +685,7 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
     if plain is not None:
         comp_plain = compare_identity(runs.records(root / "base" / "audit"), runs.records(root / "plain" / "audit"),
                                       base, plain, "identity")
-    held_lines, held = heldout_section(runs, root, ["base", "plain", "combo"]
-                                       + [a for a in sorted(p.name for p in root.iterdir() if p.is_dir())
-                                          if a not in ("base", "plain", "combo") and (root / a / "heldout").is_dir()])
+    held_lines, held = heldout_section(runs, root, held_arms(root))
     L = intro(root, base)
     L += findings(runs, root, base, plain, comp_plain, scan, combo, held)
     L += ["## 1. System prompt: the base model", "", "Foreign claims (development set):", ""] + grid_table(base) + [""]
@@ -732,31 +774,7 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
                      "weights, and greedy decoding follows the top token wherever it flips." if same < n else "."), ""]
 
     for arm in ("plain", "balanced"):
-        gg, ip = runs.summary(root / "parity" / f"gguf-{arm}"), runs.summary(root / "parity" / f"inproc-{arm}")
-        if gg is None or ip is None:
-            continue
-        L += [f"### What ships: {ARM_LABEL.get(arm, arm)}, exported (`selfid export --gguf q8_0`) and served by "
-              "llama.cpp, vs the adapter in-process", "",
-              f"`python bench/study.py run --steps gguf-{arm}`: the adapter merged into the base weights, written as a "
-              "Q8_0 GGUF with its chat template and served by llama.cpp's server (xllamacpp, 8 slots, on the GPU "
-              "machine's CPU), against the adapter in-process (transformers, bf16) on the same grid: the development "
-              "probes, T=0 and T=1.0 with 2 samples per prompt.", ""]
-        n_gg, n_ip = len(runs.records(root / "parity" / f"gguf-{arm}")), len(runs.records(root / "parity" / f"inproc-{arm}"))
-        if n_gg < n_ip:
-            L += [f"**Partial:** {n_gg} of the {n_ip} replies through llama.cpp (the GPU machine's time ran out); "
-                  "cells hold what was generated.", ""]
-        L += ["`selfid export` makes the training system prompt the exported template's default, so the GGUF's "
-              "\"none sent\" row is the model under that prompt (for plain LoRA: \"You are a helpful assistant.\"), "
-              "while the adapter in-process with no system message gets the Qwen line: that row measures what a user "
-              "of the shipped file gets, the other two rows measure merge + quantization under the same prompt.", ""]
-        L += shared_parity_table(runs.records(root / "parity" / f"inproc-{arm}"),
-                                 runs.records(root / "parity" / f"gguf-{arm}"), "GGUF Q8_0, llama.cpp")
-        same, n = greedy_agreement(runs, root / "parity" / f"inproc-{arm}", root / "parity" / f"gguf-{arm}")
-        if n:
-            L += [f"Greedy replies: the same verdict (foreign claim or not) on {same} of {n} prompts × system "
-                  f"prompts ({100 * same / n:.0f}%)" + "; by system prompt: " + ", ".join(
-                      f"{k} {a}/{b}" for k, (a, b) in greedy_by_system(
-                          runs, root / "parity" / f"inproc-{arm}", root / "parity" / f"gguf-{arm}").items()) + ".", ""]
+        L += gguf_parity(runs, root, arm)
 
     arms = [a for a in MITIGATIONS if (root / a / "audit" / "summary.json").is_file()]
     if arms:

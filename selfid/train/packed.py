@@ -293,13 +293,20 @@ def _use(model, choice: str) -> None:
 
 
 KERNEL_TOLERANCE = 0.02  # bf16 operands: 1e-3..1e-2 against float32
-MODEL_TOLERANCE = 0.05  # per real position, relative L2 of the logits between two bf16 attention kernels
+# Varlen is judged against the model in float32, beside sdpa's own distance from it: two bf16 kernels differ by
+# rounding noise that grows through the layers (on an H200, 0.09 relative at the worst token of the 0.5B model,
+# while each was 0.29-0.36 from float32 there), so a fixed bound between them fails a correct kernel.
+NOISE_FACTOR = 1.5  # varlen may be at most this much further from float32 than sdpa is ...
+NOISE_FLOOR = 1e-3  # ... plus this (float32 everywhere, as on a CPU, both are ~1e-6 from the reference)
+TOP1_SLACK = 0.02  # and agree with float32's argmax at most this much less often than sdpa does
 
 
 def varlen_report(model, device) -> dict:
-    """Varlen against sdpa on the check batch (forward + backward, eval mode) and the kernel alone against
-    float32; the numbers the check judges, and the diagnosis benchmark prints."""
+    """Varlen and sdpa on the check batch (forward + backward, eval mode), each against the same model in
+    float32 (sdpa, no autocast), and the kernel alone against float32 attention: the numbers the check judges
+    and the diagnosis benchmark prints. The top-level numbers are varlen against sdpa, for the record."""
     import contextlib
+    import copy
 
     batch, real = check_batch(int(model.config.vocab_size) if hasattr(model, "config") else 1000)
     batch = batch.to(device)
@@ -316,9 +323,15 @@ def varlen_report(model, device) -> dict:
             logits[real].mean().backward()  # the kernel must have a backward in this PyTorch
             model.zero_grad(set_to_none=True)
             outs[choice] = logits.detach()
+        _use(model, "sdpa")
+        reference = copy.deepcopy(model).float()  # the same weights in float32: what both kernels approximate
+        with torch.no_grad():
+            ref = packed_logits(reference, batch, "sdpa").float()
+        del reference
     finally:
         model.train(was_training)
     report = compare_logits(outs["sdpa"], outs["varlen"], real)
+    report["vs_float32"] = {k: compare_logits(ref, outs[k], real) for k in ("sdpa", "varlen")}
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     report["kernel_rel_error"] = kernel_error(device, dtype)
     return report
@@ -331,21 +344,28 @@ def judge(report: dict) -> str | None:
     if not report["kernel_rel_error"] <= KERNEL_TOLERANCE:
         return (f"the varlen kernel is off by {report['kernel_rel_error']:.3g} against float32 attention "
                 f"(tolerance {KERNEL_TOLERANCE})")
-    if not report["rel_max_real"] <= MODEL_TOLERANCE:
-        return (f"varlen and sdpa logits differ by {report['rel_max_real']:.3g} (relative, worst real token; "
-                f"tolerance {MODEL_TOLERANCE}; max abs {report['abs_max_real']:.3g} at scale {report['scale']:.3g})")
+    v, s = report["vs_float32"]["varlen"], report["vs_float32"]["sdpa"]
+    for key, what in (("rel_mean_real", "mean"), ("rel_max_real", "worst real token")):
+        if not v[key] <= NOISE_FACTOR * s[key] + NOISE_FLOOR:
+            return (f"varlen logits are further from float32 than sdpa's ({what}, relative: {v[key]:.3g} vs "
+                    f"{s[key]:.3g}; allowed {NOISE_FACTOR}x + {NOISE_FLOOR})")
+    if not v["top1_real"] >= s["top1_real"] - TOP1_SLACK:
+        return (f"varlen's top token agrees with float32 at {100 * v['top1_real']:.1f}% of real tokens, sdpa's at "
+                f"{100 * s['top1_real']:.1f}%")
     return None
 
 
 def check_varlen(model, device) -> str | None:
-    """Compare varlen attention with sdpa on a small packed batch at its real tokens, and the kernel alone with
-    float32 attention. Returns None when they agree, else the reason (the caller then falls back to sdpa).
-    Leaves the model on varlen attention.
+    """Compare varlen attention and sdpa with the model in float32 on a small packed batch at its real tokens,
+    and the kernel alone with float32 attention. Returns None when varlen is no further from float32 than sdpa
+    (within NOISE_FACTOR), else the reason (the caller then falls back to sdpa). Leaves the model on varlen.
 
     Padding positions are reported but not judged: collate makes each row's padding a segment of its own,
     so a correct kernel computes them, and no loss reads them. (The first version of this check took the
     largest absolute difference over every position, padding included, against 5% of the largest logit: one
-    number out of 39M bf16 logits, which failed on an H200 at 2.19 of 24 while passing on an H100.)
+    number out of 39M bf16 logits, which failed on an H200 at 2.19 of 24 while passing on an H100. The second
+    bounded the relative difference between varlen and sdpa at 5%, and failed there at 9.1%, while varlen was
+    the closer of the two to float32: bf16 noise, not the kernel.)
     """
     try:
         reason = judge(varlen_report(model, device))
