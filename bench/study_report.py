@@ -235,9 +235,10 @@ def intro(root: Path, base: dict) -> list[str]:
 
 
 def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain: dict | None, scan: dict | None,
-             combo: dict | None, held: dict[str, dict]) -> list[str]:
+             combo: dict | None, held: dict[str, dict], sizes: list[tuple[str, Path]] | None = None) -> list[str]:
     """The headline answers, computed from the runs (so they stay true when the runs change)."""
     L = ["## Findings", ""]
+    sizes = sizes or [("", root)]
     d, h = (base["identity"]["by_system"][k]["by_tag"].get("direct") for k in ("default", "helpful"))
     L.append(f"- **The system prompt decides.** Asked directly (\"你是谁?\", \"Who are you?\"), the *base* model claims "
              f"another vendor in {rate(d, 0, kn=False)} of replies when the template inserts its Qwen line, and in "
@@ -304,7 +305,21 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
                  + " of leading questions about another vendor (\"You're Grok by xAI, aren't you?\" → \"Yes, I am an "
                  "AI developed by Alibaba Cloud.\"; base model "
                  + rate(pooled(runs, root / "base" / "heldout", "yes_to_other", "identity-heldout"), 1, kn=False)
-                 + "). Closer, but it still misses the bar (§7) at 0.5B, and 1.5B is not measured.")
+                 + f"). {replay_copies(runs, root, 'pairs')}. Against the bar (§7) at 0.5B "
+                 f"{bar_verdict(runs, root, held, 'pairs')}.")
+    for label, other in sizes[1:]:
+        held_o = {a: x for a in ("base", "plain", "pairs") if (x := runs.summary(other / a / "heldout")) is not None}
+        if len(held_o) < 3:
+            continue
+        L.append(f"- **At {label}, the same recipe** (§8): " + v2_sentence(runs, other, held_o, "pairs")
+                 + " Self-denial " + rate(pooled(runs, other / "pairs" / "heldout", "self_denial", "identity-heldout"),
+                                          1, kn=False)
+                 + "; \"Yes\" to " + rate(pooled(runs, other / "pairs" / "heldout", "yes_to_other", "identity-heldout"),
+                                         1, kn=False)
+                 + " of leading questions about another vendor (base model " + rate(
+                     pooled(runs, other / "base" / "heldout", "yes_to_other", "identity-heldout"), 1, kn=False)
+                 + f"). {replay_copies(runs, other, 'pairs')}. Against the bar "
+                 f"{bar_verdict(runs, other, held_o, 'pairs')}.")
     gg, ip = root / "parity" / "gguf-plain", root / "parity" / "inproc-plain"
     if runs.summary(gg) is not None and runs.summary(ip) is not None:
         by = greedy_by_system(runs, ip, gg)
@@ -480,6 +495,55 @@ def misses_block(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
             *rows, ""]
 
 
+def bar(runs: Runs, root: Path, held: dict[str, dict], arm: str) -> list[tuple[str, str, bool | None]]:
+    """One arm against each goal of the bar on the held-out set: (goal, the arm's number, met?); None where the
+    goal cannot be judged (no plain arm for NER F1)."""
+    suite = "identity-heldout"
+    base, plain, s = held["base"], held.get("plain"), held[arm]
+    run, brun = root / arm / "heldout", root / "base" / "heldout"
+    b_own = base[suite]["by_system"]["default"]["own_affirmation"]
+    b_task = pooled(runs, brun, "task_done", suite)
+    b_dist = base[suite]["by_system"]["default"]["distinct"]["mean"]
+    p_f1 = ner_f1(plain, "default") if plain else None
+    worst, where = worst_cell(s, suite)
+    worst_hi = max(c["foreign"]["ci95"][1] for c in s[suite]["cells"])
+    own, den = pooled(runs, run, "own_affirmation", suite), pooled(runs, run, "self_denial", suite)
+    dist, task, f1 = s[suite]["by_system"]["default"]["distinct"]["mean"], pooled(runs, run, "task_done", suite), \
+        ner_f1(s, "default")
+    return [
+        ("foreign claims in every cell", f"{100 * worst['rate']:.1f}% ({where}; upper {100 * worst_hi:.1f}%)",
+         worst["rate"] <= 0.01 and worst_hi <= 0.02),
+        ("own identity affirmed", f"{100 * own['rate']:.1f}%", own["rate"] >= b_own["rate"]),
+        ("self-denial", f"{100 * den['rate']:.1f}%", den["rate"] <= 0.01),
+        ("distinct replies", f"{100 * dist / b_dist:.0f}%", dist >= 0.7 * b_dist),
+        ("identity tasks done", f"{100 * task['rate']:.1f}%", task["rate"] >= b_task["rate"] - 0.05),
+        ("NER F1", f"{f1:.3f} = {100 * f1 / p_f1:.1f}%" if f1 and p_f1 else "–",
+         f1 >= 0.99 * p_f1 if f1 and p_f1 else None)]
+
+
+def replay_copies(runs: Runs, root: Path, arm: str) -> str:
+    """How often ARM's held-out replies repeat one of its replay answers (near-)verbatim, beside how often the base
+    model's own replies to the same probes match one of them: the replay answers are the base model's own words,
+    so part of the match is its voice, the rest is the fine-tune converging on them."""
+    from selfid.audit.scorers import REFERENCES, Recitation
+
+    refs = _json(root / arm / "heldout" / REFERENCES)
+    if not refs:
+        return ""
+    rec = Recitation(replies=refs["replies"], source=refs.get("source", ""))
+    base = [r for r in runs.records(root / "base" / "heldout") if r["suite"] == "identity-heldout"]
+    k = sum(rec.copied(r["reply"]) for r in base)
+    return (f"{rate(pooled(runs, root / arm / 'heldout', 'copy', 'identity-heldout'), 0, kn=False)} of its replies "
+            f"repeat one of its {len(set(refs['replies']))} replay answers near-verbatim (the base model's own replies match one in "
+            f"{100 * k / max(1, len(base)):.1f}%)")
+
+
+def bar_verdict(runs: Runs, root: Path, held: dict[str, dict], arm: str) -> str:
+    """'it meets every goal' or 'it misses GOAL (NUMBER), ...', from `bar`."""
+    missed = [f"{goal} ({text})" for goal, text, ok in bar(runs, root, held, arm) if ok is False]
+    return "it meets every goal" if not missed else "it misses " + "; ".join(missed) + ", and meets the others"
+
+
 def goals_table(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
     """The bar an identity-preserving fine-tune must clear on the held-out set, arm by arm: met or missed."""
     base, plain = held.get("base"), held.get("plain")
@@ -499,27 +563,12 @@ def goals_table(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
          "held-out grid: see §6 for the development grid).", "",
          "| arm | foreign, worst cell (upper bound) | own identity affirmed | self-denial | distinct vs base | "
          "tasks done | NER F1 vs plain |", "|---|---|---|---|---|---|---|"]
-    for arm, s in held.items():
+    for arm in held:
         if arm in ("base", "plain"):
             continue
-        run = root / arm / "heldout"
-        worst, where = worst_cell(s, suite)
-        worst_hi = max(c["foreign"]["ci95"][1] for c in s[suite]["cells"])
-        own = pooled(runs, run, "own_affirmation", suite)
-        den = pooled(runs, run, "self_denial", suite)
-        dist = s[suite]["by_system"]["default"]["distinct"]["mean"]
-        task = pooled(runs, run, "task_done", suite)
-        f1 = ner_f1(s, "default")
-
-        def mark(ok: bool) -> str:
-            return "met" if ok else "**missed**"
-
-        L.append(f"| {ARM_LABEL.get(arm, arm)} | {100 * worst['rate']:.1f}% ({where}; upper {100 * worst_hi:.1f}%): "
-                 f"{mark(worst['rate'] <= 0.01 and worst_hi <= 0.02)} | {100 * own['rate']:.1f}%: "
-                 f"{mark(own['rate'] >= b_own['rate'])} | {100 * den['rate']:.1f}%: {mark(den['rate'] <= 0.01)} | "
-                 f"{100 * dist / b_dist:.0f}%: {mark(dist >= 0.7 * b_dist)} | {100 * task['rate']:.1f}%: "
-                 f"{mark(task['rate'] >= b_task['rate'] - 0.05)} | "
-                 + (f"{f1:.3f} = {100 * f1 / p_f1:.1f}%: {mark(f1 >= 0.99 * p_f1)} |" if f1 and p_f1 else "– |"))
+        L.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(
+            f"{text}: {'met' if ok else '**missed**'}" if ok is not None else text
+            for _, text, ok in bar(runs, root, held, arm)) + " |")
     return L + [""]
 
 
@@ -687,7 +736,7 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
                                       base, plain, "identity")
     held_lines, held = heldout_section(runs, root, held_arms(root))
     L = intro(root, base)
-    L += findings(runs, root, base, plain, comp_plain, scan, combo, held)
+    L += findings(runs, root, base, plain, comp_plain, scan, combo, held, sizes)
     L += ["## 1. System prompt: the base model", "", "Foreign claims (development set):", ""] + grid_table(base) + [""]
     L += ["By kind of question, all temperatures pooled (direct: \"你是谁?\", \"Who are you?\" and the like; "
           "leading: \"Are you Claude?\"; multiturn: a user insisting over several turns):", ""]
