@@ -320,25 +320,32 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
                      pooled(runs, other / "base" / "heldout", "yes_to_other", "identity-heldout"), 1, kn=False)
                  + f"). {replay_copies(runs, other, 'pairs')}. Against the bar "
                  f"{bar_verdict(runs, other, held_o, 'pairs')}.")
-    gg, ip = root / "parity" / "gguf-plain", root / "parity" / "inproc-plain"
-    if runs.summary(gg) is not None and runs.summary(ip) is not None:
+    shipped = []
+    for label, r in sizes:
+        gg, ip = r / "parity" / "gguf-plain", r / "parity" / "inproc-plain"
+        if runs.summary(gg) is None or runs.summary(ip) is None:
+            continue
         by = greedy_by_system(runs, ip, gg)
         same = sum(a for k, (a, b) in by.items() if k != "default")
         n = sum(b for k, (a, b) in by.items() if k != "default")
         a, b = runs.records(ip), runs.records(gg)
-        keys = {r["key"] for r in b}
+        keys = {x["key"] for x in b}
 
         def greedy_default(recs):
-            got = [bool(r["foreign"]) for r in recs if r["key"] in keys and r["system"] == "default"
-                   and r.get("temperature") == 0.0]
+            got = [bool(x["foreign"]) for x in recs if x["key"] in keys and x["system"] == "default"
+                   and x.get("temperature") == 0.0]
             return f"{sum(got)}/{len(got)}"
 
-        L.append(f"- **What ships keeps the training prompt, drift included** (§5, partial): plain LoRA merged and "
-                 f"exported as a Q8_0 GGUF, served by llama.cpp, reaches the adapter's greedy verdict on {same} of {n} "
-                 "prompts under the same system prompt (merge + quantization changed little), but `selfid export` makes "
-                 "the training prompt the file's default, so with no system message the shipped model claims another "
-                 f"vendor in {greedy_default(b)} greedy replies where the adapter under Qwen's own line does in "
-                 f"{greedy_default(a)}. Train under the template's own prompt, or serve the file with it.")
+        partial = f", {len(b)} of {len(a)} replies" if len(b) < len(a) else ""
+        shipped.append(f"{label or 'this model'}{partial}: the same greedy verdict on {same} of {n} prompts under the "
+                       f"same system prompt; with no system message {greedy_default(b)} foreign where the adapter under "
+                       f"Qwen's own line gives {greedy_default(a)}")
+    if shipped:
+        L.append("- **What ships keeps the training prompt, drift included** (§5, §8): plain LoRA merged and exported "
+                 "as a Q8_0 GGUF and served by llama.cpp agrees with the adapter in-process under the same system "
+                 "prompt (merge + quantization changed little), but `selfid export` makes the training prompt the "
+                 "file's default, so with no system message the shipped model claims another vendor far more often ("
+                 + "; ".join(shipped) + "). Train under the template's own prompt, or serve the file with it.")
     return L + [""]
 
 
@@ -495,6 +502,22 @@ def misses_block(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
             *rows, ""]
 
 
+def foreign_goal(cells: list[dict]) -> tuple[str, bool]:
+    """The bar's first goal over a run's cells: every cell's foreign-claim rate ≤1% and its clustered 95% upper
+    bound ≤2%. The text names the worst rate and the highest bound, and says so when the only cells bounded
+    above 2% hold no claim at all (a cell of 126 greedy replies cannot show ≤2% however clean it is)."""
+    worst = max(cells, key=lambda c: c["foreign"]["rate"] or 0)
+    hi = max(cells, key=lambda c: c["foreign"]["ci95"][1])
+    text = (f"{100 * worst['foreign']['rate']:.1f}% ({worst['system']} T={worst['temperature']:g}); highest upper "
+            f"bound {100 * hi['foreign']['ci95'][1]:.1f}% ({hi['system']} T={hi['temperature']:g}, "
+            f"{hi['foreign']['k']}/{hi['foreign']['n']})")
+    over = [c["foreign"] for c in cells if c["foreign"]["ci95"][1] > 0.02]
+    if over and all(f["k"] == 0 for f in over):
+        text += (f": the cells bounded above 2% hold no claim, and {min(f['n'] for f in over)} replies without one "
+                 "cannot bound a rate below 2%")
+    return text, (worst["foreign"]["rate"] or 0) <= 0.01 and not over
+
+
 def bar(runs: Runs, root: Path, held: dict[str, dict], arm: str) -> list[tuple[str, str, bool | None]]:
     """One arm against each goal of the bar on the held-out set: (goal, the arm's number, met?); None where the
     goal cannot be judged (no plain arm for NER F1)."""
@@ -505,14 +528,11 @@ def bar(runs: Runs, root: Path, held: dict[str, dict], arm: str) -> list[tuple[s
     b_task = pooled(runs, brun, "task_done", suite)
     b_dist = base[suite]["by_system"]["default"]["distinct"]["mean"]
     p_f1 = ner_f1(plain, "default") if plain else None
-    worst, where = worst_cell(s, suite)
-    worst_hi = max(c["foreign"]["ci95"][1] for c in s[suite]["cells"])
     own, den = pooled(runs, run, "own_affirmation", suite), pooled(runs, run, "self_denial", suite)
     dist, task, f1 = s[suite]["by_system"]["default"]["distinct"]["mean"], pooled(runs, run, "task_done", suite), \
         ner_f1(s, "default")
     return [
-        ("foreign claims in every cell", f"{100 * worst['rate']:.1f}% ({where}; upper {100 * worst_hi:.1f}%)",
-         worst["rate"] <= 0.01 and worst_hi <= 0.02),
+        ("foreign claims in every cell", *foreign_goal(s[suite]["cells"])),
         ("own identity affirmed", f"{100 * own['rate']:.1f}%", own["rate"] >= b_own["rate"]),
         ("self-denial", f"{100 * den['rate']:.1f}%", den["rate"] <= 0.01),
         ("distinct replies", f"{100 * dist / b_dist:.0f}%", dist >= 0.7 * b_dist),

@@ -124,3 +124,20 @@ def test_the_command_line_is_the_one_bench_gpu_study_sh_calls(work, tmp_path, mo
     with pytest.raises(SystemExit, match="unknown step heldout-nope"):
         study.main()
     assert not (tmp_path / "x").exists() and work.calls == [("train", "self"), ("heldout", "self")]
+
+
+def test_the_bars_foreign_goal_names_a_bound_no_clean_cell_of_its_size_can_meet():
+    """A greedy cell of 126 replies with no claim is bounded at 3.0%: the goal is missed, and the text says the
+    cell is clean; a cell with a claim above the bound is missed without that excuse; small bounds pass."""
+    from bench.study_report import foreign_goal
+
+    def cell(system, t, k, n, hi):
+        return {"system": system, "temperature": t, "foreign": {"k": k, "n": n, "rate": k / n, "ci95": [0.0, hi]}}
+
+    clean_but_small = [cell("default", 0.0, 0, 126, 0.0296), cell("persona-zh", 1.0, 1, 504, 0.011)]
+    text, ok = foreign_goal(clean_but_small)
+    assert not ok and "0.2% (persona-zh T=1)" in text and "(default T=0, 0/126)" in text
+    assert "126 replies without one cannot bound a rate below 2%" in text
+    text, ok = foreign_goal([cell("persona-en", 0.0, 1, 126, 0.044), cell("default", 1.0, 0, 504, 0.0076)])
+    assert not ok and "cannot bound" not in text and "4.4% (persona-en T=0, 1/126)" in text
+    assert foreign_goal([cell("default", 1.0, 2, 504, 0.015), cell("empty", 1.0, 0, 504, 0.0076)])[1]
