@@ -324,7 +324,10 @@ def varlen_report(model, device) -> dict:
             model.zero_grad(set_to_none=True)
             outs[choice] = logits.detach()
         _use(model, "sdpa")
-        reference = copy.deepcopy(model).float()  # the same weights in float32: what both kernels approximate
+        # the same weights in float32: what both kernels approximate. It costs a float32 copy of the model for one
+        # forward pass (7B: 28 GB); where that does not fit, the error lands in the except below and training
+        # runs on sdpa, saying why
+        reference = copy.deepcopy(model).float()
         with torch.no_grad():
             ref = packed_logits(reference, batch, "sdpa").float()
         del reference
