@@ -326,8 +326,7 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
         if runs.summary(gg) is None or runs.summary(ip) is None:
             continue
         by = greedy_by_system(runs, ip, gg)
-        same = sum(a for k, (a, b) in by.items() if k != "default")
-        n = sum(b for k, (a, b) in by.items() if k != "default")
+        same, n = greedy_agreement({k: v for k, v in by.items() if k != "default"})
         a, b = runs.records(ip), runs.records(gg)
         keys = {x["key"] for x in b}
 
@@ -654,14 +653,14 @@ def shared_parity_table(a: list[dict], b: list[dict], name: str) -> list[str]:
                     "both sides).", ""]
 
 
-def greedy_agreement(runs: Runs, run_a: Path, run_b: Path) -> tuple[int, int]:
-    """How many greedy (T=0) identity replies get the same foreign/not verdict in both runs."""
-    by = greedy_by_system(runs, run_a, run_b).values()
-    return sum(a for a, _ in by), sum(n for _, n in by)
+def greedy_agreement(by: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """greedy_by_system summed over the system prompts: (same verdict, shared greedy prompts)."""
+    return sum(a for a, _ in by.values()), sum(n for _, n in by.values())
 
 
 def greedy_by_system(runs: Runs, run_a: Path, run_b: Path) -> dict[str, tuple[int, int]]:
-    """greedy_agreement per system prompt: {system: (same verdict, shared prompts)}."""
+    """Greedy (T=0) identity replies with the same foreign/not verdict in both runs, per system prompt:
+    {system: (same verdict, shared prompts)}."""
     def greedy(run: Path) -> dict[str, tuple[str, bool]]:
         return {r["key"]: (r["system"], bool(r["foreign"])) for r in runs.records(run)
                 if r.get("suite") == "identity" and r.get("temperature") == 0.0}
@@ -697,12 +696,12 @@ def gguf_parity(runs: Runs, root: Path, arm: str, heading: str = "###") -> list[
           "of the shipped file gets, the other two rows measure merge + quantization under the same prompt.", ""]
     L += shared_parity_table(runs.records(root / "parity" / f"inproc-{arm}"),
                              runs.records(root / "parity" / f"gguf-{arm}"), "GGUF Q8_0, llama.cpp")
-    same, n = greedy_agreement(runs, root / "parity" / f"inproc-{arm}", root / "parity" / f"gguf-{arm}")
+    by = greedy_by_system(runs, root / "parity" / f"inproc-{arm}", root / "parity" / f"gguf-{arm}")
+    same, n = greedy_agreement(by)
     if n:
         L += [f"Greedy replies: the same verdict (foreign claim or not) on {same} of {n} prompts × system "
-              f"prompts ({100 * same / n:.0f}%)" + "; by system prompt: " + ", ".join(
-                  f"{k} {a}/{b}" for k, (a, b) in greedy_by_system(
-                      runs, root / "parity" / f"inproc-{arm}", root / "parity" / f"gguf-{arm}").items()) + ".", ""]
+              f"prompts ({100 * same / n:.0f}%)" + "; by system prompt: "
+              + ", ".join(f"{k} {a}/{b}" for k, (a, b) in by.items()) + ".", ""]
     return L
 
 
@@ -835,7 +834,7 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
               "(the server: `bench/llamacpp_serve.py`, given the model's published sampling defaults). "
               "T=0 and T=1.0 with 2 samples per prompt.", ""]
         L += parity_table(base, lc, "llama.cpp")
-        same, n = greedy_agreement(runs, root / "base" / "audit", root / "parity" / "llamacpp")
+        same, n = greedy_agreement(greedy_by_system(runs, root / "base" / "audit", root / "parity" / "llamacpp"))
         if n:
             L += [f"Greedy replies, prompt by prompt: the two runtimes reach the same verdict (foreign claim or not) "
                   f"on {same} of {n} prompts × system prompts"

@@ -16,16 +16,15 @@ cp .whl/*.whl "$work/wheels/"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
   -d "$work/wheels" xllamacpp liger-kernel || echo "xllamacpp / liger-kernel not downloaded: gguf-ARM steps and Liger variants will be skipped"
-"${PYTHON:-.venv/bin/python}" -c "
-import sys; from pathlib import Path; from selfid.model.embedded import EMBEDDED, assemble
-assemble(EMBEDDED['embedded'], Path(sys.argv[1]), progress=False)" "$work/model.gguf"  # sha256 checked there
-files="model.gguf wheels"
-if [ "${WITH_15B:-0}" = 1 ]; then
+models="embedded=model.gguf"
+[ "${WITH_15B:-0}" = 1 ] && models="$models embedded-1.5b=model-1.5b.gguf"
+files=wheels
+for m in $models; do
   "${PYTHON:-.venv/bin/python}" -c "
 import sys; from pathlib import Path; from selfid.model.embedded import EMBEDDED, assemble
-assemble(EMBEDDED['embedded-1.5b'], Path(sys.argv[1]), progress=False)" "$work/model-1.5b.gguf"
-  files="$files model-1.5b.gguf"
-fi
+assemble(EMBEDDED[sys.argv[1]], Path(sys.argv[2]), progress=False)" "${m%%=*}" "$work/${m#*=}"  # sha256 checked there
+  files="$files ${m#*=}"
+done
 (cd "$work" && tar cf payload.tar $files && rm -rf $files)
 sha=$(sha256sum "$work/payload.tar" | cut -d' ' -f1)
 PIECE=${PIECE:-43000000} bash bench/gpu/stage.sh "$work/payload.tar" "$sha" | head -2
