@@ -16,12 +16,15 @@ def test_smoke_mode_runs_every_step_and_reports_each(tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    for step in ("varlen", "audit", "serve", "train", "variants", "ddp"):
+    for step in ("varlen", "audit", "profile", "serve", "train", "variants", "ddp"):
         assert summary[step]["status"] == "ok", (step, summary[step].get("log_tail"))
+    for level in summary["profile"]["result"]["results"]:  # every level ran its steps and ranked the host's functions
+        assert level["steps"] > 0 and level["tokens"] > 0 and level["top_host_functions"]
     assert summary["varlen"]["result"]["check"]["reason"] is None
     audit = summary["audit"]["result"]
     assert audit["eager"]["identical_replies"] == audit["eager"]["replies"] == audit["grid"]["generations"]
     assert audit["decode"]["using"] == "static"
+    assert 0 < audit["selfid"]["generate_seconds"] <= audit["selfid"]["seconds"]
     variants = summary["variants"]["result"]["variants"]
     assert "error" in variants["train.liger=true"]  # no CUDA here: reported, and the other variants still ran
     assert variants["train.ce_chunk=16"]["tokens_per_s"] > 0

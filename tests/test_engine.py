@@ -98,6 +98,27 @@ def test_streaming_deltas_add_up_to_the_final_text(engine, prompts):
     assert "".join(deltas) == engine.generate([prompts[1]], params)[0].text
 
 
+def test_streamed_text_equals_the_whole_decode_for_sampled_replies(engine, tiny, prompts):
+    """Text is streamed from an incremental detokenizer; at a high temperature the tiny byte-level tokenizer
+    emits partial multi-byte characters, and the deltas must still add up to decoding the ids whole."""
+    for seed in range(12):
+        params = SamplingParams(max_new_tokens=24, temperature=1.6, seed=seed)
+        events = list(engine.events([Request(prompts[1], params, stream=True)]))
+        done = events[-1].finished
+        assert "".join(e.delta for e in events) == done.text
+        ids = done.token_ids[:-1] if done.finish_reason == "stop" else done.token_ids
+        assert done.text == tiny.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_streaming_does_not_decode_the_whole_reply_each_step(engine, prompts, monkeypatch):
+    calls = []
+    real = engine.tokenizer.decode
+    monkeypatch.setattr(engine.tokenizer, "decode", lambda ids, **kw: calls.append(len(ids)) or real(ids, **kw))
+    deltas = list(engine.stream(prompts[1], SamplingParams(max_new_tokens=20)))
+    assert len(deltas) > 1
+    assert len(calls) == 1  # the final text only
+
+
 def test_streaming_never_emits_part_of_a_stop_string(engine, prompts):
     full = engine.generate([prompts[3]], SamplingParams(max_new_tokens=24))[0].text
     stop = full[8:12]

@@ -15,7 +15,7 @@ mkdir -p "$work/wheels"
 cp .whl/*.whl "$work/wheels/"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
-  -d "$work/wheels" xllamacpp liger-kernel || echo "xllamacpp / liger-kernel not downloaded: gguf-ARM steps and Liger variants will be skipped"
+  -d "$work/wheels" xllamacpp liger-kernel py-spy || echo "xllamacpp / liger-kernel / py-spy not downloaded: gguf-ARM steps, Liger variants and host profiles will be skipped"
 models="embedded=model.gguf"
 [ "${WITH_15B:-0}" = 1 ] && models="$models embedded-1.5b=model-1.5b.gguf"
 files=wheels

@@ -78,6 +78,7 @@ class DecodeBatch:
         self.step = torch.zeros(B, dtype=torch.long, device=dev)  # tokens generated so far, per row
         self.counts = torch.zeros((B, vocab), **f32) if any(x.presence_penalty or x.frequency_penalty for x in p) else None
         self.seen = ids.to(dev)  # prompt + generated ids, for repetition_penalty; real where attn is 1
+        self.last = [n - 1 for n in lens]  # each row's last position, kept on the host too (no GPU read-back per step)
         self._rows_changed()
         self.adapter_names = adapter_names
         self.static, self.slots, self.cache = None, None, None
@@ -103,6 +104,9 @@ class DecodeBatch:
         # the most top-logprobs any row asks for (None: no row wants log-probabilities)
         self.top_logprobs = max((x.logprobs for x in p if x.logprobs is not None), default=None)
         self.repeat = any(x.repetition_penalty != 1 for x in p)
+        hot = [x for x in p if x.temperature > 0]  # known here, so sampling never reads them back from the GPU
+        self.any_hot = bool(hot)
+        self.k_max = max((x.top_k if x.top_k > 0 else self.vocab for x in hot), default=1)
         if not any(x.presence_penalty or x.frequency_penalty for x in p):
             self.counts = None
 
@@ -112,9 +116,10 @@ class DecodeBatch:
         logits = self.logits.float()
         lp = logits.log_softmax(-1) if self.top_logprobs is not None else None
         seen, seen_mask = (self.seen, self.attn.bool()) if self.repeat else (None, None)
-        logits = apply_penalties(logits, seen, seen_mask, self.rep, self.counts, self.presence, self.frequency)
+        logits = apply_penalties(logits, seen, seen_mask, self.rep, self.counts, self.presence, self.frequency,
+                                 repeat=self.repeat)
         u = self.uniforms.gather(1, self.step[:, None]).squeeze(1)
-        return sample(logits, self.temperature, self.top_k, self.top_p, u), lp
+        return sample(logits, self.temperature, self.top_k, self.top_p, u, any_hot=self.any_hot, k_max=self.k_max), lp
 
     def advance(self, nxt: torch.Tensor, keep: list[int]) -> None:
         """Record this step's tokens, drop the rows not in `keep`, and run the next forward pass."""
@@ -129,9 +134,10 @@ class DecodeBatch:
         self.seen = torch.cat([self.seen, nxt[:, None]], 1)
         self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], 1)
         self.pos = self.pos + 1
+        self.last = [x + 1 for x in self.last]
         if self.static is not None:
             try:
-                self.logits, self.slots = self.static.decode(nxt, self.pos.view(-1), self.slots)
+                self.logits, self.slots = self.static.decode(nxt, self.pos.view(-1), self.slots, need=max(self.last) + 1)
                 return
             except SlotsFull:  # the rows outgrew the static cache's budget: go on eagerly
                 self._to_dynamic(cached=self.pos.view(-1).tolist(), width=self.attn.shape[1] - 1)
@@ -148,6 +154,7 @@ class DecodeBatch:
     def _select(self, keep: list[int]) -> None:
         sel = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.rows = [self.rows[k] for k in keep]
+        self.last = [self.last[k] for k in keep]
         if self.static is not None:
             kept = set(keep)
             self.static.free([s for k, s in enumerate(self.slots) if k not in kept])
@@ -168,7 +175,7 @@ class DecodeBatch:
 
     def _trim(self) -> None:
         """Drop leading columns that are padding in every remaining row (the rows that used them left)."""
-        first = int(self.attn.any(0).int().argmax())
+        first = self.attn.shape[1] - (max(self.last) + 1)  # rows are left-padded: row k uses its last last[k]+1 columns
         if first > 0:
             self.attn, self.seen = self.attn[:, first:], self.seen[:, first:]
             for layer in _cache_layers(self.cache) if self.cache is not None else ():
@@ -202,4 +209,5 @@ class DecodeBatch:
             fill = lambda b: b.adapter_names or [active_adapter] * len(b)  # noqa: E731
             self.adapter_names = fill(self) + fill(other)
         self.rows = self.rows + other.rows
+        self.last = self.last + other.last
         self._rows_changed()

@@ -10,13 +10,17 @@ from __future__ import annotations
 import torch
 
 
-def apply_penalties(logits, seen, seen_mask, rep, counts, presence, frequency):
+def apply_penalties(logits, seen, seen_mask, rep, counts, presence, frequency, repeat: bool | None = None):
     """Repetition penalty over prompt+generated tokens; presence/frequency over generated tokens.
 
     logits [B,V]; seen [B,T] token ids with seen_mask [B,T] marking real ones; rep/presence/frequency [B];
     counts [B,V] (how often each token was generated) or None when no row uses presence/frequency.
+    `repeat`: whether any row's repetition penalty is not 1, when the caller knows it (None: read it from `rep`,
+    which waits for the GPU).
     """
-    if seen is not None and bool((rep != 1).any()):
+    if repeat is None:
+        repeat = seen is not None and bool((rep != 1).any())
+    if seen is not None and repeat:
         ids = torch.where(seen_mask, seen, seen[:, -1:])  # pad slots repeat a real token: harmless
         picked = logits.gather(1, ids)
         r = rep[:, None]
@@ -26,20 +30,25 @@ def apply_penalties(logits, seen, seen_mask, rep, counts, presence, frequency):
     return logits
 
 
-def sample(logits, temperature, top_k, top_p, uniforms):
+def sample(logits, temperature, top_k, top_p, uniforms, any_hot: bool | None = None, k_max: int | None = None):
     """One token per row. temperature 0 rows take the argmax; others sample by inverse CDF.
 
     Using one uniform per row per step (drawn ahead from the row's own seeded generator) makes a
-    seeded row repeatable whatever else shares its batch.
+    seeded row repeatable whatever else shares its batch. `any_hot` (some row samples) and `k_max` (the
+    largest top_k of those rows, the vocabulary size for "off"), when the caller knows them from the rows'
+    parameters, save reading them back from the GPU each step.
     """
     greedy = logits.argmax(-1)
     hot = temperature > 0
-    if not bool(hot.any()):
+    if any_hot is None:
+        any_hot = bool(hot.any())
+    if not any_hot:
         return greedy
     vocab = logits.shape[-1]
-    k = top_k.clone()
-    k[k <= 0] = vocab
-    k_max = int(k.max())
+    k = torch.where(top_k > 0, top_k, vocab)
+    if k_max is None:
+        k_max = int(k.max())
+    k_max = min(k_max, vocab)
     if k_max < vocab:
         vals, idx = logits.topk(k_max, dim=-1)
     else:
