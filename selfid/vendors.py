@@ -12,6 +12,11 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+try:  # the regex engine's own parser: Python 3.11+ names it re._parser
+    from re import _parser as _regex_parser
+except ImportError:  # Python 3.10
+    import sre_parse as _regex_parser
+
 
 @dataclass(frozen=True)
 class Vendor:
@@ -76,14 +81,71 @@ def _wrap(fragment: str) -> str:
     return rf"(?<![A-Za-z0-9]){fragment}(?![A-Za-z])" if _latin(fragment) else fragment
 
 
+def _alias_groups():
+    """(vendor key, alias fragments, whether case-insensitive) for each pattern of alias_patterns(), in its order."""
+    for v in VENDORS:
+        yield v.key, v.names, True
+        if v.cased:
+            yield v.key, v.cased, False
+
+
 @lru_cache(maxsize=1)
 def alias_patterns() -> tuple[tuple[re.Pattern, str], ...]:
+    return tuple((re.compile("|".join(_wrap(f) for f in fragments), re.I if ignore_case else 0), key)
+                 for key, fragments, ignore_case in _alias_groups())
+
+
+def literal_prefix(fragment: str) -> str:
+    """The literal characters every match of the regex `fragment` begins with (r"open\\s?ai" -> "open")."""
+    prefix = ""
+    for op, arg in _regex_parser.parse(fragment):
+        if op is not _regex_parser.LITERAL:
+            break
+        prefix += chr(arg)
+    if not prefix:
+        raise ValueError(f"vendor alias {fragment!r} must begin with a literal character (not a group, class, "
+                         "alternation or repeat), so that find_mentions can skip texts that lack it")
+    return prefix
+
+
+# re.IGNORECASE matches 'İ' (U+0130) and 'ı' (U+0131) to 'i', but casefold makes them 'i' + U+0307 and 'ı'; 'ſ' (U+017F)
+# and the Kelvin sign (U+212A) it folds to 's' and 'k' as re does. tests/test_vendors.py checks every code point.
+_AS_IGNORECASE = str.maketrans({"\u0130": "i", "\u0131": "i"})
+
+
+def _fold(text: str) -> str:
+    """`text` with each character that re.IGNORECASE matches to an ASCII letter turned into that letter, lowercase."""
+    if "\u0130" in text or "\u0131" in text:
+        text = text.translate(_AS_IGNORECASE)
+    return text.casefold()
+
+
+def _screen(fragments: tuple[str, ...], ignore_case: bool) -> list[str]:
+    """Literals of which every match of one of `fragments` contains at least one (folded when `ignore_case`)."""
     out = []
-    for v in VENDORS:
-        out.append((re.compile("|".join(_wrap(f) for f in v.names), re.I), v.key))
-        if v.cased:
-            out.append((re.compile("|".join(_wrap(f) for f in v.cased)), v.key))
-    return tuple(out)
+    for fragment in fragments:
+        prefix = literal_prefix(fragment)
+        if ignore_case:
+            if not all(ch.isascii() or ch.lower() == ch.upper() == ch.casefold() == ch for ch in prefix):
+                raise ValueError(f"case-insensitive vendor alias {fragment!r} begins with a cased letter outside ASCII, "
+                                 "which _fold may not fold as re.IGNORECASE does: list it in `cased`, or extend _fold")
+            prefix = _fold(prefix)
+        out.append(prefix)
+    # one literal inside another only repeats the check ("通义" covers "通义千问")
+    return list(dict.fromkeys(p for p in out if not any(q != p and q in p for q in out)))
+
+
+def _screens() -> tuple[tuple[tuple[str, int], ...], ...]:
+    """(literal, index into alias_patterns()) for the folded literals in Latin letters, the other folded ones and the
+    exact-case ones: a pattern can match only where one of its literals occurs."""
+    latin, other, exact = [], [], []
+    for i, (_, fragments, ignore_case) in enumerate(_alias_groups()):
+        for lit in _screen(fragments, ignore_case):
+            (exact if not ignore_case else latin if lit.isascii() else other).append((lit, i))
+    return tuple(latin), tuple(other), tuple(exact)
+
+
+_LATIN, _OTHER, _EXACT = _screens()  # at import, so that an alias that does not begin with a literal fails at once
 
 
 @dataclass(frozen=True)
@@ -96,8 +158,15 @@ class Mention:
 
 def find_mentions(text: str) -> list[Mention]:
     """Every vendor name in `text`, longest first where two overlap, in order of position."""
+    folded = _fold(text)
+    run = {i for lit, i in _LATIN if lit in folded}
+    if not text.isascii():
+        run.update(i for lit, i in _OTHER if lit in folded)
+    run.update(i for lit, i in _EXACT if lit in text)
+    patterns = alias_patterns()
     found = []
-    for pattern, key in alias_patterns():
+    for i in sorted(run):  # in the order of alias_patterns(), which the stable sort below keeps for equal spans
+        pattern, key = patterns[i]
         for m in pattern.finditer(text):
             if m.end() > m.start():
                 found.append(Mention(key, m.start(), m.end(), m.group(0)))
