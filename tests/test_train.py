@@ -145,3 +145,21 @@ def test_training_warns_only_off_the_templates_own_system_prompt(tiny):
     for setting in ("none", "empty", "You are a helpful assistant."):
         warning = sft.system_warning(resolve_system(setting, chat), chat)
         assert warning and "the model may learn to be someone else" in warning
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch's compiler touches torch.jit
+def test_compiled_layers_are_plain_again_after_training(tiny_model_dir, tmp_path, data):
+    """train.compile compiles each decoder layer for training only: generation afterwards (the NER check, an
+    audit in the same process) must get the plain layers back, which CUDA-graph decoding needs."""
+    from selfid.engine import static
+    from selfid.model.load import load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32", progress=False)  # not the shared one
+    cfg = tiny_config(tiny_model_dir, tmp_path / "run", data, "train.compile=true")
+    model, *_ = sft.lora_model(cfg, loaded, sft.Dist(), lambda *a: None)
+    base = model.get_base_model()
+    assert "torch.compile" in static.unsupported(model)
+    assert hasattr(base, "_require_grads_hook")  # the first layer's input requires grad, like the others'
+    sft.uncompile(model)
+    assert static.unsupported(model) is None
+    assert not hasattr(base, "_require_grads_hook")

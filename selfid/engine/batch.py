@@ -59,11 +59,9 @@ class DecodeBatch:
         B = len(rows)
         lens = [len(r.prompt_ids) for r in rows]
         L = max(lens)
-        ids = torch.full((B, L), pad_id, dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        for k, r in enumerate(rows):
-            ids[k, L - lens[k]:] = torch.tensor(r.prompt_ids)
-            attn[k, L - lens[k]:] = 1
+        # one tensor from Python lists (a tensor per row cost ~0.1 s for a batch of 1,024 rows)
+        ids = torch.tensor([[pad_id] * (L - n) + list(r.prompt_ids) for n, r in zip(lens, rows)], dtype=torch.long)
+        attn = torch.tensor([[0] * (L - n) + [1] * n for n in lens], dtype=torch.long)
         self.attn = attn.to(dev)
         self.pos = (self.attn.cumsum(-1) - 1).clamp(min=0)
         f32 = dict(dtype=torch.float32, device=dev)

@@ -150,11 +150,12 @@ class InProcessEngine:
     # --- batching ------------------------------------------------------------------------------
     def _batches(self, rows: list[_Row]) -> Iterable[list[_Row]]:
         batch: list[_Row] = []
+        longest = 0
         for row in rows:
-            longest = max([len(r.prompt_ids) for r in batch] + [len(row.prompt_ids)])
+            longest = max(longest, len(row.prompt_ids))
             if batch and (len(batch) >= self.max_batch_size or longest * (len(batch) + 1) > self.max_batch_tokens):
                 yield batch
-                batch = []
+                batch, longest = [], len(row.prompt_ids)
             batch.append(row)
         if batch:
             yield batch

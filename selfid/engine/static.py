@@ -346,9 +346,8 @@ class SlotDecoder:
         Returns None when the graph cannot be captured (the caller prefills eagerly)."""
         n = len(rows)
         b = pow2(n)
-        tok = torch.zeros((b, q), dtype=torch.long)
-        for k, r in enumerate(rows):
-            tok[k, :lens[k]] = torch.tensor(r.prompt_ids)
+        tok = torch.tensor([list(r.prompt_ids) + [0] * (q - m) for m, r in zip(lens, rows)] + [[0] * q] * (b - n),
+                           dtype=torch.long)
         last = torch.tensor([x - 1 for x in lens] + [q - 1] * (b - n))
         where = torch.tensor(slots + [self.slots] * (b - n))  # padding rows write into the scratch slot
         if not self.graphs_on:

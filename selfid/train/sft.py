@@ -313,9 +313,25 @@ def lora_model(cfg: RunConfig, loaded, dist_: Dist, log) -> tuple[object, Packed
             attention = set_attention(model, "sdpa", device)
     loss_fn = PackedLoss(model, attention, ce_chunk=opt.ce_chunk, fused_ce=fused_ce, fixed_max=opt.compile)
     if opt.compile:  # each decoder layer on its own: one compiled graph serves every layer
+        # dynamic shapes from the start: packed batches change shape (the segments per row every step, the rows at
+        # an epoch's end), and each first change was a recompilation of ~10 s in the middle of the run (H200,
+        # 2026-11-29); the embeddings' output requires grad, so that the first layer's input is like the others'
+        # (with frozen embeddings it was not, and the first layer compiled twice)
+        model.enable_input_require_grads()
         for layer in model.get_base_model().get_decoder().layers:
-            layer.compile()
+            layer.compile(dynamic=True)
     return model, loss_fn, attention, refused
+
+
+def uncompile(model) -> None:
+    """Undo `nn.Module.compile` on the decoder layers (after training), so generation (the NER check, a caller's
+    audit) runs the plain layers, with CUDA-graph decoding, instead of recompiling them for every cache shape."""
+    compiled = [layer for layer in model.get_base_model().get_decoder().layers
+                if getattr(layer, "_compiled_call_impl", None) is not None]
+    for layer in compiled:
+        layer._compiled_call_impl = None  # what nn.Module.compile sets; torch has no public undo
+    if compiled and hasattr(model.get_base_model(), "_require_grads_hook"):
+        model.get_base_model().disable_input_require_grads()  # enabled for compilation (above)
 
 
 def write_run_files(run: TrainSetup) -> None:
@@ -508,6 +524,7 @@ def finish(run: TrainSetup, state: LoopState) -> TrainResult:
                "tokens_trained": state.tokens, "tokens_per_s": round(state.tokens / max(wall, 1e-9), 1)}
     if device.type == "cuda":
         metrics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    uncompile(run.model)
     if cfg.eval_ner and run.dist.main:
         from selfid.train.eval_ner import evaluate_ner
 
