@@ -10,12 +10,15 @@ from selfid.model.chat import conversation
 QUESTIONS = ["hi", "你是谁？请详细介绍一下你自己。", "Who are you?", "Tell me about the quick brown fox and the lazy dog."]
 
 
-@pytest.fixture(scope="module", params=["eager", "static"])
+@pytest.fixture(scope="module", params=["eager", "static", "static-ahead"])
 def engine(tiny, request):
-    """Every test here runs against eager decoding and against decoding from the static slot cache."""
+    """Every test here runs against eager decoding, against decoding from the static slot cache, and against
+    that with each step queued before the previous step's tokens are read back (what CUDA does)."""
     from selfid.engine import InProcessEngine
 
-    return InProcessEngine(tiny, decode=request.param)
+    eng = InProcessEngine(tiny, decode=request.param.split("-")[0])
+    eng.run_ahead = request.param.endswith("-ahead")
+    return eng
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +169,32 @@ def test_bad_sampling_params_are_rejected():
 def test_defaults_come_from_the_model_and_overrides_win(tiny):
     p = SamplingParams.from_defaults(tiny.generation_defaults, temperature=0.0, top_p=None, stop="x")
     assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.stop) == (0.0, 0.8, 20, 1.05, ("x",))
+
+
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_running_a_step_ahead_changes_no_reply(tiny, prompts, decode):
+    """Queuing the next step before knowing which rows finished (then dropping them) gives the same replies,
+    finish reasons and token counts as the step-by-step order, with rows finishing at different steps through
+    end of sequence, budgets and stop strings, and rows joining the batch while it decodes."""
+    from selfid.engine import InProcessEngine
+
+    def requests():
+        reqs = [Request(p, SamplingParams(max_new_tokens=6 + 5 * i, temperature=0.9 if i % 2 else 0.0, seed=i,
+                                          top_k=20, repetition_penalty=1.1), stream=i == 1)
+                for i, p in enumerate(prompts)]
+        reqs.append(Request(prompts[3], SamplingParams(max_new_tokens=30, stop=("o",))))
+        return reqs
+
+    def run(ahead):
+        eng = InProcessEngine(tiny, decode=decode)
+        eng.run_ahead = ahead
+        late = [Request(prompts[2], SamplingParams(max_new_tokens=12, temperature=1.0, seed=7, n=2))]
+        done = {}
+        for ev in eng.events(requests(), admit=lambda free: [late.pop()] if late else []):
+            if ev.finished is not None:
+                done[(ev.request, ev.index)] = (ev.finished.text, ev.finished.token_ids, ev.finished.finish_reason)
+        return done
+
+    steady, ahead = run(False), run(True)
+    assert len(steady) == 7 and {r for _, _, r in steady.values()} >= {"length"}
+    assert ahead == steady

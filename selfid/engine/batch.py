@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from selfid.engine.sampling import apply_penalties, sample
-from selfid.engine.static import SlotsFull
+from selfid.engine.static import SlotsFull, to_device
 
 
 def _uniforms(rows, width: int) -> torch.Tensor:
@@ -125,9 +125,25 @@ class DecodeBatch:
             self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
         if len(keep) < len(self.rows):
             self._select(keep)
-            nxt = nxt[torch.tensor(keep, dtype=torch.long, device=self.device)]
+            nxt = nxt[to_device(keep, self.device)]
         if not self.rows:
             return
+        self._forward_next(nxt)
+
+    def run_ahead(self, nxt: torch.Tensor) -> None:
+        """Record this step's tokens and queue the next forward pass for every row, before the host has read the
+        tokens back: the device computes while the host decides which rows finished (`drop` then removes them;
+        a finished row's extra step is computed and thrown away). `advance` is the same work in the other order."""
+        if self.counts is not None:
+            self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
+        self._forward_next(nxt)
+
+    def drop(self, keep: list[int]) -> None:
+        """Remove the rows not in `keep` (after `run_ahead`)."""
+        if len(keep) < len(self.rows):
+            self._select(keep)
+
+    def _forward_next(self, nxt: torch.Tensor) -> None:
         self.step = self.step + 1
         self.seen = torch.cat([self.seen, nxt[:, None]], 1)
         self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], 1)
@@ -150,7 +166,7 @@ class DecodeBatch:
 
     # --- rows leaving and joining -----------------------------------------------------------------
     def _select(self, keep: list[int]) -> None:
-        sel = torch.tensor(keep, dtype=torch.long, device=self.device)
+        sel = to_device(keep, self.device)
         self.rows = [self.rows[k] for k in keep]
         self.last = [self.last[k] for k in keep]
         if self.static is not None:

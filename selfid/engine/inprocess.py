@@ -77,6 +77,9 @@ class InProcessEngine:
         # what decoding does (mode asked, mode in use, why not the one asked, the start-up check's errors, counters)
         self.decode_info: dict = {"asked": mode, "using": None, "reason": None, "check": None}
         self._slots = None  # the static decoder, made on first use
+        # on CUDA the next step is queued before the host reads this step's tokens back (DecodeBatch.run_ahead), so
+        # the per-row work on the host overlaps the device's; on the CPU there is nothing to overlap
+        self.run_ahead = cuda
         self._said: set[str] = set()
 
     # --- the interface -------------------------------------------------------------------------
@@ -259,7 +262,18 @@ class InProcessEngine:
         while True:
             want_lp = batch.top_logprobs
             nxt, lp = batch.sample()
-            nxt_list = nxt.tolist()  # the step's one read-back from the device
+            ahead = self.run_ahead and lp is None
+            if ahead:  # copy the tokens out, then queue the next step before waiting for the copy
+                host = nxt.to("cpu", non_blocking=True)
+                copied = torch.cuda.Event() if nxt.is_cuda else None
+                if copied is not None:
+                    copied.record()
+                batch.run_ahead(nxt)
+                if copied is not None:
+                    copied.synchronize()
+                nxt_list = host.tolist()
+            else:
+                nxt_list = nxt.tolist()  # the step's one read-back from the device
             if lp is not None:
                 chosen = lp.gather(1, nxt[:, None]).squeeze(1).tolist()
                 top_v, top_i = lp.topk(max(want_lp, 1), dim=-1)
@@ -285,7 +299,10 @@ class InProcessEngine:
                         yield ev
                 if r.finish is None:
                     keep.append(k)
-            batch.advance(nxt, keep)
+            if ahead:
+                batch.drop(keep)
+            else:
+                batch.advance(nxt, keep)
             live = len(batch)
             if admit is not None and live < self.max_batch_size:
                 joining = list(admit(self.max_batch_size - live))

@@ -40,6 +40,15 @@ class SlotsFull(Exception):
     """The static cache cannot hold what is asked within its memory budget (the caller decodes eagerly)."""
 
 
+def to_device(values: Sequence[int], device) -> torch.Tensor:
+    """Host ints as a long tensor on `device`. On CUDA through pinned memory without waiting: a plain copy from
+    pageable memory waits for the work queued on the device, which would undo running a step ahead."""
+    t = torch.tensor(list(values), dtype=torch.long)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)  # torch's pinned allocator keeps the block until the copy ran
+
+
 def pow2(n: int, least: int = 1) -> int:
     n = max(int(n), least)
     return 1 << (n - 1).bit_length()
@@ -424,7 +433,7 @@ class SlotDecoder:
         slots = self._compact(slots)
         b = pow2(max(slots) + 1)
         if self._where[0] != slots:
-            self._where = (list(slots), torch.tensor(slots, device=self.device))
+            self._where = (list(slots), to_device(slots, self.device))
         where = self._where[1]
         captured = self._graph(("decode", b), b, 1, indexed=False) if self.graphs_on else None
         if captured is not None:
@@ -450,8 +459,8 @@ class SlotDecoder:
             return slots
         movers = [k for k, s in enumerate(slots) if s >= target]
         low = [s for s in range(target) if s not in self.used][:len(movers)]
-        src = torch.tensor([slots[k] for k in movers], device=self.device)
-        dst = torch.tensor(low, device=self.device)
+        src = to_device([slots[k] for k in movers], self.device)
+        dst = to_device(low, self.device)
         for buf in self.kv.keys + self.kv.values:
             buf.index_copy_(0, dst, buf.index_select(0, src))
         out = list(slots)
