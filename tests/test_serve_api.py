@@ -8,7 +8,7 @@ import pytest
 
 from selfid.engine import SamplingParams
 from selfid.model.chat import conversation
-from tests.serve_helpers import plain_server  # noqa: F401  (fixture)
+from tests.serve_helpers import plain_server, static_server  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,27 @@ def test_api_key_is_required_when_set(tiny_model_dir):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=bg.url + "/v1", api_key="nope", max_retries=0).models.list()
         assert httpx.get(bg.url + "/").status_code == 200  # the page itself holds no secrets
+
+
+def test_health_says_how_decoding_runs_and_counts_its_steps(static_server, plain_server):
+    bg, _ = static_server
+    before = httpx.get(bg.url + "/health").json()["decode"]
+    assert before["asked"] == before["using"] == "static" and before["reason"] is None
+    r = httpx.post(bg.url + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                                           "temperature": 0, "max_tokens": 6}).json()
+    assert r["usage"]["completion_tokens"] == 6
+    after = httpx.get(bg.url + "/health").json()["decode"]
+    steps = {k: after["stats"][k] - before["stats"][k] for k in after["stats"]}
+    assert steps["plain_steps"] == 5 and steps["graph_steps"] == 0  # the first token comes from the prefill
+    assert steps["plain_prefills"] + steps["eager_prefills"] == 1
+    eager, _ = plain_server
+    assert httpx.get(eager.url + "/health").json()["decode"]["asked"] == "eager"  # the CPU's default
+
+
+def test_health_answers_when_the_decode_check_measured_nan(static_server, monkeypatch):
+    bg, service = static_server
+    report = service.engine.decode_report()
+    monkeypatch.setattr(service.engine, "decode_report",
+                        lambda: {**report, "check": {"plain_vs_eager": float("nan"), "graph_vs_plain": float("inf")}})
+    r = httpx.get(bg.url + "/health")
+    assert r.status_code == 200 and r.json()["decode"]["check"] == {"plain_vs_eager": "nan", "graph_vs_plain": "inf"}

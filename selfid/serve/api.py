@@ -20,6 +20,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from contextlib import asynccontextmanager
@@ -387,7 +388,9 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/health")
     async def health():
         dtype = str(next(service.loaded.model.parameters()).dtype).removeprefix("torch.")
-        return {"status": "ok", "models": list(service.served), "device": str(service.loaded.device), "dtype": dtype}
+        report = getattr(service.engine, "decode_report", None)  # how decode steps run, and how many ran each way
+        return {"status": "ok", "models": list(service.served), "device": str(service.loaded.device), "dtype": dtype,
+                "decode": _finite(report()) if report is not None else None}
 
     @app.get("/v1/models")
     async def models(request: HTTPRequest):
@@ -454,6 +457,17 @@ def create_app(service: Service) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=WEBCHAT), name="webchat")
     return app
+
+
+def _finite(x):
+    """`x` with non-finite floats as text: JSON responses cannot hold NaN (a failed decode check may measure one)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def _finish(c: Completion) -> str:
