@@ -77,13 +77,17 @@ def adapter_dirs(tmp_path_factory, tiny_model_dir, tiny) -> dict[str, Path]:
             "plain": make_adapter(tiny_model_dir, root / "plain", 2)}
 
 
-def start(model_dir, adapters=(), **kw):
-    """A live uvicorn server on the tiny model (and adapters); returns (Background, Service)."""
+def start(model_dir, adapters=(), decode: str | None = None, **kw):
+    """A live uvicorn server on the tiny model (and adapters), decoding as `decode` says (default: the CPU's
+    default, eager); returns (Background, Service)."""
+    from selfid.engine import InProcessEngine
     from selfid.serve.api import Service, create_app
     from selfid.serve.models import load_served
     from selfid.serve.server import Background
 
     loaded, served = load_served(str(model_dir), adapters, device="cpu", dtype="float32", progress=False)
+    if decode is not None:
+        kw["engine"] = InProcessEngine(loaded, max_batch_size=kw.get("max_batch_size"), decode=decode)
     service = Service(loaded, served, **kw)
     return Background(create_app(service)), service
 
@@ -92,6 +96,14 @@ def start(model_dir, adapters=(), **kw):
 def plain_server(tiny_model_dir):
     """The seed deployment: one model, no adapters, no API key."""
     bg, service = start(tiny_model_dir)
+    with bg:
+        yield bg, service
+
+
+@pytest.fixture(scope="module")
+def static_server(tiny_model_dir):
+    """One model decoding from a static cache (the CPU's stand-in for CUDA-graph decoding), which counts its steps."""
+    bg, service = start(tiny_model_dir, decode="static")
     with bg:
         yield bg, service
 

@@ -1,14 +1,18 @@
 """The OpenAI-compatible API against a live uvicorn server on the tiny model, through real clients."""
 
+import asyncio
+import json
 from urllib.parse import unquote
 
 import httpx
 import openai
 import pytest
 
-from selfid.engine import SamplingParams
+from selfid.engine import Completion, Event, Request, SamplingParams
 from selfid.model.chat import conversation
-from tests.serve_helpers import plain_server  # noqa: F401  (fixture)
+from selfid.serve.api import stream
+from selfid.serve.scheduler import DONE
+from tests.serve_helpers import plain_server, run_async, static_server  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +199,113 @@ def test_api_key_is_required_when_set(tiny_model_dir):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=bg.url + "/v1", api_key="nope", max_retries=0).models.list()
         assert httpx.get(bg.url + "/").status_code == 200  # the page itself holds no secrets
+
+
+def test_health_says_how_decoding_runs_and_counts_its_steps(static_server, plain_server):
+    bg, _ = static_server
+    before = httpx.get(bg.url + "/health").json()["decode"]
+    assert before["asked"] == before["using"] == "static" and before["reason"] is None
+    r = httpx.post(bg.url + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                                           "temperature": 0, "max_tokens": 6}).json()
+    assert r["usage"]["completion_tokens"] == 6
+    after = httpx.get(bg.url + "/health").json()["decode"]
+    steps = {k: after["stats"][k] - before["stats"][k] for k in after["stats"]}
+    assert steps["plain_steps"] == 5 and steps["graph_steps"] == 0  # the first token comes from the prefill
+    assert steps["plain_prefills"] + steps["eager_prefills"] == 1
+    eager, _ = plain_server
+    assert httpx.get(eager.url + "/health").json()["decode"]["asked"] == "eager"  # the CPU's default
+
+
+def test_health_answers_when_the_decode_check_measured_nan(static_server, monkeypatch):
+    bg, service = static_server
+    report = service.engine.decode_report()
+    monkeypatch.setattr(service.engine, "decode_report",
+                        lambda: {**report, "check": {"plain_vs_eager": float("nan"), "graph_vs_plain": float("inf")}})
+    r = httpx.get(bg.url + "/health")
+    assert r.status_code == 200 and r.json()["decode"]["check"] == {"plain_vs_eager": "nan", "graph_vs_plain": "inf"}
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_content_chunks_are_the_bytes_the_pydantic_models_write(include_usage):
+    from selfid.serve.api import Chunks
+
+    chunks = Chunks("chatcmpl-x", 1700000000, 'tiny "model" \\ 名', "selfid-abc", include_usage)
+    deltas = ["Hello", " world", "你好，世界。", 'say "hi" \\ back\n\tnext\r\n', "🙂👍🏽", "\u2028\x00\x1f", "", "</s>"]
+    for index in (0, 1, 2, 11):
+        for text in deltas:
+            made = chunks.content(index, text)
+            assert made == chunks.event([{"index": index, "delta": {"content": text}}])
+            assert json.loads(made.removeprefix("data: "))["choices"][0]["delta"] == {"content": text}
+
+
+class _Job:
+    """What stream() reads: the scheduler's queue of events, and the request to cancel if the client leaves."""
+
+    def __init__(self, items=()):
+        self.queue = asyncio.Queue()
+        for item in items:
+            self.queue.put_nowait(item)
+        self.request = Request([1], SamplingParams())
+
+
+async def _written(service, pr, items, at_once: bool) -> list[str]:
+    """The writes stream() makes when the engine's events are all waiting before the client reads (at_once),
+    or arrive one at a time, each only after stream() has taken the one before."""
+    job = _Job(items if at_once else ())
+    feed = iter([] if at_once else items)
+    gen = stream(service, pr, "chatcmpl-test", job)
+    writes = []
+    while True:
+        if job.queue.empty():
+            item = next(feed, None)
+            if item is not None:
+                job.queue.put_nowait(item)
+        try:
+            writes.append(await gen.__anext__())
+        except StopAsyncIteration:
+            return writes
+
+
+def _events(writes: list[str]) -> list:
+    events = []
+    for w in writes:
+        assert w.endswith("\n\n")
+        for e in w.split("\n\n")[:-1]:
+            assert e.startswith("data: ")
+            data = e.removeprefix("data: ")
+            events.append(data if data == "[DONE]" else {k: v for k, v in json.loads(data).items() if k != "created"})
+    return events
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_events_waiting_together_go_out_in_one_write_with_the_same_content(tiny, fail):
+    from selfid.serve.api import Service
+    from selfid.serve.models import Served
+    from selfid.serve.protocol import ChatCompletionRequest
+    from tests.serve_helpers import ScriptedEngine
+
+    served = [Served("tmp", None, None, tiny.chat, tiny.generation_defaults, "test")]
+    service = Service(tiny, served, engine=ScriptedEngine(tiny))
+    pr = service.prepare(ChatCompletionRequest.model_validate(
+        {"model": "tmp", "messages": [{"role": "user", "content": "hi"}], "n": 2, "stream": True,
+         "stream_options": {"include_usage": True}}))
+    ids = service.engine.encode("Hi 你好 \"x\"")
+    items = [Event(0, 0, "Hi"), Event(0, 1, " 你"), Event(0, 0, " 你好", Completion("Hi 你好", ids[:3], "length")),
+             Event(0, 1, ' "x"\n')]
+    items += [RuntimeError("boom")] if fail else [Event(0, 1, "", Completion(' 你 "x"\n', ids, "stop")), DONE]
+    one_by_one = run_async(lambda: _written(service, pr, items, at_once=False))
+    together = run_async(lambda: _written(service, pr, items, at_once=True))
+    assert _events(together) == _events(one_by_one)
+    # writes: the two role chunks, then one per engine event (five here) or one for all of them, usage, [DONE]
+    assert (len(one_by_one), len(together)) == (2 + 5 + 2, 2 + 1 + 2)
+    assert _events(together)[-1] == "[DONE]"
+    texts = ["", ""]
+    for e in _events(together)[2:]:
+        for c in e.get("choices", []) if isinstance(e, dict) else []:
+            texts[c["index"]] += c["delta"].get("content", "")
+    assert texts == ["Hi 你好", ' 你 "x"\n']
+    if fail:
+        assert _events(together)[-3]["error"]["type"] == "server_error" and _events(together)[-2]["choices"] == []
+    else:
+        assert _events(together)[-2]["usage"] == {"prompt_tokens": len(pr.prompt_ids), "completion_tokens": 3 + len(ids),
+                                                  "total_tokens": len(pr.prompt_ids) + 3 + len(ids)}

@@ -20,6 +20,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from contextlib import asynccontextmanager
@@ -387,7 +388,9 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/health")
     async def health():
         dtype = str(next(service.loaded.model.parameters()).dtype).removeprefix("torch.")
-        return {"status": "ok", "models": list(service.served), "device": str(service.loaded.device), "dtype": dtype}
+        report = getattr(service.engine, "decode_report", None)  # how decode steps run, and how many ran each way
+        return {"status": "ok", "models": list(service.served), "device": str(service.loaded.device), "dtype": dtype,
+                "decode": _finite(report()) if report is not None else None}
 
     @app.get("/v1/models")
     async def models(request: HTTPRequest):
@@ -456,55 +459,100 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+def _finite(x):
+    """`x` with non-finite floats as text: JSON responses cannot hold NaN (a failed decode check may measure one)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
 def _finish(c: Completion) -> str:
     return "length" if c.finish_reason == "length" else "stop"
 
 
-async def stream(service: Service, pr: Prepared, rid: str, job):
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
-    created, name = int(time.time()), pr.served.name
-    fingerprint = f"selfid-{pr.served.chat.template_hash}"
-    include_usage = pr.body.include_usage
+class Chunks:
+    """The server-sent events of one streamed reply, in OpenAI's chunk format.
 
-    def sse(choices: list[dict], usage: dict | None = None) -> str:
-        chunk = p.ChatCompletionChunk(id=rid, created=created, model=name, system_fingerprint=fingerprint,
-                                      choices=choices, usage=usage).model_dump(mode="json")
+    `event` builds a chunk through the pydantic models. `content` (one a token) writes the bytes `event` would
+    for a text delta without building it: `event`'s chunk with an empty text, split around that text once per
+    choice index, with the new text's JSON in between."""
+
+    def __init__(self, rid: str, created: int, model: str, fingerprint: str, include_usage: bool):
+        self.rid, self.created, self.model, self.fingerprint = rid, created, model, fingerprint
+        self.include_usage = include_usage
+        self._around: dict[int, tuple[str, str]] = {}  # choice index -> (text before the delta's text, after)
+
+    def event(self, choices: list[dict], usage: dict | None = None) -> str:
+        chunk = p.ChatCompletionChunk(id=self.rid, created=self.created, model=self.model,
+                                      system_fingerprint=self.fingerprint, choices=choices,
+                                      usage=usage).model_dump(mode="json")
         for c in chunk["choices"]:
             c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
-        if not include_usage:
+        if not self.include_usage:
             chunk.pop("usage")
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
+    def content(self, index: int, text: str) -> str:
+        around = self._around.get(index)
+        if around is None:
+            # by hand: no JSON library fills one value into serialized JSON. Quotes inside a JSON string are
+            # escaped and only keys are followed by ': ', so '"content": ""' matches the delta's key alone
+            head, found, tail = self.event([{"index": index, "delta": {"content": ""}}]).partition('"content": ""')
+            if not found:
+                raise RuntimeError(f"a content chunk without its content field: {head!r}")
+            around = self._around[index] = (head + '"content": ', tail)
+        return around[0] + json.dumps(text, ensure_ascii=False) + around[1]
+
+
+async def stream(service: Service, pr: Prepared, rid: str, job):
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. Events that are already
+    waiting when the stream wakes up (the engine got ahead of the client) go out as one write."""
+    chunks = Chunks(rid, int(time.time()), pr.served.name, f"selfid-{pr.served.chat.template_hash}",
+                    pr.body.include_usage)
     finished = False
     used = 0
     t0 = time.monotonic()
     first: float | None = None
     try:
         for i in range(pr.params.n):
-            yield sse([{"index": i, "delta": {"role": "assistant", "content": ""}}])
-        while True:
-            item = await job.queue.get()
-            if item is DONE:
-                break
-            if isinstance(item, Exception):
-                log.error("%s: generation failed: %r", rid, item)
-                err = {"error": {"message": f"generation failed ({type(item).__name__}); see the server log",
-                                 "type": "server_error", "param": None, "code": None}}
-                yield f"data: {json.dumps(err)}\n\n"
-                break
-            if item.delta:
-                if first is None:
-                    first = time.monotonic()
-                yield sse([{"index": item.index, "delta": {"content": item.delta}}])
-            if item.finished is not None:
-                c = item.finished
-                used += len(c.token_ids)
-                lp = service.token_logprobs(c)
-                yield sse([{"index": item.index, "delta": {}, "finish_reason": _finish(c),
-                            "logprobs": lp.model_dump() if lp else None}])
-        if include_usage:
+            yield chunks.event([{"index": i, "delta": {"role": "assistant", "content": ""}}])
+        ended = False
+        while not ended:
+            items = [await job.queue.get()]
+            while not job.queue.empty():
+                items.append(job.queue.get_nowait())
+            out: list[str] = []
+            for item in items:
+                if item is DONE:
+                    ended = True
+                    break
+                if isinstance(item, Exception):
+                    log.error("%s: generation failed: %r", rid, item)
+                    err = {"error": {"message": f"generation failed ({type(item).__name__}); see the server log",
+                                     "type": "server_error", "param": None, "code": None}}
+                    out.append(f"data: {json.dumps(err)}\n\n")
+                    ended = True
+                    break
+                if item.delta:
+                    if first is None:
+                        first = time.monotonic()
+                    out.append(chunks.content(item.index, item.delta))
+                if item.finished is not None:
+                    c = item.finished
+                    used += len(c.token_ids)
+                    lp = service.token_logprobs(c)
+                    out.append(chunks.event([{"index": item.index, "delta": {}, "finish_reason": _finish(c),
+                                              "logprobs": lp.model_dump() if lp else None}]))
+            if out:
+                yield "".join(out)
+        if chunks.include_usage:
             n_prompt = len(pr.prompt_ids)
-            yield sse([], {"prompt_tokens": n_prompt, "completion_tokens": used, "total_tokens": n_prompt + used})
+            yield chunks.event([], {"prompt_tokens": n_prompt, "completion_tokens": used,
+                                    "total_tokens": n_prompt + used})
         yield "data: [DONE]\n\n"
         finished = True
         log.info("%s done: %d tokens in %.2f s, first text after %s", rid, used, time.monotonic() - t0,
