@@ -313,13 +313,13 @@ def lora_model(cfg: RunConfig, loaded, dist_: Dist, log) -> tuple[object, Packed
             attention = set_attention(model, "sdpa", device)
     loss_fn = PackedLoss(model, attention, ce_chunk=opt.ce_chunk, fused_ce=fused_ce, fixed_max=opt.compile)
     if opt.compile:  # each decoder layer on its own: one compiled graph serves every layer
-        # dynamic shapes from the start: packed batches change shape (the segments per row every step, the rows at
-        # an epoch's end), and each first change was a recompilation of ~10 s in the middle of the run (H200,
-        # 2026-11-29); the embeddings' output requires grad, so that the first layer's input is like the others'
-        # (with frozen embeddings it was not, and the first layer compiled twice)
+        # the embeddings' output requires grad, so that the first layer's input is like the others' (with frozen
+        # embeddings it was not, and the layers compiled twice). Shapes stay static at first: compiling for dynamic
+        # shapes from the start took ~75 s instead of ~20 s on an H200 (2026-11-29; 30k vs 70k tok/s over the
+        # 3-epoch benchmark, though 140k vs 77k after step 10), see docs/benchmarks.md
         model.enable_input_require_grads()
         for layer in model.get_base_model().get_decoder().layers:
-            layer.compile(dynamic=True)
+            layer.compile()
     return model, loss_fn, attention, refused
 
 
