@@ -137,11 +137,13 @@ class Batch:
 
 
 def collate(encoded: Sequence[Encoded], rows: Sequence[Sequence[int]], pack_length: int, pad_id: int,
-            pin: bool = False) -> Batch:
-    """Rows of sample indices -> a packed batch of shape [len(rows), pack_length]."""
+            pin: bool = False, min_rows: int = 1) -> Batch:
+    """Rows of sample indices -> a packed batch of shape [max(len(rows), min_rows), pack_length].
+
+    Rows past `rows` are padding with nothing to learn (a compiled model then sees one batch shape all run)."""
     import torch
 
-    B, L = max(len(rows), 1), pack_length
+    B, L = max(len(rows), min_rows, 1), pack_length
     ids = np.full((B, L), pad_id, dtype=np.int64)
     pos = np.zeros((B, L), dtype=np.int64)
     cu = [0]
@@ -162,8 +164,9 @@ def collate(encoded: Sequence[Encoded], rows: Sequence[Sequence[int]], pack_leng
         if off < L:  # the padding tail is a segment of its own, so no sample attends to it
             pos[b, off:] = np.arange(L - off)
             cu.append(b * L + L)
-    if not rows:  # an empty micro-batch (DDP's last step): one row of padding, nothing to learn
-        cu.append(L)
+    for b in range(len(rows), B):  # padding rows (an empty micro-batch, DDP's last step): each a segment of its own
+        pos[b] = np.arange(L)
+        cu.append(b * L + L)
     segs = np.diff(cu)
     hidden_index = np.concatenate(hidden) if hidden else np.zeros(0, dtype=np.int64)
     target_ids = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)

@@ -415,8 +415,10 @@ def train_loop(run: TrainSetup, state: LoopState, metrics: MetricsLog, on_step: 
             step_loss = torch.zeros((), device=device)
             scale = world / max(1, s.label_tokens)  # the step's loss is the mean over all its label tokens
             for k, rows in enumerate(micro):
+                # compiled layers: a short last batch is padded to full rows, since a new batch shape mid-run meant a
+                # recompilation (~18 s on an H200 for a 0.5B model, more than the padding rows cost)
                 batch = collate(run.data.encoded, rows, opt.pack_length, run.loaded.tokenizer.pad_token_id,
-                                pin=device.type == "cuda").to(device)
+                                pin=device.type == "cuda", min_rows=opt.rows_per_batch if opt.compile else 1).to(device)
                 last = k == len(micro) - 1  # DDP averages gradients across processes once, after the last
                 with contextlib.nullcontext() if run.ddp is None or last else run.ddp.no_sync():
                     with run.autocast():
