@@ -301,10 +301,11 @@ NOISE_FLOOR = 1e-3  # ... plus this (float32 everywhere, as on a CPU, both are ~
 TOP1_SLACK = 0.02  # and agree with float32's argmax at most this much less often than sdpa does
 
 
-def varlen_report(model, device) -> dict:
+def varlen_report(model, device, keep: dict | None = None) -> dict:
     """Varlen and sdpa on the check batch (forward + backward, eval mode), each against the same model in
     float32 (sdpa, no autocast), and the kernel alone against float32 attention: the numbers the check judges
-    and the diagnosis benchmark prints. The top-level numbers are varlen against sdpa, for the record."""
+    and the diagnosis benchmark prints. The top-level numbers are varlen against sdpa, for the record.
+    `keep`, when given, receives the logits ("sdpa", "varlen", "float32") and the real-token mask ("real")."""
     import contextlib
     import copy
 
@@ -333,6 +334,8 @@ def varlen_report(model, device) -> dict:
         del reference
     finally:
         model.train(was_training)
+    if keep is not None:
+        keep.update(outs, float32=ref, real=real)
     report = compare_logits(outs["sdpa"], outs["varlen"], real)
     report["vs_float32"] = {k: compare_logits(ref, outs[k], real) for k in ("sdpa", "varlen")}
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
