@@ -198,3 +198,27 @@ def test_running_a_step_ahead_changes_no_reply(tiny, prompts, decode):
     steady, ahead = run(False), run(True)
     assert len(steady) == 7 and {r for _, _, r in steady.values()} >= {"length"}
     assert ahead == steady
+
+
+def test_the_step_run_after_a_rows_last_token_needs_no_larger_cache(tiny):
+    """A row whose prompt and budget fill the cache's columns exactly: the extra step run ahead after its last
+    token feeds that token at the row's last reserved column, so it must fit in what the prefill reserved (a
+    reallocation would also recapture every CUDA graph mid-decoding)."""
+    from selfid.engine import InProcessEngine, static
+
+    prompt = list(range(5, 5 + 40))
+    budget = static.MIN_LENGTH - len(prompt)  # prompt + budget = 128 columns
+
+    def reallocations(ahead):
+        eng = InProcessEngine(tiny, decode="static")
+        eng.run_ahead = ahead
+        eng.eos = set()  # rows end at their budget only
+        eng.warm()  # the start-up check allocates first; count from here
+        before = eng.decode_report()["stats"]["reallocations"]
+        done = eng.generate([Request(prompt, SamplingParams(max_new_tokens=budget))])[0].completions[0]
+        assert len(done.token_ids) == budget and done.finish_reason == "length"
+        stats = eng.decode_report()["stats"]
+        return stats["reallocations"] - before, stats["plain_prefills"]
+
+    during_prefill = reallocations(False)
+    assert reallocations(True) == during_prefill
