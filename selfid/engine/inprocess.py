@@ -13,6 +13,11 @@ transformers model step by step with a growing cache; `static` decodes from a pr
 (static.py); `graph` does that with each step captured in a CUDA graph; `auto` (the default) is
 `graph` on CUDA and `eager` on the CPU. Static and graph decoding are checked against eager decoding
 on first use; if they disagree, or a batch mixes adapters, the engine decodes eagerly and logs why.
+
+On CUDA each step runs ahead (`run_ahead`): the sampled tokens are copied out and the next forward pass is
+queued for every row before the host reads them, so the per-row work here (stops, streaming text, events)
+overlaps the GPU's; rows that finished are dropped after that pass, which computed one token for them in vain.
+A step reads back from the device only its sampled tokens (and log-probabilities when a row asks for them).
 """
 
 from __future__ import annotations
