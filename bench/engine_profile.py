@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import pstats
 import sys
@@ -51,7 +50,7 @@ def run_once(engine, requests) -> int:
     return tokens
 
 
-def measure(engine, loaded, make, label: str, top: int) -> dict:
+def measure(engine, loaded, make, rows: int, label: str, top: int) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -63,7 +62,7 @@ def measure(engine, loaded, make, label: str, top: int) -> dict:
     sync(loaded.device)
     wall = time.perf_counter() - t
     steps = max(steps_taken(engine) - before, 1)
-    out = {"label": label, "rows": len(make()), "tokens": tokens, "steps": steps, "wall_s": round(wall, 4),
+    out = {"label": label, "rows": rows, "tokens": tokens, "steps": steps, "wall_s": round(wall, 4),
            "wall_ms_per_step": round(1000 * wall / steps, 3), "tokens_per_s": round(tokens / wall, 1)}
     if loaded.device.type == "cuda":
         acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
@@ -82,8 +81,6 @@ def measure(engine, loaded, make, label: str, top: int) -> dict:
     run_once(engine, make())
     sync(loaded.device)
     prof.disable()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
     stats = pstats.Stats(prof)
     ranked = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]  # (file, line, fn) -> (cc, nc, tt, ct, callers)
     out["top_host_functions"] = [{"function": f"{Path(k[0]).name}:{k[1]}:{k[2]}", "own_ms_per_step": round(1000 * v[2] / steps, 4),
@@ -125,7 +122,7 @@ def main() -> None:
                 for i in range(n)]
         return make
 
-    results = [measure(engine, loaded, maker(n), f"{n} rows" + (" streaming" if n <= 32 else ""), args.top)
+    results = [measure(engine, loaded, maker(n), n, f"{n} rows" + (" streaming" if n <= 32 else ""), args.top)
                for n in sizes]
     import torch
 

@@ -121,8 +121,6 @@ class DecodeBatch:
 
     def advance(self, nxt: torch.Tensor, keep: list[int]) -> None:
         """Record this step's tokens, drop the rows not in `keep`, and run the next forward pass."""
-        if self.counts is not None:
-            self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
         if len(keep) < len(self.rows):
             self._select(keep)
             nxt = nxt[to_device(keep, self.device)]
@@ -134,8 +132,6 @@ class DecodeBatch:
         """Record this step's tokens and queue the next forward pass for every row, before the host has read the
         tokens back: the device computes while the host decides which rows finished (`drop` then removes them;
         a finished row's extra step is computed and thrown away). `advance` is the same work in the other order."""
-        if self.counts is not None:
-            self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
         self._forward_next(nxt)
 
     def drop(self, keep: list[int]) -> None:
@@ -144,6 +140,9 @@ class DecodeBatch:
             self._select(keep)
 
     def _forward_next(self, nxt: torch.Tensor) -> None:
+        """Record each row's token nxt[k] and run the forward pass that feeds it."""
+        if self.counts is not None:
+            self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.float32))
         self.step = self.step + 1
         self.seen = torch.cat([self.seen, nxt[:, None]], 1)
         self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], 1)

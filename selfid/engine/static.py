@@ -421,13 +421,10 @@ class SlotDecoder:
 
     # --- decode ----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(self, nxt: torch.Tensor, pos: torch.Tensor, slots: list[int],
-               need: int | None = None) -> tuple[torch.Tensor, list[int]]:
+    def decode(self, nxt: torch.Tensor, pos: torch.Tensor, slots: list[int], need: int) -> tuple[torch.Tensor, list[int]]:
         """One step: token nxt[k] at position pos[k] for the row in slot slots[k]. Returns logits [n, V] and
         the rows' slots (rows move to low slots when the batch shrinks to a smaller bucket). `need`: the
-        columns the step needs (max(pos) + 1) when the caller knows it without reading `pos` back."""
-        if need is None:
-            need = int(pos.max()) + 1
+        columns the step needs, max(pos) + 1, which the caller knows without reading `pos` back from the device."""
         if need > self.length:
             self.reserve(self.slots, need)
         slots = self._compact(slots)
