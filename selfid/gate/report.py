@@ -66,6 +66,8 @@ def settle_text(cell: dict, grid) -> str | None:
     s = cell.get("settle")
     if not s:
         return None
+    if "stderr" in s:
+        return f"a standard error of at most {s['stderr']:.3g} on each side"
     parts = []
     if s.get("prompts"):
         have = cell["prompts"]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from selfid.audit.stats import clustered_rate, holm, mean_above_zero
+from selfid.audit.stats import holm, mean_above_zero
 from selfid.errors import SelfidError
 from selfid.gate import power as pw
 from selfid.gate.tallies import Tallies
@@ -70,8 +70,8 @@ def rate_cell(metric: str, ref: dict[str, list[int]], cand: dict[str, list[int]]
 
 
 def _rate(by_prompt: dict[str, list[int]]) -> dict:
-    r = clustered_rate([tuple(kn) for kn in by_prompt.values()])
-    return {k: r[k] for k in ("k", "n", "rate", "ci95", "deff")}
+    k, n = sum(kn[0] for kn in by_prompt.values()), sum(kn[1] for kn in by_prompt.values())
+    return {"k": k, "n": n, "rate": k / n if n else None}
 
 
 def ner_cell(ref: dict[str, list[int]], cand: dict[str, list[int]]) -> dict:
@@ -132,6 +132,8 @@ def _settle(cell: dict, alpha: float, target: float) -> dict:
     model; the prompts' own disagreement does not fall with more replies)."""
     df = cell["df"]
     needed = cell["limit"] / (pw.critical(alpha, df) + pw.quantile(target, df))
+    if cell["prompts"] is None:  # a task number: each side's standard error must shrink to this
+        return {"stderr": needed / math.sqrt(2)}
     out = {"prompts": math.ceil(cell["prompts"] * (cell["se"] / needed) ** 2) if not math.isinf(cell["se"]) else None,
            "replies_per_prompt": None}
     tallies = cell.get("_tallies")
