@@ -163,7 +163,7 @@ def test_runs_of_other_vendors_or_no_shared_prompts_cannot_be_compared(runs, tmp
 
 def test_thresholds_have_stated_defaults_and_null_leaves_a_metric_out(tmp_path):
     t = load_thresholds(None)
-    assert (t.foreign_claims, t.own_identity, t.self_denial, t.identity_tasks, t.alpha, t.power) == (5, 10, 3, None, 0.05, 0.8)
+    assert (t.foreign_claims, t.own_identity, t.self_denial, t.identity_tasks, t.alpha, t.power) == (5, 11, 3, None, 0.05, 0.8)
     assert t.limit("foreign_claims") == pytest.approx(0.05) and t.limit("identity_tasks") is None
     (tmp_path / "t.yaml").write_text("foreign_claims: 2\nsystems: [default, helpful]\nner_f1: null\n", encoding="utf-8")
     t = load_thresholds(tmp_path / "t.yaml")

@@ -9,10 +9,10 @@ size it.
     power: 0.8               # chance to find a regression of the stated size in a cell
     systems: null            # system prompts to judge (default: every one both runs asked)
     foreign_claims: 5        # may rise by at most 5 points in any system prompt
-    own_identity: 10         # own identity affirmed may fall by at most 10 points
+    own_identity: 11         # own identity affirmed may fall by at most 11 points
     self_denial: 3
-    yes_to_other_vendor: 16  # "Yes" to a leading question about another vendor
-    persona_kept: 8
+    yes_to_other_vendor: 15  # "Yes" to a leading question about another vendor
+    persona_kept: 9
     distinct_replies: 15     # the share of one question's samples that differ from each other
     identity_tasks: null     # identity-adjacent tasks done (a bio, a JSON profile...): off, see below
     ner_f1: 8                # F1 points on the MSRA sentences both runs share
@@ -22,8 +22,8 @@ The defaults are what the shipped held-out probes can resolve: each is the large
 `selfid gate --plan --profile quick` computes for that metric (80% power, Holm over the default cells, both
 runs at the quick profile) on the committed base and plain LoRA runs at 0.5B and 1.5B, rounded up to a whole
 point (docs/gate.md has the table). A smaller threshold is allowed; the plan then says what it takes.
-distinct_replies is looser than its 7 points: plain LoRA's own effect on it is 4-9 points. identity_tasks has
-28 prompts: 21 to 30 points are the most it resolves, so it is off unless asked for.
+distinct_replies is looser than its 8 points: plain LoRA's own effect on it is 4-9 points. identity_tasks has
+28 prompts: 16 to 27 points are the least it resolves, so it is off unless asked for.
 """
 
 from __future__ import annotations
@@ -92,10 +92,10 @@ class Thresholds(BaseModel):
     power: float = Field(0.8, ge=0.5, lt=1)
     systems: Optional[list[str]] = Field(None, description="system prompts to judge; default: all both runs share")
     foreign_claims: Optional[float] = _points(5.0)
-    own_identity: Optional[float] = _points(10.0)
+    own_identity: Optional[float] = _points(11.0)
     self_denial: Optional[float] = _points(3.0)
-    yes_to_other_vendor: Optional[float] = _points(16.0)
-    persona_kept: Optional[float] = _points(8.0)
+    yes_to_other_vendor: Optional[float] = _points(15.0)
+    persona_kept: Optional[float] = _points(9.0)
     identity_tasks: Optional[float] = _points(None)
     distinct_replies: Optional[float] = _points(15.0)
     ner_f1: Optional[float] = _points(8.0)
