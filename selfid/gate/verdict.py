@@ -6,17 +6,18 @@ For each cell, every prompt both runs asked gives a change of its rate, turned s
 
     regression    harm is above zero at Holm-adjusted level alpha (one-sided t test over prompts; Holm over
                   every cell, so a candidate that did not change fails the whole gate with chance at most
-                  alpha), and its upper bound at level alpha / K does not rule out the stated size (a real but
-                  smaller change passes).
+                  alpha), and its one-sided upper bound at level alpha does not rule out the stated size (a
+                  real change that is surely smaller passes).
     pass          otherwise, when harm + t_power * se < limit: the upper bound at the power level is below the
                   limit, so a regression of the stated size would have been passed with chance at most
                   1 - power (20% at the default 80%), whatever the grid's size.
     inconclusive  otherwise: no regression found, and none of the stated size ruled out at the stated power.
                   The cell says how many more prompts, or replies per prompt, would settle it.
 
-The two bounds meet at the size `selfid gate --plan` asks for (limit = (t_alpha/K + t_power) * se): there a
-regression of the stated size is found with the stated power, an unchanged candidate passes with chance at
-least 1 - alpha, and nothing is left inconclusive. A smaller grid leaves a band between them inconclusive.
+Finding a rise (harm > t_{alpha/K} * se, Holm's first step) and ruling out the stated size at the power level
+meet at the size `selfid gate --plan` asks for, limit = (t_{alpha/K} + t_power) * se: there a regression of the
+stated size is found with the stated power, an unchanged candidate passes with chance at least 1 - alpha, and
+nothing is left inconclusive. A smaller grid leaves a band between the two inconclusive.
 
 A cell whose reference rates leave no room for a change of the stated size (a rate of 5% cannot fall by 8
 points) passes.
@@ -110,7 +111,7 @@ def _decide(cell: dict, alpha: float, target: float, tested: int) -> None:
         cell["outcome"] = INCONCLUSIVE
         return
     df = cell["df"]
-    cell["bound"] = harm + pw.critical(alpha / tested, df) * se  # one-sided upper bound at level alpha / cells
+    cell["bound"] = harm + pw.critical(alpha, df) * se  # one-sided upper bound at level alpha
     cell["power_bound"] = harm + pw.quantile(target, df) * se  # ... at the power level
     cell["power_level"] = target
     cell["power"] = pw.power(se, limit, alpha / tested, df) if not math.isinf(se) else 0.0
