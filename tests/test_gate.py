@@ -302,3 +302,22 @@ def test_an_endpoint_candidate_is_audited_over_http(tiny, runs, tmp_path):
     result = json.loads((tmp_path / "gate.json").read_text(encoding="utf-8"))
     assert result["candidate"]["base_url"] == url
     assert {c["system"]: c["outcome"] for c in result["cells"]} == {"template": "pass", "helpful": "regression"}
+
+
+def test_with_no_reference_run_the_gate_audits_the_held_out_grid_at_the_quick_profile(runs):
+    from selfid.gate.plan import PROFILES, profile_grid
+    from selfid.gate.run import audit_params
+
+    params = audit_params(None, profile_grid(None, "quick"))
+    params.validate()
+    assert params.suites == ["identity-heldout", "ner"] and params.own == "auto"
+    assert [s.key for s in params.systems] == ["default", "helpful", "empty", "persona-zh", "persona-en", "persona-task"]
+    assert params.task_systems == ["default", "helpful"] and params.max_new_tokens == 160
+    quick = PROFILES["quick"]
+    assert (params.temperatures, params.samples, params.ner_limit) == (list(quick["temperatures"]), quick["samples"],
+                                                                       quick["ner_limit"])
+    # with a reference run, its grid: its probes, system prompts and vendor, the sizes on top
+    copied = audit_params(read(runs / "base"), Grid((0.0, 1.0), 3, None))
+    assert copied.identity_probes == str(runs / "probes.jsonl") and copied.own == "qwen"
+    assert [(s.key, s.text) for s in copied.systems] == [("default", None), ("helpful", "You are a helpful assistant.")]
+    assert (copied.temperatures, copied.samples) == ([0.0, 1.0], 3)
