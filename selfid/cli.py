@@ -284,8 +284,8 @@ class _GateCommand(typer.core.TyperCommand):
 GATE_HELP = ("Fail a build when a candidate's identity regressed against a reference.\n\n"
              "Exit codes: 0 pass; 1 regression found; 2 inconclusive (the grid could not rule out a regression of "
              "the stated size at the stated power: summary.md says how many more prompts or samples would); 3 bad "
-             "input (a missing path, a bad thresholds file or flag, a baseline made with other probes or scorer). "
-             "Writes gate.json, junit.xml and summary.md into --out. See docs/gate.md.")
+             "input (a missing path, a bad thresholds file or flag, a baseline made with other probes or scorer); 4 "
+             "selfid itself failed. Writes gate.json, junit.xml and summary.md into --out. See docs/gate.md.")
 
 
 @app.command(cls=_GateCommand, help=GATE_HELP)
@@ -346,6 +346,14 @@ def gate(
     except SelfidError as e:
         print(f"selfid: error: {e}", file=sys.stderr)
         raise typer.Exit(g.USER_ERROR) from None
+    except (KeyboardInterrupt, typer.Exit):
+        raise
+    except Exception:  # a crash must not read as exit 1, "regression found"
+        import traceback
+
+        traceback.print_exc()
+        print("selfid: internal error (a bug in selfid, not a verdict): the traceback is above", file=sys.stderr)
+        raise typer.Exit(g.CRASHED) from None
     print(out / "summary.md")
     raise typer.Exit(result["exit_code"])
 

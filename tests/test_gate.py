@@ -321,3 +321,34 @@ def test_with_no_reference_run_the_gate_audits_the_held_out_grid_at_the_quick_pr
     assert copied.identity_probes == str(runs / "probes.jsonl") and copied.own == "qwen"
     assert [(s.key, s.text) for s in copied.systems] == [("default", None), ("helpful", "You are a helpful assistant.")]
     assert (copied.temperatures, copied.samples) == ([0.0, 1.0], 3)
+
+
+def test_the_ci_example_uses_the_defaults_and_flags_that_exist():
+    import re
+    from pathlib import Path
+
+    import typer
+    import yaml
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "ci"
+    assert load_thresholds(examples / "thresholds.yaml") == Thresholds()
+    workflow = yaml.safe_load((examples / "identity-gate.yml").read_text(encoding="utf-8"))
+    commands = [step["run"] for job in workflow["jobs"].values() for step in job["steps"]
+                if "run" in step and " gate " in step["run"]]
+    assert len(commands) == 3
+    group = typer.main.get_command(app)
+    command = group.get_command(group.make_context("selfid", ["gate", "--help"], resilient_parsing=True), "gate")
+    known = {opt for p in command.params for opt in p.opts}
+    used = {flag for c in commands for flag in re.findall(r"(--[a-z-]+)", c)}
+    assert used and used <= known, used - known
+
+
+def test_a_crash_exits_4_not_1_which_would_read_as_a_regression(runs, tmp_path, monkeypatch):
+    import selfid.gate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(selfid.gate, "gate", broken)
+    res = invoke("--reference", runs / "base", "--candidate", runs / "same", "--out", tmp_path)
+    assert res.exit_code == 4 and "internal error" in res.output

@@ -15,5 +15,6 @@ from selfid.gate.run import Side, gate, plan_gate, write_baseline
 from selfid.gate.thresholds import Thresholds, load_thresholds
 
 USER_ERROR = 3  # bad input: a missing path, a bad thresholds file, a baseline made with other probes, a bad flag
+CRASHED = 4  # selfid itself failed (a bug): not to be read as a verdict
 
-__all__ = ["EXIT_CODES", "USER_ERROR", "Side", "Thresholds", "gate", "load_thresholds", "plan_gate", "write_baseline"]
+__all__ = ["CRASHED", "EXIT_CODES", "USER_ERROR", "Side", "Thresholds", "gate", "load_thresholds", "plan_gate", "write_baseline"]

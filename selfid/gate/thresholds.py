@@ -22,7 +22,7 @@ The defaults are what the shipped held-out probes can resolve: each is the large
 `selfid gate --plan --profile quick` computes for that metric (80% power, Holm over the default cells, both
 runs at the quick profile) on the committed base and plain LoRA runs at 0.5B and 1.5B, rounded up to a whole
 point (docs/gate.md has the table). A smaller threshold is allowed; the plan then says what it takes.
-distinct_replies is looser than its 8 points: plain LoRA's own effect on it is 4-9 points. identity_tasks has
+distinct_replies is looser than its 8 points: plain LoRA's own effect on it is 4-13 points. identity_tasks has
 28 prompts: 16 to 27 points are the least it resolves, so it is off unless asked for.
 """
 
