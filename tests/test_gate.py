@@ -194,6 +194,8 @@ def test_a_task_number_without_uncertainty_is_judged_on_its_value(runs, tmp_path
     assert res.exit_code == 1, res.output
     task = [c for c in json.loads((tmp_path / "o" / "gate.json").read_text())["cells"] if c["metric"] == "task_command"]
     assert task[0]["outcome"] == "regression" and task[0]["harm"] == pytest.approx(0.04)
+    summary = (tmp_path / "o" / "summary.md").read_text(encoding="utf-8")
+    assert "| task (your command) | 0.9 | 0.86 | -0.04 | fall ≤ 0.02 | REGRESSION" in summary
     (tmp_path / "t2.yaml").write_text(
         FOREIGN_ONLY + "task_command:\n  command: 'echo \"{\\\"value\\\": 0.89, \\\"stderr\\\": 0.01}\"'\n"
         "  max_fall: 0.02\n  reference_value: 0.90\n  reference_stderr: 0.01\n", encoding="utf-8")

@@ -15,7 +15,6 @@ sentences under the template and helpful prompts) of
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from selfid.gate import power as pw
 from selfid.gate.plan import Grid, plan

@@ -7,9 +7,10 @@ beyond that noise (the interaction, INTERACTION below). So the variance of one p
 
     p(1-p) * (interaction + 1/replies_reference + 1/replies_candidate)
 
-and the mean over m prompts has that over m. A one-sided test at level alpha / cells (Holm's first step) has
-power Phi((effect - c * se_null) / se_effect) to find a regression of `effect`, with c the t critical value
-over m - 1 degrees of freedom; the minimum detectable effect (MDE) is the effect with the target power.
+and the mean over m prompts has that over m. A one-sided t test at level alpha / cells (Holm's first step) has
+power T(effect / se - c) to find a regression of `effect`, with se the standard error under that effect (what
+the test divides by) and c the critical value over m - 1 degrees of freedom; the minimum detectable effect
+(MDE) is the effect with the target power.
 Rates of a regression are spread over prompts (`spread`) the way selfid's simulated gates inject them: every
 prompt moved by the same amount, held inside [0, 1].
 """

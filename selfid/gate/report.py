@@ -51,8 +51,9 @@ def describe(cell: dict) -> dict:
     elif outcome == PASS:
         why = cell.get("note", "") if cell.get("p_value") is None else f"ruled out: {_bound(cell, scale, unit)}"
     else:
-        why = cell.get("why") or (f"no {word} found, but one of {limit}{unit} is not ruled out: "
-                                  f"{_bound(cell, scale, unit)} (power {cell['power']:.0%})")
+        why = cell.get("why") or (f"the change is not significant (p {cell['p_holm']:.2g} after Holm) and a {word} "
+                                  f"of {limit}{unit} is not ruled out: {_bound(cell, scale, unit)} (power "
+                                  f"{cell['power']:.0%})")
     return {"change": f"{scale(change)}{unit}", "allowed": allowed, "why": why}
 
 
@@ -80,9 +81,10 @@ def settle_text(cell: dict, grid) -> str | None:
             per_t = math.ceil(max(0, n - (0 if cell["metric"] == "distinct_replies" else greedy)) / sampled)
             parts.append(f"{n} replies per prompt in both runs (--samples {max(1, per_t)} at the {sampled} "
                          "temperatures above 0)")
-    elif cell.get("se_model") is not None and n is None and s.get("prompts"):
-        parts.append("more samples alone would not: the prompts disagree more than sampling noise")
-    return "; or ".join(parts) if parts else None
+    text = "; or ".join(parts) if parts else None
+    if text and n is None and cell.get("se_model") is not None:
+        text += " (more samples alone would not do: the prompts disagree more than sampling noise)"
+    return text
 
 
 def label(cell: dict) -> str:

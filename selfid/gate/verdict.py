@@ -176,7 +176,7 @@ def judge(reference: Tallies, candidate: Tallies, thresholds: Thresholds, task: 
     if task is not None and thresholds.task_command is not None:
         spec = thresholds.task_command
         cells.append({"metric": "task_command", "label": "task (your command)", "system": None,
-                      "worse": 1 if spec.higher_is_better else -1, "limit": spec.max_fall,
+                      "worse": -1 if spec.higher_is_better else 1, "limit": spec.max_fall,
                       **task_cell(spec, task["reference"], task["candidate"])})
     tested = [c for c in cells if c.get("p_value") is not None]
     for c, adjusted in zip(tested, holm([c["p_value"] for c in tested])):
