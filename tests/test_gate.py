@@ -354,3 +354,26 @@ def test_a_crash_exits_4_not_1_which_would_read_as_a_regression(runs, tmp_path, 
     monkeypatch.setattr(selfid.gate, "gate", broken)
     res = invoke("--reference", runs / "base", "--candidate", runs / "same", "--out", tmp_path)
     assert res.exit_code == 4 and "internal error" in res.output
+
+
+def test_a_model_reference_is_audited_too_and_the_candidate_with_its_grid(tiny_model_dir, tmp_path, monkeypatch):
+    """The base model as the reference: with no run to copy, both are audited with the gate's default audit (made
+    small here: the held-out grid at the quick profile is hours of CPU for the tiny model)."""
+    from selfid.gate import plan as plan_module
+    from selfid.gate import run as run_module
+
+    probes = write_probes(tmp_path / "p.jsonl", IDS[:2])
+    monkeypatch.setattr(run_module, "DEFAULT_AUDIT", {"suites": ["identity"], "systems": ["template", "helpful"],
+                                                      "task_systems": ["template"], "max_new_tokens": 4, "seed": 0,
+                                                      "identity_probes": str(probes)})
+    monkeypatch.setitem(plan_module.PROFILES, "quick", {"temperatures": (0.0, 1.0), "samples": 2, "ner_limit": None})
+    limits = Thresholds(**{k: None for k in ("own_identity", "self_denial", "yes_to_other_vendor", "persona_kept",
+                                             "distinct_replies", "ner_f1")})
+    result = gate(Side(model=str(tiny_model_dir)), Side(model=str(tiny_model_dir)), limits, tmp_path / "g",
+                  device="cpu", print_it=False)
+    ref = json.loads((tmp_path / "g" / "reference" / "run.json").read_text(encoding="utf-8"))
+    cand = json.loads((tmp_path / "g" / "candidate" / "run.json").read_text(encoding="utf-8"))
+    assert ref["params"]["temperatures"] == [0.0, 1.0] and ref["params"]["samples"] == 2
+    assert cand["params"] == {**ref["params"], "own": ref["own"]}  # the candidate takes the reference's vendor
+    assert result["reference"]["source"] == str(tmp_path / "g" / "reference")
+    assert [c["prompts"] for c in result["cells"]] == [2, 2] and result["verdict"] in ("pass", "inconclusive")

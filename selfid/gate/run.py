@@ -111,7 +111,7 @@ def _audit(side: Side, params, out: Path, device: str, dtype: str, batch_size: i
 
     backend, _ = open_backend(side.model, side.adapter, side.base_url, side.model_name, side.api_key,
                               device=device, dtype=dtype, batch_size=batch_size)
-    run_audit(backend, params, out, resume=(out / "run.json").is_file())
+    run_audit(backend, params, out, resume=(out / "run.json").is_file(), margin=False)  # the gate reads no margin
     return tl.from_run(out)
 
 
