@@ -223,29 +223,13 @@ def audit(
     judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key"),
 ):
     """Measure who a model says it is (and NER / general quality) over system prompts x temperatures x samples."""
+    from selfid.audit.backends import open_backend
     from selfid.audit.report import print_summary
     from selfid.audit.run import AuditParams, condition_keys, parse_list, parse_systems, run_audit
 
-    if base_url and (model or adapter):
-        raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
-    if own_from and not base_url:
-        raise SelfidError("--own-from is for auditing an endpoint (--base-url); in-process, --model names the model")
-    if base_url and not model_name:
-        raise SelfidError("--base-url needs --model-name (the name the endpoint serves)")
     judge = _judge(judge_base_url, judge_model, judge_api_key, seed)
-    if base_url:
-        from selfid.audit.backends import HttpBackend
-
-        backend = HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries, reference=own_from)
-        manifest = None
-    else:
-        from selfid.audit.backends import InProcessBackend
-        from selfid.engine import InProcessEngine
-        from selfid.model.load import load_model
-
-        loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype)
-        backend = InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size))
-        manifest = loaded.manifest
+    backend, manifest = open_backend(model, adapter, base_url, model_name, api_key, device=device, dtype=dtype,
+                                     batch_size=batch_size, concurrency=concurrency, retries=retries, own_from=own_from)
     params = AuditParams(suites=parse_list(suites, "suites"), systems=parse_systems(systems, manifest),
                          temperatures=parse_list(temperatures, "temperatures", float), samples=samples, seed=seed,
                          max_new_tokens=max_tokens, ner_limit=ner_limit, own=own,
@@ -282,6 +266,96 @@ def compare(
 
     print_comparison(compare_runs(run_a, run_b, out))
     print(out / "report.html")
+
+
+class _GateCommand(typer.core.TyperCommand):
+    """`selfid gate` exits 2 for "inconclusive", so a bad flag (click's usage error, exit 2 elsewhere) exits 3 here,
+    as every other mistake in its input does."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as e:  # click's UsageError, vendored by newer typer (typer._click), plain click by older
+            if getattr(e, "exit_code", None) == 2:
+                e.exit_code = 3
+            raise
+
+
+GATE_HELP = ("Fail a build when a candidate's identity regressed against a reference.\n\n"
+             "Exit codes: 0 pass; 1 regression found; 2 inconclusive (the grid could not rule out a regression of "
+             "the stated size at the stated power: summary.md says how many more prompts or samples would); 3 bad "
+             "input (a missing path, a bad thresholds file or flag, a baseline made with other probes or scorer); 4 "
+             "selfid itself failed. Writes gate.json, junit.xml and summary.md into --out. See docs/gate.md.")
+
+
+@app.command(cls=_GateCommand, help=GATE_HELP)
+def gate(
+    reference: str = typer.Option(..., "--reference", "-r", help="an audit run folder, a baseline file "
+                                  "(--write-baseline wrote it) or a model to audit: " + MODEL_HELP),
+    reference_adapter: Optional[Path] = typer.Option(None, "--reference-adapter", help="the reference model's "
+                                                     "LoRA adapter (the last release's)"),
+    candidate: Optional[str] = typer.Option(None, "--candidate", "-c", help="an audit run folder or a model to audit "
+                                            "(with --adapter); or give --base-url for an endpoint"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="the candidate's LoRA adapter folder"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="the candidate is an OpenAI-compatible endpoint"),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="the model name the endpoint serves"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="the endpoint's key (default: $OPENAI_API_KEY)"),
+    thresholds: Optional[Path] = typer.Option(None, "--thresholds", "-t", help="a YAML file of thresholds "
+                                              "(default: the stated defaults, see docs/gate.md)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for gate.json, junit.xml, summary.md and "
+                                       "the audits the gate runs (reference/, candidate/; resumed if interrupted)"),
+    plan: bool = typer.Option(False, "--plan", help="print what each threshold needs (samples, prompts, minimum "
+                              "detectable effect, time) from the reference's per-prompt rates; generate nothing"),
+    write_baseline: Optional[Path] = typer.Option(None, "--write-baseline", help="store the reference's per-prompt "
+                                                  "rates, prompts' hash, template hash and scorer version in this "
+                                                  "file, for later gates' --reference"),
+    rescore: bool = typer.Option(False, "--rescore", help="a baseline made by another scorer version: score its "
+                                 "source run again instead of refusing it"),
+    profile: Optional[str] = typer.Option(None, "--profile", help="the grid of the audits the gate runs: reference "
+                                          "(the reference run's; the default when there is one) or quick (T 0, "
+                                          "0.7, 1.0, 1.3 x 16 samples; the default for a model reference)"),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", help="samples per prompt at each temperature "
+                                          "above 0, on top of the profile"),
+    temperatures: Optional[str] = typer.Option(None, "--temperatures", help="comma-separated, on top of the profile"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per decoding batch (in-process)"),
+):
+    from selfid import gate as g
+
+    try:
+        from selfid.audit.run import parse_list
+
+        temps = parse_list(temperatures, "temperatures", float) if temperatures is not None else None
+        limits = g.load_thresholds(thresholds)
+        ref = g.Side.parse(reference, reference_adapter, flag="--reference")
+        sizes = {"profile": profile, "samples": samples, "temperatures": temps}
+        if plan:
+            g.plan_gate(ref, limits, out=out, rescore=rescore, **sizes)
+            return
+        if write_baseline is not None:
+            g.write_baseline(ref, write_baseline, limits, out=out, device=device, dtype=dtype, batch_size=batch_size,
+                             **sizes)
+            print(f"baseline written to {write_baseline}")
+            return
+        if out is None:
+            raise SelfidError("--out is missing: the folder gate.json, junit.xml and summary.md are written to")
+        cand = g.Side.parse(candidate, adapter, base_url, model_name, api_key)
+        result = g.gate(ref, cand, limits, out, rescore=rescore, device=device, dtype=dtype, batch_size=batch_size,
+                        **sizes)
+    except SelfidError as e:
+        print(f"selfid: error: {e}", file=sys.stderr)
+        raise typer.Exit(g.USER_ERROR) from None
+    except (KeyboardInterrupt, typer.Exit):
+        raise
+    except Exception:  # a crash must not read as exit 1, "regression found"
+        import traceback
+
+        traceback.print_exc()
+        print("selfid: internal error (a bug in selfid, not a verdict): the traceback is above", file=sys.stderr)
+        raise typer.Exit(g.CRASHED) from None
+    print(out / "summary.md")
+    raise typer.Exit(result["exit_code"])
 
 
 @app.command()

@@ -241,12 +241,13 @@ def apply_override(data: dict, assignment: str) -> None:
             node = node[part]
 
 
-def _format_errors(e: ValidationError, origin: str) -> str:
+def format_errors(e: ValidationError, origin: str, root: type[BaseModel] | None = None) -> str:
+    """One line naming each bad key of a config validated as `root` (default: RunConfig) and what to write."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key{_known(loc)}")
+            lines.append(f"{loc}: unknown key{_known(loc, root or RunConfig)}")
         elif err["type"] == "missing":
             lines.append(f"{loc}: required but missing")
         else:
@@ -267,15 +268,34 @@ def _submodel(annotation) -> type[BaseModel] | None:
     return None
 
 
-def _known(loc: str) -> str:
+def _known(loc: str, root: type[BaseModel]) -> str:
     """' (known: ...)' for the section that holds `loc`."""
-    model: Any = RunConfig
+    model: Any = root
     for part in [p for p in loc.split(".")[:-1] if not p.isdigit()]:
         field = model.model_fields.get(part)
         model = _submodel(field.annotation) if field is not None else None
         if model is None:
             return ""
     return f" (known: {', '.join(model.model_fields)})"
+
+
+def read_yaml_mapping(path: Path, what: str, keys: str) -> dict:
+    """A YAML file holding a mapping (empty: {}); a missing file, bad YAML or another shape is a SelfidError
+    naming the file (and the line), `what` it should be and some of its `keys`."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SelfidError(f"no such config file: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise SelfidError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SelfidError(f"{path}: {what} is a mapping of keys ({keys}), not a {type(loaded).__name__}")
+    return loaded
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
@@ -285,19 +305,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     if path is not None:
         path = Path(path).expanduser()
         origin = str(path)
-        if not path.is_file():
-            raise SelfidError(f"no such config file: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            raise SelfidError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise SelfidError(f"{path}: a run config is a mapping of keys (model, output, data, ...), not a {type(loaded).__name__}")
-        data.update(loaded)
+        data.update(read_yaml_mapping(path, "a run config", "model, output, data, ..."))
     if "data" not in data and any(o.startswith("data.") for o in overrides):
         data["data"] = [{}]  # `--set data.0.limit=...` on the default source
     for assignment in overrides:
@@ -305,7 +313,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise SelfidError(_format_errors(e, origin + (" with --set " + " ".join(overrides) if overrides and path else ""))) from None
+        raise SelfidError(format_errors(e, origin + (" with --set " + " ".join(overrides) if overrides and path else ""))) from None
 
 
 def dump_config(config: RunConfig) -> str:

@@ -96,3 +96,34 @@ def test_paired_prompts_counts_up_and_down_and_uses_wilcoxon():
     assert paired_prompts(a, a)["p_value"] == 1 and paired_prompts({}, b) is None
     # Holm: the smallest p times the family size, then step down, never decreasing
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_holm_matches_statsmodels():
+    import random
+
+    from statsmodels.stats.multitest import multipletests
+
+    from selfid.audit.stats import holm
+
+    rng = random.Random(0)
+    for size in (1, 2, 5, 37):
+        for _ in range(20):
+            p = [rng.random() ** 3 for _ in range(size)]
+            p[rng.randrange(size)] = p[0]  # ties keep their order
+            assert holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
+    assert holm([]) == []
+
+
+def test_mean_above_zero_is_a_one_sided_t_test_over_prompts():
+    from scipy import stats
+
+    from selfid.audit.stats import mean_above_zero
+
+    values = [0.1, 0.3, -0.05, 0.2, 0.0, 0.15]
+    r = mean_above_zero(values)
+    assert r["p_value"] == pytest.approx(stats.ttest_1samp(values, 0, alternative="greater").pvalue)
+    assert r["se"] == pytest.approx(stats.sem(values)) and (r["df"], r["prompts"]) == (5, 6)
+    assert mean_above_zero([-v for v in values])["p_value"] == pytest.approx(1 - r["p_value"])
+    # every prompt moved by the same amount: no spread to test against, the sign decides
+    assert mean_above_zero([0.1, 0.1])["p_value"] == 0 and mean_above_zero([0.0, 0.0])["p_value"] == 1
+    assert mean_above_zero([0.4])["p_value"] == 1 and mean_above_zero([])["mean"] is None

@@ -32,3 +32,11 @@ def test_the_detector_the_vendor_table_and_the_probe_sets_load_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_release_check_sits_above_the_audit():
+    """selfid.gate reads audit runs; nothing the audit or the layers below it hold imports the gate back."""
+    below = [p for d in ("audit", "train", "data", "model", "engine", "serve") for p in (SELFID / d).rglob("*.py")]
+    offenders = {str(p.relative_to(SELFID)): sorted(m for m in imported_modules(p) if m.startswith("selfid.gate"))
+                 for p in below}
+    assert not {k: v for k, v in offenders.items() if v}, offenders

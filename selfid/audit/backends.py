@@ -228,3 +228,24 @@ def endpoint_system(headers, message: str | None) -> tuple[str | None, str]:
     if kind in KINDS:
         return text, kind
     return message, sent(message, None).kind if message is not None else "endpoint"
+
+
+def open_backend(model: str | None = None, adapter=None, base_url: str | None = None, model_name: str | None = None,
+                 api_key: str | None = None, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
+                 concurrency: int = 8, retries: int = 6, own_from: str | None = None):
+    """The backend an audit generates with, and the audited adapter's manifest (None for an endpoint): a model
+    (with an adapter) loaded in-process, or an OpenAI-compatible endpoint."""
+    if base_url and (model or adapter):
+        raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
+    if own_from and not base_url:
+        raise SelfidError("--own-from is for auditing an endpoint (--base-url); in-process, --model names the model")
+    if base_url:
+        if not model_name:
+            raise SelfidError("--base-url needs --model-name (the name the endpoint serves)")
+        return HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries,
+                           reference=own_from), None
+    from selfid.engine import InProcessEngine
+    from selfid.model.load import load_model
+
+    loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype)
+    return InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size)), loaded.manifest
