@@ -119,9 +119,11 @@ def log(msg: str) -> None:
 def audit(loaded, out: Path, s: Settings, systems: str = SYSTEMS, suites=("identity", "ner", "general"),
           temps=None) -> dict:
     from selfid.audit.backends import InProcessBackend
-    from selfid.audit.run import AuditParams, parse_systems, run_audit
+    from selfid.audit.run import AuditParams, audit_systems, run_audit
+    from selfid.manifest import training_system
 
-    params = AuditParams(suites=list(suites), systems=parse_systems(systems.split(","), loaded.manifest),
+    params = AuditParams(suites=list(suites), systems=audit_systems(systems.split(","), loaded.chat.default_system,
+                                                                    training_system(loaded.manifest)),
                          temperatures=list(temps or s.temps), samples=s.samples, seed=0,
                          max_new_tokens=s.max_tokens, ner_limit=s.ner_limit, identity_probes=s.identity_probes)
     return run_audit(InProcessBackend(loaded), params, out, resume=out.exists(), show_progress=False)
@@ -179,13 +181,13 @@ def train_arm(root: Path, arm: str, s: Settings) -> dict:
 def heldout(root: Path, arm: str, s: Settings) -> None:
     """The held-out identity probes (and NER under two prompts every arm shares) for the base model or an arm."""
     from selfid.audit.backends import InProcessBackend
-    from selfid.audit.run import AuditParams, parse_systems, run_audit
+    from selfid.audit.run import AuditParams, audit_systems, run_audit
 
     out = root / arm / "heldout"
     loaded = load(s.model, None if arm == "base" else adapter_of(root, arm), device=s.device)
-    params = AuditParams(suites=["identity-heldout", "ner"], systems=parse_systems(HELDOUT_SYSTEMS.split(",")),
+    params = AuditParams(suites=["identity-heldout", "ner"], systems=audit_systems(HELDOUT_SYSTEMS.split(","), loaded.chat.default_system),
                          temperatures=list(s.temps), samples=s.heldout_samples, seed=0,
-                         max_new_tokens=s.heldout_tokens, ner_limit=s.ner_limit, task_systems=["default", "helpful"])
+                         max_new_tokens=s.heldout_tokens, ner_limit=s.ner_limit, task_systems=["template", "helpful"])
     run_audit(InProcessBackend(loaded), params, out, resume=out.exists(), show_progress=False, margin=False)
 
 
@@ -197,11 +199,11 @@ def compare(root: Path, arm: str) -> None:
 
 def margins_along_training(root: Path, s: Settings) -> None:
     from selfid.audit.margin import identity_margin
-    from selfid.audit.run import PRESETS
+    from selfid.audit.run import serving_systems
     from selfid.io import atomic_write_json
 
     ckpts = sorted((root / "plain" / "train" / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[-1]))
-    systems = [(k, v) for k, v in PRESETS.items()]
+    systems = [(k, v.message) for k, v in serving_systems().items()]
     points = []
     base = load(s.model, device=s.device)
     points.append({"step": 0, "margin": identity_margin(base, systems, "qwen")})
@@ -244,10 +246,10 @@ def scan_plain(root: Path) -> None:
 
 def identity_grid(s: Settings, temps, samples: int):
     """The development identity probes under the serving system prompts, at `temps` x `samples`."""
-    from selfid.audit.run import AuditParams, parse_systems
+    from selfid.audit.run import AuditParams, serving_systems
 
-    return AuditParams(suites=["identity"], systems=parse_systems(SYSTEMS.split(",")), temperatures=list(temps),
-                       samples=samples, seed=0, max_new_tokens=s.max_tokens, identity_probes=s.identity_probes)
+    return AuditParams(suites=["identity"], systems=serving_systems(), temperatures=list(temps),
+                       samples=samples, seed=0, max_new_tokens=s.max_tokens, ner_limit=s.ner_limit, identity_probes=s.identity_probes)
 
 
 def runtime_grid(s: Settings):

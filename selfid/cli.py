@@ -193,8 +193,8 @@ def audit(
                                help="comma-separated: identity (development set), identity-heldout (questions no "
                                     "training-data generator uses), ner, general"),
     systems: list[str] = typer.Option(["template,helpful,empty"], "--systems",
-                                      help="template (none sent: the chat template's own; named 'default' in "
-                                           "results), helpful, empty, adapter (the one it was trained under), "
+                                      help="template (none sent: the chat template's own), helpful, empty, "
+                                           "adapter (the one it was trained under), "
                                            "personas (three persona prompts no training data uses; or one of "
                                            "persona-zh, persona-en, persona-task), text:TEXT (runs to the end of "
                                            "the value; repeat --systems for more)"),
@@ -224,7 +224,9 @@ def audit(
 ):
     """Measure who a model says it is (and NER / general quality) over system prompts x temperatures x samples."""
     from selfid.audit.report import print_summary
-    from selfid.audit.run import AuditParams, condition_keys, parse_list, parse_systems, run_audit
+    from selfid.audit.run import AuditParams, audit_systems, parse_list, run_audit
+    from selfid.manifest import training_system
+    from selfid.system_prompt import canonical
 
     if base_url and (model or adapter):
         raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
@@ -237,7 +239,7 @@ def audit(
         from selfid.audit.backends import HttpBackend
 
         backend = HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries, reference=own_from)
-        manifest = None
+        chosen = audit_systems(systems)  # what the endpoint's template inserts is not known here
     else:
         from selfid.audit.backends import InProcessBackend
         from selfid.engine import InProcessEngine
@@ -245,12 +247,13 @@ def audit(
 
         loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype)
         backend = InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size))
-        manifest = loaded.manifest
-    params = AuditParams(suites=parse_list(suites, "suites"), systems=parse_systems(systems, manifest),
+        chosen = audit_systems(systems, loaded.chat.default_system, training_system(loaded.manifest))
+    params = AuditParams(suites=parse_list(suites, "suites"), systems=chosen,
                          temperatures=parse_list(temperatures, "temperatures", float), samples=samples, seed=seed,
                          max_new_tokens=max_tokens, ner_limit=ner_limit, own=own,
                          identity_probes=str(probes) if probes else None,
-                         task_systems=condition_keys(parse_list(task_systems, "task-systems")) if task_systems else None)
+                         task_systems=[canonical(k, "--task-systems") for k in parse_list(task_systems, "task-systems")]
+                         if task_systems else None)
     summary = run_audit(backend, params, out, resume=resume, judge=judge)
     print_summary(summary)
     print(out / "report.html")

@@ -31,7 +31,7 @@ SYSTEMS = SERVING
 # what stage 2 says instead of training's warning about a system prompt other than the template's own
 BY_DESIGN = (f"by design: the demo trains under {HELPFUL!r} (LLaMA-Factory's default for Qwen until April 2025), not "
              "the template's own Qwen line, because that is the set-up whose effect on identity it measures")
-SYSTEM_LABEL = {"default": "none (template's Qwen line)", "helpful": f'"{HELPFUL}"', "empty": '"" (empty)'}
+SYSTEM_LABEL = {"template": "none (template's Qwen line)", "helpful": f'"{HELPFUL}"', "empty": '"" (empty)'}
 ALPHA = 0.05
 FAR_MORE = 2.0  # "far more": the system prompt's spread is at least this many times fine-tuning's largest change
 # 8 zh + 8 en from the shipped identity probes: direct, name and maker questions, and two leading ones
@@ -122,9 +122,9 @@ def _write_probes(path: Path, ids: tuple[str, ...]) -> Path:
 
 
 def audit_params(scale: Scale, probes: Path | None):
-    from selfid.audit.run import AuditParams, parse_systems
+    from selfid.audit.run import AuditParams, serving_systems
 
-    return AuditParams(suites=list(scale.suites), systems=parse_systems([",".join(SYSTEMS)]),
+    return AuditParams(suites=list(scale.suites), systems=serving_systems(),
                        temperatures=list(scale.temperatures), samples=scale.samples, seed=0,
                        max_new_tokens=scale.max_new_tokens, ner_limit=scale.ner_limit,
                        ner_max_new_tokens=scale.ner_max_new_tokens, own="auto",

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from selfid.vendors import KEYS, vendor_of
+from selfid.audit.log import META, read_meta
 from selfid.errors import SelfidError
+from selfid.vendors import KEYS, vendor_of
 
 # names servers and clients use for "whatever model is loaded": never evidence of whose model it is
 PLACEHOLDERS = frozenset({"", "default", "model", "models", "local", "local-model", "any", "none", "unknown", "test",
@@ -254,11 +255,11 @@ def _tokens(reference: Reference, text: str | None) -> int | None:
     return None if text is None else len(reference.tokenizer(text, add_special_tokens=False).input_ids)
 
 
-def system_handling(backend, systems: Sequence, reference: Reference | None) -> dict:
+def system_handling(backend, systems: dict, reference: Reference | None) -> dict:
     """Per system prompt of the audit: prompt tokens measured (and expected), what the server evidently did,
     and which earlier condition it duplicates."""
     user = [{"role": "user", "content": QUESTION}]
-    sent = [("none", None), ("empty", "")] + [(s.key, s.text) for s in systems]
+    sent = [("none", None), ("empty", "")] + [(key, chosen.message) for key, chosen in systems.items()]
     # a control: a long system text the server must count if it puts system messages in the prompt at all
     control = "Answer in English. " * 8
     sent += [("control", control.strip())]
@@ -276,7 +277,7 @@ def system_handling(backend, systems: Sequence, reference: Reference | None) -> 
     expected = {text: _tokens(reference, r) for text, r in rendered.items()}
     none, empty = measured[None], measured[""]
     reaches = measured[control.strip()] is not None and none is not None and measured[control.strip()] > max(none, empty or 0)
-    audit = [(s.key, s.text) for s in systems]
+    audit = [(key, chosen.message) for key, chosen in systems.items()]
     default_key = next((k for k, t in audit if t is None), None)
     conditions: dict[str, dict] = {}
     for i, (key, text) in enumerate(audit):
@@ -391,13 +392,11 @@ def examine(backend, params, reference_spec: str | None = None) -> dict:
 def examine_for_run(out, backend, params, resume: bool) -> dict:
     """The endpoint block for a run folder: the one it already records when resuming, else a new examination
     (the folder checks come first, so a taken folder does not wait for the preflight)."""
-    import json
-
-    meta_path = Path(out) / "run.json"
+    meta_path = Path(out) / META
     if meta_path.is_file():
         if not resume:
             raise SelfidError(f"{out} already holds an audit run: pass --resume to continue it, or choose a new --out")
-        old = json.loads(meta_path.read_text(encoding="utf-8")).get("endpoint")
+        old = read_meta(out).get("endpoint")
         if old:
             return old
     block = examine(backend, params, getattr(backend, "reference", None))

@@ -18,13 +18,14 @@ def identity_rate_provider(workdir: str | Path, temperatures=(0.7,), samples: in
     """`identity_rate(loaded) -> foreign-claim rate`: the audit's identity suite under the serving system
     prompts (the template's own, "You are a helpful assistant.", empty), pooled; each run kept in `workdir`."""
     from selfid.audit.backends import InProcessBackend
-    from selfid.audit.run import AuditParams, run_audit
+    from selfid.audit.run import AuditParams, run_audit, serving_systems
 
     runs = itertools.count()
 
     def identity_rate(loaded) -> float:
-        params = AuditParams(suites=["identity"], temperatures=list(temperatures), samples=samples, seed=seed,
-                             max_new_tokens=max_new_tokens)  # systems: the default (the three serving presets)
+        params = AuditParams(suites=["identity"], systems=serving_systems(loaded.chat.default_system),
+                             temperatures=list(temperatures), samples=samples, seed=seed,
+                             max_new_tokens=max_new_tokens, ner_limit=1)
         summary = run_audit(InProcessBackend(loaded), params, Path(workdir) / f"audit-{next(runs)}",
                             show_progress=False, margin=False)
         cells = summary["identity"]["by_system"].values()

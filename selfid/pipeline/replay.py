@@ -94,7 +94,7 @@ def build(loaded, rep: IdentityReplay, out_dir: Path, progress: bool = True, log
     scored = passed = 0
     for (q, system, t), res in zip(where, results):
         for c in res.completions:
-            rec = {"suite": "identity", "probe": q.id, "system": "default" if system is None else "other",
+            rec = {"suite": "identity", "probe": q.id, "system": "template" if system is None else "other",
                    "messages": [dict(m) for m in q.messages], "reply": c.text, "probe_meta": q.meta()}
             v = scorers.score_identity(rec, ctx)
             scored += 1
@@ -103,7 +103,7 @@ def build(loaded, rep: IdentityReplay, out_dir: Path, progress: bool = True, log
                 kept.setdefault(q.id, [])
                 if scorers.normalise(c.text) not in {scorers.normalise(x) for x in kept[q.id]}:
                     kept[q.id].append(c.text)
-            elif v["foreign"] or (q.expects == "own" and v.get("self_denial")):
+            elif v.foreign or (q.expects == "own" and v.self_denial):
                 rejected.setdefault(q.id, []).append((system, c.text))
     rng = random.Random(rep.seed)
     replies, pairs = [], []
@@ -147,15 +147,15 @@ def _interleave(found: list[tuple]) -> list[tuple]:
     return out
 
 
-def _right(v: dict) -> bool:
+def _right(v: scorers.Verdict) -> bool:
     """Whether a scored reply is one to learn from."""
-    if v["foreign"] or v.get("self_denial"):
+    if v.foreign or v.self_denial:
         return False
-    if v["expects"] == "task":
-        return bool(v.get("task_done"))
-    if v["expects"] == "deny":
-        return v["own"] and v.get("answer") != "yes"
-    return bool(v.get("own_affirmed"))
+    if v.expects == "task":
+        return bool(v.task_done)
+    if v.expects == "deny":
+        return v.own and v.answer != "yes"
+    return bool(v.own_affirmation)
 
 
 def _progress(total: int, show: bool):
