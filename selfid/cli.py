@@ -415,20 +415,80 @@ def eval_ner(
         atomic_write_json(out, report)
 
 
-# --- demo: the whole study, small (selfid.demo) ----------------------------------------------------
+# --- demo and study: the study in docs/study.md (selfid.demo, selfid.study) -----------------------------
 
 @app.command()
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/demo-TIMESTAMP); "
                                        "an existing demo folder is continued"),
-    full: bool = typer.Option(False, "--full", help="the scale of the study in docs/study.md: 8,000 sentences x 5 "
-                              "epochs, every identity probe at T 0/0.7/1.0/1.3 x 8 samples (meant for a GPU)"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    full: bool = typer.Option(False, "--full", help="the study's own scale (docs/study.md): 8,000 sentences x 5 "
+                              "epochs, every identity probe at T 0/0.7/1.0/1.3 x 8 samples (meant for a GPU); the "
+                              "folder is a study folder `selfid study run --root` continues"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
 ):
-    """Audit the embedded model, LoRA-train it on NER, audit it again and say what changed (minutes on a CPU)."""
+    """Audit the embedded model, LoRA-train it on NER, audit it again and say what changed (minutes on a CPU): the
+    study's first steps (base, plain) at a small scale."""
     from selfid.demo import run_demo
 
     run_demo(out, full=full, device=device)
+
+
+study_app = typer.Typer(cls=_Group, no_args_is_help=True,
+                        help="The study in docs/study.md: run its steps in a study folder, or write the report.")
+app.add_typer(study_app, name="study")
+
+STEPS_HELP = ("comma-separated, each with what it needs first: base (the base model's audit), ARM (train an arm of "
+              "selfid/study/arms.yaml, audit it, compare it with base), train-ARM, heldout-ARM or heldout-base (the "
+              "held-out audit), scale, scan, parity (through selfid api), llamacpp, gguf-ARM (the exported GGUF "
+              "through llama.cpp), inproc-ARM, export-ARM; default: base,plain,scan,template,replay2,replay5,combo,"
+              "scale,parity")
+
+
+@study_app.command("run")
+def study_run(
+    root: Path = typer.Option(..., "--root", help="the study folder (the published study: results/study-0.5b)"),
+    steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
+    model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
+    scale: str = typer.Option("full", "--scale", help="full (the study's, meant for a GPU) or small (the demo's)"),
+    smoke: bool = typer.Option(False, "--smoke", help="a plumbing check on the CPU: --scale small --device cpu "
+                               "(give a small --model)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+):
+    """Run steps of the study in a study folder: finished stages are skipped, a cut-off one continues, a rerun
+    continues with the same command. One row of docs/study.md is one step (ARM, heldout-ARM, gguf-ARM, ...)."""
+    from selfid.pipeline.stages import line_say
+    from selfid.study import steps as study_steps
+    from selfid.study.scale import SCALES
+    from selfid.study.work import Study, log_line
+
+    if scale not in SCALES:
+        raise SelfidError(f"unknown scale {scale!r}: use {' or '.join(SCALES)}")
+    if smoke:
+        scale, device = "small", "cpu"
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the servers it starts stay off the GPU too
+    wanted = [x for x in (steps or ",".join(study_steps.DEFAULT_STEPS)).split(",") if x]
+    hint = (f"selfid study run --root {root} --steps {','.join(wanted)} --model {model}"
+            + (" --smoke" if smoke else f" --scale {scale}" if scale != "full" else "")
+            + (f" --device {device}" if device != "auto" and not smoke else ""))
+    study_steps.run(Study(root, SCALES[scale], model, device), wanted, line_say(log_line), hint)
+
+
+@study_app.command("report")
+def study_report(
+    root: Path = typer.Option(Path("results/study-0.5b"), "--root", help="the study folder"),
+    out: Path = typer.Option(Path("docs/study.md"), "--out", "-o", help="the report (Markdown)"),
+    size: Optional[list[str]] = typer.Option(None, "--size", metavar="LABEL=ROOT", help="another model size's study "
+                                             "folder for the size section (repeatable; default: 1.5B=results/study-1.5b)"),
+):
+    """Write docs/study.md from the study folders alone: every number re-scored from the logged replies."""
+    from selfid.study.report import write_report
+
+    extra = size if size is not None else ["1.5B=results/study-1.5b"]
+    bad = [x for x in extra if "=" not in x]
+    if bad:
+        raise SelfidError(f"--size {bad[0]!r}: write it as LABEL=ROOT, e.g. 1.5B=results/study-1.5b")
+    sizes = [("0.5B", root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in extra]
+    print(f"wrote {write_report(root, out, sizes if extra else None)}")
 
 
 def main() -> None:

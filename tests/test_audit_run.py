@@ -12,7 +12,7 @@ from selfid.audit.probes import load_suite
 from selfid.engine import SamplingParams
 from selfid.errors import SelfidError
 from selfid.system_prompt import HELPFUL, DeprecatedSpelling
-from tests.audit_helpers import ScriptedBackend, write_probes
+from tests.audit_helpers import ScriptedBackend, as_before_the_rename, write_probes
 
 TWO = ["en-direct-01", "zh-direct-01"]
 
@@ -279,21 +279,6 @@ def test_bad_grid_parameters_are_clear_errors(probes, tmp_path):
         with pytest.raises(SelfidError, match=msg):
             run_audit(ScriptedBackend(lambda it: "x"), params(probes, **kw), tmp_path / "r", show_progress=False)
     assert not (tmp_path / "r").exists()
-
-
-def as_before_the_rename(out):
-    """Rewrite a run folder as runs made before the one vocabulary wrote it: the template's own prompt "default"."""
-    meta = json.loads((out / "run.json").read_text())
-    for s in (*meta["params"]["systems"], *meta["systems"]):
-        s["key"] = "default" if s["key"] == "template" else s["key"]
-    (out / "run.json").write_text(json.dumps(meta))
-    old = []
-    for line in (out / LOG).read_text().splitlines():
-        r = json.loads(line)
-        if r["system"] == "template":
-            r["system"], r["key"] = "default", r["key"].replace("|template|", "|default|")
-        old.append(json.dumps(r))
-    (out / LOG).write_text("\n".join(old) + "\n")
 
 
 def test_a_run_made_before_the_rename_reads_resumes_and_rescores_in_todays_names(probes, tmp_path):
