@@ -295,7 +295,8 @@ def classify(
     seed: int = typer.Option(0, "--seed", help="the judge's seed"),
 ):
     """Read JSON lines on stdin, {"text": ...} or {"messages": [..., {"role": "assistant", ...}]} (the conversation,
-    so "Yes" to "Are you Claude?" is read as a claim); write each back with the vendors it claims and denies."""
+    so "Yes" to "Are you Claude?" is read as a claim; or {"messages": [... the user's turns], "text": the reply});
+    write each back with the vendors it claims and denies."""
     import json
 
     from selfid.audit.detect import classify as classify_reply
@@ -310,25 +311,31 @@ def classify(
             raise SelfidError(f"stdin line {lineno} is not JSON: give one object like {{\"text\": \"...\"}} per line") from None
         text, question, earlier = _reply_and_question(obj, lineno)
         d = classify_reply(text, obj.get("asked"), judge, obj.get("question") or question, earlier=earlier)
-        obj.update({"claims": list(d.claims), "denials": list(d.denials), "answer": d.answer,
-                    "persona": d.persona is not None, "persona_name": d.persona, "uncertain": d.uncertain,
-                    "detector": d.source})
+        obj.update(d.as_dict())
         sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
 
 def _reply_and_question(obj, lineno: int) -> tuple[str, str | None, list[str]]:
-    """(the reply to classify, the user's turn it answers, the user's earlier turns) of one `classify` input line."""
-    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-        return obj["text"], None, []
-    msgs = obj.get("messages") if isinstance(obj, dict) else None
-    if (isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs)
-            and msgs[-1].get("role") == "assistant" and isinstance(msgs[-1].get("content"), str)):
-        users = [m["content"] for m in msgs[:-1] if m.get("role") == "user" and isinstance(m.get("content"), str)]
-        return msgs[-1]["content"], (users[-1] if users else None), users[:-1]
-    raise SelfidError(f"stdin line {lineno} has neither a string \"text\" nor \"messages\" ending with an assistant "
-                      "turn: give {\"text\": \"...\"} or {\"messages\": [{\"role\": \"user\", ...}, "
-                      "{\"role\": \"assistant\", ...}]}")
+    """(the reply to classify, the user's turn it answers, the user's earlier turns) of one `classify` input line:
+    the reply is "text" or the assistant turn that ends "messages"; the conversation is "messages" before it."""
+    usage = ("give {\"text\": \"...\"}, {\"messages\": [{\"role\": \"user\", ...}, {\"role\": \"assistant\", ...}]} "
+             "or {\"messages\": [{\"role\": \"user\", ...}], \"text\": \"the reply\"}")
+    obj = obj if isinstance(obj, dict) else {}
+    text, msgs = obj.get("text"), obj.get("messages")
+    if msgs is not None and not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs)):
+        raise SelfidError(f"stdin line {lineno}: \"messages\" is not a list of turns: {usage}")
+    ends_with_reply = bool(msgs) and msgs[-1].get("role") == "assistant"
+    if text is not None and ends_with_reply:
+        raise SelfidError(f"stdin line {lineno} gives the reply twice, as \"text\" and as the assistant turn ending "
+                          f"\"messages\": {usage}")
+    reply = msgs[-1].get("content") if ends_with_reply else text
+    if not isinstance(reply, str):
+        raise SelfidError(f"stdin line {lineno} has neither a string \"text\" nor \"messages\" ending with an "
+                          f"assistant turn: {usage}")
+    turns = (msgs[:-1] if ends_with_reply else msgs) or []
+    users = [m["content"] for m in turns if m.get("role") == "user" and isinstance(m.get("content"), str)]
+    return reply, (users[-1] if users else None), users[:-1]
 
 
 @app.command()

@@ -99,7 +99,7 @@ def lr_lambda(total: int, warmup: float, schedule: str, min_ratio: float) -> Cal
 
 # --- the recipe: set-up, the loop, the end ---------------------------------------------------------------
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     output: Path
     adapter: Path | None  # the final adapter (None when stopped early)
@@ -148,14 +148,16 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
             ckpt = save_checkpoint(run, state)
             run.out.log(f"stopped at step {state.step}/{run.total}; checkpoint {ckpt}. Continue with: "
                         f"selfid train CONFIG --resume (same config, output {config.output_dir})")
-            return TrainResult(config.output_dir, None, state.last_checkpoint, state.step, run.total, True,
-                               {"step": state.step, "loss": state.last_loss}, run.model, run.loaded)
+            return TrainResult(output=config.output_dir, adapter=None, checkpoint=state.last_checkpoint,
+                               steps_done=state.step, total_steps=run.total, stopped=True,
+                               metrics={"step": state.step, "loss": state.last_loss}, model=run.model,
+                               loaded=run.loaded)
     return finish(run, state)
 
 
 # --- set-up: model, data, optimizer, scheduler, resume state ---------------------------------------------
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainSetup:
     """What set-up builds once; the loop and the saves read it and change only the model and optimizer."""
     cfg: RunConfig
@@ -266,8 +268,10 @@ def set_up(cfg: RunConfig, resume: bool, console, system_prompt_by_design: str |
                    "samples": len(data.encoded), "tokens_per_epoch": sum(lengths),
                    "samples_with_own_system": data.samples_with_own_system, "data_fingerprint": data.fingerprint,
                    "dropped_long": data.dropped_long, "dropped_unlabelled": data.dropped_unlabelled}
-    return TrainSetup(cfg, dist_, out, loaded, system, data, plan, model, params, loss_fn if ddp is None else ddp,
-                      ddp, autocast, aux, optimizer, scheduler, previous, start, run_config, train_extra, base_info)
+    return TrainSetup(cfg=cfg, dist=dist_, out=out, loaded=loaded, system=system, data=data, plan=plan, model=model,
+                      params=params, step_module=loss_fn if ddp is None else ddp, ddp=ddp, autocast=autocast, aux=aux,
+                      optimizer=optimizer, scheduler=scheduler, previous=previous, start=start, run_config=run_config,
+                      train_extra=train_extra, base_info=base_info)
 
 
 def lora_model(cfg: RunConfig, loaded, dist_: Dist, log) -> tuple[object, PackedLoss, str, str | None]:
@@ -542,7 +546,8 @@ def finish(run: TrainSetup, state: LoopState) -> TrainResult:
         checkpoint.write_adapter(adapter_dir, run.model, manifest)
         run.out.log(f"adapter written to {adapter_dir} ({state.tokens:,} tokens in {wall:.1f} s, "
                     f"{metrics['tokens_per_s']:,.0f} tok/s)")
-    return TrainResult(output, adapter_dir, final_ckpt, total, total, False, metrics, run.model, run.loaded, manifest)
+    return TrainResult(output=output, adapter=adapter_dir, checkpoint=final_ckpt, steps_done=total, total_steps=total,
+                       stopped=False, metrics=metrics, model=run.model, loaded=run.loaded, manifest=manifest)
 
 
 def system_message(config: RunConfig, loaded) -> str | None:
