@@ -1,4 +1,5 @@
-"""The `selfid` command: each verb is a thin call into a module."""
+"""The `selfid` command: each verb is a thin call into a module, which it imports when it runs (so `selfid --help`
+and the light verbs never load torch; tests/test_import_cycles.py holds the rule)."""
 
 from __future__ import annotations
 
@@ -484,6 +485,7 @@ def study_run(
 def study_report(
     root: Path = typer.Option(Path("results/study-0.5b"), "--root", help="the study folder"),
     out: Path = typer.Option(Path("docs/study.md"), "--out", "-o", help="the report (Markdown)"),
+    label: str = typer.Option("0.5B", "--label", help="the model size of --root, for the size section"),
     size: Optional[list[str]] = typer.Option(None, "--size", metavar="LABEL=ROOT", help="another model size's study "
                                              "folder for the size section (repeatable; default: 1.5B=results/study-1.5b)"),
 ):
@@ -494,7 +496,7 @@ def study_report(
     bad = [x for x in extra if "=" not in x]
     if bad:
         raise SelfidError(f"--size {bad[0]!r}: write it as LABEL=ROOT, e.g. 1.5B=results/study-1.5b")
-    sizes = [("0.5B", root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in extra]
+    sizes = [(label, root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in extra]
     print(f"wrote {write_report(root, out, sizes if extra else None)}")
 
 

@@ -24,8 +24,8 @@ def test_the_foreign_goal_names_a_bound_no_clean_cell_of_its_size_can_meet():
 
 def rate(k, n, prompts=126):
     """k of n replies spread over `prompts` prompts, clustered as the audit clusters them."""
-    per = [(min(k - i * (n // prompts), n // prompts) if k > i * (n // prompts) else 0, n // prompts) for i in range(prompts)]
-    return clustered_rate(per)
+    each = n // prompts
+    return clustered_rate([(max(0, min(k - i * each, each)), each) for i in range(prompts)])
 
 
 def summary(own, denial, tasks, distinct, f1, cells):

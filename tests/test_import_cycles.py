@@ -1,6 +1,6 @@
 """No import cycles inside selfid/: the module graph, read from the source (imports at the top of a module and
 inside functions alike: a function-local import that hides a cycle is still a cycle), has no strongly connected
-component of more than one module.
+component of more than one module. And a function imports a selfid module only to keep torch out of start-up.
 
 An edge goes from a module to the module it imports: `import a.b` and `from a import b` (b a submodule) point at
 a.b, `from a.b import name` at a.b. The package `__init__` files Python runs on the way to a submodule are not
@@ -24,11 +24,17 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The selfid modules `name` (at `path`) imports, anywhere in its source."""
+def imports(name: str, path: Path, known: dict[str, Path], where: str = "anywhere") -> set[str]:
+    """The selfid modules `name` (at `path`) imports: anywhere in its source, only at its top level ("top": outside
+    functions), or only inside functions ("functions"); with where="top", other packages by their top name too."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    in_functions = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    for n in ast.walk(f)}
+    for node in ast.walk(tree):
+        if where != "anywhere" and (id(node) in in_functions) != (where == "functions"):
+            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -41,7 +47,7 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
             for alias in node.names:
                 sub = f"{source}.{alias.name}"
                 found.add(sub if sub in known else source)
-    return {m for m in found if m in known and m != name}
+    return {m for m in found if m in known and m != name or where == "top" and m.split(".")[0] != "selfid"}
 
 
 def graph() -> dict[str, set[str]]:
@@ -120,3 +126,31 @@ def test_no_import_cycles_inside_selfid():
     edges = graph()
     found = cycles(edges)
     assert not found, "import cycles in selfid/:\n" + "\n".join(" -> ".join(a_cycle(edges, c)) for c in found)
+
+
+HEAVY = {"torch", "transformers", "peft"}
+
+
+def test_a_function_imports_selfid_only_to_keep_torch_out_of_start_up():
+    """Lazy imports stay only where start-up time needs them: in cli.py (each verb imports what it runs, so
+    `selfid --help` loads nothing) and where the module imported pulls torch or transformers at its top while the
+    importing one does not (selfid.engine, selfid.train.sft: the audit and the study import light)."""
+    known = modules()
+
+    def with_packages(found: set[str]) -> set[str]:  # importing a.b.c runs a/__init__.py and a/b/__init__.py
+        return found | {".".join(m.split(".")[:i]) for m in found if m in known for i in range(1, m.count(".") + 1)}
+
+    top = {name: with_packages(imports(name, path, known, "top")) - {name} for name, path in known.items()}
+
+    def pulls_torch(name: str, seen: frozenset = frozenset()) -> bool:
+        return bool(top[name] & HEAVY) or any(pulls_torch(m, seen | {name}) for m in top[name]
+                                             if m in known and m not in seen)
+
+    light = ("selfid.audit.run", "selfid.audit.compare", "selfid.audit.scan", "selfid.study.steps", "selfid.study.report")
+    assert not [name for name in light if pulls_torch(name)]  # rescore, compare, scan, study report: no torch
+    wrong = [f"{name} imports {target} inside a function" + (" though it imports torch itself" if pulls_torch(name) else
+                                                            ": it is light, import it at the top")
+             for name, path in known.items() if name != "selfid.cli"
+             for target in sorted(imports(name, path, known, "functions"))
+             if not pulls_torch(target) or pulls_torch(name)]
+    assert not wrong, "\n".join(wrong)

@@ -22,14 +22,20 @@ The result is one JSON block, run.json's "endpoint".
 
 from __future__ import annotations
 
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from selfid.audit.detect import classify
 from selfid.audit.log import META, read_meta
+from selfid.audit.probes import load_suite
 from selfid.errors import SelfidError
+from selfid.manifest import read as read_manifest
+from selfid.model.chat import ChatFormat
+from selfid.model.embedded import EMBEDDED, ensure_embedded
 from selfid.vendors import KEYS, vendor_of
 
 # names servers and clients use for "whatever model is loaded": never evidence of whose model it is
@@ -64,12 +70,7 @@ class Reference:
 
 def read_reference(spec: str) -> Reference:
     """A model folder, an adapter folder, a selfid.json, a .gguf file or an embedded model name."""
-    from selfid.model.embedded import EMBEDDED
-    from selfid.manifest import read as read_manifest
-
     if spec in EMBEDDED:
-        from selfid.model.embedded import ensure_embedded
-
         return _with_tokenizer(Reference(spec, "qwen", f"{spec} is Qwen"), ensure_embedded(spec))
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -83,12 +84,8 @@ def read_reference(spec: str) -> Reference:
     base = manifest.base_model if manifest is not None else {}
     model_type = None
     if (path / "config.json").is_file():
-        import json
-
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
     elif (path / "adapter_config.json").is_file() and not base:
-        import json
-
         base = {"name": json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")}
     candidates = [("config.json model_type", model_type), ("selfid.json base model", base.get("name")),
                   ("selfid.json architecture", base.get("architecture")), ("folder name", path.name)]
@@ -113,8 +110,6 @@ def _with_tokenizer(ref: Reference, folder: Path | None) -> Reference:
         return ref
     try:
         from transformers import AutoTokenizer
-
-        from selfid.model.chat import ChatFormat
 
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         ref.tokenizer, ref.template_hash = tok, ChatFormat(tok).template_hash
@@ -180,9 +175,6 @@ def listed_models(backend) -> list[str]:
 # --- whose model ------------------------------------------------------------------------------------------
 def calibrate(backend, max_tokens: int = 64) -> list[dict]:
     """The model's greedy answers to the calibration questions under its default (no system message)."""
-    from selfid.audit.detect import classify
-    from selfid.audit.probes import load_suite
-
     probes = {p.id: p for p in load_suite("identity")}
     chosen = [probes[i] for i in CALIBRATION]
 

@@ -27,9 +27,9 @@ from typing import Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from selfid import __version__
 from selfid.audit import probes as probe_sets
 from selfid.audit.backends import Item, Reply
-from selfid import __version__
 from selfid.audit.detect import Judge, detect
 from selfid.audit.endpoint import examine_for_run
 from selfid.audit.log import LOG, MARGIN, META, RENAMED, Log, read_log, read_meta

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from selfid.audit import probes as probe_sets
 from selfid.audit.detect import detect, stated
+from selfid.data import identity, replay_set
+from selfid.io import atomic_write_json, read_jsonl
 from selfid.tasks.ner import NerScore
 
 VERSION = 3
@@ -99,8 +101,6 @@ def recitation_for(meta: dict, run_dir: Path | None = None) -> Recitation | None
 
 def save_training_replies(run_dir: Path, target: dict) -> Recitation | None:
     """Keep the adapter's identity training replies inside the run folder, so the run re-scores anywhere."""
-    from selfid.io import atomic_write_json
-
     rec = training_replies(target)
     if rec is not None:
         atomic_write_json(Path(run_dir) / REFERENCES, {"source": rec.source, "replies": rec.replies})
@@ -110,8 +110,6 @@ def save_training_replies(run_dir: Path, target: dict) -> Recitation | None:
 def training_replies(target: dict) -> Recitation | None:
     """The identity replies an adapter was trained on: the conversations its training run kept
     (train_data.jsonl beside the adapter), else those its recorded identity replay generates again."""
-    from selfid.io import read_jsonl
-
     adapter = target.get("adapter")
     manifest = target.get("adapter_manifest") or {}
     if adapter:
@@ -131,11 +129,7 @@ def training_replies(target: dict) -> Recitation | None:
 def replay_replies(replay: dict, adapter: Path | None) -> list[str]:
     """The replies of an identity replay recorded in a manifest: its own file when it wrote one, else the
     templated v1 conversations generated again from the recorded name and maker."""
-    from selfid.data import identity
-
     if replay.get("kind") == "self":  # the set the run sampled, beside its adapter (selfid.data.replay_set)
-        from selfid.data import replay_set
-
         if adapter is not None and replay_set.exists(adapter.parent):
             _, replies, _ = replay_set.load(adapter.parent)
             return [r["messages"][-1]["content"] for r in replies]

@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
+from selfid.engine import static, static_check
 from selfid.engine.batch import DecodeBatch
 from selfid.engine.cache_kwarg import cache_kwarg
 from selfid.engine.types import BASE_MODEL, Completion, Event, Request, Result, SamplingParams, TokenLogprob
@@ -223,8 +224,6 @@ class InProcessEngine:
             self.decode_info["using"] = "eager"
             return None
         if self._slots is None:
-            from selfid.engine import static, static_check
-
             reason = static.unsupported(self.model)
             info = None
             if reason is None:

@@ -24,14 +24,20 @@ parameters and the files' sha256) before training, and read back verified by the
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import random
 from pathlib import Path
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from selfid.audit import scorers
 from selfid.config import IdentityReplay
-from selfid.data import replay_set
+from selfid.data import identity_pool, replay_set
 from selfid.errors import SelfidError
+from selfid.model.load import load_model
 from selfid.system_prompt import SERVING, message_of
+from selfid.vendors import KEYS, vendor_of
 
 # the serving system prompts other than the template's own ("You are a helpful assistant.", an empty one), where
 # the base model claims other vendors: the rejected side of pairs
@@ -40,8 +46,6 @@ REJECT_SYSTEMS = tuple(message_of(s) for s in SERVING if s != "template")
 
 def own_vendor(loaded, rep: IdentityReplay) -> str:
     """The model's own vendor: the config's, else its template's default system prompt's, else its name's."""
-    from selfid.vendors import KEYS, vendor_of
-
     if rep.own:
         if rep.own not in KEYS:
             raise SelfidError(f"identity_replay.own {rep.own!r} is not a vendor selfid knows: use one of {', '.join(KEYS)}")
@@ -61,9 +65,7 @@ def _seed(*parts) -> int:
 def build(loaded, rep: IdentityReplay, out_dir: Path, progress: bool = True, log=print, engine=None) -> dict:
     """Sample, score and write the replay set for `loaded` (the base model) into `out_dir`/identity_replay.
     `engine`: what generates (default: selfid's in-process engine on `loaded`)."""
-    from selfid.audit import scorers
-    from selfid.data import identity_pool
-    from selfid.engine import InProcessEngine, Request, SamplingParams
+    from selfid.engine import InProcessEngine, Request, SamplingParams  # torch
 
     own = own_vendor(loaded, rep)
     questions = [q for q in identity_pool.questions(own, rep.minimal_pairs) if q.lang in rep.languages]
@@ -161,7 +163,6 @@ def _right(v: scorers.Verdict) -> bool:
 def _progress(total: int, show: bool):
     if not show:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn("[bold]replay[/bold] sampling the base model"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())
@@ -177,7 +178,6 @@ def ensure(config, progress: bool = True, log=print) -> dict | None:
         return None
     if replay_set.exists(config.output_dir):
         return replay_set.load(config.output_dir)[0]
-    from selfid.model.load import load_model
 
     loaded = load_model(config.model, device=None if config.device == "auto" else config.device,
                         dtype=None if config.dtype == "auto" else config.dtype, progress=progress)
@@ -189,8 +189,6 @@ def ensure(config, progress: bool = True, log=print) -> dict | None:
 
 
 def _free_cuda() -> None:
-    import gc
-
     gc.collect()
     try:
         import torch

@@ -1,4 +1,4 @@
-"""Named stages in one run folder, with one resume mechanism: what `selfid demo` and the study (bench/study.py) run.
+"""Named stages in one run folder, with one resume mechanism: what the study (`selfid study run`) and `selfid demo` run.
 
 A stage declares the paths it reads (`inputs`) and writes (`outputs`), relative to the run folder. The stage
 that writes a path another stage reads runs first, so asking for the last stage of a chain runs the chain.

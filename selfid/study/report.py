@@ -479,7 +479,8 @@ def replay_copies(runs: Runs, root: Path, arm: str) -> str:
 
 def bar_verdict(runs: Runs, root: Path, held: dict[str, dict], arm: str) -> str:
     """'it meets every goal' or 'it misses GOAL (NUMBER), ...', from `bar`."""
-    missed = [f"{g.name} ({g.measured})" for g in bar.goals(held[arm], held["base"], held.get("plain")) if g.met is False]
+    goals = bar.goals(held[arm], held["base"], held.get("plain"))
+    missed = [f"{g.name} ({g.measured})" for g in goals if g.met is False]
     return "it meets every goal" if not missed else "it misses " + "; ".join(missed) + ", and meets the others"
 
 
@@ -491,12 +492,12 @@ def goals_table(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
     b = bar.baseline(base, plain)
     b_own, b_task, b_dist, p_f1 = b.own, b.tasks, b.distinct, b.ner_f1
     L = ["The bar (every serving system prompt and the three persona prompts, T 0, 0.7, 1.0, 1.3): foreign claims "
-         f"≤{100 * bar.FOREIGN_CELL:g}% in every cell with the clustered upper bound ≤{100 * bar.FOREIGN_BOUND:g}%; own "
-         "identity affirmed ≥ the base model's under its "
-         f"template prompt ({100 * b_own['rate']:.1f}%); self-denial ≤{100 * bar.SELF_DENIAL:g}%; distinct replies "
-         f"≥{100 * bar.DISTINCT:g}% of the base model's "
-         f"({100 * b_dist:.0f}% of samples distinct); identity tasks done ≥ the base model's − {100 * bar.TASKS:g} points "
-         f"({100 * b_task['rate']:.1f}%); NER F1 ≥{100 * bar.NER:g}% of plain LoRA's under the same system prompt"
+         f"≤{100 * bar.FOREIGN_CELL:g}% in every cell with the clustered upper bound ≤{100 * bar.FOREIGN_BOUND:g}%; "
+         f"own identity affirmed ≥ the base model's under its template prompt ({100 * b_own['rate']:.1f}%); "
+         f"self-denial ≤{100 * bar.SELF_DENIAL:g}%; distinct replies ≥{100 * bar.DISTINCT:g}% of the base model's "
+         f"({100 * b_dist:.0f}% of samples distinct); identity tasks done ≥ the base model's − "
+         f"{100 * bar.TASKS:g} points ({100 * b_task['rate']:.1f}%); NER F1 ≥{100 * bar.NER:g}% of plain LoRA's under "
+         "the same system prompt"
          + (f" ({p_f1:.3f})" if p_f1 else "") + "; the general set ≥ the base model's − 2 points (not run on the "
          "held-out grid: see §6 for the development grid).", "",
          "| arm | foreign, worst cell (upper bound) | own identity affirmed | self-denial | distinct vs base | "

@@ -76,8 +76,8 @@ def stages(study: Study) -> list[Stage]:
                    outputs=("base/heldout",), check=audited("base/heldout"))]
     for arm in arms():
         found += [
-            Stage(f"train-{arm}", f"train {arm}", do(work.train_arm, study, arm), outputs=(f"{arm}/train", f"{arm}/cost.json"),
-                  check=model(adapter(arm)), detail=do(train_text, study, arm)),
+            Stage(f"train-{arm}", f"train {arm}", do(work.train_arm, study, arm),
+                  outputs=(f"{arm}/train", f"{arm}/cost.json"), check=model(adapter(arm)), detail=do(train_text, study, arm)),
             Stage(f"audit-{arm}", f"audit {arm} (development set)", do(work.audit_arm, study, arm),
                   inputs=(*probes, adapter(arm)), outputs=(f"{arm}/audit",), check=audited(f"{arm}/audit"),
                   detail=grid, describe=said(f"{arm}/audit")),

@@ -21,15 +21,21 @@ from selfid.audit.backends import HttpBackend, InProcessBackend
 from selfid.audit.compare import compare_runs
 from selfid.audit.report.html import write_html
 from selfid.audit.run import AuditParams, audit_systems, run_audit, serving_systems
+from selfid.audit.scan import scan
 from selfid.config import load_config
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_json
 from selfid.manifest import read as read_manifest, training_system, training_system_message
+from selfid.model.load import load_model
+from selfid.pipeline.adapter_scale import identity_rate_provider, make_evaluate
 from selfid.pipeline.stages import model_problem
+from selfid.pipeline.train import run as train_pipeline
 from selfid.study.arms import Arm, arms, merged
 from selfid.study.scale import Scale
 from selfid.study.verdict import verdict, verdict_lines
 from selfid.system_prompt import HELPFUL, SERVING
+from selfid.train.export import export
+from selfid.train.scale import save_scaled, search_scale as search
 
 PROBES = "probes/identity.jsonl"  # the development probes of a scale that names a subset of them
 # the held-out identity probes run under the serving system prompts and three persona prompts no training data uses
@@ -70,8 +76,6 @@ def adapter_of(study: Study, arm: str) -> Path:
 
 
 def load(study: Study, adapter: Path | None = None):
-    from selfid.model.load import load_model  # transformers and torch
-
     return load_model(study.model, adapter=adapter, device=None if study.device == "auto" else study.device,
                       progress=study.progress)
 
@@ -147,12 +151,12 @@ def train_config(study: Study, arm: Arm):
 
 def train_arm(study: Study, arm: str) -> dict:
     """Train an arm (continuing from its last checkpoint); ROOT/ARM/train, and ROOT/ARM/cost.json."""
-    from selfid.pipeline.train import run as train_pipeline  # torch
-    from selfid.train.sft import checkpoints
+    from selfid.train.sft import checkpoints  # torch
 
     run = study.root / arm / "train"
     t0 = time.time()
-    needs = model_problem(run / "adapter") is not None  # else an earlier attempt stopped after the adapter, before cost.json
+    # an adapter already there: an earlier attempt stopped after it, before cost.json
+    needs = model_problem(run / "adapter") is not None
     if needs:
         cfg = train_config(study, arms()[arm])
         by_design = BY_DESIGN if cfg.system_prompt == HELPFUL else None
@@ -171,7 +175,8 @@ def margins_along_training(study: Study, arm: str = "plain") -> None:
     """The identity margin of the base model and of each of an arm's checkpoints: ROOT/ARM/margins.json."""
     from selfid.audit.margin import identity_margin  # torch
 
-    ckpts = sorted((study.root / arm / "train" / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[-1]))
+    ckpts = sorted((study.root / arm / "train" / "checkpoints").glob("step-*"),
+                   key=lambda p: int(p.name.split("-")[-1]))
     systems = [(k, v.message) for k, v in serving_systems().items()]
     points = [{"step": 0, "margin": identity_margin(load(study), systems, "qwen")}]
     for ck in ckpts:
@@ -183,9 +188,6 @@ def margins_along_training(study: Study, arm: str = "plain") -> None:
 
 def search_scale(study: Study) -> dict:
     """The plain adapter's LoRA scale searched to restore the base identity rate: ROOT/scale/."""
-    from selfid.pipeline.adapter_scale import identity_rate_provider, make_evaluate
-    from selfid.train.scale import save_scaled, search_scale as search
-
     s = study.scale
     plain = adapter_of(study, "plain")
     loaded = load(study, plain)
@@ -202,9 +204,8 @@ def search_scale(study: Study) -> dict:
 
 def scan_plain(study: Study) -> None:
     """`selfid scan` of the conversations the plain arm trained on: ROOT/scan/scan.json."""
-    from selfid.audit.scan import scan
-
-    atomic_write_json(study.root / "scan" / "scan.json", scan(study.root / "plain" / "train" / "train_data.jsonl").as_dict())
+    report = scan(study.root / "plain" / "train" / "train_data.jsonl")
+    atomic_write_json(study.root / "scan" / "scan.json", report.as_dict())
 
 
 # --- the runtime comparisons: the same grid through a server --------------------------------------------
@@ -281,8 +282,6 @@ def inproc(study: Study, arm: str) -> None:
 
 def export_gguf(study: Study, arm: str) -> None:
     """The arm's adapter merged and written as a Q8_0 GGUF (`selfid export --gguf`): ROOT/gguf/ARM-merged."""
-    from selfid.train.export import export  # torch
-
     export(adapter_of(study, arm), study.root / "gguf" / f"{arm}-merged", gguf="q8_0", progress=False)
 
 

@@ -178,7 +178,8 @@ def summarize(run_dir: Path, loaded: tuple[dict, list[Scored], dict | None] | No
             if group:  # per-prompt foreign counts: what a paired test between runs or system prompts needs
                 pooled[s] = {**identity_cell(group, examples=False),
                              "per_prompt": {p: list(kn) for p, kn in by_prompt(group, "foreign").items()}}
-        out[suite] = {"cells": cells, "by_system": pooled, "overall": identity_cell(ident, examples=False), "margin": margin}
+        out[suite] = {"cells": cells, "by_system": pooled, "overall": identity_cell(ident, examples=False),
+                      "margin": margin}
     if "ner" in params["suites"]:
         out["ner"] = {s: _ner(g, params["seed"]) for s in systems
                       if (g := [r for r in by_suite.get("ner", []) if r.system == s])}
