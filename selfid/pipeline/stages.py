@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from rich.console import Console
+from rich.markup import escape
+
 from selfid.errors import SelfidError
 from selfid.io import CHECKSUMS, atomic_write_json, file_lock, sha256_file
 
@@ -281,9 +284,6 @@ def duration(s: float) -> str:
 
 def console_say(console=None) -> Callable[[str, str, str], None]:
     """Progress on a rich console (stderr by default)."""
-    from rich.console import Console
-    from rich.markup import escape
-
     console = console or Console(stderr=True, highlight=False)
 
     def say(kind: str, label: str, text: str) -> None:
