@@ -487,15 +487,19 @@ def study_report(
     out: Path = typer.Option(Path("docs/study.md"), "--out", "-o", help="the report (Markdown)"),
     label: str = typer.Option("0.5B", "--label", help="the model size of --root, for the size section"),
     size: Optional[list[str]] = typer.Option(None, "--size", metavar="LABEL=ROOT", help="another model size's study "
-                                             "folder for the size section (repeatable; default: 1.5B=results/study-1.5b)"),
+                                             "folder for the size section (repeatable; default: 1.5B=results/study-1.5b "
+                                             "where it exists)"),
 ):
     """Write docs/study.md from the study folders alone: every number re-scored from the logged replies."""
     from selfid.study.report import write_report
 
-    extra = size if size is not None else ["1.5B=results/study-1.5b"]
-    bad = [x for x in extra if "=" not in x]
-    if bad:
-        raise SelfidError(f"--size {bad[0]!r}: write it as LABEL=ROOT, e.g. 1.5B=results/study-1.5b")
+    default = "1.5B=results/study-1.5b"
+    extra = size if size is not None else [default] if Path(default.split("=")[1]).is_dir() else []
+    for x in extra:
+        if "=" not in x:
+            raise SelfidError(f"--size {x!r}: write it as LABEL=ROOT, e.g. {default}")
+        if not Path(x.split("=", 1)[1]).is_dir():
+            raise SelfidError(f"--size {x!r}: {x.split('=', 1)[1]} is not a folder: give a study folder")
     sizes = [(label, root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in extra]
     print(f"wrote {write_report(root, out, sizes if extra else None)}")
 
