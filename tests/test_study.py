@@ -3,6 +3,7 @@ replaced by stand-ins that write what each step writes (the real steps train and
 tests run the real ones at a tiny scale)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -137,12 +138,14 @@ def test_the_command_line_bench_gpu_study_sh_calls(work_done, tmp_path):
     assert not (tmp_path / "x").exists() and work_done.calls == [("train", "self"), ("heldout", "self")]
 
 
-def test_smoke_is_the_small_scale_on_the_cpu_and_a_folder_keeps_its_scale(work_done, tmp_path):
+def test_smoke_is_the_small_scale_on_the_cpu_and_a_folder_keeps_its_scale(work_done, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # restored after the test
     res = CliRunner().invoke(app, ["study", "run", "--root", str(tmp_path / "s"), "--model", "tiny", "--smoke",
                                    "--steps", "base"])
     assert res.exit_code == 0, res.output
     (study,) = work_done.studies
     assert study.scale is SMALL and study.device == "cpu" and study.model == "tiny"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # the servers a smoke run starts stay off the GPU too
     state = json.loads((tmp_path / "s" / "study.json").read_text())
     assert state["settings"] == json.loads(json.dumps({"scale": SMALL.as_dict(), "model": "tiny"}))
     assert (tmp_path / "s" / "probes" / "identity.jsonl").read_text().count("\n") == len(SMALL.probes)

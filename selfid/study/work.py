@@ -59,7 +59,7 @@ class Study:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     progress: bool = False  # progress bars (a terminal) rather than log lines (a log file)
     log: Callable[[str], None] = log_line
-    console: object = field(default=None, compare=False)  # rich console training reports to (None: `log`)
+    console: object = field(default=None, compare=False)  # the rich console training reports on (None: its own)
 
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
