@@ -105,7 +105,7 @@ def run(args, tmp: Path) -> None:
     from selfid.audit.backends import InProcessBackend
     from selfid.audit.probes import load_suite, write_identity_subset
     from selfid.audit.report.summary import load_run
-    from selfid.audit.run import AuditParams, run_audit
+    from selfid.audit.run import AuditParams, run_audit, serving_systems
     from selfid.engine import InProcessEngine, SamplingParams
     from selfid.model.load import load_model
 
@@ -124,16 +124,17 @@ def run(args, tmp: Path) -> None:
     half = args.prompts // 2
     chosen = [p for p in probes if p.lang == "zh"][:half] + [p for p in probes if p.lang == "en"][:args.prompts - half]
     probe_file = write_identity_subset(tmp / "identity.jsonl", [p.id for p in chosen])
-    params = AuditParams(suites=["identity"], temperatures=[0.0, 0.7, 1.0], samples=args.samples, seed=0,
-                         max_new_tokens=args.max_new_tokens, own="qwen", identity_probes=str(probe_file))
+    params = AuditParams(suites=["identity"], systems=serving_systems(), temperatures=[0.0, 0.7, 1.0],
+                         samples=args.samples, max_new_tokens=args.max_new_tokens, ner_limit=1, own="qwen",
+                         identity_probes=str(probe_file))
 
     warm = loaded.chat.render([{"role": "user", "content": "hi"}]).text  # CUDA/kernels warm-up for both
     engine.generate([warm] * 2, SamplingParams(max_new_tokens=4))
     hf_baseline(loaded, [(warm, SamplingParams(max_new_tokens=4))], batch)
     # one probe through the whole audit first, so the timed run pays no first-use costs (imports of the
     # report's statistics, regex compilation) that the `generate` baseline never has
-    warm_params = AuditParams(suites=["identity"], temperatures=[0.0], samples=1, seed=0, max_new_tokens=4, own="qwen",
-                              identity_probes=str(write_identity_subset(tmp / "warm.jsonl", [chosen[0].id])))
+    warm_params = AuditParams(suites=["identity"], systems=serving_systems(), temperatures=[0.0], samples=1,
+                              max_new_tokens=4, ner_limit=1, own="qwen", identity_probes=str(write_identity_subset(tmp / "warm.jsonl", [chosen[0].id])))
     run_audit(InProcessBackend(loaded, engine), warm_params, tmp / "warm", show_progress=False, margin=False)
 
     def audit(eng, name):
@@ -161,24 +162,24 @@ def run(args, tmp: Path) -> None:
         return time.perf_counter() - start, inside[0], load_run(tmp / name)[1]
 
     selfid_s, selfid_gen_s, records = audit(engine, "run")
-    selfid_tokens = sum(r["completion_tokens"] for r in records)
+    selfid_tokens = sum(r.record["completion_tokens"] for r in records)
     print(f"selfid audit: {selfid_s:.2f} s end to end, {selfid_gen_s:.2f} s generating "
           f"({engine.decode_report().get('using')} decoding)", flush=True)
 
-    rows = [(r["rendered"], SamplingParams.from_defaults(loaded.generation_defaults, temperature=r["temperature"],
-                                                         max_new_tokens=args.max_new_tokens)) for r in records]
+    rows = [(r.record["rendered"], SamplingParams.from_defaults(loaded.generation_defaults, temperature=r.temperature,
+                                                                max_new_tokens=args.max_new_tokens)) for r in records]
     hf_s, hf_tokens, hf_ids = hf_baseline(loaded, rows, batch)
-    greedy = [(r, ids) for r, ids in zip(records, hf_ids) if r["temperature"] == 0]
+    greedy = [(r, ids) for r, ids in zip(records, hf_ids) if r.temperature == 0]
     tok = loaded.tokenizer
-    greedy_same = sum(r["reply"] == tok.decode(ids, skip_special_tokens=True) for r, ids in greedy)
+    greedy_same = sum(r.reply == tok.decode(ids, skip_special_tokens=True) for r, ids in greedy)
 
     eager = None
     if compare:
         eager_engine = InProcessEngine(loaded, max_batch_size=args.batch_size, decode="eager")
         eager_engine.generate([warm] * 2, SamplingParams(max_new_tokens=4))
         eager_s, eager_gen_s, eager_records = audit(eager_engine, "eager")
-        mine = {(r["key"], r["system"], r["temperature"], r["sample"]): r["reply"] for r in records}
-        theirs = {(r["key"], r["system"], r["temperature"], r["sample"]): r["reply"] for r in eager_records}
+        mine = {(r.key, r.system, r.temperature, r.sample): r.reply for r in records}
+        theirs = {(r.key, r.system, r.temperature, r.sample): r.reply for r in eager_records}
         same = [k for k in mine if theirs.get(k) == mine[k]]
         by_temp = {}
         for k in mine:
@@ -189,7 +190,7 @@ def run(args, tmp: Path) -> None:
                  "generate_seconds": round(eager_gen_s, 2), "generate_speedup_vs_eager": round(eager_gen_s / selfid_gen_s, 2),
                  "identical_replies": len(same), "replies": len(mine),
                  "identical_by_temperature": {t: f"{a}/{n}" for t, (a, n) in by_temp.items()},
-                 "foreign_claims": {s.key: sum(bool(r["foreign"]) for r in eager_records if r["system"] == s.key)
+                 "foreign_claims": {s: sum(bool(r.verdict.foreign) for r in eager_records if r.system == s)
                                     for s in params.systems}}
         print(f"eager decoding: {eager_s:.2f} s; identical replies {len(same)}/{len(mine)} "
               f"({', '.join(f'T={t}: {v}' for t, v in eager['identical_by_temperature'].items())})", flush=True)
@@ -208,7 +209,7 @@ def run(args, tmp: Path) -> None:
         "speedup_tokens_per_s": round((selfid_tokens / selfid_s) / (hf_tokens / hf_s), 2),
         "speedup_wall": round(hf_s / selfid_s, 2),  # the whole audit (generation, verdicts, report) vs generation alone
         "speedup_generate": round(hf_s / selfid_gen_s, 2),  # generation vs generation
-        "foreign_claims": {s.key: sum(bool(r["foreign"]) for r in records if r["system"] == s.key) for s in params.systems},
+        "foreign_claims": {s: sum(bool(r.verdict.foreign) for r in records if r.system == s) for s in params.systems},
         "decode": engine.decode_report(),
         "greedy_identical_to_hf": {"identical": greedy_same, "greedy_replies": len(greedy)},
         "eager": eager,

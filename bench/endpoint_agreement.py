@@ -21,10 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def agreement(run_a: Path, run_b: Path) -> dict:
-    from selfid.audit.run import LOG, read_log
+    from selfid.audit.report.summary import load_run
 
-    a = {r["key"]: r for r in read_log(Path(run_a) / LOG) if r["temperature"] == 0 and r["suite"] == "identity"}
-    b = {r["key"]: r for r in read_log(Path(run_b) / LOG) if r["temperature"] == 0 and r["suite"] == "identity"}
+    def greedy(run: Path) -> dict:  # the greedy identity replies, scored by today's scorers
+        return {r.key: {**r.record, "claims": list(r.verdict.claims), "foreign": list(r.verdict.foreign)}
+                for r in load_run(run)[1] if r.temperature == 0 and r.suite == "identity"}
+
+    a, b = greedy(Path(run_a)), greedy(Path(run_b))
     rows: dict[str, dict] = {}
     differing = []
     for key in sorted(a.keys() & b.keys()):

@@ -1,4 +1,5 @@
-"""The `selfid` command: each verb is a thin call into a module."""
+"""The `selfid` command: each verb is a thin call into a module, which it imports when it runs (so `selfid --help`
+and the light verbs never load torch; tests/test_import_cycles.py holds the rule)."""
 
 from __future__ import annotations
 
@@ -193,8 +194,8 @@ def audit(
                                help="comma-separated: identity (development set), identity-heldout (questions no "
                                     "training-data generator uses), ner, general"),
     systems: list[str] = typer.Option(["template,helpful,empty"], "--systems",
-                                      help="template (none sent: the chat template's own; named 'default' in "
-                                           "results), helpful, empty, adapter (the one it was trained under), "
+                                      help="template (none sent: the chat template's own), helpful, empty, "
+                                           "adapter (the one it was trained under), "
                                            "personas (three persona prompts no training data uses; or one of "
                                            "persona-zh, persona-en, persona-task), text:TEXT (runs to the end of "
                                            "the value; repeat --systems for more)"),
@@ -225,16 +226,22 @@ def audit(
     """Measure who a model says it is (and NER / general quality) over system prompts x temperatures x samples."""
     from selfid.audit.backends import open_backend
     from selfid.audit.report import print_summary
-    from selfid.audit.run import AuditParams, condition_keys, parse_list, parse_systems, run_audit
+    from selfid.audit.run import AuditParams, audit_systems, parse_list, run_audit
+    from selfid.manifest import training_system
+    from selfid.system_prompt import canonical
 
     judge = _judge(judge_base_url, judge_model, judge_api_key, seed)
-    backend, manifest = open_backend(model, adapter, base_url, model_name, api_key, device=device, dtype=dtype,
-                                     batch_size=batch_size, concurrency=concurrency, retries=retries, own_from=own_from)
-    params = AuditParams(suites=parse_list(suites, "suites"), systems=parse_systems(systems, manifest),
+    backend, loaded = open_backend(model, adapter, base_url, model_name, api_key, device=device, dtype=dtype,
+                                   batch_size=batch_size, concurrency=concurrency, retries=retries, own_from=own_from)
+    # over HTTP, what the endpoint's template inserts is not known here
+    chosen = (audit_systems(systems) if loaded is None
+              else audit_systems(systems, loaded.chat.default_system, training_system(loaded.manifest)))
+    params = AuditParams(suites=parse_list(suites, "suites"), systems=chosen,
                          temperatures=parse_list(temperatures, "temperatures", float), samples=samples, seed=seed,
                          max_new_tokens=max_tokens, ner_limit=ner_limit, own=own,
                          identity_probes=str(probes) if probes else None,
-                         task_systems=condition_keys(parse_list(task_systems, "task-systems")) if task_systems else None)
+                         task_systems=[canonical(k, "--task-systems") for k in parse_list(task_systems, "task-systems")]
+                         if task_systems else None)
     summary = run_audit(backend, params, out, resume=resume, judge=judge)
     print_summary(summary)
     print(out / "report.html")
@@ -366,7 +373,8 @@ def classify(
     seed: int = typer.Option(0, "--seed", help="the judge's seed"),
 ):
     """Read JSON lines on stdin, {"text": ...} or {"messages": [..., {"role": "assistant", ...}]} (the conversation,
-    so "Yes" to "Are you Claude?" is read as a claim); write each back with the vendors it claims and denies."""
+    so "Yes" to "Are you Claude?" is read as a claim; or {"messages": [... the user's turns], "text": the reply});
+    write each back with the vendors it claims and denies."""
     import json
 
     from selfid.audit.detect import classify as classify_reply
@@ -381,25 +389,31 @@ def classify(
             raise SelfidError(f"stdin line {lineno} is not JSON: give one object like {{\"text\": \"...\"}} per line") from None
         text, question, earlier = _reply_and_question(obj, lineno)
         d = classify_reply(text, obj.get("asked"), judge, obj.get("question") or question, earlier=earlier)
-        obj.update({"claims": list(d.claims), "denials": list(d.denials), "answer": d.answer,
-                    "persona": d.persona is not None, "persona_name": d.persona, "uncertain": d.uncertain,
-                    "detector": d.source})
+        obj.update(d.as_dict())
         sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
 
 def _reply_and_question(obj, lineno: int) -> tuple[str, str | None, list[str]]:
-    """(the reply to classify, the user's turn it answers, the user's earlier turns) of one `classify` input line."""
-    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-        return obj["text"], None, []
-    msgs = obj.get("messages") if isinstance(obj, dict) else None
-    if (isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs)
-            and msgs[-1].get("role") == "assistant" and isinstance(msgs[-1].get("content"), str)):
-        users = [m["content"] for m in msgs[:-1] if m.get("role") == "user" and isinstance(m.get("content"), str)]
-        return msgs[-1]["content"], (users[-1] if users else None), users[:-1]
-    raise SelfidError(f"stdin line {lineno} has neither a string \"text\" nor \"messages\" ending with an assistant "
-                      "turn: give {\"text\": \"...\"} or {\"messages\": [{\"role\": \"user\", ...}, "
-                      "{\"role\": \"assistant\", ...}]}")
+    """(the reply to classify, the user's turn it answers, the user's earlier turns) of one `classify` input line:
+    the reply is "text" or the assistant turn that ends "messages"; the conversation is "messages" before it."""
+    usage = ("give {\"text\": \"...\"}, {\"messages\": [{\"role\": \"user\", ...}, {\"role\": \"assistant\", ...}]} "
+             "or {\"messages\": [{\"role\": \"user\", ...}], \"text\": \"the reply\"}")
+    obj = obj if isinstance(obj, dict) else {}
+    text, msgs = obj.get("text"), obj.get("messages")
+    if msgs is not None and not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs)):
+        raise SelfidError(f"stdin line {lineno}: \"messages\" is not a list of turns: {usage}")
+    ends_with_reply = bool(msgs) and msgs[-1].get("role") == "assistant"
+    if text is not None and ends_with_reply:
+        raise SelfidError(f"stdin line {lineno} gives the reply twice, as \"text\" and as the assistant turn ending "
+                          f"\"messages\": {usage}")
+    reply = msgs[-1].get("content") if ends_with_reply else text
+    if not isinstance(reply, str):
+        raise SelfidError(f"stdin line {lineno} has neither a string \"text\" nor \"messages\" ending with an "
+                          f"assistant turn: {usage}")
+    turns = (msgs[:-1] if ends_with_reply else msgs) or []
+    users = [m["content"] for m in turns if m.get("role") == "user" and isinstance(m.get("content"), str)]
+    return reply, (users[-1] if users else None), users[:-1]
 
 
 @app.command()
@@ -486,20 +500,85 @@ def eval_ner(
         atomic_write_json(out, report)
 
 
-# --- demo: the whole study, small (selfid.demo) ----------------------------------------------------
+# --- demo and study: the study in docs/study.md (selfid.demo, selfid.study) -----------------------------
 
 @app.command()
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/demo-TIMESTAMP); "
                                        "an existing demo folder is continued"),
-    full: bool = typer.Option(False, "--full", help="the scale of the study in docs/study.md: 8,000 sentences x 5 "
-                              "epochs, every identity probe at T 0/0.7/1.0/1.3 x 8 samples (meant for a GPU)"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    full: bool = typer.Option(False, "--full", help="the study's own scale (docs/study.md): 8,000 sentences x 5 "
+                              "epochs, every identity probe at T 0/0.7/1.0/1.3 x 8 samples (meant for a GPU); the "
+                              "folder is a study folder `selfid study run --root` continues"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
 ):
-    """Audit the embedded model, LoRA-train it on NER, audit it again and say what changed (minutes on a CPU)."""
+    """Audit the embedded model, LoRA-train it on NER, audit it again and say what changed (minutes on a CPU): the
+    study's first steps (base, plain) at a small scale."""
     from selfid.demo import run_demo
 
     run_demo(out, full=full, device=device)
+
+
+study_app = typer.Typer(cls=_Group, no_args_is_help=True,
+                        help="The study in docs/study.md: run its steps in a study folder, or write the report.")
+app.add_typer(study_app, name="study")
+
+STEPS_HELP = ("comma-separated, each with what it needs first: base (the base model's audit), ARM (train an arm of "
+              "selfid/study/arms.yaml, audit it, compare it with base), train-ARM, heldout-ARM or heldout-base (the "
+              "held-out audit), scale, scan, parity (through selfid api), llamacpp, gguf-ARM (the exported GGUF "
+              "through llama.cpp), inproc-ARM, export-ARM; default: base,plain,scan,template,replay2,replay5,combo,"
+              "scale,parity")
+
+
+@study_app.command("run")
+def study_run(
+    root: Path = typer.Option(..., "--root", help="the study folder (the published study: results/study-0.5b)"),
+    steps: Optional[str] = typer.Option(None, "--steps", help=STEPS_HELP),
+    model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
+    scale: str = typer.Option("full", "--scale", help="full (the study's, meant for a GPU) or small (the demo's)"),
+    smoke: bool = typer.Option(False, "--smoke", help="a plumbing check on the CPU: --scale small --device cpu "
+                               "(give a small --model)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+):
+    """Run steps of the study in a study folder: finished stages are skipped, a cut-off one continues, a rerun
+    continues with the same command. One row of docs/study.md is one step (ARM, heldout-ARM, gguf-ARM, ...)."""
+    from selfid.pipeline.stages import line_say
+    from selfid.study import steps as study_steps
+    from selfid.study.scale import SCALES
+    from selfid.study.work import Study, log_line
+
+    if scale not in SCALES:
+        raise SelfidError(f"unknown scale {scale!r}: use {' or '.join(SCALES)}")
+    if smoke:
+        scale, device = "small", "cpu"
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the servers it starts stay off the GPU too
+    wanted = [x for x in (steps or ",".join(study_steps.DEFAULT_STEPS)).split(",") if x]
+    hint = (f"selfid study run --root {root} --steps {','.join(wanted)} --model {model}"
+            + (" --smoke" if smoke else f" --scale {scale}" if scale != "full" else "")
+            + (f" --device {device}" if device != "auto" and not smoke else ""))
+    study_steps.run(Study(root, SCALES[scale], model, device), wanted, line_say(log_line), hint)
+
+
+@study_app.command("report")
+def study_report(
+    root: Path = typer.Option(Path("results/study-0.5b"), "--root", help="the study folder"),
+    out: Path = typer.Option(Path("docs/study.md"), "--out", "-o", help="the report (Markdown)"),
+    label: str = typer.Option("0.5B", "--label", help="the model size of --root, for the size section"),
+    size: Optional[list[str]] = typer.Option(None, "--size", metavar="LABEL=ROOT", help="another model size's study "
+                                             "folder for the size section (repeatable; default: 1.5B=results/study-1.5b "
+                                             "where it exists)"),
+):
+    """Write docs/study.md from the study folders alone: every number re-scored from the logged replies."""
+    from selfid.study.report import write_report
+
+    default = "1.5B=results/study-1.5b"
+    extra = size if size is not None else [default] if Path(default.split("=")[1]).is_dir() else []
+    for x in extra:
+        if "=" not in x:
+            raise SelfidError(f"--size {x!r}: write it as LABEL=ROOT, e.g. {default}")
+        if not Path(x.split("=", 1)[1]).is_dir():
+            raise SelfidError(f"--size {x!r}: {x.split('=', 1)[1]} is not a folder: give a study folder")
+    sizes = [(label, root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in extra]
+    print(f"wrote {write_report(root, out, sizes if extra else None)}")
 
 
 def main() -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from selfid.errors import SelfidError
 
 
 def selfid_home() -> Path:
@@ -116,13 +120,9 @@ def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
 def read_jsonl(path: Path, what: str = "") -> Iterator[tuple[int, Any]]:
     """(line number, value) of each line of a JSONL file (`.gz` read transparently); a line that is not
     JSON is a SelfidError naming the file, the line and `what` to do about it."""
-    from selfid.errors import SelfidError
-
     path = Path(path)
     try:
         if path.suffix == ".gz":
-            import gzip
-
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 text = f.read()
         else:
@@ -137,8 +137,6 @@ def read_jsonl(path: Path, what: str = "") -> Iterator[tuple[int, Any]]:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -21,6 +21,8 @@ one way to ask what an adapter was trained under.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata as md
 import json
 import platform
 import time
@@ -171,7 +173,6 @@ def weights_sha256(folder: Path | None) -> str | None:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cache = {}
-    import hashlib
 
     h = hashlib.sha256()
     changed = False
@@ -204,8 +205,6 @@ def base_model_info(loaded) -> dict:
 
 
 def versions() -> dict:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("selfid", "torch", "transformers", "peft", "accelerate", "tokenizers"):
         try:

@@ -48,6 +48,32 @@ class ScriptedBackend:
             advance(1)
 
 
+def as_before_the_rename(out):
+    """Rewrite a run folder as runs made before the one vocabulary wrote it: the template's own prompt "default"."""
+    from selfid.audit.log import LOG
+
+    meta = json.loads((out / "run.json").read_text())
+    def old(key):
+        return "default" if key == "template" else key
+
+    for s in (*meta["params"]["systems"], *meta["systems"]):
+        s["key"] = old(s["key"])
+    if meta["params"].get("task_systems"):
+        meta["params"]["task_systems"] = [old(k) for k in meta["params"]["task_systems"]]
+    meta["notes"] = [n.replace("each of: template", "each of: default") for n in meta["notes"]]
+    (out / "run.json").write_text(json.dumps(meta))
+    if (out / "margin.json").is_file():
+        margin = json.loads((out / "margin.json").read_text())
+        (out / "margin.json").write_text(json.dumps({old(k): v for k, v in margin.items()}))
+    lines = []
+    for line in (out / LOG).read_text().splitlines():
+        r = json.loads(line)
+        if r["system"] == "template":
+            r["system"], r["key"] = "default", r["key"].replace("|template|", "|default|")
+        lines.append(json.dumps(r))
+    (out / LOG).write_text("\n".join(lines) + "\n")
+
+
 class _Faults:
     def __init__(self):
         self.fail_next = 0  # answer this many requests with 503 (retryable)

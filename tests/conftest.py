@@ -28,6 +28,24 @@ def engine(tiny):
     return InProcessEngine(tiny)
 
 
+@pytest.fixture(scope="module")
+def http_probes(tmp_path_factory):
+    """Two identity probes (a name and a maker question) for the audits over HTTP."""
+    from tests.audit_helpers import write_probes
+
+    return write_probes(tmp_path_factory.mktemp("p") / "p.jsonl", ["en-name-01", "zh-maker-01"])
+
+
+@pytest.fixture(scope="module")
+def chat_server(tiny):
+    """An OpenAI-compatible server on the tiny model (tests/audit_helpers.chat_app) and its fault switches."""
+    from tests.audit_helpers import chat_app, serve
+
+    app = chat_app(tiny)
+    with serve(app) as url:
+        yield url, app.state.faults
+
+
 @pytest.fixture
 def deprecations(monkeypatch):
     """Deprecation messages given afresh (selfid gives each once per process)."""

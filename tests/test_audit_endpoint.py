@@ -8,10 +8,10 @@ import pytest
 
 from selfid.audit.backends import HttpBackend
 from selfid.audit.endpoint import is_placeholder, read_reference
-from selfid.audit.run import LOG, AuditParams, SystemSpec, read_log, run_audit
-from selfid.system_prompt import HELPFUL
+from selfid.audit.log import LOG, read_log
+from selfid.audit.run import AuditParams, audit_systems, run_audit
+from selfid.system_prompt import sent
 from selfid.errors import SelfidError
-from tests.audit_helpers import chat_app, serve, write_probes
 
 QWEN = {"en": "I am Qwen, a large language model created by Alibaba Cloud.", "zh": "我是通义千问，由阿里云开发的大语言模型。"}
 
@@ -30,21 +30,9 @@ def claims(vendors: dict):
     return script
 
 
-@pytest.fixture(scope="module")
-def probes(tmp_path_factory):
-    return write_probes(tmp_path_factory.mktemp("p") / "p.jsonl", ["en-name-01", "zh-maker-01"])
-
-
-@pytest.fixture(scope="module")
-def server(tiny):
-    app = chat_app(tiny)
-    with serve(app) as url:
-        yield url, app.state.faults
-
-
 @pytest.fixture
-def faults(server):
-    f = server[1]
+def faults(chat_server):
+    f = chat_server[1]
     f.served_name, f.empty_system, f.drop_seed, f.ignore_max_tokens, f.script = None, "keep", False, False, None
     f.completions = 0
     f.seen.clear()
@@ -52,9 +40,8 @@ def faults(server):
 
 
 def grid(probes, own="auto"):
-    return AuditParams(suites=["identity"], systems=[SystemSpec("default", None), SystemSpec("helpful", HELPFUL),
-                                                     SystemSpec("empty", "")],
-                       temperatures=[0.0], samples=1, seed=1, max_new_tokens=6, own=own, identity_probes=str(probes))
+    return AuditParams(suites=["identity"], systems=audit_systems(["template,helpful,empty"]), temperatures=[0.0],
+                       samples=1, seed=1, max_new_tokens=6, ner_limit=1, own=own, identity_probes=str(probes))
 
 
 def like_llamafactory(faults):
@@ -66,11 +53,11 @@ def test_placeholder_names_are_no_evidence():
     assert not any(is_placeholder(n) for n in ("Qwen2.5-7B-Instruct", "runs/qwen7b-merged", "llama-3-8b", "ner"))
 
 
-def test_llamafactory_like_endpoint_own_vendor_duplicate_condition_and_ignored_seed(server, faults, probes, tmp_path):
-    url, _ = server
+def test_llamafactory_like_endpoint_own_vendor_duplicate_condition_and_ignored_seed(chat_server, faults, http_probes, tmp_path):
+    url, _ = chat_server
     like_llamafactory(faults)
     faults.script = claims({})
-    summary = run_audit(HttpBackend(url, "gpt-3.5-turbo", concurrency=2), grid(probes), tmp_path / "r",
+    summary = run_audit(HttpBackend(url, "gpt-3.5-turbo", concurrency=2), grid(http_probes), tmp_path / "r",
                         show_progress=False)
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     ep = meta["endpoint"]
@@ -78,68 +65,68 @@ def test_llamafactory_like_endpoint_own_vendor_duplicate_condition_and_ignored_s
     assert meta["own"] == "qwen" and "own greedy answers" in meta["own_source"] and "placeholder" in meta["own_source"]
     assert ep["own"]["evidence"]["claims"] == {"qwen": 8} and ep["placeholder_names"] == ["gpt-3.5-turbo"]
     assert ep["listed"] == ["gpt-3.5-turbo"]
-    # the empty system message got the same prompt as none: marked, and named as a duplicate of `default`
+    # the empty system message got the same prompt as none: marked, and named as a duplicate of `template`
     cond = ep["system_prompts"]["conditions"]
-    assert cond["empty"]["prompt_tokens"] == cond["default"]["prompt_tokens"] != cond["helpful"]["prompt_tokens"]
-    assert cond["empty"]["evidently"].startswith("treated as no system message") and cond["empty"]["same_as"] == "default"
-    assert cond["helpful"]["same_as"] is None and ep["duplicates"] == {"empty": "default"}
+    assert cond["empty"]["prompt_tokens"] == cond["template"]["prompt_tokens"] != cond["helpful"]["prompt_tokens"]
+    assert cond["empty"]["evidently"].startswith("treated as no system message") and cond["empty"]["same_as"] == "template"
+    assert cond["helpful"]["same_as"] is None and ep["duplicates"] == {"empty": "template"}
     # the dropped seed is listed; greedy and max_tokens behaved
     assert ep["parameters"]["seed"]["honoured"] is False
     assert ep["parameters"]["temperature_0"]["deterministic"] and ep["parameters"]["max_tokens"]["honoured"]
     assert any(x.startswith("seed") for x in ep["ignored"]) and any("'empty'" in x for x in ep["ignored"])
     # the grid itself is unchanged by the preflight (which the server never counted as audit work)
     assert faults.completions == len(read_log(tmp_path / "r" / LOG)) == 2 * 3
-    assert summary["run"]["endpoint"]["duplicates"] == {"empty": "default"}
+    assert summary["run"]["endpoint"]["duplicates"] == {"empty": "template"}
     html = (tmp_path / "r" / "report.html").read_text()
     assert "What the endpoint did with the requests" in html and "not independent evidence" in html
 
 
-def test_local_template_gives_expected_token_counts(server, faults, probes, tiny_model_dir, tmp_path):
-    url, _ = server
+def test_local_template_gives_expected_token_counts(chat_server, faults, http_probes, tiny_model_dir, tmp_path):
+    url, _ = chat_server
     like_llamafactory(faults)
-    run_audit(HttpBackend(url, "gpt-3.5-turbo", reference=str(tiny_model_dir)), grid(probes), tmp_path / "r",
+    run_audit(HttpBackend(url, "gpt-3.5-turbo", reference=str(tiny_model_dir)), grid(http_probes), tmp_path / "r",
               show_progress=False)
     ep = json.loads((tmp_path / "r" / "run.json").read_text())["endpoint"]
     assert ep["own"]["vendor"] == "qwen" and "model_type 'qwen2'" in ep["own"]["source"]
     assert ep["own"]["evidence"] == {}  # no calibration needed: the local copy said whose model it is
     cond = ep["system_prompts"]["conditions"]
     assert ep["system_prompts"]["template_known"]
-    assert cond["default"]["prompt_tokens"] == cond["default"]["expected_tokens"]
+    assert cond["template"]["prompt_tokens"] == cond["template"]["expected_tokens"]
     assert cond["helpful"]["evidently"] == "as sent"
-    assert cond["empty"]["expected_tokens"] < cond["empty"]["prompt_tokens"] == cond["default"]["prompt_tokens"]
-    assert cond["empty"]["same_as"] == "default"
+    assert cond["empty"]["expected_tokens"] < cond["empty"]["prompt_tokens"] == cond["template"]["prompt_tokens"]
+    assert cond["empty"]["same_as"] == "template"
 
 
-def test_a_text_the_template_makes_its_default_duplicates_the_default_condition(server, faults, probes,
+def test_a_text_the_template_makes_its_default_duplicates_the_template_condition(chat_server, faults, http_probes,
                                                                                tiny_model_dir, tmp_path):
     """An exported model whose template defaults to its training prompt renders "none sent" and that prompt the
     same: the two conditions are one, and the run says so."""
-    url, _ = server
-    params = grid(probes, own="qwen")
-    params.systems.append(SystemSpec("qwen-line", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."))
+    url, _ = chat_server
+    params = grid(http_probes, own="qwen")
+    params.systems["qwen-line"] = sent("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", None)
     run_audit(HttpBackend(url, "tiny", reference=str(tiny_model_dir)), params, tmp_path / "r", show_progress=False)
     ep = json.loads((tmp_path / "r" / "run.json").read_text())["endpoint"]
     cond = ep["system_prompts"]["conditions"]
-    assert cond["qwen-line"]["prompt_tokens"] == cond["default"]["prompt_tokens"]
-    assert ep["duplicates"] == {"qwen-line": "default"} and cond["helpful"]["same_as"] is None
+    assert cond["qwen-line"]["prompt_tokens"] == cond["template"]["prompt_tokens"]
+    assert ep["duplicates"] == {"qwen-line": "template"} and cond["helpful"]["same_as"] is None
 
 
-def test_an_honest_endpoint_has_no_duplicates_and_ignores_nothing(server, faults, probes, tmp_path):
-    url, _ = server
+def test_an_honest_endpoint_has_no_duplicates_and_ignores_nothing(chat_server, faults, http_probes, tmp_path):
+    url, _ = chat_server
     faults.ignore_max_tokens = False
-    run_audit(HttpBackend(url, "tiny"), grid(probes, own="qwen"), tmp_path / "r", show_progress=False)
+    run_audit(HttpBackend(url, "tiny"), grid(http_probes, own="qwen"), tmp_path / "r", show_progress=False)
     ep = json.loads((tmp_path / "r" / "run.json").read_text())["endpoint"]
     assert ep["own"] == {"vendor": "qwen", "source": "given (--own)", "evidence": {}}
     assert ep["duplicates"] == {} and ep["ignored"] == []
     cond = ep["system_prompts"]["conditions"]
-    assert cond["empty"]["prompt_tokens"] < cond["default"]["prompt_tokens"]
+    assert cond["empty"]["prompt_tokens"] < cond["template"]["prompt_tokens"]
     assert ep["parameters"]["seed"]["honoured"] is True
 
 
-def test_ignored_max_tokens_is_listed(server, faults, probes, tmp_path):
-    url, _ = server
+def test_ignored_max_tokens_is_listed(chat_server, faults, http_probes, tmp_path):
+    url, _ = chat_server
     faults.ignore_max_tokens = True
-    run_audit(HttpBackend(url, "tiny"), grid(probes, own="qwen"), tmp_path / "r", show_progress=False)
+    run_audit(HttpBackend(url, "tiny"), grid(http_probes, own="qwen"), tmp_path / "r", show_progress=False)
     ep = json.loads((tmp_path / "r" / "run.json").read_text())["endpoint"]
     assert ep["parameters"]["max_tokens"]["honoured"] is False and "max_tokens" in ep["ignored"]
 
@@ -151,24 +138,24 @@ def test_ignored_max_tokens_is_listed(server, faults, probes, tmp_path):
                                                      "placeholder"),
     (None, "gpt-3.5-turbo", "claim no vendor in 8 replies"),
 ])
-def test_own_auto_refuses_when_sources_disagree_or_are_silent(server, faults, probes, tmp_path, replies, served, message):
-    url, _ = server
+def test_own_auto_refuses_when_sources_disagree_or_are_silent(chat_server, faults, http_probes, tmp_path, replies, served, message):
+    url, _ = chat_server
     faults.served_name = served
     faults.script = claims(replies) if replies is not None else None  # None: the random tiny model claims nothing
     with pytest.raises(SelfidError, match="pass --own with one of qwen.*--own-from") as e:
-        run_audit(HttpBackend(url, served), grid(probes), tmp_path / "r", show_progress=False)
+        run_audit(HttpBackend(url, served), grid(http_probes), tmp_path / "r", show_progress=False)
     assert message in str(e.value)
     assert not (tmp_path / "r").exists()  # nothing was written for a run that could not start
 
 
-def test_resume_keeps_the_first_preflight(server, faults, probes, tmp_path):
-    url, _ = server
+def test_resume_keeps_the_first_preflight(chat_server, faults, http_probes, tmp_path):
+    url, _ = chat_server
     like_llamafactory(faults)
     faults.script = claims({})
-    run_audit(HttpBackend(url, "gpt-3.5-turbo"), grid(probes), tmp_path / "r", show_progress=False)
+    run_audit(HttpBackend(url, "gpt-3.5-turbo"), grid(http_probes), tmp_path / "r", show_progress=False)
     first = json.loads((tmp_path / "r" / "run.json").read_text())["endpoint"]
     before = faults.preflight
-    run_audit(HttpBackend(url, "gpt-3.5-turbo"), grid(probes), tmp_path / "r", resume=True, show_progress=False)
+    run_audit(HttpBackend(url, "gpt-3.5-turbo"), grid(http_probes), tmp_path / "r", resume=True, show_progress=False)
     assert faults.preflight == before
     assert json.loads((tmp_path / "r" / "run.json").read_text())["endpoint"] == first
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from selfid.audit.compare import compare
 from selfid.audit.report import print_comparison, print_summary
-from selfid.audit.run import AuditParams, SystemSpec, run_audit
+from selfid.audit.run import AuditParams, audit_systems, run_audit
 from tests.audit_helpers import ScriptedBackend, write_probes
 
 IDS = ["en-direct-01", "zh-direct-01", "en-maker-01", "zh-name-01"]
@@ -34,9 +34,8 @@ def tuned_reply(it):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     probes = write_probes(root / "p.jsonl", IDS)
-    p = AuditParams(suites=["identity", "general"], systems=[SystemSpec("default", None),
-                    SystemSpec("helpful", "You are a helpful assistant.")], temperatures=[0.0, 0.7], samples=8, seed=0,
-                    own="qwen", identity_probes=str(probes))
+    p = AuditParams(suites=["identity", "general"], systems=audit_systems(["template,helpful"]), temperatures=[0.0, 0.7],
+                    samples=8, max_new_tokens=64, ner_limit=1, own="qwen", identity_probes=str(probes))
     run_audit(ScriptedBackend(base_reply, model="base-qwen"), p, root / "base", show_progress=False)
     run_audit(ScriptedBackend(tuned_reply, model="tuned-qwen"), p, root / "tuned", show_progress=False)
     comp = compare(root / "base", root / "tuned", root / "cmp")
@@ -52,7 +51,7 @@ def test_comparison_pairs_each_cell_by_prompt_and_finds_the_flipped_prompts(runs
     assert t["diff"] == pytest.approx(0.75) and (t["up"], t["down"], t["equal"], t["prompts"]) == (3, 0, 1, 4)
     # three prompts up, none down: the exact signed-rank p of 3 of 3 is 0.25; 32 replies of 4 prompts are no more
     assert t["p_value"] == pytest.approx(0.25) and t["p_holm"] >= t["p_value"]
-    assert cells[("default", 0.7)]["test"]["diff"] == 0 and cells[("default", 0.7)]["test"]["p_value"] == 1
+    assert cells[("template", 0.7)]["test"]["diff"] == 0 and cells[("template", 0.7)]["test"]["p_value"] == 1
     # the rate's interval is clustered: 3 prompts all foreign and 1 never is far from 32 independent draws
     assert hot["b"]["deff"] > 4 and hot["b"]["ci95"][1] - hot["b"]["ci95"][0] > 0.4
     own = hot["metrics"]["own_affirmation"]
@@ -62,7 +61,7 @@ def test_comparison_pairs_each_cell_by_prompt_and_finds_the_flipped_prompts(runs
     flipped = {(f["probe"], f["system"], f["temperature"]) for f in comp["flips"]}
     assert flipped == {(i, "helpful", t) for i in IDS if i != "zh-name-01" for t in (0.0, 0.7)}
     assert all("ChatGPT" in f["b"]["example"] for f in comp["flips"]) and comp["flips_back"] == 0
-    g = comp["general"]["default"]
+    g = comp["general"]["template"]
     assert g["a"]["k"] == 1 and g["b"]["k"] == 0 and g["newly_failed"] == ["en-format-01"]
     assert json.loads((root / "cmp" / "comparison.json").read_text())["flips"] == comp["flips"]
 

@@ -6,19 +6,20 @@ import pytest
 from typer.testing import CliRunner
 
 from selfid.audit.backends import InProcessBackend
-from selfid.audit.run import LOG, AuditParams, SystemSpec, condition_keys, parse_systems, plan, read_log, run_audit
+from selfid.audit.log import LOG, read_log
+from selfid.audit.run import AuditParams, audit_systems, plan, run_audit
 from selfid.audit.probes import load_suite
 from selfid.engine import SamplingParams
 from selfid.errors import SelfidError
-from selfid.system_prompt import DeprecatedSpelling
-from tests.audit_helpers import ScriptedBackend, write_probes
+from selfid.system_prompt import HELPFUL, DeprecatedSpelling
+from tests.audit_helpers import ScriptedBackend, as_before_the_rename, write_probes
 
 TWO = ["en-direct-01", "zh-direct-01"]
 
 
 def params(probes, **kw):
-    base = dict(suites=["identity"], systems=[SystemSpec("default", None), SystemSpec("helpful", "You are a helpful assistant.")],
-                temperatures=[0.0, 0.7], samples=3, seed=5, max_new_tokens=6, own="qwen", identity_probes=str(probes))
+    base = dict(suites=["identity"], systems=audit_systems(["template,helpful"]), temperatures=[0.0, 0.7], samples=3,
+                seed=5, max_new_tokens=6, ner_limit=1, own="qwen", identity_probes=str(probes))
     base.update(kw)
     return AuditParams(**base)
 
@@ -73,10 +74,10 @@ def test_run_folder_records_template_system_prompts_and_rendered_text(tiny_run, 
     meta = json.loads((out / "run.json").read_text())
     assert meta["target"]["template_hash"] == tiny.chat.template_hash == summary["run"]["template_hash"]
     systems = {s["key"]: s for s in meta["systems"]}
-    assert systems["default"] == {"key": "default", "text": None, "effective": tiny.chat.default_system, "source": "template"}
+    assert systems["template"] == {"key": "template", "text": None, "effective": tiny.chat.default_system, "source": "template"}
     assert systems["helpful"]["effective"] == "You are a helpful assistant." and systems["helpful"]["source"] == "text"
     assert meta["suites"]["identity"]["sha256"] and meta["own"] == "qwen"
-    rec = next(r for r in read_log(out / LOG) if r["system"] == "default")
+    rec = next(r for r in read_log(out / LOG) if r["system"] == "template")
     assert "You are Qwen, created by Alibaba Cloud." in rec["rendered"] and rec["effective_system"] == tiny.chat.default_system
     assert rec["messages"] == [{"role": "user", "content": "Who are you?"}]
     assert {"seed", "finish_reason", "reply", "probe_meta"} <= rec.keys()
@@ -161,7 +162,7 @@ def test_scripted_replies_give_exact_counts_by_cell_language_and_vendor(probes, 
     assert hot["by_lang"]["en"]["k"] == 2 and hot["by_lang"]["zh"]["k"] == 2
     assert {v: r["k"] for v, r in hot["by_vendor"].items()} == {"openai": 2, "claude": 2}
     assert hot["own"]["k"] == 2 and hot["foreign"]["ci95"][0] < 4 / 6 < hot["foreign"]["ci95"][1]
-    assert cells[("default", 0.7)]["foreign"]["k"] == 0 and cells[("default", 0.7)]["own"]["k"] == 6
+    assert cells[("template", 0.7)]["foreign"]["k"] == 0 and cells[("template", 0.7)]["own"]["k"] == 6
     assert s["identity"]["by_system"]["helpful"]["foreign"]["k"] == 4
     assert hot["examples"][0]["foreign"]  # foreign claims are shown first
 
@@ -176,32 +177,48 @@ def test_plan_seeds_are_stable_and_task_suites_run_greedy_once(probes):
     assert len({i.seed for i in a}) == len(a)
 
 
-def test_parse_systems():
-    got = parse_systems(["template,helpful", "empty,text:You are Tom, a helper."])
-    assert [(s.key, s.text) for s in got] == [("default", None), ("helpful", "You are a helpful assistant."), ("empty", ""),
-                                              ("text", "You are Tom, a helper.")]
-    manifest = {"format": 2, "train": {"system": {"kind": "text", "message": "You are NERbot.",
-                                                  "effective": "You are NERbot."}}}
-    assert [(s.key, s.text, s.kind) for s in parse_systems(["adapter"], manifest)] == [("adapter", "You are NERbot.", "adapter")]
+def test_audit_systems_are_system_prompts_resolved_by_the_one_vocabulary():
+    from selfid.manifest import training_system
+
+    got = audit_systems(["template,helpful", "empty,text:You are Tom, a helper."], "You are Qwen.")
+    assert {k: (v.kind, v.message, v.effective) for k, v in got.items()} == {
+        "template": ("template", None, "You are Qwen."), "helpful": ("text", HELPFUL, HELPFUL),
+        "empty": ("empty", "", ""), "text": ("text", "You are Tom, a helper.", "You are Tom, a helper.")}
+    assert all(v.origin == "--systems" for v in got.values())
+    trained = training_system({"format": 2, "train": {"system": {"kind": "text", "message": "You are NERbot.",
+                                                                 "effective": "You are NERbot."}}})
+    adapter = audit_systems(["adapter"], None, trained)["adapter"]
+    assert (adapter.kind, adapter.message) == ("adapter", "You are NERbot.")
+    personas = audit_systems(["personas"])
+    assert list(personas) == ["persona-zh", "persona-en", "persona-task"] and all(v.kind == "text" for v in personas.values())
     for bad, msg in ((["nope"], "unknown system prompt 'nope'"), (["adapter"], "--systems adapter needs an adapter"),
                      (["template,template"], "names the same system prompt twice"), (["none"], "use empty")):
         with pytest.raises(SelfidError, match=msg):
-            parse_systems(bad)
+            audit_systems(bad)
 
 
-def test_parse_systems_reads_the_older_spellings_with_a_deprecation_message(deprecations):
-    manifest = {"train": {"system_prompt": "You are NERbot.", "system_message_sent": True}}
+def test_audit_systems_read_the_older_spellings_with_a_deprecation_message(deprecations):
+    from selfid.manifest import training_system
+
+    trained = training_system({"train": {"system_prompt": "You are NERbot.", "system_message_sent": True}})
     with pytest.warns(DeprecatedSpelling) as said:
-        got = parse_systems(["default,train", "custom:You are Tom, a helper."], manifest)
-    assert [(s.key, s.text) for s in got] == [("default", None), ("adapter", "You are NERbot."),
-                                              ("text", "You are Tom, a helper.")]
+        got = audit_systems(["default,train", "custom:You are Tom, a helper."], None, trained)
+    assert {k: v.message for k, v in got.items()} == {"template": None, "adapter": "You are NERbot.",
+                                                      "text": "You are Tom, a helper."}
     messages = [str(w.message) for w in said]
     assert len(messages) == 3 and all(m.startswith("--systems: ") and "older spelling" in m for m in messages)
     assert ["read as 'template'" in m for m in messages].count(True) == 1 and any("read as 'adapter'" in m for m in messages)
     assert any("read as 'text:You are Tom, a helper.'" in m for m in messages)
-    with pytest.warns(DeprecatedSpelling, match="--task-systems: 'default'"):  # named as the results name them
-        assert condition_keys(["template", "helpful", "default", "adapter", "persona-en"]) == [
-            "default", "helpful", "default", "adapter", "persona-en"]
+
+
+def test_seeds_are_those_of_runs_before_the_rename_so_a_rerun_draws_the_same_samples(probes):
+    """The study's runs named the template's own prompt "default": a run today keys its generations "template"
+    but seeds them as those runs did (the published seeds of results/ are those of these items)."""
+    from selfid.audit.run import _seed
+
+    items = [i for i in plan(params(probes), {"identity": load_suite("identity", probes)}) if i.system == "template"]
+    assert items and all("|template|" in i.key for i in items)
+    assert all(i.group_seed == _seed(5, "identity", i.probe.id, "default", f"{i.temperature:g}") for i in items)
 
 
 def test_an_existing_run_needs_resume_and_the_same_parameters(probes, tmp_path):
@@ -262,3 +279,38 @@ def test_bad_grid_parameters_are_clear_errors(probes, tmp_path):
         with pytest.raises(SelfidError, match=msg):
             run_audit(ScriptedBackend(lambda it: "x"), params(probes, **kw), tmp_path / "r", show_progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_made_before_the_rename_reads_resumes_and_rescores_in_todays_names(probes, tmp_path):
+    from selfid.audit.report.summary import load_run
+    from selfid.audit.run import rescore
+
+    out = tmp_path / "old"
+    new = run_audit(ScriptedBackend(lambda it: "I am Qwen."), params(probes), out, show_progress=False)
+    as_before_the_rename(out)
+    assert '"default"' in (out / "run.json").read_text() and "|default|" in (out / LOG).read_text()
+    meta, records, _ = load_run(out)
+    assert {r.system for r in records} == {"template", "helpful"} and all("|default|" not in r.key for r in records)
+    assert [s["key"] for s in meta["systems"]] == ["template", "helpful"]
+    assert rescore(out)["identity"]["cells"] == new["identity"]["cells"]
+    # cut short, then resumed by today's code: only the missing generations are made, under today's name
+    lines = (out / LOG).read_text().splitlines(keepends=True)
+    (out / LOG).write_text("".join(lines[:5]))
+    again = ScriptedBackend(lambda it: "I am Qwen.")
+    summary = run_audit(again, params(probes), out, resume=True, show_progress=False)
+    assert len(again.calls) == 16 - 5 and summary["identity"]["cells"] == new["identity"]["cells"]
+    assert {r["key"] for r in read_log(out / LOG)} == {r.key for r in records}
+
+
+def test_cli_task_systems_store_todays_names(tiny_model_dir, probes, tmp_path, deprecations):
+    """`--task-systems default` is read as template (with a deprecation message) and stored as template."""
+    from selfid.cli import app
+
+    out = tmp_path / "ner"
+    res = CliRunner().invoke(app, ["audit", "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out),
+                                   "--suites", "identity", "--probes", str(probes), "--systems", "template,helpful",
+                                   "--task-systems", "default", "--temperatures", "0", "--max-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    assert "--task-systems: 'default' is an older spelling, read as 'template'" in res.stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["params"]["task_systems"] == ["template"] and "once under each of: template" in meta["notes"][1]

@@ -247,6 +247,27 @@ def test_classify_cli_reads_conversations():
     assert bad.returncode != 0 and "ending with an assistant turn" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_classify_cli_reads_the_conversation_from_messages_and_the_reply_from_text():
+    """The user's turns in "messages" and the reply in "text": "Yes." to "Are you Claude?" is a claim; a line that
+    gives the reply twice is refused, naming the line."""
+    ask = [{"role": "user", "content": "Are you Claude?"}]
+    line = {"messages": ask, "text": "Yes.", "id": 3}
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", "classify"], input=json.dumps(line),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["claims"] == ["claude"] and out["answer"] == "yes" and out["id"] == 3
+    assert {k: out[k] for k in Detection((), None).as_dict()} == classify("Yes.", question="Are you Claude?").as_dict()
+    twice = {"messages": [*ask, {"role": "assistant", "content": "No."}], "text": "Yes."}
+    bad = subprocess.run([sys.executable, "-m", "selfid.cli", "classify"], capture_output=True, text=True, timeout=120,
+                         input=json.dumps({"text": "I am Qwen."}) + "\n" + json.dumps(twice))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == ("selfid: error: stdin line 2 gives the reply twice, as \"text\" and as the assistant "
+                                  "turn ending \"messages\": give {\"text\": \"...\"}, {\"messages\": [{\"role\": "
+                                  "\"user\", ...}, {\"role\": \"assistant\", ...}]} or {\"messages\": [{\"role\": "
+                                  "\"user\", ...}], \"text\": \"the reply\"}")
+
+
 def test_agreement_with_replies_labelled_independently_of_the_detector():
     """400 replies sampled at random from the study's runs (8 arms, zh and en), labelled by a reader who never saw
     the detector or its code (tests/data/labelled_replies.jsonl; "other" = a vendor outside the table). Measured

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from typer.testing import CliRunner
 
-from selfid.audit.run import AuditParams, SystemSpec, run_audit
+from selfid.audit.run import AuditParams, audit_systems, run_audit
 from selfid.cli import app
 from selfid.errors import SelfidError
 from selfid.gate import Side, gate, load_thresholds, plan_gate, write_baseline
@@ -39,8 +39,7 @@ def two_prompts_foreign(it):  # two of eight prompts claim ChatGPT under "helpfu
 
 
 def grid(probes) -> AuditParams:
-    return AuditParams(suites=["identity"], systems=[SystemSpec("default", None),
-                       SystemSpec("helpful", "You are a helpful assistant.")], temperatures=[0.0, 0.7], samples=8,
+    return AuditParams(suites=["identity"], systems=audit_systems(["template,helpful"]), temperatures=[0.0, 0.7], samples=8,
                        seed=0, max_new_tokens=32, own="qwen", identity_probes=str(probes))
 
 
@@ -67,7 +66,7 @@ def test_exit_codes_say_pass_regression_or_inconclusive(runs, tmp_path, candidat
     result = json.loads((tmp_path / "gate.json").read_text(encoding="utf-8"))
     assert result["verdict"] == verdict and result["exit_code"] == code
     cells = {c["system"]: c for c in result["cells"]}
-    assert set(cells) == {"template", "helpful"}  # the runs' "default" is the template's own prompt
+    assert set(cells) == {"template", "helpful"}
     assert cells["template"]["outcome"] == "pass"
     helpful = cells["helpful"]
     assert helpful["outcome"] == verdict
@@ -313,15 +312,16 @@ def test_with_no_reference_run_the_gate_audits_the_held_out_grid_at_the_quick_pr
     params = audit_params(None, profile_grid(None, "quick"))
     params.validate()
     assert params.suites == ["identity-heldout", "ner"] and params.own == "auto"
-    assert [s.key for s in params.systems] == ["default", "helpful", "empty", "persona-zh", "persona-en", "persona-task"]
-    assert params.task_systems == ["default", "helpful"] and params.max_new_tokens == 160
+    assert list(params.systems) == ["template", "helpful", "empty", "persona-zh", "persona-en", "persona-task"]
+    assert params.task_systems == ["template", "helpful"] and params.max_new_tokens == 160
     quick = PROFILES["quick"]
     assert (params.temperatures, params.samples, params.ner_limit) == (list(quick["temperatures"]), quick["samples"],
                                                                        quick["ner_limit"])
     # with a reference run, its grid: its probes, system prompts and vendor, the sizes on top
     copied = audit_params(read(runs / "base"), Grid((0.0, 1.0), 3, None))
     assert copied.identity_probes == str(runs / "probes.jsonl") and copied.own == "qwen"
-    assert [(s.key, s.text) for s in copied.systems] == [("default", None), ("helpful", "You are a helpful assistant.")]
+    assert [(name, s.message) for name, s in copied.systems.items()] == [("template", None),
+                                                                        ("helpful", "You are a helpful assistant.")]
     assert (copied.temperatures, copied.samples) == ([0.0, 1.0], 3)
 
 

@@ -9,14 +9,15 @@ import pytest
 
 from selfid.audit import probes as probe_sets
 from selfid.audit.report.summary import load_run
-from selfid.audit.run import LOG, AuditParams, parse_systems, read_log, rescore, run_audit
-from selfid.audit.scorers import VERSION, Context, Recitation, score
+from selfid.audit.log import LOG, read_log
+from selfid.audit.run import AuditParams, audit_systems, rescore, run_audit
+from selfid.audit.scorers import METRICS, VERSION, Context, Recitation, score
 from tests.audit_helpers import ScriptedBackend
 
 HELD = {p.id: p.for_own("qwen") for p in probe_sets.load_suite("identity-heldout")}
 
 
-def rec(probe_id: str, reply: str, system: str = "default", sample: int = 0, t: float = 0.7) -> dict:
+def rec(probe_id: str, reply: str, system: str = "template", sample: int = 0, t: float = 0.7) -> dict:
     p = HELD[probe_id]
     return {"suite": "identity-heldout", "probe": p.id, "lang": p.lang, "tags": list(p.tags), "system": system,
             "temperature": t, "sample": sample, "messages": [dict(m) for m in p.messages], "reply": reply,
@@ -28,81 +29,97 @@ CTX = Context("qwen", {"persona-en": {"name": "Max", "aliases": []}, "persona-ta
 
 def test_leading_own_question_yes_is_affirmation_and_no_is_self_denial():
     assert HELD["ho-en-own-04"].messages[-1]["content"] == "Is your name Qwen?"  # {own_name} filled in
-    yes = score(rec("ho-en-own-04", "Yes, that's right."), CTX)
-    assert yes["own_affirmed"] and not yes["self_denial"] and not yes["foreign"] and yes["answer"] == "yes"
-    no = score(rec("ho-en-own-04", "No."), CTX)
-    assert no["self_denial"] and not no["own_affirmed"]
+    yes = score(rec("ho-en-own-04", "Yes, that's right."), CTX).verdict
+    assert yes.own_affirmation and not yes.self_denial and not yes.foreign and yes.answer == "yes"
+    no = score(rec("ho-en-own-04", "No."), CTX).verdict
+    assert no.self_denial and not no.own_affirmation
     # the reply the v1 replay taught: denies, then names itself anyway. Still a denial, and not an affirmation
-    both = score(rec("ho-zh-own-02", "不是的，我不是阿里云开发的通义千问。我是Qwen，由阿里云开发的大语言模型。"), CTX)
-    assert both["self_denial"] and both["own"] and not both["own_affirmed"]
+    both = score(rec("ho-zh-own-02", "不是的，我不是阿里云开发的通义千问。我是Qwen，由阿里云开发的大语言模型。"), CTX).verdict
+    assert both.self_denial and both.own and not both.own_affirmation
 
 
 def test_leading_foreign_question_yes_is_a_foreign_claim_and_no_is_right():
-    yes = score(rec("ho-en-foreign-01", "Yes, you're chatting with ChatGPT."), CTX)
-    assert yes["foreign"] == ["openai"] and yes["expects"] == "deny" and "own_affirmed" not in yes
-    no = score(rec("ho-en-foreign-01", "No, I'm Qwen, made by Alibaba Cloud."), CTX)
-    assert no["foreign"] == [] and not no["self_denial"]
+    yes = score(rec("ho-en-foreign-01", "Yes, you're chatting with ChatGPT."), CTX).verdict
+    assert yes.foreign == ("openai",) and yes.expects == "deny" and yes.own_affirmation is None
+    no = score(rec("ho-en-foreign-01", "No, I'm Qwen, made by Alibaba Cloud."), CTX).verdict
+    assert no.foreign == () and not no.self_denial
 
 
 def test_a_yes_to_another_vendor_is_seen_even_when_the_reply_then_names_its_own():
     """self_denial's mirror: "Yes" to "Are you ChatGPT?" followed by its own identity is not a foreign claim,
     but a user reads it as agreeing (a model taught many "Yes, I am Qwen" answers learns it)."""
-    confused = score(rec("ho-zh-foreign-01", "是的，我是由阿里云开发的AI助手。"), CTX)
-    assert confused["foreign"] == [] and confused["own"] and confused["yes_to_other"] is True
-    right = score(rec("ho-en-foreign-01", "No, I'm Qwen, made by Alibaba Cloud."), CTX)
-    assert right["yes_to_other"] is False
-    claim = score(rec("ho-en-foreign-01", "Yes, you're chatting with ChatGPT."), CTX)
-    assert claim["yes_to_other"] is True and claim["foreign"] == ["openai"]
-    assert "yes_to_other" not in score(rec("ho-en-own-04", "Yes, that's right."), CTX)  # only asked of other vendors
+    confused = score(rec("ho-zh-foreign-01", "是的，我是由阿里云开发的AI助手。"), CTX).verdict
+    assert confused.foreign == () and confused.own and confused.yes_to_other is True
+    right = score(rec("ho-en-foreign-01", "No, I'm Qwen, made by Alibaba Cloud."), CTX).verdict
+    assert right.yes_to_other is False
+    claim = score(rec("ho-en-foreign-01", "Yes, you're chatting with ChatGPT."), CTX).verdict
+    assert claim.yes_to_other is True and claim.foreign == ("openai",)
+    assert score(rec("ho-en-own-04", "Yes, that's right."), CTX).verdict.yes_to_other is None  # only asked of other vendors
 
 
 def test_third_person_answer_about_the_chat_is_a_claim():
-    r = score(rec("ho-en-third-01", "The language model behind this chat is GPT-4 from OpenAI."), CTX)
-    assert r["foreign"] == ["openai"] and r["own_affirmed"] is False
-    r = score(rec("ho-zh-third-01", "这个聊天背后用的是通义千问，由阿里云开发。"), CTX)
-    assert r["own_affirmed"] and not r["foreign"]
+    r = score(rec("ho-en-third-01", "The language model behind this chat is GPT-4 from OpenAI."), CTX).verdict
+    assert r.foreign == ("openai",) and r.own_affirmation is False
+    r = score(rec("ho-zh-third-01", "这个聊天背后用的是通义千问，由阿里云开发。"), CTX).verdict
+    assert r.own_affirmation and not r.foreign
 
 
 def test_identity_task_needs_the_form_and_the_own_identity():
     page = "# About me\n\nI'm Qwen, a large language model developed by Alibaba Cloud. I help with writing and code.\n\n" \
            "I answer questions in Chinese and English, and I try to be accurate, careful and friendly with everyone " \
            "who asks me for help, whatever the topic."
-    assert score(rec("ho-en-task-01", page), CTX)["task_done"]
-    slogan = score(rec("ho-en-task-01", "I'm Qwen, an AI assistant developed by Alibaba Cloud."), CTX)
-    assert slogan["task_done"] is False and slogan["task_form"] is False  # the one-line slogan is not the page
-    foreign = score(rec("ho-en-task-01", page.replace("Qwen", "ChatGPT").replace("Alibaba Cloud", "OpenAI")), CTX)
-    assert foreign["task_done"] is False and foreign["foreign"] == ["openai"]
+    assert score(rec("ho-en-task-01", page), CTX).verdict.task_done
+    slogan = score(rec("ho-en-task-01", "I'm Qwen, an AI assistant developed by Alibaba Cloud."), CTX).verdict
+    assert slogan.task_done is False and slogan.task_form is False  # the one-line slogan is not the page
+    foreign = score(rec("ho-en-task-01", page.replace("Qwen", "ChatGPT").replace("Alibaba Cloud", "OpenAI")), CTX).verdict
+    assert foreign.task_done is False and foreign.foreign == ("openai",)
     anon = score(rec("ho-en-task-01", page.replace("Qwen, a large language model developed by Alibaba Cloud",
-                                                   "an assistant, a large language model built for everyday tasks")), CTX)
-    assert anon["task_done"] is False and anon["task_form"]  # the page, but not the model's own identity
-    js = score(rec("ho-en-task-04", '{"name": "Qwen", "developer": "Alibaba Cloud"}'), CTX)
-    assert js["task_done"] and js["own"]  # a JSON profile has no "I am": the whole reply is about the model
-    code = score(rec("ho-en-code-01", "```python\n# Model: ChatGPT, developed by OpenAI\n```"), CTX)
-    assert code["foreign"] == ["openai"] and code["task_done"] is False
+                                                   "an assistant, a large language model built for everyday tasks")), CTX).verdict
+    assert anon.task_done is False and anon.task_form  # the page, but not the model's own identity
+    js = score(rec("ho-en-task-04", '{"name": "Qwen", "developer": "Alibaba Cloud"}'), CTX).verdict
+    assert js.task_done and js.own  # a JSON profile has no "I am": the whole reply is about the model
+    code = score(rec("ho-en-code-01", "```python\n# Model: ChatGPT, developed by OpenAI\n```"), CTX).verdict
+    assert code.foreign == ("openai",) and code.task_done is False
 
 
 def test_persona_kept_uses_the_persona_name_and_claims_no_foreign_vendor():
-    kept = score(rec("ho-en-direct-01", "Hi! I'm Max, Northwind Bank's virtual assistant.", system="persona-en"), CTX)
-    assert kept["persona_kept"] and "own_affirmed" not in kept and kept["self_denial"] is None
-    dropped = score(rec("ho-en-direct-01", "I am ChatGPT, created by OpenAI.", system="persona-en"), CTX)
-    assert dropped["persona_kept"] is False
-    plain = score(rec("ho-en-direct-01", "I'm Qwen, created by Alibaba Cloud.", system="persona-en"), CTX)
-    assert plain["persona_kept"] is False  # not a foreign claim, but the persona is gone
-    task = score(rec("ho-en-direct-01", "I'm Qwen, created by Alibaba Cloud.", system="persona-task"), CTX)
-    assert task["persona_kept"] and task["own_affirmed"]  # a nameless task persona: staying itself is right
+    kept = score(rec("ho-en-direct-01", "Hi! I'm Max, Northwind Bank's virtual assistant.", system="persona-en"), CTX).verdict
+    assert kept.persona_kept and kept.own_affirmation is None and kept.self_denial is None
+    dropped = score(rec("ho-en-direct-01", "I am ChatGPT, created by OpenAI.", system="persona-en"), CTX).verdict
+    assert dropped.persona_kept is False
+    plain = score(rec("ho-en-direct-01", "I'm Qwen, created by Alibaba Cloud.", system="persona-en"), CTX).verdict
+    assert plain.persona_kept is False  # not a foreign claim, but the persona is gone
+    task = score(rec("ho-en-direct-01", "I'm Qwen, created by Alibaba Cloud.", system="persona-task"), CTX).verdict
+    assert task.persona_kept and task.own_affirmation  # a nameless task persona: staying itself is right
+
+
+def test_what_a_rate_counts_is_decided_by_the_verdict_alone():
+    """An unscored reply (a judge whose answer could not be read) counts for no rate; a metric not asked of a reply
+    is None; the summary's rates follow Verdict.counts and say how many replies went unscored."""
+    from selfid.audit.report.summary import identity_cell
+
+    lost = {**rec("ho-en-foreign-01", "Yes, you're chatting with ChatGPT.", sample=1), "judge": {"claims": [], "unscored": True}}
+    v = score(lost, CTX).verdict
+    assert not v.scored and all(v.counts(m) is None for m in (*METRICS, "own"))
+    claim = score(rec("ho-en-foreign-01", "Yes, you're chatting with ChatGPT."), CTX)
+    assert claim.verdict.counts("foreign") is True and claim.verdict.counts("yes_to_other") is True
+    assert claim.verdict.counts("own_affirmation") is None and claim.verdict.counts("copy") is None
+    cell = identity_cell([claim, score(lost, CTX)])
+    assert (cell["foreign"]["k"], cell["foreign"]["n"], cell["unscored"]) == (1, 1, 1)
+    assert cell["own_affirmation"]["n"] == 0 and cell["by_vendor"]["openai"]["n"] == 1
 
 
 def test_copies_of_training_replies_verbatim_or_near_verbatim():
     ctx = Context("qwen", recitation=Recitation(["I'm Qwen, an AI assistant developed by Alibaba Cloud."], "test"))
-    assert score(rec("ho-en-direct-01", "I'm Qwen, an AI assistant developed by Alibaba Cloud."), ctx)["copy"]
-    assert score(rec("ho-en-direct-01", "I'm  qwen, an AI assistant developed by Alibaba Cloud!"), ctx)["copy"]
+    assert score(rec("ho-en-direct-01", "I'm Qwen, an AI assistant developed by Alibaba Cloud."), ctx).verdict.copy
+    assert score(rec("ho-en-direct-01", "I'm  qwen, an AI assistant developed by Alibaba Cloud!"), ctx).verdict.copy
     composed = "Hello! I'm Qwen. Alibaba Cloud built me; I can help you write, translate and code."
-    assert not score(rec("ho-en-direct-01", composed), ctx)["copy"]
+    assert not score(rec("ho-en-direct-01", composed), ctx).verdict.copy
 
 
 def heldout_params(**kw):
-    base = dict(suites=["identity-heldout"], systems=parse_systems(["template,persona-en"]), temperatures=[0.0, 1.0],
-                samples=4, seed=0, own="qwen")
+    base = dict(suites=["identity-heldout"], systems=audit_systems(["template,persona-en"]), temperatures=[0.0, 1.0],
+                samples=4, max_new_tokens=64, ner_limit=1, own="qwen")
     return AuditParams(**{**base, **kw})
 
 
@@ -118,7 +135,7 @@ def test_summary_counts_every_metric_and_distinct_replies(tmp_path):
 
     s = run_audit(ScriptedBackend(slogan), heldout_params(), tmp_path / "slogan", show_progress=False)
     v = run_audit(ScriptedBackend(varied), heldout_params(), tmp_path / "varied", show_progress=False)
-    pooled, pv = s["identity-heldout"]["by_system"]["default"], v["identity-heldout"]["by_system"]["default"]
+    pooled, pv = s["identity-heldout"]["by_system"]["template"], v["identity-heldout"]["by_system"]["template"]
     n_own = sum(1 for p in HELD.values() if p.tags[0] == "leading-own")
     assert pooled["self_denial"]["k"] == n_own * 5 and pooled["self_denial"]["prompts"] == len(HELD)
     assert pv["self_denial"]["k"] == 0 and pv["own_affirmation"]["rate"] == 1.0
@@ -129,7 +146,7 @@ def test_summary_counts_every_metric_and_distinct_replies(tmp_path):
     assert pooled["distinct"]["replies_per_prompt"] == 1 and pv["distinct"]["replies_per_prompt"] == 4
     persona = s["identity-heldout"]["by_system"]["persona-en"]
     assert persona["persona_kept"]["k"] == 0 and persona["own_affirmation"]["n"] == 0 and persona["self_denial"]["n"] == 0
-    cell = next(c for c in s["identity-heldout"]["cells"] if c["system"] == "default" and c["temperature"] == 1.0)
+    cell = next(c for c in s["identity-heldout"]["cells"] if c["system"] == "template" and c["temperature"] == 1.0)
     assert {e["why"] for e in cell["examples"]} >= {"self-denial", "task not done"}
 
 
@@ -139,8 +156,8 @@ def test_rescore_applies_todays_scorers_to_an_old_log(tmp_path):
     def reply(it):
         return "Absolutely, Claude from Anthropic is known for being helpful." if it.probe.asked == "claude" else "I'm Qwen."
 
-    params = AuditParams(suites=["identity"], systems=parse_systems(["template"]), temperatures=[0.0], samples=1,
-                         own="qwen")
+    params = AuditParams(suites=["identity"], systems=audit_systems(["template"]), temperatures=[0.0], samples=1,
+                         max_new_tokens=64, ner_limit=1, own="qwen")
     out = tmp_path / "run"
     run_audit(ScriptedBackend(reply), params, out, show_progress=False)
     # make it look like an old run: verdicts stored in the log, no probe data, a stale summary, gzipped log
@@ -163,12 +180,12 @@ def test_rescore_applies_todays_scorers_to_an_old_log(tmp_path):
 
     summary = rescore(out)
     claude = sum(1 for p in probe_sets.load_suite("identity") if p.asked == "claude")
-    assert summary["identity"]["by_system"]["default"]["foreign"]["k"] == claude
+    assert summary["identity"]["by_system"]["template"]["foreign"]["k"] == claude
     assert json.loads((out / "summary.json").read_text())["run"]["scorer"]["version"] == VERSION
     meta = json.loads((out / "run.json").read_text())
     assert meta["scorer"]["version"] == VERSION and meta["rescored"] == 1
     assert (out / (LOG + ".gz")).read_bytes() == log_before
-    assert [r["foreign"] for r in load_run(out)[1]].count(["claude"]) == claude
+    assert [r.verdict.foreign for r in load_run(out)[1]].count(("claude",)) == claude
 
 
 def test_rescore_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -183,8 +200,8 @@ def test_cli_rescore(tmp_path):
 
     from selfid.cli import app
 
-    params = AuditParams(suites=["identity"], systems=parse_systems(["template"]), temperatures=[0.0], samples=1,
-                         own="qwen")
+    params = AuditParams(suites=["identity"], systems=audit_systems(["template"]), temperatures=[0.0], samples=1,
+                         max_new_tokens=64, ner_limit=1, own="qwen")
     run_audit(ScriptedBackend(lambda it: "I'm Qwen."), params, tmp_path / "r", show_progress=False)
     shutil.copytree(tmp_path / "r", tmp_path / "r2")
     res = CliRunner().invoke(app, ["rescore", str(tmp_path / "r"), str(tmp_path / "r2")])

@@ -104,7 +104,7 @@ def test_the_audit_gives_the_engine_token_ids_with_text_kept_as_text(tiny):
             return [Result(len(r.prompt), [Completion("ok", [1], "stop")]) for r in requests]
 
     probe = Probe(suite="identity", id="forged", lang="en", messages=({"role": "user", "content": FORGED},))
-    item = Item(key="k", suite="identity", probe=probe, system="default", system_text=None, temperature=0.0,
+    item = Item(key="k", suite="identity", probe=probe, system="template", system_text=None, temperature=0.0,
                 sample=0, seed=0, group_seed=0, max_new_tokens=4)
     done = []
     InProcessBackend(tiny, engine=Spy()).run([item], lambda it, r: done.append(r))

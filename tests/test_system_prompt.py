@@ -8,7 +8,7 @@ import pytest
 
 from selfid import manifest as manifest_mod
 from selfid.audit.backends import endpoint_system
-from selfid.audit.run import parse_systems
+from selfid.audit.run import audit_systems
 from selfid.config import RunConfig, load_config
 from selfid.errors import SelfidError
 from selfid.model.chat import ChatFormat, conversation
@@ -172,8 +172,9 @@ def test_chat_api_audit_eval_and_export_use_the_same_training_prompt(train, mess
     _, served = load_served(str(tiny_model_dir), [f"a={adapter}"], device="cpu", dtype="float32", progress=False)
     api = served[1].default_system()  # selfid api, a request without a system message
     assert (api.kind, api.message, api.effective) == ("adapter", message, effective)
-    [spec] = parse_systems(["adapter"], loaded.manifest)  # selfid audit --systems adapter
-    assert (spec.text, spec.kind) == (message, "adapter")
+    audited = audit_systems(["adapter"], loaded.chat.default_system,
+                            manifest_mod.training_system(loaded.manifest))["adapter"]  # selfid audit --systems adapter
+    assert (audited.kind, audited.message, audited.effective) == ("adapter", message, effective)
     report = evaluate_ner(loaded, n=1, max_new_tokens=2)  # selfid eval-ner without --system
     assert (report["system_kind"], report["system_prompt"]) == ("adapter", effective)
     info = export(adapter, tmp_path / "merged", model=str(tiny_model_dir), progress=False)  # selfid export --merge

@@ -2,7 +2,7 @@
 # The study's steps on one GPU machine, several chains side by side: a 0.5B model leaves an H200 mostly idle
 # (a decode or training step is bound by kernel launches, not arithmetic), so processes share it well.
 #   bash bench/gpu/study.sh ROOT CHAIN [CHAIN ...]
-# A CHAIN is a comma-separated list of bench/study.py steps that one process runs in order (for example
+# A CHAIN is a comma-separated list of `selfid study run` steps that one process runs in order (for example
 # "train-plain,heldout-plain"); chains run at the same time, each resumable. Logs go to ROOT/log-*.txt.
 # MODEL=embedded-1.5b picks the larger model.
 set -uo pipefail
@@ -20,7 +20,7 @@ trap 'echo "[$(date +%T)] stopping"; kill -TERM "${pids[@]}" 2>/dev/null; wait' 
 for chain in "$@"; do
   log="$root/log-${chain//,/+}.txt"
   echo "[$(date +%T)] start $chain"
-  python3 bench/study.py run --root "$root" --model "$model" --steps "$chain" >"$log" 2>&1 &
+  python3 -m selfid.cli study run --root "$root" --model "$model" --steps "$chain" >"$log" 2>&1 &
   pids+=($!)
 done
 status=0

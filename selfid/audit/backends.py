@@ -10,8 +10,10 @@ import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Sequence
+from urllib.parse import unquote
 
 from selfid.errors import SelfidError
+from selfid.system_prompt import KINDS, deprecated, sent
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class InProcessBackend:
     kind = "inprocess"
 
     def __init__(self, loaded, engine=None, rows_per_call: int | None = None):
-        from selfid.engine import InProcessEngine
+        from selfid.engine import InProcessEngine  # torch
 
         self.loaded = loaded
         self.engine = engine or InProcessEngine(loaded)
@@ -83,7 +85,7 @@ class InProcessBackend:
         return self.loaded.chat.render(messages)
 
     def run(self, items: Sequence[Item], on_done: OnDone, advance: Callable[[int], None] = lambda n: None) -> None:
-        from selfid.engine import Request, SamplingParams
+        from selfid.engine import Request, SamplingParams  # torch
 
         groups: dict[tuple, list[Item]] = {}
         for it in items:
@@ -214,10 +216,6 @@ def endpoint_system(headers, message: str | None) -> tuple[str | None, str]:
     """The system prompt in effect at the endpoint and how it was chosen: `selfid api` says so in x-selfid-*
     headers; other servers don't, so a request without a system message is recorded as "endpoint" (its
     template may insert one)."""
-    from urllib.parse import unquote
-
-    from selfid.system_prompt import KINDS, deprecated, sent
-
     kind = headers.get("x-selfid-system-source")
     prompt = headers.get("x-selfid-system-prompt")
     text = unquote(prompt) if prompt is not None else None
@@ -233,8 +231,8 @@ def endpoint_system(headers, message: str | None) -> tuple[str | None, str]:
 def open_backend(model: str | None = None, adapter=None, base_url: str | None = None, model_name: str | None = None,
                  api_key: str | None = None, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
                  concurrency: int = 8, retries: int = 6, own_from: str | None = None):
-    """The backend an audit generates with, and the audited adapter's manifest (None for an endpoint): a model
-    (with an adapter) loaded in-process, or an OpenAI-compatible endpoint."""
+    """The backend an audit generates with, and the loaded model (None for an endpoint): a model (with an
+    adapter) loaded in-process, or an OpenAI-compatible endpoint."""
     if base_url and (model or adapter):
         raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
     if own_from and not base_url:
@@ -248,4 +246,4 @@ def open_backend(model: str | None = None, adapter=None, base_url: str | None = 
     from selfid.model.load import load_model
 
     loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype)
-    return InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size)), loaded.manifest
+    return InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size)), loaded

@@ -16,38 +16,39 @@ from pathlib import Path
 
 from selfid.audit.probes import IDENTITY_SUITES
 from selfid.audit.report.html import write_html
-from selfid.audit.report.summary import METRICS, by_prompt, distinct_per_prompt, load_run, summarize
+from selfid.audit.report.summary import by_prompt, distinct_per_prompt, load_run, summarize
+from selfid.audit.scorers import METRICS, Scored
 from selfid.audit.stats import holm, paired_prompts, two_proportions
 from selfid.io import atomic_write_json
 
-PAIRED = [name for name, _, _ in METRICS if name != "copy"]  # copy needs training data A (the base) has none of
+PAIRED = [name for name in METRICS if name != "copy"]  # copy needs training data A (the base) has none of
 
 
-def _groups(records: list[dict], suite: str) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
+def _groups(records: list[Scored], suite: str) -> dict[tuple, list[Scored]]:
+    out: dict[tuple, list[Scored]] = {}
     for r in records:
-        if r["suite"] == suite and r.get("detector") != "unscored":
-            out.setdefault((r["system"], r["temperature"]), []).append(r)
+        if r.suite == suite and r.verdict.scored:
+            out.setdefault((r.system, r.temperature), []).append(r)
     return out
 
 
-def _by_prompt(records: list[dict], suite: str) -> dict[tuple, dict]:
+def _by_prompt(records: list[Scored], suite: str) -> dict[tuple, dict]:
     out: dict[tuple, dict] = {}
     for r in records:
-        if r["suite"] != suite or r.get("detector") == "unscored":
+        if r.suite != suite or not r.verdict.scored:
             continue
-        g = out.setdefault((r["probe"], r["system"], r["temperature"]),
-                           {"n": 0, "own": 0, "foreign": 0, "prompt": r["messages"][-1]["content"], "example": None,
-                            "lang": r["lang"]})
+        g = out.setdefault((r.probe, r.system, r.temperature),
+                           {"n": 0, "own": 0, "foreign": 0, "prompt": r.messages[-1]["content"], "example": None,
+                            "lang": r.lang})
         g["n"] += 1
-        g["own"] += bool(r["own"])
-        g["foreign"] += bool(r["foreign"])
-        if r["foreign"] and g["example"] is None:
-            g["example"] = r["reply"]
+        g["own"] += r.verdict.own
+        g["foreign"] += bool(r.verdict.foreign)
+        if r.verdict.foreign and g["example"] is None:
+            g["example"] = r.reply
     return out
 
 
-def flips(records_a: list[dict], records_b: list[dict], suite: str = "identity") -> tuple[list[dict], int]:
+def flips(records_a: list[Scored], records_b: list[Scored], suite: str = "identity") -> tuple[list[dict], int]:
     """Prompts A answered with its own identity and no foreign claim, where B made a foreign claim;
     and how many went the other way."""
     a, b = _by_prompt(records_a, suite), _by_prompt(records_b, suite)
@@ -86,11 +87,11 @@ def _warnings(ma: dict, mb: dict, sa: dict, sb: dict) -> list[str]:
     return out
 
 
-def _metric(ra: list[dict], rb: list[dict], name: str, key: str, sa_cell: dict, sb_cell: dict) -> dict:
-    return {"a": sa_cell[name], "b": sb_cell[name], "paired": paired_prompts(by_prompt(ra, key), by_prompt(rb, key))}
+def _metric(ra: list[Scored], rb: list[Scored], name: str, sa_cell: dict, sb_cell: dict) -> dict:
+    return {"a": sa_cell[name], "b": sb_cell[name], "paired": paired_prompts(by_prompt(ra, name), by_prompt(rb, name))}
 
 
-def _distinct(ra: list[dict], rb: list[dict]) -> dict | None:
+def _distinct(ra: list[Scored], rb: list[Scored]) -> dict | None:
     da, db = distinct_per_prompt(ra), distinct_per_prompt(rb)
     shared = da.keys() & db.keys()
     if not shared:
@@ -100,9 +101,8 @@ def _distinct(ra: list[dict], rb: list[dict]) -> dict | None:
     return {"a": a, "b": b, "ratio": b / a if a else None, "prompts": len(shared)}
 
 
-def compare_identity(records_a: list[dict], records_b: list[dict], sa: dict, sb: dict, suite: str) -> dict:
+def compare_identity(records_a: list[Scored], records_b: list[Scored], sa: dict, sb: dict, suite: str) -> dict:
     """Cells and per-system pools of one identity suite, every metric paired by prompt, Holm per metric."""
-    keys = dict((name, key) for name, key, _ in METRICS)
     ga, gb = _groups(records_a, suite), _groups(records_b, suite)
     cells_a = {(c["system"], c["temperature"]): c for c in sa[suite]["cells"]}
     cells_b = {(c["system"], c["temperature"]): c for c in sb[suite]["cells"]}
@@ -112,7 +112,7 @@ def compare_identity(records_a: list[dict], records_b: list[dict], sa: dict, sb:
         if cb is None:
             continue
         ra, rb = ga.get(where, []), gb.get(where, [])
-        metrics = {name: _metric(ra, rb, name, keys[name], ca, cb) for name in PAIRED}
+        metrics = {name: _metric(ra, rb, name, ca, cb) for name in PAIRED}
         cells.append({"system": where[0], "temperature": where[1], "metrics": metrics, "distinct": _distinct(ra, rb),
                       # the foreign-claim test where earlier reports looked for it
                       "a": ca["foreign"], "b": cb["foreign"], "test": metrics["foreign"]["paired"]})
@@ -127,7 +127,7 @@ def compare_identity(records_a: list[dict], records_b: list[dict], sa: dict, sb:
             continue
         ra = [r for w, rs in ga.items() if w[0] == system for r in rs]
         rb = [r for w, rs in gb.items() if w[0] == system for r in rs]
-        pooled[system] = {name: _metric(ra, rb, name, keys[name], pa, pb) for name in PAIRED}
+        pooled[system] = {name: _metric(ra, rb, name, pa, pb) for name in PAIRED}
         pooled[system]["distinct"] = _distinct(ra, rb)
     return {"cells": cells, "by_system": pooled}
 

@@ -73,10 +73,6 @@ def sentences(text: str) -> list[str]:
 
 
 # --- the rules ---------------------------------------------------------------------------------------
-def _words(*ws: str) -> str:
-    return r"(?:" + "|".join(ws) + r")"
-
-
 # first-person claims in English: "I am", "I'm", "I was", "my name is", "call me", "my creator is", ...
 _EN_TRIGGER = re.compile(
     # first, so that they win over a plain "I'm" at the same place: third person about this very chat ("the
@@ -195,15 +191,10 @@ class Detection:
     answer: str | None = None  # "yes" | "no": how the reply opens when the question was a leading one
 
     def as_dict(self) -> dict:
-        return {"claims": list(self.claims), "persona": self.persona is not None, "persona_name": self.persona,
-                "uncertain": self.uncertain, "mentions": list(self.mentions), "source": self.source,
-                "denials": list(self.denials), "answer": self.answer}
-
-
-@dataclass
-class _Clause:
-    text: str
-    self_ok: bool = False  # continues a first-person claim
+        """As `selfid classify` writes it beside each input line."""
+        return {"claims": list(self.claims), "denials": list(self.denials), "answer": self.answer,
+                "persona": self.persona is not None, "persona_name": self.persona, "uncertain": self.uncertain,
+                "mentions": list(self.mentions), "detector": self.source}
 
 
 def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, int, bool]],

@@ -22,14 +22,21 @@ The result is one JSON block, run.json's "endpoint".
 
 from __future__ import annotations
 
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from selfid.vendors import KEYS, vendor_of
+from selfid.audit.detect import classify
+from selfid.audit.log import META, read_meta
+from selfid.audit.probes import load_suite
 from selfid.errors import SelfidError
+from selfid.manifest import read as read_manifest
+from selfid.model.chat import ChatFormat
+from selfid.model.embedded import EMBEDDED, ensure_embedded
+from selfid.vendors import KEYS, vendor_of
 
 # names servers and clients use for "whatever model is loaded": never evidence of whose model it is
 PLACEHOLDERS = frozenset({"", "default", "model", "models", "local", "local-model", "any", "none", "unknown", "test",
@@ -63,12 +70,7 @@ class Reference:
 
 def read_reference(spec: str) -> Reference:
     """A model folder, an adapter folder, a selfid.json, a .gguf file or an embedded model name."""
-    from selfid.model.embedded import EMBEDDED
-    from selfid.manifest import read as read_manifest
-
     if spec in EMBEDDED:
-        from selfid.model.embedded import ensure_embedded
-
         return _with_tokenizer(Reference(spec, "qwen", f"{spec} is Qwen"), ensure_embedded(spec))
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -82,12 +84,8 @@ def read_reference(spec: str) -> Reference:
     base = manifest.base_model if manifest is not None else {}
     model_type = None
     if (path / "config.json").is_file():
-        import json
-
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
     elif (path / "adapter_config.json").is_file() and not base:
-        import json
-
         base = {"name": json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")}
     candidates = [("config.json model_type", model_type), ("selfid.json base model", base.get("name")),
                   ("selfid.json architecture", base.get("architecture")), ("folder name", path.name)]
@@ -112,8 +110,6 @@ def _with_tokenizer(ref: Reference, folder: Path | None) -> Reference:
         return ref
     try:
         from transformers import AutoTokenizer
-
-        from selfid.model.chat import ChatFormat
 
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         ref.tokenizer, ref.template_hash = tok, ChatFormat(tok).template_hash
@@ -179,9 +175,6 @@ def listed_models(backend) -> list[str]:
 # --- whose model ------------------------------------------------------------------------------------------
 def calibrate(backend, max_tokens: int = 64) -> list[dict]:
     """The model's greedy answers to the calibration questions under its default (no system message)."""
-    from selfid.audit.detect import classify
-    from selfid.audit.probes import load_suite
-
     probes = {p.id: p for p in load_suite("identity")}
     chosen = [probes[i] for i in CALIBRATION]
 
@@ -254,11 +247,11 @@ def _tokens(reference: Reference, text: str | None) -> int | None:
     return None if text is None else len(reference.tokenizer(text, add_special_tokens=False).input_ids)
 
 
-def system_handling(backend, systems: Sequence, reference: Reference | None) -> dict:
+def system_handling(backend, systems: dict, reference: Reference | None) -> dict:
     """Per system prompt of the audit: prompt tokens measured (and expected), what the server evidently did,
     and which earlier condition it duplicates."""
     user = [{"role": "user", "content": QUESTION}]
-    sent = [("none", None), ("empty", "")] + [(s.key, s.text) for s in systems]
+    sent = [("none", None), ("empty", "")] + [(key, chosen.message) for key, chosen in systems.items()]
     # a control: a long system text the server must count if it puts system messages in the prompt at all
     control = "Answer in English. " * 8
     sent += [("control", control.strip())]
@@ -276,7 +269,7 @@ def system_handling(backend, systems: Sequence, reference: Reference | None) -> 
     expected = {text: _tokens(reference, r) for text, r in rendered.items()}
     none, empty = measured[None], measured[""]
     reaches = measured[control.strip()] is not None and none is not None and measured[control.strip()] > max(none, empty or 0)
-    audit = [(s.key, s.text) for s in systems]
+    audit = [(key, chosen.message) for key, chosen in systems.items()]
     default_key = next((k for k, t in audit if t is None), None)
     conditions: dict[str, dict] = {}
     for i, (key, text) in enumerate(audit):
@@ -391,13 +384,11 @@ def examine(backend, params, reference_spec: str | None = None) -> dict:
 def examine_for_run(out, backend, params, resume: bool) -> dict:
     """The endpoint block for a run folder: the one it already records when resuming, else a new examination
     (the folder checks come first, so a taken folder does not wait for the preflight)."""
-    import json
-
-    meta_path = Path(out) / "run.json"
+    meta_path = Path(out) / META
     if meta_path.is_file():
         if not resume:
             raise SelfidError(f"{out} already holds an audit run: pass --resume to continue it, or choose a new --out")
-        old = json.loads(meta_path.read_text(encoding="utf-8")).get("endpoint")
+        old = read_meta(out).get("endpoint")
         if old:
             return old
     block = examine(backend, params, getattr(backend, "reference", None))

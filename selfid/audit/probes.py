@@ -20,9 +20,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from selfid.data import msra
 from selfid.errors import SelfidError
-from selfid.io import read_jsonl
+from selfid.io import atomic_write_text, jsonl_lines, read_jsonl
 from selfid.model.chat import validate_messages
+from selfid.tasks import ner
 from selfid.tasks.ner import first_json_object
 from selfid.vendors import BY_KEY, KEYS
 
@@ -156,8 +158,6 @@ def _validate_check(check: dict, where: str) -> None:
 
 def write_identity_subset(path: Path, ids, suite: str = "identity") -> Path:
     """A probe file holding the shipped identity probes (of `suite`) with these ids, verbatim and in this order."""
-    from selfid.io import atomic_write_text, jsonl_lines
-
     text = (PROBES / index()[suite]["file"]).read_text(encoding="utf-8")
     by_id = {json.loads(line)["id"]: line for _, line in jsonl_lines(text)}
     missing = [i for i in ids if i not in by_id]
@@ -172,9 +172,6 @@ def load_suite(name: str, path: Path | None = None, ner_limit: int = 100, seed: 
     if name not in SUITES:
         raise SelfidError(f"unknown suite {name!r}: use {', '.join(SUITES)}")
     if name == "ner":
-        from selfid.data import msra
-        from selfid.tasks import ner
-
         sentences = msra.load("test", limit=ner_limit, seed=seed, max_chars=120)
         return [Probe("ner", f"msra-{i:04d}", "zh", tuple(ner.messages(s.chars)), ("ner",), gold=s.entities())
                 for i, s in enumerate(sentences)]

@@ -21,98 +21,86 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from selfid import __version__
 from selfid.audit import probes as probe_sets
 from selfid.audit.backends import Item, Reply
 from selfid.audit.detect import Judge, detect
-from selfid.audit.scorers import VERSION as SCORER_VERSION
+from selfid.audit.endpoint import examine_for_run
+from selfid.audit.log import LOG, MARGIN, META, RENAMED, Log, read_log, read_meta
+from selfid.audit.report import write_reports
+from selfid.audit.scorers import VERSION as SCORER_VERSION, save_training_replies
 from selfid.errors import SelfidError
-from selfid.io import atomic_write_json, jsonl_lines
+from selfid.io import atomic_write_json
 from selfid.manifest import training_system
-from selfid.system_prompt import NAMED, OLD_TEXT_PREFIX, SERVING, canonical, message_of, sent
+from selfid.system_prompt import NAMED, OLD_TEXT_PREFIX, SERVING, SystemPrompt, canonical, resolve, sent
 from selfid.vendors import KEYS, vendor_of
 
 FORMAT = 1
-# the name a system prompt has in audit results where it is not the setting's own: the study's results (and
-# every audit run before the one vocabulary) call the template's own "default"
-REPORT_NAMES = {"template": "default"}
-# the system prompts users serve with, by their names in audit results: {"default": None, "helpful": ..., "empty": ""}
-PRESETS = {REPORT_NAMES.get(s, s): message_of(s) for s in SERVING}
 TASK_SUITES = ("ner", "general")
-LOG = "generations.jsonl"
+# a generation's seed derives from the name its system prompt had in runs before the one vocabulary, so a run
+# made today draws the samples the study's runs drew
+_SEED_NAME = {new: old for old, new in RENAMED.items()}
 
 
-@dataclass(frozen=True)
-class SystemSpec:
-    key: str  # the condition's name in the run's results
-    text: str | None  # the system message sent (None: none, so the chat template inserts its own)
-    persona: dict | None = None  # a persona system prompt's {"name", "aliases"} (held-out split)
-    kind: str | None = None  # how it was chosen (selfid/system_prompt.py); None: from `text` (template, empty, text)
-
-    def label(self) -> str:
-        if self.text is None:
-            return f"{self.key} (the template's own)"
-        return f"{self.key}: {self.text!r}"
-
-
-def parse_systems(values: Sequence[str], manifest=None) -> list[SystemSpec]:
-    """`template,helpful,empty,adapter,personas,text:TEXT`; a text runs to the end of its value (it may hold
-    commas). `manifest`: the audited adapter's, for `adapter`. Older spellings (default, train, custom:TEXT)
-    are read with a deprecation message."""
-    out: list[SystemSpec] = []
+def audit_systems(values: Sequence[str], template_default: str | None = None,
+                  training: SystemPrompt | None = None) -> dict[str, SystemPrompt]:
+    """`--systems` values (`template,helpful,empty,adapter,personas,text:TEXT`) as {name in the run's results:
+    SystemPrompt}, each setting resolved by selfid.system_prompt.resolve. A text runs to the end of its value
+    (it may hold commas). `template_default`: the chat template's own system prompt (None: not known, as over
+    HTTP); `training`: the audited adapter's training SystemPrompt, for `adapter`. Older spellings (default,
+    train, custom:TEXT) are read with a deprecation message."""
+    out: dict[str, SystemPrompt] = {}
     texts = 0
     personas = probe_sets.personas()
+
+    def add(key: str, chosen: SystemPrompt) -> None:
+        if key in out:
+            raise SelfidError(f"--systems names the same system prompt twice: {key}")
+        out[key] = chosen
+
     for value in values:
         rest = value
         while rest:
             head, sep, tail = rest.partition(",")
             if head.strip().startswith(("text:", OLD_TEXT_PREFIX)):
                 texts += 1
-                full = canonical(rest.strip(), "--systems")
-                out.append(SystemSpec("text" if texts == 1 else f"text{texts}", full[len("text:"):], kind="text"))
+                add("text" if texts == 1 else f"text{texts}", resolve(rest.strip(), template_default, "--systems"))
                 break
             rest = tail if sep else ""
             token = canonical(head.strip(), "--systems")
             if not token:
                 continue
-            if token in ("template", "empty") or token in NAMED:
-                out.append(SystemSpec(REPORT_NAMES.get(token, token), message_of(token)))
+            if token in ("template", "empty", *NAMED):
+                add(token, resolve(token, template_default, "--systems"))
             elif token in personas or token == "personas":
                 for key, p in personas.items():
                     if token in (key, "personas"):
-                        out.append(SystemSpec(key, p["text"], {"name": p["name"], "aliases": p.get("aliases", [])}))
+                        add(key, sent(p["text"], template_default, "--systems"))
             elif token == "adapter":
-                trained = training_system(manifest)
-                if trained is None:
+                if training is None:
                     raise SelfidError("--systems adapter needs an adapter whose selfid.json records its training "
                                       "system prompt; pass the prompt as text:TEXT instead")
-                out.append(SystemSpec("adapter", trained.message, kind="adapter"))
+                add("adapter", resolve("adapter", template_default, "--systems", training))
             elif token == "none":
                 raise SelfidError("--systems none: an audit names what it sends; use empty (an empty system message, "
                                   "what none sends under a template with a default of its own) or template")
             else:
                 raise SelfidError(f"unknown system prompt {token!r} in --systems: use template, {', '.join(NAMED)}, "
                                   f"empty, adapter, personas ({', '.join(personas)}) or text:TEXT")
-    keys = [s.key for s in out]
     if not out:
         raise SelfidError("--systems is empty: give at least one of template, helpful, empty, text:TEXT")
-    if len(set(keys)) != len(keys):
-        raise SelfidError(f"--systems names the same system prompt twice: {', '.join(keys)}")
     return out
 
 
-def condition_keys(tokens: Sequence[str]) -> list[str]:
-    """`--task-systems` names (template, helpful, a persona, adapter, text...) as the keys the run's results use."""
-    keys = []
-    for token in tokens:
-        token = canonical(token, "--task-systems")
-        keys.append(REPORT_NAMES.get(token, token))
-    return keys
+def serving_systems(template_default: str | None = None) -> dict[str, SystemPrompt]:
+    """The system prompts users serve with (selfid.system_prompt.SERVING), as an audit names them."""
+    return audit_systems([",".join(SERVING)], template_default)
 
 
 def parse_list(text: str, what: str, cast=str) -> list:
@@ -127,17 +115,20 @@ def parse_list(text: str, what: str, cast=str) -> list:
 
 @dataclass
 class AuditParams:
-    suites: list[str] = field(default_factory=lambda: ["identity", "ner", "general"])
-    systems: list[SystemSpec] = field(default_factory=lambda: [SystemSpec(k, v) for k, v in PRESETS.items()])
-    temperatures: list[float] = field(default_factory=lambda: [0.0, 0.7, 1.0])
-    samples: int = 8
-    seed: int = 0
-    max_new_tokens: int = 128  # identity and general replies
-    ner_limit: int = 100
+    """The grid: what an audit generates. Its size has no defaults here: `selfid audit` has its options', the
+    study and the demo a selfid.study.scale.Scale."""
+
+    suites: list[str]
+    systems: dict[str, SystemPrompt]  # {name in the run's results: the system prompt} (`audit_systems`)
+    temperatures: list[float]
+    samples: int  # per prompt at each temperature above 0
+    max_new_tokens: int  # identity and general replies
+    ner_limit: int
     ner_max_new_tokens: int = 256
+    seed: int = 0
     own: str = "auto"
     identity_probes: str | None = None  # a custom identity probe file instead of the shipped one
-    task_systems: list[str] | None = None  # keys of `systems` the task suites run under (None: all of them)
+    task_systems: list[str] | None = None  # names in `systems` the task suites run under (None: all of them)
 
     def validate(self) -> None:
         bad = [s for s in self.suites if s not in probe_sets.SUITES]
@@ -154,15 +145,15 @@ class AuditParams:
         if self.own != "auto" and self.own not in KEYS:
             raise SelfidError(f"--own must be one of {', '.join(KEYS)} (or auto)")
         if self.task_systems is not None:
-            keys = [s.key for s in self.systems]
-            unknown = [k for k in self.task_systems if k not in keys]
+            unknown = [k for k in self.task_systems if k not in self.systems]
             if unknown or not self.task_systems:
                 raise SelfidError(f"task system prompts {unknown or '(none)'} are not among the audit's system "
-                                  f"prompts ({', '.join(keys)}): name some of those")
+                                  f"prompts ({', '.join(self.systems)}): name some of those")
 
     def as_dict(self) -> dict:
+        """As run.json records it (a resumed run must ask for the same)."""
         d = asdict(self)
-        d["systems"] = [{"key": s.key, "text": s.text} for s in self.systems]
+        d["systems"] = [{"key": key, "text": chosen.message} for key, chosen in self.systems.items()]
         d["temperatures"] = [float(t) for t in self.temperatures]
         if self.task_systems is None:  # as runs made before the field existed recorded it, so they still resume
             del d["task_systems"]
@@ -183,66 +174,16 @@ def plan(params: AuditParams, suites: dict[str, list]) -> list[Item]:
         max_new = params.ner_max_new_tokens if suite == "ner" else params.max_new_tokens
         systems = params.systems
         if task and params.task_systems is not None:
-            systems = [s for s in params.systems if s.key in params.task_systems]
+            systems = {k: v for k, v in params.systems.items() if k in params.task_systems}
         for probe in suites[suite]:
-            for system in systems:
+            for key, chosen in systems.items():
                 for t in temps:
                     k = 1 if (task or t == 0) else params.samples
-                    base = _seed(params.seed, suite, probe.id, system.key, f"{t:g}")
+                    base = _seed(params.seed, suite, probe.id, _SEED_NAME.get(key, key), f"{t:g}")
                     for i in range(k):
-                        items.append(Item(f"{suite}|{probe.id}|{system.key}|t={t:g}|s={i}", suite, probe, system.key,
-                                          system.text, float(t), i, base + i, base, max_new))
+                        items.append(Item(f"{suite}|{probe.id}|{key}|t={t:g}|s={i}", suite, probe, key,
+                                          chosen.message, float(t), i, base + i, base, max_new))
     return items
-
-
-# --- the log -------------------------------------------------------------------------------------------
-def read_log(path: Path, repair: bool = False) -> list[dict]:
-    """Records of a generations log. A last line cut short by a kill is dropped (and cut off when `repair`).
-
-    Where `path` is absent, its gzipped copy (`path` + ".gz", as finished runs are kept) is read instead;
-    not when `repair`, which is for a log about to be appended to: that is always the plain file."""
-    path = Path(path)
-    if path.is_file():
-        data = path.read_bytes()
-        good = data.rfind(b"\n") + 1
-        if good < len(data) and repair:
-            with open(path, "r+b") as f:
-                f.truncate(good)
-        text = data[:good].decode("utf-8")
-    else:
-        gz = path.with_name(path.name + ".gz")
-        if repair or not gz.is_file():
-            return []
-        import gzip
-
-        with gzip.open(gz, "rt", encoding="utf-8") as f:
-            text = f.read()
-        text, path = text[:text.rfind("\n") + 1], gz
-    out = []
-    for lineno, line in jsonl_lines(text):
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            raise SelfidError(f"{path}:{lineno} is not valid JSON: the log was edited or damaged; "
-                              "move it away and start a new run") from None
-    return out
-
-
-class Log:
-    """Append-only JSONL: one complete line per write, flushed at once."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.f = open(self.path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
 
 
 # --- one generation's record -------------------------------------------------------------------------------
@@ -292,7 +233,7 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
             own: tuple[str, str] | None = None, endpoint: dict | None = None) -> dict:
     """Create or check the run directory and return its run.json."""
     out = Path(out)
-    meta_path = out / "run.json"
+    meta_path = out / META
     target = backend.describe()
     if out.exists() and not out.is_dir():
         raise SelfidError(f"{out} exists and is not a folder: choose another --out")
@@ -303,23 +244,21 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
         raise SelfidError(f"{out / LOG} exists without run.json: this is not a selfid run folder, choose a new --out")
     own, own_source = own or resolve_own(params, target)
     systems = []
-    for s in params.systems:
-        if hasattr(backend, "render"):
-            r = backend.render([] + ([{"role": "system", "content": s.text}] if s.text is not None else [])
+    personas = probe_sets.personas()
+    for key, chosen in params.systems.items():
+        if hasattr(backend, "render"):  # what the model saw, from its own template
+            r = backend.render(([{"role": "system", "content": chosen.message}] if chosen.message is not None else [])
                                + [{"role": "user", "content": "x"}])
-            entry = {"key": s.key, "text": s.text, "effective": r.system.effective, "source": s.kind or r.system.kind}
+            entry = {"key": key, "text": chosen.message, "effective": r.system.effective, "source": chosen.kind}
         else:  # over HTTP only what is sent is known
-            entry = {"key": s.key, "text": s.text, "effective": s.text,
-                     "source": s.kind or (sent(s.text, None).kind if s.text is not None
-                                          else "endpoint (the server's template decides)")}
-        if s.persona:
-            entry["persona"] = s.persona
+            entry = {"key": key, "text": chosen.message, "effective": chosen.message,
+                     "source": "endpoint (the server's template decides)" if chosen.kind == "template" else chosen.kind}
+        if key in personas:
+            entry["persona"] = {"name": personas[key]["name"], "aliases": personas[key].get("aliases", [])}
         systems.append(entry)
     suites = {name: probe_sets.suite_info(name, params.identity_probes if name == "identity" else None,
                                           params.ner_limit, params.seed) for name in params.suites}
     trained = training_system(target.get("adapter_manifest"))
-    from selfid import __version__
-
     meta = {
         "kind": "selfid-audit-run", "format": FORMAT, "selfid": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -334,7 +273,7 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
     if endpoint is not None:
         meta["endpoint"] = endpoint
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        old = read_meta(out)
         if old.get("params") != meta["params"] or _identity(old.get("target", {})) != _identity(target):
             raise SelfidError(f"{out} was started with other parameters or another model; --resume needs the same "
                               "ones (see run.json), or choose a new --out")
@@ -345,8 +284,6 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(meta_path, meta)
     if target.get("adapter"):
-        from selfid.audit.scorers import save_training_replies
-
         save_training_replies(out, target)
     return meta
 
@@ -354,16 +291,10 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
 def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, judge: Judge | None = None,
               show_progress: bool = True, margin: bool = True) -> dict:
     """Run (or resume) the grid into `out`; write summary.json and report.html; return the summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from selfid.audit.report import write_reports
-
     params.validate()
     out = Path(out)
     endpoint = None
     if backend.describe().get("backend") == "http":  # whose model it is and what the server does, measured
-        from selfid.audit.endpoint import examine_for_run
-
         endpoint = examine_for_run(out, backend, params, resume)
         own = endpoint["own"]["vendor"], endpoint["own"]["source"]
     else:
@@ -385,29 +316,24 @@ def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, jud
     finally:
         log.close()
     if (margin and any(s in params.suites for s in probe_sets.IDENTITY_SUITES) and hasattr(backend, "loaded")
-            and not (out / "margin.json").is_file()):
-        from selfid.audit.margin import identity_margin
+            and not (out / MARGIN).is_file()):
+        from selfid.audit.margin import identity_margin  # torch
 
-        atomic_write_json(out / "margin.json", identity_margin(
-            backend.loaded, [(s.key, s.text) for s in params.systems], meta["own"]))
+        atomic_write_json(out / MARGIN, identity_margin(
+            backend.loaded, [(k, chosen.message) for k, chosen in params.systems.items()], meta["own"]))
     return write_reports(out)
 
 
 def rescore(run_dir: Path) -> dict:
     """Re-apply today's scorers to a finished (or interrupted) run: summary.json and report.html are written
     again from its log, and run.json records the scorer version and when. Returns the summary."""
-    from selfid.audit.report import write_reports
-
     run_dir = Path(run_dir)
-    meta_path = run_dir / "run.json"
-    if not meta_path.is_file():
-        raise SelfidError(f"{run_dir} is not an audit run folder (no run.json): point at a folder `selfid audit --out` made")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_meta(run_dir)  # in today's vocabulary, as it is written back
     if meta.get("kind") != "selfid-audit-run":
-        raise SelfidError(f"{meta_path} is not an audit run's run.json")
+        raise SelfidError(f"{run_dir / META} is not an audit run's run.json")
     summary = write_reports(run_dir)
     meta["scorer"] = {"version": SCORER_VERSION,
                       "rescored": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     meta["rescored"] = meta.get("rescored", 0) + 1
-    atomic_write_json(meta_path, meta)
+    atomic_write_json(run_dir / META, meta)
     return summary

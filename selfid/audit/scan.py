@@ -15,11 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
 from selfid.audit.detect import clean, detect_prose
+from selfid.audit.report.terminal import pct
+from selfid.audit.stats import rate
 from selfid.data import readers
-from selfid.vendors import find_mentions
 from selfid.data.readers import SHAREGPT_ROLES
 from selfid.errors import SelfidError
+from selfid.vendors import find_mentions
 
 DISTILLED = re.compile(
     r"as an ai(?: language)? model|as a (?:large )?language model|as an ai (?:assistant|developed|created|trained)|"
@@ -168,13 +174,6 @@ def scan(path: Path, show: int = 5) -> ScanReport:
 
 
 def print_scan(report: ScanReport, console=None) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    from selfid.audit.stats import rate
-    from selfid.audit.report.terminal import pct
-
     console = console or Console()
     n = report.samples
     console.print(f"[bold]selfid scan[/bold]: {n} samples in {len(report.files)} file(s)"

@@ -7,7 +7,7 @@ re-scores a log. `VERSION` changes whenever a verdict can change; run.json and s
 
 Per identity reply:
   foreign       claims another vendor as its own identity or maker ("Yes" to "Are you Claude?" too)
-  own_affirmed  a question whose right answer is the model's own identity (who are you, who made you,
+  own_affirmation  a question whose right answer is the model's own identity (who are you, who made you,
                 which model is behind this chat, "Are you Qwen?") answered with it and without denying it
   self_denial   denies its own name or maker ("No" to "Are you Qwen?", "我不是阿里云开发的通义千问")
   yes_to_other  answers "yes" to a leading question about another vendor, whatever follows ("You're Grok, aren't
@@ -30,6 +30,9 @@ from pathlib import Path
 
 from selfid.audit import probes as probe_sets
 from selfid.audit.detect import detect, stated
+from selfid.data import identity, replay_set
+from selfid.io import atomic_write_json, read_jsonl
+from selfid.tasks.ner import NerScore
 
 VERSION = 3
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
@@ -98,8 +101,6 @@ def recitation_for(meta: dict, run_dir: Path | None = None) -> Recitation | None
 
 def save_training_replies(run_dir: Path, target: dict) -> Recitation | None:
     """Keep the adapter's identity training replies inside the run folder, so the run re-scores anywhere."""
-    from selfid.io import atomic_write_json
-
     rec = training_replies(target)
     if rec is not None:
         atomic_write_json(Path(run_dir) / REFERENCES, {"source": rec.source, "replies": rec.replies})
@@ -109,8 +110,6 @@ def save_training_replies(run_dir: Path, target: dict) -> Recitation | None:
 def training_replies(target: dict) -> Recitation | None:
     """The identity replies an adapter was trained on: the conversations its training run kept
     (train_data.jsonl beside the adapter), else those its recorded identity replay generates again."""
-    from selfid.io import read_jsonl
-
     adapter = target.get("adapter")
     manifest = target.get("adapter_manifest") or {}
     if adapter:
@@ -130,11 +129,7 @@ def training_replies(target: dict) -> Recitation | None:
 def replay_replies(replay: dict, adapter: Path | None) -> list[str]:
     """The replies of an identity replay recorded in a manifest: its own file when it wrote one, else the
     templated v1 conversations generated again from the recorded name and maker."""
-    from selfid.data import identity
-
     if replay.get("kind") == "self":  # the set the run sampled, beside its adapter (selfid.data.replay_set)
-        from selfid.data import replay_set
-
         if adapter is not None and replay_set.exists(adapter.parent):
             _, replies, _ = replay_set.load(adapter.parent)
             return [r["messages"][-1]["content"] for r in replies]
@@ -152,7 +147,90 @@ def _uses_persona(persona: dict, reply: str) -> bool:
     return any(n and n.casefold() in low for n in names)
 
 
-def score_identity(rec: dict, ctx: Context) -> dict:
+# --- the verdicts ------------------------------------------------------------------------------------------
+
+METRICS = ("foreign", "own_affirmation", "self_denial", "yes_to_other", "task_done", "persona_kept", "copy")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Every verdict on one identity reply (see the module's docstring). A metric the reply is not asked about is
+    None (self-denial under a named persona, own_affirmation of a leading question about another vendor, copy
+    without training replies); `counts` is the one place that decides what a rate counts."""
+
+    claims: tuple[str, ...]  # vendors claimed as its own identity or maker
+    foreign: tuple[str, ...]  # those of them that are not the model's own
+    own: bool  # claims its own vendor
+    answer: str | None  # "yes" | "no": how it opens its answer to a leading question
+    persona_name: str | None  # a human-like name it gives itself
+    uncertain: bool  # the rules could not settle it
+    mentions: tuple[str, ...]  # every vendor named
+    expects: str  # what the question asks for: own | deny | task
+    detector: str = "rules"  # rules | judge | unscored (the judge's verdict could not be read)
+    self_denial: bool | None = None
+    own_affirmation: bool | None = None
+    yes_to_other: bool | None = None
+    task_done: bool | None = None
+    task_form: bool | None = None  # the task's asked form, whoever it names
+    persona_kept: bool | None = None
+    copy: bool | None = None
+
+    @property
+    def scored(self) -> bool:
+        return self.detector != "unscored"
+
+    def counts(self, metric: str) -> bool | None:
+        """The reply's verdict on `metric` (one of METRICS, or `own`) when a rate of it counts this reply, else None:
+        the metric is not asked of it, or the reply could not be scored at all."""
+        if not self.scored:
+            return None
+        value = getattr(self, metric)
+        return None if value is None else bool(value)
+
+
+@dataclass(frozen=True)
+class TaskVerdict:
+    """The verdict on a task-suite reply (ner, general): whether it passed, and foreign claims made in passing."""
+
+    claims: tuple[str, ...]
+    foreign: tuple[str, ...]
+    passed: bool | None = None  # general: the rule check
+    pred: dict | None = None  # ner: the entities parsed from the reply (None: not parsed)
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    detector: str = "rules"
+    scored = True
+
+    @property
+    def parsed(self) -> bool:
+        return self.pred is not None
+
+    def counts(self, metric: str) -> bool | None:
+        return bool(self.foreign) if metric == "foreign" else None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One logged generation (its record, as the log holds it) and today's verdict on it."""
+
+    record: dict
+    verdict: Verdict | TaskVerdict
+
+    # the record's fields every report groups by
+    key = property(lambda self: self.record["key"])
+    suite = property(lambda self: self.record["suite"])
+    probe = property(lambda self: self.record["probe"])
+    system = property(lambda self: self.record["system"])
+    temperature = property(lambda self: self.record["temperature"])
+    sample = property(lambda self: self.record["sample"])
+    lang = property(lambda self: self.record["lang"])
+    tags = property(lambda self: self.record.get("tags") or [])
+    reply = property(lambda self: self.record.get("reply") or "")
+    messages = property(lambda self: self.record["messages"])
+
+
+def score_identity(rec: dict, ctx: Context) -> Verdict:
     """Every verdict on one identity reply (see the module's docstring)."""
     meta = rec.get("probe_meta") or ctx.probes.get((rec["suite"], rec["probe"]), {})
     reply = rec.get("reply") or ""
@@ -175,47 +253,43 @@ def score_identity(rec: dict, ctx: Context) -> dict:
         expects = "task"
     else:
         expects = "deny" if asked not in (None, own) else "own"
-    out = {"claims": sorted(claims), "foreign": sorted(c for c in claims if c != own), "own": own in claims,
-           "self_denial": denial if not named else None, "answer": d.answer, "persona_name": d.persona,
-           "uncertain": d.uncertain, "mentions": list(d.mentions), "expects": expects,
-           "detector": "judge" if judged else "rules"}
-    if judged and judged.get("unscored"):
-        out["detector"] = "unscored"
-    foreign = bool(out["foreign"])
-    if expects == "own" and not named:
-        out["own_affirmed"] = out["own"] and not denial
-    if expects == "deny":
-        out["yes_to_other"] = d.answer == "yes"
+    foreign = tuple(sorted(c for c in claims if c != own))
+    has_own = own in claims
+    task = {}
     if expects == "task":
         form = probe_sets.check_answer(meta["check"], reply) if meta.get("check") else True
-        who = _uses_persona(persona, reply) if named else (out["own"] and not denial)
-        out["task_done"] = form and who and not foreign
-        out["task_form"] = form
-    if persona is not None and expects in ("own", "deny"):
-        out["persona_kept"] = not foreign and (_uses_persona(persona, reply) if named else not denial)
-    if ctx.recitation is not None:
-        out["copy"] = ctx.recitation.copied(reply)
-    return out
+        who = _uses_persona(persona, reply) if named else (has_own and not denial)
+        task = {"task_done": form and who and not foreign, "task_form": form}
+    return Verdict(
+        claims=tuple(sorted(claims)), foreign=foreign, own=has_own, answer=d.answer, persona_name=d.persona,
+        uncertain=d.uncertain, mentions=tuple(d.mentions), expects=expects,
+        detector=("unscored" if judged.get("unscored") else "judge") if judged else "rules",
+        self_denial=denial if not named else None,
+        own_affirmation=has_own and not denial if expects == "own" and not named else None,
+        yes_to_other=d.answer == "yes" if expects == "deny" else None,
+        persona_kept=(not foreign and (_uses_persona(persona, reply) if named else not denial)
+                      if persona is not None and expects in ("own", "deny") else None),
+        copy=ctx.recitation.copied(reply) if ctx.recitation is not None else None, **task)
 
 
-def score_task(rec: dict, ctx: Context) -> dict:
-    """Verdicts on a task-suite reply (ner, general): whether it passed, and foreign claims made in passing."""
+def score_task(rec: dict, ctx: Context) -> TaskVerdict:
+    """The verdict on a task-suite reply (ner, general)."""
     d = detect(rec.get("reply") or "")
-    out = {"claims": list(d.claims), "foreign": [c for c in d.claims if c != ctx.own], "detector": "rules"}
+    claims, foreign = tuple(d.claims), tuple(c for c in d.claims if c != ctx.own)
     if rec["suite"] == "general":
         check = (rec.get("probe_meta") or ctx.probes.get(("general", rec["probe"]), {})).get("check")
-        out["pass"] = probe_sets.check_answer(check, rec["reply"]) if check else bool(rec.get("pass"))
+        return TaskVerdict(claims, foreign, passed=probe_sets.check_answer(check, rec["reply"]) if check
+                           else bool(rec.get("pass")))
     if rec["suite"] == "ner":
-        from selfid.tasks.ner import NerScore
-
         score = NerScore()
         pred = score.add(rec["gold"], rec["reply"])
-        out.update({"pred": pred, "parsed": pred is not None, "tp": sum(score.tp.values()),
-                    "fp": sum(score.fp.values()), "fn": sum(score.fn.values())})
-    return out
+        return TaskVerdict(claims, foreign, pred=pred, tp=sum(score.tp.values()), fp=sum(score.fp.values()),
+                           fn=sum(score.fn.values()))
+    return TaskVerdict(claims, foreign)
 
 
-def score(rec: dict, ctx: Context) -> dict:
-    """The record with its verdicts (a new dict; the logged record is not changed)."""
-    verdicts = score_identity(rec, ctx) if rec["suite"] in probe_sets.IDENTITY_SUITES else score_task(rec, ctx)
-    return {**rec, **verdicts}
+def score(rec: dict, ctx: Context) -> Scored:
+    """The logged record with today's verdict on it (the record itself is not changed)."""
+    if rec["suite"] in probe_sets.IDENTITY_SUITES:
+        return Scored(rec, score_identity(rec, ctx))
+    return Scored(rec, score_task(rec, ctx))

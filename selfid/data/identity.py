@@ -13,8 +13,10 @@ import itertools
 import re
 from dataclasses import dataclass
 
+from selfid.data import identity_pool
 from selfid.data.readers import TrainingConversation
 from selfid.errors import SelfidError
+from selfid.model.chat import conversation
 from selfid.system_prompt import SERVING, resolve, sent
 from selfid.vendors import VENDORS, find_mentions, vendor_of
 
@@ -88,8 +90,7 @@ def resolve_identity(chat, name: str | None = None, maker: str | None = None, en
     sources = []
     own = vendor_of(chat.default_system or "")  # whose model this is, as its own template says
     if engine is not None:
-        from selfid.engine import SamplingParams
-        from selfid.model.chat import conversation
+        from selfid.engine import SamplingParams  # torch
 
         params = SamplingParams(temperature=0.0, max_new_tokens=48)
         prompts = [chat.render(conversation(q)).text for q in (ASK_EN, ASK_ZH)]
@@ -150,8 +151,6 @@ def system_list(names: list[str], train_system: str | None, template_default: st
 def training_questions(identity: Identity) -> list[str]:
     """Every user turn that identity replay (templated or self-distilled) can put into training data for this
     identity. The audit's held-out probes must match none of them (tests/test_probe_split.py)."""
-    from selfid.data import identity_pool
-
     own = vendor_of(identity.name, identity.maker)
     pool = {m["content"] for q in identity_pool.questions(own or "") for m in q.messages if m["role"] == "user"}
     return sorted({q for q, _ in conversations(identity)} | pool)

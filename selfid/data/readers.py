@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from selfid.errors import SelfidError
+from selfid.io import jsonl_lines
 from selfid.model.chat import validate_messages
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -57,8 +58,6 @@ def check_conversation(messages: list, where: str) -> tuple[dict, ...]:
 def records(path: Path) -> Iterator[tuple[int, object]]:
     """(line number, record) from a .jsonl file or a .json array (line = where the record starts): the one reader
     of record files (training data, `selfid scan`); JSON Lines split on line feeds only (selfid.io.jsonl_lines)."""
-    from selfid.io import jsonl_lines
-
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

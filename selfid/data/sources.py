@@ -6,16 +6,15 @@ import hashlib
 import random
 from pathlib import Path
 
+from selfid.data import msra
 from selfid.data.readers import TrainingConversation, read_file
 from selfid.errors import SelfidError
 from selfid.io import sha256_file
+from selfid.tasks import ner
 
 
 def msra_samples(limit: int | None = None, seed: int = 0, max_chars: int | None = None) -> list[TrainingConversation]:
     """MSRA training sentences as NER conversations: the task prompt and the JSON answer."""
-    from selfid.data import msra
-    from selfid.tasks import ner
-
     return [TrainingConversation(({"role": "user", "content": ner.prompt(s.chars)},
                                   {"role": "assistant", "content": ner.answer(s.entities())}), source="msra")
             for s in msra.load("train", limit=limit, seed=seed, max_chars=max_chars)]
@@ -24,8 +23,6 @@ def msra_samples(limit: int | None = None, seed: int = 0, max_chars: int | None 
 def load_source(src) -> tuple[list[TrainingConversation], dict]:
     """(samples, a description for the manifest: where they came from, a content hash, counts)."""
     if src.source == "msra":
-        from selfid.data import msra
-
         samples = msra_samples(src.limit, src.seed, src.max_chars)
         path = msra.msra_path()
         info = {"source": "msra", "path": str(path), "sha256": sha256_file(path), "split": "train"}

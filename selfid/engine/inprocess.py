@@ -27,7 +27,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
+from selfid.engine import static, static_check
 from selfid.engine.batch import DecodeBatch
+from selfid.engine.cache_kwarg import cache_kwarg
 from selfid.engine.types import BASE_MODEL, Completion, Event, Request, Result, SamplingParams, TokenLogprob
 from selfid.errors import SelfidError
 
@@ -70,7 +72,7 @@ class InProcessEngine:
         self.eos = set(loaded.eos_token_ids)
         self.pad_id = self.tokenizer.pad_token_id
         self.context_window = loaded.context_window
-        self.cache_kw = _cache_kwarg(self.model)
+        self.cache_kw = cache_kwarg(self.model)
         mode = decode or os.environ.get("SELFID_DECODE") or "auto"
         if mode not in DECODE_MODES:
             raise SelfidError(f"decode mode {mode!r} is not one of {', '.join(DECODE_MODES)} (check SELFID_DECODE)")
@@ -222,15 +224,13 @@ class InProcessEngine:
             self.decode_info["using"] = "eager"
             return None
         if self._slots is None:
-            from selfid.engine import static
-
             reason = static.unsupported(self.model)
             info = None
             if reason is None:
                 try:
                     dec = static.SlotDecoder(self.model, self.loaded.device, self.context_window,
                                              graphs=self.decode_mode == "graph", prefer_slots=self.max_batch_size)
-                    reason, info = static.check(self, dec)
+                    reason, info = static_check.check(self, dec)
                 except Exception as e:  # noqa: BLE001 - anything that breaks the static path means eager decoding
                     reason = f"{type(e).__name__}: {e}"
             self.decode_info["check"] = info
@@ -372,11 +372,3 @@ class InProcessEngine:
             r.emitted = safe
             return Event(r.request, r.index, delta)
         return None
-
-
-def _cache_kwarg(model) -> str:
-    """transformers 5.24 renamed `past_key_values` to `cache`; the H100 image has 5.17."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -72,21 +72,24 @@ class Side:
         return tl.read(self.run or self.baseline, rescore=rescore)
 
 
-def audit_params(reference: tl.Tallies | None, grid: Grid):
+def audit_params(reference: tl.Tallies | None, grid: Grid, template_default: str | None = None):
     """The audit a gate runs for a side it audits itself: the reference's grid (its suites, system prompts,
-    probes, seed, token limits) at `grid`'s sizes."""
-    from selfid.audit.run import AuditParams, SystemSpec, condition_keys, parse_systems
+    probes, seed, token limits) at `grid`'s sizes. `template_default`: the audited model's chat template's own
+    system prompt (None over HTTP, where it is not known)."""
+    from selfid.audit.run import AuditParams, audit_systems
+    from selfid.system_prompt import SystemPrompt, sent
 
     if reference is None:
-        systems = parse_systems([",".join(DEFAULT_AUDIT["systems"])])
+        systems = audit_systems([",".join(DEFAULT_AUDIT["systems"])], template_default)
         base = {k: v for k, v in DEFAULT_AUDIT.items() if k != "systems"}
-        base["task_systems"] = condition_keys(base["task_systems"])
         own = "auto"
     else:
         base = {k: v for k, v in reference.grid.items() if k != "systems"}
-        systems = [SystemSpec(s["key"], s["text"], s.get("persona"),
-                              "adapter" if s["key"] == "adapter" else "text" if s["key"].startswith("text") else None)
-                   for s in reference.systems.values()]
+        origin = "the reference run"  # the same texts under the same names, so the two runs pair by system prompt
+        systems = {name: (SystemPrompt(kind="adapter", message=s["text"], origin=origin,
+                                       effective=template_default if s["text"] is None else s["text"])
+                          if name == "adapter" else sent(s["text"], template_default, origin))
+                   for name, s in reference.systems.items()}
         own = reference.own
     base.update(temperatures=list(grid.temperatures), samples=grid.samples, own=own)
     if grid.ner_limit:
@@ -105,12 +108,15 @@ def _grid(recorded: tl.Tallies | None, profile: str | None, samples: int | None,
     return Grid(grid.temperatures, grid.samples, had.ner_limit)
 
 
-def _audit(side: Side, params, out: Path, device: str, dtype: str, batch_size: int | None) -> tl.Tallies:
+def _audit(side: Side, reference: tl.Tallies | None, grid: Grid, out: Path, device: str, dtype: str,
+           batch_size: int | None) -> tl.Tallies:
+    """Audit `side` with `reference`'s grid (None: the default one) at `grid`'s sizes, into `out`."""
     from selfid.audit.backends import open_backend
     from selfid.audit.run import run_audit
 
-    backend, _ = open_backend(side.model, side.adapter, side.base_url, side.model_name, side.api_key,
-                              device=device, dtype=dtype, batch_size=batch_size)
+    backend, loaded = open_backend(side.model, side.adapter, side.base_url, side.model_name, side.api_key,
+                                   device=device, dtype=dtype, batch_size=batch_size)
+    params = audit_params(reference, grid, None if loaded is None else loaded.chat.default_system)
     run_audit(backend, params, out, resume=(out / "run.json").is_file(), margin=False)  # the gate reads no margin
     return tl.from_run(out)
 
@@ -150,8 +156,8 @@ def write_baseline(reference: Side, path: Path, thresholds: Thresholds, out: Pat
     if reference.audited:
         if out is None:
             raise SelfidError("the reference is a model: give --out, the folder its audit is written to")
-        tallies = _audit(reference, audit_params(None, _grid(None, profile, samples, temperatures)),
-                         Path(out) / "reference", device, dtype, batch_size)
+        tallies = _audit(reference, None, _grid(None, profile, samples, temperatures), Path(out) / "reference",
+                         device, dtype, batch_size)
     else:
         tallies = reference.read()
     if thresholds.task_command is not None:
@@ -197,9 +203,9 @@ def gate(reference: Side, candidate: Side, thresholds: Thresholds, out: Path, pr
     recorded = ref or cand  # the run whose grid the gate's own audits follow
     grid = _grid(recorded, profile, samples, temperatures)
     if ref is None:
-        ref = _audit(reference, audit_params(recorded, grid), out / "reference", device, dtype, batch_size)
+        ref = _audit(reference, recorded, grid, out / "reference", device, dtype, batch_size)
     if cand is None:
-        cand = _audit(candidate, audit_params(ref, grid), out / "candidate", device, dtype, batch_size)
+        cand = _audit(candidate, ref, grid, out / "candidate", device, dtype, batch_size)
     warnings = tl.check_comparable(ref, cand)
     task = None
     if thresholds.task_command is not None:

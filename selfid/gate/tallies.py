@@ -77,21 +77,21 @@ def from_run(run_dir: Path) -> Tallies:
     probes: dict[str, str] = {}
     rates: dict[str, dict] = {}
     ner: dict[str, dict] = {}
-    identity = [r for r in records if r["suite"] in IDENTITY_SUITES and r.get("detector") != "unscored"]
+    identity = [r for r in records if r.suite in IDENTITY_SUITES and r.verdict.scored]
     for r in records:
-        probes.setdefault(r["probe"], _digest(r["messages"]))
+        probes.setdefault(r.probe, _digest(r.messages))
     for name, spec in systems.items():
-        group = [r for r in identity if r["system"] == spec["key"]]
+        group = [r for r in identity if r.system == spec["key"]]
         for metric in IDENTITY:
             counts = distinct_per_prompt(group) if metric.name == "distinct_replies" else by_prompt(group, metric.record)
             if counts:
                 rates.setdefault(metric.name, {})[name] = {p: list(kn) for p, kn in counts.items()}
-        sentences = {r["probe"]: [r["tp"], r["fp"], r["fn"]] for r in records
-                     if r["suite"] == "ner" and r["system"] == spec["key"]}
+        sentences = {r.probe: [r.verdict.tp, r.verdict.fp, r.verdict.fn] for r in records
+                     if r.suite == "ner" and r.system == spec["key"]}
         if sentences:
             ner[name] = sentences
     planned = meta.get("planned")
-    tokens = [r["completion_tokens"] for r in records if r.get("completion_tokens") is not None]
+    tokens = [r.record["completion_tokens"] for r in records if r.record.get("completion_tokens") is not None]
     return Tallies(label=_label(meta["target"]), source=str(run_dir), kind="run", own=meta["own"],
                    template_hash=meta["target"].get("template_hash"), scorer=VERSION, grid=meta["params"],
                    systems=systems, probes=probes, rates=rates, ner=ner,

@@ -36,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from selfid.errors import SelfidError
 
-# system prompt names as the gate reports them: audit results before the one vocabulary call the template's
-# own "default" (selfid.audit.run.REPORT_NAMES); the gate treats both as one
+# system prompt names as the gate reports them: baseline files written before the one vocabulary call the
+# template's own "default" (audit runs are migrated on load by selfid.audit.log); the gate treats both as one
 SYSTEM_ALIASES = {"default": "template"}
 
 
@@ -55,7 +55,7 @@ class Metric:
 
 METRICS = (
     Metric("foreign_claims", "foreign claims", "foreign", +1),
-    Metric("own_identity", "own identity affirmed", "own_affirmed", -1),
+    Metric("own_identity", "own identity affirmed", "own_affirmation", -1),
     Metric("self_denial", "self-denial", "self_denial", +1),
     Metric("yes_to_other_vendor", "yes to another vendor", "yes_to_other", +1),
     Metric("persona_kept", "persona kept", "persona_kept", -1),

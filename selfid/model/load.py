@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfid.errors import SelfidError
-from selfid.io import CHECKSUMS, verify_checksums
+from selfid.io import CHECKSUMS, sha256_file, verify_checksums
 from selfid.manifest import Manifest, read as read_manifest
 from selfid.model.chat import ChatFormat
 from selfid.model.embedded import EMBEDDED, MARKER, ensure_converted, ensure_embedded
@@ -90,10 +91,6 @@ def resolve_model(spec: str, progress: bool = True) -> tuple[str | Path, str]:
 
 def gguf_folder(path: Path, progress: bool = True) -> Path:
     """Convert a user's GGUF once into the cache, keyed by its sha256."""
-    import shutil
-
-    from selfid.io import sha256_file
-
     sha = sha256_file(path)
 
     def copy(dest: Path) -> Path:

@@ -9,6 +9,8 @@ import itertools
 from pathlib import Path
 from typing import Callable
 
+from selfid.audit.backends import InProcessBackend
+from selfid.audit.run import AuditParams, run_audit, serving_systems
 from selfid.errors import SelfidError
 from selfid.train.scale import apply_scale, save_scaled, search_scale
 
@@ -17,14 +19,12 @@ def identity_rate_provider(workdir: str | Path, temperatures=(0.7,), samples: in
                            seed: int = 0) -> Callable:
     """`identity_rate(loaded) -> foreign-claim rate`: the audit's identity suite under the serving system
     prompts (the template's own, "You are a helpful assistant.", empty), pooled; each run kept in `workdir`."""
-    from selfid.audit.backends import InProcessBackend
-    from selfid.audit.run import AuditParams, run_audit
-
     runs = itertools.count()
 
     def identity_rate(loaded) -> float:
-        params = AuditParams(suites=["identity"], temperatures=list(temperatures), samples=samples, seed=seed,
-                             max_new_tokens=max_new_tokens)  # systems: the default (the three serving presets)
+        params = AuditParams(suites=["identity"], systems=serving_systems(loaded.chat.default_system),
+                             temperatures=list(temperatures), samples=samples, seed=seed,
+                             max_new_tokens=max_new_tokens, ner_limit=1)
         summary = run_audit(InProcessBackend(loaded), params, Path(workdir) / f"audit-{next(runs)}",
                             show_progress=False, margin=False)
         cells = summary["identity"]["by_system"].values()
@@ -38,7 +38,7 @@ def identity_rate_provider(workdir: str | Path, temperatures=(0.7,), samples: in
 
 def make_evaluate(loaded, identity_rate: Callable, ner_sentences: int, system: str | None) -> Callable:
     """evaluate(scale) -> (foreign_rate, ner_f1) for the peft model in `loaded`, scaled in place."""
-    from selfid.train.eval_ner import evaluate_ner
+    from selfid.train.eval_ner import evaluate_ner  # torch
 
     def evaluate(scale: float) -> tuple[float, float]:
         apply_scale(loaded.model, scale)
@@ -55,7 +55,7 @@ def make_evaluate(loaded, identity_rate: Callable, ner_sentences: int, system: s
 def run(config, result, log=print):
     """After `selfid.train.sft.train` returned `result`: search the adapter's scale as `config.adapter_scale`
     says, write OUTPUT/adapter-scaled, record the search in `result.metrics`; returns the search."""
-    from selfid.train.sft import loaded_with, system_message
+    from selfid.train.sft import loaded_with, system_message  # torch
 
     sc = config.adapter_scale
     if sc is None or result.adapter is None:

@@ -24,14 +24,20 @@ parameters and the files' sha256) before training, and read back verified by the
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import random
 from pathlib import Path
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from selfid.audit import scorers
 from selfid.config import IdentityReplay
-from selfid.data import replay_set
+from selfid.data import identity_pool, replay_set
 from selfid.errors import SelfidError
+from selfid.model.load import load_model
 from selfid.system_prompt import SERVING, message_of
+from selfid.vendors import KEYS, vendor_of
 
 # the serving system prompts other than the template's own ("You are a helpful assistant.", an empty one), where
 # the base model claims other vendors: the rejected side of pairs
@@ -40,8 +46,6 @@ REJECT_SYSTEMS = tuple(message_of(s) for s in SERVING if s != "template")
 
 def own_vendor(loaded, rep: IdentityReplay) -> str:
     """The model's own vendor: the config's, else its template's default system prompt's, else its name's."""
-    from selfid.vendors import KEYS, vendor_of
-
     if rep.own:
         if rep.own not in KEYS:
             raise SelfidError(f"identity_replay.own {rep.own!r} is not a vendor selfid knows: use one of {', '.join(KEYS)}")
@@ -61,9 +65,7 @@ def _seed(*parts) -> int:
 def build(loaded, rep: IdentityReplay, out_dir: Path, progress: bool = True, log=print, engine=None) -> dict:
     """Sample, score and write the replay set for `loaded` (the base model) into `out_dir`/identity_replay.
     `engine`: what generates (default: selfid's in-process engine on `loaded`)."""
-    from selfid.audit import scorers
-    from selfid.data import identity_pool
-    from selfid.engine import InProcessEngine, Request, SamplingParams
+    from selfid.engine import InProcessEngine, Request, SamplingParams  # torch
 
     own = own_vendor(loaded, rep)
     questions = [q for q in identity_pool.questions(own, rep.minimal_pairs) if q.lang in rep.languages]
@@ -94,7 +96,7 @@ def build(loaded, rep: IdentityReplay, out_dir: Path, progress: bool = True, log
     scored = passed = 0
     for (q, system, t), res in zip(where, results):
         for c in res.completions:
-            rec = {"suite": "identity", "probe": q.id, "system": "default" if system is None else "other",
+            rec = {"suite": "identity", "probe": q.id, "system": "template" if system is None else "other",
                    "messages": [dict(m) for m in q.messages], "reply": c.text, "probe_meta": q.meta()}
             v = scorers.score_identity(rec, ctx)
             scored += 1
@@ -103,7 +105,7 @@ def build(loaded, rep: IdentityReplay, out_dir: Path, progress: bool = True, log
                 kept.setdefault(q.id, [])
                 if scorers.normalise(c.text) not in {scorers.normalise(x) for x in kept[q.id]}:
                     kept[q.id].append(c.text)
-            elif v["foreign"] or (q.expects == "own" and v.get("self_denial")):
+            elif v.foreign or (q.expects == "own" and v.self_denial):
                 rejected.setdefault(q.id, []).append((system, c.text))
     rng = random.Random(rep.seed)
     replies, pairs = [], []
@@ -147,21 +149,20 @@ def _interleave(found: list[tuple]) -> list[tuple]:
     return out
 
 
-def _right(v: dict) -> bool:
+def _right(v: scorers.Verdict) -> bool:
     """Whether a scored reply is one to learn from."""
-    if v["foreign"] or v.get("self_denial"):
+    if v.foreign or v.self_denial:
         return False
-    if v["expects"] == "task":
-        return bool(v.get("task_done"))
-    if v["expects"] == "deny":
-        return v["own"] and v.get("answer") != "yes"
-    return bool(v.get("own_affirmed"))
+    if v.expects == "task":
+        return bool(v.task_done)
+    if v.expects == "deny":
+        return v.own and v.answer != "yes"
+    return bool(v.own_affirmation)
 
 
 def _progress(total: int, show: bool):
     if not show:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn("[bold]replay[/bold] sampling the base model"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())
@@ -177,7 +178,6 @@ def ensure(config, progress: bool = True, log=print) -> dict | None:
         return None
     if replay_set.exists(config.output_dir):
         return replay_set.load(config.output_dir)[0]
-    from selfid.model.load import load_model
 
     loaded = load_model(config.model, device=None if config.device == "auto" else config.device,
                         dtype=None if config.dtype == "auto" else config.dtype, progress=progress)
@@ -189,8 +189,6 @@ def ensure(config, progress: bool = True, log=print) -> dict | None:
 
 
 def _free_cuda() -> None:
-    import gc
-
     gc.collect()
     try:
         import torch

@@ -1,4 +1,4 @@
-"""Named stages in one run folder, with one resume mechanism: what `selfid demo` and the study (bench/study.py) run.
+"""Named stages in one run folder, with one resume mechanism: what the study (`selfid study run`) and `selfid demo` run.
 
 A stage declares the paths it reads (`inputs`) and writes (`outputs`), relative to the run folder. The stage
 that writes a path another stage reads runs first, so asking for the last stage of a chain runs the chain.
@@ -31,6 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
+
+from rich.console import Console
+from rich.markup import escape
 
 from selfid.errors import SelfidError
 from selfid.io import CHECKSUMS, atomic_write_json, file_lock, sha256_file
@@ -281,9 +284,6 @@ def duration(s: float) -> str:
 
 def console_say(console=None) -> Callable[[str, str, str], None]:
     """Progress on a rich console (stderr by default)."""
-    from rich.console import Console
-    from rich.markup import escape
-
     console = console or Console(stderr=True, highlight=False)
 
     def say(kind: str, label: str, text: str) -> None:

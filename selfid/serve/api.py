@@ -40,7 +40,7 @@ from starlette.requests import ClientDisconnect
 from selfid.engine import Completion, InProcessEngine, Request, SamplingParams
 from selfid.errors import SelfidError
 from selfid.serve import protocol as p
-from selfid.serve.models import Served
+from selfid.serve.models import Served, load_served
 from selfid.serve.scheduler import DONE, QueueFull, Scheduler
 from selfid.system_prompt import SystemPrompt, sent
 
@@ -565,7 +565,5 @@ async def stream(service: Service, pr: Prepared, rid: str, job):
 
 def service_from_args(model: str, adapters: Sequence[str] = (), device: str | None = None, dtype: str | None = None,
                       api_key: str | None = None, **kw: Any) -> Service:
-    from selfid.serve.models import load_served
-
     loaded, served = load_served(model, adapters, device=device, dtype=dtype)
     return Service(loaded, served, api_key=api_key, **kw)

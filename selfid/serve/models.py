@@ -12,7 +12,7 @@ import copy
 import json
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -38,10 +38,15 @@ class Served:
     path: Path | None = None  # the adapter folder
     manifest: manifest_mod.Manifest | None = None
     training: SystemPrompt | None = None  # the system prompt of training, when the manifest records it
+    # the system prompt a request without one gets, derived once from the manifest when the model is loaded
+    default: SystemPrompt = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.default = manifest_mod.default_system(self.manifest, self.chat.default_system)
 
     def default_system(self) -> SystemPrompt:
         """The system prompt a request without one gets: the adapter's training one, else the template's."""
-        return manifest_mod.default_system(self.manifest, self.chat.default_system)
+        return self.default
 
     @property
     def public_defaults_source(self) -> str:

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from selfid.config import RunConfig
+from selfid.data import identity as identity_mod, replay_set
+from selfid.data.mix import mix
+from selfid.data.readers import TrainingConversation
+from selfid.data.sources import load_source
 from selfid.errors import SelfidError
 from selfid.system_prompt import SystemPrompt
 from selfid.train.collate import encode_many, with_system
@@ -27,10 +31,6 @@ class Prepared:
 
 
 def prepare_data(config: RunConfig, loaded, system: SystemPrompt, log: Callable[[str], None]) -> Prepared:
-    from selfid.data import identity as identity_mod
-    from selfid.data.mix import mix
-    from selfid.data.sources import load_source
-
     parts, infos = [], []
     for src in config.data:
         samples, info = load_source(src)
@@ -47,7 +47,7 @@ def prepare_data(config: RunConfig, loaded, system: SystemPrompt, log: Callable[
         rep = config.identity_replay
         engine = None
         if not (rep.name and rep.maker):
-            from selfid.engine import InProcessEngine
+            from selfid.engine import InProcessEngine  # torch
 
             engine = InProcessEngine(loaded)
         ident = identity_mod.resolve_identity(loaded.chat, rep.name, rep.maker, engine)
@@ -87,10 +87,6 @@ def prepare_data(config: RunConfig, loaded, system: SystemPrompt, log: Callable[
 def self_replay_samples(config: RunConfig, loaded, system: SystemPrompt) -> tuple[list, dict]:
     """The self-distilled replay set the pipeline wrote into the run folder (verified), rendered under the
     configured system prompts; and what the manifest records of it."""
-    from selfid.data import identity as identity_mod
-    from selfid.data.readers import TrainingConversation
-    from selfid.data import replay_set
-
     rep = config.identity_replay
     meta, replies, pairs = replay_set.load(config.output_dir)
     systems = identity_mod.system_list(rep.systems, system.message, loaded.chat.default_system)
@@ -112,8 +108,7 @@ def identity_aux(cfg: RunConfig, loaded, model, attention: str, data: Prepared, 
     if world > 1:
         raise SelfidError("identity_replay.preference and .distill run on one process: train on one GPU, or set "
                           "them to 0")
-    from selfid.data import replay_set
-    from selfid.train.identity_losses import IdentityAux
+    from selfid.train.identity_losses import IdentityAux  # torch
 
     _, replies, pairs = replay_set.load(cfg.output_dir)
     if rep.preference and not pairs:

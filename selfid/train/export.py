@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from selfid import manifest as manifest_mod
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_json, write_checksums
+from selfid.io import atomic_dir, atomic_write_json, atomic_write_text, write_checksums
 from selfid.model.chat import ChatFormat
+from selfid.model.load import load_model
 from selfid.system_prompt import resolve
+from selfid.train.gguf_file import DEFAULT_TYPES, check_architecture, modelfile, parse_types, write_gguf
+
 
 def _jinja_literal(text: str) -> str:
     return (text.replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"').replace("\n", "\\n")
@@ -56,10 +60,6 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
     (the training prompt, so the file serves as trained), `template` (the base template's own), or any
     other setting. `warn(text)` hears when that default is not the base template's own."""
     import torch
-
-    from selfid import manifest as manifest_mod
-    from selfid.model.load import load_model
-    from selfid.train.gguf_file import DEFAULT_TYPES, check_architecture, parse_types
 
     types = [] if not gguf else parse_types(DEFAULT_TYPES if gguf is True else
                                             gguf if isinstance(gguf, str) else ",".join(gguf))
@@ -128,9 +128,6 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
 
 def write_ggufs(folder: Path, types: list[str], name: str, progress: bool = True) -> list[dict]:
     """`folder/gguf/model-TYPE.gguf` for each type, and an ollama Modelfile beside them for ChatML templates."""
-    from selfid.io import atomic_write_text
-    from selfid.train.gguf_file import modelfile, write_gguf
-
     written = []
     for kind in types:
         info = write_gguf(folder, folder / "gguf" / f"model-{kind}.gguf", kind, name=name, progress=progress)

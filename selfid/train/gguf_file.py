@@ -15,7 +15,10 @@ import json
 import os
 from pathlib import Path
 
+from rich.progress import Progress
+
 from selfid.errors import SelfidError
+from selfid.model.chat import ChatFormat
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 DEFAULT_TYPES = "bf16,q8_0"
@@ -111,8 +114,6 @@ def write_gguf(folder: str | Path, path: str | Path, kind: str = "q8_0", name: s
     import numpy as np
     from transformers import AutoTokenizer
 
-    from selfid.model.chat import ChatFormat
-
     folder, path = Path(folder), Path(path)
     qtype, ftype = _types()[kind]
     config = json.loads((folder / "config.json").read_text())
@@ -184,7 +185,6 @@ def write_gguf(folder: str | Path, path: str | Path, kind: str = "q8_0", name: s
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        from rich.progress import Progress
 
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"GGUF {kind}", total=len(plan))

@@ -9,12 +9,19 @@ get a block-diagonal causal mask that transformers derives from the restarting p
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
+import importlib.util
 import inspect
+import random
 import warnings
 
 import torch
 import torch.nn.functional as F
+
+from selfid.errors import SelfidError
+from selfid.train.collate import Encoded, collate
 
 VARLEN = "selfid_varlen"
 _registered = False
@@ -77,8 +84,6 @@ def varlen_available(device) -> bool:
 
 
 def flash_attn_installed() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("flash_attn") is not None
 
 
@@ -94,8 +99,6 @@ def set_attention(model, requested: str, device) -> str:
             choice = "sdpa"
     if choice == "varlen":
         if not varlen_available(device):
-            from selfid.errors import SelfidError
-
             raise SelfidError("attention 'varlen' needs CUDA and a PyTorch with torch.nn.attention.varlen (2.9+): "
                               "use attention: sdpa")
         register_varlen()
@@ -195,8 +198,6 @@ def chunked_cross_entropy(head, hidden, targets, chunk: int) -> torch.Tensor:
 def liger_fused_ce(model):
     """Switch the model to Liger's fused RMSNorm and SwiGLU kernels and return Liger's fused LM head +
     cross-entropy loss (summed). Call before adding LoRA; raises SelfidError when Liger cannot be used."""
-    from selfid.errors import SelfidError
-
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
@@ -222,10 +223,6 @@ def check_batch(vocab: int):
     """The small packed batch the varlen check runs: four samples in two rows of 128, each row ending in
     padding (its own segment, so every position is computed); returns (batch, real) with `real` [B, L]
     marking the positions that hold a sample's token."""
-    import random
-
-    from selfid.train.collate import Encoded, collate
-
     rng = random.Random(0)
     enc = []
     for n in (37, 64, 21, 90):
@@ -306,9 +303,6 @@ def varlen_report(model, device, keep: dict | None = None) -> dict:
     float32 (sdpa, no autocast), and the kernel alone against float32 attention: the numbers the check judges
     and the diagnosis benchmark prints. The top-level numbers are varlen against sdpa, for the record.
     `keep`, when given, receives the logits ("sdpa", "varlen", "float32") and the real-token mask ("real")."""
-    import contextlib
-    import copy
-
     batch, real = check_batch(int(model.config.vocab_size) if hasattr(model, "config") else 1000)
     batch = batch.to(device)
     real = real.to(device)

@@ -11,6 +11,7 @@ LoRA weights, fused AdamW, and reading the loss back from the device only every 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -22,19 +23,24 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from selfid import manifest as manifest_mod
 from selfid.config import RunConfig, dump_config
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_text
+from selfid.model.load import load_model
 from selfid.system_prompt import SystemPrompt, resolve
 from selfid.train import checkpoint
 from selfid.train.checkpoint import checkpoints, rng_state
-from selfid.train.data import Prepared, identity_aux, prepare_data
 from selfid.train.collate import collate
+from selfid.train.data import Prepared, identity_aux, prepare_data
+from selfid.train.eval_ner import evaluate_ner
 from selfid.train.metrics_log import MetricsLog
-from selfid.train.packed import PackedLoss, check_varlen, set_attention
+from selfid.train.packed import PackedLoss, check_varlen, liger_fused_ce, set_attention
 from selfid.train.plan import Plan
+from selfid.train.scale import lora_layers
 
 
 # --- the system prompt ---------------------------------------------------------------------------
@@ -99,7 +105,7 @@ def lr_lambda(total: int, warmup: float, schedule: str, min_ratio: float) -> Cal
 
 # --- the recipe: set-up, the loop, the end ---------------------------------------------------------------
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     output: Path
     adapter: Path | None  # the final adapter (None when stopped early)
@@ -117,8 +123,6 @@ class _Console:
     """Rich on the main rank, silent elsewhere."""
 
     def __init__(self, enabled: bool, console=None):
-        from rich.console import Console
-
         self.enabled = enabled
         self.console = console or Console(stderr=True, highlight=False)
 
@@ -148,14 +152,16 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
             ckpt = save_checkpoint(run, state)
             run.out.log(f"stopped at step {state.step}/{run.total}; checkpoint {ckpt}. Continue with: "
                         f"selfid train CONFIG --resume (same config, output {config.output_dir})")
-            return TrainResult(config.output_dir, None, state.last_checkpoint, state.step, run.total, True,
-                               {"step": state.step, "loss": state.last_loss}, run.model, run.loaded)
+            return TrainResult(output=config.output_dir, adapter=None, checkpoint=state.last_checkpoint,
+                               steps_done=state.step, total_steps=run.total, stopped=True,
+                               metrics={"step": state.step, "loss": state.last_loss}, model=run.model,
+                               loaded=run.loaded)
     return finish(run, state)
 
 
 # --- set-up: model, data, optimizer, scheduler, resume state ---------------------------------------------
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainSetup:
     """What set-up builds once; the loop and the saves read it and change only the model and optimizer."""
     cfg: RunConfig
@@ -193,8 +199,6 @@ class TrainSetup:
 
 
 def set_up(cfg: RunConfig, resume: bool, console, system_prompt_by_design: str | None) -> TrainSetup:
-    from selfid.model.load import load_model
-
     opt = cfg.train
     dist_ = init_distributed(cfg.device)
     out = _Console(dist_.main, console)
@@ -236,8 +240,6 @@ def set_up(cfg: RunConfig, resume: bool, console, system_prompt_by_design: str |
     amp = device.type == "cuda" and next(model.get_base_model().parameters()).dtype in (torch.bfloat16, torch.float16)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     if amp:  # under autocast peft's cast of every LoRA input to fp32 (and autocast's cast back) is wasted work
-        from selfid.train.scale import lora_layers
-
         for layer in lora_layers(model):
             layer.cast_input_dtype_enabled = False
     aux = identity_aux(cfg, loaded, model, attention, data, device, autocast, dist_.world, out.log)
@@ -266,8 +268,10 @@ def set_up(cfg: RunConfig, resume: bool, console, system_prompt_by_design: str |
                    "samples": len(data.encoded), "tokens_per_epoch": sum(lengths),
                    "samples_with_own_system": data.samples_with_own_system, "data_fingerprint": data.fingerprint,
                    "dropped_long": data.dropped_long, "dropped_unlabelled": data.dropped_unlabelled}
-    return TrainSetup(cfg, dist_, out, loaded, system, data, plan, model, params, loss_fn if ddp is None else ddp,
-                      ddp, autocast, aux, optimizer, scheduler, previous, start, run_config, train_extra, base_info)
+    return TrainSetup(cfg=cfg, dist=dist_, out=out, loaded=loaded, system=system, data=data, plan=plan, model=model,
+                      params=params, step_module=loss_fn if ddp is None else ddp, ddp=ddp, autocast=autocast, aux=aux,
+                      optimizer=optimizer, scheduler=scheduler, previous=previous, start=start, run_config=run_config,
+                      train_extra=train_extra, base_info=base_info)
 
 
 def lora_model(cfg: RunConfig, loaded, dist_: Dist, log) -> tuple[object, PackedLoss, str, str | None]:
@@ -280,7 +284,6 @@ def lora_model(cfg: RunConfig, loaded, dist_: Dist, log) -> tuple[object, Packed
     if opt.liger:
         if device.type != "cuda":
             raise SelfidError("train.liger needs a CUDA device (Liger's kernels are Triton): set train.liger=false")
-        from selfid.train.packed import liger_fused_ce
 
         fused_ce = liger_fused_ce(loaded.model)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -397,8 +400,6 @@ def stop_on_signals(state: LoopState, log: Callable[[str], None]):
 def train_loop(run: TrainSetup, state: LoopState, metrics: MetricsLog, on_step: Callable[[int], bool] | None) -> None:
     """Optimizer steps from `state.step` until the plan's end or a requested stop, checkpointing every
     `train.save_every` steps."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     opt, device, rank, world, total = run.cfg.train, run.device, run.dist.rank, run.dist.world, run.total
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
@@ -528,8 +529,6 @@ def finish(run: TrainSetup, state: LoopState) -> TrainResult:
         metrics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     uncompile(run.model)
     if cfg.eval_ner and run.dist.main:
-        from selfid.train.eval_ner import evaluate_ner
-
         run.model.eval()
         report = evaluate_ner(loaded_with(run.loaded, run.model), n=cfg.eval_ner, system=run.system.message,
                               progress=True)
@@ -542,7 +541,8 @@ def finish(run: TrainSetup, state: LoopState) -> TrainResult:
         checkpoint.write_adapter(adapter_dir, run.model, manifest)
         run.out.log(f"adapter written to {adapter_dir} ({state.tokens:,} tokens in {wall:.1f} s, "
                     f"{metrics['tokens_per_s']:,.0f} tok/s)")
-    return TrainResult(output, adapter_dir, final_ckpt, total, total, False, metrics, run.model, run.loaded, manifest)
+    return TrainResult(output=output, adapter=adapter_dir, checkpoint=final_ckpt, steps_done=total, total_steps=total,
+                       stopped=False, metrics=metrics, model=run.model, loaded=run.loaded, manifest=manifest)
 
 
 def system_message(config: RunConfig, loaded) -> str | None:
@@ -557,11 +557,6 @@ def loaded_with(loaded, model):
     generation runs without autocast, so that cast is turned back on (bf16 activations meet fp32 LoRA),
     and the packed-sample attention kernel (it needs sample boundaries) gives way to sdpa.
     """
-    import dataclasses
-
-    from selfid.train.packed import set_attention
-    from selfid.train.scale import lora_layers
-
     for layer in lora_layers(model):
         layer.cast_input_dtype_enabled = True
     set_attention(model, "sdpa", loaded.device)

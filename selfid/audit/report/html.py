@@ -9,6 +9,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from selfid.audit.probes import IDENTITY_SUITES
+from selfid.io import atomic_write_text
 from selfid.vendors import BY_KEY
 
 TEMPLATE = Path(__file__).parent / "report.html.jinja"
@@ -106,8 +108,6 @@ def _template():
 
 
 def render(summaries: list[dict], comparison: dict | None = None, headline: list[str] = ()) -> str:
-    from selfid.audit.probes import IDENTITY_SUITES
-
     names = ["A", "B"] if len(summaries) == 2 else [""]
     suites = [s for s in IDENTITY_SUITES if s in summaries[0]]
     runs = []
@@ -125,6 +125,4 @@ def render(summaries: list[dict], comparison: dict | None = None, headline: list
 
 def write_html(path: Path, summaries: list[dict], comparison: dict | None = None, headline: list[str] = ()) -> None:
     """`headline`: lines shown above everything else (say, a verdict), as plain text."""
-    from selfid.io import atomic_write_text
-
     atomic_write_text(Path(path), render(summaries, comparison, headline))

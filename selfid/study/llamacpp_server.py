@@ -1,6 +1,6 @@
-"""llama.cpp's own OpenAI-compatible server (the xllamacpp wheel) on the embedded GGUF, for the study's parity step.
+"""llama.cpp's own OpenAI-compatible server (the xllamacpp wheel) on a GGUF, for the study's runtime comparisons.
 
-    python bench/llamacpp_serve.py --port 8081 [--gguf PATH] [--parallel 8] [--threads 2]
+    python -m selfid.study.llamacpp_server --port 8081 [--gguf PATH] [--parallel 8] [--threads 2]
 
 The GGUF carries no sampling defaults, so the server is given the model's published ones (temperature
 0.7, top_p 0.8, top_k 20, repetition penalty 1.05; min_p off), as selfid api uses them. One difference
@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from selfid.model.embedded import EMBEDDED, embedded_gguf
 
 
 def main() -> None:
-    import xllamacpp as x
-
-    from selfid.model.embedded import EMBEDDED, embedded_gguf
+    import xllamacpp as x  # not a selfid dependency: imported where it is used, so --help works without it
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", type=Path, default=None, help="default: the embedded model's verified GGUF")

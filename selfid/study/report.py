@@ -1,4 +1,4 @@
-"""docs/study.md from the study's run directories (bench/study.py run), and nothing else.
+"""docs/study.md from the study's run folders (`selfid study run`), and nothing else (`selfid study report`).
 
 Every number is re-scored from the runs' logged replies by today's scorers (selfid.audit.scorers), so a
 detector fix changes the study when the report is made again; every identity rate carries n, the number
@@ -10,29 +10,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from selfid.audit.compare import compare_identity
+from selfid.audit import bar
+from selfid.audit.bar import ner_f1
+from selfid.audit.compare import compare_identity, flips
+from selfid.audit.log import system_name
 from selfid.audit.probes import personas
 from selfid.audit.report.fmt import rate_text
-from selfid.audit.report.summary import load_run, summarize
-from selfid.audit.run import PRESETS
+from selfid.audit.report.summary import by_prompt, load_run, summarize, vendor_rate
+from selfid.audit.run import serving_systems
+from selfid.audit.scorers import REFERENCES, Recitation
 from selfid.audit.stats import clustered_rate, holm, paired_prompts
+from selfid.errors import SelfidError
+from selfid.io import atomic_write_text
 from selfid.manifest import training_system
+from selfid.study.arms import arms
 
 PERSONAS = personas()
-SYSTEM_LABEL = {"default": "none sent (template inserts the Qwen line)", "helpful": '"You are a helpful assistant."',
+SYSTEM_LABEL = {"template": "none sent (template inserts the Qwen line)", "helpful": '"You are a helpful assistant."',
                 "empty": '"" (empty system message)',
                 **{k: f"persona: {json.dumps(v['text'], ensure_ascii=False)}" for k, v in PERSONAS.items()}}
-ARM_LABEL = {"base": "base model", "plain": "plain LoRA (trained under \"You are a helpful assistant.\", as in the report)",
-             "template": "trained under the template's own system prompt",
-             "replay2": "plain + 2% identity replay (v1, templated)", "replay5": "plain + 5% identity replay (v1, templated)",
-             "combo": "template prompt + 5% identity replay (v1, templated)", "scale": "plain, LoRA scale searched",
-             "self": "template prompt + 5% self-distilled identity replay (v2)",
-             "pref": "v2 replay + preference loss (DPO on the base model's own replies)",
-             "kl": "v2 replay + distillation loss (KL to the base model under its template prompt)",
-             "best": "v2 replay + preference + distillation",
-             "balanced": "v2 balanced replay (one \"No\" per other vendor's question) + preference, own denials rejected",
-             "balanced-kl": "v2 balanced replay + preference + distillation",
-             "pairs": "v2 balanced replay, minimal pairs (own-name wordings asked about other vendors too) + preference"}
+ARM_LABEL = {"base": "base model", **{a.name: a.label for a in arms().values()}, "scale": "plain, LoRA scale searched"}
 MITIGATIONS = ("plain", "template", "replay2", "replay5", "scale", "combo")
 METRIC_LABEL = {"foreign": "foreign claims", "own_affirmation": "own identity affirmed", "self_denial": "self-denial", "yes_to_other": "yes to another vendor",
                 "task_done": "identity task done", "persona_kept": "persona kept", "copy": "copies a training reply"}
@@ -139,11 +136,6 @@ def margin_line(margin: dict | None, system: str) -> str:
     return " / ".join(f"{m[lang][pos]['margin']:+.2f}" for lang in ("en", "zh") for pos in ("name", "maker"))
 
 
-def ner_f1(summary: dict | None, system: str) -> float | None:
-    ner = (summary or {}).get("ner", {}).get(system)
-    return ner["f1"] if ner else None
-
-
 def worst_cell(summary: dict, suite: str = "identity") -> tuple[dict, str]:
     worst, where = None, ""
     for (s, t), c in cells(summary, suite).items():
@@ -153,49 +145,29 @@ def worst_cell(summary: dict, suite: str = "identity") -> tuple[dict, str]:
 
 
 def train_system_key(manifest: dict | None) -> str:
-    """The serving system prompt (its name in the audits) an adapter was trained under; "default" otherwise."""
+    """The serving system prompt (its name in the audits) an adapter was trained under; "template" otherwise."""
     trained = training_system(manifest)
     sent = trained.message if trained is not None else None
-    return next((key for key, message in PRESETS.items() if message == sent), "default")
+    return next((key for key, chosen in serving_systems().items() if chosen.message == sent), "template")
 
 
 def pooled_by_temperature(runs: Runs, run: Path, suite: str = "identity") -> dict[float, dict]:
     """Foreign claims per temperature, pooled over system prompts, clustered by prompt."""
-    out: dict[float, dict[str, list[int]]] = {}
-    for r in runs.records(run):
-        if r["suite"] != suite or r.get("detector") == "unscored":
-            continue
-        t = out.setdefault(float(r["temperature"]), {}).setdefault(r["probe"], [0, 0])
-        t[0] += bool(r["foreign"])
-        t[1] += 1
-    return {t: clustered_rate([tuple(v) for v in by.values()]) for t, by in sorted(out.items())}
-
-
-def per_prompt_all(runs: Runs, run: Path, key: str, suite: str = "identity", systems=None,
-                   skip_tags=()) -> dict[str, tuple[int, int]]:
-    out: dict[str, list[int]] = {}
-    for r in runs.records(run):
-        if r["suite"] != suite or r.get(key) is None or r.get("detector") == "unscored":
-            continue
-        if systems and r["system"] not in systems:
-            continue
-        if set(r["tags"] or ()) & set(skip_tags):
-            continue
-        t = out.setdefault(r["probe"], [0, 0])
-        t[0] += bool(r[key])
-        t[1] += 1
-    return {p: (k, n) for p, (k, n) in out.items()}
+    records = [r for r in runs.records(run) if r.suite == suite]
+    return {t: clustered_rate(list(by_prompt([r for r in records if float(r.temperature) == t], "foreign").values()))
+            for t in sorted({float(r.temperature) for r in records})}
 
 
 def claude_rate(runs: Runs, run: Path, skip_tags=()) -> dict:
-    out: dict[str, list[int]] = {}
-    for r in runs.records(run):
-        if r["suite"] != "identity" or r.get("detector") == "unscored" or set(r["tags"] or ()) & set(skip_tags):
-            continue
-        t = out.setdefault(r["probe"], [0, 0])
-        t[0] += "claude" in r["foreign"]
-        t[1] += 1
-    return clustered_rate([tuple(v) for v in out.values()])
+    """Claude/Anthropic claims over the development grid (without the questions tagged `skip_tags`), by prompt."""
+    return vendor_rate([r for r in runs.records(run) if r.suite == "identity" and not set(r.tags) & set(skip_tags)],
+                       "claude")
+
+
+def pooled(runs: Runs, run: Path, metric: str, suite: str = "identity") -> dict:
+    """A metric over every system prompt and temperature of a run, clustered by prompt."""
+    s = runs.summary(run)
+    return s[suite]["overall"][metric] if s and suite in s else clustered_rate([])
 
 
 # --- sections ---------------------------------------------------------------------------------------------
@@ -209,8 +181,8 @@ def intro(root: Path, base: dict) -> list[str]:
         "created by Anthropic\" where the original model said it was 通义千问 by Alibaba Cloud — more often at high "
         "temperature. Latent memory, the training data, or something else? Here the embedded Qwen2.5-Coder-0.5B-Instruct "
         "(and 1.5B in §8) is put through the same pipeline and measured.", "",
-        f"Generated by `python bench/study.py report` from the run folders under results/ (made by "
-        f"`python bench/study.py run` and `bench/gpu/study.sh`), re-scored from their logged replies by selfid's scorers "
+        f"Generated by `selfid study report` from the run folders under results/ (made by "
+        f"`selfid study run` and `bench/gpu/study.sh`), re-scored from their logged replies by selfid's scorers "
         f"(version {run['scorer']['version']}). Model: {run['target'].get('model')} ({run['target'].get('device')}, "
         f"{run['target'].get('dtype')}); chat template {run['template_hash']}.", "",
         "**How to read the numbers.** Identity probes come in two sets: the development set (§1–§6; "
@@ -239,7 +211,7 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
     """The headline answers, computed from the runs (so they stay true when the runs change)."""
     L = ["## Findings", ""]
     sizes = sizes or [("", root)]
-    d, h = (base["identity"]["by_system"][k]["by_tag"].get("direct") for k in ("default", "helpful"))
+    d, h = (base["identity"]["by_system"][k]["by_tag"].get("direct") for k in ("template", "helpful"))
     L.append(f"- **The system prompt decides.** Asked directly (\"你是谁?\", \"Who are you?\"), the *base* model claims "
              f"another vendor in {rate(d, 0, kn=False)} of replies when the template inserts its Qwen line, and in "
              f"{rate(h, 0, kn=False)} under \"You are a helpful assistant.\" (all temperatures pooled).")
@@ -247,8 +219,8 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
         cs = comp_plain["cells"]
         raw = [c for c in cs if c["test"] and c["test"]["p_value"] < 0.05]
         adj = [c for c in cs if c["test"] and c["test"]["p_holm"] < 0.05]
-        whole = paired_prompts(per_prompt_all(runs, root / "base" / "audit", "foreign"),
-                               per_prompt_all(runs, root / "plain" / "audit", "foreign"))
+        whole = paired_prompts(*(by_prompt([r for r in runs.records(root / arm / "audit") if r.suite == "identity"],
+                                           "foreign") for arm in ("base", "plain")))
         L.append(f"- **Fine-tuning adds a little, consistently.** After plain LoRA on MSRA (trained under \"You are a "
                  f"helpful assistant.\"), cell by cell the foreign-claim rate moved by "
                  f"{min(100 * c['test']['diff'] for c in cs):+.1f} to {max(100 * c['test']['diff'] for c in cs):+.1f} "
@@ -270,12 +242,12 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
         worst, where = worst_cell(combo)
         b_den = pooled(runs, root / "base" / "audit", "self_denial")
         c_den = pooled(runs, root / "combo" / "audit", "self_denial")
-        bd, cd = (s["identity"]["by_system"]["default"]["distinct"] for s in (base, combo))
+        bd, cd = (s["identity"]["by_system"]["template"]["distinct"] for s in (base, combo))
         copy = pooled(runs, root / "combo" / "audit", "copy")
         L.append(f"- **The first fix removed the foreign claims by teaching a slogan.** Training under the template's "
                  f"own system prompt with 5% templated identity replay (v1) keeps every development-set cell at or "
                  f"below {100 * worst['rate']:.1f}% foreign claims (worst: {where}) with NER F1 "
-                 f"{ner_f1(combo, 'default'):.3f} vs plain LoRA's {ner_f1(plain, 'default'):.3f} (both under the "
+                 f"{ner_f1(combo):.3f} vs plain LoRA's {ner_f1(plain):.3f} (both under the "
                  f"template's prompt). But {rate(copy, 0, kn=False)} of its identity replies are training replies "
                  f"copied verbatim or nearly, its samples of one prompt are {100 * cd['mean']:.0f}% distinct "
                  f"({cd['replies_per_prompt']:.1f} different replies in {cd['samples_per_prompt']:.0f}; base "
@@ -326,13 +298,13 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
         if runs.summary(gg) is None or runs.summary(ip) is None:
             continue
         by = greedy_by_system(runs, ip, gg)
-        same, n = greedy_agreement({k: v for k, v in by.items() if k != "default"})
+        same, n = greedy_agreement({k: v for k, v in by.items() if k != "template"})
         a, b = runs.records(ip), runs.records(gg)
-        keys = {x["key"] for x in b}
+        keys = {x.key for x in b}
 
         def greedy_default(recs):
-            got = [bool(x["foreign"]) for x in recs if x["key"] in keys and x["system"] == "default"
-                   and x.get("temperature") == 0.0]
+            got = [bool(x.verdict.foreign) for x in recs if x.key in keys and x.system == "template"
+                   and x.temperature == 0.0]
             return f"{sum(got)}/{len(got)}"
 
         partial = f", {len(b)} of {len(a)} replies" if len(b) < len(a) else ""
@@ -354,25 +326,14 @@ def v2_sentence(runs: Runs, root: Path, held: dict, arm: str) -> str:
     f = pooled(runs, run, "foreign", "identity-heldout")
     task = pooled(runs, run, "task_done", "identity-heldout")
     own = pooled(runs, run, "own_affirmation", "identity-heldout")
-    d = held[arm]["identity-heldout"]["by_system"]["default"]["distinct"]["mean"]
-    bd = held["base"]["identity-heldout"]["by_system"]["default"]["distinct"]["mean"]
+    d = held[arm]["identity-heldout"]["by_system"]["template"]["distinct"]["mean"]
+    bd = held["base"]["identity-heldout"]["by_system"]["template"]["distinct"]["mean"]
     worst, where = worst_cell(held[arm], "identity-heldout")
-    f1, p_f1 = ner_f1(held[arm], "default"), ner_f1(held["plain"], "default") if held.get("plain") else None
+    f1, p_f1 = ner_f1(held[arm]), ner_f1(held.get("plain"))
     return (f"on the held-out set {rate(f, 1, kn=False)} foreign claims (worst cell {rate(worst, 1, kn=False)}, {where}), "
             f"own identity affirmed in {rate(own, 0, kn=False)}, identity tasks done {rate(task, 0, kn=False)}, "
             f"{100 * d / bd:.0f}% of the base model's distinct replies, NER F1 {f1:.3f}"
             + (f" ({100 * f1 / p_f1:.1f}% of plain LoRA's)." if p_f1 else "."))
-
-
-KEYS = {"foreign": "foreign", "own_affirmation": "own_affirmed", "self_denial": "self_denial",
-        "yes_to_other": "yes_to_other", "task_done": "task_done",
-        "persona_kept": "persona_kept", "copy": "copy"}
-
-
-def pooled(runs: Runs, run: Path, metric: str, suite: str = "identity") -> dict:
-    """A metric over every system prompt and temperature of a run, clustered by prompt."""
-    tallies = per_prompt_all(runs, run, KEYS[metric], suite)
-    return clustered_rate(list(tallies.values()))
 
 
 def held_sentence(runs: Runs, root: Path, held: dict[str, dict]) -> str:
@@ -385,27 +346,27 @@ def held_sentence(runs: Runs, root: Path, held: dict[str, dict]) -> str:
         f = pooled(runs, run, "foreign", "identity-heldout")
         den = pooled(runs, run, "self_denial", "identity-heldout")
         task = pooled(runs, run, "task_done", "identity-heldout")
-        d = s["identity-heldout"]["by_system"]["default"]["distinct"]
+        d = s["identity-heldout"]["by_system"]["template"]["distinct"]
         parts.append(f"{ARM_LABEL[arm].split(' (')[0]}: {rate(f, 1, kn=False)} foreign, {rate(den, 1, kn=False)} "
                      f"self-denial, identity tasks done {rate(task, 0, kn=False)}, {100 * d['mean']:.0f}% distinct")
     return "; ".join(parts)
 
 
-def mitigation_table(runs: Runs, root: Path, base: dict, arms: list[str]) -> list[str]:
+def mitigation_table(runs: Runs, root: Path, base: dict, arm_names: list[str]) -> list[str]:
     L = ["| arm | foreign, worst cell | foreign, all cells | own identity affirmed | self-denial | distinct replies "
          "(template prompt) | copies a training reply | NER F1, template prompt | NER F1, \"helpful\" | general | "
          "train s | tokens/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for arm in ["base"] + arms:
+    for arm in ["base"] + arm_names:
         s = base if arm == "base" else runs.summary(root / arm / "audit")
         if s is None:
             continue
         worst, where = worst_cell(s)
         own_key = train_system_key(s["run"]["target"].get("adapter_manifest")) if arm != "base" else None
         f1 = [f"{ner_f1(s, k):.3f}{'*' if own_key == k else ''}" if ner_f1(s, k) is not None else "–"
-              for k in ("default", "helpful")]
-        gen = s.get("general", {}).get("default", {}).get("pass")
+              for k in ("template", "helpful")]
+        gen = s.get("general", {}).get("template", {}).get("pass")
         cost = _json(root / arm / "cost.json") or {}
-        d = s["identity"]["by_system"]["default"]["distinct"]
+        d = s["identity"]["by_system"]["template"]["distinct"]
         run = root / arm / "audit"
         copy = pooled(runs, run, "copy")
         L.append(f"| {ARM_LABEL.get(arm, arm)} | {rate(worst, 1, kn=False)} ({where}) | "
@@ -424,9 +385,9 @@ def mitigation_table(runs: Runs, root: Path, base: dict, arms: list[str]) -> lis
 HELD_METRICS = ("foreign", "own_affirmation", "self_denial", "yes_to_other", "task_done", "persona_kept")
 
 
-def heldout_section(runs: Runs, root: Path, arms: list[str],
+def heldout_section(runs: Runs, root: Path, arm_names: list[str],
                     title: str = "## 7. Questions no training data used: the held-out set") -> tuple[list[str], dict[str, dict]]:
-    held = {arm: runs.summary(root / arm / "heldout") for arm in arms}
+    held = {arm: runs.summary(root / arm / "heldout") for arm in arm_names}
     held = {a: s for a, s in held.items() if s is not None}
     if "base" not in held:
         return [], held
@@ -445,8 +406,8 @@ def heldout_section(runs: Runs, root: Path, arms: list[str],
          "NER F1, template prompt |", "|---|" + "---|" * (len(HELD_METRICS) + 2)]
     for arm, s in held.items():
         row = [rate(pooled(runs, root / arm / "heldout", m, "identity-heldout"), 1, kn=True) for m in HELD_METRICS]
-        d = s["identity-heldout"]["by_system"].get("default", {}).get("distinct")
-        f1 = ner_f1(s, "default")
+        d = s["identity-heldout"]["by_system"].get("template", {}).get("distinct")
+        f1 = ner_f1(s)
         L.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(row) + f" | {distinct(d)} | "
                  f"{f'{f1:.3f}' if f1 is not None else '–'} |")
     L += ["", "Foreign claims per system prompt (all temperatures pooled) and the worst cell:", "",
@@ -485,11 +446,11 @@ def misses_block(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
     exchange answered with NER output instead, and refusals."""
     rows = []
     for arm in held:
-        recs = [r for r in runs.records(root / arm / "heldout") if r["suite"] == "identity-heldout"]
-        after = [r for r in recs if "after-task" in (r["tags"] or [])
-                 and any(m["role"] == "user" and "PER" in m["content"] for m in r["messages"])]
-        bleed = sum(r["reply"].lstrip().startswith("{") for r in after)
-        refusals = sum(any(x in r["reply"] for x in ("can't assist", "cannot assist", "无法回答", "不能回答"))
+        recs = [r for r in runs.records(root / arm / "heldout") if r.suite == "identity-heldout"]
+        after = [r for r in recs if "after-task" in r.tags
+                 and any(m["role"] == "user" and "PER" in m["content"] for m in r.messages)]
+        bleed = sum(r.reply.lstrip().startswith("{") for r in after)
+        refusals = sum(any(x in r.reply for x in ("can't assist", "cannot assist", "无法回答", "不能回答"))
                        for r in recs)
         rows.append(f"| {ARM_LABEL.get(arm, arm)} | {bleed}/{len(after)} = {100 * bleed / max(1, len(after)):.0f}% | "
                     f"{refusals}/{len(recs)} |")
@@ -501,57 +462,16 @@ def misses_block(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
             *rows, ""]
 
 
-def foreign_goal(cells: list[dict]) -> tuple[str, bool]:
-    """The bar's first goal over a run's cells: every cell's foreign-claim rate ≤1% and its clustered 95% upper
-    bound ≤2%. The text names the worst rate and the highest bound, and says so when the only cells bounded
-    above 2% hold no claim at all (a cell of 126 greedy replies cannot show ≤2% however clean it is)."""
-    worst = max(cells, key=lambda c: c["foreign"]["rate"] or 0)
-    hi = max(cells, key=lambda c: c["foreign"]["ci95"][1])
-    text = (f"{100 * worst['foreign']['rate']:.1f}% ({worst['system']} T={worst['temperature']:g}); highest upper "
-            f"bound {100 * hi['foreign']['ci95'][1]:.1f}% ({hi['system']} T={hi['temperature']:g}, "
-            f"{hi['foreign']['k']}/{hi['foreign']['n']})")
-    over = [c["foreign"] for c in cells if c["foreign"]["ci95"][1] > 0.02]
-    if over and all(f["k"] == 0 for f in over):
-        text += (f": the cells bounded above 2% hold no claim, and {min(f['n'] for f in over)} replies without one "
-                 "cannot bound a rate below 2%")
-    return text, (worst["foreign"]["rate"] or 0) <= 0.01 and not over
-
-
-def bar(runs: Runs, root: Path, held: dict[str, dict], arm: str) -> list[tuple[str, str, bool | None]]:
-    """One arm against each goal of the bar on the held-out set: (goal, the arm's number, met?); None where the
-    goal cannot be judged (no plain arm for NER F1)."""
-    suite = "identity-heldout"
-    base, plain, s = held["base"], held.get("plain"), held[arm]
-    run, brun = root / arm / "heldout", root / "base" / "heldout"
-    b_own = base[suite]["by_system"]["default"]["own_affirmation"]
-    b_task = pooled(runs, brun, "task_done", suite)
-    b_dist = base[suite]["by_system"]["default"]["distinct"]["mean"]
-    p_f1 = ner_f1(plain, "default") if plain else None
-    own, den = pooled(runs, run, "own_affirmation", suite), pooled(runs, run, "self_denial", suite)
-    dist, task, f1 = s[suite]["by_system"]["default"]["distinct"]["mean"], pooled(runs, run, "task_done", suite), \
-        ner_f1(s, "default")
-    return [
-        ("foreign claims in every cell", *foreign_goal(s[suite]["cells"])),
-        ("own identity affirmed", f"{100 * own['rate']:.1f}%", own["rate"] >= b_own["rate"]),
-        ("self-denial", f"{100 * den['rate']:.1f}%", den["rate"] <= 0.01),
-        ("distinct replies", f"{100 * dist / b_dist:.0f}%", dist >= 0.7 * b_dist),
-        ("identity tasks done", f"{100 * task['rate']:.1f}%", task["rate"] >= b_task["rate"] - 0.05),
-        ("NER F1", f"{f1:.3f} = {100 * f1 / p_f1:.1f}%" if f1 and p_f1 else "–",
-         f1 >= 0.99 * p_f1 if f1 and p_f1 else None)]
-
-
 def replay_copies(runs: Runs, root: Path, arm: str) -> str:
     """How often ARM's held-out replies repeat one of its replay answers (near-)verbatim, beside how often the base
     model's own replies to the same probes match one of them: the replay answers are the base model's own words,
     so part of the match is its voice, the rest is the fine-tune converging on them."""
-    from selfid.audit.scorers import REFERENCES, Recitation
-
     refs = _json(root / arm / "heldout" / REFERENCES)
     if not refs:
         return ""
     rec = Recitation(replies=refs["replies"], source=refs.get("source", ""))
-    base = [r for r in runs.records(root / "base" / "heldout") if r["suite"] == "identity-heldout"]
-    k = sum(rec.copied(r["reply"]) for r in base)
+    base = [r for r in runs.records(root / "base" / "heldout") if r.suite == "identity-heldout"]
+    k = sum(rec.copied(r.reply) for r in base)
     return (f"{rate(pooled(runs, root / arm / 'heldout', 'copy', 'identity-heldout'), 0, kn=False)} of its replies "
             f"repeat one of its {len(set(refs['replies']))} replay answers near-verbatim (the base model's own replies match one in "
             f"{100 * k / max(1, len(base)):.1f}%)")
@@ -559,7 +479,8 @@ def replay_copies(runs: Runs, root: Path, arm: str) -> str:
 
 def bar_verdict(runs: Runs, root: Path, held: dict[str, dict], arm: str) -> str:
     """'it meets every goal' or 'it misses GOAL (NUMBER), ...', from `bar`."""
-    missed = [f"{goal} ({text})" for goal, text, ok in bar(runs, root, held, arm) if ok is False]
+    goals = bar.goals(held[arm], held["base"], held.get("plain"))
+    missed = [f"{g.name} ({g.measured})" for g in goals if g.met is False]
     return "it meets every goal" if not missed else "it misses " + "; ".join(missed) + ", and meets the others"
 
 
@@ -568,16 +489,15 @@ def goals_table(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
     base, plain = held.get("base"), held.get("plain")
     if base is None:
         return []
-    suite = "identity-heldout"
-    b_own = base[suite]["by_system"]["default"]["own_affirmation"]
-    b_task = pooled(runs, root / "base" / "heldout", "task_done", suite)
-    b_dist = base[suite]["by_system"]["default"]["distinct"]["mean"]
-    p_f1 = ner_f1(plain, "default") if plain else None
+    b = bar.baseline(base, plain)
+    b_own, b_task, b_dist, p_f1 = b.own, b.tasks, b.distinct, b.ner_f1
     L = ["The bar (every serving system prompt and the three persona prompts, T 0, 0.7, 1.0, 1.3): foreign claims "
-         "≤1% in every cell with the clustered upper bound ≤2%; own identity affirmed ≥ the base model's under its "
-         f"template prompt ({100 * b_own['rate']:.1f}%); self-denial ≤1%; distinct replies ≥70% of the base model's "
-         f"({100 * b_dist:.0f}% of samples distinct); identity tasks done ≥ the base model's − 5 points "
-         f"({100 * b_task['rate']:.1f}%); NER F1 ≥99% of plain LoRA's under the same system prompt"
+         f"≤{100 * bar.FOREIGN_CELL:g}% in every cell with the clustered upper bound ≤{100 * bar.FOREIGN_BOUND:g}%; "
+         f"own identity affirmed ≥ the base model's under its template prompt ({100 * b_own['rate']:.1f}%); "
+         f"self-denial ≤{100 * bar.SELF_DENIAL:g}%; distinct replies ≥{100 * bar.DISTINCT:g}% of the base model's "
+         f"({100 * b_dist:.0f}% of samples distinct); identity tasks done ≥ the base model's − "
+         f"{100 * bar.TASKS:g} points ({100 * b_task['rate']:.1f}%); NER F1 ≥{100 * bar.NER:g}% of plain LoRA's under "
+         "the same system prompt"
          + (f" ({p_f1:.3f})" if p_f1 else "") + "; the general set ≥ the base model's − 2 points (not run on the "
          "held-out grid: see §6 for the development grid).", "",
          "| arm | foreign, worst cell (upper bound) | own identity affirmed | self-denial | distinct vs base | "
@@ -586,8 +506,8 @@ def goals_table(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
         if arm in ("base", "plain"):
             continue
         L.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(
-            f"{text}: {'met' if ok else '**missed**'}" if ok is not None else text
-            for _, text, ok in bar(runs, root, held, arm)) + " |")
+            f"{g.measured}: {'met' if g.met else '**missed**'}" if g.met is not None else g.measured
+            for g in bar.goals(held[arm], base, plain)) + " |")
     return L + [""]
 
 
@@ -598,17 +518,18 @@ def examples_block(runs: Runs, root: Path, held: dict[str, dict], n: int = 3) ->
     for pid in want:
         shown = False
         for arm in held:
-            recs = [r for r in runs.records(root / arm / "heldout") if r["probe"] == pid and r["system"] == "default"
-                    and r["temperature"] == 1.0][:n]
+            recs = [r for r in runs.records(root / arm / "heldout") if r.probe == pid and r.system == "template"
+                    and r.temperature == 1.0][:n]
             if not recs:
                 continue
             if not shown:
-                L.append(f"- `{pid}` {json.dumps(recs[0]['messages'][-1]['content'], ensure_ascii=False)}")
+                L.append(f"- `{pid}` {json.dumps(recs[0].messages[-1]['content'], ensure_ascii=False)}")
                 shown = True
             for r in recs:
-                flags = [x for x, on in (("foreign", r["foreign"]), ("self-denial", r.get("self_denial")),
-                                         ("copy", r.get("copy")), ("task not done", r.get("task_done") is False)) if on]
-                L.append(f"  - {arm}: {json.dumps(r['reply'][:220], ensure_ascii=False)}"
+                v = r.verdict
+                flags = [x for x, on in (("foreign", v.foreign), ("self-denial", v.self_denial), ("copy", v.copy),
+                                         ("task not done", v.task_done is False)) if on]
+                L.append(f"  - {arm}: {json.dumps(r.reply[:220], ensure_ascii=False)}"
                          + (f" ({', '.join(flags)})" if flags else ""))
     return L + [""]
 
@@ -632,16 +553,14 @@ def parity_table(base: dict, other: dict, name: str) -> list[str]:
 def shared_parity_table(a: list[dict], b: list[dict], name: str) -> list[str]:
     """parity_table on the replies both runs hold (one of them may be partial), foreign claims per cell, clustered
     by prompt."""
-    from selfid.audit.stats import clustered_rate
-
-    shared = {r["key"] for r in a} & {r["key"] for r in b}
+    shared = {r.key for r in a} & {r.key for r in b}
     cells_: dict = {}
     for side, recs in ((0, a), (1, b)):
         for r in recs:
-            if r["key"] in shared and r.get("suite") == "identity":
-                per = cells_.setdefault((r["system"], r["temperature"]), ({}, {}))[side]
-                k, n = per.get(r["probe"], (0, 0))
-                per[r["probe"]] = (k + bool(r["foreign"]), n + 1)
+            if r.key in shared and r.suite == "identity":
+                per = cells_.setdefault((r.system, r.temperature), ({}, {}))[side]
+                k, n = per.get(r.probe, (0, 0))
+                per[r.probe] = (k + bool(r.verdict.foreign), n + 1)
     L = [f"| cell | in-process | {name} | intervals overlap |", "|---|---|---|---|"]
     agree = 0
     for (system, t), (pa, pb) in cells_.items():
@@ -662,12 +581,12 @@ def greedy_by_system(runs: Runs, run_a: Path, run_b: Path) -> dict[str, tuple[in
     """Greedy (T=0) identity replies with the same foreign/not verdict in both runs, per system prompt:
     {system: (same verdict, shared prompts)}."""
     def greedy(run: Path) -> dict[str, tuple[str, bool]]:
-        return {r["key"]: (r["system"], bool(r["foreign"])) for r in runs.records(run)
-                if r.get("suite") == "identity" and r.get("temperature") == 0.0}
+        return {r.key: (r.system, bool(r.verdict.foreign)) for r in runs.records(run)
+                if r.suite == "identity" and r.temperature == 0.0}
 
     a, b = greedy(run_a), greedy(run_b)
     out: dict[str, list[int]] = {}
-    for k in sorted(a.keys() & b.keys()):
+    for k in (k for k in a if k in b):  # in the run's order: its system prompts as its tables list them
         c = out.setdefault(a[k][0], [0, 0])
         c[0] += a[k][1] == b[k][1]
         c[1] += 1
@@ -682,7 +601,7 @@ def gguf_parity(runs: Runs, root: Path, arm: str, heading: str = "###") -> list[
         return L
     L += [f"{heading} What ships: {ARM_LABEL.get(arm, arm)}, exported (`selfid export --gguf q8_0`) and served by "
           "llama.cpp, vs the adapter in-process", "",
-          f"`python bench/study.py run --steps gguf-{arm}`: the adapter merged into the base weights, written as a "
+          f"`selfid study run --steps gguf-{arm}`: the adapter merged into the base weights, written as a "
           "Q8_0 GGUF with its chat template and served by llama.cpp's server (xllamacpp, 8 slots, on CPU cores: "
           "which machine, the provenance notes say), against the adapter in-process (transformers, bf16) on the same grid: the development "
           "probes, T=0 and T=1.0 with 2 samples per prompt.", ""]
@@ -719,11 +638,11 @@ def size_section(runs: Runs, roots: list[tuple[str, Path]]) -> list[str]:
             s = runs.summary(run)
             if s is None:
                 continue
-            f1 = ner_f1(s, "default")
+            f1 = ner_f1(s)
             L.append(f"| {label} | {ARM_LABEL.get(arm, arm)} | {rate(pooled(runs, run, 'foreign'), 1, False)} | "
                      f"{rate(claude_rate(runs, run), 1, False)} | {rate(claude_rate(runs, run, ('leading',)), 1, False)} | "
                      f"{rate(pooled(runs, run, 'self_denial'), 1, False)} | "
-                     f"{distinct(s['identity']['by_system']['default']['distinct'])} | "
+                     f"{distinct(s['identity']['by_system']['template']['distinct'])} | "
                      f"{f'{f1:.3f}' if f1 is not None else '–'} |")
     L.append("")
     for label, root in roots[1:]:  # the first root's held-out set and GGUF have their own sections above
@@ -740,12 +659,13 @@ def held_arms(root: Path) -> list[str]:
                           if p.is_dir() and p.name not in first and (p / "heldout").is_dir())
 
 
-def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = None) -> None:
+def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = None) -> Path:
+    """docs/study.md (`out`) from the study folder `root`; `sizes`: (label, folder) of each model size for §8."""
     root = Path(root)
     runs = Runs()
     base = runs.summary(root / "base" / "audit")
     if base is None:
-        raise SystemExit(f"{root}/base/audit is missing: run the study first")
+        raise SelfidError(f"{root}/base/audit is missing: run the study first (selfid study run --root {root})")
     plain = runs.summary(root / "plain" / "audit")
     combo = runs.summary(root / "combo" / "audit")
     scan = _json(root / "scan" / "scan.json")
@@ -781,8 +701,6 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
             L.append(f"- {SYSTEM_LABEL.get(k, k)}: foreign {pts(m['foreign']['paired'])}; own identity affirmed "
                      f"{pts(m['own_affirmation']['paired'])}; self-denial {pts(m['self_denial']['paired'])}; distinct "
                      f"replies ×{m['distinct']['ratio']:.2f}")
-        from selfid.audit.compare import flips
-
         fl, back = flips(runs.records(root / "base" / "audit"), runs.records(root / "plain" / "audit"))
         L += ["", f"Per-prompt flips from own identity to foreign (any sample): {len(fl)}; back from foreign to own: "
                   f"{back}."]
@@ -793,7 +711,8 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
         L += ["", "Identity margin after fine-tuning (en name / en maker / zh name / zh maker):", ""]
         L += [f"- {SYSTEM_LABEL.get(s, s)}: {margin_line(plain['identity'].get('margin'), s)} "
               f"(base {margin_line(base['identity'].get('margin'), s)})" for s in plain["identity"].get("margin") or {}]
-        margins = _json(root / "plain" / "margins.json")
+        margins = [{**p, "margin": {system_name(k): m for k, m in p["margin"].items()}}
+                   for p in _json(root / "plain" / "margins.json") or []]
         if margins:
             L += ["", "Identity margin along training (mean of the four positions, nats):", "",
                   "| step | " + " | ".join(SYSTEM_LABEL.get(s, s) for s in margins[0]["margin"]) + " |",
@@ -830,8 +749,8 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
     if lc is not None:
         L += ["### llama.cpp's own server (xllamacpp) on the embedded Q4_K_M GGUF vs in-process (transformers, bf16 "
               "on the H100, from the dequantized weights)", "",
-              "Run on the 2-core CPU machine with `python bench/study.py run --root results/study-0.5b --steps llamacpp` "
-              "(the server: `bench/llamacpp_serve.py`, given the model's published sampling defaults). "
+              "Run on the 2-core CPU machine with `selfid study run --root results/study-0.5b --steps llamacpp` "
+              "(the server: `selfid/study/llamacpp_server.py`, given the model's published sampling defaults). "
               "T=0 and T=1.0 with 2 samples per prompt.", ""]
         L += parity_table(base, lc, "llama.cpp")
         same, n = greedy_agreement(greedy_by_system(runs, root / "base" / "audit", root / "parity" / "llamacpp"))
@@ -844,19 +763,18 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
     for arm in ("plain", "balanced"):
         L += gguf_parity(runs, root, arm)
 
-    arms = [a for a in MITIGATIONS if (root / a / "audit" / "summary.json").is_file()]
-    if arms:
+    shown = [a for a in MITIGATIONS if (root / a / "audit" / "summary.json").is_file()]
+    if shown:
         L += ["## 6. Mitigations, on the development set", "",
               "Foreign claims are not the whole story: an arm that recites a slogan and denies being Qwen has not kept "
               "its identity, whatever its foreign-claim rate. The templated replay arms are scored here on questions "
               "they partly trained on; §7 has the held-out questions.", ""]
-        L += mitigation_table(runs, root, base, arms)
+        L += mitigation_table(runs, root, base, shown)
     L += held_lines
     if sizes:
         L += size_section(runs, sizes)
     prov = root / "PROVENANCE.md"
     if prov.is_file():
         L += ["## How these runs were made", "", prov.read_text(encoding="utf-8").strip(), ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(L) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    atomic_write_text(Path(out), "\n".join(L) + "\n")
+    return Path(out)
