@@ -40,7 +40,7 @@ def two_prompts_foreign(it):  # two of eight prompts claim ChatGPT under "helpfu
 
 def grid(probes) -> AuditParams:
     return AuditParams(suites=["identity"], systems=audit_systems(["template,helpful"]), temperatures=[0.0, 0.7], samples=8,
-                       seed=0, max_new_tokens=32, own="qwen", identity_probes=str(probes))
+                       seed=0, max_new_tokens=32, ner_limit=1, own="qwen", identity_probes=str(probes))
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_side_parse_tells_runs_baselines_models_and_endpoints_apart(runs, tmp_pa
 def test_a_model_candidate_is_audited_with_the_reference_grid(tiny_model_dir, runs, tmp_path):
     limits = load_thresholds(runs / "foreign.yaml")
     small = AuditParams(suites=["identity"], systems=grid(runs / "probes.jsonl").systems, temperatures=[0.0, 1.0],
-                        samples=2, seed=1, max_new_tokens=6, own="qwen",
+                        samples=2, seed=1, max_new_tokens=6, ner_limit=1, own="qwen",
                         identity_probes=str(write_probes(tmp_path / "p.jsonl", IDS[:3])))
     run_audit(ScriptedBackend(own), small, tmp_path / "ref", show_progress=False)
     result = gate(Side(run=tmp_path / "ref"), Side(model=str(tiny_model_dir)), limits, tmp_path / "g", device="cpu",

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from urllib.parse import unquote
 
 from selfid.errors import SelfidError
+from selfid.model.load import load_model
 from selfid.system_prompt import KINDS, deprecated, sent
 
 
@@ -242,8 +243,7 @@ def open_backend(model: str | None = None, adapter=None, base_url: str | None = 
             raise SelfidError("--base-url needs --model-name (the name the endpoint serves)")
         return HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries,
                            reference=own_from), None
-    from selfid.engine import InProcessEngine
-    from selfid.model.load import load_model
+    from selfid.engine import InProcessEngine  # torch
 
     loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype)
     return InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size)), loaded

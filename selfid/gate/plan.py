@@ -12,6 +12,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from selfid.audit.stats import clustered_rate
+from selfid.errors import SelfidError
 from selfid.gate import power as pw
 from selfid.gate.tallies import Tallies
 from selfid.gate.thresholds import IDENTITY, Thresholds
@@ -60,8 +62,6 @@ PROFILES = {"quick": {"temperatures": (0.0, 0.7, 1.0, 1.3), "samples": 16, "ner_
 def profile_grid(recorded: Grid | None, profile: str | None = None, samples: int | None = None,
                  temperatures: list[float] | None = None) -> Grid:
     """The grid a gate runs: the reference run's (`recorded`), or a profile's, with --samples / --temperatures on top."""
-    from selfid.errors import SelfidError
-
     if profile in (None, "reference"):
         if recorded is None:
             raise SelfidError("there is no reference run to take the grid from: choose --profile "
@@ -143,8 +143,6 @@ def _cells(reference: Tallies, thresholds: Thresholds) -> list[tuple]:
 
 
 def _rate_cell(metric, tallies: dict, limit: float, grid: Grid, alpha: float, target: float) -> dict:
-    from selfid.audit.stats import clustered_rate
-
     kappa = pw.interaction(metric.name)
     per_prompt = (lambda g: g.sampled) if metric.name == "distinct_replies" else (lambda g: g.replies)
     n = per_prompt(grid)

@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from selfid.tasks.ner import prf
+
 # How far a fine-tuned candidate's per-prompt rates move from the reference's beyond sampling noise, as a share
 # of one reply's variance p(1-p), per metric. Measured by bench/gate_interaction.py on the committed runs (base vs
 # plain LoRA at 0.5B and 1.5B, development and held-out sets; 6 to 18 cells of metric x system prompt each): the
@@ -157,8 +159,6 @@ def smallest(fits, start: int, limit: int) -> int | None:
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:
-    from selfid.tasks.ner import prf
-
     return prf(tp, fp, fn)["f1"]
 
 

@@ -13,15 +13,22 @@ import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfid import __version__
+from selfid.audit.backends import open_backend
+from selfid.audit.run import AuditParams, audit_systems, run_audit
 from selfid.errors import SelfidError
 from selfid.gate import tallies as tl
 from selfid.gate.plan import Grid, plan, print_plan, profile_grid
 from selfid.gate.report import EXIT_CODES, print_result, write_outputs
+from selfid.gate.task import run_command
 from selfid.gate.thresholds import Thresholds
 from selfid.gate.verdict import judge
+from selfid.io import atomic_write_json
+from selfid.system_prompt import SystemPrompt, sent
 
 FORMAT = 1
 # the audit a gate runs when no reference run says which (the study's held-out grid, sized by the quick profile)
+NER_SENTENCES = 2000  # MSRA test sentences when neither the reference's grid nor the profile names a count
 DEFAULT_AUDIT = {"suites": ["identity-heldout", "ner"], "systems": ["template", "helpful", "empty", "personas"],
                  "task_systems": ["template", "helpful"], "max_new_tokens": 160, "ner_max_new_tokens": 256, "seed": 0}
 
@@ -76,9 +83,6 @@ def audit_params(reference: tl.Tallies | None, grid: Grid, template_default: str
     """The audit a gate runs for a side it audits itself: the reference's grid (its suites, system prompts,
     probes, seed, token limits) at `grid`'s sizes. `template_default`: the audited model's chat template's own
     system prompt (None over HTTP, where it is not known)."""
-    from selfid.audit.run import AuditParams, audit_systems
-    from selfid.system_prompt import SystemPrompt, sent
-
     if reference is None:
         systems = audit_systems([",".join(DEFAULT_AUDIT["systems"])], template_default)
         base = {k: v for k, v in DEFAULT_AUDIT.items() if k != "systems"}
@@ -92,8 +96,8 @@ def audit_params(reference: tl.Tallies | None, grid: Grid, template_default: str
                    for name, s in reference.systems.items()}
         own = reference.own
     base.update(temperatures=list(grid.temperatures), samples=grid.samples, own=own)
-    if grid.ner_limit:
-        base["ner_limit"] = grid.ner_limit
+    # a grid without the ner suite may name no sentence count; the audit still wants one
+    base["ner_limit"] = grid.ner_limit or base.get("ner_limit") or NER_SENTENCES
     known = AuditParams.__dataclass_fields__
     return AuditParams(systems=systems, **{k: v for k, v in base.items() if k in known and k != "systems"})
 
@@ -111,9 +115,6 @@ def _grid(recorded: tl.Tallies | None, profile: str | None, samples: int | None,
 def _audit(side: Side, reference: tl.Tallies | None, grid: Grid, out: Path, device: str, dtype: str,
            batch_size: int | None) -> tl.Tallies:
     """Audit `side` with `reference`'s grid (None: the default one) at `grid`'s sizes, into `out`."""
-    from selfid.audit.backends import open_backend
-    from selfid.audit.run import run_audit
-
     backend, loaded = open_backend(side.model, side.adapter, side.base_url, side.model_name, side.api_key,
                                    device=device, dtype=dtype, batch_size=batch_size)
     params = audit_params(reference, grid, None if loaded is None else loaded.chat.default_system)
@@ -130,8 +131,6 @@ def _side_info(t: tl.Tallies) -> dict:
 
 
 def _task(thresholds: Thresholds, side: str, t: tl.Tallies) -> dict:
-    from selfid.gate.task import run_command
-
     spec = thresholds.task_command
     if t.task is not None:
         return t.task
@@ -178,8 +177,6 @@ def plan_gate(reference: Side, thresholds: Thresholds, profile: str | None = Non
     if print_it:
         print_plan(result)
     if out is not None:
-        from selfid.io import atomic_write_json
-
         atomic_write_json(Path(out) / "plan.json", result)
     return result
 
@@ -189,8 +186,6 @@ def gate(reference: Side, candidate: Side, thresholds: Thresholds, out: Path, pr
          device: str = "auto", dtype: str = "auto", batch_size: int | None = None, print_it: bool = True) -> dict:
     """Audit what needs it, judge the candidate against the reference, write gate.json, junit.xml and summary.md
     into `out`; return the result (its "exit_code": 0 pass, 1 regression, 2 inconclusive)."""
-    from selfid import __version__
-
     if candidate.baseline is not None:
         raise SelfidError(f"the candidate {candidate.baseline} is a baseline file: a baseline is a reference; give "
                           "the candidate as an audit run folder, a model or an endpoint")

@@ -15,8 +15,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from selfid import __version__
+from selfid.audit.probes import IDENTITY_SUITES
+from selfid.audit.report.summary import by_prompt, distinct_per_prompt, load_run
+from selfid.audit.scorers import VERSION
 from selfid.errors import SelfidError
 from selfid.gate.thresholds import IDENTITY, system_name
+from selfid.io import atomic_write_json
 
 BASELINE_KIND = "selfid-gate-baseline"
 BASELINE_FORMAT = 1
@@ -64,10 +69,6 @@ def _label(target: dict) -> str:
 
 def from_run(run_dir: Path) -> Tallies:
     """The tallies of an audit run folder, its replies re-scored by today's scorers."""
-    from selfid.audit.probes import IDENTITY_SUITES
-    from selfid.audit.report.summary import by_prompt, distinct_per_prompt, load_run
-    from selfid.audit.scorers import VERSION
-
     run_dir = Path(run_dir)
     meta, records, _ = load_run(run_dir)
     if meta.get("kind") != "selfid-audit-run":
@@ -102,8 +103,6 @@ def from_run(run_dir: Path) -> Tallies:
 def read(path: Path, rescore: bool = False) -> Tallies:
     """A run folder or a baseline file. A baseline scored by another scorer version is refused unless `rescore`,
     which reads its source run folder again with today's scorers."""
-    from selfid.audit.scorers import VERSION
-
     path = Path(path)
     if path.is_dir():
         if not (path / "run.json").is_file():
@@ -145,9 +144,6 @@ def read(path: Path, rescore: bool = False) -> Tallies:
 
 def write_baseline(tallies: Tallies, path: Path) -> dict:
     """Store a reference's tallies as a baseline file (written to a temporary file, then renamed)."""
-    from selfid import __version__
-    from selfid.io import atomic_write_json
-
     body = asdict(tallies)
     del body["kind"], body["source"]  # a baseline is its own source; `run` names the folder it was read from
     if tallies.kind == "run":

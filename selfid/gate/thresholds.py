@@ -34,6 +34,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from selfid.config import format_errors, read_yaml_mapping
 from selfid.errors import SelfidError
 
 # system prompt names as the gate reports them: baseline files written before the one vocabulary call the
@@ -119,8 +120,6 @@ class Thresholds(BaseModel):
 
 def load_thresholds(path: Path | None) -> Thresholds:
     """The thresholds in `path` (YAML), or the defaults; a bad key or value is a SelfidError naming it."""
-    from selfid.config import format_errors, read_yaml_mapping
-
     if path is None:
         return Thresholds()
     data = read_yaml_mapping(Path(path), "a gate thresholds file", ", ".join(Thresholds.model_fields))

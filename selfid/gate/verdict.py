@@ -42,6 +42,7 @@ from selfid.errors import SelfidError
 from selfid.gate import power as pw
 from selfid.gate.tallies import Tallies
 from selfid.gate.thresholds import BY_NAME, IDENTITY, Thresholds
+from selfid.tasks.ner import prf
 
 PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
 ORDER = (PASS, INCONCLUSIVE, REGRESSION)  # a gate's verdict is its worst cell's
@@ -76,8 +77,6 @@ def _rate(by_prompt: dict[str, list[int]]) -> dict:
 
 
 def ner_cell(ref: dict[str, list[int]], cand: dict[str, list[int]]) -> dict:
-    from selfid.tasks.ner import prf
-
     shared = sorted(ref.keys() & cand.keys())
     a, b = [tuple(ref[s]) for s in shared], [tuple(cand[s]) for s in shared]
     change, se = pw.jackknife_f1_change(a, b)
