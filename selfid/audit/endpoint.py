@@ -84,11 +84,15 @@ def read_reference(spec: str) -> Reference:
     if (path / "config.json").is_file():
         import json
 
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        from selfid.io import read_text_bounded
+
+        model_type = json.loads(read_text_bounded(path / "config.json", what="a model's config.json")).get("model_type")
     elif (path / "adapter_config.json").is_file() and not base:
         import json
 
-        base = {"name": json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")}
+        from selfid.model.load import adapter_config
+
+        base = {"name": adapter_config(path).get("base_model_name_or_path")}
     candidates = [("config.json model_type", model_type), ("selfid.json base model", base.get("name")),
                   ("selfid.json architecture", base.get("architecture")), ("folder name", path.name)]
     for why, value in candidates:

@@ -8,7 +8,6 @@ the model's generation config, and selfid.json with an `export` block.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from selfid.errors import SelfidError
@@ -58,7 +57,7 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
     import torch
 
     from selfid import manifest as manifest_mod
-    from selfid.model.load import load_model
+    from selfid.model.load import adapter_config, load_model
     from selfid.train.gguf_file import DEFAULT_TYPES, check_architecture, parse_types
 
     types = [] if not gguf else parse_types(DEFAULT_TYPES if gguf is True else
@@ -73,7 +72,7 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
     manifest = manifest_mod.read(adapter)
     base = model or (manifest.base_model.get("name") if manifest is not None else None)
     if base is None:
-        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = adapter_config(adapter).get("base_model_name_or_path")
     if not base:
         raise SelfidError(f"{adapter} does not say which base model it belongs to: pass --model")
 
