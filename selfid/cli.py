@@ -119,7 +119,7 @@ def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, d
                                 max_pending=max_pending, prefill_chunk=prefill_chunk,
                                 limits=Limits(body_timeout_s=body_timeout, max_prompt_tokens=max_prompt_tokens))
     connections = ConnectionLimits(header_timeout_s=header_timeout, body_timeout_s=body_timeout,
-                                   max_connections=max_connections or service.scheduler.max_pending + 64)
+                                   max_connections=max_connections or max(512, service.scheduler.max_pending + 64))
     names = ", ".join(service.served)
     where = f"http://{host}:{port}"
     keyed = " (API key required)" if key else ""
@@ -195,7 +195,7 @@ def _serve_verb(page: bool):
             "then it gets HTTP 408 and its connection is closed"),
         max_connections: Optional[int] = typer.Option(
             None, "--max-connections", min=1, help="most open connections; more are answered HTTP 503 and closed "
-            "(default: --max-pending + 64)"),
+            "(default: 512, or --max-pending + 64 when that is more)"),
     ):
         _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page,
                allowed_host=allowed_host, max_pending=max_pending, api_key_file=api_key_file,

@@ -106,7 +106,7 @@ def test_the_connection_and_prompt_limits_are_stated_in_help_and_reach_the_serve
 
     shown = CliRunner().invoke(app, ["api", "--help"], env={"COLUMNS": "400"}).output
     for flag, default in (("--header-timeout", "10.0"), ("--body-timeout", "30.0"),
-                          ("--max-connections", "--max-pending + 64"), ("--max-prompt-tokens", "context window"),
+                          ("--max-connections", "512, or --max-pending + 64"), ("--max-prompt-tokens", "context window"),
                           ("--prefill-chunk", "128 on CPU")):
         assert flag in shown and default in shown, flag
     assert "visible to every user of this machine (ps)" in shown
@@ -118,7 +118,7 @@ def test_the_connection_and_prompt_limits_are_stated_in_help_and_reach_the_serve
     assert service.limits.body_timeout_s == 7 and service.limits.max_prompt_tokens == 100
     assert service.engine.prefill_chunk == 32
     assert CliRunner().invoke(app, args[:7]).exit_code == 0
-    assert started[-1][2].max_connections == started[-1][3].scheduler.max_pending + 64
+    assert started[-1][2].max_connections == max(512, started[-1][3].scheduler.max_pending + 64)
 
 
 # --- slow and vanishing bodies ---------------------------------------------------------------------
@@ -290,24 +290,39 @@ def test_a_trickling_body_has_its_connection_closed(slow_server, path):
     assert not reply or reply.startswith(b"HTTP/1.1 408" if path.startswith("/v1/chat") else b"HTTP/1.1 404"), reply
 
 
-def test_connections_past_the_cap_are_answered_503_and_closed(tiny):
+def test_past_the_connection_cap_the_longest_waiting_idle_connection_makes_room(tiny):
     with scripted_server(tiny, connections=ConnectionLimits(header_timeout_s=30, max_connections=2)) as bg:
-        held = [socket.create_connection((bg.host, bg.port)) for _ in range(2)]
+        first = socket.create_connection((bg.host, bg.port))
+        second = socket.create_connection((bg.host, bg.port))
         try:
-            with socket.create_connection((bg.host, bg.port)) as extra:
-                reply = closed_within(extra, 10)
-            head, _, body = reply.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower()
-            assert json.loads(body)["error"]["code"] == "too_many_connections"
+            assert httpx.get(bg.url + "/health").status_code == 200  # a third connection is answered...
+            assert closed_within(first, 10) == b""  # ... and the one that waited longest for its headers is closed
+            second.settimeout(0.5)
+            with pytest.raises(socket.timeout):
+                second.recv(1)  # while the other stays
         finally:
-            for s in held:
-                s.close()
-        deadline = threading.Event()
-        for _ in range(50):  # once they are gone, connections are answered again
-            if httpx.get(bg.url + "/health").status_code == 200:
-                break
-            deadline.wait(0.1)
-        assert httpx.get(bg.url + "/health").status_code == 200
+            first.close()
+            second.close()
+
+
+def test_past_the_connection_cap_with_every_connection_busy_a_new_one_gets_503(tiny):
+    from selfid.serve.api import Service, create_app
+    from selfid.serve.models import Served
+    from selfid.serve.server import Background
+
+    engine = Held(tiny)
+    served = [Served("tmp", None, None, tiny.chat, tiny.generation_defaults, "test")]
+    app = create_app(Service(tiny, served, engine=engine))
+    with Background(app, limits=ConnectionLimits(max_connections=1)) as bg, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, bg.url + "/v1/chat/completions", json=BODY, timeout=60)
+        assert engine.started.wait(30)  # its request is in, being answered: the one connection is busy
+        with socket.create_connection((bg.host, bg.port)) as extra:
+            reply = closed_within(extra, 10)
+        engine.release.set()
+        assert first.result().status_code == 200
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower()
+    assert json.loads(body)["error"]["code"] == "too_many_connections"
 
 
 # --- prompts, /health, the log ------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ class ConnectionLimits:
     """What one client connection may take: the time for a request's headers, for its body, and how many are open."""
     header_timeout_s: float = 10.0  # from the connection opening (or the previous response ending) to the last header
     body_timeout_s: float = 30.0  # from the last header to the last byte of the body
-    max_connections: int = 256
+    max_connections: int = 512
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -66,7 +66,9 @@ class GuardedH11Protocol(H11Protocol):
     `limit_concurrency` answers 503 only once a request has arrived, leaving the connection open. Here a request
     whose headers are not in `header_timeout_s` after the connection opened (or its previous response ended), or
     whose body is not in `body_timeout_s` after its headers, has its connection closed (the API answers a stalled
-    body with 408 first), and a connection past `max_connections` is answered 503 and closed at once.
+    body with 408 first). A connection past `max_connections` closes the one that has waited longest for request
+    headers (idle or stalled), so stalled connections cannot lock others out; when every connection is busy with a
+    request, the new one is answered 503 and closed at once.
     """
 
     limits = ConnectionLimits()
@@ -75,12 +77,19 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._phase: str | None = None
+        self._since = time.monotonic()  # when the current phase began
         self._timer = None
         if len(self.connections) > self.limits.max_connections:
-            _closed.count("refused", self.limits.max_connections)
-            transport.write(_busy_response(self.limits.max_connections))
-            transport.close()
-            return
+            waiting = [c for c in self.connections if c is not self and getattr(c, "_phase", None) == "headers"]
+            if not waiting:
+                _closed.count("refused", self.limits.max_connections)
+                transport.write(_busy_response(self.limits.max_connections))
+                transport.close()
+                return
+            oldest = min(waiting, key=lambda c: c._since)
+            _closed.count("evicted", self.limits.max_connections)
+            oldest._arm(None)
+            oldest.transport.close()
         self._watch()
 
     def connection_lost(self, exc) -> None:
@@ -106,7 +115,7 @@ class GuardedH11Protocol(H11Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._phase = phase
+        self._phase, self._since = phase, time.monotonic()
         if phase is not None:
             wait = self.limits.header_timeout_s if phase == "headers" else self.limits.body_timeout_s + self.GRACE_S
             self._timer = self.loop.call_later(wait, self._expired, phase)
@@ -136,7 +145,9 @@ class _ClosedConnections:
 
     WHY = {"headers": "their request headers did not arrive within {} s (--header-timeout)",
            "body": "their request body did not arrive within {} s (--body-timeout)",
-           "refused": "{} connections were already open (--max-connections)"}
+           "refused": "{} connections were already open, each with a request (--max-connections)",
+           "evicted": "{} connections were open and a new one came: the one waiting longest for request headers "
+                      "made room (--max-connections)"}
 
     def __init__(self, every_s: float = 60.0):
         self.every_s = every_s
