@@ -196,3 +196,22 @@ def test_metrics_elapsed_time_runs_on_across_a_resume(run_copy):
     with open(path, newline="") as f:
         elapsed = [float(r["elapsed_s"]) for r in csv.DictReader(f)]
     assert len(elapsed) == 6 and elapsed == sorted(elapsed) and elapsed[4] > 3600
+
+
+def test_the_manifest_counts_the_whole_run_across_a_resume(run_copy):
+    """selfid.json after --resume: the tokens of all 6 steps (4 before the stop, 2 after) and both sessions' time."""
+    import json
+
+    out, cfg = run_copy
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    before_tokens = sum(int(r["tokens"]) for r in rows)
+    first_session_s = float(rows[-1]["elapsed_s"])
+    result = train(cfg, resume=True)
+    with open(out / "metrics.csv", newline="") as f:
+        all_rows = list(csv.DictReader(f))
+    metrics = json.loads((out / "adapter" / "selfid.json").read_text())["metrics"]
+    assert len(all_rows) == 6 and before_tokens < metrics["tokens_trained"]
+    assert metrics["tokens_trained"] == sum(int(r["tokens"]) for r in all_rows) == result.metrics["tokens_trained"]
+    assert metrics["train_wall_s"] >= float(all_rows[-1]["elapsed_s"]) > first_session_s
+    assert metrics["tokens_per_s"] == pytest.approx(metrics["tokens_trained"] / metrics["train_wall_s"], rel=0.01)

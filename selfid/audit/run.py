@@ -354,9 +354,10 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
 def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, judge: Judge | None = None,
               show_progress: bool = True, margin: bool = True) -> dict:
     """Run (or resume) the grid into `out`; write summary.json and report.html; return the summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from selfid.audit.report import write_reports
+    from selfid.progress import Progress
 
     params.validate()
     out = Path(out)
@@ -378,7 +379,8 @@ def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, jud
     log = Log(out / LOG)
     try:
         with Progress(TextColumn("[bold]audit[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress, transient=False) as bar:
+                      TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress, transient=False,
+                      label="audit", unit="generations") as bar:
             task = bar.add_task(f"{len(done)} done before" if done else "", total=len(pending))
             backend.run(pending, lambda item, reply: log.write(make_record(item, reply, judge)),
                         lambda n: bar.advance(task, n))

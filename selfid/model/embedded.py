@@ -289,10 +289,12 @@ class _bytes_progress:
     def __enter__(self):
         if not self.enabled:
             return lambda n: None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
+
+        from selfid.progress import Progress
 
         self._p = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                           TransferSpeedColumn(), transient=True)
+                           TransferSpeedColumn(), transient=True, unit="bytes")
         self._p.start()
         task = self._p.add_task(self.label, total=self.total)
         return lambda n: self._p.advance(task, n)
@@ -313,12 +315,14 @@ class _Phases:
         if not self.enabled:
             return lambda phase: None
         from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        from selfid.progress import Progress
 
         console = Console(stderr=True)
         console.print(f"[bold]{self.label}[/bold]: about a minute on 2 CPU cores")
         self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                           transient=True)
+                           transient=True, label=self.label)
         self._p.start()
         task = self._p.add_task("loading transformers", total=None)
         return lambda phase: self._p.update(task, description=phase)

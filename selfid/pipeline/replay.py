@@ -161,10 +161,12 @@ def _right(v: dict) -> bool:
 def _progress(total: int, show: bool):
     if not show:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from selfid.progress import Progress
 
     bar = Progress(TextColumn("[bold]replay[/bold] sampling the base model"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
+                   TimeElapsedColumn(), label="replay: sampling the base model", unit="samples")
     bar.start()
     bar.add_task("", total=total)
     return bar

@@ -31,9 +31,9 @@ def evaluate_ner(loaded, n: int | None = 500, system=UNSET, seed: int = 0, max_n
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
     bar = None
     if progress:
-        from rich.progress import Progress
+        from selfid.progress import Progress
 
-        bar = Progress(transient=True)
+        bar = Progress(transient=True, unit="sentences")
         bar.start()
         task = bar.add_task("eval-ner", total=len(prompts))
     try:

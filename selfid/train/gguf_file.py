@@ -184,9 +184,9 @@ def write_gguf(folder: str | Path, path: str | Path, kind: str = "q8_0", name: s
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        from rich.progress import Progress
+        from selfid.progress import Progress
 
-        with Progress(disable=not progress, transient=True) as bar:
+        with Progress(*Progress.get_default_columns(), disable=not progress, transient=True, unit="tensors") as bar:
             task = bar.add_task(f"GGUF {kind}", total=len(plan))
             for new, t, load in plan:
                 w.write_tensor_data(gguf.quants.quantize(load(), t))
