@@ -43,8 +43,9 @@ def _root() -> None:
 
 
 def _one_line_deprecations() -> None:
-    """An older spelling gets one line on stderr, "selfid: deprecated: ...", not Python's two-line warning."""
-    from selfid.system_prompt import DeprecatedSpelling
+    """An older spelling gets one line on stderr, "selfid: deprecated: ...", and a likely typo "selfid: warning: ...",
+    not Python's two-line warning."""
+    from selfid.system_prompt import DeprecatedSpelling, LikelyTypo
 
     shown = warnings.showwarning
     if getattr(shown, "selfid", False):
@@ -53,6 +54,8 @@ def _one_line_deprecations() -> None:
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, DeprecatedSpelling):
             print(f"selfid: deprecated: {message}", file=sys.stderr)
+        elif issubclass(category, LikelyTypo):
+            print(f"selfid: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, filename, lineno, file, line)
 
