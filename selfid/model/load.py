@@ -85,7 +85,30 @@ def resolve_model(spec: str, progress: bool = True) -> tuple[str | Path, str]:
             f"'{spec}' is not a model selfid knows: use 'embedded', a transformers folder, a .gguf file "
             "or a hub id like Qwen/Qwen2.5-7B-Instruct"
         )
+    check_hub(spec)
     return spec, "hub"
+
+
+def check_hub(repo_id: str, timeout_s: float = 5.0) -> None:
+    """A hub id that is not in the Hugging Face cache needs the hub: when it cannot be reached, say so at once, in
+    one line (transformers would retry for most of a minute and print a line per attempt)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # cached: it loads without the network
+    if constants.HF_HUB_OFFLINE:
+        why = "offline mode is on (HF_HUB_OFFLINE)"
+    else:
+        from huggingface_hub.utils import get_session
+
+        try:
+            get_session().head(constants.ENDPOINT, timeout=timeout_s)
+            return
+        except Exception as e:  # noqa: BLE001 - whatever stops this request stops the download: say what it was
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            why = f"the hub at {constants.ENDPOINT} cannot be reached from here, so this machine is offline ({reason})"
+    raise SelfidError(f"'{repo_id}' is not in the Hugging Face cache and {why}: download the model where there is "
+                      f"network and pass its local folder, e.g. --model /models/{repo_id.split('/')[-1]}")
 
 
 def gguf_folder(path: Path, progress: bool = True) -> Path:
