@@ -69,7 +69,7 @@ def test_models_shows_no_file_paths(adapter_server, tiny_model_dir):
 @pytest.fixture
 def started(monkeypatch):
     """`selfid api` up to the point where it would serve: (host, port, ConnectionLimits, Service) of each start."""
-    from selfid.serve import api, server
+    from selfid.serve import server
 
     calls = []
     monkeypatch.setattr(server, "serve", lambda app, host, port, limits: calls.append((host, port, limits,
