@@ -3,7 +3,9 @@
 Requests are sorted by prompt length and decoded in batches; each row keeps its own sampling
 parameters, seed, stop strings and token budget. Rows that finish are dropped from the KV cache as
 the batch goes on, and new requests can join a running batch between steps (`events(..., admit=)`,
-continuous batching for the server; see batch.py). Streaming requests get text deltas as tokens arrive, held back while they could
+continuous batching for the server; see batch.py). A prompt longer than `prefill_chunk` tokens is prefilled a
+chunk at a time, one chunk between two steps of the rows decoding, and leaves at the next chunk when its request
+is cancelled (prefill.py), so a long prompt slows the others instead of stopping them. Streaming requests get text deltas as tokens arrive, held back while they could
 still turn into a stop string or an incomplete character. A model with several LoRA adapters
 loaded (PEFT) serves rows for different adapters, and the base model, in one batch
 (`Request.adapter`, PEFT's mixed-batch `adapter_names`).
