@@ -38,7 +38,7 @@ chromium:
 	command -v apt-get >/dev/null || skip "Chromium is not at $(CHROMIUM) and there is no apt-get to install it"; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo"; \
 	else skip "Chromium is not at $(CHROMIUM) and installing it needs root (or sudo without a password)"; fi; \
-	printf '\n==> installing Debian'"'"'s chromium with apt-get for the chat page'"'"'s browser tests (about 270 MB)\n'; \
+	printf '\n==> installing Debian'"'"'s chromium with apt-get for the chat page'"'"'s browser tests (about 460 MB in 116 packages)\n'; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	$$sudo apt-get install -y chromium || { $$sudo apt-get update && $$sudo apt-get install -y chromium; } \
 	  || skip "apt-get could not install chromium (its output is above)"

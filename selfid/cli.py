@@ -44,8 +44,9 @@ def _root() -> None:
 
 
 def _one_line_deprecations() -> None:
-    """An older spelling gets one line on stderr, "selfid: deprecated: ...", not Python's two-line warning."""
-    from selfid.system_prompt import DeprecatedSpelling
+    """An older spelling gets one line on stderr, "selfid: deprecated: ...", and a likely typo "selfid: warning: ...",
+    not Python's two-line warning."""
+    from selfid.system_prompt import DeprecatedSpelling, LikelyTypo
 
     shown = warnings.showwarning
     if getattr(shown, "selfid", False):
@@ -54,6 +55,8 @@ def _one_line_deprecations() -> None:
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, DeprecatedSpelling):
             print(f"selfid: deprecated: {message}", file=sys.stderr)
+        elif issubclass(category, LikelyTypo):
+            print(f"selfid: warning: {message}", file=sys.stderr)
         else:
             shown(message, category, filename, lineno, file, line)
 
@@ -105,18 +108,22 @@ def _system_setting(setting: str | None, loaded):
 
 # --- serve: `selfid api` and `selfid webchat` (one server: the API under /v1, the page at /) ---
 def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page: bool,
-           allowed_host=(), max_pending=None) -> None:
-    from selfid.serve.api import ANY_HOST, allowed_hosts, create_app, service_from_args
-    from selfid.serve.server import check_port_free, default_port, serve, setup_logging
+           allowed_host=(), max_pending=None, api_key_file=None, max_prompt_tokens=None, prefill_chunk=None,
+           header_timeout=10.0, body_timeout=30.0, max_connections=None) -> None:
+    from selfid.serve.api import ANY_HOST, Limits, allowed_hosts, create_app, service_from_args
+    from selfid.serve.server import ConnectionLimits, check_port_free, default_port, serve, setup_logging
 
     port = port if port is not None else default_port(7860 if page else 8000)
     check_port_free(host, port)  # before the model loads, so a busy port fails in a second
     setup_logging()
-    key = api_key if api_key is not None else os.environ.get("API_KEY") or None
+    key = _api_key(api_key, api_key_file)
     hosts = allowed_hosts(host, allowed_host or ())
     service = service_from_args(model, adapter or [], device=device, dtype=dtype, api_key=key,
                                 max_batch_size=max_batch_size, default_model=default_model, allowed_hosts=hosts,
-                                max_pending=max_pending)
+                                max_pending=max_pending, prefill_chunk=prefill_chunk,
+                                limits=Limits(body_timeout_s=body_timeout, max_prompt_tokens=max_prompt_tokens))
+    connections = ConnectionLimits(header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                                   max_connections=max_connections or max(512, service.scheduler.max_pending + 64))
     names = ", ".join(service.served)
     where = f"http://{host}:{port}"
     keyed = " (API key required)" if key else ""
@@ -126,11 +133,28 @@ def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, d
         print(f"selfid: serving {names} at {where}/v1 (OpenAI API){keyed}; chat page at {where}/", file=sys.stderr)
     if not key:
         print(f"selfid: warning: no API key is set, so any program that can reach {where} can use the model; "
-              "pass --api-key KEY (or set API_KEY) to require one", file=sys.stderr)
+              "set API_KEY (or pass --api-key-file FILE) to require one", file=sys.stderr)
+    elif api_key is not None:
+        print("selfid: warning: --api-key on the command line is visible to every user of this machine (ps); "
+              "set API_KEY or pass --api-key-file FILE instead", file=sys.stderr)
     if hosts == (ANY_HOST,):
         print("selfid: warning: requests naming any host are answered (DNS rebinding is not blocked); pass "
               "--allowed-host NAME for each name clients use", file=sys.stderr)
-    serve(create_app(service), host, port)
+    serve(create_app(service), host, port, connections)
+
+
+def _api_key(given: str | None, file: Path | None) -> str | None:
+    """The key from --api-key, else --api-key-file (its first line), else $API_KEY; None: no key."""
+    if given is not None and file is not None:
+        raise SelfidError("give either --api-key or --api-key-file, not both")
+    if file is not None:
+        from selfid.io import read_text_bounded
+
+        key = read_text_bounded(Path(file).expanduser(), 4096, "an API key file").strip().splitlines()
+        if not key or not key[0].strip():
+            raise SelfidError(f"--api-key-file {file} is empty: write the key on its first line")
+        return key[0].strip()
+    return given if given is not None else os.environ.get("API_KEY") or None
 
 
 def _serve_verb(page: bool):
@@ -144,11 +168,14 @@ def _serve_verb(page: bool):
         host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
         port: Optional[int] = typer.Option(None, "--port", help=f"default: $API_PORT, else {fallback}"),
         api_key: Optional[str] = typer.Option(
-            None, "--api-key", help="require 'Authorization: Bearer KEY' (default: $API_KEY; unset: no key)"),
+            None, "--api-key", help="require 'Authorization: Bearer KEY'. A key on the command line is visible to "
+            "every user of this machine (ps): prefer $API_KEY or --api-key-file (default: $API_KEY; unset: no key)"),
+        api_key_file: Optional[Path] = typer.Option(
+            None, "--api-key-file", help="read the key from the first line of this file instead"),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
         dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
         max_batch_size: Optional[int] = typer.Option(
-            None, "--max-batch-size", help="most sequences decoded together (default: 256 on GPU, 32 on CPU)"),
+            None, "--max-batch-size", help="most sequences decoded together (default: 1024 on GPU, 32 on CPU)"),
         default_model: Optional[str] = typer.Option(
             None, "--default-model", help="the served name that answers requests naming no model or an unknown one "
             "(clients that send placeholders such as gpt-3.5-turbo); default: the only model when no adapter is served"),
@@ -158,9 +185,26 @@ def _serve_verb(page: bool):
         max_pending: Optional[int] = typer.Option(
             None, "--max-pending", min=1, help="most requests in flight (decoding or waiting); more get HTTP 429 with "
             "Retry-After (default: twice --max-batch-size)"),
+        max_prompt_tokens: Optional[int] = typer.Option(
+            None, "--max-prompt-tokens", min=1, help="longest prompt a request may send, in tokens; longer ones get "
+            "HTTP 400 naming the limit (default: the model's context window)"),
+        prefill_chunk: Optional[int] = typer.Option(
+            None, "--prefill-chunk", min=1, help="prompt tokens run at a time; a longer prompt runs in pieces between "
+            "other requests' steps, so it does not stall them (default: 2048 on GPU, 128 on CPU)"),
+        header_timeout: float = typer.Option(
+            10.0, "--header-timeout", min=0.1, help="seconds a connection has to send a request's headers (from "
+            "opening, or from the previous response); then it is closed"),
+        body_timeout: float = typer.Option(
+            30.0, "--body-timeout", min=0.1, help="seconds a request has to send its body once its headers are in; "
+            "then it gets HTTP 408 and its connection is closed"),
+        max_connections: Optional[int] = typer.Option(
+            None, "--max-connections", min=1, help="most open connections; more are answered HTTP 503 and closed "
+            "(default: 512, or --max-pending + 64 when that is more)"),
     ):
         _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page,
-               allowed_host=allowed_host, max_pending=max_pending)
+               allowed_host=allowed_host, max_pending=max_pending, api_key_file=api_key_file,
+               max_prompt_tokens=max_prompt_tokens, prefill_chunk=prefill_chunk, header_timeout=header_timeout,
+               body_timeout=body_timeout, max_connections=max_connections)
 
     return verb
 
@@ -379,10 +423,10 @@ def classify(
 
     from selfid.audit.detect import classify as classify_reply
 
+    from selfid.io import stream_lines
+
     judge = _judge(judge_base_url, judge_model, judge_api_key, seed)
-    for lineno, line in enumerate(sys.stdin, start=1):
-        if not line.strip():
-            continue
+    for lineno, line in stream_lines(sys.stdin.buffer, "stdin"):
         try:
             obj = json.loads(line)
         except ValueError:

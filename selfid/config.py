@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from selfid.errors import SelfidError
+from selfid.io import read_text_bounded
 from selfid.system_prompt import SERVING, canonical
 
 SYSTEM_HELP = "template (the chat template's own), none (no system text), empty, or a text"
@@ -286,7 +287,7 @@ def read_yaml_mapping(path: Path, what: str, keys: str) -> dict:
     if not path.is_file():
         raise SelfidError(f"no such config file: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.safe_load(read_text_bounded(path, what=what))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

@@ -109,27 +109,96 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# --- reading files a user gives: in bounded pieces, so a file without line feeds (or /dev/zero) cannot fill memory --
+
+MAX_RECORD_BYTES = 16 << 20  # one JSONL record (one line) of training data, probes, logs
+MAX_FILE_BYTES = 1 << 30  # a file read whole: a JSON array of records
+MAX_SMALL_FILE_BYTES = 16 << 20  # a config, a manifest, an adapter's adapter_config.json
+_PIECE = 1 << 20
+
+
+def size_text(n: int) -> str:
+    """A byte count as people write it: 16 MiB, 64 KiB, 300 bytes."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and not n % (1 << shift):
+            return f"{n >> shift} {unit}"
+    return f"{n:,} bytes"
+
+
+def read_text_bounded(path: Path, limit: int | None = None, what: str = "a file") -> str:
+    """The UTF-8 text of `path`, refused (a SelfidError naming the file and the limit) past `limit` bytes (default:
+    MAX_SMALL_FILE_BYTES)."""
+    path = Path(path)
+    limit = limit or MAX_SMALL_FILE_BYTES
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise SelfidError(f"{path} is larger than {size_text(limit)}, the most selfid reads as {what}: check that it "
+                          "is the file you meant")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SelfidError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def text_lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file (`.gz` read transparently); see `stream_lines`."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        opened = gzip.open(path, "rb")
+    else:
+        opened = open(path, "rb")
+    with opened as f:
+        yield from stream_lines(f, path, limit)
+
+
+def stream_lines(f, name, limit: int | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a binary stream (a file, stdin), read a piece at a time (whatever has arrived, so a pipe
+    is answered line by line) and split on line feeds only (JSON strings may hold a raw U+2028, U+2029 or U+0085,
+    which `str.splitlines()` would wrongly break on). Blank lines are skipped; a line longer than `limit` bytes is a
+    SelfidError naming `name`, the line and the limit (default: MAX_RECORD_BYTES), raised before more than `limit`
+    bytes of it are held."""
+    limit = limit or MAX_RECORD_BYTES
+    lineno, held = 1, bytearray()
+    while piece := f.read1(_PIECE):
+        start = 0
+        while (end := piece.find(b"\n", start)) >= 0:
+            held += piece[start:end]
+            yield from _line(name, lineno, held, limit)
+            lineno, held, start = lineno + 1, bytearray(), end + 1
+        held += piece[start:]
+        if len(held) > limit:
+            raise _too_long(name, lineno, limit)
+    yield from _line(name, lineno, held, limit)
+
+
+def _too_long(path: Path, lineno: int, limit: int):
+    return SelfidError(f"{path}:{lineno}: a line longer than {size_text(limit)}, the most selfid reads as one record: "
+                       "a JSONL file holds one record per line (is this the file you meant?)")
+
+
+def _line(path: Path, lineno: int, raw: bytearray, limit: int) -> Iterator[tuple[int, str]]:
+    if len(raw) > limit:
+        raise _too_long(path, lineno, limit)
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SelfidError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
+    if line.strip():
+        yield lineno, line
+
+
 def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) of JSONL text, split on line feeds only: JSON strings may hold a raw U+2028,
-    U+2029 or U+0085, which `str.splitlines()` would wrongly break on. Blank lines are skipped."""
+    """(line number, line) of JSONL text already in memory, split on line feeds only (see `text_lines`)."""
     for lineno, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             yield lineno, line
 
 
 def read_jsonl(path: Path, what: str = "") -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each line of a JSONL file (`.gz` read transparently); a line that is not
-    JSON is a SelfidError naming the file, the line and `what` to do about it."""
-    path = Path(path)
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                text = f.read()
-        else:
-            text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise SelfidError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for lineno, line in jsonl_lines(text):
+    """(line number, value) of each line of a JSONL file (`.gz` read transparently), read in bounded pieces; a line
+    that is not JSON is a SelfidError naming the file, the line and `what` to do about it."""
+    for lineno, line in text_lines(Path(path)):
         try:
             yield lineno, json.loads(line)
         except ValueError as e:

@@ -32,7 +32,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from selfid.errors import SelfidError
-from selfid.io import atomic_write_json, selfid_home, sha256_file
+from selfid.io import atomic_write_json, read_text_bounded, selfid_home, sha256_file
 from selfid.system_prompt import SystemPrompt, resolve
 
 MANIFEST = "selfid.json"  # what `selfid train` leaves beside an adapter
@@ -131,7 +131,7 @@ def read(folder: Path) -> Manifest | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_bounded(path, what="an adapter's selfid.json"))
     except ValueError as e:
         raise SelfidError(f"{path} is not valid JSON ({e}): restore it or delete it") from None
     return parse(data, str(path))

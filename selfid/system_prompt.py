@@ -45,6 +45,10 @@ class DeprecatedSpelling(FutureWarning):
     """An older spelling that selfid still reads; the message names the one to write instead."""
 
 
+class LikelyTypo(UserWarning):
+    """A setting read as a text that is one edit away from a word of the vocabulary (`--system helpfull`)."""
+
+
 _said: set[str] = set()  # messages given already: each once per process, however often the spelling is read
 
 
@@ -110,8 +114,25 @@ def resolve(setting: str, template_default: str | None, origin: str = "",
             raise SelfidError(f"{origin or 'system prompt'}: 'adapter' needs an adapter whose selfid.json records "
                               "its training system prompt; give the prompt itself instead")
         return _value("adapter", training.message, template_default, origin)
+    if not setting.startswith("text:") and setting not in NAMED:
+        _check_typo(setting, origin or "system prompt")
     text = setting[len("text:"):] if setting.startswith("text:") else NAMED.get(setting, setting)
     return sent(text, template_default, origin)
+
+
+def _check_typo(text: str, where: str) -> None:
+    """Warn (once per process) when a text is one edit away from a setting's word: it is sent as that text."""
+    from rapidfuzz.distance import OSA  # one edit: a letter added, dropped, changed, or two swapped
+
+    words = (*KEYWORDS, *NAMED)
+    near = [w for w in words if OSA.distance(text.strip().lower(), w) <= 1]
+    if not near:
+        return
+    message = (f"{where}: {_short(text)!r} is sent to the model as the system prompt text; did you mean "
+               f"{near[0]!r}? (write text:{_short(text)} to send it as text without this warning)")
+    if message not in _said:
+        _said.add(message)
+        warnings.warn(message, LikelyTypo, stacklevel=3)
 
 
 def message_of(setting: str) -> str | None:

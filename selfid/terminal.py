@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from selfid.engine import InProcessEngine, SamplingParams
 from selfid.errors import SelfidError
@@ -36,16 +37,19 @@ def run_chat(engine: InProcessEngine, params: SamplingParams, system: SystemProm
     """`system`: the system prompt to start with (default: the template's own); `training`: the adapter's."""
     loaded = engine.loaded
     system = system or resolve("template", loaded.chat.default_system)
+    sampling = (f"[dim]sampling: temperature {params.temperature}, top_p {params.top_p}, top_k {params.top_k}, "
+                f"repetition_penalty {params.repetition_penalty} (defaults from "
+                f"{escape(loaded.generation_defaults_source)})[/dim]")
     if prompt is not None:
         messages = conversation(prompt, system.message)
-        err.print(f"[dim]{loaded.name} · {system.describe()} · "
+        err.print(f"[dim]{loaded.name} · {escape(system.describe())} · "
                   f"template {loaded.chat.template_hash}[/dim]")
+        err.print(sampling)
         reply(engine, messages, params)
         return
     err.print(f"[bold]selfid chat[/bold] with {loaded.name}"
               f"{' + ' + str(loaded.adapter) if loaded.adapter else ''} · template {loaded.chat.template_hash}")
-    err.print(f"[dim]sampling: temperature {params.temperature}, top_p {params.top_p}, top_k {params.top_k}, "
-              f"repetition_penalty {params.repetition_penalty} ({loaded.generation_defaults_source})[/dim]")
+    err.print(sampling)
     err.print(f"[dim]{HELP}[/dim]")
     history: list[dict] = []
     while True:

@@ -18,6 +18,9 @@ def test_one_shot_prints_the_greedy_reply(tiny_model_dir, engine, tiny):
     want = engine.generate([tiny.chat.render(conversation("你是谁?")).text], params)[0].text
     assert res.stdout == want + "\n"
     assert "system prompt (template: the chat template's own)" in res.stderr
+    # and where the sampling settings it did not set came from, as the interactive chat says
+    assert (f"sampling: temperature 0.0, top_p {params.top_p}, top_k {params.top_k}, repetition_penalty "
+            f"{params.repetition_penalty} (defaults from {tiny.generation_defaults_source})") in res.stderr
 
 
 def test_interactive_chat_keeps_history_and_switches_system(tiny_model_dir):

@@ -81,6 +81,37 @@ def test_the_server_refuses_a_damaged_adapter_before_loading_the_base_model(tiny
         models.load_served(str(tiny_model_dir), [f"ner={adapter}"], device="cpu", progress=False)
 
 
+@pytest.mark.parametrize("verb", ["chat", "api"])
+def test_a_broken_adapter_config_without_checksums_is_one_line_from_chat_and_api(tiny_model_dir, tmp_path, verb,
+                                                                                 monkeypatch):
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
+    config = adapter / "adapter_config.json"
+    config.write_text(config.read_text()[:40])  # cut mid-JSON, and no checksums.json to notice it
+    args = ["--model", str(tiny_model_dir), "--device", "cpu"]
+    args += ["--adapter", str(adapter), "--prompt", "hi"] if verb == "chat" else ["--adapter", f"ner={adapter}"]
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", verb, *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "API_PORT": "18437"})
+    assert proc.returncode == 2, proc.stderr
+    [line] = [x for x in proc.stderr.strip().splitlines() if not x.startswith("Writing")]
+    assert line.startswith(f"selfid: error: the adapter in {adapter} is damaged (adapter_config.json is not valid JSON")
+    assert "trained on this base model" not in line
+
+
+def test_an_adapter_that_does_not_fit_the_base_model_is_one_line_from_chat(tiny_model_dir, tmp_path):
+    import json
+
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["no_such_layer"]}))
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", "chat", "--model", str(tiny_model_dir), "--adapter",
+                           str(adapter), "--device", "cpu", "--prompt", "hi"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"selfid: error: could not load the adapter in {adapter} onto {tiny_model_dir}: ")
+    assert "(was it trained on this base model?)" in line
+
+
 # --- what training writes ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -165,3 +196,22 @@ def test_metrics_elapsed_time_runs_on_across_a_resume(run_copy):
     with open(path, newline="") as f:
         elapsed = [float(r["elapsed_s"]) for r in csv.DictReader(f)]
     assert len(elapsed) == 6 and elapsed == sorted(elapsed) and elapsed[4] > 3600
+
+
+def test_the_manifest_counts_the_whole_run_across_a_resume(run_copy):
+    """selfid.json after --resume: the tokens of all 6 steps (4 before the stop, 2 after) and both sessions' time."""
+    import json
+
+    out, cfg = run_copy
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    before_tokens = sum(int(r["tokens"]) for r in rows)
+    first_session_s = float(rows[-1]["elapsed_s"])
+    result = train(cfg, resume=True)
+    with open(out / "metrics.csv", newline="") as f:
+        all_rows = list(csv.DictReader(f))
+    metrics = json.loads((out / "adapter" / "selfid.json").read_text())["metrics"]
+    assert len(all_rows) == 6 and before_tokens < metrics["tokens_trained"]
+    assert metrics["tokens_trained"] == sum(int(r["tokens"]) for r in all_rows) == result.metrics["tokens_trained"]
+    assert metrics["train_wall_s"] >= float(all_rows[-1]["elapsed_s"]) > first_session_s
+    assert metrics["tokens_per_s"] == pytest.approx(metrics["tokens_trained"] / metrics["train_wall_s"], rel=0.01)

@@ -67,3 +67,65 @@ def test_damage_is_named_in_one_phrase(folder, damage, said):
 def test_a_folder_written_elsewhere_has_nothing_to_check(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"x")
     assert verify_checksums(tmp_path) is None
+
+
+# --- files a user gives are read in bounded pieces -------------------------------------------------------------
+
+def test_a_line_longer_than_the_record_limit_is_refused_naming_file_line_and_limit(tmp_path, monkeypatch):
+    from selfid import io as selfid_io
+    from selfid.errors import SelfidError
+
+    monkeypatch.setattr(selfid_io, "MAX_RECORD_BYTES", 1 << 20)
+    monkeypatch.setattr(selfid_io, "_PIECE", 64 << 10)
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "fine"}\n' + '{"text": "' + "x" * (3 << 20) + '"}\n')
+    read = selfid_io.read_jsonl(path)
+    assert next(read) == (1, {"text": "fine"})
+    with pytest.raises(SelfidError, match=rf"{path}:2: a line longer than 1 MiB, the most selfid reads as one record"):
+        next(read)
+
+
+def test_a_file_without_line_feeds_is_refused_before_it_is_held_whole(monkeypatch):
+    """/dev/zero never ends: reading it whole (what `selfid scan /dev/zero` once did) fills memory until the kernel
+    kills the process; read in pieces, it is refused at the limit."""
+    from selfid import io as selfid_io
+    from selfid.errors import SelfidError
+
+    with pytest.raises(SelfidError, match=r"/dev/zero:1: a line longer than 16 MiB"):
+        list(selfid_io.text_lines("/dev/zero"))
+
+
+def test_selfid_scan_of_dev_zero_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", "scan", "/dev/zero"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["selfid: error: /dev/zero:1: a line longer than 16 MiB, the most "
+                                                "selfid reads as one record: a JSONL file holds one record per line "
+                                                "(is this the file you meant?)"]
+
+
+def test_classify_reads_stdin_in_bounded_lines(monkeypatch):
+    from typer.testing import CliRunner
+
+    from selfid import io as selfid_io
+    from selfid.cli import app
+
+    monkeypatch.setattr(selfid_io, "MAX_RECORD_BYTES", 64 << 10)
+    big = '{"text": "' + "y" * (128 << 10) + '"}\n'
+    res = CliRunner().invoke(app, ["classify"], input='{"text": "I am Qwen."}\n' + big)
+    assert '"claims": ["qwen"]' in res.stdout  # the first line was answered before the second was refused
+    assert "stdin:2: a line longer than 64 KiB" in str(res.exception)
+
+
+def test_a_small_file_read_whole_is_refused_past_its_limit(tmp_path):
+    from selfid.config import load_config
+    from selfid.errors import SelfidError
+    from selfid import io as selfid_io
+
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"#" * (selfid_io.MAX_SMALL_FILE_BYTES + 1))
+    with pytest.raises(SelfidError, match=rf"{path} is larger than 16 MiB, the most selfid reads as a run config"):
+        load_config(path, [])

@@ -45,9 +45,33 @@ def test_folder_without_config_and_non_gguf_file(tmp_path):
 
 
 def test_hub_id_offline_says_so_and_how_to_pass_a_local_path(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SelfidError, match=r"offline.*--model /models/"):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SelfidError, match=r"offline mode is on \(HF_HUB_OFFLINE\): .*--model /models/Qwen2.5-7B"):
         load_model("Qwen/Qwen2.5-7B-Instruct", device="cpu", progress=False)
+
+
+def test_an_unreachable_hub_is_one_line_at_once_without_retries(monkeypatch):
+    """Offline without HF_HUB_OFFLINE set: the hub is asked once; transformers' download (and its retries) never runs."""
+    import socket
+
+    from huggingface_hub import constants
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed}")
+    for cls in (AutoTokenizer, AutoModelForCausalLM):
+        monkeypatch.setattr(cls, "from_pretrained", lambda *a, **k: pytest.fail("a download was tried"))
+    with pytest.raises(SelfidError) as e:
+        load_model("Qwen/Qwen2.5-0.5B-Instruct", device="cpu", progress=False)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("'Qwen/Qwen2.5-0.5B-Instruct' is not in the Hugging Face cache "
+                                                       f"and the hub at http://127.0.0.1:{closed} cannot be reached")
+    assert message.endswith("pass its local folder, e.g. --model /models/Qwen2.5-0.5B-Instruct")
 
 
 def test_dtype_choice():

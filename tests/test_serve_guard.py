@@ -1,6 +1,8 @@
 """The server against what a web page, a slow client or a crowd can do: Host checks (DNS rebinding),
-JSON-only bodies (no preflight-free posts), no file paths in /v1/models, a start-up warning without a key,
-slow bodies timed out with one log line, and a bound on requests in flight (429 with Retry-After)."""
+JSON-only bodies (no preflight-free posts), no file paths in /v1/models, a start-up warning without a key (and one
+for a key on the command line), slow headers and bodies closed, slow bodies timed out with one log line, a cap on open
+connections, a bound on requests in flight (429 with Retry-After), a cap on prompt length, /health without the key,
+and client-supplied text cut in the log."""
 
 import json
 import logging
@@ -13,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from selfid.serve.api import Limits, allowed_hosts, host_name
-from tests.serve_helpers import ScriptedEngine, adapter_server  # noqa: F401  (fixture)
+from selfid.serve.server import ConnectionLimits
+from tests.serve_helpers import ScriptedEngine, adapter_server, serve_log  # noqa: F401  (fixtures)
 
 BODY = {"model": "ner", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -63,20 +66,59 @@ def test_models_shows_no_file_paths(adapter_server, tiny_model_dir):
     assert str(tiny_model_dir) not in r.headers["x-selfid-sampling-defaults-source"]
 
 
-def test_starting_without_a_key_says_so(tiny_model_dir, monkeypatch):
-    from selfid.cli import app
+@pytest.fixture
+def started(monkeypatch):
+    """`selfid api` up to the point where it would serve: (host, port, ConnectionLimits, Service) of each start."""
     from selfid.serve import server
 
-    started = []
-    monkeypatch.setattr(server, "serve", lambda app, host, port: started.append((host, port)))
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda app, host, port, limits: calls.append((host, port, limits,
+                                                                                        app.state.service)))
+    monkeypatch.setattr(server, "setup_logging", lambda: None)  # no handler on CliRunner's stderr, closed after it
     monkeypatch.delenv("API_KEY", raising=False)
+    return calls
+
+
+def test_starting_without_a_key_says_so(tiny_model_dir, started, monkeypatch, tmp_path):
+    from selfid.cli import app
+
     args = ["api", "--model", str(tiny_model_dir), "--device", "cpu", "--port", "18431"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output and started
     [line] = [x for x in res.stderr.splitlines() if "warning" in x]
-    assert "no API key is set" in line and "--api-key" in line
+    assert "no API key is set" in line and "API_KEY" in line
+    # a key on the command line works, and says that every user of the machine can read it
     keyed = CliRunner().invoke(app, args + ["--api-key", "k"])
-    assert keyed.exit_code == 0 and "warning" not in keyed.stderr
+    assert keyed.exit_code == 0 and started[-1][3].api_key == "k"
+    [line] = [x for x in keyed.stderr.splitlines() if "warning" in x]
+    assert "visible to every user of this machine (ps)" in line and "API_KEY" in line
+    # from the environment or a file: no warning at all
+    monkeypatch.setenv("API_KEY", "from-env")
+    quiet = CliRunner().invoke(app, args)
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr and started[-1][3].api_key == "from-env"
+    (tmp_path / "key").write_text("from-file\n")
+    quiet = CliRunner().invoke(app, args + ["--api-key-file", str(tmp_path / "key")])
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr and started[-1][3].api_key == "from-file"
+
+
+def test_the_connection_and_prompt_limits_are_stated_in_help_and_reach_the_server(tiny_model_dir, started):
+    from selfid.cli import app
+
+    shown = CliRunner().invoke(app, ["api", "--help"], env={"COLUMNS": "400"}).output
+    for flag, default in (("--header-timeout", "10.0"), ("--body-timeout", "30.0"),
+                          ("--max-connections", "512, or --max-pending + 64"), ("--max-prompt-tokens", "context window"),
+                          ("--prefill-chunk", "128 on CPU")):
+        assert flag in shown and default in shown, flag
+    assert "visible to every user of this machine (ps)" in shown
+    args = ["api", "--model", str(tiny_model_dir), "--device", "cpu", "--port", "18432", "--header-timeout", "4",
+            "--body-timeout", "7", "--max-connections", "9", "--max-prompt-tokens", "100", "--prefill-chunk", "32"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    host, port, limits, service = started[-1]
+    assert limits == ConnectionLimits(header_timeout_s=4, body_timeout_s=7, max_connections=9)
+    assert service.limits.body_timeout_s == 7 and service.limits.max_prompt_tokens == 100
+    assert service.engine.prefill_chunk == 32
+    assert CliRunner().invoke(app, args[:7]).exit_code == 0
+    assert started[-1][2].max_connections == max(512, started[-1][3].scheduler.max_pending + 64)
 
 
 # --- slow and vanishing bodies ---------------------------------------------------------------------
@@ -94,15 +136,20 @@ class Lines(logging.Handler):
             self.arrived.set()
 
 
-@pytest.fixture
-def slow_server(tiny):
+def scripted_server(tiny, limits: Limits | None = None, connections: ConnectionLimits | None = None, **kw):
     from selfid.serve.api import Service, create_app
     from selfid.serve.models import Served
     from selfid.serve.server import Background
 
     served = [Served("tmp", None, None, tiny.chat, tiny.generation_defaults, "test")]
-    service = Service(tiny, served, engine=ScriptedEngine(tiny), limits=Limits(body_timeout_s=0.5))
-    with Background(create_app(service)) as bg:
+    service = Service(tiny, served, engine=ScriptedEngine(tiny), limits=limits, **kw)
+    return Background(create_app(service), limits=connections)
+
+
+@pytest.fixture
+def slow_server(tiny):
+    with scripted_server(tiny, Limits(body_timeout_s=0.5), ConnectionLimits(header_timeout_s=0.5, body_timeout_s=0.5,
+                                                                           max_connections=64)) as bg:
         yield bg
 
 
@@ -188,3 +235,124 @@ def test_past_the_bound_requests_get_429_with_retry_after(tiny):
         engine.release.set()
         assert first.result().status_code == 200
         assert httpx.post(bg.url + "/v1/chat/completions", json=BODY).status_code == 200  # room again
+
+
+# --- slow headers, trickling bodies, too many connections -------------------------------------------------------
+
+def closed_within(s: socket.socket, seconds: float) -> bytes:
+    """What the server sends until it closes the connection; fails if it is still open after `seconds`. A reset counts
+    as closed: bytes a client sends after the server closed (a trickling body) make the kernel answer with one, and
+    the client may then lose what it had not read yet."""
+    s.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+    except socket.timeout:
+        pytest.fail(f"the connection was still open after {seconds} s; the server sent {got[:200]!r}")
+    except ConnectionResetError:
+        pass
+    return got
+
+
+def test_a_connection_that_stops_during_its_headers_is_closed(slow_server):
+    with socket.create_connection((slow_server.host, slow_server.port)) as quiet, \
+            socket.create_connection((slow_server.host, slow_server.port)) as partial:
+        partial.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+        assert closed_within(partial, 10) == b""
+        assert closed_within(quiet, 10) == b""  # one that never sent a byte too
+
+
+def trickle(s: socket.socket, stop: threading.Event) -> None:
+    """A byte of body every 0.1 s, as a slow client (or an attacker) sends it, until told to stop or cut off."""
+    while not stop.wait(0.1):
+        try:
+            s.sendall(b" ")
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/no-such-route"])
+def test_a_trickling_body_has_its_connection_closed(slow_server, path):
+    """The chat endpoint answers a body that stops arriving with 408 and closes; a route that never reads the body
+    answers at once, and the connection is closed when the body's time is up."""
+    with socket.create_connection((slow_server.host, slow_server.port)) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: 100000\r\n\r\n{{".encode())
+        stop = threading.Event()
+        sender = threading.Thread(target=trickle, args=(s, stop), daemon=True)
+        sender.start()
+        try:
+            reply = closed_within(s, 15)
+        finally:
+            stop.set()
+            sender.join(5)
+    assert not reply or reply.startswith(b"HTTP/1.1 408" if path.startswith("/v1/chat") else b"HTTP/1.1 404"), reply
+
+
+def test_past_the_connection_cap_the_longest_waiting_idle_connection_makes_room(tiny):
+    with scripted_server(tiny, connections=ConnectionLimits(header_timeout_s=30, max_connections=2)) as bg:
+        first = socket.create_connection((bg.host, bg.port))
+        second = socket.create_connection((bg.host, bg.port))
+        try:
+            assert httpx.get(bg.url + "/health").status_code == 200  # a third connection is answered...
+            assert closed_within(first, 10) == b""  # ... and the one that waited longest for its headers is closed
+            second.settimeout(0.5)
+            with pytest.raises(socket.timeout):
+                second.recv(1)  # while the other stays
+        finally:
+            first.close()
+            second.close()
+
+
+def test_past_the_connection_cap_with_every_connection_busy_a_new_one_gets_503(tiny):
+    from selfid.serve.api import Service, create_app
+    from selfid.serve.models import Served
+    from selfid.serve.server import Background
+
+    engine = Held(tiny)
+    served = [Served("tmp", None, None, tiny.chat, tiny.generation_defaults, "test")]
+    app = create_app(Service(tiny, served, engine=engine))
+    with Background(app, limits=ConnectionLimits(max_connections=1)) as bg, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, bg.url + "/v1/chat/completions", json=BODY, timeout=60)
+        assert engine.started.wait(30)  # its request is in, being answered: the one connection is busy
+        with socket.create_connection((bg.host, bg.port)) as extra:
+            reply = closed_within(extra, 10)
+        engine.release.set()
+        assert first.result().status_code == 200
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower()
+    assert json.loads(body)["error"]["code"] == "too_many_connections"
+
+
+# --- prompts, /health, the log ------------------------------------------------------------------------------------
+
+def test_a_prompt_over_the_servers_cap_is_refused_naming_the_limit(tiny):
+    with scripted_server(tiny, Limits(max_prompt_tokens=40)) as bg:
+        short = httpx.post(bg.url + "/v1/chat/completions", json=BODY)
+        assert short.status_code == 200
+        long = httpx.post(bg.url + "/v1/chat/completions",
+                          json={**BODY, "messages": [{"role": "user", "content": "word " * 60}]})
+    assert long.status_code == 400
+    error = long.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert "at most 40 tokens (--max-prompt-tokens)" in error["message"]
+
+
+def test_health_tells_only_liveness_without_the_key(tiny):
+    with scripted_server(tiny, api_key="s3cret") as bg:
+        anonymous = httpx.get(bg.url + "/health")
+        wrong = httpx.get(bg.url + "/health", headers={"Authorization": "Bearer nope"})
+        keyed = httpx.get(bg.url + "/health", headers={"Authorization": "Bearer s3cret"})
+    assert anonymous.status_code == wrong.status_code == 200
+    assert anonymous.json() == wrong.json() == {"status": "ok"}
+    assert keyed.json()["models"] == ["tmp"] and keyed.json()["device"] == "cpu"
+
+
+def test_client_supplied_text_is_cut_in_the_log(tiny, serve_log):
+    with scripted_server(tiny) as bg:  # one model: any name is answered, and the name is logged
+        r = httpx.post(bg.url + "/v1/chat/completions", json={**BODY, "model": "m" * 100_000})
+    assert r.status_code == 200
+    lines = [rec.getMessage() for rec in serve_log.records]
+    assert any("mmmm" in line for line in lines)
+    assert max(map(len, lines)) < 2000, max(map(len, lines))

@@ -52,3 +52,17 @@ def test_browser_tests_are_reported_skipped_with_the_reason_when_chromium_is_mis
     assert res.returncode == 0, res.stdout[-2000:]
     assert "1 skipped" in res.stdout and "SKIPPED" in res.stdout
     assert f"Chromium is not installed at {tmp_path / 'no-chromium'}" in res.stdout
+
+
+def test_set_up_reads_pyproject_without_a_deprecation_warning():
+    """setuptools warned three times during set-up that `project.license` as a table is deprecated."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert not [w for w in said if "deprecat" in str(w.message).lower()], [str(w.message)[:200] for w in said]
+    assert dist.metadata.license_expression == "Apache-2.0"

@@ -12,7 +12,7 @@ from selfid.audit.run import audit_systems
 from selfid.config import RunConfig, load_config
 from selfid.errors import SelfidError
 from selfid.model.chat import ChatFormat, conversation
-from selfid.system_prompt import HELPFUL, DeprecatedSpelling, resolve, sent
+from selfid.system_prompt import HELPFUL, DeprecatedSpelling, LikelyTypo, resolve, sent
 from tests.test_chat import _Tok
 
 QWEN = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -146,6 +146,35 @@ def test_the_cli_gives_a_deprecation_as_one_line(tmp_path):
     assert lines[0] == ("selfid: deprecated: config system_prompt: 'template_default' is an older spelling, read as "
                         "'template': the spelling to use")
     assert proc.returncode == 2 and lines[-1].startswith("selfid: error: ")
+
+
+@pytest.mark.parametrize("typed,meant", [("helpfull", "helpful"), ("Template", "template"), ("emtpy", "empty"),
+                                         ("adaptor", "adapter"), ("nome", "none")])
+def test_a_text_one_edit_from_a_setting_is_sent_as_text_with_a_warning(deprecations, typed, meant):
+    with pytest.warns(LikelyTypo) as said:
+        chosen = resolve(typed, QWEN, "--system")
+    assert chosen.kind == "text" and chosen.message == typed  # still what was asked for, as written
+    [warning] = said
+    assert f"--system: {typed!r} is sent to the model as the system prompt text; did you mean {meant!r}?" in str(
+        warning.message)
+    assert f"write text:{typed} to send it as text" in str(warning.message)
+
+
+@pytest.mark.parametrize("setting", ["helpful", "template", "text:helpfull", "You are a helpful assistant.", "Max",
+                                     "empty", ""])
+def test_settings_and_texts_far_from_them_give_no_warning(deprecations, setting, recwarn):
+    resolve(setting, QWEN, "--system")
+    assert not [w for w in recwarn if issubclass(w.category, LikelyTypo)]
+
+
+def test_the_cli_gives_a_likely_typo_as_one_line(tiny_model_dir):
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", "chat", "--model", str(tiny_model_dir), "--device",
+                           "cpu", "--system", "helpfull", "--prompt", "hi", "--max-tokens", "2"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [line] = [x for x in proc.stderr.splitlines() if "helpfull" in x and "warning" in x]
+    assert line == ("selfid: warning: --system: 'helpfull' is sent to the model as the system prompt text; did you "
+                    "mean 'helpful'? (write text:helpfull to send it as text without this warning)")
 
 
 # --- one manifest, one training prompt, every consumer ---------------------------------------------------

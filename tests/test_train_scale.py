@@ -96,7 +96,7 @@ def _hand_made_adapter(folder, manifest_text):
     from safetensors.torch import save_file
 
     folder.mkdir()
-    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     save_file({"x.lora_A.weight": torch.ones(2, 2), "x.lora_B.weight": torch.ones(2, 2)},
               str(folder / "adapter_model.safetensors"))
     (folder / "selfid.json").write_text(manifest_text)

@@ -33,9 +33,11 @@ from selfid.audit.detect import classify
 from selfid.audit.log import META, read_meta
 from selfid.audit.probes import load_suite
 from selfid.errors import SelfidError
+from selfid.io import read_text_bounded
 from selfid.manifest import read as read_manifest
 from selfid.model.chat import ChatFormat
 from selfid.model.embedded import EMBEDDED, ensure_embedded
+from selfid.model.load import adapter_config
 from selfid.vendors import KEYS, vendor_of
 
 # names servers and clients use for "whatever model is loaded": never evidence of whose model it is
@@ -84,9 +86,9 @@ def read_reference(spec: str) -> Reference:
     base = manifest.base_model if manifest is not None else {}
     model_type = None
     if (path / "config.json").is_file():
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        model_type = json.loads(read_text_bounded(path / "config.json", what="a model's config.json")).get("model_type")
     elif (path / "adapter_config.json").is_file() and not base:
-        base = {"name": json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")}
+        base = {"name": adapter_config(path).get("base_model_name_or_path")}
     candidates = [("config.json model_type", model_type), ("selfid.json base model", base.get("name")),
                   ("selfid.json architecture", base.get("architecture")), ("folder name", path.name)]
     for why, value in candidates:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from selfid import __version__
 from selfid.audit import probes as probe_sets
@@ -38,6 +38,7 @@ from selfid.audit.scorers import VERSION as SCORER_VERSION, save_training_replie
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_json
 from selfid.manifest import training_system
+from selfid.progress import Progress
 from selfid.system_prompt import NAMED, OLD_TEXT_PREFIX, SERVING, SystemPrompt, canonical, resolve, sent
 from selfid.vendors import KEYS, vendor_of
 
@@ -309,7 +310,8 @@ def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, jud
     log = Log(out / LOG)
     try:
         with Progress(TextColumn("[bold]audit[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress, transient=False) as bar:
+                      TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress, transient=False,
+                      label="audit", unit="generations") as bar:
             task = bar.add_task(f"{len(done)} done before" if done else "", total=len(pending))
             backend.run(pending, lambda item, reply: log.write(make_record(item, reply, judge)),
                         lambda n: bar.advance(task, n))

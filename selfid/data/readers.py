@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from selfid.errors import SelfidError
-from selfid.io import jsonl_lines
+from selfid.io import MAX_FILE_BYTES, read_text_bounded, text_lines
 from selfid.model.chat import validate_messages
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -57,19 +57,25 @@ def check_conversation(messages: list, where: str) -> tuple[dict, ...]:
 
 def records(path: Path) -> Iterator[tuple[int, object]]:
     """(line number, record) from a .jsonl file or a .json array (line = where the record starts): the one reader
-    of record files (training data, `selfid scan`); JSON Lines split on line feeds only (selfid.io.jsonl_lines)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise SelfidError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if path.suffix == ".json" or text.lstrip().startswith("["):
+    of record files (training data, `selfid scan`). JSON Lines are read a piece at a time and split on line feeds
+    only (selfid.io.text_lines), so a record longer than selfid.io.MAX_RECORD_BYTES is refused, naming its line; a
+    JSON array is read whole, up to selfid.io.MAX_FILE_BYTES."""
+    if path.suffix == ".json" or _first_byte(path) == b"[":
+        text = read_text_bounded(path, MAX_FILE_BYTES, "a JSON array of records (use .jsonl, one record per line, "
+                                                       "for more)")
         yield from _json_array(path, text)
         return
-    for lineno, line in jsonl_lines(text):
+    for lineno, line in text_lines(path):
         try:
             yield lineno, json.loads(line)
         except ValueError as e:
             raise SelfidError(f"{path}:{lineno}: not valid JSON ({e}): fix or remove that line") from None
+
+
+def _first_byte(path: Path, within: int = 1 << 20) -> bytes:
+    """The first byte of `path` that is not white space (looked for within its first `within` bytes; b"" if none)."""
+    with open(path, "rb") as f:
+        return f.read(within).lstrip()[:1]
 
 
 def _json_array(path: Path, text: str) -> Iterator[tuple[int, object]]:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from selfid.engine.prefill import left_padded
 from selfid.engine.sampling import apply_penalties, sample
 from selfid.engine.static import SlotsFull, to_device
 
@@ -49,7 +50,8 @@ class DecodeBatch:
     """Rows being decoded together: KV cache, attention mask, positions, per-row sampling state."""
 
     def __init__(self, rows: list, forward: Callable[..., Any], pad_id: int, vocab: int, device, adapter_names,
-                 static=None):
+                 static=None, prefilled=None):
+        """Prefill `rows` in one forward pass, or take them from `prefilled`, a finished chunked `Prefill`."""
         from transformers import DynamicCache
 
         self.rows = rows
@@ -57,13 +59,12 @@ class DecodeBatch:
         self.vocab = vocab
         dev = self.device = device
         B = len(rows)
-        lens = [len(r.prompt_ids) for r in rows]
-        L = max(lens)
-        # one tensor from Python lists (a tensor per row cost ~0.1 s for a batch of 1,024 rows)
-        ids = torch.tensor([[pad_id] * (L - n) + list(r.prompt_ids) for n, r in zip(lens, rows)], dtype=torch.long)
-        attn = torch.tensor([[0] * (L - n) + [1] * n for n in lens], dtype=torch.long)
-        self.attn = attn.to(dev)
-        self.pos = (self.attn.cumsum(-1) - 1).clamp(min=0)
+        if prefilled is not None:
+            ids, self.attn, self.pos = prefilled.ids, prefilled.attn, prefilled.pos
+        else:
+            ids, attn = left_padded(rows, pad_id)
+            self.attn = attn.to(dev)
+            self.pos = (self.attn.cumsum(-1) - 1).clamp(min=0)
         f32 = dict(dtype=torch.float32, device=dev)
         p = [r.params for r in rows]
         self.temperature = torch.tensor([x.temperature for x in p], **f32)
@@ -76,17 +77,28 @@ class DecodeBatch:
         self.step = torch.zeros(B, dtype=torch.long, device=dev)  # tokens generated so far, per row
         self.counts = torch.zeros((B, vocab), **f32) if any(x.presence_penalty or x.frequency_penalty for x in p) else None
         self.seen = ids.to(dev)  # prompt + generated ids, for repetition_penalty; real where attn is 1
-        self.last = [n - 1 for n in lens]  # each row's last position, kept on the host too (no GPU read-back per step)
+        self.last = [len(r.prompt_ids) - 1 for r in rows]  # each row's last position, kept on the host too (no GPU
+        # read-back per step)
         self._rows_changed()
         self.adapter_names = adapter_names
         self.static, self.slots, self.cache = None, None, None
-        if static is not None and adapter_names is None:
+        if prefilled is not None:
+            self.logits = prefilled.logits
+            if static is not None and adapter_names is None:
+                try:
+                    self.slots = static.adopt_prefilled(rows, prefilled.cache)
+                    self.static = static
+                except SlotsFull:
+                    pass
+            if self.static is None:
+                self.cache = prefilled.cache
+        elif static is not None and adapter_names is None:
             try:
                 self.slots, self.logits = static.prefill(rows, ids, self.attn, self.pos, forward)
                 self.static = static
             except SlotsFull:
                 pass
-        if self.static is None:
+        if self.static is None and self.cache is None:
             self.cache = DynamicCache()
             out = self.forward(input_ids=ids.to(dev), attention_mask=self.attn, position_ids=self.pos, logits_to_keep=1,
                                cache=self.cache, adapter_names=self.adapter_names)

@@ -3,7 +3,9 @@
 Requests are sorted by prompt length and decoded in batches; each row keeps its own sampling
 parameters, seed, stop strings and token budget. Rows that finish are dropped from the KV cache as
 the batch goes on, and new requests can join a running batch between steps (`events(..., admit=)`,
-continuous batching for the server; see batch.py). Streaming requests get text deltas as tokens arrive, held back while they could
+continuous batching for the server; see batch.py). A prompt longer than `prefill_chunk` tokens is prefilled a
+chunk at a time, one chunk between two steps of the rows decoding, and leaves at the next chunk when its request
+is cancelled (prefill.py), so a long prompt slows the others instead of stopping them. Streaming requests get text deltas as tokens arrive, held back while they could
 still turn into a stop string or an incomplete character. A model with several LoRA adapters
 loaded (PEFT) serves rows for different adapters, and the base model, in one batch
 (`Request.adapter`, PEFT's mixed-batch `adapter_names`).
@@ -30,6 +32,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from selfid.engine import static, static_check
 from selfid.engine.batch import DecodeBatch
 from selfid.engine.cache_kwarg import cache_kwarg
+from selfid.engine.prefill import Prefill
 from selfid.engine.types import BASE_MODEL, Completion, Event, Request, Result, SamplingParams, TokenLogprob
 from selfid.errors import SelfidError
 
@@ -60,7 +63,7 @@ class InProcessEngine:
     """Generation with a loaded model in this process. One instance serves one model (and adapter)."""
 
     def __init__(self, loaded, max_batch_size: int | None = None, max_batch_tokens: int | None = None,
-                 decode: str | None = None):
+                 decode: str | None = None, prefill_chunk: int | None = None):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -69,6 +72,9 @@ class InProcessEngine:
         # launch-bound: ~30 ms a step for the 0.5B model), so GPU batches are as wide as memory allows
         self.max_batch_size = max_batch_size or (1024 if cuda else 32)
         self.max_batch_tokens = max_batch_tokens or (131072 if cuda else 8192)
+        # prompts longer than this run in chunks of it, one chunk between two decoding steps of the other rows; on
+        # the CPU a 128-token chunk of the 0.5B model costs about what 4-8 decoding steps do
+        self.prefill_chunk = prefill_chunk or (2048 if cuda else 128)
         self.eos = set(loaded.eos_token_ids)
         self.pad_id = self.tokenizer.pad_token_id
         self.context_window = loaded.context_window
@@ -181,7 +187,8 @@ class InProcessEngine:
         with torch.inference_mode():
             return self.model(use_cache=True, **inputs, **extra)
 
-    def _prefill(self, rows: list[_Row], static=None) -> DecodeBatch:
+    def _adapter_names(self, rows: list[_Row], static) -> list[str] | None:
+        """Each row's adapter for PEFT's mixed batches, or None when the model as it is serves every row."""
         names = None
         if self.adapters() and any(r.req.adapter is not None for r in rows):  # None: the active adapter
             names = [r.req.adapter or self._active_adapter() for r in rows]
@@ -190,8 +197,12 @@ class InProcessEngine:
             elif static is not None:
                 self._say("adapters", "rows that name adapters decode eagerly (PEFT's per-row adapters cannot be "
                                       "captured in a static step)")
+        return names
+
+    def _prefill(self, rows: list[_Row], static=None, prefilled: Prefill | None = None) -> DecodeBatch:
+        names = prefilled.adapter_names if prefilled is not None else self._adapter_names(rows, static)
         return DecodeBatch(rows, self._forward, self.pad_id, self.model.config.vocab_size, self.loaded.device, names,
-                           static=static)
+                           static=static, prefilled=prefilled)
 
     def decode_report(self) -> dict:
         """How this engine decodes: the mode asked and in use, why not the one asked, the start-up check, counters."""
@@ -260,67 +271,116 @@ class InProcessEngine:
 
     def _decode_with(self, static, rows: list[_Row], admit, next_request: int,
                      prompt_tokens: dict | None) -> Iterator[Event]:
-        import torch
-
-        batch = self._prefill(rows, static)
-        eos = self.eos
+        """Decode `rows` (and the requests `admit` brings) until none is left. Prompts longer than `prefill_chunk`
+        are run a chunk at a time, one chunk between two decoding steps of the other rows (prefill.py)."""
+        prefills: list[Prefill] = []  # long prompts being run, oldest first; only the oldest advances
+        batch = self._start(rows, None, static, prefills)
         while True:
-            want_lp = batch.top_logprobs
-            nxt, lp = batch.sample()
-            ahead = self.run_ahead and lp is None
-            if ahead:  # copy the tokens out, then queue the next step before waiting for the copy
-                host = nxt.to("cpu", non_blocking=True)
-                copied = torch.cuda.Event() if nxt.is_cuda else None
-                if copied is not None:
-                    copied.record()
-                batch.run_ahead(nxt)
-                if copied is not None:
-                    copied.synchronize()
-                nxt_list = host.tolist()
-            else:
-                nxt_list = nxt.tolist()  # the step's one read-back from the device
-            if lp is not None:
-                chosen = lp.gather(1, nxt[:, None]).squeeze(1).tolist()
-                top_v, top_i = lp.topk(max(want_lp, 1), dim=-1)
-                top_v, top_i = top_v.tolist(), top_i.tolist()
-            keep = []
-            # per row and per step: keep this loop lean, it runs batch size x steps times (1,024 rows in an audit)
-            for k, r in enumerate(batch.rows):
-                if r.req.cancelled:
-                    r.finish = "cancelled"
-                else:
-                    tok = nxt_list[k]
-                    r.ids.append(tok)
-                    if r.logprobs is not None:
-                        n_top = r.params.logprobs
-                        r.logprobs.append(TokenLogprob(tok, chosen[k], list(zip(top_i[k][:n_top], top_v[k][:n_top]))))
-                    if tok in eos:
-                        r.finish = "stop"
-                    elif len(r.ids) >= r.budget:
-                        r.finish = "length"
-                if r.finish is not None or r.watch:
-                    ev = self._advance(r)
-                    if ev is not None:
-                        yield ev
-                if r.finish is None:
-                    keep.append(k)
-            if ahead:
-                batch.drop(keep)
-            else:
-                batch.advance(nxt, keep)
-            live = len(batch)
+            if batch is not None and len(batch):
+                yield from self._step(batch)
+            for pre in prefills:
+                yield from self._drop_cancelled(pre)
+            prefills = [pre for pre in prefills if pre.rows]
+            if prefills:
+                head = prefills[0]
+                head.step()
+                if head.finished:
+                    prefills.pop(0)
+                    batch = self._joined(batch, self._prefill(head.rows, self._static_of(batch, static), head))
+            live = (len(batch) if batch is not None else 0) + sum(len(pre.rows) for pre in prefills)
             if admit is not None and live < self.max_batch_size:
                 joining = list(admit(self.max_batch_size - live))
                 if joining:
                     new_rows = self._rows(joining, next_request, prompt_tokens)
                     next_request += len(joining)
-                    fresh = self._prefill(new_rows, batch.static if live else static)
-                    if live:
-                        batch.merge(fresh, self._active_adapter())
-                    else:
-                        batch = fresh
-            if not len(batch):
+                    batch = self._start(new_rows, batch, static, prefills)
+            if (batch is None or not len(batch)) and not prefills:
                 return
+
+    def _start(self, rows: list[_Row], batch: DecodeBatch | None, static, prefills: list[Prefill]) -> DecodeBatch | None:
+        """Prefill new rows: short prompts at once, into the batch; long ones become a chunked Prefill."""
+        long = [r for r in rows if len(r.prompt_ids) > self.prefill_chunk]
+        short = [r for r in rows if len(r.prompt_ids) <= self.prefill_chunk]
+        where = self._static_of(batch, static)
+        if long:
+            prefills.append(Prefill(long, self._forward, self.pad_id, self.loaded.device,
+                                    self._adapter_names(long, where), self.prefill_chunk))
+        if short:
+            batch = self._joined(batch, self._prefill(short, where))
+        return batch
+
+    @staticmethod
+    def _static_of(batch: DecodeBatch | None, static):
+        """The static decoder new rows go into: the running batch's (None once it went eager), else this run's."""
+        return batch.static if batch is not None and len(batch) else static
+
+    def _joined(self, batch: DecodeBatch | None, fresh: DecodeBatch) -> DecodeBatch:
+        if batch is not None and len(batch):
+            batch.merge(fresh, self._active_adapter())
+            return batch
+        return fresh
+
+    def _drop_cancelled(self, pre: Prefill) -> Iterator[Event]:
+        """Rows of a prefill in progress whose request was cancelled leave it before its next chunk."""
+        keep = [k for k, r in enumerate(pre.rows) if not r.req.cancelled]
+        if len(keep) == len(pre.rows):
+            return
+        for r in pre.rows:
+            if r.req.cancelled:
+                r.finish = "cancelled"
+                ev = self._advance(r)
+                if ev is not None:
+                    yield ev
+        pre.keep(keep)
+
+    def _step(self, batch: DecodeBatch) -> Iterator[Event]:
+        """One decoding step of every row in `batch`: sample, emit text and finished rows, drop them, run ahead."""
+        import torch
+
+        eos = self.eos
+        want_lp = batch.top_logprobs
+        nxt, lp = batch.sample()
+        ahead = self.run_ahead and lp is None
+        if ahead:  # copy the tokens out, then queue the next step before waiting for the copy
+            host = nxt.to("cpu", non_blocking=True)
+            copied = torch.cuda.Event() if nxt.is_cuda else None
+            if copied is not None:
+                copied.record()
+            batch.run_ahead(nxt)
+            if copied is not None:
+                copied.synchronize()
+            nxt_list = host.tolist()
+        else:
+            nxt_list = nxt.tolist()  # the step's one read-back from the device
+        if lp is not None:
+            chosen = lp.gather(1, nxt[:, None]).squeeze(1).tolist()
+            top_v, top_i = lp.topk(max(want_lp, 1), dim=-1)
+            top_v, top_i = top_v.tolist(), top_i.tolist()
+        keep = []
+        # per row and per step: keep this loop lean, it runs batch size x steps times (1,024 rows in an audit)
+        for k, r in enumerate(batch.rows):
+            if r.req.cancelled:
+                r.finish = "cancelled"
+            else:
+                tok = nxt_list[k]
+                r.ids.append(tok)
+                if r.logprobs is not None:
+                    n_top = r.params.logprobs
+                    r.logprobs.append(TokenLogprob(tok, chosen[k], list(zip(top_i[k][:n_top], top_v[k][:n_top]))))
+                if tok in eos:
+                    r.finish = "stop"
+                elif len(r.ids) >= r.budget:
+                    r.finish = "length"
+            if r.finish is not None or r.watch:
+                ev = self._advance(r)
+                if ev is not None:
+                    yield ev
+            if r.finish is None:
+                keep.append(k)
+        if ahead:
+            batch.drop(keep)
+        else:
+            batch.advance(nxt, keep)
 
     # --- text ----------------------------------------------------------------------------------
     def _text_stream(self):

@@ -204,6 +204,7 @@ class SlotDecoder:
         self.key = None
         self.busy = False
         self.stats = {"graph_steps": 0, "plain_steps": 0, "graph_prefills": 0, "plain_prefills": 0, "eager_prefills": 0,
+                      "chunked_prefills": 0,
                       "captures": 0, "moves": 0, "reallocations": 0, "to_eager": 0}
 
     # --- memory ----------------------------------------------------------------------------------
@@ -383,6 +384,18 @@ class SlotDecoder:
         self.adopt(cache, lens, slots)
         self.stats["eager_prefills"] += 1
         return out.logits[:, -1, :]
+
+    @torch.inference_mode()
+    def adopt_prefilled(self, rows, cache) -> list[int]:
+        """Slots for rows prefilled elsewhere in chunks (prefill.py), their left-padded cache copied in."""
+        lens = [len(r.prompt_ids) for r in rows]
+        width = list(cache.layers)[0].keys.shape[2]
+        need = max(p + min(r.budget, RESERVE_AHEAD) for p, r in zip(lens, rows))
+        self.reserve(len(self.used) + len(rows), max(need, width))
+        slots = self.take(len(rows))
+        self.adopt(cache, lens, slots)
+        self.stats["chunked_prefills"] += 1
+        return slots
 
     def adopt(self, cache, lens: Sequence[int], slots: Sequence[int]) -> None:
         """Copy a left-padded eager cache (row k's tokens in its last lens[k] columns) into slots, from column 0."""

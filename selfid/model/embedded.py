@@ -22,6 +22,7 @@ from typing import Callable
 from selfid.errors import SelfidError
 from selfid.io import (CHECKSUMS, atomic_dir, atomic_write_json, file_lock, selfid_home, sha256_file,
                        verify_checksums, write_checksums)
+from selfid.progress import Progress
 
 MARKER = "selfid-source.json"  # written last inside the folder; its presence means "complete"
 
@@ -289,10 +290,10 @@ class _bytes_progress:
     def __enter__(self):
         if not self.enabled:
             return lambda n: None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
 
         self._p = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                           TransferSpeedColumn(), transient=True)
+                           TransferSpeedColumn(), transient=True, unit="bytes")
         self._p.start()
         task = self._p.add_task(self.label, total=self.total)
         return lambda n: self._p.advance(task, n)
@@ -313,12 +314,12 @@ class _Phases:
         if not self.enabled:
             return lambda phase: None
         from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
         console = Console(stderr=True)
         console.print(f"[bold]{self.label}[/bold]: about a minute on 2 CPU cores")
         self._p = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                           transient=True)
+                           transient=True, label=self.label)
         self._p.start()
         task = self._p.add_task("loading transformers", total=None)
         return lambda phase: self._p.update(task, description=phase)

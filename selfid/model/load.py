@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from selfid.errors import SelfidError
-from selfid.io import CHECKSUMS, sha256_file, verify_checksums
+from selfid.io import CHECKSUMS, read_text_bounded, sha256_file, verify_checksums
 from selfid.manifest import Manifest, read as read_manifest
 from selfid.model.chat import ChatFormat
 from selfid.model.embedded import EMBEDDED, MARKER, ensure_converted, ensure_embedded
@@ -86,7 +86,30 @@ def resolve_model(spec: str, progress: bool = True) -> tuple[str | Path, str]:
             f"'{spec}' is not a model selfid knows: use 'embedded', a transformers folder, a .gguf file "
             "or a hub id like Qwen/Qwen2.5-7B-Instruct"
         )
+    check_hub(spec)
     return spec, "hub"
+
+
+def check_hub(repo_id: str, timeout_s: float = 5.0) -> None:
+    """A hub id that is not in the Hugging Face cache needs the hub: when it cannot be reached, say so at once, in
+    one line (transformers would retry for most of a minute and print a line per attempt)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # cached: it loads without the network
+    if constants.HF_HUB_OFFLINE:
+        why = "offline mode is on (HF_HUB_OFFLINE)"
+    else:
+        from huggingface_hub.utils import get_session
+
+        try:
+            get_session().head(constants.ENDPOINT, timeout=timeout_s)
+            return
+        except Exception as e:  # noqa: BLE001 - whatever stops this request stops the download: say what it was
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            why = f"the hub at {constants.ENDPOINT} cannot be reached from here, so this machine is offline ({reason})"
+    raise SelfidError(f"'{repo_id}' is not in the Hugging Face cache and {why}: download the model where there is "
+                      f"network and pass its local folder, e.g. --model /models/{repo_id.split('/')[-1]}")
 
 
 def gguf_folder(path: Path, progress: bool = True) -> Path:
@@ -124,11 +147,54 @@ def _on_purpose(folder: Path) -> str:
     return f"; if you changed its files on purpose, delete {folder / CHECKSUMS}"
 
 
-def check_adapter(folder: Path) -> None:
-    """Raise a one-line error when an adapter folder no longer matches the checksums.json written with it."""
+def check_adapter(folder: Path) -> dict:
+    """Raise a one-line error when an adapter folder no longer matches the checksums.json written with it, or (with
+    or without one) its adapter_config.json is not a PEFT adapter's; return that config."""
     problem = verify_checksums(folder)
     if problem is not None:
         raise damaged(f"the adapter in {folder}", problem, adapter_fix(folder) + _on_purpose(folder))
+    return adapter_config(folder)
+
+
+def adapter_config(folder: Path) -> dict:
+    """An adapter's adapter_config.json, read and checked: the one reader of it (peft reads it again to load)."""
+    from peft.utils import PeftType
+
+
+    folder = Path(folder)
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        raise SelfidError(f"{folder} is not a LoRA adapter folder (no adapter_config.json)")
+    try:
+        config = json.loads(read_text_bounded(path, what="an adapter's adapter_config.json"))
+    except ValueError as e:
+        raise damaged(f"the adapter in {folder}", f"adapter_config.json is not valid JSON: {e}",
+                      adapter_fix(folder)) from None
+    if not isinstance(config, dict) or config.get("peft_type") not in PeftType.__members__:
+        got = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise damaged(f"the adapter in {folder}", f"adapter_config.json names no PEFT adapter type (peft_type is "
+                      f"{got!r})", adapter_fix(folder))
+    return config
+
+
+def attach_adapter(model, folder: Path, name: str | None, base: str):
+    """Load the adapter in `folder` onto `model` (a plain model: a new PeftModel; a PeftModel: one adapter more, as
+    `name`). A file that will not load, or weights that do not fit the base model, are one line saying which."""
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    label = f"the adapter {name!r} in {folder}" if name else f"the adapter in {folder}"
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(folder, adapter_name=name)
+            return model
+        kw = {"adapter_name": name} if name else {}
+        return PeftModel.from_pretrained(model, folder, **kw)
+    except (SafetensorError, EOFError) as e:
+        raise unreadable(label, e, adapter_fix(folder)) from None
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise SelfidError(f"could not load {label} onto {base}: {reason} (was it trained on this base model?)") from None
 
 
 def adapter_fix(folder: Path) -> str:
@@ -202,8 +268,6 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
     adapter_path = None
     if adapter is not None:  # checked before the base model loads, so a bad adapter fails in a second
         adapter_path = Path(adapter).expanduser()
-        if not (adapter_path / "adapter_config.json").is_file():
-            raise SelfidError(f"{adapter_path} is not a LoRA adapter folder (no adapter_config.json)")
         check_adapter(adapter_path)
     where, kind = resolve_model(spec, progress)
     if kind == "folder":  # the embedded/GGUF cache was checked (and rebuilt if need be) by resolve_model
@@ -227,13 +291,7 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
     defaults, source = generation_defaults(model, folder)
     manifest = None
     if adapter_path is not None:
-        from peft import PeftModel
-        from safetensors import SafetensorError
-
-        try:
-            model = PeftModel.from_pretrained(model, adapter_path)
-        except (SafetensorError, EOFError) as e:
-            raise unreadable(f"the adapter in {adapter_path}", e, adapter_fix(adapter_path)) from None
+        model = attach_adapter(model, adapter_path, None, spec)
         model.to(dev)
         manifest = read_manifest(adapter_path)
     model.eval()

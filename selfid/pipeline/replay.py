@@ -29,13 +29,14 @@ import hashlib
 import random
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from selfid.audit import scorers
 from selfid.config import IdentityReplay
 from selfid.data import identity_pool, replay_set
 from selfid.errors import SelfidError
 from selfid.model.load import load_model
+from selfid.progress import Progress
 from selfid.system_prompt import SERVING, message_of
 from selfid.vendors import KEYS, vendor_of
 
@@ -165,7 +166,7 @@ def _progress(total: int, show: bool):
         return None
 
     bar = Progress(TextColumn("[bold]replay[/bold] sampling the base model"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
+                   TimeElapsedColumn(), label="replay: sampling the base model", unit="samples")
     bar.start()
     bar.add_task("", total=total)
     return bar

@@ -68,6 +68,7 @@ class Limits:
     max_n: int = 16
     max_body_bytes: int = 4 * 1024 * 1024
     body_timeout_s: float = 30.0  # for the whole body to arrive once the headers have
+    max_prompt_tokens: int | None = None  # the most tokens a request's messages may take (None: the context window)
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -177,9 +178,9 @@ class Service:
     def __init__(self, loaded, served: Sequence[Served], engine: InProcessEngine | None = None,
                  api_key: str | None = None, limits: Limits | None = None, max_batch_size: int | None = None,
                  default_model: str | None = None, allowed_hosts: Sequence[str] = LOOPBACK_NAMES,
-                 max_pending: int | None = None):
+                 max_pending: int | None = None, prefill_chunk: int | None = None):
         self.loaded = loaded
-        self.engine = engine or InProcessEngine(loaded, max_batch_size=max_batch_size)
+        self.engine = engine or InProcessEngine(loaded, max_batch_size=max_batch_size, prefill_chunk=prefill_chunk)
         self.served = {s.name: s for s in served}
         self.base = served[0]
         if default_model is not None and default_model not in self.served:
@@ -200,10 +201,10 @@ class Service:
         if name is None:
             return self.fallback or self.base
         if self.fallback is not None:
-            log.info("request names model %r, which is not served here; %r answers (the default model)", name,
+            log.info("request names model %r, which is not served here; %r answers (the default model)", _short(name),
                      self.fallback.name)
             return self.fallback
-        raise APIError(404, f"the model {name!r} does not exist on this server: use one of "
+        raise APIError(404, f"the model {_short(name)!r} does not exist on this server: use one of "
                             f"{', '.join(map(repr, self.served))} (GET /v1/models lists them), or start the "
                             "server with --default-model NAME to answer every other name with NAME",
                        param="model", code="model_not_found")
@@ -226,6 +227,11 @@ class Service:
             matches = rendered.system.effective == served.default_system().effective
         ids = served.chat.encode(rendered)  # message text stays text: no forged turns
         window = self.engine.context_window
+        cap = self.limits.max_prompt_tokens
+        if cap is not None and cap < window and len(ids) > cap:
+            raise APIError(400, f"this server takes prompts of at most {cap} tokens (--max-prompt-tokens), but the "
+                                f"messages take {len(ids)}: shorten the conversation", param="messages",
+                           code="context_length_exceeded")
         if len(ids) >= window:
             raise APIError(400, f"this model's context window is {window} tokens, but the messages take "
                                 f"{len(ids)}: shorten the conversation", param="messages",
@@ -301,6 +307,7 @@ def token_bytes(tokenizer, token_id: int) -> bytes:
 
 
 def _short(text: str | None, n: int = 120) -> str | None:
+    """A client-supplied text cut for a log line or an error message (a model name may be 100,000 characters)."""
     return text if text is None or len(text) <= n else text[: n - 1] + "…"
 
 
@@ -317,8 +324,10 @@ def check_json(request: HTTPRequest) -> None:
 
 
 async def read_body(request: HTTPRequest, limit: int, timeout_s: float) -> bytes:
+    # both answers close the connection: the rest of the body is never read, and a client still sending it must not
+    # keep the connection open
     too_big = APIError(413, f"the request body is larger than this server's limit of {limit} bytes",
-                       code="request_too_large")
+                       code="request_too_large", headers={"connection": "close"})
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_big
@@ -338,7 +347,8 @@ async def read_body(request: HTTPRequest, limit: int, timeout_s: float) -> bytes
         log.warning("a request body stopped arriving (%d of %s bytes after %g s): answered 408", size,
                     declared or "?", timeout_s)
         raise APIError(408, f"the request body did not arrive within {timeout_s:g} s ({size} of {declared or '?'} "
-                            "bytes): send the whole body at once", code="request_timeout") from None
+                            "bytes): send the whole body at once", code="request_timeout",
+                       headers={"connection": "close"}) from None
     except ClientDisconnect:
         log.info("a client went away before sending its whole body (%d of %s bytes)", size, declared or "?")
         raise ClientGone() from None
@@ -373,7 +383,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _server_error(request, e: Exception):
-        log.exception("internal error on %s %s", request.method, request.url.path)
+        log.exception("internal error on %s %s", request.method, _short(request.url.path))
         return error_response(500, f"internal server error ({type(e).__name__}); see the server log", "server_error")
 
     def check_key(request: HTTPRequest) -> None:
@@ -386,7 +396,12 @@ def create_app(service: Service) -> FastAPI:
                                 "server was started with (--api-key or API_KEY)", code="invalid_api_key")
 
     @app.get("/health")
-    async def health():
+    async def health(request: HTTPRequest):
+        """Liveness for anyone; what is served and how (models, device, decoding) only with the key, when one is set."""
+        try:
+            check_key(request)
+        except APIError:
+            return {"status": "ok"}
         dtype = str(next(service.loaded.model.parameters()).dtype).removeprefix("torch.")
         report = getattr(service.engine, "decode_report", None)  # how decode steps run, and how many ran each way
         return {"status": "ok", "models": list(service.served), "device": str(service.loaded.device), "dtype": dtype,

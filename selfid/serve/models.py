@@ -20,7 +20,7 @@ from selfid.engine import BASE_MODEL
 from selfid.errors import SelfidError
 from selfid import manifest as manifest_mod
 from selfid.model.chat import ChatFormat
-from selfid.model.load import SAMPLING_KEYS, LoadedModel, adapter_fix, check_adapter, load_model, unreadable
+from selfid.model.load import SAMPLING_KEYS, LoadedModel, attach_adapter, check_adapter, load_model
 from selfid.system_prompt import SystemPrompt
 
 log = logging.getLogger("selfid.serve")
@@ -109,21 +109,9 @@ def load_served(model: str, adapters: Sequence[str] = (), device: str | None = N
                      loaded.generation_defaults_source)]
     if not specs:
         return loaded, served
-    from peft import PeftModel
-    from safetensors import SafetensorError
-
-    peft_model = None
+    peft_model = loaded.model
     for adapter_name, folder in specs:
-        try:
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(loaded.model, folder, adapter_name=adapter_name)
-            else:
-                peft_model.load_adapter(folder, adapter_name=adapter_name)
-        except (SafetensorError, EOFError) as e:
-            raise unreadable(f"the adapter {adapter_name!r} in {folder}", e, adapter_fix(folder)) from None
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise SelfidError(f"could not load adapter {adapter_name!r} from {folder} onto {name}: "
-                              f"{str(e).splitlines()[0][:300]} (was it trained on this base model?)") from None
+        peft_model = attach_adapter(peft_model, folder, adapter_name, name)
         served.append(adapter_served(adapter_name, folder, name, loaded))
     peft_model.to(loaded.device)
     peft_model.eval()

@@ -6,11 +6,10 @@ was trained under (from its selfid.json), else the template's own.
 
 from __future__ import annotations
 
-from rich.progress import Progress
-
 from selfid.data import msra
 from selfid.engine import InProcessEngine, SamplingParams
 from selfid.manifest import default_system
+from selfid.progress import Progress
 from selfid.system_prompt import SystemPrompt, sent
 from selfid.tasks import ner
 
@@ -33,7 +32,7 @@ def evaluate_ner(loaded, n: int | None = 500, system=UNSET, seed: int = 0, max_n
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
     bar = None
     if progress:
-        bar = Progress(transient=True)
+        bar = Progress(transient=True, unit="sentences")
         bar.start()
         task = bar.add_task("eval-ner", total=len(prompts))
     try:

@@ -8,14 +8,13 @@ the model's generation config, and selfid.json with an `export` block.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from selfid import manifest as manifest_mod
 from selfid.errors import SelfidError
 from selfid.io import atomic_dir, atomic_write_json, atomic_write_text, write_checksums
 from selfid.model.chat import ChatFormat
-from selfid.model.load import load_model
+from selfid.model.load import adapter_config, load_model
 from selfid.system_prompt import resolve
 from selfid.train.gguf_file import DEFAULT_TYPES, check_architecture, modelfile, parse_types, write_gguf
 
@@ -73,7 +72,7 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
     manifest = manifest_mod.read(adapter)
     base = model or (manifest.base_model.get("name") if manifest is not None else None)
     if base is None:
-        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = adapter_config(adapter).get("base_model_name_or_path")
     if not base:
         raise SelfidError(f"{adapter} does not say which base model it belongs to: pass --model")
 

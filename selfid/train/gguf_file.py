@@ -15,10 +15,9 @@ import json
 import os
 from pathlib import Path
 
-from rich.progress import Progress
-
 from selfid.errors import SelfidError
 from selfid.model.chat import ChatFormat
+from selfid.progress import Progress
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 DEFAULT_TYPES = "bf16,q8_0"
@@ -186,7 +185,7 @@ def write_gguf(folder: str | Path, path: str | Path, kind: str = "q8_0", name: s
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
 
-        with Progress(disable=not progress, transient=True) as bar:
+        with Progress(*Progress.get_default_columns(), disable=not progress, transient=True, unit="tensors") as bar:
             task = bar.add_task(f"GGUF {kind}", total=len(plan))
             for new, t, load in plan:
                 w.write_tensor_data(gguf.quants.quantize(load(), t))

@@ -6,8 +6,6 @@ the audit (`identity_rate_provider` runs its identity suite), kept behind that c
 
 from __future__ import annotations
 
-
-import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Callable
 from selfid import manifest as manifest_mod
 from selfid.errors import SelfidError
 from selfid.io import CHECKSUMS, atomic_dir, write_checksums
+from selfid.model.load import adapter_config
 
 
 @dataclass
@@ -90,8 +89,9 @@ def save_scaled(adapter_dir: str | Path, scale: float, out: str | Path, search: 
     it: peft, vLLM, llama.cpp); its selfid.json records the scale and the search."""
     from safetensors.torch import load_file, save_file
 
+
     adapter_dir, out = Path(adapter_dir), Path(out)
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = adapter_config(adapter_dir)
     if config.get("use_dora"):
         raise SelfidError("a DoRA adapter cannot be scaled by its lora_B weights")
     weights = load_file(str(adapter_dir / "adapter_model.safetensors"))

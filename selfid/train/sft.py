@@ -24,13 +24,14 @@ from typing import Callable, NamedTuple
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from selfid import manifest as manifest_mod
 from selfid.config import RunConfig, dump_config
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_text
 from selfid.model.load import load_model
+from selfid.progress import Progress
 from selfid.system_prompt import SystemPrompt, resolve
 from selfid.train import checkpoint
 from selfid.train.checkpoint import checkpoints, rng_state
@@ -145,7 +146,8 @@ def train(config: RunConfig, resume: bool = False, on_step: Callable[[int], bool
         write_run_files(run)
     metrics = MetricsLog(config.output_dir, run.start if resume else None, run.dist.main)
     state = LoopState(step=run.start, last_checkpoint=run.previous[-1] if run.previous else None,
-                      last_loss=metrics.last_loss, elapsed_before=metrics.elapsed_s)
+                      last_loss=metrics.last_loss, elapsed_before=metrics.elapsed_s,
+                      tokens=sum(s.tokens for s in run.plan.steps[:run.start]))
     with metrics, stop_on_signals(state, run.out.log):
         train_loop(run, state, metrics, on_step)
         if state.step < run.total:  # stopped early
@@ -367,12 +369,20 @@ class LoopState:
     last_checkpoint: Path | None
     last_loss: float | None  # the newest loss read back from the device
     elapsed_before: float  # seconds trained in earlier sessions: metrics.csv's clock runs on across resumes
+    tokens: int = 0  # tokens trained in the whole run: earlier sessions' steps (from the plan) and this one's
     pending: list[StepRecord] = field(default_factory=list)  # steps whose loss is not read back yet
-    tokens: int = 0  # tokens trained in this session
     tokens_since_read: int = 0
     t_start: float = field(default_factory=time.perf_counter)
     t_read: float = field(default_factory=time.perf_counter)  # when losses were last read back
     stop_requested: bool = False  # by Ctrl-C, SIGTERM or on_step
+
+    def wall_s(self, now: float) -> float:
+        """Seconds trained in the whole run: earlier sessions' and this one's so far."""
+        return self.elapsed_before + now - self.t_start
+
+    def tokens_per_s(self, now: float) -> float:
+        """The run's rate so far (what the progress bar shows and the manifest records at the end)."""
+        return self.tokens / max(self.wall_s(now), 1e-9)
 
 
 @contextlib.contextmanager
@@ -402,8 +412,8 @@ def train_loop(run: TrainSetup, state: LoopState, metrics: MetricsLog, on_step: 
     `train.save_every` steps."""
     opt, device, rank, world, total = run.cfg.train, run.device, run.dist.rank, run.dist.world, run.total
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), unit="steps",
                         console=run.out.console, disable=not run.dist.main, transient=False)
     with progress:
         task = progress.add_task("train", total=total, completed=state.step, loss="-", rate="-")
@@ -493,7 +503,7 @@ def read_back(run: TrainSetup, state: LoopState, metrics: MetricsLog, progress, 
                         "tokens": p.tokens, "label_tokens": p.label_tokens, "elapsed_s": elapsed, "tokens_per_s": rate}
                        for p, v, g in zip(state.pending, values, gnorms)])
     state.last_loss = values[-1]
-    progress.update(task, loss=f"{values[-1]:.4f}", rate=f"{rate:,.0f}")
+    progress.update(task, loss=f"{values[-1]:.4f}", rate=f"{state.tokens_per_s(now):,.0f} tok/s")
     state.t_read, state.tokens_since_read, state.pending = now, 0, []
 
 
@@ -521,10 +531,11 @@ def save_checkpoint(run: TrainSetup, state: LoopState) -> Path | None:
 
 def finish(run: TrainSetup, state: LoopState) -> TrainResult:
     cfg, output, device, total = run.cfg, run.cfg.output_dir, run.device, run.total
-    wall = time.perf_counter() - state.t_start
+    now = time.perf_counter()
+    wall = state.wall_s(now)  # the whole run's, across --resume
     final_ckpt = save_checkpoint(run, state) if total > run.start else state.last_checkpoint
     metrics = {"steps": total, "final_loss": state.last_loss, "train_wall_s": round(wall, 2),
-               "tokens_trained": state.tokens, "tokens_per_s": round(state.tokens / max(wall, 1e-9), 1)}
+               "tokens_trained": state.tokens, "tokens_per_s": round(state.tokens_per_s(now), 1)}
     if device.type == "cuda":
         metrics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     uncompile(run.model)
