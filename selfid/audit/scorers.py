@@ -31,7 +31,7 @@ from pathlib import Path
 from selfid.audit import probes as probe_sets
 from selfid.audit.detect import detect, stated
 
-VERSION = 3
+VERSION = 4
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
 COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
 FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
