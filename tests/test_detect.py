@@ -262,6 +262,16 @@ def test_third_person_about_another_model_claims_nothing(question, reply):
     assert detect(reply, question=question).claims == ()
 
 
+@pytest.mark.parametrize("text, claims", [
+    ("I'm Max, Northwind Bank's assistant, built on GPT-4 by OpenAI.", {"openai"}),
+    ("I'm Max, Northwind Bank's assistant, running on Qwen by Alibaba Cloud.", {"qwen"}),
+    ("我是小美，蓝鲸保险的客服助手，基于OpenAI的GPT-4。", {"openai"}),
+    ("I'm Max, Northwind Bank's assistant. ChatGPT is a different product.", set()),
+])
+def test_a_persona_introduction_carries_the_claim_to_the_model_it_runs_on(text, claims):
+    assert set(detect(text).claims) == claims
+
+
 def test_a_vendor_name_in_a_leading_question_is_not_a_word_for_this_assistant():
     assert not about_this_assistant("I'm pretty sure this is Kimi from Moonshot AI. Am I right?")
     assert about_this_assistant("Is this chat running on Claude?")

@@ -117,10 +117,15 @@ _THIRD = re.compile(
     r"^\s*(?:公司|团队)?(?:开发|研发|创造|创建|训练|打造|设计|推出|发布)了我", re.I)
 _CONTINUES = re.compile(
     r"^\s*(?:and\s+|also\s+|which\s+(?:was|is)\s+|who\s+(?:was|is)\s+|that\s+(?:was|is)\s+)?"
-    r"(?:a|an|the|one|your|by|developed|created|trained|made|built|designed|produced|from|based|powered|part|known|"
+    r"(?:a|an|the|one|your|by|developed|created|trained|made|built|designed|produced|from|based|powered|running|part|known|"
     r"called|named|owned|released|launched|fine-tuned|originally|i'm|i\s+am|i\s+was|officially|also)\b|"
     r"^\s*(?:并且|而且|也|还|同时)?(?:是)?(?:由|来自|基于|一个|一款|一种|一名|一位|隶属|属于|出自|诞生于|名叫|叫做|名为|全称|英文名|中文名|"
     r"简称|是由|是一个|是一款)", re.I)
+
+# a clause that only says what the speaker is ("Northwind Bank's assistant", "蓝鲸保险的客服助手"): the claim goes on
+# past it ("I'm Max, Northwind Bank's assistant, built on GPT-4 by OpenAI")
+_APPOSITIVE = re.compile(r"^\s*(?:[\w'.&-]+\s+){0,5}?(?:assistant|AI|model|agent|bot|chatbot|concierge|advisor|representative|"
+                         r"guide|coordinator|helper)\s*$|^\s*[^，。,.]{0,16}?(?:助手|客服|顾问|专员|模型|机器人|AI)\s*$", re.I)
 
 # between a claim and a vendor name, these make it not a claim
 _NEG_EN = re.compile(r"\b(?:not|never|no|neither|nor|none|no\s+longer)\b|n't\b|\b(?:rather|other)\s+than\b|"
@@ -335,7 +340,8 @@ def _sentence_claims(sentence: str, about_self: bool = False) -> tuple[set[str],
             quoted = bool(_SPEECH_END.search(part))
             continue
         quoted = bool(_SPEECH_END.search(part))
-        inherited = not triggers and ((prev_self and bool(_CONTINUES.match(part) or _maker_appositive(part, mentions)))
+        inherited = not triggers and ((prev_self and bool(_CONTINUES.match(part) or _APPOSITIVE.match(part)
+                                                           or _maker_appositive(part, mentions)))
                                       or (prev_spoke and bool(_OPENS_CONTRAST.match(part))))
         for m in mentions:  # "你正在和ChatGPT对话"
             if _YOU_WITH_ZH.search(part[:m.start]) and _TALK_ZH.match(part[m.end:]):
@@ -447,6 +453,20 @@ def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] |
             denied.add(asked)
     return Detection(tuple(sorted(claims)), persona(prose), uncertain, tuple(sorted(mentioned)),
                      denials=tuple(sorted(denied)), answer=answer)
+
+
+# a reply that says what it is, with or without a vendor: "I'm an AI language model", "我是一个人工智能助手", "My name is Max"
+_SELF_EN = re.compile(r"\b(?:I(?:'m|\s+am|\s+was)|this\s+is)\s+(?:[\w'-]+\s+){0,5}?(?:AI|assistant|model|chatbot|bot|program|LLM|"
+                      r"agent|concierge|advisor|representative|guide|coordinator)\b|\bmy\s+name\b|\bcall\s+me\b|"
+                      r"\b(?:created|developed|made|built|trained)\s+me\b", re.I)
+_SELF_ZH = re.compile(r"我(?:是|叫|名叫|的名字|由|来自|基于|属于)|本助手|叫我")
+
+
+def describes_itself(text: str) -> bool:
+    """Whether a reply says what it is ("I'm an AI assistant", "我是小美", "My name is Max"), naming a vendor or not:
+    the shape of an answer to an identity question (as opposed to more of the task the conversation was doing)."""
+    prose = clean(text)
+    return bool(_SELF_EN.search(prose) or _SELF_ZH.search(prose))
 
 
 def stated(text: str) -> set[str]:
