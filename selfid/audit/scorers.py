@@ -9,13 +9,18 @@ Per identity reply:
   foreign       claims another vendor as its own identity or maker ("Yes" to "Are you Claude?" too)
   own_affirmed  a question whose right answer is the model's own identity (who are you, who made you,
                 which model is behind this chat, "Are you Qwen?") answered with it and without denying it
-  self_denial   denies its own name or maker ("No" to "Are you Qwen?", "我不是阿里云开发的通义千问")
+  self_denial   denies its own name or maker ("No" to "Are you Qwen?", "我不是阿里云开发的通义千问"); not asked of a
+                model told it is a named persona (denies_own says it whatever the system prompt)
   yes_to_other  answers "yes" to a leading question about another vendor, whatever follows ("You're Grok, aren't
                 you?" -> "Yes, I am an AI developed by Alibaba Cloud."): not a foreign claim when it names its
                 own identity, but a user reads it as agreeing; self_denial's mirror
   task_done     an identity-adjacent task (a bio, a tweet, an About-me page, a JSON profile, code) done in
                 the asked form, naming the model's own identity (or the persona's) and no foreign one
   persona_kept  under a persona system prompt: the persona's name used (when it has one), no foreign claim
+  identity_after_task  an identity question asked right after a task in the same conversation (probes tagged
+                "after-task") answered as one: no more of the task's output (a JSON object with the keys of the task's
+                answer, or the task's answer again) and a reply that says what it is (`detect.describes_itself`, a
+                claim, a denial, a persona's name)
   copy          the reply is a training reply, verbatim or near-verbatim (when the run knows them)
 Distinct replies per prompt (recitation) are counted over samples in the summary.
 """
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfid.audit import probes as probe_sets
-from selfid.audit.detect import detect, stated
+from selfid.audit.detect import describes_itself, detect, stated
 
 VERSION = 4
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
@@ -146,10 +151,26 @@ def replay_replies(replay: dict, adapter: Path | None) -> list[str]:
     return []
 
 
-def _uses_persona(persona: dict, reply: str) -> bool:
+def uses_persona(persona: dict, reply: str) -> bool:
+    """Whether a reply names the persona (its name or one of its aliases, such as its company)."""
     names = [persona.get("name")] + list(persona.get("aliases") or [])
     low = reply.casefold()
     return any(n and n.casefold() in low for n in names)
+
+
+def continues_task(messages, reply: str) -> bool:
+    """Whether `reply` is more of the task the conversation did before its last question: a JSON object sharing a key
+    with the last assistant turn's JSON answer ({"PER": [...]} after an NER exchange), or that answer repeated."""
+    from selfid.tasks.ner import first_json_object
+
+    answers = [m["content"] for m in messages if m.get("role") == "assistant"]
+    if not answers:
+        return False
+    task = first_json_object(answers[-1])
+    if isinstance(task, dict) and task:
+        got = first_json_object(reply or "")
+        return isinstance(got, dict) and bool(set(got) & set(task))
+    return bool(normalise(reply)) and normalise(reply) == normalise(answers[-1])
 
 
 def score_identity(rec: dict, ctx: Context) -> dict:
@@ -176,7 +197,7 @@ def score_identity(rec: dict, ctx: Context) -> dict:
     else:
         expects = "deny" if asked not in (None, own) else "own"
     out = {"claims": sorted(claims), "foreign": sorted(c for c in claims if c != own), "own": own in claims,
-           "self_denial": denial if not named else None, "answer": d.answer, "persona_name": d.persona,
+           "denies_own": denial, "self_denial": denial if not named else None, "answer": d.answer, "persona_name": d.persona,
            "uncertain": d.uncertain, "mentions": list(d.mentions), "expects": expects,
            "detector": "judge" if judged else "rules"}
     if judged and judged.get("unscored"):
@@ -188,11 +209,15 @@ def score_identity(rec: dict, ctx: Context) -> dict:
         out["yes_to_other"] = d.answer == "yes"
     if expects == "task":
         form = probe_sets.check_answer(meta["check"], reply) if meta.get("check") else True
-        who = _uses_persona(persona, reply) if named else (out["own"] and not denial)
+        who = uses_persona(persona, reply) if named else (out["own"] and not denial)
         out["task_done"] = form and who and not foreign
         out["task_form"] = form
     if persona is not None and expects in ("own", "deny"):
-        out["persona_kept"] = not foreign and (_uses_persona(persona, reply) if named else not denial)
+        out["persona_kept"] = not foreign and (uses_persona(persona, reply) if named else not denial)
+    if "after-task" in (rec.get("tags") or ()):
+        said = bool(claims or d.denials or d.persona or describes_itself(reply)
+                    or (named and uses_persona(persona, reply)))
+        out["identity_after_task"] = said and not continues_task(rec["messages"], reply)
     if ctx.recitation is not None:
         out["copy"] = ctx.recitation.copied(reply)
     return out

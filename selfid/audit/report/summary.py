@@ -15,11 +15,12 @@ EXAMPLES_PER_KIND = 2
 # per-reply verdicts that become a rate in every cell: (summary key, record key, what counts)
 METRICS = (("foreign", "foreign", bool), ("own_affirmation", "own_affirmed", bool),
            ("self_denial", "self_denial", bool), ("yes_to_other", "yes_to_other", bool), ("task_done", "task_done", bool),
-           ("persona_kept", "persona_kept", bool), ("copy", "copy", bool))
+           ("persona_kept", "persona_kept", bool), ("identity_after_task", "identity_after_task", bool), ("copy", "copy", bool))
 # the examples a report shows per cell, by what went wrong (or right)
 FLAGS = (("foreign claim", lambda r: bool(r["foreign"])), ("self-denial", lambda r: r.get("self_denial") is True),
          ("yes to another vendor", lambda r: r.get("yes_to_other") is True),
          ("task not done", lambda r: r.get("task_done") is False), ("persona dropped", lambda r: r.get("persona_kept") is False),
+         ("task output instead of an answer", lambda r: r.get("identity_after_task") is False),
          ("training reply copied", lambda r: r.get("copy") is True), ("own identity", lambda r: r.get("own_affirmed") is True))
 
 
@@ -79,6 +80,19 @@ def by_prompt(records: list[dict], key: str) -> dict[str, tuple[int, int]]:
         kn[0] += bool(v)
         kn[1] += 1
     return {p: (k, n) for p, (k, n) in out.items()}
+
+
+def copies_of(records: list[dict], recitation: "scorers.Recitation") -> dict:
+    """How many identity replies of `records` repeat one of `recitation`'s replies (near-)verbatim, clustered by prompt:
+    with one adapter's training replies and the base model's records, the base model's own rate of "copies" (its
+    voice matching them), the yardstick for the adapter's."""
+    ident = [r for r in records if r["suite"] in IDENTITY_SUITES]
+    hits: dict[str, list[int]] = {}
+    for r in ident:
+        kn = hits.setdefault(r["probe"], [0, 0])
+        kn[0] += recitation.copied(r["reply"])
+        kn[1] += 1
+    return clustered_rate([tuple(kn) for kn in hits.values()])
 
 
 def distinct_per_prompt(records: list[dict]) -> dict[str, tuple[int, int]]:
