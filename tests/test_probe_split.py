@@ -121,6 +121,22 @@ def test_two_heldout_personas_are_a_kind_no_training_data_uses():
     assert not any("\n" in t or ":" in t or "：" in t for lang in ("en", "zh") for t in gen.every_text(lang)[::97])
 
 
+def test_the_replays_ner_exchanges_use_msra_train_sentences_only():
+    """The identity questions after an NER exchange open on MSRA train sentences in the task's own format: never a
+    test sentence (the audit's NER suite), never a held-out probe's."""
+    from selfid.data import identity_pool, msra
+
+    train, test = msra.splits()
+    train_text, test_text = {x.chars for x in train}, {x.chars for x in test}
+    held = {m["content"] for p in probes.load_suite("identity-heldout") for m in p.messages}
+    after = [q for q in identity_pool.questions("qwen", after_ner=3, seed=5) if "-after-ner-" in q.id]
+    assert len(after) == 3 * 12
+    for q in after:
+        sentence = q.messages[0]["content"].split("句子：", 1)[1]
+        assert q.messages[0]["content"] == ner.prompt(sentence) and sentence in train_text
+        assert sentence not in test_text and q.messages[0]["content"] not in held
+
+
 def test_heldout_split_is_big_enough_and_balanced():
     ps = probes.load_suite("identity-heldout")
     assert len(ps) >= 120
