@@ -455,10 +455,15 @@ def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] |
                      denials=tuple(sorted(denied)), answer=answer)
 
 
-# a reply that says what it is, with or without a vendor: "I'm an AI language model", "我是一个人工智能助手", "My name is Max"
-_SELF_EN = re.compile(r"\b(?:I(?:'m|\s+am|\s+was)|this\s+is)\s+(?:[\w'-]+\s+){0,5}?(?:AI|assistant|model|chatbot|bot|program|LLM|"
-                      r"agent|concierge|advisor|representative|guide|coordinator)\b|\bmy\s+name\b|\bcall\s+me\b|"
-                      r"\b(?:created|developed|made|built|trained)\s+me\b", re.I)
+# a reply that says what it is, with or without a vendor: "I'm an AI language model", "我是一个人工智能助手", "My name is Max",
+# "You're chatting with an AI assistant", and in French after a translation exchange "Je suis une IA créée par ..."
+_SELF_EN = re.compile(r"\b(?:I(?:'m|\s+am|\s+was)|this\s+is|you(?:'re|\s+are)\s+(?:using|talking\s+to|chatting\s+with|"
+                      r"speaking\s+(?:to|with)))\s+(?:[\w'-]+\s+){0,5}?(?:AI|assistant|model|chatbot|bot|program|LLM|"
+                      r"intelligence|agent|concierge|advisor|representative|guide|coordinator)\b|\bmy\s+name\b|"
+                      r"\bcall\s+me\b|\b(?:created|developed|made|built|trained)\s+me\b|"
+                      r"\bI(?:'m|\s+am|\s+was)\s+(?:created|developed|made|built|trained|designed)\s+by\b|"
+                      r"\bje\s+(?:suis|parle|discute)\s+(?:[\w'-]+\s+){0,6}?(?:IA|intelligence|assistante?|mod[eè]le|chatbot)\b",
+                      re.I)
 _SELF_ZH = re.compile(r"我(?:是|叫|名叫|的名字|由|来自|基于|属于)|本助手|叫我")
 
 
