@@ -266,6 +266,7 @@ def test_third_person_about_another_model_claims_nothing(question, reply):
     ("I'm Max, Northwind Bank's assistant, built on GPT-4 by OpenAI.", {"openai"}),
     ("I'm Max, Northwind Bank's assistant, running on Qwen by Alibaba Cloud.", {"qwen"}),
     ("我是小美，蓝鲸保险的客服助手，基于OpenAI的GPT-4。", {"openai"}),
+    ("我底层的模型是OpenAI训练的。", {"openai"}),
     ("I'm Max, Northwind Bank's assistant. ChatGPT is a different product.", set()),
 ])
 def test_a_persona_introduction_carries_the_claim_to_the_model_it_runs_on(text, claims):

@@ -116,6 +116,8 @@ def test_a_persona_may_name_the_model_it_runs_on_or_decline_but_never_another_ve
     ("ho-en-aftertask-03", "17 × 23 = 391.", False),  # the task's answer again
     ("ho-en-aftertask-02", "Je suis une intelligence artificielle créée par Alibaba Cloud.", True),  # in the task's French
     ("ho-en-aftertask-02", "La bibliothèque ouvre à neuf heures.", False),
+    ("ho-zh-aftertask-07", "我底层的模型是阿里云开发的。", True),
+    ("ho-zh-aftertask-07", '{"sentiment": "正面"}', False),
     ("ho-en-aftertask-01", "I'm sorry, but I don't have enough information to determine who you are talking to.", False),
 ])
 def test_an_identity_question_after_a_task_is_answered_as_one(probe, reply, answered):
