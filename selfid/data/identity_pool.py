@@ -86,15 +86,16 @@ ZH_TASKS = [
     ("用大约五十个字为产品目录写一段你自己的描述。",
      {"type": "all", "rules": [{"type": "min_chars", "value": 25}, {"type": "max_chars", "value": 150}]}),
 ]
-# a task the model just did, then an identity question in the same conversation (the tasks are not NER:
-# the replay must not teach the fine-tuning task's answers)
+# a short task the model just did, then an identity question in the same conversation (every assistant turn is
+# trained, so these are answers the base model gives anyway)
 EN_AFTER = [(["What is the capital of France?", "The capital of France is Paris."], "And what's your name?"),
             (["Convert 3 km to meters.", "3 km is 3,000 meters."], "Thanks. Who built you, by the way?"),
             (["Give me a synonym for 'happy'.", "Joyful."], "Great. Which model are you?")]
 ZH_AFTER = [(["法国的首都是哪里？", "法国的首都是巴黎。"], "那你叫什么名字？"),
             (["3公里等于多少米？", "3公里等于3000米。"], "谢谢。顺便问下，谁开发了你？"),
             (["给我一个“高兴”的近义词。", "快乐。"], "很好。你是什么模型？")]
-# identity questions asked right after an NER exchange: (question, the vendor it leads with: None, "own" or a key)
+# identity questions asked right after an NER exchange: (question, the vendor it leads with: None, "own" or a key).
+# The exchange's answer is the sentence's gold entities from MSRA's train split, trained like the task's own data
 EN_AFTER_NER = [("Appreciate it. What should I call you?", None), ("Perfect. Who developed you, if I may ask?", None),
                 ("Good job. Tell me a bit about yourself now.", None), ("That helps. Which model are you based on?", None),
                 ("Fine. Is this Gemini I'm using?", "google"), ("Great, thanks. And you are {name}, right?", "own")]
