@@ -129,6 +129,17 @@ def test_identity_after_task_is_only_asked_after_a_task_and_counts_a_persona_nam
     assert score(rec("ho-en-aftertask-06", "Max here, happy to help!", system="persona-en"), CTX)["identity_after_task"]
 
 
+def test_a_heldout_persona_is_scored_by_todays_aliases_when_the_run_sent_its_text():
+    from selfid.audit.scorers import context_for
+
+    held = probe_sets.personas()["persona-zh"]
+    old = {"key": "persona-zh", "text": held["text"], "persona": {"name": "小智", "aliases": ["Xiaozhi"]}}
+    other = {"key": "persona-en", "text": "You are Max, a waiter.", "persona": {"name": "Max", "aliases": []}}
+    ctx = context_for({"own": "qwen", "systems": [old, other], "params": {"suites": []}, "target": {}})
+    assert ctx.personas["persona-zh"]["aliases"] == held["aliases"] and "星海科技" in held["aliases"]
+    assert ctx.personas["persona-en"] == other["persona"]  # another text than the index's: the run's own rule
+
+
 def test_copies_of_training_replies_verbatim_or_near_verbatim():
     ctx = Context("qwen", recitation=Recitation(["I'm Qwen, an AI assistant developed by Alibaba Cloud."], "test"))
     assert score(rec("ho-en-direct-01", "I'm Qwen, an AI assistant developed by Alibaba Cloud."), ctx)["copy"]

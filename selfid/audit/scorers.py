@@ -82,8 +82,16 @@ class Context:
 
 
 def context_for(meta: dict, run_dir: Path | None = None) -> Context:
-    """The scoring context of a run, from its run.json (and, for recitation, the adapter's training data)."""
-    personas = {s["key"]: s["persona"] for s in meta.get("systems", []) if s.get("persona")}
+    """The scoring context of a run, from its run.json (and, for recitation, the adapter's training data). A held-out
+    persona prompt the run sent is scored by today's index.json (its name and aliases: what counts as keeping it),
+    so runs made before an alias was added score like new ones."""
+    held = probe_sets.personas()
+    personas = {}
+    for s in meta.get("systems", []):
+        if s.get("persona"):
+            now = held.get(s["key"])
+            same = now is not None and now["text"] == s.get("text")
+            personas[s["key"]] = {"name": now["name"], "aliases": now["aliases"]} if same else s["persona"]
     fallback: dict[tuple[str, str], dict] = {}
     for name in (*probe_sets.IDENTITY_SUITES, "general"):  # runs logged before records carried their probe's data
         if name in (meta.get("params", {}).get("suites") or []):
