@@ -37,7 +37,10 @@ one another (the audit's copy measure: same after normalising, or rapidfuzz rati
 the questions so each question gets its first answer before any gets a second.
 
 Cost: questions x (len(temperatures) + 1 persona + 1 other serving prompt with `preference`) x `samples`
-generations of the base model: 316 questions x 3 x 4 = 3,792 with the defaults.
+generations of the base model: 316 questions x 3 x 4 = 3,792 with the defaults and `preference` on (2,528 without).
+For scale: the v2 replay's 9,344 generations (at most 192 tokens) took under 30 s of the 1.5B arm's run on an
+H200 (results/study-1.5b/pairs/cost.json: 291 s wall, 262 s of it training); on a shared 2-core CPU 456
+generations of at most 16 tokens took 27 minutes.
 
 Written to OUTPUT/identity_replay/ (replies.jsonl, pairs.jsonl, replay.json with counts, the persona prompts,
 sampling parameters and the files' sha256) before training, and read back verified by the trainer.
