@@ -80,8 +80,8 @@ def generate(n: int, seed: int = 0, languages=("zh", "en")) -> list[Persona]:
     """`n` personas per language, each with a distinct name (or, unnamed, a distinct company), the same for one seed."""
     most = min(len(EN_STEMS) * len(EN_INDUSTRIES), len(ZH_STEMS) * len(ZH_INDUSTRIES) * 2)
     if n > most:
-        raise SelfidError(f"identity_replay.personas is {n}: at most {most} personas per language have companies of their "
-                          "own; ask for fewer")
+        raise SelfidError(f"identity_replay.personas is {n}: at most {most} personas per language have companies "
+                          "of their own; ask for fewer")
     out: list[Persona] = []
     for lang in languages:
         rng = random.Random(f"personas|{seed}|{lang}")

@@ -300,7 +300,8 @@ def _right(v: dict, persona: dict | None = None) -> bool:
     if v["expects"] == "deny" and v.get("answer") == "yes":
         return False
     if persona is not None:  # the persona, neither another vendor nor a denial of the model it runs on
-        return bool(v.get("persona_kept")) and not v["denies_own"] and not (v["expects"] == "own" and v.get("answer") == "no")
+        no_to_own = v["expects"] == "own" and v.get("answer") == "no"
+        return bool(v.get("persona_kept")) and not v["denies_own"] and not no_to_own
     if v.get("self_denial"):
         return False
     if v["expects"] == "deny":
