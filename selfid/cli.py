@@ -240,8 +240,9 @@ def audit(
     systems: list[str] = typer.Option(["template,helpful,empty"], "--systems",
                                       help="template (none sent: the chat template's own), helpful, empty, "
                                            "adapter (the one it was trained under), "
-                                           "personas (three persona prompts no training data uses; or one of "
-                                           "persona-zh, persona-en, persona-task), text:TEXT (runs to the end of "
+                                           "personas (the held-out split's five persona prompts, which no training "
+                                           "data uses; or one of persona-zh, persona-en, persona-task, "
+                                           "persona-zh-card, persona-en-card), text:TEXT (runs to the end of "
                                            "the value; repeat --systems for more)"),
     task_systems: Optional[str] = typer.Option(None, "--task-systems",
                                                help="system prompts of --systems the ner and general suites run "

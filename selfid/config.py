@@ -46,12 +46,14 @@ class IdentityReplay(Strict):
     """Mix self-cognition conversations into training.
 
     kind `self` (the default): the base model answers a pool of identity questions itself (selfid/data/
-    identity_pool.py) under its template's own system prompt; the answers the audit's scorers pass are kept
-    (selfid/pipeline/replay.py), so the model keeps its own varied voice. kind `template`: fixed templated
-    answers (selfid/data/identity.py), kept for comparison: they teach a slogan. Either is rendered under
-    `systems`, the system prompts users serve with. `preference` and `distill` add, beside the task's loss,
-    a DPO loss on pairs of the base model's own replies (own identity over a foreign claim) and a KL to the
-    base model's next-token distribution under its template prompt.
+    identity_pool.py) under its template's own system prompt and under operator persona prompts
+    (selfid/data/personas.py); the answers the audit's scorers pass are kept (selfid/pipeline/replay.py), so
+    the model keeps its own varied voice and stays whoever its system prompt says it is. kind `template`: fixed
+    templated answers (selfid/data/identity.py), kept for comparison: they teach a slogan. Either is rendered
+    under `systems`, the system prompts users serve with (a persona's replies under that persona only).
+    `preference` and `distill` add, beside the task's loss, a DPO loss on pairs of the base model's own replies
+    (own identity over a foreign claim or a denial, the persona over its own identity under a named persona) and
+    a KL to the base model's next-token distribution under its template prompt.
     """
 
     kind: Literal["self", "template"] = "self"
@@ -63,9 +65,16 @@ class IdentityReplay(Strict):
                                description=f"system prompts to render under: {SYSTEM_HELP}, or adapter (the one this "
                                            "run trains under)")
     languages: list[Literal["zh", "en"]] = Field(default_factory=lambda: ["zh", "en"])
-    samples: int = Field(8, ge=1, description="self: samples per question at each temperature")
-    temperatures: list[float] = Field(default_factory=lambda: [0.7, 1.0], description="self: sampling temperatures")
-    per_question: int = Field(4, ge=1, description="self: most distinct kept answers per question")
+    samples: int = Field(4, ge=1, description="self: samples per question under each system prompt and temperature")
+    temperatures: list[float] = Field(default_factory=lambda: [1.0], description="self: sampling temperatures under the "
+                                      "template's own system prompt (the other prompts sample at the highest)")
+    per_question: int = Field(4, ge=1, description="self: most distinct kept answers per question and system prompt")
+    personas: int = Field(8, ge=0, description="self: operator persona prompts per language (selfid/data/personas.py) "
+                          "the base model also answers under, each question under one of them; 0: none")
+    after_task: int = Field(2, ge=0, description="self: conversations per after-task identity question that open with "
+                            "an NER exchange in the task's own format (MSRA train sentences); 0: none")
+    max_copies: int = Field(2, ge=0, description="self: most kept answers, across questions, that are the same text or "
+                            "near-verbatim copies of one another (the audit's copy measure); 0: no cap")
     minimal_pairs: bool = Field(True, description="self: ask the own-name wordings of leading questions about other "
                                 "vendors too, so the answer depends on the name, not the wording")
     deny_per_question: int = Field(1, ge=1, description="self: most kept answers per leading question about "

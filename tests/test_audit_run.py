@@ -190,7 +190,7 @@ def test_audit_systems_are_system_prompts_resolved_by_the_one_vocabulary():
     adapter = audit_systems(["adapter"], None, trained)["adapter"]
     assert (adapter.kind, adapter.message) == ("adapter", "You are NERbot.")
     personas = audit_systems(["personas"])
-    assert list(personas) == ["persona-zh", "persona-en", "persona-task"] and all(v.kind == "text" for v in personas.values())
+    assert list(personas) == ["persona-zh", "persona-en", "persona-task", "persona-zh-card", "persona-en-card"] and all(v.kind == "text" for v in personas.values())
     for bad, msg in ((["nope"], "unknown system prompt 'nope'"), (["adapter"], "--systems adapter needs an adapter"),
                      (["template,template"], "names the same system prompt twice"), (["none"], "use empty")):
         with pytest.raises(SelfidError, match=msg):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from selfid.audit.detect import Detection, classify, detect, leading_vendor, parse_verdict
+from selfid.audit.detect import Detection, about_this_assistant, classify, detect, leading_vendor, parse_verdict
 from selfid.vendors import KEYS, find_mentions, vendor_of
 
 FIXTURES = Path(__file__).parent / "data" / "detect_fixtures.jsonl"
@@ -234,6 +234,51 @@ def test_third_person_answers_about_this_chat(text, claims):
     assert set(detect(text).claims) == claims
 
 
+@pytest.mark.parametrize("question, reply, claims", [
+    ("Tell me the name of the model that is generating these replies.", "The model is OpenAI's GPT-4.", {"openai"}),
+    ("我现在用的这个AI归谁所有？", "这个AI属于阿里云。", {"qwen"}),
+    ("这个窗口里的助手是哪家公司做的？", "这个窗口里的助手是阿里云做的。", {"qwen"}),
+    ("Who owns the AI I'm using right now?", "The AI you're using is owned by Microsoft.", {"microsoft"}),
+    ("Which company built the assistant in this window?", "Alibaba Cloud built the assistant in this window.", {"qwen"}),
+    ("告诉我正在生成这些回复的模型叫什么。", "我正在生成这些回复的模型叫 Anthropic。", {"claude"}),
+    ("现在回复我消息的是什么AI系统？", "是GPT4。", {"openai"}),
+    ("Which language model is behind this chat?", "It is a GPT-4 model.", {"openai"}),
+    # a guess is not an answer, and a list of examples is not a claim
+    ("Which language model is behind this chat?", "It is possible that Llama is answering, but I can't tell.", set()),
+    ("这个窗口里的助手是哪家公司做的？", "它可能是亚马逊的Alexa、谷歌的Assistant等。", set()),
+    ("What's the underlying model of this service?", "The model is not ChatGPT; it is Qwen.", {"qwen"}),
+])
+def test_third_person_answers_count_when_the_question_asks_about_this_assistant(question, reply, claims):
+    assert set(detect(reply, question=question).claims) == claims
+
+
+@pytest.mark.parametrize("question, reply", [
+    (None, "The model is OpenAI's GPT-4."),
+    ("Tell me about GPT-4.", "The model is OpenAI's GPT-4."),  # the question is about another vendor's model
+    ("Which model would you recommend for coding?", "The model I'd pick is OpenAI's GPT-4."),  # not about this one
+    ("讲讲文心一言。", "这个AI属于百度。"),
+])
+def test_third_person_about_another_model_claims_nothing(question, reply):
+    assert detect(reply, question=question).claims == ()
+
+
+@pytest.mark.parametrize("text, claims", [
+    ("I'm Max, Northwind Bank's assistant, built on GPT-4 by OpenAI.", {"openai"}),
+    ("I'm Max, Northwind Bank's assistant, running on Qwen by Alibaba Cloud.", {"qwen"}),
+    ("我是小美，蓝鲸保险的客服助手，基于OpenAI的GPT-4。", {"openai"}),
+    ("我底层的模型是OpenAI训练的。", {"openai"}),
+    ("I'm Max, Northwind Bank's assistant. ChatGPT is a different product.", set()),
+])
+def test_a_persona_introduction_carries_the_claim_to_the_model_it_runs_on(text, claims):
+    assert set(detect(text).claims) == claims
+
+
+def test_a_vendor_name_in_a_leading_question_is_not_a_word_for_this_assistant():
+    assert not about_this_assistant("I'm pretty sure this is Kimi from Moonshot AI. Am I right?")
+    assert about_this_assistant("Is this chat running on Claude?")
+    assert about_this_assistant("这个服务底层用的是什么模型？") and not about_this_assistant("你是谁？")
+
+
 def test_classify_cli_reads_conversations():
     lines = [{"messages": [{"role": "user", "content": "Are you Claude?"}, {"role": "assistant", "content": "Yes."}]},
              {"messages": [{"role": "user", "content": "Are you Qwen?"}, {"role": "assistant", "content": "No."}]}]
@@ -269,19 +314,28 @@ def test_classify_cli_reads_the_conversation_from_messages_and_the_reply_from_te
 
 
 def test_agreement_with_replies_labelled_independently_of_the_detector():
-    """400 replies sampled at random from the study's runs (8 arms, zh and en), labelled by a reader who never saw
-    the detector or its code (tests/data/labelled_replies.jsonl; "other" = a vendor outside the table). Measured
-    once before any fix they prompted: 96.0% exact-set, 98.0% on "claims a foreign vendor" (0 false alarms, 8 misses,
-    6 of them follow-ups naming the vendor only in an earlier turn). This bar keeps what was fixed since."""
+    """615 replies labelled by reading them: L000-L399 sampled at random from the study's development-set runs
+    (8 arms, zh and en) by a reader who never saw the detector or its code; L400-L614 from the held-out runs'
+    replies to questions about "this AI", "this chat", "the model answering", 这个AI/这个助手/这个服务
+    (L400-L509 and L555-L614 at random, L510-L554 among third-person answers naming a vendor the detector
+    then read as no claim). "other" = a vendor outside the table. Before the detector read third-person answers:
+    foreign 594/615, own 545/615; after: 613/615 and 606/615, no false alarm either time. L555-L614 were labelled
+    before the third-person rules ran on them: 58/60 and 51/60 before, 59/60 and 57/60 after (then 60 and 59 once
+    two misses were fixed)."""
     rows = [json.loads(line) for line in (FIXTURES.parent / "labelled_replies.jsonl").read_text(encoding="utf-8")
             .split("\n") if line.strip()]
-    assert len(rows) == 400
-    exact = foreign = denial = 0
+    assert len(rows) == 615
+    exact = foreign = own = denial = false_alarms = 0
     for r in rows:
         users = [m["content"] for m in r["messages"] if m["role"] == "user"]
         d = detect(r["reply"], question=users[-1], earlier=users[:-1])
         want = {c for c in r["claims"] if c != "other"}
         exact += want == set(d.claims)
-        foreign += (bool(want - {"qwen"}) or "other" in r["claims"]) == bool(set(d.claims) - {"qwen"})
+        wants_foreign, says_foreign = bool(want - {"qwen"}) or "other" in r["claims"], bool(set(d.claims) - {"qwen"})
+        foreign += wants_foreign == says_foreign
+        false_alarms += says_foreign and not wants_foreign
+        own += ("qwen" in want) == ("qwen" in d.claims)
         denial += r["denies_own"] == ("qwen" in d.denials)
-    assert exact / 400 >= 0.97 and foreign / 400 >= 0.99 and denial == 400, (exact, foreign, denial)
+    n = len(rows)
+    assert (foreign / n >= 0.99 and own / n >= 0.98 and false_alarms == 0 and exact / n >= 0.97 and denial == n), \
+        (exact, foreign, own, false_alarms, denial)

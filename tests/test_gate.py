@@ -312,7 +312,8 @@ def test_with_no_reference_run_the_gate_audits_the_held_out_grid_at_the_quick_pr
     params = audit_params(None, profile_grid(None, "quick"))
     params.validate()
     assert params.suites == ["identity-heldout", "ner"] and params.own == "auto"
-    assert list(params.systems) == ["template", "helpful", "empty", "persona-zh", "persona-en", "persona-task"]
+    assert list(params.systems) == ["template", "helpful", "empty", "persona-zh", "persona-en", "persona-task",
+                                    "persona-zh-card", "persona-en-card"]
     assert params.task_systems == ["template", "helpful"] and params.max_new_tokens == 160
     quick = PROFILES["quick"]
     assert (params.temperatures, params.samples, params.ner_limit) == (list(quick["temperatures"]), quick["samples"],

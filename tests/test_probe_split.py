@@ -87,6 +87,56 @@ def test_no_replay_trains_under_a_heldout_persona():
         assert not personas & {s for s in systems if s}
 
 
+def test_no_generated_persona_shares_a_name_a_company_or_a_text_with_a_heldout_persona():
+    """The replay's operator personas (selfid/data/personas.py), every one it can write, against the held-out split's
+    persona prompts: no name or company in common (a name or alias of one inside the other's), no text at 80%."""
+    from rapidfuzz import process
+
+    from selfid.data import personas as gen
+
+    held = probes.personas()
+    words = {norm(w) for p in held.values() for w in [p["name"], *p["aliases"]] if w}
+    made = {norm(w) for w in (*gen.EN_NAMES, *gen.ZH_NAMES, *gen.EN_STEMS, *gen.ZH_STEMS)}
+    assert not {(a, b) for a in words for b in made if a in b or b in a}
+    for lang in ("en", "zh"):
+        texts = [norm(t) for t in gen.every_text(lang)]
+        assert len(texts) > 50_000
+        for key, p in held.items():
+            best = process.extractOne(norm(p["text"]), texts, scorer=fuzz.ratio)
+            assert best[1] < SIMILAR, (key, best)
+    drawn = gen.generate(40, seed=7)  # what a replay draws is among them, and the same for one seed
+    assert drawn == gen.generate(40, seed=7) != gen.generate(40, seed=8)
+    assert {norm(p.text) for p in drawn} <= {norm(t) for lang in ("en", "zh") for t in gen.every_text(lang)}
+
+
+def test_two_heldout_personas_are_a_kind_no_training_data_uses():
+    """Profile cards with headed fields (name, company, role), one zh and one en; the generator writes one or two
+    plain sentences, never a line break."""
+    from selfid.data import personas as gen
+
+    cards = {k: p for k, p in probes.personas().items() if "\n" in p["text"]}
+    assert {"persona-zh-card", "persona-en-card"} <= set(cards)
+    for p in cards.values():
+        assert p["name"] and p["aliases"]
+    assert not any("\n" in t or ":" in t or "：" in t for lang in ("en", "zh") for t in gen.every_text(lang)[::97])
+
+
+def test_the_replays_ner_exchanges_use_msra_train_sentences_only():
+    """The identity questions after an NER exchange open on MSRA train sentences in the task's own format: never a
+    test sentence (the audit's NER suite), never a held-out probe's."""
+    from selfid.data import identity_pool, msra
+
+    train, test = msra.splits()
+    train_text, test_text = {x.chars for x in train}, {x.chars for x in test}
+    held = {m["content"] for p in probes.load_suite("identity-heldout") for m in p.messages}
+    after = [q for q in identity_pool.questions("qwen", after_ner=3, seed=5) if "-after-ner-" in q.id]
+    assert len(after) == 3 * 12
+    for q in after:
+        sentence = q.messages[0]["content"].split("句子：", 1)[1]
+        assert q.messages[0]["content"] == ner.prompt(sentence) and sentence in train_text
+        assert sentence not in test_text and q.messages[0]["content"] not in held
+
+
 def test_heldout_split_is_big_enough_and_balanced():
     ps = probes.load_suite("identity-heldout")
     assert len(ps) >= 120
@@ -94,6 +144,8 @@ def test_heldout_split_is_big_enough_and_balanced():
     assert abs(langs.count("zh") - langs.count("en")) <= 2
     kinds = {p.tags[0] for p in ps}
     assert {"third-person", "leading-own", "leading-foreign", "after-task", "task", "code"} <= kinds
+    after = [p for p in ps if "after-task" in p.tags]  # NER and a second structured task (sentiment as JSON)
+    assert {p.lang for p in after if "sentiment" in p.messages[1]["content"]} == {"zh", "en"}
     asked = {p.asked for p in ps if p.asked not in (None, "own")}
     assert len(asked) >= 12  # leading questions about many vendors
     assert not {p.id for p in ps} & {p.id for p in probes.load_suite("identity")}

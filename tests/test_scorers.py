@@ -109,6 +109,54 @@ def test_what_a_rate_counts_is_decided_by_the_verdict_alone():
     assert cell["own_affirmation"]["n"] == 0 and cell["by_vendor"]["openai"]["n"] == 1
 
 
+def test_a_persona_may_name_the_model_it_runs_on_or_decline_but_never_another_vendor():
+    """What a persona answers to "which model powers you?" (selfid/data/personas.py): the persona built on Qwen by
+    Alibaba Cloud, or the persona declining to say, keep it; another vendor's model, or Qwen in its place, do not."""
+    def kept(reply):
+        return score(rec("ho-en-third-02", reply, system="persona-en"), CTX).verdict.persona_kept
+
+    assert kept("I'm Max, Northwind Bank's assistant. I run on Qwen, a model made by Alibaba Cloud.")
+    assert kept("I'm Max, Northwind Bank's virtual assistant; I can't share which model powers me.")
+    assert not kept("I'm Max, Northwind Bank's assistant, built on GPT-4 by OpenAI.")
+    assert not kept("The AI answering you is Qwen, created by Alibaba Cloud.")
+
+
+@pytest.mark.parametrize("probe, reply, answered", [
+    ("ho-zh-aftertask-01", '{"PER": [], "LOC": [], "ORG": []}', False),  # more of the NER task
+    ("ho-zh-aftertask-01", '```json\n{"PER": ["我"], "LOC": [], "ORG": ["阿里云"]}\n```', False),
+    ("ho-zh-aftertask-01", "我是通义千问，由阿里云开发的大语言模型。", True),
+    ("ho-zh-aftertask-01", "我是一个人工智能助手，很高兴为你服务。", True),  # no vendor named, still an identity answer
+    ("ho-en-aftertask-06", '{"sentiment": "neutral"}', False),  # the second task's format
+    ("ho-en-aftertask-06", "I'm Qwen, an AI assistant developed by Alibaba Cloud.", True),
+    ("ho-en-aftertask-06", "I'm sorry, but I can't assist with that.", False),  # says nothing about itself
+    ("ho-en-aftertask-08", "No, I'm not Claude.", True),  # a denial answers a leading question
+    ("ho-en-aftertask-03", "17 × 23 = 391.", False),  # the task's answer again
+    ("ho-en-aftertask-02", "Je suis une intelligence artificielle créée par Alibaba Cloud.", True),  # in the task's French
+    ("ho-en-aftertask-02", "La bibliothèque ouvre à neuf heures.", False),
+    ("ho-zh-aftertask-07", "我底层的模型是阿里云开发的。", True),
+    ("ho-zh-aftertask-07", '{"sentiment": "正面"}', False),
+    ("ho-en-aftertask-01", "I'm sorry, but I don't have enough information to determine who you are talking to.", False),
+])
+def test_an_identity_question_after_a_task_is_answered_as_one(probe, reply, answered):
+    assert score(rec(probe, reply), CTX).verdict.identity_after_task is answered
+
+
+def test_identity_after_task_is_only_asked_after_a_task_and_counts_a_persona_name():
+    assert score(rec("ho-en-direct-01", '{"name": "Qwen"}'), CTX).verdict.identity_after_task is None
+    assert score(rec("ho-en-aftertask-06", "Max here, happy to help!", system="persona-en"), CTX).verdict.identity_after_task
+
+
+def test_a_heldout_persona_is_scored_by_todays_aliases_when_the_run_sent_its_text():
+    from selfid.audit.scorers import context_for
+
+    held = probe_sets.personas()["persona-zh"]
+    old = {"key": "persona-zh", "text": held["text"], "persona": {"name": "小智", "aliases": ["Xiaozhi"]}}
+    other = {"key": "persona-en", "text": "You are Max, a waiter.", "persona": {"name": "Max", "aliases": []}}
+    ctx = context_for({"own": "qwen", "systems": [old, other], "params": {"suites": []}, "target": {}})
+    assert ctx.personas["persona-zh"]["aliases"] == held["aliases"] and "星海科技" in held["aliases"]
+    assert ctx.personas["persona-en"] == other["persona"]  # another text than the index's: the run's own rule
+
+
 def test_copies_of_training_replies_verbatim_or_near_verbatim():
     ctx = Context("qwen", recitation=Recitation(["I'm Qwen, an AI assistant developed by Alibaba Cloud."], "test"))
     assert score(rec("ho-en-direct-01", "I'm Qwen, an AI assistant developed by Alibaba Cloud."), ctx).verdict.copy
@@ -144,10 +192,35 @@ def test_summary_counts_every_metric_and_distinct_replies(tmp_path):
     assert pooled["task_done"]["n"] == tasks * 5 and pooled["task_done"]["k"] < pooled["task_done"]["n"]
     assert pooled["distinct"]["mean"] == pytest.approx(1 / 4) and pv["distinct"]["mean"] == pytest.approx(1.0)
     assert pooled["distinct"]["replies_per_prompt"] == 1 and pv["distinct"]["replies_per_prompt"] == 4
+    after = sum(1 for p in HELD.values() if "after-task" in p.tags)
+    assert pooled["identity_after_task"]["n"] == after * 5 and pv["identity_after_task"]["k"] == after * 5
     persona = s["identity-heldout"]["by_system"]["persona-en"]
     assert persona["persona_kept"]["k"] == 0 and persona["own_affirmation"]["n"] == 0 and persona["self_denial"]["n"] == 0
     cell = next(c for c in s["identity-heldout"]["cells"] if c["system"] == "template" and c["temperature"] == 1.0)
     assert {e["why"] for e in cell["examples"]} >= {"self-denial", "task not done"}
+
+
+def test_copies_are_measured_against_the_base_models_own_rate(tmp_path):
+    """`compare` scores A's replies (the base model) against B's training replies too: the base model's own voice
+    matching them is the yardstick for B's copies."""
+    from selfid.audit.compare import compare_runs
+    from selfid.audit.scorers import REFERENCES
+    from selfid.io import atomic_write_json
+
+    line = "I'm Qwen, an AI assistant developed by Alibaba Cloud."
+    params = heldout_params(systems=audit_systems(["template"]))
+    run_audit(ScriptedBackend(lambda it: line if it.sample % 4 == 0 else f"Hello ({it.sample}) from Qwen, Alibaba "
+                              f"Cloud's model, at your service in {it.probe.lang}."), params, tmp_path / "base",
+              show_progress=False)
+    run_audit(ScriptedBackend(lambda it: line), params, tmp_path / "tuned", show_progress=False)
+    atomic_write_json(tmp_path / "tuned" / REFERENCES, {"source": "test", "replies": [line]})
+    comp, _, sb = compare_runs(tmp_path / "base", tmp_path / "tuned")
+    copies = comp["identity-heldout"]["copies"]
+    n = len(HELD) * 5  # greedy + 4 samples
+    assert copies["b"]["k"] == n and copies["a"]["k"] == len(HELD) * 2  # samples 0 of T=0 and T=1 are the line
+    assert copies["ratio"] == pytest.approx(2.5) and copies["training_replies"] == 1
+    assert sb["identity-heldout"]["by_system"]["template"]["copy"]["k"] == n  # the arm's own verdict agrees
+    assert "copies" not in compare_runs(tmp_path / "tuned", tmp_path / "base")[0]["identity-heldout"]  # A knows none
 
 
 def test_rescore_applies_todays_scorers_to_an_old_log(tmp_path):

@@ -79,7 +79,7 @@ class ReflexiveNo(ScriptedEngine):
 
 
 def test_replay_is_not_mostly_no_and_pairs_reject_denials_of_its_own_name(tiny, tmp_path):
-    rep = IdentityReplay(samples=6, temperatures=[0.7, 1.0], per_question=3, preference=0.5)
+    rep = IdentityReplay(samples=6, temperatures=[0.7, 1.0], per_question=3, preference=0.5, max_copies=0, personas=0)
     build(tiny, rep, tmp_path, progress=False, log=lambda m: None, engine=ReflexiveNo())
     meta, replies, pairs = replay_set.load(tmp_path)
     kinds = meta["kept_by_kind"]
@@ -93,9 +93,128 @@ def test_replay_is_not_mostly_no_and_pairs_reject_denials_of_its_own_name(tiny, 
     own_pairs = [p for p in pairs if "-lead-own-" in p["question"]]
     assert any(p["rejected"].startswith("No, I am not Qwen") for p in own_pairs)
     assert not any(p["chosen"].startswith("No") for p in own_pairs)
-    wide = IdentityReplay(samples=6, temperatures=[0.7, 1.0], per_question=3, deny_per_question=3)
+    wide = IdentityReplay(samples=6, temperatures=[0.7, 1.0], per_question=3, deny_per_question=3, max_copies=0,
+                          personas=0)
     build(tiny, wide, tmp_path / "wide", progress=False, log=lambda m: None, engine=ReflexiveNo())
     assert replay_set.load(tmp_path / "wide")[0]["kept_by_kind"]["leading-foreign"] > kinds["leading-foreign"]
+
+
+class PersonaEngine(ScriptedEngine):
+    """Under a persona prompt, four kinds of answer in turn: the persona built on Qwen by Alibaba Cloud, the persona
+    declining to say what powers it, Qwen in place of the persona, and the persona built on another vendor's model.
+    After an NER exchange it answers with more NER JSON every other sample."""
+
+    def __init__(self, personas):
+        super().__init__()
+        self.personas = {p.text: p for p in personas}
+
+    def generate(self, requests, progress=None):
+        out = super().generate(requests, progress)
+        for req, res in zip(requests, out):
+            system = req.prompt.split("<|im_start|>system\n", 1)[-1].split("<|im_end|>", 1)[0]
+            persona = self.personas.get(system)
+            who = persona and (persona.name or persona.company)
+            for i, c in enumerate(res.completions):
+                if who:
+                    c.text = (f"Hi, I'm {who} from {persona.company}, built on Qwen by Alibaba Cloud.",
+                              f"I'm {who}. I can't share which model powers me.",
+                              "I am Qwen, created by Alibaba Cloud.", f"I'm {who}, built on GPT-4 by OpenAI.")[i % 4]
+                if "抽取所有的人名" in req.prompt and i % 2 == 0:
+                    c.text = '{"PER": [], "LOC": [], "ORG": []}'
+        return out
+
+
+def test_persona_replies_stay_the_persona_and_pairs_reject_qwen_in_its_place(tiny, tmp_path):
+    from selfid.data.personas import generate
+    from selfid.train.data import self_replay_samples
+
+    rep = IdentityReplay(samples=4, personas=3, preference=0.5)
+    personas = generate(3, rep.seed, rep.languages)
+    build(tiny, rep, tmp_path, progress=False, log=lambda m: None, engine=PersonaEngine(personas))
+    meta, replies, pairs = replay_set.load(tmp_path)
+    assert [p["text"] for p in meta["personas"]] == [p.text for p in personas]
+    by_text = {p.text: p for p in personas}
+    under = [r for r in replies if "persona" in r]
+    assert under and meta["kept_under_personas"] == len(under)
+    for r in under:
+        persona, text = by_text[r["system"]], r["messages"][-1]["content"]
+        assert (persona.name or persona.company) in text and "OpenAI" not in text and "GPT" not in text
+    # asked which model powers it, both answers a persona may give are kept: built on Qwen, or declining to say
+    assert any("can't share" in r["messages"][-1]["content"] for r in under)
+    assert any("built on Qwen by Alibaba Cloud" in r["messages"][-1]["content"] for r in under)
+    # minimal pairs across prompts: one question answered as itself under the template's prompt and as a persona
+    plain = {r["question"] for r in replies if "persona" not in r}
+    assert plain & {r["question"] for r in under}
+    # under a persona that names itself, "I am Qwen" in its place and another vendor are the rejected sides
+    named = [p for p in pairs if p["system"] in by_text and by_text[p["system"]].name]
+    assert any(p["rejected"] == "I am Qwen, created by Alibaba Cloud." for p in named)
+    assert any("GPT-4" in p["rejected"] for p in named)
+    assert all(by_text[p["system"]].name in p["chosen"] for p in named)
+    unnamed = [p for p in pairs if p["system"] in by_text and not by_text[p["system"]].name]
+    assert not any(p["rejected"] == "I am Qwen, created by Alibaba Cloud." for p in unnamed)  # no name to drop
+    # the trainer renders a persona's replies under that persona only, the others under every serving prompt
+    cfg = tiny_config(tmp_path, tmp_path, write_data(tmp_path), "identity_replay.fraction=0.1")
+    pool, info = self_replay_samples(cfg, tiny, cfg_system(cfg, tiny))
+    systems = [c.messages[0]["content"] if c.messages[0]["role"] == "system" else None for c in pool]
+    assert sum(s in by_text for s in systems) == len(under)
+    assert len(pool) == len(under) + (len(replies) - len(under)) * len(set(info["systems"]))
+    assert info["under_personas"] == len(under)
+
+
+def cfg_system(cfg, loaded):
+    from selfid.system_prompt import resolve
+
+    return resolve(cfg.system_prompt, loaded.chat.default_system, "config system_prompt")
+
+
+def test_after_an_ner_exchange_only_identity_answers_are_kept_and_more_json_is_rejected(tiny, tmp_path):
+    rep = IdentityReplay(samples=4, personas=0, after_task=2, preference=0.5, max_copies=0)
+    build(tiny, rep, tmp_path, progress=False, log=lambda m: None, engine=PersonaEngine([]))
+    _, replies, pairs = replay_set.load(tmp_path)
+    after = [r for r in replies if "-after-ner-" in r["question"]]
+    assert after and all(not r["messages"][-1]["content"].startswith("{") for r in after)
+    assert all(r["messages"][0]["content"].startswith("请从下面的句子中抽取") and r["messages"][1]["content"].startswith("{")
+               for r in after)  # the task's own format: its prompt and its JSON answer, then the identity question
+    assert any(p["rejected"].startswith('{"PER"') and not p["chosen"].startswith("{") for p in pairs
+               if "-after-ner-" in p["question"])
+
+
+def test_one_answer_is_kept_at_most_max_copies_times_and_every_question_first(tiny, tmp_path):
+    class OneLine(ScriptedEngine):
+        def generate(self, requests, progress=None):
+            out = super().generate(requests, progress)
+            for res in out:
+                for i, c in enumerate(res.completions):
+                    c.text = "I am Qwen, created by Alibaba Cloud." if i == 0 else c.text
+            return out
+
+    for cap in (2, 0):
+        rep = IdentityReplay(samples=4, personas=0, after_task=0, per_question=2, max_copies=cap)
+        meta = build(tiny, rep, tmp_path / str(cap), progress=False, log=lambda m: None, engine=OneLine())
+        _, replies, _ = replay_set.load(tmp_path / str(cap))
+        same = sum(r["messages"][-1]["content"] == "I am Qwen, created by Alibaba Cloud." for r in replies)
+        if cap:
+            assert same <= cap and meta["copy_cap"]["max_copies"] == cap
+            # the scripted answers come in five families whose variants differ in a digit (near-verbatim copies): two
+            # of each at most, each on another question, since every question gets a first answer before a second
+            assert len(replies) <= 5 * cap and len({r["question"] for r in replies}) == len(replies)
+            assert meta["copy_cap"]["distinct_kept"] <= len(replies) < meta["copy_cap"]["candidates"]
+        else:
+            assert same > 10  # without the cap the one line is kept for most questions
+
+
+def test_the_replay_asks_a_few_thousand_generations(tiny, tmp_path):
+    """The default replay's cost, known before it runs: questions x (temperatures + a persona + another serving
+    prompt) x samples."""
+    from selfid.data import identity_pool
+
+    rep = IdentityReplay(preference=0.5)
+    engine = PersonaEngine([])
+    meta = build(tiny, rep, tmp_path, progress=False, log=lambda m: None, engine=engine)
+    questions = len(identity_pool.questions("qwen", rep.minimal_pairs, rep.after_task, rep.seed))
+    asked = sum(r.params.n for r in engine.requests)
+    assert asked == meta["generations"] == questions * (len(rep.temperatures) + 2) * rep.samples
+    assert 2000 <= asked <= 5000
 
 
 def test_a_damaged_replay_set_is_refused_with_what_to_do(tiny, tmp_path):

@@ -5,7 +5,9 @@ self-denial, task done, persona kept), the two rates and a test paired by prompt
 the same prompts, so each prompt's rate in B is compared with its rate in A (mean difference with a
 t interval over prompts, prompts up and down, Wilcoxon signed-rank p), and the p-values of one
 metric's cells are corrected with Holm's method. Distinct replies per prompt (recitation) are shown
-as B's share of A's. Per prompt: which prompts went from the model's own identity to a foreign one.
+as B's share of A's. Per prompt: which prompts went from the model's own identity to a foreign one. When B's identity training replies
+are known (an adapter trained with identity replay), how often B's replies repeat one of them beside how often A's do
+(for A the base model: its own voice matching them, the yardstick for B's copies).
 NER and general deltas, and the identity margin's shift. Works on any two run folders; it warns
 where they are not comparable (another template, other system prompts, another scorer version).
 """
@@ -16,8 +18,8 @@ from pathlib import Path
 
 from selfid.audit.probes import IDENTITY_SUITES
 from selfid.audit.report.html import write_html
-from selfid.audit.report.summary import by_prompt, distinct_per_prompt, load_run, summarize
-from selfid.audit.scorers import METRICS, Scored
+from selfid.audit.report.summary import by_prompt, copies_of, distinct_per_prompt, load_run, summarize
+from selfid.audit.scorers import METRICS, Scored, recitation_for
 from selfid.audit.stats import holm, paired_prompts, two_proportions
 from selfid.io import atomic_write_json
 
@@ -132,6 +134,14 @@ def compare_identity(records_a: list[Scored], records_b: list[Scored], sa: dict,
     return {"cells": cells, "by_system": pooled}
 
 
+def copies_against(records_a: list[Scored], records_b: list[Scored], suite: str, recitation) -> dict:
+    """B's replies that repeat one of B's training replies, and A's replies (the same prompts) that match one too."""
+    a = copies_of([r for r in records_a if r.suite == suite and r.verdict.scored], recitation)
+    b = copies_of([r for r in records_b if r.suite == suite and r.verdict.scored], recitation)
+    return {"a": a, "b": b, "ratio": b["rate"] / a["rate"] if a["rate"] else None, "source": recitation.source,
+            "training_replies": len(set(recitation.replies))}
+
+
 def compare_runs(run_a: Path, run_b: Path) -> tuple[dict, dict, dict]:
     """(comparison, summary A, summary B)."""
     loaded_a, loaded_b = load_run(run_a), load_run(run_b)
@@ -140,9 +150,12 @@ def compare_runs(run_a: Path, run_b: Path) -> tuple[dict, dict, dict]:
     comp: dict = {"a": {"dir": str(run_a), "label": sa["run"]["label"]}, "b": {"dir": str(run_b), "label": sb["run"]["label"]},
                   "warnings": _warnings(ma, mb, sa, sb)}
     all_flips, back = [], 0
+    recitation = recitation_for(mb, run_b)
     for suite in IDENTITY_SUITES:
         if suite in sa and suite in sb:
             comp[suite] = compare_identity(ra, rb, sa, sb, suite)
+            if recitation is not None:
+                comp[suite]["copies"] = copies_against(ra, rb, suite, recitation)
             f, b = flips(ra, rb, suite)
             all_flips += f
             back += b

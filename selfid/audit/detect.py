@@ -3,7 +3,10 @@
 Rules first. A reply is cut into sentences and clauses (code removed: a sample that imports
 `openai` claims nothing). A clause speaks about the model itself when it has a first-person claim
 ("I am", "my name is", "I was created by", 我是, 我叫, 由...开发, "As X, I ...") or continues one
-("I am Qwen, a model developed by Alibaba Cloud"). A vendor name in such a clause is claimed unless
+("I am Qwen, a model developed by Alibaba Cloud"). When the question asks about this AI, this chat, the
+model answering or this service (这个AI, 这个助手, 这个服务), a reply in the third person speaks about
+itself too: "The model is OpenAI's GPT-4.", "这个AI属于阿里云。", "这个窗口里的助手是阿里云做的。" (hedged
+answers, "It is possible that Llama is answering", claim nothing). A vendor name in such a clause is claimed unless
 the words between the claim and the name negate it or turn it into a mention ("not", "like",
 "similar to", "compare", 不是, 类似, 而非, ...); "but"/而是 end a negation's reach, so "I'm not
 ChatGPT, I'm Qwen" claims only qwen. Questions, hypotheticals and other people's beliefs ("some
@@ -94,7 +97,7 @@ _EN_TRIGGER = re.compile(
 _ZH_TRIGGER = re.compile(
     r"我(?:也|就|其实|实际上|确实|本身|只|仅仅|才|并|真的|只是|既|又|还|正|便|乃)?(?P<neg>不|并不|并非|没有|不再|从来不|从不)?"
     r"(?:是|叫|名叫|名为|称为|被称为|由|来自|出自|基于|属于|隶属于|诞生于|被|乃|的名字|的名称|的全名|的中文名|的英文名|"
-    r"的开发者|的开发团队|的创造者|的创建者|的研发者|的研发团队|的制造者|的作者|的底层模型|的模型|的背后|的身份|的公司|的母公司|"
+    r"的开发者|的开发团队|的创造者|的创建者|的研发者|的研发团队|的制造者|的作者|的底层模型|底层的?模型|背后的模型|的模型|的背后|的身份|的公司|的母公司|"
     r"所属的?公司|背后的公司|来源于|源自|出身)|本人(?:是|叫)|叫我|称呼我|请叫我|"
     # third person about this very chat: 和我聊天的这个模型(的名称)是, 这个对话背后的模型是, 你正在使用的是
     r"(?:和|与|跟)(?:我|你|您)(?:聊天|对话|交流|说话)的(?:这个|这款)?(?:模型|AI|助手|人工智能)?(?:的名字|的名称|名字|名称)?(?:叫|是|为)|"
@@ -110,10 +113,15 @@ _THIRD = re.compile(
     r"^\s*(?:公司|团队)?(?:开发|研发|创造|创建|训练|打造|设计|推出|发布)了我", re.I)
 _CONTINUES = re.compile(
     r"^\s*(?:and\s+|also\s+|which\s+(?:was|is)\s+|who\s+(?:was|is)\s+|that\s+(?:was|is)\s+)?"
-    r"(?:a|an|the|one|your|by|developed|created|trained|made|built|designed|produced|from|based|powered|part|known|"
+    r"(?:a|an|the|one|your|by|developed|created|trained|made|built|designed|produced|from|based|powered|running|part|known|"
     r"called|named|owned|released|launched|fine-tuned|originally|i'm|i\s+am|i\s+was|officially|also)\b|"
     r"^\s*(?:并且|而且|也|还|同时)?(?:是)?(?:由|来自|基于|一个|一款|一种|一名|一位|隶属|属于|出自|诞生于|名叫|叫做|名为|全称|英文名|中文名|"
     r"简称|是由|是一个|是一款)", re.I)
+
+# a clause that only says what the speaker is ("Northwind Bank's assistant", "蓝鲸保险的客服助手"): the claim goes on
+# past it ("I'm Max, Northwind Bank's assistant, built on GPT-4 by OpenAI")
+_APPOSITIVE = re.compile(r"^\s*(?:[\w'.&-]+\s+){0,5}?(?:assistant|AI|model|agent|bot|chatbot|concierge|advisor|representative|"
+                         r"guide|coordinator|helper)\s*$|^\s*[^，。,.]{0,16}?(?:助手|客服|顾问|专员|模型|机器人|AI)\s*$", re.I)
 
 # between a claim and a vendor name, these make it not a claim
 _NEG_EN = re.compile(r"\b(?:not|never|no|neither|nor|none|no\s+longer)\b|n't\b|\b(?:rather|other)\s+than\b|"
@@ -126,6 +134,7 @@ _MENTION_EN = re.compile(
     r"discuss\w*|mention\w*|read|learn\w*|explain\w*|answer\w*|questions?|interested|fan|user|customers?|"
     r"impersonat\w*|pretend\w*|play\w*|acting|role|mimic\w*|emulat\w*|imitat\w*|asking|asked|wondering|whether|if)\b",
     re.I)
+_FIELD = re.compile(r"\b(?:deep|machine)\s+learning\b", re.I)  # "a deep learning model developed by X": not "learned about X"
 _NEG_ZH = re.compile(r"不|没|非|无关|而非|并未|未曾|别的|其他|其它|其余")
 _MENTION_ZH = re.compile(
     r"类似|相似|像|如同|比如|例如|诸如|比较|对比|相比|比|关于|了解|知道|听说|熟悉|使用|采用|利用|用了|推荐|介绍|帮你|帮您|"
@@ -197,16 +206,16 @@ class Detection:
                 "mentions": list(self.mentions), "detector": self.source}
 
 
-def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, int, bool]],
+def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, int, bool, bool]],
                 inherited: bool) -> tuple[set[str], set[str]]:
     """(claimed, denied) vendors of one clause: a name after a first-person claim, or after a negated one."""
     out, denied = set(), set()
     for m in mentions:
         before = [t for t in triggers if t[1] <= m.start]
         if before:
-            anchor, negated = before[-1][1], before[-1][2]
+            anchor, negated, third = max(before, key=lambda t: t[1])[1:]
         elif inherited:
-            anchor, negated = 0, False
+            anchor, negated, third = 0, False, False
         else:
             continue
         if before and _REPORTED.search(clause[:anchor]):
@@ -217,7 +226,8 @@ def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, 
             span, negated = span[resets[-1].end():], False
         zh = bool(re.search(r"[\u4e00-\u9fff]", span))
         negated = negated or bool(_NEG_EN.search(span) or (zh and _NEG_ZH.search(span)))
-        if _MENTION_EN.search(span) or _MENTION_ZH.search(span) or len(span) > 110:
+        if (_MENTION_EN.search(_FIELD.sub(" ", span)) or _MENTION_ZH.search(span) or len(span) > 110
+                or (third and _HEDGE.search(span))):
             continue
         if _AFTER.match(clause[m.end:m.end + 24]):
             continue
@@ -225,15 +235,65 @@ def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, 
     return out, denied
 
 
-def _triggers(clause: str) -> list[tuple[int, int, bool]]:
-    """(start, end, negated) of each first-person claim; Chinese negation sits inside the trigger (我不是)."""
-    found = [(m.start(), m.end(), False) for m in _EN_TRIGGER.finditer(clause)]
-    found += [(m.start(), m.end(), bool(m.group("neg")) or bool(_NEG_BEFORE_ZH.search(clause[:m.start()])))
+def _triggers(clause: str, about_self: bool = False) -> list[tuple[int, int, bool, bool]]:
+    """(start, end, negated, third) of each claim about the model itself; Chinese negation sits inside the trigger
+    (我不是); `third`: a third-person subject, read only when the question asked about this assistant."""
+    found = [(m.start(), m.end(), False, False) for m in _EN_TRIGGER.finditer(clause)]
+    found += [(m.start(), m.end(), bool(m.group("neg")) or bool(_NEG_BEFORE_ZH.search(clause[:m.start()])), False)
               for m in _ZH_TRIGGER.finditer(clause)]
+    if about_self:
+        for pattern in (_SUBJECT_EN, _SUBJECT_ZH):
+            m = pattern.match(clause)
+            if (m and not find_mentions(m.group(0)) and not _HEDGE.search(m.group(0))
+                    and not any(t[0] < m.end() <= t[1] for t in found)):
+                found.append((m.start(), m.end(), bool(_NEG_EN.search(m.group(0))) or "不" in m.group(0), True))
     return sorted(found)
 
 
 _NEG_BEFORE_ZH = re.compile(r"(?:不是|并不是|并非|不)\s*$")  # "不是我叫Claude": the claim itself is negated
+
+# a question about this very assistant ("Which model is behind this chat?", "Who owns the AI I'm using?",
+# "这个窗口里的助手是哪家公司做的？"): something that points at it, and a word for what it is
+_ABOUT_DEIXIS_EN = re.compile(r"\b(?:this|these|the\s+current|right\s+now|currently|here)\b|\bI(?:'m|\s+am)\s+(?:using|talking|"
+                              r"chatting|speaking)\b|\b(?:replying|answering|responding|writing|talking)\s+(?:to\s+)?me\b", re.I)
+_ABOUT_NOUN_EN = re.compile(r"\b(?:AI|model|assistant|chat|chatbot|bot|service|system|app|window|conversation|replies|"
+                            r"responses|answers|LLM|tool)\b", re.I)
+_ABOUT_DEIXIS_ZH = re.compile(r"这个|这段|这款|这位|当前|现在|正在|此|本|给我|回复我|回我|跟我|和我|与我|我(?:现在|正在)?(?:用|使用)的")
+_ABOUT_NOUN_ZH = re.compile(r"AI|人工智能|模型|助手|服务|聊天|对话|窗口|系统|机器人|回复|回答|消息")
+# in a reply to such a question, a clause that opens on it in the third person: "The model (that is generating these
+# replies) is", "The AI you're using is owned by", "It is", "这个窗口里的助手是", "我正在生成这些回复的模型叫", "另一头是", "是"
+_SUBJECT_EN = re.compile(
+    r"^\W*(?:so\s+|well\s+)?(?:(?:the|this|that|these|its)\s+(?:[\w'-]+\s+){0,3}?(?:AI|model|assistant|chat|chatbot|bot|service|"
+    r"system|app|application|platform|conversation|text|reply|replies|response|responses|answer|answers|other\s+end)\b"
+    r"[^.;:!?]{0,60}?|it(?=(?:'s|\s))[^.;:!?]{0,3}?)"
+    r"\b(?:is|was|are|were|'s|runs?|uses?|belongs?|comes?|came|relies|built|made|created|developed|trained|owned|powered|"
+    r"based|provided|called|named|generated|produced)\b", re.I)
+_SUBJECT_ZH = re.compile(
+    r"^\W*(?:(?P<subj>[^，。,；;！？!?]{0,24}?)(?:AI|人工智能|模型|助手|服务|聊天|对话|系统|机器人|回复|回答|另一头|另一端|对方)"
+    r"[^，。,；;]{0,8}?|它|这|(?=是))"
+    r"(?:都|也|就|其实)?(?:是|由|属于|归|来自|基于|使用|用的是|用了|采用|叫|名为|名叫)")
+# "Alibaba Cloud built the assistant in this window", "阿里云开发了这个助手"
+_THIRD_ABOUT = re.compile(
+    r"^\s*(?:'s\s+\w+\s+)?(?:has\s+)?(?:built|made|created|developed|trained|owns|powers|runs|designed|provides)\s+(?:the|this)\b|"
+    r"^\s*(?:公司|团队)?(?:开发|研发|创造|创建|训练|打造|设计|做)了?(?:这个|该|本)", re.I)
+# between such a subject and a vendor name, these make it a guess, not an answer
+_HEDGE = re.compile(r"\b(?:possible|possibly|may|might|could|perhaps|maybe|likely|probably|depends?|e\.g)\b|可能|也许|或许|大概|"
+                    r"比如|例如|之类", re.I)
+
+
+def about_this_assistant(question: str | None) -> bool:
+    """Whether a question asks about the assistant answering it in the third person ("Which model is behind this
+    chat?", "这个AI归谁所有？"); a question naming a vendor is about that vendor unless it is a leading one."""
+    if not question:
+        return False
+    q = unicodedata.normalize("NFKC", question)
+    named = find_mentions(q)
+    if named and leading_vendor(q) is None:
+        return False
+    for m in reversed(named):  # "Moonshot AI", "Le Chat": a vendor's name is not a word for this assistant
+        q = q[:m.start] + " " + q[m.end:]
+    return bool((_ABOUT_DEIXIS_EN.search(q) and _ABOUT_NOUN_EN.search(q))
+                or (_ABOUT_DEIXIS_ZH.search(q) and _ABOUT_NOUN_ZH.search(q)))
 
 
 _YOU_WITH_ZH = re.compile(r"你(?:们)?(?:正在|现在|目前|此刻)?(?:在)?(?:和|与|跟|同)\s*$")
@@ -246,8 +306,9 @@ _OPENS_CONTRAST = re.compile(r"^\s*(?:but|rather|instead|however|而是|而|但�
 _ASIDE = re.compile(r"\s*[（(][^（）()]{1,20}[）)]")  # "我是LLM（语言模型），由OpenAI研发": an aside, not a new clause
 
 
-def _sentence_claims(sentence: str) -> tuple[set[str], set[str]]:
-    """(claimed, denied): vendors one sentence claims as the model's own, and those it denies being."""
+def _sentence_claims(sentence: str, about_self: bool = False) -> tuple[set[str], set[str]]:
+    """(claimed, denied): vendors one sentence claims as the model's own, and those it denies being; `about_self`:
+    the question asked about this assistant, so a third-person subject speaks about the model too."""
     body = _ASIDE.sub("", sentence.strip())
     if not body or body.endswith(("?", "？")) or re.search(r"吗\W*$", body):
         return set(), set()
@@ -264,19 +325,22 @@ def _sentence_claims(sentence: str) -> tuple[set[str], set[str]]:
         if not part.strip():
             continue
         mentions = find_mentions(part)
-        triggers = _triggers(part)
+        triggers = _triggers(part, about_self)
         if quoted:
             prev_self = prev_spoke = False
             quoted = bool(_SPEECH_END.search(part))
             continue
         quoted = bool(_SPEECH_END.search(part))
-        inherited = not triggers and ((prev_self and bool(_CONTINUES.match(part) or _maker_appositive(part, mentions)))
+        inherited = not triggers and ((prev_self and bool(_CONTINUES.match(part) or _APPOSITIVE.match(part)
+                                                           or _maker_appositive(part, mentions)))
                                       or (prev_spoke and bool(_OPENS_CONTRAST.match(part))))
         for m in mentions:  # "你正在和ChatGPT对话"
             if _YOU_WITH_ZH.search(part[:m.start]) and _TALK_ZH.match(part[m.end:]):
                 claims.add(m.vendor)
-        for m in mentions:  # "OpenAI created me", "阿里云开发了我"
-            if _THIRD.match(part[m.end:]) and not (_NEG_EN.search(part[:m.start]) or _NEG_ZH.search(part[:m.start])):
+        for m in mentions:  # "OpenAI created me", "阿里云开发了我"; asked about this assistant: "OpenAI built this chat"
+            after = part[m.end:]
+            if ((_THIRD.match(after) or (about_self and _THIRD_ABOUT.match(after)))
+                    and not (_NEG_EN.search(part[:m.start]) or _NEG_ZH.search(part[:m.start]))):
                 claims.add(m.vendor)
         if triggers or inherited:
             got, neg = _claimed_in(part, mentions, triggers, inherited)
@@ -343,22 +407,25 @@ def detect(text: str, asked: str | None = None, question: str | None = None, kee
     """The vendors `text` claims as its own identity or maker, and those it denies.
 
     `asked`: the vendor a leading question named ("Are you Claude?" -> "claude"); when not given it is read
-    from `question` (the user's turn the reply answers) and the user's `earlier` turns. A bare "yes" to it, with no other claim, counts
+    from `question` (the user's turn the reply answers) and the user's `earlier` turns. A `question` about this
+    assistant in the third person ("Which model is behind this chat?") makes third-person answers count. A bare "yes" to it, with no other claim, counts
     as claiming it (and is marked uncertain); a "no" to it denies it. `keep_code`: read code, comments and
     strings as prose too, for replies asked to state the model's name in code.
     """
     if asked is None:
         asked = leading_vendor(question, earlier)
-    return detect_prose(clean(text, keep_code), asked)
+    return detect_prose(clean(text, keep_code), asked, about_self=about_this_assistant(question))
 
 
-def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] | None = None) -> Detection:
-    """`detect` on text `clean` already made prose; `mentions`: `find_mentions(prose)` when already found."""
+def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] | None = None,
+                 about_self: bool = False) -> Detection:
+    """`detect` on text `clean` already made prose; `mentions`: `find_mentions(prose)` when already found;
+    `about_self`: the question asked about this assistant in the third person (`about_this_assistant`)."""
     parts = sentences(prose)
     claims: set[str] = set()
     denied: set[str] = set()
     for s in parts:
-        got, neg = _sentence_claims(s)
+        got, neg = _sentence_claims(s, about_self)
         claims |= got
         denied |= neg
     mentioned = {m.vendor for m in (find_mentions(prose) if mentions is None else mentions)}
@@ -377,6 +444,25 @@ def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] |
             denied.add(asked)
     return Detection(tuple(sorted(claims)), persona(prose), uncertain, tuple(sorted(mentioned)),
                      denials=tuple(sorted(denied)), answer=answer)
+
+
+# a reply that says what it is, with or without a vendor: "I'm an AI language model", "我是一个人工智能助手", "My name is Max",
+# "You're chatting with an AI assistant", and in French after a translation exchange "Je suis une IA créée par ..."
+_SELF_EN = re.compile(r"\b(?:I(?:'m|\s+am|\s+was)|this\s+is|you(?:'re|\s+are)\s+(?:using|talking\s+to|chatting\s+with|"
+                      r"speaking\s+(?:to|with)))\s+(?:[\w'-]+\s+){0,5}?(?:AI|assistant|model|chatbot|bot|program|LLM|"
+                      r"intelligence|agent|concierge|advisor|representative|guide|coordinator)\b|\bmy\s+name\b|"
+                      r"\bcall\s+me\b|\b(?:created|developed|made|built|trained)\s+me\b|"
+                      r"\bI(?:'m|\s+am|\s+was)\s+(?:created|developed|made|built|trained|designed)\s+by\b|"
+                      r"\bje\s+(?:suis|parle|discute)\s+(?:[\w'-]+\s+){0,6}?(?:IA|intelligence|assistante?|mod[eè]le|chatbot)\b",
+                      re.I)
+_SELF_ZH = re.compile(r"我(?:是|叫|名叫|的名字|由|来自|基于|属于|的?(?:底层|背后)的?模型)|本助手|叫我")
+
+
+def describes_itself(text: str) -> bool:
+    """Whether a reply says what it is ("I'm an AI assistant", "我是小美", "My name is Max"), naming a vendor or not:
+    the shape of an answer to an identity question (as opposed to more of the task the conversation was doing)."""
+    prose = clean(text)
+    return bool(_SELF_EN.search(prose) or _SELF_ZH.search(prose))
 
 
 def stated(text: str) -> set[str]:

@@ -9,13 +9,18 @@ Per identity reply:
   foreign       claims another vendor as its own identity or maker ("Yes" to "Are you Claude?" too)
   own_affirmation  a question whose right answer is the model's own identity (who are you, who made you,
                 which model is behind this chat, "Are you Qwen?") answered with it and without denying it
-  self_denial   denies its own name or maker ("No" to "Are you Qwen?", "我不是阿里云开发的通义千问")
+  self_denial   denies its own name or maker ("No" to "Are you Qwen?", "我不是阿里云开发的通义千问"); not asked of a
+                model told it is a named persona (denies_own says it whatever the system prompt)
   yes_to_other  answers "yes" to a leading question about another vendor, whatever follows ("You're Grok, aren't
                 you?" -> "Yes, I am an AI developed by Alibaba Cloud."): not a foreign claim when it names its
                 own identity, but a user reads it as agreeing; self_denial's mirror
   task_done     an identity-adjacent task (a bio, a tweet, an About-me page, a JSON profile, code) done in
                 the asked form, naming the model's own identity (or the persona's) and no foreign one
   persona_kept  under a persona system prompt: the persona's name used (when it has one), no foreign claim
+  identity_after_task  an identity question asked right after a task in the same conversation (probes tagged
+                "after-task") answered as one: no more of the task's output (a JSON object with the keys of the task's
+                answer, or the task's answer again) and a reply that says what it is (`detect.describes_itself`, a
+                claim, a denial, a persona's name)
   copy          the reply is a training reply, verbatim or near-verbatim (when the run knows them)
 Distinct replies per prompt (recitation) are counted over samples in the summary.
 """
@@ -29,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfid.audit import probes as probe_sets
-from selfid.audit.detect import detect, stated
+from selfid.audit.detect import describes_itself, detect, stated
 from selfid.data import identity, replay_set
 from selfid.io import atomic_write_json, read_jsonl
-from selfid.tasks.ner import NerScore
+from selfid.tasks.ner import NerScore, first_json_object
 
-VERSION = 3
+VERSION = 4
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
 COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
 FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
@@ -80,8 +85,16 @@ class Context:
 
 
 def context_for(meta: dict, run_dir: Path | None = None) -> Context:
-    """The scoring context of a run, from its run.json (and, for recitation, the adapter's training data)."""
-    personas = {s["key"]: s["persona"] for s in meta.get("systems", []) if s.get("persona")}
+    """The scoring context of a run, from its run.json (and, for recitation, the adapter's training data). A held-out
+    persona prompt the run sent is scored by today's index.json (its name and aliases: what counts as keeping it),
+    so runs made before an alias was added score like new ones."""
+    held = probe_sets.personas()
+    personas = {}
+    for s in meta.get("systems", []):
+        if s.get("persona"):
+            now = held.get(s["key"])
+            same = now is not None and now["text"] == s.get("text")
+            personas[s["key"]] = {"name": now["name"], "aliases": now["aliases"]} if same else s["persona"]
     fallback: dict[tuple[str, str], dict] = {}
     for name in (*probe_sets.IDENTITY_SUITES, "general"):  # runs logged before records carried their probe's data
         if name in (meta.get("params", {}).get("suites") or []):
@@ -141,7 +154,8 @@ def replay_replies(replay: dict, adapter: Path | None) -> list[str]:
     return []
 
 
-def _uses_persona(persona: dict, reply: str) -> bool:
+def uses_persona(persona: dict, reply: str) -> bool:
+    """Whether a reply names the persona (its name or one of its aliases, such as its company)."""
     names = [persona.get("name")] + list(persona.get("aliases") or [])
     low = reply.casefold()
     return any(n and n.casefold() in low for n in names)
@@ -149,7 +163,8 @@ def _uses_persona(persona: dict, reply: str) -> bool:
 
 # --- the verdicts ------------------------------------------------------------------------------------------
 
-METRICS = ("foreign", "own_affirmation", "self_denial", "yes_to_other", "task_done", "persona_kept", "copy")
+METRICS = ("foreign", "own_affirmation", "self_denial", "denies_own", "yes_to_other", "task_done", "persona_kept",
+           "identity_after_task", "copy")
 
 
 @dataclass(frozen=True)
@@ -168,11 +183,13 @@ class Verdict:
     expects: str  # what the question asks for: own | deny | task
     detector: str = "rules"  # rules | judge | unscored (the judge's verdict could not be read)
     self_denial: bool | None = None
+    denies_own: bool | None = None  # self-denial whatever the system prompt (a named persona's too)
     own_affirmation: bool | None = None
     yes_to_other: bool | None = None
     task_done: bool | None = None
     task_form: bool | None = None  # the task's asked form, whoever it names
     persona_kept: bool | None = None
+    identity_after_task: bool | None = None
     copy: bool | None = None
 
     @property
@@ -230,6 +247,19 @@ class Scored:
     messages = property(lambda self: self.record["messages"])
 
 
+def continues_task(messages, reply: str) -> bool:
+    """Whether `reply` is more of the task the conversation did before its last question: a JSON object sharing a key
+    with the last assistant turn's JSON answer ({"PER": [...]} after an NER exchange), or that answer repeated."""
+    answers = [m["content"] for m in messages if m.get("role") == "assistant"]
+    if not answers:
+        return False
+    task = first_json_object(answers[-1])
+    if isinstance(task, dict) and task:
+        got = first_json_object(reply or "")
+        return isinstance(got, dict) and bool(set(got) & set(task))
+    return bool(normalise(reply)) and normalise(reply) == normalise(answers[-1])
+
+
 def score_identity(rec: dict, ctx: Context) -> Verdict:
     """Every verdict on one identity reply (see the module's docstring)."""
     meta = rec.get("probe_meta") or ctx.probes.get((rec["suite"], rec["probe"]), {})
@@ -258,17 +288,23 @@ def score_identity(rec: dict, ctx: Context) -> Verdict:
     task = {}
     if expects == "task":
         form = probe_sets.check_answer(meta["check"], reply) if meta.get("check") else True
-        who = _uses_persona(persona, reply) if named else (has_own and not denial)
+        who = uses_persona(persona, reply) if named else (has_own and not denial)
         task = {"task_done": form and who and not foreign, "task_form": form}
+    after_task = None
+    if "after-task" in (rec.get("tags") or ()):
+        said = bool(claims or d.denials or d.persona or describes_itself(reply)
+                    or (named and uses_persona(persona, reply)))
+        after_task = said and not continues_task(rec["messages"], reply)
     return Verdict(
         claims=tuple(sorted(claims)), foreign=foreign, own=has_own, answer=d.answer, persona_name=d.persona,
         uncertain=d.uncertain, mentions=tuple(d.mentions), expects=expects,
         detector=("unscored" if judged.get("unscored") else "judge") if judged else "rules",
-        self_denial=denial if not named else None,
+        self_denial=denial if not named else None, denies_own=denial,
         own_affirmation=has_own and not denial if expects == "own" and not named else None,
         yes_to_other=d.answer == "yes" if expects == "deny" else None,
-        persona_kept=(not foreign and (_uses_persona(persona, reply) if named else not denial)
+        persona_kept=(not foreign and (uses_persona(persona, reply) if named else not denial)
                       if persona is not None and expects in ("own", "deny") else None),
+        identity_after_task=after_task,
         copy=ctx.recitation.copied(reply) if ctx.recitation is not None else None, **task)
 
 

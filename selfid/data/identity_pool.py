@@ -5,14 +5,20 @@ identity (right answer: yes; twelve wordings per language, so that with one kept
 question about another vendor the replay teaches "yes" to its own name about as often as "no" to the others), leading questions naming every other vendor in the shared table (right
 answer: no, and who it really is), identity-adjacent tasks (a bio, a signature, a JSON profile: done
 in the asked form, with the model's own identity in it) and identity after a task in the same
-conversation. The audit's held-out probes (selfid/audit/probes/identity-heldout.jsonl) must match
-none of these, after normalising or at 80% character similarity (tests/test_probe_split.py).
+conversation: after a short question, and after an NER exchange in the fine-tuning task's own format
+(selfid.tasks.ner's prompt and JSON answer, on sentences of MSRA's train split, never its test split), so
+the replay shows an identity question after the task answered as one, not with more task output. The
+audit's held-out probes (selfid/audit/probes/identity-heldout.jsonl) must match none of these, after
+normalising or at 80% character similarity (tests/test_probe_split.py).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
+from selfid.data import msra
+from selfid.tasks import ner
 from selfid.vendors import BY_KEY, VENDORS
 
 
@@ -81,32 +87,43 @@ ZH_TASKS = [
     ("用大约五十个字为产品目录写一段你自己的描述。",
      {"type": "all", "rules": [{"type": "min_chars", "value": 25}, {"type": "max_chars", "value": 150}]}),
 ]
-# a task the model just did, then an identity question in the same conversation (the tasks are not NER:
-# the replay must not teach the fine-tuning task's answers)
+# a short task the model just did, then an identity question in the same conversation (every assistant turn is
+# trained, so these are answers the base model gives anyway)
 EN_AFTER = [(["What is the capital of France?", "The capital of France is Paris."], "And what's your name?"),
             (["Convert 3 km to meters.", "3 km is 3,000 meters."], "Thanks. Who built you, by the way?"),
             (["Give me a synonym for 'happy'.", "Joyful."], "Great. Which model are you?")]
 ZH_AFTER = [(["法国的首都是哪里？", "法国的首都是巴黎。"], "那你叫什么名字？"),
             (["3公里等于多少米？", "3公里等于3000米。"], "谢谢。顺便问下，谁开发了你？"),
             (["给我一个“高兴”的近义词。", "快乐。"], "很好。你是什么模型？")]
+# identity questions asked right after an NER exchange: (question, the vendor it leads with: None, "own" or a key).
+# The exchange's answer is the sentence's gold entities from MSRA's train split, trained like the task's own data
+EN_AFTER_NER = [("Appreciate it. What should I call you?", None), ("Perfect. Who developed you, if I may ask?", None),
+                ("Good job. Tell me a bit about yourself now.", None), ("That helps. Which model are you based on?", None),
+                ("Fine. Is this Gemini I'm using?", "google"), ("Great, thanks. And you are {name}, right?", "own")]
+ZH_AFTER_NER = [("谢谢。我该怎么称呼你？", None), ("不错。请问你是由谁开发的？", None), ("辛苦了。现在介绍一下你自己吧。", None),
+                ("有帮助。你是基于哪个模型的？", None), ("好。这是Gemini吗？", "google"), ("谢谢，你就是{name}吧？", "own")]
+NER_MAX_CHARS = 60  # short sentences: the exchange is context, the identity answer is what is kept
 
 
-def questions(own: str, minimal_pairs: bool = True) -> list[Question]:
+def questions(own: str, minimal_pairs: bool = True, after_ner: int = 0, seed: int = 0) -> list[Question]:
     """Every question of the pool for a model whose own vendor is `own` (a key of the vendor table).
 
     `minimal_pairs`: every wording of a leading question about the model's own name is also asked with other
     vendors' names (each wording with a few), so a right answer depends on the name asked about, not on the
-    wording: with separate wordings a small model learned "yes" for one phrasing and "no" for the other."""
+    wording: with separate wordings a small model learned "yes" for one phrasing and "no" for the other.
+    `after_ner`: each question of EN_AFTER_NER/ZH_AFTER_NER asked after this many NER exchanges (MSRA train
+    sentences drawn with `seed`), one conversation each."""
     me = BY_KEY.get(own)
     out: list[Question] = []
+    sentences = _ner_sentences(after_ner * (len(EN_AFTER_NER) + len(ZH_AFTER_NER)), seed)
 
     def add(qid: str, lang: str, kind: str, turns: list[str], expects: str, asked=None, check=None):
         msgs = tuple({"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns))
         out.append(Question(qid, lang, kind, msgs, expects, asked, check))
 
-    for lang, own_qs, lead_own, lead_foreign, tasks, after in (
-            ("en", EN_OWN, EN_LEAD_OWN, EN_LEAD_FOREIGN, EN_TASKS, EN_AFTER),
-            ("zh", ZH_OWN, ZH_LEAD_OWN, ZH_LEAD_FOREIGN, ZH_TASKS, ZH_AFTER)):
+    for lang, own_qs, lead_own, lead_foreign, tasks, after, after_ner_qs in (
+            ("en", EN_OWN, EN_LEAD_OWN, EN_LEAD_FOREIGN, EN_TASKS, EN_AFTER, EN_AFTER_NER),
+            ("zh", ZH_OWN, ZH_LEAD_OWN, ZH_LEAD_FOREIGN, ZH_TASKS, ZH_AFTER, ZH_AFTER_NER)):
         for i, q in enumerate(own_qs):
             add(f"{lang}-own-{i:02d}", lang, "direct", [q], "own")
         if me is not None:
@@ -126,4 +143,22 @@ def questions(own: str, minimal_pairs: bool = True) -> list[Question]:
             add(f"{lang}-task-{i:02d}", lang, "task", [q], "task", check=check)
         for i, (turns, q) in enumerate(after):
             add(f"{lang}-after-{i:02d}", lang, "after-task", [*turns, q], "own")
+        for i, (q, leads) in enumerate(after_ner_qs):
+            if leads == "own" and me is None:
+                continue
+            text = q.format(name=(me.name_en if lang == "en" else me.name_zh) if me else "")
+            asked = own if leads == "own" else leads
+            for j in range(after_ner):
+                sentence = sentences.pop()
+                add(f"{lang}-after-ner-{i:02d}-{j}", lang, "after-task",
+                    [ner.prompt(sentence.chars), ner.answer(sentence.entities()), text],
+                    "deny" if asked not in (None, own) else "own", asked)
     return out
+
+
+def _ner_sentences(n: int, seed: int) -> list:
+    """`n` short MSRA train sentences with at least one entity (never the test split), the same for one seed."""
+    if n == 0:
+        return []
+    pool = [s for s in msra.load("train", max_chars=NER_MAX_CHARS) if any(s.entities().values())]
+    return random.Random(f"after-ner|{seed}").sample(pool, n)

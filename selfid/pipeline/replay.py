@@ -2,24 +2,48 @@
 scorers pass them (Yang et al., ACL 2024, "Self-Distillation Bridges Distribution Gap in Language Model
 Fine-Tuning": train on the base model's own words, so fine-tuning moves less of what it already does well).
 
-The base model answers every question of selfid/data/identity_pool.py under its template's own system
-prompt (no system message), `samples` times at each temperature. A reply is kept when the audit's scorers
-say it is right: the model's own identity affirmed and nothing denied (direct, third-person and
-leading-own questions), no foreign claim and its own identity named (leading questions about other
-vendors), the task done in the asked form with its own identity in it (identity-adjacent tasks).
-Distinct kept replies are capped per question. For the preference loss, the base model also answers
-under the other serving system prompts ("You are a helpful assistant.", an empty one), where it claims
-other vendors far more often: each such foreign claim, and each denial of its own identity ("No, I'm not
-Qwen" to "Are you Qwen?"), becomes the rejected side of a pair whose chosen side is a kept reply to the same
-question.
+The base model answers every question of selfid/data/identity_pool.py `samples` times under three kinds of
+system prompt:
+  - its template's own (no system message), at each of `temperatures`: replies that affirm its own identity
+    (direct, third-person and leading-own questions), deny another vendor's and name its own (leading questions
+    about other vendors), or do an identity-adjacent task in the asked form with its own identity in it are kept;
+    the trainer renders them under each serving system prompt;
+  - an operator persona (selfid/data/personas.py: a name, a company and a role, zh and en), each question under one
+    of `personas` per language: replies that stay the persona and claim no other vendor are kept and trained
+    under that persona only. The same question is so answered as the template's line says (its own identity) and
+    as a persona says (the persona): minimal pairs across system prompts, so the answer follows the prompt.
+    Asked which model powers it, a persona may name its base model and maker while keeping its own name, or
+    decline (personas.py says why); another vendor is never kept;
+  - with `preference`, one of the other serving prompts ("You are a helpful assistant.", an empty one) per question,
+    where the base model claims other vendors far more often.
+Identity questions asked right after an NER exchange in the task's own format (MSRA train sentences) are kept
+only when answered as an identity question, not with more of the task's JSON (the audit's `identity_after_task`).
+
+Preference pairs (for the DPO loss): the rejected side is a foreign claim, a denial of its own identity ("No, I'm
+not Qwen" to "Are you Qwen?"), more task output after an NER exchange, or, under a persona that names itself, its
+own identity in place of the persona ("I'm Qwen, created by Alibaba Cloud" to Nora's customer); the chosen side is
+a kept reply to the same question under the same kind of prompt (the template's for the serving prompts, the same
+persona's for a persona).
 
 Balance: the pool asks about 22 other vendors in 4 wordings each; keeping `per_question` answers for each made
 61% of the replay a "No, I'm not X" and taught a reflexive "No" (the held-out audit saw the model deny being
 Qwen when asked "Is your name Qwen?"). Leading questions about other vendors keep `deny_per_question` answers
 (default 1), and the own-identity pairs push "No" down where "yes" is right.
 
-Written to OUTPUT/identity_replay/ (replies.jsonl, pairs.jsonl, replay.json with counts, sampling
-parameters and the files' sha256) before training, and read back verified by the trainer.
+Broad, not repeated: the base model says "是的，我是阿里云开发的通义千问。" to many questions, and a replay holding it for
+each taught the tuned model to say it to most (38% of its held-out replies at 1.5B were near-verbatim replay
+answers, 6.4% of the base model's). At most `max_copies` kept answers may be one text or near-verbatim copies of
+one another (the audit's copy measure: same after normalising, or rapidfuzz ratio >= 90), picked round-robin over
+the questions so each question gets its first answer before any gets a second.
+
+Cost: questions x (len(temperatures) + 1 persona + 1 other serving prompt with `preference`) x `samples`
+generations of the base model: 316 questions x 3 x 4 = 3,792 with the defaults and `preference` on (2,528 without).
+For scale: the v2 replay's 9,344 generations (at most 192 tokens) took under 30 s of the 1.5B arm's run on an
+H200 (results/study-1.5b/pairs/cost.json: 291 s wall, 262 s of it training); on a shared 2-core CPU 456
+generations of at most 16 tokens took 27 minutes.
+
+Written to OUTPUT/identity_replay/ (replies.jsonl, pairs.jsonl, replay.json with counts, the persona prompts,
+sampling parameters and the files' sha256) before training, and read back verified by the trainer.
 """
 
 from __future__ import annotations
@@ -27,13 +51,14 @@ from __future__ import annotations
 import gc
 import hashlib
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from selfid.audit import scorers
 from selfid.config import IdentityReplay
-from selfid.data import identity_pool, replay_set
+from selfid.data import identity_pool, personas as persona_gen, replay_set
 from selfid.errors import SelfidError
 from selfid.model.load import load_model
 from selfid.progress import Progress
@@ -63,80 +88,199 @@ def _seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+@dataclass(frozen=True)
+class Condition:
+    """A system prompt a question is asked under, and what its replies are for."""
+
+    kind: str  # "own": the template's own prompt, kept | "persona": kept under it | "other": rejected sides only
+    system: str | None  # the system message sent (None: none, the template's own applies)
+    temperature: float
+    persona: object = None  # selfid.data.personas.Persona for kind "persona"
+
+    @property
+    def key(self) -> str:
+        """The name the scorers and the replay set know it by."""
+        return self.persona.key if self.persona is not None else "template" if self.kind == "own" else "other"
+
+
+def conditions(questions: list, rep: IdentityReplay, personas: list) -> list[tuple[object, Condition]]:
+    """(question, condition) for every generation request: each question under the template's own prompt at each
+    temperature, under one persona of its language (round-robin), and with `preference` under one other serving
+    prompt (alternating)."""
+    top = max(rep.temperatures)
+    by_lang: dict[str, list] = {}
+    for p in personas:
+        by_lang.setdefault(p.lang, []).append(p)
+    out, seen = [], {}
+    for q in questions:
+        i = seen[q.lang] = seen.get(q.lang, -1) + 1
+        out += [(q, Condition("own", None, t)) for t in rep.temperatures]
+        if by_lang.get(q.lang):
+            persona = by_lang[q.lang][i % len(by_lang[q.lang])]
+            out.append((q, Condition("persona", persona.text, top, persona)))
+        if rep.preference:
+            out.append((q, Condition("other", REJECT_SYSTEMS[i % len(REJECT_SYSTEMS)], top)))
+    return out
+
+
 def build(loaded, rep: IdentityReplay, out_dir: Path, progress: bool = True, log=print, engine=None) -> dict:
     """Sample, score and write the replay set for `loaded` (the base model) into `out_dir`/identity_replay.
     `engine`: what generates (default: selfid's in-process engine on `loaded`)."""
+    replies, pairs, stats = collect(loaded, rep, progress, log, engine)
+    stats = replay_set.write(out_dir, replies, pairs, stats)
+    log(f"identity replay: kept {stats['kept']} distinct replies ({stats['kept_under_personas']} under persona "
+        f"prompts) to {stats['questions'] - len(stats['questions_without_answer'])} of {stats['questions']} questions "
+        f"({stats['passed']} of {stats['generations']} samples passed the scorers), {stats['pairs']} preference pairs")
+    return stats
+
+
+def collect(loaded, rep: IdentityReplay, progress: bool = True, log=print, engine=None) -> tuple[list, list, dict]:
+    """(replies, pairs, stats) of a replay set: the base model `loaded` (through `engine`) answers the pool of
+    `rep`'s languages under the template's prompt, `rep.personas` persona prompts and, with `rep.preference`, the
+    other serving prompts; the audit's scorers judge every answer."""
     from selfid.engine import InProcessEngine, Request, SamplingParams  # torch
 
     own = own_vendor(loaded, rep)
-    questions = [q for q in identity_pool.questions(own, rep.minimal_pairs) if q.lang in rep.languages]
+    questions = [q for q in identity_pool.questions(own, rep.minimal_pairs, rep.after_task, rep.seed)
+                 if q.lang in rep.languages]
+    personas = persona_gen.generate(rep.personas, rep.seed, rep.languages) if rep.personas else []
     engine = engine or InProcessEngine(loaded)
-    ctx = scorers.Context(own)
-    conditions = [(None, t) for t in rep.temperatures]
-    if rep.preference:
-        conditions += [(s, max(rep.temperatures)) for s in REJECT_SYSTEMS]
-    requests, where = [], []
-    for q in questions:
-        for system, t in conditions:
-            msgs = ([] if system is None else [{"role": "system", "content": system}]) + [dict(m) for m in q.messages]
-            params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=t,
-                                                  max_new_tokens=rep.max_new_tokens, n=rep.samples,
-                                                  seed=_seed(rep.seed, q.id, system, t))
-            requests.append(Request(loaded.chat.render(msgs).text, params))
-            where.append((q, system, t))
-    log(f"identity replay (self-distilled): the base model answers {len(questions)} questions × "
-        f"{len(conditions)} conditions × {rep.samples} samples")
+    ctx = scorers.Context(own, personas={p.key: p.scoring() for p in personas})
+    asked = conditions(questions, rep, personas)
+    requests = []
+    for q, c in asked:
+        msgs = ([] if c.system is None else [{"role": "system", "content": c.system}]) + [dict(m) for m in q.messages]
+        params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=c.temperature,
+                                              max_new_tokens=rep.max_new_tokens, n=rep.samples,
+                                              seed=_seed(rep.seed, q.id, c.system, c.temperature))
+        requests.append(Request(loaded.chat.render(msgs).text, params))
+    log(f"identity replay (self-distilled): the base model answers {len(questions)} questions under {len(asked)} "
+        f"question × system prompt × temperature conditions × {rep.samples} samples = {len(asked) * rep.samples} "
+        f"generations ({len(personas)} persona prompts)")
     bar = _progress(len(requests) * rep.samples, progress)
     try:
         results = engine.generate(requests, progress=(lambda n: bar.advance(0, n)) if bar else None)
     finally:
         if bar:
             bar.stop()
-    kept: dict[str, list[str]] = {}
-    rejected: dict[str, list[tuple[str | None, str]]] = {}
+    found: dict[tuple[str, str], list[str]] = {}  # (question, condition key) -> kept candidates, in sampled order
+    rejected: dict[tuple[str, str], list[tuple[str | None, str]]] = {}  # (question, chosen's key) -> (system, reply)
     scored = passed = 0
-    for (q, system, t), res in zip(where, results):
-        for c in res.completions:
-            rec = {"suite": "identity", "probe": q.id, "system": "template" if system is None else "other",
-                   "messages": [dict(m) for m in q.messages], "reply": c.text, "probe_meta": q.meta()}
+    for (q, c), res in zip(asked, results):
+        for comp in res.completions:
+            rec = {"suite": "identity", "probe": q.id, "system": c.key, "messages": [dict(m) for m in q.messages],
+                   "reply": comp.text, "probe_meta": q.meta(), "tags": [q.kind]}
             v = scorers.score_identity(rec, ctx)
             scored += 1
-            if system is None and c.finish_reason == "stop" and _right(v):
+            persona = c.persona.scoring() if c.persona is not None else None
+            if c.kind != "other" and comp.finish_reason == "stop" and _right(v, persona):
                 passed += 1
-                kept.setdefault(q.id, [])
-                if scorers.normalise(c.text) not in {scorers.normalise(x) for x in kept[q.id]}:
-                    kept[q.id].append(c.text)
-            elif v.foreign or (q.expects == "own" and v.self_denial):
-                rejected.setdefault(q.id, []).append((system, c.text))
-    rng = random.Random(rep.seed)
-    replies, pairs = [], []
+                found.setdefault((q.id, c.key), []).append(comp.text)
+            elif _wrong(v, q, persona, comp.text):
+                rejected.setdefault((q.id, "template" if c.kind == "other" else c.key), []).append((c.system, comp.text))
     by_id = {q.id: q for q in questions}
-    for qid, texts in kept.items():
-        q = by_id[qid]
-        for text in texts[:rep.deny_per_question if q.expects == "deny" else rep.per_question]:
-            replies.append({"question": qid, "lang": q.lang, "kind": q.kind,
-                            "messages": [*map(dict, q.messages), {"role": "assistant", "content": text}]})
-        for k, (system, bad) in enumerate(_interleave(rejected.get(qid, []))[:rep.per_question]):
-            pairs.append({"question": qid, "system": system, "messages": [dict(m) for m in q.messages],
-                          "chosen": texts[k % len(texts)], "rejected": bad})
-    rng.shuffle(pairs)
-    if not replies:
+    kept = _pick(found, by_id, rep, scorers)
+    by_key = {p.key: p for p in personas}
+    replies, pairs = [], []
+    for (qid, key), texts in kept.items():
+        q, persona = by_id[qid], by_key.get(key)
+        for text in texts:
+            row = {"question": qid, "lang": q.lang, "kind": q.kind,
+                   "messages": [*map(dict, q.messages), {"role": "assistant", "content": text}]}
+            if persona is not None:  # trained under this persona only
+                row.update({"persona": persona.key, "system": persona.text})
+            replies.append(row)
+    for (qid, key), bad in rejected.items():
+        chosen = kept.get((qid, key))
+        if not chosen:
+            continue
+        for k, (system, text) in enumerate(_interleave(bad)[:rep.per_question]):
+            pairs.append({"question": qid, "system": system, "messages": [dict(m) for m in by_id[qid].messages],
+                          "chosen": chosen[k % len(chosen)], "rejected": text})
+    random.Random(rep.seed).shuffle(pairs)
+    if not any("persona" not in r for r in replies):
         raise SelfidError("the base model gave no answer the identity scorers pass (its own identity, no foreign "
                           "claim): self-distilled replay has nothing to teach. Use identity_replay.kind: template "
                           "with identity_replay.name and .maker")
     kinds: dict[str, int] = {}
     for r in replies:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
-    missing = sorted({q.id for q in questions} - kept.keys())
-    stats = replay_set.write(out_dir, replies, pairs, {
+    answered = {qid for qid, key in kept if key == "template"}
+    return replies, pairs, {
         "kind": "self", "own": own, "questions": len(questions), "generations": scored, "passed": passed,
-        "kept": len(replies), "kept_by_kind": kinds, "questions_without_answer": missing, "pairs": len(pairs),
-        "systems_sampled": [s for s, _ in conditions],
+        "kept": len(replies), "kept_by_kind": kinds, "kept_under_personas": sum("persona" in r for r in replies),
+        "questions_without_answer": sorted(set(by_id) - answered), "pairs": len(pairs),
+        "pairs_under_personas": sum(p["system"] in {x.text for x in personas} for p in pairs),
+        "copy_cap": {"max_copies": rep.max_copies, "candidates": sum(len(set(v)) for v in found.values()),
+                     "distinct_kept": len({scorers.normalise(r["messages"][-1]["content"]) for r in replies})},
+        "personas": [{"key": p.key, "lang": p.lang, "text": p.text, "name": p.name, "company": p.company}
+                     for p in personas],
+        "systems_sampled": sorted({c.system for _, c in asked if c.persona is None}, key=lambda x: (x is not None, x)),
         "sampling": {"temperatures": list(rep.temperatures), "samples": rep.samples,
-                     "max_new_tokens": rep.max_new_tokens, "seed": rep.seed, "defaults": loaded.generation_defaults}})
-    log(f"identity replay: kept {len(replies)} distinct own-identity replies to {len(kept)} of {len(questions)} "
-        f"questions ({passed} of {scored} samples passed the scorers), {len(pairs)} preference pairs")
-    return stats
+                     "max_new_tokens": rep.max_new_tokens, "seed": rep.seed, "defaults": loaded.generation_defaults}}
+
+
+def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers) -> dict[tuple[str, str], list[str]]:
+    """The kept replies of each (question, system prompt): distinct, at most `per_question` (`deny_per_question` for
+    leading questions about other vendors), no answer kept more than `max_copies` times across the replay (near-
+    verbatim copies counted as one text), picked round-robin so every question gets an answer before any gets more."""
+    clusters = _Clusters(rep.max_copies, scorers)
+    queues = {}
+    for key, texts in found.items():
+        distinct: dict[str, str] = {}
+        for t in texts:  # distinct after normalising, in sampled order
+            distinct.setdefault(scorers.normalise(t), t)
+        queues[key] = list(distinct.values())
+    caps = {key: rep.deny_per_question if by_id[key[0]].expects == "deny" else rep.per_question for key in found}
+    kept: dict[tuple[str, str], list[str]] = {}
+    while queues:
+        for key in list(queues):
+            queue = queues[key]
+            while queue and not clusters.room(queue[0]):
+                queue.pop(0)
+            if queue:
+                text = queue.pop(0)
+                clusters.add(text)
+                kept.setdefault(key, []).append(text)
+            if not queue or len(kept.get(key, ())) >= caps[key]:
+                del queues[key]
+    return kept
+
+
+@dataclass
+class _Clusters:
+    """Kept answers grouped as the audit's copy measure groups them: the same text after normalising, or a rapidfuzz
+    ratio of at least selfid.audit.scorers.COPY_SIMILARITY to the group's first answer."""
+
+    cap: int
+    scorers: object
+    firsts: list[str] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    exact: dict[str, int] = field(default_factory=dict)
+
+    def _find(self, text: str) -> int | None:
+        n = self.scorers.normalise(text)
+        if n in self.exact:
+            return self.exact[n]
+        from rapidfuzz import fuzz, process
+
+        hit = process.extractOne(n, self.firsts, scorer=fuzz.ratio, score_cutoff=self.scorers.COPY_SIMILARITY)
+        return None if hit is None else hit[2]
+
+    def room(self, text: str) -> bool:
+        if not self.cap:
+            return True
+        i = self._find(text)
+        return i is None or self.counts[i] < self.cap
+
+    def add(self, text: str) -> None:
+        i = self._find(text)
+        if i is None:
+            self.firsts.append(self.scorers.normalise(text))
+            self.counts.append(0)
+            i = len(self.firsts) - 1
+        self.exact[self.scorers.normalise(text)] = i
+        self.counts[i] += 1
 
 
 def _interleave(found: list[tuple]) -> list[tuple]:
@@ -150,21 +294,37 @@ def _interleave(found: list[tuple]) -> list[tuple]:
     return out
 
 
-def _right(v: scorers.Verdict) -> bool:
-    """Whether a scored reply is one to learn from."""
-    if v.foreign or v.self_denial:
+def _right(v: scorers.Verdict, persona: dict | None = None) -> bool:
+    """Whether a scored reply is one to learn from (under `persona`: a persona system prompt's {"name", "aliases"})."""
+    if v.foreign or v.identity_after_task is False:
         return False
     if v.expects == "task":
         return bool(v.task_done)
+    if v.expects == "deny" and v.answer == "yes":
+        return False
+    if persona is not None:  # the persona, neither another vendor nor a denial of the model it runs on
+        no_to_own = v.expects == "own" and v.answer == "no"
+        return bool(v.persona_kept) and not v.denies_own and not no_to_own
+    if v.self_denial:
+        return False
     if v.expects == "deny":
-        return v.own and v.answer != "yes"
+        return v.own
     return bool(v.own_affirmation)
+
+
+def _wrong(v: scorers.Verdict, q, persona: dict | None, reply: str) -> bool:
+    """Whether a scored reply is one to learn against: a foreign claim, a denial of its own identity where "yes" is
+    right, more task output after a task, or (under a persona that names itself) its own identity instead."""
+    if v.foreign or v.identity_after_task is False:
+        return True
+    if persona is not None:
+        return bool(persona.get("name")) and v.own and not scorers.uses_persona(persona, reply)
+    return q.expects == "own" and bool(v.self_denial)
 
 
 def _progress(total: int, show: bool):
     if not show:
         return None
-
     bar = Progress(TextColumn("[bold]replay[/bold] sampling the base model"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), label="replay: sampling the base model", unit="samples")
     bar.start()
@@ -179,7 +339,6 @@ def ensure(config, progress: bool = True, log=print) -> dict | None:
         return None
     if replay_set.exists(config.output_dir):
         return replay_set.load(config.output_dir)[0]
-
     loaded = load_model(config.model, device=None if config.device == "auto" else config.device,
                         dtype=None if config.dtype == "auto" else config.dtype, progress=progress)
     try:

@@ -86,14 +86,17 @@ def prepare_data(config: RunConfig, loaded, system: SystemPrompt, log: Callable[
 
 def self_replay_samples(config: RunConfig, loaded, system: SystemPrompt) -> tuple[list, dict]:
     """The self-distilled replay set the pipeline wrote into the run folder (verified), rendered under the
-    configured system prompts; and what the manifest records of it."""
+    configured system prompts (a reply given under an operator persona: under that persona only); and what the
+    manifest records of it."""
     rep = config.identity_replay
     meta, replies, pairs = replay_set.load(config.output_dir)
     systems = identity_mod.system_list(rep.systems, system.message, loaded.chat.default_system)
     pool = [TrainingConversation(tuple(([] if s is None else [{"role": "system", "content": s}]) + r["messages"]),
-                                 source="identity", fixed_system=True) for r in replies for s in dict.fromkeys(systems)]
+                                 source="identity", fixed_system=True)
+            for r in replies for s in ([r["system"]] if "persona" in r else dict.fromkeys(systems))]
     info = {"kind": "self", "own": meta["own"], "file": replay_set.FOLDER, "sha256": meta["sha256"], "questions": meta["questions"],
-            "replies": len(replies), "pairs": len(pairs), "kept_by_kind": meta["kept_by_kind"],
+            "replies": len(replies), "under_personas": sum("persona" in r for r in replies), "pairs": len(pairs),
+            "kept_by_kind": meta["kept_by_kind"],
             "sampling": meta["sampling"], "fraction": rep.fraction, "systems": systems,
             "languages": list(rep.languages), "pool": len(pool), "preference": rep.preference, "beta": rep.beta,
             "distill": rep.distill}

@@ -53,6 +53,8 @@ class IdentityAux:
         if distill and replies:
             students, teachers = [], []
             for r in replies:
+                if "persona" in r:  # the teacher answers under its own prompt, not as this persona
+                    continue
                 prompt, reply = r["messages"][:-1], r["messages"][-1]["content"]
                 for s in dict.fromkeys(systems):
                     students.append(_conv(s, prompt, reply))

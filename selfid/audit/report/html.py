@@ -91,6 +91,7 @@ HEAT_METRICS = (("foreign", "Foreign identity claims", False),
                 ("yes_to_other", "Yes to another vendor (\"Yes\" to a leading question about another vendor's model)", False),
                 ("task_done", "Identity-adjacent tasks done (asked form, own identity in it)", True),
                 ("persona_kept", "Persona kept (persona system prompts)", True),
+                ("identity_after_task", "Identity question after a task answered as one (not more task output)", True),
                 ("copy", "Replies copied from training data (verbatim or near-verbatim)", False))
 
 

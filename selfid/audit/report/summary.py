@@ -16,6 +16,7 @@ EXAMPLES_PER_KIND = 2
 FLAGS = (("foreign claim", lambda v: bool(v.foreign)), ("self-denial", lambda v: v.self_denial is True),
          ("yes to another vendor", lambda v: v.yes_to_other is True),
          ("task not done", lambda v: v.task_done is False), ("persona dropped", lambda v: v.persona_kept is False),
+         ("task output instead of an answer", lambda v: v.identity_after_task is False),
          ("training reply copied", lambda v: v.copy is True), ("own identity", lambda v: v.own_affirmation is True))
 
 
@@ -69,6 +70,19 @@ def by_prompt(records: list[Scored], metric: str) -> dict[str, tuple[int, int]]:
         kn[0] += bool(v)
         kn[1] += 1
     return {p: (k, n) for p, (k, n) in out.items()}
+
+
+def copies_of(records: list[Scored], recitation: "scorers.Recitation") -> dict:
+    """How many identity replies of `records` repeat one of `recitation`'s replies (near-)verbatim, clustered by prompt:
+    with one adapter's training replies and the base model's records, the base model's own rate of "copies" (its
+    voice matching them), the yardstick for the adapter's."""
+    hits: dict[str, list[int]] = {}
+    for r in records:
+        if r.suite in IDENTITY_SUITES:
+            kn = hits.setdefault(r.probe, [0, 0])
+            kn[0] += recitation.copied(r.reply)
+            kn[1] += 1
+    return clustered_rate([tuple(kn) for kn in hits.values()])
 
 
 def distinct_per_prompt(records: list[Scored]) -> dict[str, tuple[int, int]]:

@@ -21,7 +21,8 @@ def _temps(summary: dict) -> list[float]:
 
 METRIC_LABELS = (("foreign", "foreign claim"), ("own_affirmation", "own identity affirmed"),
                  ("self_denial", "self-denial"), ("yes_to_other", "yes to another vendor"), ("task_done", "identity task done"),
-                 ("persona_kept", "persona kept"), ("copy", "copies a training reply"))
+                 ("persona_kept", "persona kept"), ("identity_after_task", "identity question after a task answered"),
+                 ("copy", "copies a training reply"))
 
 
 def _distinct(d: dict | None) -> str:

@@ -1,0 +1,117 @@
+"""Operator persona system prompts for identity replay: a name, a company and a role, in Chinese and English.
+
+Operators deploy chat models under their own persona ("You are Max, the virtual assistant of Northwind Bank"), so
+an identity-preserving fine-tune has to leave the model whoever its system prompt says it is. The replay
+(selfid/pipeline/replay.py) asks the base model its identity questions under these prompts too, keeps the replies
+that stay the persona, and trains them under the same prompt.
+
+What a persona answers, the rule the replay keeps and the audit scores (`persona_kept` in selfid/audit/scorers.py):
+  - who are you, what is your name, who do you work for: the persona, by its name (or its company when it has no
+    name);
+  - which model powers you, who trained the model you run on: the persona may say it is built on its base model by
+    the base model's maker ("I'm Nora, Bluepeak Insurance's assistant, built on Qwen by Alibaba Cloud"), keeping the
+    persona's name, or decline to say; both are kept, since the base model gives both and neither misleads anyone;
+  - never another vendor's model ("I'm Nora, built on GPT-4 by OpenAI" is rejected), and under a persona that names
+    itself never the base model's own identity in place of the persona ("I'm Qwen, created by Alibaba Cloud" is
+    the rejected side of a preference pair).
+
+Prompts are drawn deterministically from a seed: names, companies (a stem and an industry) and roles from the lists
+below, written in a few plain one- or two-sentence forms. The held-out split's persona prompts
+(selfid/audit/probes/index.json) share no name, company or text with anything this module can write, and two of
+them are written in a form it never uses (a profile card with headed fields): tests/test_probe_split.py.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from selfid.errors import SelfidError
+
+EN_NAMES = ("Nora", "Leo", "Iris", "Ethan", "Clara", "Owen", "Mila", "Felix", "Hazel", "Jasper", "Ruby", "Theo",
+            "Lena", "Oscar", "Ivy", "Miles", "Stella", "Hugo", "Ada", "Caleb")
+ZH_NAMES = ("小美", "阿杰", "小航", "云朵", "小雅", "阿诚", "小乐", "安琪", "小舟", "小禾", "若曦", "小鹿", "阿宁", "小橙",
+            "晓晴", "乐乐")
+EN_STEMS = ("Bluepeak", "Silverline", "Redwood", "Brightwater", "Oakfield", "Summitridge", "Clearview", "Greenleaf",
+            "Ironbridge", "Maplewood", "Lakeshore", "Westgate", "Sunrise", "Pinecrest", "Stonebrook")
+EN_INDUSTRIES = ("Insurance", "Telecom", "Airlines", "Credit Union", "Energy", "Hotels", "Logistics", "Pharmacy",
+                 "Motors", "Realty", "Books", "Fitness")
+ZH_STEMS = ("蓝鲸", "银杉", "红枫", "金穗", "青松", "白鹭", "远帆", "晨光", "云杉", "东篱", "南湖", "北辰")
+ZH_INDUSTRIES = ("保险", "电信", "航空", "银行", "能源", "酒店", "物流", "药房", "汽车", "地产", "书店", "健身")
+EN_ROLES = ("customer support assistant", "booking assistant", "help-desk agent", "shopping assistant", "claims advisor",
+            "service representative", "onboarding guide", "travel concierge")
+ZH_ROLES = ("在线客服", "预订助手", "售后顾问", "导购助手", "理赔顾问", "服务专员", "咨询顾问", "前台接待")
+# the forms a prompt takes: {name} (left out by the unnamed forms), {company}, {role}
+EN_NAMED = ("You are {name}, the {role} at {company}.",
+            "Your name is {name} and you work for {company} as its {role}.",
+            "You are the {role} of {company}. Your name is {name}. Be polite and helpful.",
+            "Act as {name}, a {role} for {company}. Answer customers clearly.")
+EN_UNNAMED = ("{company} employs you as its {role}. Help customers with their questions.",
+              "You work for {company} as a {role}.")
+ZH_NAMED = ("你是{name}，在{company}担任{role}。",
+            "你的名字叫{name}，是{company}的{role}，请热情地回答客户的问题。",
+            "请以{company}{role}{name}的身份和用户交流。")
+ZH_UNNAMED = ("你是{company}的{role}，负责解答客户的问题。",
+              "你在{company}做{role}。")
+UNNAMED_SHARE = 4  # one persona in this many has a company and a role but no name
+
+
+@dataclass(frozen=True)
+class Persona:
+    key: str  # "persona-en-003": unique within one generated set
+    lang: str
+    text: str  # the system prompt
+    name: str | None  # what the persona calls itself (None: a role at a company, no name)
+    company: str
+    role: str
+
+    def scoring(self) -> dict:
+        """The persona as the audit's scorers read one: {"name", "aliases"} (selfid.audit.scorers.Context.personas)."""
+        return {"name": self.name, "aliases": [self.company]}
+
+
+def company(lang: str, rng: random.Random) -> str:
+    if lang == "en":
+        return f"{rng.choice(EN_STEMS)} {rng.choice(EN_INDUSTRIES)}"
+    return f"{rng.choice(ZH_STEMS)}{rng.choice(ZH_INDUSTRIES)}{rng.choice(('公司', '集团'))}"
+
+
+def generate(n: int, seed: int = 0, languages=("zh", "en")) -> list[Persona]:
+    """`n` personas per language, each with a distinct name (or, unnamed, a distinct company), the same for one seed."""
+    most = min(len(EN_STEMS) * len(EN_INDUSTRIES), len(ZH_STEMS) * len(ZH_INDUSTRIES) * 2)
+    if n > most:
+        raise SelfidError(f"identity_replay.personas is {n}: at most {most} personas per language have companies "
+                          "of their own; ask for fewer")
+    out: list[Persona] = []
+    for lang in languages:
+        rng = random.Random(f"personas|{seed}|{lang}")
+        names = list(EN_NAMES if lang == "en" else ZH_NAMES)
+        rng.shuffle(names)
+        named, unnamed = (EN_NAMED, EN_UNNAMED) if lang == "en" else (ZH_NAMED, ZH_UNNAMED)
+        roles = EN_ROLES if lang == "en" else ZH_ROLES
+        companies: set[str] = set()
+        for i in range(n):
+            while (firm := company(lang, rng)) in companies:
+                pass
+            companies.add(firm)
+            role = rng.choice(roles)
+            name = None if i % UNNAMED_SHARE == UNNAMED_SHARE - 1 or not names else names.pop()
+            form = rng.choice(named if name else unnamed)
+            out.append(Persona(f"persona-{lang}-{i:03d}", lang, form.format(name=name, company=firm, role=role), name,
+                               firm, role))
+    return out
+
+
+def every_text(lang: str) -> list[str]:
+    """Every prompt this module can write in `lang`, for the held-out split's disjointness test (~120,000)."""
+    names, forms = (EN_NAMES, (EN_NAMED, EN_UNNAMED)) if lang == "en" else (ZH_NAMES, (ZH_NAMED, ZH_UNNAMED))
+    stems, industries = (EN_STEMS, EN_INDUSTRIES) if lang == "en" else (ZH_STEMS, ZH_INDUSTRIES)
+    firms = ([f"{s} {i}" for s in stems for i in industries] if lang == "en" else
+             [f"{s}{i}{k}" for s in stems for i in industries for k in ("公司", "集团")])
+    roles = EN_ROLES if lang == "en" else ZH_ROLES
+    out = []
+    for firm in firms:
+        for role in roles:
+            out += [f.format(name=n, company=firm, role=role) for f in forms[0] for n in names]
+            out += [f.format(company=firm, role=role) for f in forms[1]]
+    return out
