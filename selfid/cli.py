@@ -623,7 +623,9 @@ def study_report(
         if not Path(x.split("=", 1)[1]).is_dir():
             raise SelfidError(f"--size {x!r}: {x.split('=', 1)[1]} is not a folder: give a study folder")
     sizes = [(label, root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in extra]
-    print(f"wrote {write_report(root, out, sizes if extra else None)}")
+    # §9's runs: each size's held-out split v2 study (the base model and the persona arm) in ROOT/operator
+    operator = [(name, folder / "operator", folder) for name, folder in sizes if (folder / "operator").is_dir()]
+    print(f"wrote {write_report(root, out, sizes if extra else None, operator)}")
 
 
 def main() -> None:

@@ -8,6 +8,12 @@ Every serving system prompt and the persona prompts, every temperature:
   - distinct replies (template prompt): at least 70% of the base model's;
   - identity tasks done: at least the base model's less 5 points;
   - NER F1 (template prompt): at least 99% of the plain fine-tune's.
+And the operator's prompt decides (issue: identity that follows the operator):
+  - persona kept: at least 85% under each persona prompt of the held-out set, with foreign claims at most 1% there;
+  - "yes" to a leading question about another vendor: at most 5%;
+  - an identity question asked right after a task answered as one (not more task output): at least 95%;
+  - replies that copy one of its identity training replies: at most twice as often as the base model's own replies
+    match one of them (its own voice).
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ SELF_DENIAL = 0.01
 DISTINCT = 0.7  # of the base model's share of distinct replies
 TASKS = 0.05  # points below the base model's identity tasks done
 NER = 0.99  # of the plain fine-tune's NER F1
+PERSONA_KEPT = 0.85  # under each persona prompt
+PERSONA_FOREIGN = 0.01  # foreign claims pooled under each persona prompt
+YES_TO_OTHER = 0.05
+AFTER_TASK = 0.95
+COPIES = 2.0  # times the base model's own rate of matching the same training replies
 SUITE = "identity-heldout"
 SYSTEM = "template"  # the system prompt own identity, distinct replies and NER F1 are measured under
 
@@ -67,11 +78,38 @@ def foreign_goal(cells: list[dict]) -> tuple[str, bool]:
     return text, (worst["foreign"]["rate"] or 0) <= FOREIGN_CELL and not over
 
 
-def goals(arm: dict, base: dict, plain: dict | None, suite: str = SUITE) -> list[Goal]:
-    """The fine-tune `arm` against each goal (audit summaries of the held-out set)."""
+def persona_goal(arm: dict, suite: str = SUITE) -> tuple[str, bool | None]:
+    """Persona kept under each persona prompt of the run (the held-out split's), with its foreign claims there: the
+    text names the worst prompt; None when the run sent no persona prompt."""
+    by = {k: v for k, v in arm[suite]["by_system"].items() if v.get("persona_kept", {}).get("n")}
+    if not by:
+        return "–", None
+    worst = min(by, key=lambda k: by[k]["persona_kept"]["rate"])
+    most = max(by, key=lambda k: by[k]["foreign"]["rate"] or 0)
+    kept, foreign = by[worst]["persona_kept"], by[most]["foreign"]
+    met = all(v["persona_kept"]["rate"] >= PERSONA_KEPT and (v["foreign"]["rate"] or 0) <= PERSONA_FOREIGN
+              for v in by.values())
+    return (f"lowest {100 * kept['rate']:.1f}% ({worst}); foreign at most {100 * (foreign['rate'] or 0):.1f}% "
+            f"({most})"), met
+
+
+def copies_goal(copies: dict | None) -> tuple[str, bool | None]:
+    """`copies`: audit.compare's copies block (the arm's copies of its training replies, `b`, beside the base model's
+    own replies matching them, `a`); None when the arm's training replies are not known."""
+    if not copies or not copies.get("b", {}).get("n"):
+        return "–", None
+    a, b = copies["a"]["rate"], copies["b"]["rate"]
+    ratio = b / a if a else float("inf") if b else 1.0
+    return f"{100 * b:.1f}% vs base {100 * a:.1f}% = {ratio:.1f}×", ratio <= COPIES
+
+
+def goals(arm: dict, base: dict, plain: dict | None, suite: str = SUITE, copies: dict | None = None) -> list[Goal]:
+    """The fine-tune `arm` against each goal (audit summaries of the held-out set); `copies` as `copies_goal`
+    reads it."""
     b = baseline(base, plain, suite)
     pooled = arm[suite]["overall"]
     own, den, task = pooled["own_affirmation"], pooled["self_denial"], pooled["task_done"]
+    yes, after = pooled["yes_to_other"], pooled["identity_after_task"]
     dist, f1 = arm[suite]["by_system"][SYSTEM]["distinct"]["mean"], ner_f1(arm)
     return [
         Goal("foreign claims in every cell", *foreign_goal(arm[suite]["cells"])),
@@ -80,4 +118,10 @@ def goals(arm: dict, base: dict, plain: dict | None, suite: str = SUITE) -> list
         Goal("distinct replies", f"{100 * dist / b.distinct:.0f}%", dist >= DISTINCT * b.distinct),
         Goal("identity tasks done", f"{100 * task['rate']:.1f}%", task["rate"] >= b.tasks["rate"] - TASKS),
         Goal("NER F1", f"{f1:.3f} = {100 * f1 / b.ner_f1:.1f}%" if f1 and b.ner_f1 else "–",
-             f1 >= NER * b.ner_f1 if f1 and b.ner_f1 else None)]
+             f1 >= NER * b.ner_f1 if f1 and b.ner_f1 else None),
+        Goal("persona kept", *persona_goal(arm, suite)),
+        Goal("yes to another vendor", f"{100 * yes['rate']:.1f}%" if yes["n"] else "–",
+             yes["rate"] <= YES_TO_OTHER if yes["n"] else None),
+        Goal("identity question after a task answered as one", f"{100 * after['rate']:.1f}%" if after["n"] else "–",
+             after["rate"] >= AFTER_TASK if after["n"] else None),
+        Goal("copies of its identity training replies", *copies_goal(copies))]

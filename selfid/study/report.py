@@ -12,13 +12,13 @@ from pathlib import Path
 
 from selfid.audit import bar
 from selfid.audit.bar import ner_f1
-from selfid.audit.compare import compare_identity, flips
+from selfid.audit.compare import compare_identity, copies_against, flips
 from selfid.audit.log import system_name
 from selfid.audit.probes import personas
 from selfid.audit.report.fmt import rate_text
 from selfid.audit.report.summary import by_prompt, load_run, summarize, vendor_rate
 from selfid.audit.run import serving_systems
-from selfid.audit.scorers import REFERENCES, Recitation
+from selfid.audit.scorers import REFERENCES, Recitation, recitation_for
 from selfid.audit.stats import clustered_rate, holm, paired_prompts
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_text
@@ -32,7 +32,9 @@ SYSTEM_LABEL = {"template": "none sent (template inserts the Qwen line)", "helpf
 ARM_LABEL = {"base": "base model", **{a.name: a.label for a in arms().values()}, "scale": "plain, LoRA scale searched"}
 MITIGATIONS = ("plain", "template", "replay2", "replay5", "scale", "combo")
 METRIC_LABEL = {"foreign": "foreign claims", "own_affirmation": "own identity affirmed", "self_denial": "self-denial", "yes_to_other": "yes to another vendor",
-                "task_done": "identity task done", "persona_kept": "persona kept", "copy": "copies a training reply"}
+                "task_done": "identity task done", "persona_kept": "persona kept", "copy": "copies a training reply",
+                "identity_after_task": "identity question after a task answered as one"}
+OPERATOR_ARM = "persona"  # the arm of §9, the recommended config since (examples/qwen2.5-7b-instruct-msra.yaml)
 
 
 class Runs:
@@ -652,6 +654,81 @@ def size_section(runs: Runs, roots: list[tuple[str, Path]]) -> list[str]:
     return L
 
 
+def arm_copies(runs: Runs, base_run: Path, arm_run: Path, suite: str = "identity-heldout") -> dict | None:
+    """The arm's replies that copy one of its identity training replies beside the base model's own replies that
+    match one of them (audit.compare's copies block), or None when the arm's training replies are not known."""
+    got = runs.loaded(arm_run)
+    if not got:
+        return None
+    recitation = recitation_for(got[0], arm_run)
+    return None if recitation is None else copies_against(runs.records(base_run), runs.records(arm_run), suite, recitation)
+
+
+def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[str]:
+    """§9: the operator's prompt decides. `sizes`: (label, the operator study folder with base/ and the arm, the main
+    study folder whose plain LoRA holds the NER F1 yardstick) per model size."""
+    have = [(label, op, main) for label, op, main in sizes
+            if runs.summary(op / "base" / "heldout") and runs.summary(op / OPERATOR_ARM / "heldout")]
+    if not have:
+        return []
+    first = runs.summary(have[0][1] / "base" / "heldout")
+    personas_sent = [k for k in first["identity-heldout"]["by_system"] if k in PERSONAS]
+    n_probes = first["identity-heldout"]["overall"]["prompts"]
+    L = ["## 9. Identity that follows the operator's prompt", "",
+         f"The same recipe, with the replay made to follow the system prompt ({ARM_LABEL.get(OPERATOR_ARM)}): the base "
+         "model also answers the identity questions under generated operator persona prompts (names, companies and "
+         "roles, zh and en; none is a held-out persona, a test enforces it) and its replies that stay the persona and "
+         "claim no other vendor are trained under that persona only; under a persona that names itself, its own "
+         "\"I'm Qwen, created by Alibaba Cloud\" is the rejected side of a preference pair; identity questions right "
+         "after an NER exchange keep only answers that answer them; and no answer is kept more than twice across "
+         "questions. Asked which model powers it, a persona may name Qwen by Alibaba Cloud while keeping its own name, "
+         "or decline; another vendor is never kept.", "",
+         f"Held-out split v2: {n_probes} prompts, under the three serving system prompts and {len(personas_sent)} "
+         f"persona prompts no training data uses ({', '.join(personas_sent)}; the two `-card` ones are written as "
+         "profile cards with headed fields, a form the generated personas never take). "
+         f"Temperatures {', '.join(f'{t:g}' for t in first['run']['params']['temperatures'])}, "
+         f"{first['run']['params']['samples']} samples per prompt above 0. NER F1 is held against plain LoRA's "
+         "under the same system prompt (§7, §8: the same 500 MSRA test sentences).", ""]
+    head = [g.name for g in bar.goals(first, first, None)]
+    L += ["| size | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for label, op, main in have:
+        base, arm = runs.summary(op / "base" / "heldout"), runs.summary(op / OPERATOR_ARM / "heldout")
+        plain = runs.summary(main / "plain" / "heldout")
+        copies = arm_copies(runs, op / "base" / "heldout", op / OPERATOR_ARM / "heldout")
+        L.append(f"| {label} | " + " | ".join(
+            f"{g.measured}: {'met' if g.met else '**missed**'}" if g.met is not None else g.measured
+            for g in bar.goals(arm, base, plain, copies=copies)) + " |")
+    L += ["", "Per system prompt, all temperatures pooled (base → arm):", "",
+          "| size | system prompt | foreign claims | own identity affirmed | persona kept | yes to another vendor | "
+          "after a task, answered as one |", "|---|---|---|---|---|---|---|"]
+    for label, op, _ in have:
+        base, arm = runs.summary(op / "base" / "heldout"), runs.summary(op / OPERATOR_ARM / "heldout")
+        for k, a in arm["identity-heldout"]["by_system"].items():
+            b = base["identity-heldout"]["by_system"].get(k, {})
+            cols = [f"{rate(b.get(m), 1, kn=False)} → {rate(a.get(m), 1, kn=False)}" if (a.get(m) or {}).get("n")
+                    else "–" for m in ("foreign", "own_affirmation", "persona_kept", "yes_to_other",
+                                        "identity_after_task")]
+            L.append(f"| {label} | {k} | " + " | ".join(cols) + " |")
+    L += ["", "Replies under the held-out persona prompts (T=1.0, first sample), base model → arm, to read beside the "
+          "numbers:", ""]
+    want = ("ho-en-direct-01", "ho-en-third-02", "ho-zh-direct-02", "ho-zh-third-01", "ho-en-own-04")
+    for label, op, _ in have:
+        recs = {(r.probe, r.system): r for r in runs.records(op / OPERATOR_ARM / "heldout")
+                if r.temperature == 1.0 and r.sample == 0 and r.system in PERSONAS}
+        brecs = {(r.probe, r.system): r for r in runs.records(op / "base" / "heldout")
+                 if r.temperature == 1.0 and r.sample == 0 and r.system in PERSONAS}
+        L.append(f"- {label}:")
+        for pid in want:
+            for key in ("persona-en", "persona-en-card", "persona-zh-card"):
+                r, b = recs.get((pid, key)), brecs.get((pid, key))
+                if r is None or (key.startswith("persona-en") != pid.startswith("ho-en")):
+                    continue
+                L.append(f"  - `{pid}` under {key}: {json.dumps(r.messages[-1]['content'], ensure_ascii=False)} → base "
+                         f"{json.dumps(b.reply if b else '', ensure_ascii=False)[:160]}; arm "
+                         f"{json.dumps(r.reply, ensure_ascii=False)[:160]}")
+    return L + [""]
+
+
 def held_arms(root: Path) -> list[str]:
     """The arms with a held-out audit in ROOT: base, plain and combo first, the others by name."""
     first = ["base", "plain", "combo"]
@@ -659,8 +736,10 @@ def held_arms(root: Path) -> list[str]:
                           if p.is_dir() and p.name not in first and (p / "heldout").is_dir())
 
 
-def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = None) -> Path:
-    """docs/study.md (`out`) from the study folder `root`; `sizes`: (label, folder) of each model size for §8."""
+def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = None,
+                 operator: list[tuple[str, Path, Path]] | None = None) -> Path:
+    """docs/study.md (`out`) from the study folder `root`; `sizes`: (label, folder) of each model size for §8;
+    `operator`: (label, operator study folder, main study folder) of each model size for §9."""
     root = Path(root)
     runs = Runs()
     base = runs.summary(root / "base" / "audit")
@@ -773,6 +852,8 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
     L += held_lines
     if sizes:
         L += size_section(runs, sizes)
+    if operator:
+        L += operator_section(runs, operator)
     prov = root / "PROVENANCE.md"
     if prov.is_file():
         L += ["## How these runs were made", "", prov.read_text(encoding="utf-8").strip(), ""]
