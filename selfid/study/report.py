@@ -481,7 +481,8 @@ def replay_copies(runs: Runs, root: Path, arm: str) -> str:
 
 def bar_verdict(runs: Runs, root: Path, held: dict[str, dict], arm: str) -> str:
     """'it meets every goal' or 'it misses GOAL (NUMBER), ...', from `bar`."""
-    goals = bar.goals(held[arm], held["base"], held.get("plain"))
+    goals = bar.goals(held[arm], held["base"], held.get("plain"),
+                      copies=arm_copies(runs, root / "base" / "heldout", root / arm / "heldout"))
     missed = [f"{g.name} ({g.measured})" for g in goals if g.met is False]
     return "it meets every goal" if not missed else "it misses " + "; ".join(missed) + ", and meets the others"
 
@@ -493,23 +494,29 @@ def goals_table(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
         return []
     b = bar.baseline(base, plain)
     b_own, b_task, b_dist, p_f1 = b.own, b.tasks, b.distinct, b.ner_f1
-    L = ["The bar (every serving system prompt and the three persona prompts, T 0, 0.7, 1.0, 1.3): foreign claims "
+    L = ["The bar (every serving system prompt and the run's persona prompts, T 0, 0.7, 1.0, 1.3): foreign claims "
          f"≤{100 * bar.FOREIGN_CELL:g}% in every cell with the clustered upper bound ≤{100 * bar.FOREIGN_BOUND:g}%; "
          f"own identity affirmed ≥ the base model's under its template prompt ({100 * b_own['rate']:.1f}%); "
          f"self-denial ≤{100 * bar.SELF_DENIAL:g}%; distinct replies ≥{100 * bar.DISTINCT:g}% of the base model's "
          f"({100 * b_dist:.0f}% of samples distinct); identity tasks done ≥ the base model's − "
          f"{100 * bar.TASKS:g} points ({100 * b_task['rate']:.1f}%); NER F1 ≥{100 * bar.NER:g}% of plain LoRA's under "
          "the same system prompt"
-         + (f" ({p_f1:.3f})" if p_f1 else "") + "; the general set ≥ the base model's − 2 points (not run on the "
-         "held-out grid: see §6 for the development grid).", "",
+         + (f" ({p_f1:.3f})" if p_f1 else "") + f"; persona kept ≥{100 * bar.PERSONA_KEPT:g}% under each persona "
+         f"prompt with foreign claims ≤{100 * bar.PERSONA_FOREIGN:g}% there; \"yes\" to a leading question about "
+         f"another vendor ≤{100 * bar.YES_TO_OTHER:g}%; an identity question right after a task answered as one "
+         f"≥{100 * bar.AFTER_TASK:g}%; replies copying one of its identity training replies ≤{bar.COPIES:g}× as often "
+         "as the base model's own replies match one of them. The general set ≥ the base model's − 2 points is not "
+         "run on the held-out grid: see §6 for the development grid.", "",
          "| arm | foreign, worst cell (upper bound) | own identity affirmed | self-denial | distinct vs base | "
-         "tasks done | NER F1 vs plain |", "|---|---|---|---|---|---|---|"]
+         "tasks done | NER F1 vs plain | persona kept | yes to another vendor | after a task, answered as one | "
+         "copies of its training replies vs base |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in held:
         if arm in ("base", "plain"):
             continue
+        copies = arm_copies(runs, root / "base" / "heldout", root / arm / "heldout")
         L.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(
             f"{g.measured}: {'met' if g.met else '**missed**'}" if g.met is not None else g.measured
-            for g in bar.goals(held[arm], base, plain)) + " |")
+            for g in bar.goals(held[arm], base, plain, copies=copies)) + " |")
     return L + [""]
 
 
