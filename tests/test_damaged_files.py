@@ -214,4 +214,6 @@ def test_the_manifest_counts_the_whole_run_across_a_resume(run_copy):
     assert len(all_rows) == 6 and before_tokens < metrics["tokens_trained"]
     assert metrics["tokens_trained"] == sum(int(r["tokens"]) for r in all_rows) == result.metrics["tokens_trained"]
     assert metrics["train_wall_s"] >= float(all_rows[-1]["elapsed_s"]) > first_session_s
-    assert metrics["tokens_per_s"] == pytest.approx(metrics["tokens_trained"] / metrics["train_wall_s"], rel=0.01)
+    # train_wall_s is rounded to 0.01 s, which on this tiny run's fraction of a second moves the ratio by a few %
+    wall = metrics["train_wall_s"]
+    assert metrics["tokens_trained"] / (wall + 0.005) <= metrics["tokens_per_s"] <= metrics["tokens_trained"] / (wall - 0.005)

@@ -45,10 +45,10 @@ def test_plain_lora_passes_at_0_5b_its_known_rise_inside_the_default_threshold()
     assert result["verdict"] == "pass", [(c["metric"], c["system"], c["outcome"]) for c in result["cells"]]
     assert result["tested"] == len(result["cells"]) == 31  # 6 foreign, 4 own, 4 denial, 6 yes, 3 persona, 6 distinct, 2 NER
     foreign = {c["system"]: c for c in result["cells"] if c["metric"] == "foreign_claims"}
-    # the known rise under an empty system prompt (+2.4 points, 41 prompts up): real-looking but not significant,
-    # and a 5-point rise is ruled out at the power level
+    # the known rise under an empty system prompt (a couple of points, more prompts up than down): real-looking but
+    # not significant, and a 5-point rise is ruled out at the power level
     empty = foreign["empty"]
-    assert 0.02 < empty["harm"] < 0.03 and empty["p_holm"] > 0.05
+    assert 0.01 < empty["harm"] < 0.03 and empty["p_holm"] > 0.05
     assert empty["power_bound"] < empty["limit"] <= empty["bound"]
 
 
