@@ -49,7 +49,7 @@ def test_plain_lora_passes_at_0_5b_its_known_rise_inside_the_default_threshold()
     # not significant, and a 5-point rise is ruled out at the power level
     empty = foreign["empty"]
     assert 0.01 < empty["harm"] < 0.03 and empty["p_holm"] > 0.05
-    assert empty["power_bound"] < empty["limit"] <= empty["bound"]
+    assert empty["power_bound"] < empty["limit"]
 
 
 def test_the_v1_templated_arm_fails_on_self_denial_and_distinct_replies():
