@@ -60,7 +60,10 @@ def _one_line_deprecations() -> None:
     warnings.showwarning = show
 
 
-MODEL_HELP = "'embedded' (Qwen2.5-Coder-0.5B-Instruct, bundled), a transformers folder, a .gguf file or a hub id"
+MODEL_HELP = ("'embedded' (Qwen2.5-Coder-0.5B-Instruct, bundled), embedded-1.5b or gemma3-270m (optional extras), "
+              "a transformers folder, a .gguf file or a hub id")
+TEMPLATE_HELP = ("a Jinja chat template file to render chats with, for a model without one (a pretrained model, "
+                 "e.g. gemma3-270m with examples/gemma3-chat-template.jinja); default: the adapter's, else the model's own")
 SYSTEM_HELP = ("system prompt: template (the chat template's own), none, empty, adapter (the one it was trained "
                "under) or a text; default: adapter when the adapter's selfid.json records one, else template")
 
@@ -69,6 +72,7 @@ SYSTEM_HELP = ("system prompt: template (the chat template's own), none, empty, 
 def chat(
     model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
     system: Optional[str] = typer.Option(None, "--system", "-s", help=SYSTEM_HELP),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 = greedy; default: the model's own"),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="default: the model's own"),
@@ -83,7 +87,7 @@ def chat(
     from selfid.model.load import load_model
     from selfid.terminal import run_chat
 
-    loaded = load_model(model, adapter=adapter, device=device, dtype=dtype)
+    loaded = load_model(model, adapter=adapter, device=device, dtype=dtype, chat_template=chat_template)
     params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=temperature, top_p=top_p,
                                           max_new_tokens=max_tokens, seed=seed)
     chosen, training = _system_setting(system, loaded)
@@ -104,7 +108,7 @@ def _system_setting(setting: str | None, loaded):
 
 # --- serve: `selfid api` and `selfid webchat` (one server: the API under /v1, the page at /) ---
 def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page: bool,
-           allowed_host=(), max_pending=None) -> None:
+           allowed_host=(), max_pending=None, chat_template=None) -> None:
     from selfid.serve.api import ANY_HOST, allowed_hosts, create_app, service_from_args
     from selfid.serve.server import check_port_free, default_port, serve, setup_logging
 
@@ -115,7 +119,7 @@ def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, d
     hosts = allowed_hosts(host, allowed_host or ())
     service = service_from_args(model, adapter or [], device=device, dtype=dtype, api_key=key,
                                 max_batch_size=max_batch_size, default_model=default_model, allowed_hosts=hosts,
-                                max_pending=max_pending)
+                                max_pending=max_pending, chat_template=chat_template)
     names = ", ".join(service.served)
     where = f"http://{host}:{port}"
     keyed = " (API key required)" if key else ""
@@ -140,6 +144,7 @@ def _serve_verb(page: bool):
         model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
         adapter: Optional[list[str]] = typer.Option(
             None, "--adapter", "-a", help="NAME=PATH: serve the LoRA adapter at PATH as model NAME (repeatable)"),
+        chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
         host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
         port: Optional[int] = typer.Option(None, "--port", help=f"default: $API_PORT, else {fallback}"),
         api_key: Optional[str] = typer.Option(
@@ -159,7 +164,7 @@ def _serve_verb(page: bool):
             "Retry-After (default: twice --max-batch-size)"),
     ):
         _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page,
-               allowed_host=allowed_host, max_pending=max_pending)
+               allowed_host=allowed_host, max_pending=max_pending, chat_template=chat_template)
 
     return verb
 
@@ -186,6 +191,7 @@ def audit(
     out: Path = typer.Option(..., "--out", "-o", help="run folder: run.json, generations.jsonl, summary.json, report.html"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " (default: embedded)"),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="audit an OpenAI-compatible endpoint instead, e.g. http://localhost:8000/v1"),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="the model name the endpoint serves"),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="the endpoint's key (default: $OPENAI_API_KEY)"),
@@ -226,8 +232,9 @@ def audit(
     from selfid.audit.report import print_summary
     from selfid.audit.run import AuditParams, condition_keys, parse_list, parse_systems, run_audit
 
-    if base_url and (model or adapter):
-        raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
+    if base_url and (model or adapter or chat_template):
+        raise SelfidError("give either --model/--adapter/--chat-template (in-process) or --base-url/--model-name "
+                          "(endpoint), not both")
     if own_from and not base_url:
         raise SelfidError("--own-from is for auditing an endpoint (--base-url); in-process, --model names the model")
     if base_url and not model_name:
@@ -243,7 +250,8 @@ def audit(
         from selfid.engine import InProcessEngine
         from selfid.model.load import load_model
 
-        loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype)
+        loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype,
+                            chat_template=chat_template)
         backend = InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size))
         manifest = loaded.manifest
     params = AuditParams(suites=parse_list(suites, "suites"), systems=parse_systems(systems, manifest),
@@ -369,6 +377,7 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="a new folder for the merged model"),
     merge: bool = typer.Option(False, "--merge", help="merge the LoRA weights into the base model (required)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="the base model; default: from the adapter's manifest"),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
     gguf: bool = typer.Option(False, "--gguf", help="also write OUT/gguf/model-TYPE.gguf for llama.cpp and ollama "
                               "(Qwen2-architecture models), with the chat template and an ollama Modelfile"),
     gguf_types: str = typer.Option("bf16,q8_0", "--gguf-types", help="comma-separated: f32, f16, bf16, q8_0, q5_1, "
@@ -381,7 +390,7 @@ def export(
     from selfid.train.export import export as run
 
     info = run(adapter, out, model=model, merge=merge, gguf=gguf_types if gguf else False, dtype=dtype,
-               system=system, warn=lambda text: print(f"warning: {text}"))
+               system=system, warn=lambda text: print(f"warning: {text}"), chat_template=chat_template)
     print(f"exported to {out} ({info['dtype']}); default system prompt {info['default_system']!r}, "
           f"template {info['template_hash']}")
     for g in info.get("gguf", []):
@@ -392,6 +401,7 @@ def export(
 def eval_ner(
     model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
     n: int = typer.Option(500, "--n", help="MSRA test sentences to score (the first N)"),
     system: Optional[str] = typer.Option(None, "--system", "-s", help=SYSTEM_HELP),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="most sequences decoded at once"),
@@ -404,7 +414,7 @@ def eval_ner(
     from selfid.model.load import load_model
     from selfid.train.eval_ner import evaluate_ner, table
 
-    loaded = load_model(model, adapter=adapter, device=device, dtype=dtype)
+    loaded = load_model(model, adapter=adapter, device=device, dtype=dtype, chat_template=chat_template)
     report = evaluate_ner(loaded, n=n, system=_system_setting(system, loaded)[0], batch_size=batch_size,
                           progress=True)
     print(table(report))

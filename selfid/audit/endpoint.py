@@ -69,7 +69,8 @@ def read_reference(spec: str) -> Reference:
     if spec in EMBEDDED:
         from selfid.model.embedded import ensure_embedded
 
-        return _with_tokenizer(Reference(spec, "qwen", f"{spec} is Qwen"), ensure_embedded(spec))
+        return _with_tokenizer(Reference(spec, EMBEDDED[spec].vendor, f"{spec} is {EMBEDDED[spec].title}"),
+                               ensure_embedded(spec))
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _gguf_reference(path)
@@ -93,7 +94,7 @@ def read_reference(spec: str) -> Reference:
                   ("selfid.json architecture", base.get("architecture")), ("folder name", path.name)]
     for why, value in candidates:
         if value in EMBEDDED:
-            vendor = "qwen"
+            vendor = EMBEDDED[value].vendor
         else:
             vendor = vendor_of(str(value or ""))
         if vendor:

@@ -9,7 +9,6 @@ unless the request says otherwise.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import re
 from dataclasses import dataclass, replace
@@ -20,7 +19,8 @@ from selfid.engine import BASE_MODEL
 from selfid.errors import SelfidError
 from selfid import manifest as manifest_mod
 from selfid.model.chat import ChatFormat
-from selfid.model.load import SAMPLING_KEYS, LoadedModel, adapter_fix, check_adapter, load_model, unreadable
+from selfid.model.load import (SAMPLING_KEYS, LoadedModel, adapter_fix, adapter_template, check_adapter,
+                               load_model, unreadable)
 from selfid.system_prompt import SystemPrompt
 
 log = logging.getLogger("selfid.serve")
@@ -91,12 +91,13 @@ def base_name(loaded: LoadedModel) -> str:
 
 
 def load_served(model: str, adapters: Sequence[str] = (), device: str | None = None, dtype: str | None = None,
-                progress: bool = True) -> tuple[LoadedModel, list[Served]]:
-    """Load the base model once and every adapter onto it (PEFT, one adapter per name)."""
+                progress: bool = True, chat_template=None) -> tuple[LoadedModel, list[Served]]:
+    """Load the base model once (with `chat_template`, a file, when given) and every adapter onto it (PEFT, one
+    adapter per name)."""
     specs = parse_adapter_specs(adapters)
     for _, folder in specs:  # before the base model loads, so a damaged adapter fails in a second
         check_adapter(folder)
-    loaded = load_model(model, device=device, dtype=dtype, progress=progress)
+    loaded = load_model(model, device=device, dtype=dtype, progress=progress, chat_template=chat_template)
     name = base_name(loaded)
     if any(n == name for n, _ in specs):
         raise SelfidError(f"adapter name {name!r} is the base model's name: pick another NAME in --adapter NAME=PATH")
@@ -159,15 +160,8 @@ def adapter_served(name: str, folder: Path, parent: str, loaded: LoadedModel) ->
 
 def adapter_chat(folder: Path, loaded: LoadedModel) -> ChatFormat:
     """The adapter's own chat template when its folder carries one, else the base model's."""
-    template = None
-    if (folder / "chat_template.jinja").is_file():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    elif (folder / "tokenizer_config.json").is_file():
-        try:
-            template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
-        except (ValueError, AttributeError):
-            template = None
-    if not isinstance(template, str) or template == loaded.chat.template:
+    template = adapter_template(folder)
+    if template is None or template == loaded.chat.template:
         return loaded.chat
     tok = copy.copy(loaded.tokenizer)
     tok.chat_template = template
