@@ -88,10 +88,16 @@ def chat(
     from selfid.terminal import run_chat
 
     loaded = load_model(model, adapter=adapter, device=device, dtype=dtype, chat_template=chat_template)
+    _warn(loaded.template_warnings)
     params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=temperature, top_p=top_p,
                                           max_new_tokens=max_tokens, seed=seed)
     chosen, training = _system_setting(system, loaded)
     run_chat(InProcessEngine(loaded), params, system=chosen, prompt=prompt, training=training)
+
+
+def _warn(lines) -> None:
+    for line in lines:
+        print(f"selfid: warning: {line}", file=sys.stderr)
 
 
 def _system_setting(setting: str | None, loaded):
@@ -252,6 +258,7 @@ def audit(
 
         loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype,
                             chat_template=chat_template)
+        _warn(loaded.template_warnings)
         backend = InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size))
         manifest = loaded.manifest
     params = AuditParams(suites=parse_list(suites, "suites"), systems=parse_systems(systems, manifest),
@@ -260,6 +267,11 @@ def audit(
                          identity_probes=str(probes) if probes else None,
                          task_systems=condition_keys(parse_list(task_systems, "task-systems")) if task_systems else None)
     summary = run_audit(backend, params, out, resume=resume, judge=judge)
+    if base_url:  # what --own-from's adapter folder says about its training template, recorded in run.json
+        import json
+
+        endpoint = json.loads((out / "run.json").read_text(encoding="utf-8")).get("endpoint") or {}
+        _warn((endpoint.get("reference") or {}).get("template_warnings") or ())
     print_summary(summary)
     print(out / "report.html")
 

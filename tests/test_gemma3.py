@@ -143,3 +143,66 @@ def test_varlen_gives_sliding_layers_their_window(tiny_gemma, monkeypatch):
             set_attention(tiny_gemma.model, "sdpa", torch.device("cpu"))
     assert windows == [(GEMMA_WINDOW - 1, 0), (GEMMA_WINDOW - 1, 0), (-1, 0), (GEMMA_WINDOW - 1, 0)]
     torch.testing.assert_close(varlen, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained_gemma(tiny_gemma_dir, tmp_path_factory):
+    """A few LoRA steps on the tiny Gemma 3 under Gemma's instruction format, given as the config's chat_template."""
+    from selfid.train.sft import train
+    from tests.train_helpers import tiny_config, write_data
+
+    folder = tmp_path_factory.mktemp("gemma-run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SELFID_HOME", str(folder / "home"))
+        out = folder / "run"
+        result = train(tiny_config(tiny_gemma_dir, out, write_data(folder), "train.max_steps=4", "data.0.weight=2",
+                                   f"chat_template={GEMMA_TEMPLATE}"))
+        yield out / "adapter", result
+
+
+def test_training_keeps_the_template_with_the_adapter_and_loading_renders_as_trained(trained_gemma, tiny_gemma_dir,
+                                                                                      tiny_gemma):
+    adapter, result = trained_gemma
+    assert result.steps_done == 4 and result.metrics["final_loss"] > 0
+    assert (adapter / "chat_template.jinja").read_text() == GEMMA_TEMPLATE.read_text()
+    m = json.loads((adapter / "selfid.json").read_text())
+    assert m["chat_template"]["source"] == f"--chat-template {GEMMA_TEMPLATE}"
+    assert m["base_model"]["architecture"] == "Gemma3ForCausalLM"
+    loaded = load_model(str(tiny_gemma_dir), adapter=adapter, device="cpu", progress=False)  # no --chat-template
+    assert loaded.template_source == f"the adapter folder {adapter}"
+    assert loaded.chat.template_hash == tiny_gemma.chat.template_hash == m["train"]["template_hash"]
+
+
+def test_an_audit_of_the_trained_adapter_knows_it_is_googles(trained_gemma, tiny_gemma_dir, tmp_path):
+    from selfid.audit.backends import InProcessBackend
+    from selfid.audit.run import AuditParams, SystemSpec, run_audit
+    from tests.audit_helpers import write_probes
+
+    adapter, _ = trained_gemma
+    loaded = load_model(str(tiny_gemma_dir), adapter=adapter, device="cpu", progress=False)
+    probes = write_probes(tmp_path / "probes.jsonl", ["en-direct-01", "zh-direct-01"])
+    params = AuditParams(suites=["identity"], systems=[SystemSpec("default", None)], temperatures=[0.0, 0.7],
+                         samples=2, seed=1, max_new_tokens=8, own="auto", identity_probes=str(probes))
+    summary = run_audit(InProcessBackend(loaded), params, tmp_path / "audit", show_progress=False)
+    run = json.loads((tmp_path / "audit" / "run.json").read_text())
+    assert run["own"] == "google" and "gemma3_text" in run["own_source"]
+    assert run["target"]["template_source"].startswith("the adapter folder")
+    assert summary["run"]["complete"]
+    rendered = [json.loads(line)["rendered"] for line in (tmp_path / "audit" / "generations.jsonl").open()]
+    assert rendered and all(r.startswith("<bos><start_of_turn>user\n") for r in rendered)
+
+
+def test_export_merges_into_a_folder_that_serves_with_the_training_template(trained_gemma, tiny_gemma_dir, tmp_path):
+    from selfid.train.export import export
+
+    adapter, _ = trained_gemma
+    info = export(adapter, tmp_path / "merged", progress=False)
+    merged = load_model(str(tmp_path / "merged"), device="cpu", progress=False)  # its own template now
+    assert merged.template_source == "the model's own" and info["template_hash"] == merged.chat.template_hash
+    assert merged.chat.template == GEMMA_TEMPLATE.read_text()
+    tuned = load_model(str(tiny_gemma_dir), adapter=adapter, device="cpu", progress=False)
+    ids = torch.tensor([tuned.chat.encode(tuned.chat.render(conversation(QUESTIONS[3])))])
+    with torch.no_grad():
+        torch.testing.assert_close(merged.model(ids).logits, tuned.model(ids).logits, atol=1e-4, rtol=1e-4)
+        base = load_model(str(tiny_gemma_dir), device="cpu", progress=False, chat_template=GEMMA_TEMPLATE)
+        assert not torch.allclose(base.model(ids).logits, tuned.model(ids).logits, atol=1e-3)  # the LoRA moved it

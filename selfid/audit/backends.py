@@ -74,7 +74,9 @@ class InProcessBackend:
             "backend": self.kind, "model": m.name, "source": m.source, "path": str(m.path) if m.path else None,
             "adapter": str(m.adapter) if m.adapter else None, "adapter_manifest": m.manifest.record() if m.manifest else None,
             "template_hash": m.chat.template_hash, "template_default_system": m.chat.default_system,
-            "template_source": m.template_source, "generation_defaults": m.generation_defaults, "generation_defaults_source": m.generation_defaults_source,
+            "template_source": m.template_source, "template_warnings": list(m.template_warnings),
+            "trained_with": m.trained_with.record() if m.trained_with else None,
+            "generation_defaults": m.generation_defaults, "generation_defaults_source": m.generation_defaults_source,
             "device": str(m.device), "dtype": str(next(m.model.parameters()).dtype).replace("torch.", ""),
             "model_type": getattr(m.model.config, "model_type", None), "torch": torch.__version__,
         }

@@ -59,6 +59,8 @@ class Reference:
     why: str  # what the vendor was read from
     tokenizer: object | None = None  # the chat template's tokenizer, for expected token counts
     template_hash: str | None = None
+    trained_with: dict | None = None  # an adapter folder's account of its training (selfid/model/trained_with.py)
+    template_warnings: tuple[str, ...] = ()  # where that training template differs from the model's own
 
 
 def read_reference(spec: str) -> Reference:
@@ -102,10 +104,31 @@ def read_reference(spec: str) -> Reference:
             break
     else:
         ref = Reference(str(path), None, "nothing in it names a model family")
-    tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else None
-    if tokenizer_dir is None and base.get("path") and Path(base["path"]).is_dir():
-        tokenizer_dir = Path(base["path"])
-    return _with_tokenizer(ref, tokenizer_dir)
+    base_dir = next((Path(b) for b in (base.get("path"), base.get("name")) if b and Path(b).is_dir()), None)
+    tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else base_dir
+    ref = _with_tokenizer(ref, tokenizer_dir)
+    if (path / "adapter_config.json").is_file():
+        own = ref if tokenizer_dir == base_dir else _with_tokenizer(Reference(str(base_dir), None, ""), base_dir)
+        _with_training(ref, path, own.tokenizer if own.tokenizer is not None else ref.tokenizer)
+    return ref
+
+
+def _with_training(ref: Reference, folder: Path, own_tokenizer) -> None:
+    """What an adapter folder says about its training, and where its template differs from the model's own: the
+    base model's tokenizer's when the base is a local folder, else the one the adapter folder carries
+    (LLaMA-Factory saves the model's own there unless the model had none)."""
+    from selfid.model.chat import ChatFormat
+    from selfid.model.trained_with import read_trained_with, template_warnings
+
+    trained = read_trained_with(folder)
+    ref.trained_with = trained.record()
+    if own_tokenizer is None:
+        return
+    try:
+        chat = ChatFormat(own_tokenizer)
+    except SelfidError:  # no template to compare with
+        return
+    ref.template_warnings = tuple(template_warnings(trained, chat.template, chat.default_system))
 
 
 def _with_tokenizer(ref: Reference, folder: Path | None) -> Reference:
@@ -382,7 +405,9 @@ def examine(backend, params, reference_spec: str | None = None) -> dict:
         "model_name": backend.model_name, "listed": listed, "answered_as": first.model,
         "placeholder_names": [n for n in names if is_placeholder(n)],
         "reference": None if reference is None else {"path": reference.path, "vendor": reference.vendor,
-                                                     "why": reference.why, "template_hash": reference.template_hash},
+                                                     "why": reference.why, "template_hash": reference.template_hash,
+                                                     "trained_with": reference.trained_with,
+                                                     "template_warnings": list(reference.template_warnings)},
         "own": own, "system_prompts": handling, "parameters": checks, "ignored": ignored(checks, handling),
         "duplicates": {k: c["same_as"] for k, c in handling.get("conditions", {}).items() if c["same_as"]},
         "cannot_see": list(CANNOT_SEE),

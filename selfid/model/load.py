@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -14,10 +15,10 @@ from selfid.io import CHECKSUMS, verify_checksums
 from selfid.manifest import Manifest, read as read_manifest
 from selfid.model.chat import ChatFormat
 from selfid.model.embedded import EMBEDDED, MARKER, ensure_converted, ensure_embedded
+from selfid.model.trained_with import TrainedWith, adapter_template, read_trained_with, template_warnings
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
 OWN_TEMPLATE = "the model's own"  # LoadedModel.template_source when the tokenizer's template is used as it is
-TEMPLATE_FILE = "chat_template.jinja"  # an adapter folder's chat template (transformers writes it beside a tokenizer)
 NO_TEMPLATE = ("has no chat template (a pretrained model, or a GGUF that carries none), and selfid renders every chat "
                "with one rather than guess which: pass --chat-template FILE (a Jinja chat template; "
                "examples/gemma3-chat-template.jinja is Gemma 3's instruction format), or chat_template: FILE in a run "
@@ -40,6 +41,8 @@ class LoadedModel:
     eos_token_ids: list[int] = field(default_factory=list)
     template_source: str = OWN_TEMPLATE  # where the chat template came from (see pick_template)
     own_template: str | None = None  # the model's own chat template (None: it has none)
+    trained_with: TrainedWith | None = None  # what the adapter folder says about its training (selfid, LLaMA-Factory...)
+    template_warnings: list[str] = field(default_factory=list)  # how that differs from the model's own template
 
     @property
     def device(self):
@@ -184,20 +187,6 @@ def _from_pretrained(cls, where, kind: str, **kw):
         ) from None
 
 
-def adapter_template(folder: Path) -> str | None:
-    """The chat template an adapter folder carries (its chat_template.jinja, else its tokenizer_config.json's, as
-    LLaMA-Factory saves the tokenizer it trained with), or None."""
-    if (folder / TEMPLATE_FILE).is_file():
-        return (folder / TEMPLATE_FILE).read_text(encoding="utf-8")
-    if (folder / "tokenizer_config.json").is_file():
-        try:
-            template = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
-        except (ValueError, AttributeError):
-            return None
-        return template if isinstance(template, str) else None
-    return None
-
-
 def read_template_file(path: str | Path, what: str = "--chat-template") -> str:
     """The text of a chat template file a user names; a one-line error when it cannot be one."""
     path = Path(path).expanduser()
@@ -227,6 +216,17 @@ def pick_template(tokenizer, spec: str, chat_template: str | Path | None, adapte
     if not isinstance(tokenizer.chat_template, str) or not tokenizer.chat_template:
         raise SelfidError(f"{spec} {NO_TEMPLATE}")
     return OWN_TEMPLATE
+
+
+def _default_system(tokenizer, template: str | None) -> str | None:
+    """The system prompt `template` inserts by default (None: none, or no template)."""
+    if template is None:
+        return None
+    if template == tokenizer.chat_template:
+        return ChatFormat(tokenizer).default_system
+    own = copy.copy(tokenizer)
+    own.chat_template = template
+    return ChatFormat(own).default_system
 
 
 def generation_defaults(model, folder: Path | None) -> tuple[dict, str]:
@@ -278,6 +278,8 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
     tokenizer = _from_pretrained(AutoTokenizer, where, kind)
     own_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     template_source = pick_template(tokenizer, spec, chat_template, adapter_path)  # before the weights load
+    trained = read_trained_with(adapter_path) if adapter_path is not None else None
+    warnings_ = template_warnings(trained, own_template, _default_system(tokenizer, own_template)) if trained else []
     hf_logging.disable_progress_bar()  # loading a local folder takes seconds; its bar is noise
     try:
         # load in the stored dtype, then cast: casting while loading is slower on the CPU
@@ -307,4 +309,5 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
     return LoadedModel(model=model, tokenizer=tokenizer, chat=ChatFormat(tokenizer), name=spec,
                        source=kind, path=folder, generation_defaults=defaults,
                        generation_defaults_source=source, adapter=adapter_path, manifest=manifest,
-                       eos_token_ids=eos_ids, template_source=template_source, own_template=own_template)
+                       eos_token_ids=eos_ids, template_source=template_source, own_template=own_template,
+                       trained_with=trained, template_warnings=warnings_)

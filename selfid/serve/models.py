@@ -19,8 +19,8 @@ from selfid.engine import BASE_MODEL
 from selfid.errors import SelfidError
 from selfid import manifest as manifest_mod
 from selfid.model.chat import ChatFormat
-from selfid.model.load import (SAMPLING_KEYS, LoadedModel, adapter_fix, adapter_template, check_adapter,
-                               load_model, unreadable)
+from selfid.model.load import SAMPLING_KEYS, LoadedModel, adapter_fix, check_adapter, load_model, unreadable
+from selfid.model.trained_with import adapter_template, read_trained_with, template_warnings
 from selfid.system_prompt import SystemPrompt
 
 log = logging.getLogger("selfid.serve")
@@ -137,6 +137,8 @@ def adapter_served(name: str, folder: Path, parent: str, loaded: LoadedModel) ->
         manifest = None
     s = Served(name, parent, name, chat, defaults, source, path=folder, manifest=manifest,
                training=manifest_mod.training_system(manifest))
+    for line in template_warnings(read_trained_with(folder), loaded.chat.template, loaded.chat.default_system):
+        log.warning("adapter %s: %s", name, line)  # e.g. a LLaMA-Factory adapter trained under another system prompt
     if manifest is None:
         log.warning("adapter %s: %s has no usable selfid.json, so the system prompt used in training is unknown; "
                     "requests without a system message get the chat template's default", name, folder)

@@ -18,7 +18,7 @@ import torch
 from selfid import manifest as manifest_mod
 from selfid.errors import SelfidError
 from selfid.io import atomic_dir, atomic_write_text, verify_checksums, write_checksums
-from selfid.model.load import TEMPLATE_FILE
+from selfid.model.trained_with import TEMPLATE_FILE
 
 # settings that may change between a run and its --resume without changing what is learned (lr: after a NaN)
 RESUMABLE_CHANGES = {"train.save_every", "train.keep_checkpoints", "train.log_every", "train.compile",
