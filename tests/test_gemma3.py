@@ -206,3 +206,13 @@ def test_export_merges_into_a_folder_that_serves_with_the_training_template(trai
         torch.testing.assert_close(merged.model(ids).logits, tuned.model(ids).logits, atol=1e-4, rtol=1e-4)
         base = load_model(str(tiny_gemma_dir), device="cpu", progress=False, chat_template=GEMMA_TEMPLATE)
         assert not torch.allclose(base.model(ids).logits, tuned.model(ids).logits, atol=1e-3)  # the LoRA moved it
+
+
+def test_static_decoding_reads_rope_settings_per_layer_type(tiny_gemma, monkeypatch):
+    from selfid.engine.static import unsupported
+
+    cfg = tiny_gemma.model.config
+    assert set(cfg.rope_parameters) == {"full_attention", "sliding_attention"} and unsupported(tiny_gemma.model) is None
+    dynamic = {**cfg.rope_parameters, "full_attention": {"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0}}
+    monkeypatch.setattr(cfg, "rope_parameters", dynamic)
+    assert unsupported(tiny_gemma.model) == "rope type 'dynamic' updates itself from the positions"

@@ -144,8 +144,10 @@ def unsupported(model) -> str | None:
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
         return "the model's output head does more than a matrix product"
     rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
-    if isinstance(rope, dict) and any(t in str(rope.get("rope_type", rope.get("type", ""))) for t in ("dynamic", "longrope")):
-        return f"rope type {rope.get('rope_type') or rope.get('type')!r} updates itself from the positions"
+    ropes = [rope] if not isinstance(rope, dict) or "rope_type" in rope or "type" in rope else list(rope.values())
+    for r in ropes:  # one set of rope parameters, or one per layer type (Gemma 3: sliding and global layers)
+        if isinstance(r, dict) and any(t in str(r.get("rope_type", r.get("type", ""))) for t in ("dynamic", "longrope")):
+            return f"rope type {r.get('rope_type') or r.get('type')!r} updates itself from the positions"
     try:
         base.get_decoder(), base.get_output_embeddings()
     except Exception as e:  # noqa: BLE001 - any model without the usual decoder/head split
