@@ -64,7 +64,10 @@ def _one_line_deprecations() -> None:
     warnings.showwarning = show
 
 
-MODEL_HELP = "'embedded' (Qwen2.5-Coder-0.5B-Instruct, bundled), a transformers folder, a .gguf file or a hub id"
+MODEL_HELP = ("'embedded' (Qwen2.5-Coder-0.5B-Instruct, bundled), embedded-1.5b or gemma3-270m (optional extras), "
+              "a transformers folder, a .gguf file or a hub id")
+TEMPLATE_HELP = ("a Jinja chat template file to render chats with, for a model without one (a pretrained model, "
+                 "e.g. gemma3-270m with examples/gemma3-chat-template.jinja); default: the adapter's, else the model's own")
 SYSTEM_HELP = ("system prompt: template (the chat template's own), none, empty, adapter (the one it was trained "
                "under) or a text; default: adapter when the adapter's selfid.json records one, else template")
 
@@ -73,6 +76,7 @@ SYSTEM_HELP = ("system prompt: template (the chat template's own), none, empty, 
 def chat(
     model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
     system: Optional[str] = typer.Option(None, "--system", "-s", help=SYSTEM_HELP),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 = greedy; default: the model's own"),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="default: the model's own"),
@@ -87,11 +91,17 @@ def chat(
     from selfid.model.load import load_model
     from selfid.terminal import run_chat
 
-    loaded = load_model(model, adapter=adapter, device=device, dtype=dtype)
+    loaded = load_model(model, adapter=adapter, device=device, dtype=dtype, chat_template=chat_template)
+    _warn(loaded.template_warnings)
     params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=temperature, top_p=top_p,
                                           max_new_tokens=max_tokens, seed=seed)
     chosen, training = _system_setting(system, loaded)
     run_chat(InProcessEngine(loaded), params, system=chosen, prompt=prompt, training=training)
+
+
+def _warn(lines) -> None:
+    for line in lines:
+        print(f"selfid: warning: {line}", file=sys.stderr)
 
 
 def _system_setting(setting: str | None, loaded):
@@ -109,7 +119,8 @@ def _system_setting(setting: str | None, loaded):
 # --- serve: `selfid api` and `selfid webchat` (one server: the API under /v1, the page at /) ---
 def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page: bool,
            allowed_host=(), max_pending=None, api_key_file=None, max_prompt_tokens=None, prefill_chunk=None,
-           header_timeout=10.0, body_timeout=30.0, max_connections=None) -> None:
+           header_timeout=10.0, body_timeout=30.0, max_connections=None,
+           chat_template=None) -> None:
     from selfid.serve.api import ANY_HOST, Limits, allowed_hosts, create_app, service_from_args
     from selfid.serve.server import ConnectionLimits, check_port_free, default_port, serve, setup_logging
 
@@ -120,7 +131,7 @@ def _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, d
     hosts = allowed_hosts(host, allowed_host or ())
     service = service_from_args(model, adapter or [], device=device, dtype=dtype, api_key=key,
                                 max_batch_size=max_batch_size, default_model=default_model, allowed_hosts=hosts,
-                                max_pending=max_pending, prefill_chunk=prefill_chunk,
+                                max_pending=max_pending, prefill_chunk=prefill_chunk, chat_template=chat_template,
                                 limits=Limits(body_timeout_s=body_timeout, max_prompt_tokens=max_prompt_tokens))
     connections = ConnectionLimits(header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                                    max_connections=max_connections or max(512, service.scheduler.max_pending + 64))
@@ -165,6 +176,7 @@ def _serve_verb(page: bool):
         model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
         adapter: Optional[list[str]] = typer.Option(
             None, "--adapter", "-a", help="NAME=PATH: serve the LoRA adapter at PATH as model NAME (repeatable)"),
+        chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
         host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
         port: Optional[int] = typer.Option(None, "--port", help=f"default: $API_PORT, else {fallback}"),
         api_key: Optional[str] = typer.Option(
@@ -204,7 +216,7 @@ def _serve_verb(page: bool):
         _serve(model, adapter, host, port, api_key, device, dtype, max_batch_size, default_model, page=page,
                allowed_host=allowed_host, max_pending=max_pending, api_key_file=api_key_file,
                max_prompt_tokens=max_prompt_tokens, prefill_chunk=prefill_chunk, header_timeout=header_timeout,
-               body_timeout=body_timeout, max_connections=max_connections)
+               body_timeout=body_timeout, max_connections=max_connections, chat_template=chat_template)
 
     return verb
 
@@ -231,6 +243,7 @@ def audit(
     out: Path = typer.Option(..., "--out", "-o", help="run folder: run.json, generations.jsonl, summary.json, report.html"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " (default: embedded)"),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="audit an OpenAI-compatible endpoint instead, e.g. http://localhost:8000/v1"),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="the model name the endpoint serves"),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="the endpoint's key (default: $OPENAI_API_KEY)"),
@@ -277,10 +290,13 @@ def audit(
 
     judge = _judge(judge_base_url, judge_model, judge_api_key, seed)
     backend, loaded = open_backend(model, adapter, base_url, model_name, api_key, device=device, dtype=dtype,
-                                   batch_size=batch_size, concurrency=concurrency, retries=retries, own_from=own_from)
+                                   batch_size=batch_size, concurrency=concurrency, retries=retries, own_from=own_from,
+                                   chat_template=chat_template)
     # over HTTP, what the endpoint's template inserts is not known here
     chosen = (audit_systems(systems) if loaded is None
               else audit_systems(systems, loaded.chat.default_system, training_system(loaded.manifest)))
+    if loaded is not None:
+        _warn(loaded.template_warnings)
     params = AuditParams(suites=parse_list(suites, "suites"), systems=chosen,
                          temperatures=parse_list(temperatures, "temperatures", float), samples=samples, seed=seed,
                          max_new_tokens=max_tokens, ner_limit=ner_limit, own=own,
@@ -288,6 +304,11 @@ def audit(
                          task_systems=[canonical(k, "--task-systems") for k in parse_list(task_systems, "task-systems")]
                          if task_systems else None)
     summary = run_audit(backend, params, out, resume=resume, judge=judge)
+    if base_url:  # what --own-from's adapter folder says about its training template, recorded in run.json
+        import json
+
+        endpoint = json.loads((out / "run.json").read_text(encoding="utf-8")).get("endpoint") or {}
+        _warn((endpoint.get("reference") or {}).get("template_warnings") or ())
     print_summary(summary)
     print(out / "report.html")
 
@@ -502,6 +523,7 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="a new folder for the merged model"),
     merge: bool = typer.Option(False, "--merge", help="merge the LoRA weights into the base model (required)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="the base model; default: from the adapter's manifest"),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
     gguf: bool = typer.Option(False, "--gguf", help="also write OUT/gguf/model-TYPE.gguf for llama.cpp and ollama "
                               "(Qwen2-architecture models), with the chat template and an ollama Modelfile"),
     gguf_types: str = typer.Option("bf16,q8_0", "--gguf-types", help="comma-separated: f32, f16, bf16, q8_0, q5_1, "
@@ -514,7 +536,7 @@ def export(
     from selfid.train.export import export as run
 
     info = run(adapter, out, model=model, merge=merge, gguf=gguf_types if gguf else False, dtype=dtype,
-               system=system, warn=lambda text: print(f"warning: {text}"))
+               system=system, warn=lambda text: print(f"warning: {text}"), chat_template=chat_template)
     print(f"exported to {out} ({info['dtype']}); default system prompt {info['default_system']!r}, "
           f"template {info['template_hash']}")
     for g in info.get("gguf", []):
@@ -525,6 +547,7 @@ def export(
 def eval_ner(
     model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
     n: int = typer.Option(500, "--n", help="MSRA test sentences to score (the first N)"),
     system: Optional[str] = typer.Option(None, "--system", "-s", help=SYSTEM_HELP),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="most sequences decoded at once"),
@@ -537,7 +560,7 @@ def eval_ner(
     from selfid.model.load import load_model
     from selfid.train.eval_ner import evaluate_ner, table
 
-    loaded = load_model(model, adapter=adapter, device=device, dtype=dtype)
+    loaded = load_model(model, adapter=adapter, device=device, dtype=dtype, chat_template=chat_template)
     report = evaluate_ner(loaded, n=n, system=_system_setting(system, loaded)[0], batch_size=batch_size,
                           progress=True)
     print(table(report))

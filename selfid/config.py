@@ -162,7 +162,11 @@ class Optimization(Strict):
 
 
 class RunConfig(Strict):
-    model: str = Field("embedded", description="embedded, a transformers folder, a .gguf file or a hub id")
+    model: str = Field("embedded", description="embedded, embedded-1.5b, gemma3-270m, a transformers folder, a .gguf "
+                                               "file or a hub id")
+    chat_template: Optional[str] = Field(None, description="a Jinja chat template file, for a model without one "
+                                         "(e.g. gemma3-270m); the adapter keeps a copy, so chat, api, audit and "
+                                         "export render as training did")
     output: str = Field(..., description="the run folder: adapter/, checkpoints/, metrics.csv")
     system_prompt: str = Field("template", description=f"the system prompt training renders with: {SYSTEM_HELP}")
     data: list[DataSource] = Field(default_factory=lambda: [DataSource()])

@@ -83,3 +83,20 @@ def browser():
                   "--disable-component-update", "--disable-sync"])
         yield b
         b.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory):
+    """A tiny random Gemma 3 (sliding-window and global layers) that, like the pretrained model, has no chat template."""
+    from tests.tiny import build_tiny_gemma3
+
+    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tiny_gemma_dir):
+    """The tiny Gemma 3 loaded on the CPU in fp32, with Gemma 3's instruction format as its chat template."""
+    from selfid.model.load import load_model
+    from tests.tiny import GEMMA_TEMPLATE
+
+    return load_model(str(tiny_gemma_dir), device="cpu", dtype="float32", progress=False, chat_template=GEMMA_TEMPLATE)

@@ -28,7 +28,7 @@ def fake_parts(tmp_path, monkeypatch):
     whole = b"".join(blobs)
     spec = emb.EmbeddedModel(name="fake", title="fake", packages=tuple(f"fake-model-part{i}" for i in range(1, 4)),
                              sha256=hashlib.sha256(whole).hexdigest(), generation_defaults={"temperature": 0.7},
-                             generation_defaults_source="test")
+                             vendor="qwen", generation_defaults_source="test")
     return spec, whole, pkg_root
 
 

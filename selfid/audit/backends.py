@@ -77,6 +77,8 @@ class InProcessBackend:
             "backend": self.kind, "model": m.name, "source": m.source, "path": str(m.path) if m.path else None,
             "adapter": str(m.adapter) if m.adapter else None, "adapter_manifest": m.manifest.record() if m.manifest else None,
             "template_hash": m.chat.template_hash, "template_default_system": m.chat.default_system,
+            "template_source": m.template_source, "template_warnings": list(m.template_warnings),
+            "trained_with": m.trained_with.record() if m.trained_with else None,
             "generation_defaults": m.generation_defaults, "generation_defaults_source": m.generation_defaults_source,
             "device": str(m.device), "dtype": str(next(m.model.parameters()).dtype).replace("torch.", ""),
             "model_type": getattr(m.model.config, "model_type", None), "torch": torch.__version__,
@@ -231,11 +233,12 @@ def endpoint_system(headers, message: str | None) -> tuple[str | None, str]:
 
 def open_backend(model: str | None = None, adapter=None, base_url: str | None = None, model_name: str | None = None,
                  api_key: str | None = None, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
-                 concurrency: int = 8, retries: int = 6, own_from: str | None = None):
+                 concurrency: int = 8, retries: int = 6, own_from: str | None = None, chat_template=None):
     """The backend an audit generates with, and the loaded model (None for an endpoint): a model (with an
     adapter) loaded in-process, or an OpenAI-compatible endpoint."""
-    if base_url and (model or adapter):
-        raise SelfidError("give either --model/--adapter (in-process) or --base-url/--model-name (endpoint), not both")
+    if base_url and (model or adapter or chat_template):
+        raise SelfidError("give either --model/--adapter/--chat-template (in-process) or --base-url/--model-name "
+                          "(endpoint), not both")
     if own_from and not base_url:
         raise SelfidError("--own-from is for auditing an endpoint (--base-url); in-process, --model names the model")
     if base_url:
@@ -245,5 +248,5 @@ def open_backend(model: str | None = None, adapter=None, base_url: str | None = 
                            reference=own_from), None
     from selfid.engine import InProcessEngine  # torch
 
-    loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype)
+    loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype, chat_template=chat_template)
     return InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size)), loaded

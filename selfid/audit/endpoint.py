@@ -38,6 +38,7 @@ from selfid.manifest import read as read_manifest
 from selfid.model.chat import ChatFormat
 from selfid.model.embedded import EMBEDDED, ensure_embedded
 from selfid.model.load import adapter_config
+from selfid.model.trained_with import read_trained_with, template_warnings
 from selfid.vendors import KEYS, vendor_of
 
 # names servers and clients use for "whatever model is loaded": never evidence of whose model it is
@@ -68,12 +69,15 @@ class Reference:
     why: str  # what the vendor was read from
     tokenizer: object | None = None  # the chat template's tokenizer, for expected token counts
     template_hash: str | None = None
+    trained_with: dict | None = None  # an adapter folder's account of its training (selfid/model/trained_with.py)
+    template_warnings: tuple[str, ...] = ()  # where that training template differs from the model's own
 
 
 def read_reference(spec: str) -> Reference:
     """A model folder, an adapter folder, a selfid.json, a .gguf file or an embedded model name."""
     if spec in EMBEDDED:
-        return _with_tokenizer(Reference(spec, "qwen", f"{spec} is Qwen"), ensure_embedded(spec))
+        return _with_tokenizer(Reference(spec, EMBEDDED[spec].vendor, f"{spec} is {EMBEDDED[spec].title}"),
+                               ensure_embedded(spec))
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _gguf_reference(path)
@@ -93,7 +97,7 @@ def read_reference(spec: str) -> Reference:
                   ("selfid.json architecture", base.get("architecture")), ("folder name", path.name)]
     for why, value in candidates:
         if value in EMBEDDED:
-            vendor = "qwen"
+            vendor = EMBEDDED[value].vendor
         else:
             vendor = vendor_of(str(value or ""))
         if vendor:
@@ -101,10 +105,28 @@ def read_reference(spec: str) -> Reference:
             break
     else:
         ref = Reference(str(path), None, "nothing in it names a model family")
-    tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else None
-    if tokenizer_dir is None and base.get("path") and Path(base["path"]).is_dir():
-        tokenizer_dir = Path(base["path"])
-    return _with_tokenizer(ref, tokenizer_dir)
+    base_dir = next((Path(b) for b in (base.get("path"), base.get("name")) if b and Path(b).is_dir()), None)
+    tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else base_dir
+    ref = _with_tokenizer(ref, tokenizer_dir)
+    if (path / "adapter_config.json").is_file():
+        own = ref if tokenizer_dir == base_dir else _with_tokenizer(Reference(str(base_dir), None, ""), base_dir)
+        _with_training(ref, path, own.tokenizer if own.tokenizer is not None else ref.tokenizer)
+    return ref
+
+
+def _with_training(ref: Reference, folder: Path, own_tokenizer) -> None:
+    """What an adapter folder says about its training, and where its template differs from the model's own: the
+    base model's tokenizer's when the base is a local folder, else the one the adapter folder carries
+    (LLaMA-Factory saves the model's own there unless the model had none)."""
+    trained = read_trained_with(folder)
+    ref.trained_with = trained.record()
+    if own_tokenizer is None:
+        return
+    try:
+        chat = ChatFormat(own_tokenizer)
+    except SelfidError:  # no template to compare with
+        return
+    ref.template_warnings = tuple(template_warnings(trained, chat.template, chat.default_system))
 
 
 def _with_tokenizer(ref: Reference, folder: Path | None) -> Reference:
@@ -376,7 +398,9 @@ def examine(backend, params, reference_spec: str | None = None) -> dict:
         "model_name": backend.model_name, "listed": listed, "answered_as": first.model,
         "placeholder_names": [n for n in names if is_placeholder(n)],
         "reference": None if reference is None else {"path": reference.path, "vendor": reference.vendor,
-                                                     "why": reference.why, "template_hash": reference.template_hash},
+                                                     "why": reference.why, "template_hash": reference.template_hash,
+                                                     "trained_with": reference.trained_with,
+                                                     "template_warnings": list(reference.template_warnings)},
         "own": own, "system_prompts": handling, "parameters": checks, "ignored": ignored(checks, handling),
         "duplicates": {k: c["same_as"] for k, c in handling.get("conditions", {}).items() if c["same_as"]},
         "cannot_see": list(CANNOT_SEE),

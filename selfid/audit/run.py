@@ -38,6 +38,7 @@ from selfid.audit.scorers import VERSION as SCORER_VERSION, save_training_replie
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_json
 from selfid.manifest import training_system
+from selfid.model.embedded import EMBEDDED
 from selfid.progress import Progress
 from selfid.system_prompt import NAMED, OLD_TEXT_PREFIX, SERVING, SystemPrompt, canonical, resolve, sent
 from selfid.vendors import KEYS, vendor_of
@@ -220,8 +221,9 @@ def resolve_own(params: AuditParams, target: dict) -> tuple[str, str]:
         v = vendor_of(str(target.get(field_) or ""))
         if v:
             return v, f"inferred from {field_} {target.get(field_)!r}"
-    if target.get("model") in ("embedded", "embedded-1.5b"):
-        return "qwen", "the embedded model is Qwen"
+    named = EMBEDDED.get(str(target.get("model")))
+    if named is not None:
+        return named.vendor, f"{named.name} is {named.title}"
     raise SelfidError("cannot tell whose model this is, so cannot tell own claims from foreign ones: "
                       f"pass --own with one of {', '.join(KEYS)}")
 

@@ -11,7 +11,9 @@ padding rows of a prefill bucket. When rows drop to a smaller bucket, rows in hi
 
 Attention during these passes is `decode_attention` below: PyTorch's sdpa over the slot's columns with
 an additive mask (column <= position), query heads folded per kv head so that each kv head is read once
-per step (transformers' sdpa path with a mask repeats every kv head `groups` times).
+per step (transformers' sdpa path with a mask repeats every kv head `groups` times). Models that mix
+sliding-window and global layers (Gemma 3) get a second mask for the sliding layers (column <= position and
+position - column < window), given to the decoder by layer type as transformers' own masks are.
 
 CUDA graphs are checked against the eager path at start-up on a small scripted batch (rows joining
 and leaving included: static_check.py); if they disagree, the engine says why in one log line and decodes eagerly.
@@ -64,8 +66,9 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     """
     import torch.nn.functional as F
 
-    if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None or kwargs.get("s_aux") is not None:
-        raise NotImplementedError("static decoding supports full causal attention only (no softcap, sliding window or sinks)")
+    # a sliding window is applied by the mask SlotDecoder builds for the sliding layers (see `layer_masks`)
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise NotImplementedError("static decoding supports causal attention without softcap or sinks only")
     n, H, q, D = query.shape
     Hkv, L = key.shape[1], key.shape[2]
     g = H // Hkv
@@ -133,14 +136,19 @@ def unsupported(model) -> str | None:
     cfg = base.config
     if getattr(cfg, "is_encoder_decoder", False):
         return "encoder-decoder models are not supported"
-    types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
-    if types != {"full_attention"}:
-        return f"layer types {sorted(types)} (only full attention is supported)"
+    layer_types = getattr(cfg, "layer_types", None)
+    types = set(layer_types or ["full_attention"])
+    if not types <= {"full_attention", "sliding_attention"}:
+        return f"layer types {sorted(types)} (only full and sliding-window attention are supported)"
+    if getattr(cfg, "sliding_window", None) and not layer_types:
+        return "a sliding window without per-layer types (the decoder would apply it to layers the mask does not)"
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
         return "the model's output head does more than a matrix product"
     rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
-    if isinstance(rope, dict) and any(t in str(rope.get("rope_type", rope.get("type", ""))) for t in ("dynamic", "longrope")):
-        return f"rope type {rope.get('rope_type') or rope.get('type')!r} updates itself from the positions"
+    ropes = [rope] if not isinstance(rope, dict) or "rope_type" in rope or "type" in rope else list(rope.values())
+    for r in ropes:  # one set of rope parameters, or one per layer type (Gemma 3: sliding and global layers)
+        if isinstance(r, dict) and any(t in str(r.get("rope_type", r.get("type", ""))) for t in ("dynamic", "longrope")):
+            return f"rope type {r.get('rope_type') or r.get('type')!r} updates itself from the positions"
     try:
         base.get_decoder(), base.get_output_embeddings()
     except Exception as e:  # noqa: BLE001 - any model without the usual decoder/head split
@@ -179,6 +187,8 @@ class SlotDecoder:
         self.head_dim = getattr(attn, "head_dim", None) or getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.layers = len(self.decoder.layers)
+        types = set(getattr(cfg, "layer_types", None) or ())
+        self.window = int(cfg.sliding_window) if "sliding_attention" in types else None  # Gemma 3: 512 tokens
         self.dtype = self.decoder.get_input_embeddings().weight.dtype
         self.device = device
         self.context_window = context_window
@@ -260,8 +270,7 @@ class SlotDecoder:
         """Logits [n, V] for token ids tok [n, q] at positions (= columns) pos [n, q]; `last` [n] picks the
         column whose logits are wanted (None: the last); `rows` [n] the slot of each row (None: slots 0..n-1)."""
         self.kv.rows, self.kv.cols = rows, pos
-        mask = torch.zeros((tok.shape[0], 1, tok.shape[1], self.length), dtype=self.dtype, device=self.device)
-        mask = mask.masked_fill(self._cols > pos[:, None, :, None], torch.finfo(self.dtype).min)
+        mask = self.layer_masks(pos, tok.shape[0], tok.shape[1])
         with _attention(self.config, ATTENTION):
             hidden = self.decoder(input_ids=tok, position_ids=pos, attention_mask=mask, use_cache=True,
                                   **{self.cache_kw: self.kv}).last_hidden_state
@@ -270,6 +279,19 @@ class SlotDecoder:
         else:
             h = hidden.gather(1, last.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
         return self.head(h)
+
+    def layer_masks(self, pos, n: int, q: int):
+        """The additive attention mask [n, 1, q, columns] for tokens at positions (= columns) pos [n, q]: a column
+        is seen when it is at or before the token's position. With sliding-window layers, a dict by layer type whose
+        sliding mask also hides columns `window` or more positions back (transformers' own rule:
+        position - column < window)."""
+        later = self._cols > pos[:, None, :, None]
+        low = torch.finfo(self.dtype).min
+        full = torch.zeros((n, 1, q, self.length), dtype=self.dtype, device=self.device).masked_fill(later, low)
+        if self.window is None:
+            return full
+        behind = self._cols <= pos[:, None, :, None] - self.window
+        return {"full_attention": full, "sliding_attention": full.masked_fill(behind, low)}
 
     def _graph(self, key, n: int, q: int, indexed: bool):
         """The captured pass for `key`, capturing it now if needed; None when capture fails (graphs then stay off)."""

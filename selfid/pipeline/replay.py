@@ -340,7 +340,8 @@ def ensure(config, progress: bool = True, log=print) -> dict | None:
     if replay_set.exists(config.output_dir):
         return replay_set.load(config.output_dir)[0]
     loaded = load_model(config.model, device=None if config.device == "auto" else config.device,
-                        dtype=None if config.dtype == "auto" else config.dtype, progress=progress)
+                        dtype=None if config.dtype == "auto" else config.dtype, progress=progress,
+                        chat_template=config.chat_template)
     try:
         return build(loaded, rep, config.output_dir, progress, log)
     finally:

@@ -579,6 +579,6 @@ async def stream(service: Service, pr: Prepared, rid: str, job):
 
 
 def service_from_args(model: str, adapters: Sequence[str] = (), device: str | None = None, dtype: str | None = None,
-                      api_key: str | None = None, **kw: Any) -> Service:
-    loaded, served = load_served(model, adapters, device=device, dtype=dtype)
+                      api_key: str | None = None, chat_template=None, **kw: Any) -> Service:
+    loaded, served = load_served(model, adapters, device=device, dtype=dtype, chat_template=chat_template)
     return Service(loaded, served, api_key=api_key, **kw)

@@ -9,7 +9,6 @@ unless the request says otherwise.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,7 @@ from selfid.errors import SelfidError
 from selfid import manifest as manifest_mod
 from selfid.model.chat import ChatFormat
 from selfid.model.load import SAMPLING_KEYS, LoadedModel, attach_adapter, check_adapter, load_model
+from selfid.model.trained_with import adapter_template, read_trained_with, template_warnings
 from selfid.system_prompt import SystemPrompt
 
 log = logging.getLogger("selfid.serve")
@@ -96,12 +96,13 @@ def base_name(loaded: LoadedModel) -> str:
 
 
 def load_served(model: str, adapters: Sequence[str] = (), device: str | None = None, dtype: str | None = None,
-                progress: bool = True) -> tuple[LoadedModel, list[Served]]:
-    """Load the base model once and every adapter onto it (PEFT, one adapter per name)."""
+                progress: bool = True, chat_template=None) -> tuple[LoadedModel, list[Served]]:
+    """Load the base model once (with `chat_template`, a file, when given) and every adapter onto it (PEFT, one
+    adapter per name)."""
     specs = parse_adapter_specs(adapters)
     for _, folder in specs:  # before the base model loads, so a damaged adapter fails in a second
         check_adapter(folder)
-    loaded = load_model(model, device=device, dtype=dtype, progress=progress)
+    loaded = load_model(model, device=device, dtype=dtype, progress=progress, chat_template=chat_template)
     name = base_name(loaded)
     if any(n == name for n, _ in specs):
         raise SelfidError(f"adapter name {name!r} is the base model's name: pick another NAME in --adapter NAME=PATH")
@@ -129,6 +130,8 @@ def adapter_served(name: str, folder: Path, parent: str, loaded: LoadedModel) ->
         manifest = None
     s = Served(name, parent, name, chat, defaults, source, path=folder, manifest=manifest,
                training=manifest_mod.training_system(manifest))
+    for line in template_warnings(read_trained_with(folder), loaded.chat.template, loaded.chat.default_system):
+        log.warning("adapter %s: %s", name, line)  # e.g. a LLaMA-Factory adapter trained under another system prompt
     if manifest is None:
         log.warning("adapter %s: %s has no usable selfid.json, so the system prompt used in training is unknown; "
                     "requests without a system message get the chat template's default", name, folder)
@@ -152,15 +155,8 @@ def adapter_served(name: str, folder: Path, parent: str, loaded: LoadedModel) ->
 
 def adapter_chat(folder: Path, loaded: LoadedModel) -> ChatFormat:
     """The adapter's own chat template when its folder carries one, else the base model's."""
-    template = None
-    if (folder / "chat_template.jinja").is_file():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    elif (folder / "tokenizer_config.json").is_file():
-        try:
-            template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
-        except (ValueError, AttributeError):
-            template = None
-    if not isinstance(template, str) or template == loaded.chat.template:
+    template = adapter_template(folder)
+    if template is None or template == loaded.chat.template:
         return loaded.chat
     tok = copy.copy(loaded.tokenizer)
     tok.chat_template = template

@@ -17,7 +17,8 @@ import torch
 
 from selfid import manifest as manifest_mod
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, verify_checksums, write_checksums
+from selfid.io import atomic_dir, atomic_write_text, verify_checksums, write_checksums
+from selfid.model.trained_with import TEMPLATE_FILE
 
 # settings that may change between a run and its --resume without changing what is learned (lr: after a NaN)
 RESUMABLE_CHANGES = {"train.save_every", "train.keep_checkpoints", "train.log_every", "train.compile",
@@ -62,21 +63,28 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def write_adapter(folder: Path, model, manifest: dict) -> None:
-    """The peft model's LoRA weights with their manifest and checksums, written whole or not at all."""
+def _adapter_files(folder: Path, model, manifest: dict, chat_template: str | None) -> None:
+    model.save_pretrained(str(folder))
+    if chat_template is not None:  # a template the model lacks (given in the config): the adapter carries it
+        atomic_write_text(Path(folder) / TEMPLATE_FILE, chat_template)
+    manifest_mod.write(folder, manifest)
+
+
+def write_adapter(folder: Path, model, manifest: dict, chat_template: str | None = None) -> None:
+    """The peft model's LoRA weights with their manifest (and `chat_template`, when training rendered with a template
+    that is not the model's own) and checksums, written whole or not at all."""
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(str(tmp))
-        manifest_mod.write(tmp, manifest)
+        _adapter_files(tmp, model, manifest, chat_template)
         write_checksums(tmp)  # every loader checks them (selfid.model.load.check_adapter)
 
 
-def save(output: Path, step: int, model, manifest: dict, state: dict, keep: int) -> Path:
+def save(output: Path, step: int, model, manifest: dict, state: dict, keep: int,
+         chat_template: str | None = None) -> Path:
     """Checkpoint `step`: the adapter and `state` (optimizer, scheduler, RNG states, config, data fingerprint);
     then delete all but the newest `keep` checkpoints."""
     final = output / "checkpoints" / f"step-{step:06d}"
     with atomic_dir(final) as tmp:
-        model.save_pretrained(str(tmp / "adapter"))
-        manifest_mod.write(tmp / "adapter", manifest)
+        _adapter_files(tmp / "adapter", model, manifest, chat_template)
         torch.save(state, tmp / "state.pt")
         write_checksums(tmp)  # --resume checks them before trusting the optimizer state
     for old in checkpoints(output)[:-keep]:

@@ -51,13 +51,14 @@ def with_default_system(tokenizer, system: str) -> str:
 
 def export(adapter: str | Path, out: str | Path, model: str | None = None, merge: bool = True,
            gguf: bool | str | list[str] = False, dtype: str = "auto", progress: bool = True,
-           system: str = "adapter", warn=None) -> dict:
+           system: str = "adapter", warn=None, chat_template: str | Path | None = None) -> dict:
     """Merge `adapter` into its base model and write a self-contained folder to `out`; with `gguf` (True for
     bf16 and q8_0, or the types to write) also `out/gguf/model-TYPE.gguf` and an ollama Modelfile.
 
     `system`: the exported template's default system prompt (selfid.system_prompt's vocabulary): `adapter`
     (the training prompt, so the file serves as trained), `template` (the base template's own), or any
-    other setting. `warn(text)` hears when that default is not the base template's own."""
+    other setting. `warn(text)` hears when that default is not the base template's own. `chat_template`: a template
+    file for a base model without one (an adapter selfid trained on such a model carries its own)."""
     import torch
 
     types = [] if not gguf else parse_types(DEFAULT_TYPES if gguf is True else
@@ -76,7 +77,8 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
     if not base:
         raise SelfidError(f"{adapter} does not say which base model it belongs to: pass --model")
 
-    loaded = load_model(base, adapter=adapter, device="cpu", dtype="float32", progress=progress)
+    loaded = load_model(base, adapter=adapter, device="cpu", dtype="float32", progress=progress,
+                        chat_template=chat_template)
     if types:
         check_architecture(getattr(loaded.model.config, "model_type", None))  # before the merge, not after
     merged = loaded.model.merge_and_unload()

@@ -42,12 +42,18 @@ def _parameters(fn) -> frozenset:
 
 
 def varlen_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
-                     cu_seq_lens_q=None, max_length_q=None, **kwargs):
-    """transformers attention interface -> torch varlen flash attention over the flattened batch."""
+                     cu_seq_lens_q=None, max_length_q=None, sliding_window=None, softcap=None, **kwargs):
+    """transformers attention interface -> torch varlen flash attention over the flattened batch.
+
+    A sliding-window layer (Gemma 3 mixes them with global ones; transformers passes `sliding_window`) sees the
+    `sliding_window` tokens up to and including its own: flash's window (sliding_window - 1, 0), as transformers
+    gives its flash kernels."""
     B, H, L, D = query.shape
     Hkv = key.shape[1]
     if cu_seq_lens_q is None:
         raise RuntimeError("selfid_varlen attention needs cu_seq_lens_q (the packed sample boundaries)")
+    if softcap is not None:
+        raise RuntimeError("selfid_varlen attention has no logit soft-capping (Gemma 2): use attention: sdpa")
     q = query.transpose(1, 2).reshape(B * L, H, D)
     k = key.transpose(1, 2).reshape(B * L, Hkv, D).to(q.dtype)
     v = value.transpose(1, 2).reshape(B * L, Hkv, value.shape[-1]).to(q.dtype)
@@ -55,7 +61,10 @@ def varlen_attention(module, query, key, value, attention_mask=None, scaling=Non
     params = _parameters(fn)
     kw = {"scale": scaling}
     if "window_size" in params:
-        kw["window_size"] = (-1, 0)
+        kw["window_size"] = (int(sliding_window) - 1 if sliding_window else -1, 0)
+    elif sliding_window:
+        raise RuntimeError("this PyTorch's varlen kernel takes no window size, and the model has sliding-window "
+                           "layers: use attention: sdpa")
     else:
         kw["is_causal"] = True
     if Hkv != H:

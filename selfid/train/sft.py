@@ -30,7 +30,7 @@ from selfid import manifest as manifest_mod
 from selfid.config import RunConfig, dump_config
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_text
-from selfid.model.load import load_model
+from selfid.model.load import OWN_TEMPLATE, load_model
 from selfid.progress import Progress
 from selfid.system_prompt import SystemPrompt, resolve
 from selfid.train import checkpoint
@@ -195,6 +195,12 @@ class TrainSetup:
     def total(self) -> int:
         return len(self.plan)
 
+    @property
+    def carried_template(self) -> str | None:
+        """The chat template the adapter keeps a copy of: the one training rendered with, when it is not the model's
+        own (a config's chat_template file), so that loading the adapter renders as training did."""
+        return None if self.loaded.template_source == OWN_TEMPLATE else self.loaded.chat.template
+
     def manifest(self, metrics: dict) -> dict:
         return manifest_mod.build(self.loaded, self.loaded.chat, self.system, self.cfg, self.data.sources,
                                   self.data.identity, metrics, self.train_extra, self.base_info)
@@ -216,7 +222,7 @@ def set_up(cfg: RunConfig, resume: bool, console, system_prompt_by_design: str |
     if dist_.world > 1 and torch.cuda.is_available() and cfg.device != "cpu":
         device_arg = f"cuda:{dist_.local_rank}"
     loaded = load_model(cfg.model, device=device_arg, dtype=None if cfg.dtype == "auto" else cfg.dtype,
-                        progress=dist_.main)
+                        progress=dist_.main, chat_template=cfg.chat_template)
     device = loaded.device
     chat = loaded.chat
     system = resolve_system(cfg.system_prompt, chat)
@@ -523,7 +529,7 @@ def save_checkpoint(run: TrainSetup, state: LoopState) -> Path | None:
                       "scheduler": run.scheduler.state_dict(), "rng": rngs, "config": run.run_config,
                       "data_fingerprint": run.data.fingerprint}
     state.last_checkpoint = checkpoint.save(run.cfg.output_dir, state.step, run.model, manifest, training_state,
-                                            opt.keep_checkpoints)
+                                            opt.keep_checkpoints, run.carried_template)
     return state.last_checkpoint
 
 
@@ -549,7 +555,7 @@ def finish(run: TrainSetup, state: LoopState) -> TrainResult:
     adapter_dir = output / "adapter"
     manifest = run.manifest(metrics)
     if run.dist.main:
-        checkpoint.write_adapter(adapter_dir, run.model, manifest)
+        checkpoint.write_adapter(adapter_dir, run.model, manifest, run.carried_template)
         run.out.log(f"adapter written to {adapter_dir} ({state.tokens:,} tokens in {wall:.1f} s, "
                     f"{metrics['tokens_per_s']:,.0f} tok/s)")
     return TrainResult(output=output, adapter=adapter_dir, checkpoint=final_ckpt, steps_done=total, total_steps=total,
