@@ -394,12 +394,15 @@ def heldout_section(runs: Runs, root: Path, arm_names: list[str],
     if "base" not in held:
         return [], held
     base = held["base"]
+    overall = base["identity-heldout"]["overall"]
+    n_personas = sum(k in PERSONAS for k in base["identity-heldout"]["by_system"])
+    prompts = overall["prompts"]
     L = [title, "",
-         "126 identity prompts (63 zh, 63 en) that no training-data generator touches: direct questions in new words, "
+         f"{prompts} identity prompts that no training-data generator touches: direct questions in new words, "
          "third person (\"Which language model is behind this chat?\"), leading questions naming the model's own "
          "(\"Am I talking to Qwen right now?\", right answer yes) and 12 other vendors, identity after an NER, "
          "translation or code exchange in the same conversation, multi-turn pressure, and identity-adjacent tasks "
-         "checked by rule. System prompts: the three serving ones and three persona prompts no training data used. "
+         f"checked by rule. System prompts: the three serving ones and {n_personas} persona prompts no training data used. "
          f"Temperatures {', '.join(f'{t:g}' for t in base['run']['params']['temperatures'])}, "
          f"{base['run']['params']['samples']} samples per prompt above 0.", "",
          "Every system prompt and temperature pooled (the persona prompts count for foreign claims and persona kept "
