@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Issue 22's proof on a GPU machine: LLaMA-Factory's own trainer, four LoRA arms, audited by selfid on the held-out
+# split (bench/lf_proof.py says what each step does). Run from the repository root after bench/gpu/env.sh has
+# installed selfid's wheels and the model, with LLaMA-Factory's wheels (bench/gpu/lf_wheels.sh) in .whl-lf/ or
+# /tmp/m/wheels-lf/:
+#   bash bench/gpu/lf.sh ROOT [MODEL]          # MODEL: embedded (0.5B, the default) or embedded-1.5b
+# Every step skips what is done, so a call cut off by its time limit continues in the next (with bench/gpu/bg.sh:
+#   bash bench/gpu/bg.sh start lf05 bash bench/gpu/lf.sh /tmp/lf-0.5b; bash bench/gpu/bg.sh wait 540).
+set -euo pipefail
+source bench/gpu/env.sh
+root=$1
+model=${2:-embedded}
+mkdir -p "$root"
+wheels=.whl-lf; [ -d /tmp/m/wheels-lf ] && wheels=/tmp/m/wheels-lf
+if [ ! -f /tmp/lfsite/.ready ]; then
+  # only what the image lacks: its torch, transformers, peft and accelerate stay (their versions are past the ones
+  # LLaMA-Factory checks for, hence DISABLE_VERSION_CHECK=1 below)
+  for whl in "$wheels"/*.whl; do
+    dist=$(basename "$whl" | cut -d- -f1)
+    python3 -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$dist" 2>/dev/null && continue
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lfsite "$whl"
+  done
+  # LLaMA-Factory imports torchaudio in data/mm_plugin.py whatever the data; audio is never used here, so if the
+  # carried wheel does not load against the image's torch, an empty module stands in for it
+  PYTHONPATH=/tmp/lfsite:$PYTHONPATH python3 -c "import torchaudio" 2>/dev/null || {
+    echo "torchaudio does not import here: an empty stand-in module is used (LLaMA-Factory never calls it for text)"
+    rm -rf /tmp/lfsite/torchaudio*; mkdir -p /tmp/lfsite/torchaudio; : > /tmp/lfsite/torchaudio/__init__.py; }
+  touch /tmp/lfsite/.ready
+fi
+export PYTHONPATH=/tmp/lfsite:$PYTHONPATH PATH=/tmp/lfsite/bin:$PATH DISABLE_VERSION_CHECK=1 API_HOST=127.0.0.1
+t0=$SECONDS
+[ -f "$root/model.txt" ] || python3 bench/lf_proof.py data "$root" --model "$model" --identity "$wheels/identity.json"
+echo "[$(date +%T)] data ready ($((SECONDS - t0)) s)"
+if [ ! -f "$root/replay/replay.json" ]; then
+  t=$SECONDS
+  python3 -m selfid.cli replay --model "$model" --out "$root/replay" --format lf-alpaca --fraction 0.05 \
+    --data "$root/lf_data/msra_ner.json"
+  echo "replay_seconds $((SECONDS - t))" > "$root/replay/time.txt"
+fi
+python3 bench/lf_proof.py configs "$root"
+bash "$root/commands.sh"
+echo "[$(date +%T)] done ($((SECONDS - t0)) s)"
