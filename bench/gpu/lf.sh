@@ -4,6 +4,7 @@
 # installed selfid's wheels and the model, with LLaMA-Factory's wheels (bench/gpu/lf_wheels.sh) in .whl-lf/ or
 # /tmp/m/wheels-lf/:
 #   bash bench/gpu/lf.sh ROOT [MODEL]          # MODEL: embedded (0.5B, the default) or embedded-1.5b
+# ENDPOINT=0 skips building the replay a second time through `selfid api` (the endpoint's counts against in-process).
 # Every step skips what is done, so a call cut off by its time limit continues in the next (with bench/gpu/bg.sh:
 #   bash bench/gpu/bg.sh start lf05 bash bench/gpu/lf.sh /tmp/lf-0.5b; bash bench/gpu/bg.sh wait 540).
 set -euo pipefail
@@ -37,6 +38,28 @@ if [ ! -f "$root/replay/replay.json" ]; then
     --data "$root/lf_data/msra_ner.json"
   echo "replay_seconds $((SECONDS - t))" > "$root/replay/time.txt"
 fi
+# the same replay through an endpoint (`selfid api` on the same model): the issue asks for the same counts within 5%
+if [ "${ENDPOINT:-1}" = 1 ] && [ ! -f "$root/replay-http/replay.json" ]; then
+  python3 -m selfid.cli api --model "$model" --port 8011 > "$root/api.log" 2>&1 &
+  api=$!
+  python3 -c "
+import time, urllib.request
+for _ in range(600):
+    try:
+        urllib.request.urlopen('http://127.0.0.1:8011/health', timeout=2); break
+    except Exception:
+        time.sleep(1)"
+  t=$SECONDS
+  python3 -m selfid.cli replay --base-url http://127.0.0.1:8011/v1 --model-name "$model" --concurrency 64 \
+    --out "$root/replay-http" --format lf-alpaca --fraction 0.05 --data "$root/lf_data/msra_ner.json" || true
+  [ -f "$root/replay-http/replay.json" ] && echo "replay_seconds $((SECONDS - t))" > "$root/replay-http/time.txt"
+  kill "$api" 2>/dev/null || true; wait "$api" 2>/dev/null || true
+fi
+[ -f "$root/replay-http/replay.json" ] && python3 -c "
+import json, sys
+a, b = (json.load(open(f'$root/{d}/replay.json'))['replay'] for d in ('replay', 'replay-http'))
+for k in ('generations', 'passed', 'kept', 'pairs'):
+    print(f'{k}: in-process {a[k]}, endpoint {b[k]} ({(b[k] - a[k]) / max(a[k], 1):+.1%})')"
 python3 bench/lf_proof.py configs "$root"
 bash "$root/commands.sh"
 echo "[$(date +%T)] done ($((SECONDS - t0)) s)"

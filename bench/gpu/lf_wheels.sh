@@ -7,7 +7,8 @@
 #   TORCH=2.11.0 bash bench/gpu/lf_wheels.sh     # TORCH: the image's torch, which torchaudio must match
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-grep -qx '/.whl-lf/' .git/info/exclude 2>/dev/null || echo '/.whl-lf/' >> .git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$exclude")"
+grep -qx '/.whl-lf/' "$exclude" 2>/dev/null || echo '/.whl-lf/' >> "$exclude"
 mkdir -p .whl-lf
 torch=${TORCH:-2.11.0}
 get() {

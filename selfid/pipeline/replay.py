@@ -36,8 +36,18 @@ answers, 6.4% of the base model's). At most `max_copies` kept answers may be one
 one another (the audit's copy measure: same after normalising, or rapidfuzz ratio >= 90), picked round-robin over
 the questions so each question gets its first answer before any gets a second.
 
-Cost: questions x (len(temperatures) + 1 persona + 1 other serving prompt with `preference`) x `samples`
-generations of the base model: 316 questions x 3 x 4 = 3,792 with the defaults and `preference` on (2,528 without).
+The persona prompts a user deploys with (`persona_prompts`, `selfid replay --persona`) are asked every question, and
+replies are kept under them as under the generated ones (the persona's name read from its text); one that is a
+held-out audit persona prompt is refused (`check_heldout`: the audit would no longer be held out).
+
+Generation goes through the audit's backends (selfid/audit/backends.py): selfid's in-process engine for `selfid train`
+and `selfid replay --model`, an OpenAI-compatible endpoint for `selfid replay --base-url`; one code path either way.
+Sample i of a question under a condition has seed base + i, so both give the same replies where the sampling is the
+same (`selfid api` on the same model).
+
+Cost: questions x (len(temperatures) + 1 persona + the user's personas + 1 other serving prompt with `preference`) x
+`samples` generations of the base model: 316 questions x 3 x 4 = 3,792 with the defaults and `preference` on (2,528
+without).
 For scale: the v2 replay's 9,344 generations (at most 192 tokens) took under 30 s of the 1.5B arm's run on an
 H200 (results/study-1.5b/pairs/cost.json: 291 s wall, 262 s of it training); on a shared 2-core CPU 456
 generations of at most 16 tokens took 27 minutes.
