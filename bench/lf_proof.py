@@ -123,26 +123,35 @@ def write_configs(root: Path) -> Path:
         info[name] = entry
     (data / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
     (root / "configs").mkdir(exist_ok=True)
-    lines = ["#!/usr/bin/env bash", "# written by bench/lf_proof.py configs: train the four arms, then audit them",
-             "set -euo pipefail", "export DISABLE_VERSION_CHECK=1 API_HOST=127.0.0.1", ""]
-    for arm, cfg in arm_configs(root, model_dir).items():
-        if arm == "identity" and "identity_qwen" not in info:
-            continue
-        path = root / "configs" / f"{arm}.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
-        lines.append(f"[ -f {root / arm / 'adapter' / 'adapter_config.json'} ] || "
-                     f"llamafactory-cli train {path} 2>&1 | tee {root / arm / 'train.log'}")
-    lines.append("")
+    arms = [a for a in ARMS if a != "identity" or "identity_qwen" in info]
+    lines = ["#!/usr/bin/env bash", "# written by bench/lf_proof.py configs: train the arms, then audit them on the held-out split",
+             "#   bash commands.sh                 every chain, one after another",
+             "#   bash commands.sh CHAIN...        only these chains: base plain identity replay_dpo; on several GPUs,",
+             "#   e.g. CUDA_VISIBLE_DEVICES=0 bash commands.sh base plain & CUDA_VISIBLE_DEVICES=1 bash commands.sh "
+             "identity & CUDA_VISIBLE_DEVICES=2 bash commands.sh replay_dpo",
+             "# (replay_dpo trains the replay arm first; every step skips what is done)",
+             "# LF_SITE: LLaMA-Factory's own packages (bench/gpu/lf.sh), first on its path only; selfid keeps the image's",
+             "set -euo pipefail", "export API_HOST=127.0.0.1", ""]
     audit = f"python3 -m selfid.cli audit --model {shlex.quote(model)} " + " ".join(AUDIT)
-    lines.append(f"[ -f {root / 'base' / 'heldout' / 'summary.json'} ] || {audit} --out {root / 'base' / 'heldout'}")
-    for arm in ARMS:
-        if arm == "identity" and "identity_qwen" not in info:
-            continue
-        lines.append(f"[ -f {root / arm / 'heldout' / 'summary.json'} ] || "
-                     f"{audit} --adapter {root / arm / 'adapter'} --out {root / arm / 'heldout'}")
-    for arm in ARMS[1:]:
-        lines.append(f"python3 -m selfid.cli compare {root / 'plain' / 'heldout'} {root / arm / 'heldout'} "
-                     f"--out {root / arm / 'vs-plain'} || true")
+    steps = {"base": [f"[ -f {root / 'base' / 'heldout' / 'summary.json'} ] || {audit} --out {root / 'base' / 'heldout'}"]}
+    configs = arm_configs(root, model_dir)
+    for arm in arms:
+        path = root / "configs" / f"{arm}.yaml"
+        path.write_text(yaml.safe_dump(configs[arm], sort_keys=False, allow_unicode=True))
+        steps[arm] = [f"[ -f {root / arm / 'adapter' / 'adapter_config.json'} ] || "
+                      f'PYTHONPATH="${{LF_SITE:-}}:$PYTHONPATH" llamafactory-cli train {path} 2>&1 | '
+                      f"tee {root / arm / 'train.log'}",
+                      f"[ -f {root / arm / 'heldout' / 'summary.json'} ] || "
+                      f"{audit} --adapter {root / arm / 'adapter'} --out {root / arm / 'heldout'}"]
+    chains = {"base": ["base"], "plain": ["plain"], "identity": ["identity"], "replay_dpo": ["replay", "replay_dpo"]}
+    for chain, members in chains.items():
+        if all(m in steps for m in members):
+            lines += [f"{chain}() {{"] + [f"  {line}" for m in members for line in steps[m]] + ["}"]
+    present = [c for c, members in chains.items() if all(m in steps for m in members)]
+    lines += ["", f'for chain in "${{@:-{" ".join(present)}}}"; do "$chain"; done', ""]
+    for arm in arms[1:]:
+        lines.append(f"[ -f {root / arm / 'heldout' / 'summary.json'} ] && python3 -m selfid.cli compare "
+                     f"{root / 'plain' / 'heldout'} {root / arm / 'heldout'} --out {root / arm / 'vs-plain'} || true")
     commands = root / "commands.sh"
     for arm in ARMS:
         (root / arm).mkdir(exist_ok=True)

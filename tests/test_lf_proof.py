@@ -64,4 +64,9 @@ def test_the_four_arms_train_in_order_on_datasets_their_dataset_dir_holds(tmp_pa
     assert len(audits) == 5 and all("identity-heldout,ner" in a and "personas" in a for a in audits)
     assert {a.split("--adapter ")[1].split()[0] for a in audits if "--adapter" in a} == \
         {str(root / arm / "adapter") for arm in lf_proof.ARMS}
-    assert commands.index(trains[-1]) < commands.index(audits[0])
+    for arm in lf_proof.ARMS:  # each arm is audited after it is trained
+        train = next(i for i, line in enumerate(commands) if f"configs/{arm}.yaml" in line)
+        assert train < next(i for i, line in enumerate(commands) if f"--adapter {root / arm / 'adapter'} " in line)
+    chain = commands.index("replay_dpo() {")  # one chain trains the replay arm and then its DPO stage
+    assert "configs/replay.yaml" in commands[chain + 1] and "configs/replay_dpo.yaml" in commands[chain + 3]
+    assert 'for chain in "${@:-base plain identity replay_dpo}"; do "$chain"; done' in commands

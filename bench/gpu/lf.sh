@@ -14,11 +14,16 @@ model=${2:-embedded}
 mkdir -p "$root"
 wheels=.whl-lf; [ -d /tmp/m/wheels-lf ] && wheels=/tmp/m/wheels-lf
 if [ ! -f /tmp/lfsite/.ready ]; then
-  # only what the image lacks: its torch, transformers, peft and accelerate stay (their versions are past the ones
-  # LLaMA-Factory checks for, hence DISABLE_VERSION_CHECK=1 below)
+  # LLaMA-Factory's own site, first on its path only (LF_SITE in ROOT/commands.sh): the versions it resolved and
+  # trained with on the CPU (transformers 5.6.0, peft 0.18.1, accelerate 1.11.0, trl 0.24.0, datasets 4.0.0 and the
+  # versions datasets pins), and of the rest only what the image lacks (its torch, numpy, pandas, tokenizers and
+  # huggingface_hub stay)
   for whl in "$wheels"/*.whl; do
     dist=$(basename "$whl" | cut -d- -f1)
-    python3 -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$dist" 2>/dev/null && continue
+    case "$dist" in
+      llamafactory|trl|datasets|transformers|peft|accelerate|fsspec|dill|multiprocess|xxhash|pyarrow) ;;
+      *) python3 -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$dist" 2>/dev/null && continue ;;
+    esac
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lfsite "$whl"
   done
   # LLaMA-Factory imports torchaudio in data/mm_plugin.py whatever the data; audio is never used here, so if the
@@ -28,7 +33,7 @@ if [ ! -f /tmp/lfsite/.ready ]; then
     rm -rf /tmp/lfsite/torchaudio*; mkdir -p /tmp/lfsite/torchaudio; : > /tmp/lfsite/torchaudio/__init__.py; }
   touch /tmp/lfsite/.ready
 fi
-export PYTHONPATH=/tmp/lfsite:$PYTHONPATH PATH=/tmp/lfsite/bin:$PATH DISABLE_VERSION_CHECK=1 API_HOST=127.0.0.1
+export LF_SITE=/tmp/lfsite PATH=/tmp/lfsite/bin:$PATH API_HOST=127.0.0.1
 t0=$SECONDS
 [ -f "$root/model.txt" ] || python3 bench/lf_proof.py data "$root" --model "$model" --identity "$wheels/identity.json"
 echo "[$(date +%T)] data ready ($((SECONDS - t0)) s)"

@@ -16,11 +16,15 @@ get() {
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
     -d .whl-lf "$@"
 }
-get llamafactory==0.9.5 trl==0.24.0 datasets==4.0.0 "torchaudio==$torch" torchdata==0.11.0 omegaconf==2.3.0 \
-    pyarrow dill multiprocess xxhash aiohttp aiohappyeyeballs aiosignal attrs frozenlist multidict propcache yarl \
-    protobuf sentencepiece pandas pytz python-dateutil tzdata six
-# omegaconf's parser runtime ships as a source distribution only: build its (pure Python) wheel here
-python3 -m pip wheel -q --no-deps -w .whl-lf antlr4-python3-runtime==4.9.3
+# the versions pip resolved for llamafactory==0.9.5 on this machine, with which bench/replay_formats.py loaded the replay
+# and trained (docs/benchmarks.md). bench/gpu/lf.sh puts LLaMA-Factory's core and what datasets pins first on
+# LLaMA-Factory's path only (selfid keeps the image's own), and the rest only where the image lacks it.
+rm -f .whl-lf/*.whl
+get llamafactory==0.9.5 trl==0.24.0 datasets==4.0.0 transformers==5.6.0 peft==0.18.1 accelerate==1.11.0 \
+    fsspec==2025.3.0 dill==0.3.8 multiprocess==0.70.16 xxhash==4.1.0 pyarrow==26.0.1 \
+    "torchaudio==$torch" torchdata==0.11.0 omegaconf==2.4.0 protobuf==7.36.2 sentencepiece==0.2.3 \
+    aiohttp==3.14.5 aiohappyeyeballs==2.7.1 aiosignal==1.4.0 attrs==26.1.0 frozenlist==1.8.0 multidict==7.2.1 \
+    propcache==0.5.4 yarl==1.25.1 pandas==2.3.3 pytz==2026.6 python-dateutil==4.0.0 tzdata==2026.6
 # LLaMA-Factory's identity.json (91 rows, {{name}}/{{author}} placeholders) is in its source distribution only
 tmp=$(mktemp -d)
 python3 -m pip download -q --no-deps --no-binary=:all: -d "$tmp" llamafactory==0.9.5
