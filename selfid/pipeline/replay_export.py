@@ -141,8 +141,8 @@ def run(out: Path, rep: IdentityReplay, *, model: str | None = None, base_url: s
 def _open(model, base_url, model_name, api_key, own_from, device, dtype, batch_size, concurrency, retries):
     """(backend, loaded): the model in-process (every request in one engine call), or the endpoint (loaded None)."""
     if base_url:
-        return open_backend(None, None, base_url, model_name, api_key, concurrency=concurrency, retries=retries,
-                            own_from=own_from)
+        return open_backend(model, None, base_url, model_name, api_key, concurrency=concurrency, retries=retries,
+                            own_from=own_from)  # --model with --base-url: one line saying to give one of them
     if own_from:
         raise SelfidError("--own-from is for an endpoint (--base-url); in-process, --model names the model")
     from selfid.engine import InProcessEngine  # torch
