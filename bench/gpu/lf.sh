@@ -3,7 +3,11 @@
 # split (bench/lf_proof.py says what each step does). Run from the repository root after bench/gpu/env.sh has
 # installed selfid's wheels and the model, with LLaMA-Factory's wheels (bench/gpu/lf_wheels.sh) in .whl-lf/ or
 # /tmp/m/wheels-lf/:
-#   bash bench/gpu/lf.sh ROOT [MODEL]          # MODEL: embedded (0.5B, the default) or embedded-1.5b
+#   bash bench/gpu/lf.sh ROOT [MODEL [CHAIN...]]   # MODEL: embedded (0.5B, the default) or embedded-1.5b
+# CHAIN: base, plain, identity, replay_dpo (ROOT/commands.sh; default all, one after another). On several GPUs:
+# prepare once with TRAIN=0, then one chain per GPU, e.g.
+#   TRAIN=0 bash bench/gpu/lf.sh /tmp/lf-0.5b embedded
+#   bash bench/gpu/bg.sh start plain05 env CUDA_VISIBLE_DEVICES=1 bash bench/gpu/lf.sh /tmp/lf-0.5b embedded plain
 # ENDPOINT=0 skips building the replay a second time through `selfid api` (the endpoint's counts against in-process).
 # Every step skips what is done, so a call cut off by its time limit continues in the next (with bench/gpu/bg.sh:
 #   bash bench/gpu/bg.sh start lf05 bash bench/gpu/lf.sh /tmp/lf-0.5b; bash bench/gpu/bg.sh wait 540).
@@ -11,6 +15,7 @@ set -euo pipefail
 source bench/gpu/env.sh
 root=$1
 model=${2:-embedded}
+[ "$root" = "${root#/}" ] && root=$PWD/$root  # absolute: commands.sh names its files by it
 mkdir -p "$root"
 wheels=.whl-lf; [ -d /tmp/m/wheels-lf ] && wheels=/tmp/m/wheels-lf
 if [ ! -f /tmp/lfsite/.ready ]; then
@@ -66,5 +71,6 @@ a, b = (json.load(open(f'$root/{d}/replay.json'))['replay'] for d in ('replay', 
 for k in ('generations', 'passed', 'kept', 'pairs'):
     print(f'{k}: in-process {a[k]}, endpoint {b[k]} ({(b[k] - a[k]) / max(a[k], 1):+.1%})')"
 python3 bench/lf_proof.py configs "$root"
-bash "$root/commands.sh"
+[ "${TRAIN:-1}" = 1 ] || { echo "[$(date +%T)] prepared $root (TRAIN=0: no training)"; exit 0; }
+bash "$root/commands.sh" "${@:3}"
 echo "[$(date +%T)] done ($((SECONDS - t0)) s)"
