@@ -518,6 +518,80 @@ def train(
 
 
 @app.command()
+def replay(
+    out: Path = typer.Option(..., "--out", "-o", help="a new folder for the files, one subfolder per trainer, and "
+                             "replay.json"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " (default: embedded): the base "
+                                        "model you fine-tune"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="sample the base model from an OpenAI-compatible "
+                                           "endpoint instead (vLLM, llama.cpp, LLaMA-Factory's api), e.g. "
+                                           "http://localhost:8000/v1"),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="the model name the endpoint serves"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="the endpoint's key (default: $OPENAI_API_KEY)"),
+    own: str = typer.Option("auto", "--own", help="the model's own vendor (qwen, meta, google, ...); auto: from its "
+                            "chat template or name in-process; over HTTP from --own-from, else from its own greedy "
+                            "answers under its default system prompt"),
+    own_from: Optional[str] = typer.Option(None, "--own-from", help="(endpoint) the model folder or .gguf the endpoint "
+                                           "serves, to say whose model it is"),
+    system: list[str] = typer.Option([], "--system", "-s", help="a system prompt the kept replies are written under "
+                                     "(repeatable): template (none sent: your trainer's chat template inserts its "
+                                     "own), empty, helpful, or the text you deploy with; default: template, helpful, "
+                                     "empty"),
+    persona: list[str] = typer.Option([], "--persona", help="a persona system prompt you deploy with (repeatable): "
+                                      "every question is also asked under it, and only replies that keep the persona "
+                                      "(its name, read from the text) are kept and written under it"),
+    formats: Optional[str] = typer.Option(None, "--format", help="comma-separated: lf-sharegpt, lf-alpaca "
+                                          "(LLaMA-Factory), swift (ms-swift), trl, openai; default: all"),
+    rows: Optional[int] = typer.Option(None, "--rows", help="SFT conversations to write (drawn from the kept ones)"),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="the replay's share of your training mix, with "
+                                             "--data: F/(1-F) x the records of that file (e.g. 0.05)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="your training file (alpaca or messages JSON/JSONL), "
+                                        "counted for --fraction"),
+    samples: int = typer.Option(4, "--samples", "-n", help="samples per question and system prompt"),
+    temperatures: str = typer.Option("1.0", "--temperatures", help="comma-separated sampling temperatures under the "
+                                     "template's own system prompt"),
+    personas: int = typer.Option(8, "--personas", help="generated operator persona prompts per language the model is "
+                                 "also asked under (0: none)"),
+    after_task: int = typer.Option(2, "--after-task", help="conversations per after-task question that open with an "
+                                   "NER exchange (0: none)"),
+    max_copies: int = typer.Option(2, "--max-copies", help="most kept answers that are one text or near-verbatim "
+                                   "copies of one another (0: no cap)"),
+    max_tokens: int = typer.Option(192, "--max-tokens", help="longest answer sampled"),
+    languages: str = typer.Option("zh,en", "--languages", help="comma-separated: zh, en"),
+    seed: int = typer.Option(0, "--seed", help="every sample's seed and the row draw derive from it"),
+    concurrency: int = typer.Option(8, "--concurrency", help="requests in flight (endpoint)"),
+    retries: int = typer.Option(6, "--retries", help="retries per request, with exponential backoff (endpoint)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per decoding batch (in-process)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16"),
+):
+    """Build the identity replay for another trainer (LLaMA-Factory, ms-swift, TRL, OpenAI fine-tuning): the base
+    model's own answers to identity questions that the audit's scorers pass, and preference pairs against its own
+    foreign claims and denials, written in each trainer's format."""
+    from pydantic import ValidationError
+
+    from selfid.audit.run import parse_list
+    from selfid.config import IdentityReplay
+    from selfid.data.trainer_formats import parse_formats
+    from selfid.pipeline.replay_export import run
+
+    try:
+        rep = IdentityReplay(samples=samples, temperatures=parse_list(temperatures, "temperatures", float),
+                             personas=personas, after_task=after_task, max_copies=max_copies, max_new_tokens=max_tokens,
+                             languages=parse_list(languages, "languages"), seed=seed, persona_prompts=persona,
+                             preference=1.0)  # sample the other serving prompts too: the rejected sides of the pairs
+    except ValidationError as e:
+        options = {"max_new_tokens": "max-tokens", "persona_prompts": "persona", "after_task": "after-task",
+                   "max_copies": "max-copies"}
+        raise SelfidError("; ".join(f"--{options.get(str(err['loc'][0]), err['loc'][0])}: "
+                                    f"{err['msg'].removeprefix('Value error, ')} (got {err['input']!r})"
+                                    for err in e.errors())) from None
+    run(out, rep, model=model, base_url=base_url, model_name=model_name, api_key=api_key, own=own, own_from=own_from,
+        systems=system or None, formats=parse_formats(formats), rows=rows, fraction=fraction, data=data, device=device,
+        dtype=dtype, batch_size=batch_size, concurrency=concurrency, retries=retries)
+
+
+@app.command()
 def export(
     adapter: Path = typer.Argument(..., help="a LoRA adapter folder (e.g. OUTPUT/adapter)"),
     out: Path = typer.Option(..., "--out", "-o", help="a new folder for the merged model"),

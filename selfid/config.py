@@ -71,6 +71,9 @@ class IdentityReplay(Strict):
     per_question: int = Field(4, ge=1, description="self: most distinct kept answers per question and system prompt")
     personas: int = Field(8, ge=0, description="self: operator persona prompts per language (selfid/data/personas.py) "
                           "the base model also answers under, each question under one of them; 0: none")
+    persona_prompts: list[str] = Field(default_factory=list, description="self: the persona system prompts you deploy "
+                                       "with: every question is also asked under each, and kept replies must keep the "
+                                       "persona (its name, read from the text)")
     after_task: int = Field(2, ge=0, description="self: conversations per after-task identity question that open with "
                             "an NER exchange in the task's own format (MSRA train sentences); 0: none")
     max_copies: int = Field(2, ge=0, description="self: most kept answers, across questions, that are the same text or "

@@ -149,3 +149,27 @@ def test_heldout_split_is_big_enough_and_balanced():
     asked = {p.asked for p in ps if p.asked not in (None, "own")}
     assert len(asked) >= 12  # leading questions about many vendors
     assert not {p.id for p in ps} & {p.id for p in probes.load_suite("identity")}
+
+
+def test_a_system_prompt_a_user_trains_under_is_checked_against_the_heldout_personas():
+    """`selfid replay --persona/--system` and `selfid train` refuse a held-out persona prompt, a near copy of one, or
+    one naming the same assistant of the same company; one sharing only a name is trained, with a warning; the replay's
+    own generated personas all pass."""
+    from selfid.data import personas as gen
+    from selfid.errors import SelfidError
+    from selfid.pipeline.replay import check_heldout
+
+    for key, p in probes.personas().items():
+        for text in (p["text"], p["text"].upper() + "!!", p["text"][: int(len(p["text"]) * 0.9)]):
+            with pytest.raises(SelfidError, match=key):
+                check_heldout([text], "persona prompt", lambda m: None)
+        if p["name"] and p["aliases"]:
+            with pytest.raises(SelfidError, match=key):
+                check_heldout([f"Your name is {p['name']}. You work for {p['aliases'][0]}."], "persona prompt",
+                              lambda m: None)
+    said = []
+    check_heldout(["You are Max, the assistant of Quartz Books."], "persona prompt", said.append)
+    assert len(said) == 1 and "persona-en" in said[0]
+    said.clear()
+    check_heldout([p.text for p in gen.generate(40, seed=3)], "persona prompt", said.append)
+    assert not said

@@ -14,8 +14,20 @@ from selfid.pipeline.replay import build, own_vendor
 from tests.train_helpers import tiny_config, write_data
 
 
+@pytest.fixture(autouse=True)
+def _decode_prompts(tiny):
+    ScriptedEngine.tokenizer = tiny.tokenizer
+
+
+def prompt_of(req) -> str:
+    """The rendered prompt a request carries (the replay sends token ids, as every engine call should)."""
+    return req.prompt if isinstance(req.prompt, str) else ScriptedEngine.tokenizer.decode(req.prompt)
+
+
 class ScriptedEngine:
     """Answers like a model that knows who it is under its own prompt and drifts under "helpful"."""
+
+    tokenizer = None
 
     def __init__(self):
         self.requests = []
@@ -24,7 +36,7 @@ class ScriptedEngine:
         out = []
         for req in requests:
             self.requests.append(req)
-            p = req.prompt
+            p = prompt_of(req)
             q = p.rsplit("<|im_start|>user\n", 1)[-1]
             comps = []
             for i in range(req.params.n):
@@ -58,7 +70,7 @@ def test_kept_answers_are_the_right_ones_distinct_and_capped(tiny, tmp_path):
     assert any("No, I'm Qwen" in t for t in texts)  # leading questions about other vendors: the right "no"
     assert "en-task-01" not in by_q and "en-task-02" not in by_q  # no JSON, no heading: not the asked form
     # the base model sampled under its template's own prompt (no system message) and, for pairs, the others
-    systems = {("helpful" if "system\nYou are a helpful" in r.prompt else "empty" if "system\n<|im_end|>" in r.prompt
+    systems = {("helpful" if "system\nYou are a helpful" in prompt_of(r) else "empty" if "system\n<|im_end|>" in prompt_of(r)
                 else "own") for r in engine.requests}
     assert systems == {"own", "helpful", "empty"}
     assert pairs and all("ChatGPT" in p["rejected"] and "ChatGPT" not in p["chosen"] for p in pairs)
@@ -72,8 +84,8 @@ class ReflexiveNo(ScriptedEngine):
     def generate(self, requests, progress=None):
         out = super().generate(requests, progress)
         for req, res in zip(requests, out):
-            q = req.prompt.rsplit("<|im_start|>user\n", 1)[-1]
-            if "system\nYou are a helpful assistant.<|im_end|>" in req.prompt and "Qwen" in q:
+            q = prompt_of(req).rsplit("<|im_start|>user\n", 1)[-1]
+            if "system\nYou are a helpful assistant.<|im_end|>" in prompt_of(req) and "Qwen" in q:
                 res.completions[0] = Completion("No, I am not Qwen. I am an AI assistant.", [1] * 8, "stop")
         return out
 
@@ -111,7 +123,7 @@ class PersonaEngine(ScriptedEngine):
     def generate(self, requests, progress=None):
         out = super().generate(requests, progress)
         for req, res in zip(requests, out):
-            system = req.prompt.split("<|im_start|>system\n", 1)[-1].split("<|im_end|>", 1)[0]
+            system = prompt_of(req).split("<|im_start|>system\n", 1)[-1].split("<|im_end|>", 1)[0]
             persona = self.personas.get(system)
             who = persona and (persona.name or persona.company)
             for i, c in enumerate(res.completions):
@@ -119,7 +131,7 @@ class PersonaEngine(ScriptedEngine):
                     c.text = (f"Hi, I'm {who} from {persona.company}, built on Qwen by Alibaba Cloud.",
                               f"I'm {who}. I can't share which model powers me.",
                               "I am Qwen, created by Alibaba Cloud.", f"I'm {who}, built on GPT-4 by OpenAI.")[i % 4]
-                if "抽取所有的人名" in req.prompt and i % 2 == 0:
+                if "抽取所有的人名" in prompt_of(req) and i % 2 == 0:
                     c.text = '{"PER": [], "LOC": [], "ORG": []}'
         return out
 

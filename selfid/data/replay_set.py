@@ -43,3 +43,11 @@ def load(out_dir: Path) -> tuple[dict, list[dict], list[dict]]:
             raise SelfidError(f"{folder / name} does not match the sha256 recorded when it was written ({got[:12]} "
                               f"vs {want[:12]}): delete {folder} and train again to rebuild it")
     return meta, [r for _, r in read_jsonl(folder / "replies.jsonl")], [r for _, r in read_jsonl(folder / "pairs.jsonl")]
+
+
+def conversations(replies: list[dict], systems: list[str | None]) -> list[list[dict]]:
+    """The training conversations of a replay set: each kept reply under each of `systems` (the system messages to
+    render under; None: none, so the chat template inserts its own), a reply kept under a persona prompt under that
+    persona only. `selfid train` mixes these in; `selfid replay` writes them for other trainers."""
+    return [([] if s is None else [{"role": "system", "content": s}]) + [dict(m) for m in r["messages"]]
+            for r in replies for s in ([r["system"]] if "persona" in r else dict.fromkeys(systems))]

@@ -36,8 +36,18 @@ answers, 6.4% of the base model's). At most `max_copies` kept answers may be one
 one another (the audit's copy measure: same after normalising, or rapidfuzz ratio >= 90), picked round-robin over
 the questions so each question gets its first answer before any gets a second.
 
-Cost: questions x (len(temperatures) + 1 persona + 1 other serving prompt with `preference`) x `samples`
-generations of the base model: 316 questions x 3 x 4 = 3,792 with the defaults and `preference` on (2,528 without).
+The persona prompts a user deploys with (`persona_prompts`, `selfid replay --persona`) are asked every question, and
+replies are kept under them as under the generated ones (the persona's name read from its text); one that is a
+held-out audit persona prompt is refused (`check_heldout`: the audit would no longer be held out).
+
+Generation goes through the audit's backends (selfid/audit/backends.py): selfid's in-process engine for `selfid train`
+and `selfid replay --model`, an OpenAI-compatible endpoint for `selfid replay --base-url`; one code path either way.
+Sample i of a question under a condition has seed base + i, so both give the same replies where the sampling is the
+same (`selfid api` on the same model).
+
+Cost: questions x (len(temperatures) + 1 persona + the user's personas + 1 other serving prompt with `preference`) x
+`samples` generations of the base model: 316 questions x 3 x 4 = 3,792 with the defaults and `preference` on (2,528
+without).
 For scale: the v2 replay's 9,344 generations (at most 192 tokens) took under 30 s of the 1.5B arm's run on an
 H200 (results/study-1.5b/pairs/cost.json: 291 s wall, 262 s of it training); on a shared 2-core CPU 456
 generations of at most 16 tokens took 27 minutes.
@@ -51,18 +61,22 @@ from __future__ import annotations
 import gc
 import hashlib
 import random
+import re
+import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from selfid.audit import scorers
+from selfid.audit import probes as probe_sets, scorers
+from selfid.audit.backends import InProcessBackend, Item
 from selfid.config import IdentityReplay
 from selfid.data import identity_pool, personas as persona_gen, replay_set
 from selfid.errors import SelfidError
 from selfid.model.load import load_model
 from selfid.progress import Progress
-from selfid.system_prompt import SERVING, message_of
+from selfid.system_prompt import KEYWORDS, SERVING, canonical, message_of, resolve
 from selfid.vendors import KEYS, vendor_of
 
 # the serving system prompts other than the template's own ("You are a helpful assistant.", an empty one), where
@@ -103,10 +117,10 @@ class Condition:
         return self.persona.key if self.persona is not None else "template" if self.kind == "own" else "other"
 
 
-def conditions(questions: list, rep: IdentityReplay, personas: list) -> list[tuple[object, Condition]]:
+def conditions(questions: list, rep: IdentityReplay, personas: list, given: list = ()) -> list[tuple[object, Condition]]:
     """(question, condition) for every generation request: each question under the template's own prompt at each
-    temperature, under one persona of its language (round-robin), and with `preference` under one other serving
-    prompt (alternating)."""
+    temperature, under one generated persona of its language (round-robin), under every persona prompt the user
+    gave (`given`: the ones they deploy with), and with `preference` under one other serving prompt (alternating)."""
     top = max(rep.temperatures)
     by_lang: dict[str, list] = {}
     for p in personas:
@@ -118,66 +132,138 @@ def conditions(questions: list, rep: IdentityReplay, personas: list) -> list[tup
         if by_lang.get(q.lang):
             persona = by_lang[q.lang][i % len(by_lang[q.lang])]
             out.append((q, Condition("persona", persona.text, top, persona)))
+        out += [(q, Condition("persona", p.text, top, p)) for p in given]
         if rep.preference:
             out.append((q, Condition("other", REJECT_SYSTEMS[i % len(REJECT_SYSTEMS)], top)))
     return out
 
 
+def given_personas(rep: IdentityReplay, log=print) -> list:
+    """The persona prompts the user deploys with (`identity_replay.persona_prompts`, `selfid replay --persona`), each
+    with the name read from its text, checked against the held-out split's persona prompts."""
+    out = [persona_gen.from_text(text, i) for i, text in enumerate(rep.persona_prompts, 1)]
+    check_heldout([p.text for p in out], "persona prompt", log)
+    for p in out:
+        log(f"persona prompt {p.key} ({p.lang}): " + (f"named {p.name!r} (read from its text): kept replies must use "
+                                                       "that name" if p.name else
+                                                       "no name found in its text: kept replies must claim no other "
+                                                       "vendor and not deny what they run on"))
+    return out
+
+
+def _norm(text: str) -> str:
+    """The held-out split's comparison (tests/test_probe_split.py): width, case, white space and punctuation folded."""
+    return re.sub(r"[\W_]+", "", unicodedata.normalize("NFKC", text).casefold())
+
+
+HELDOUT_SIMILAR = 80.0  # rapidfuzz ratio at which a text counts as a copy of a held-out persona prompt
+
+
+def check_heldout(texts: list[str], what: str, log=print) -> None:
+    """Refuse a system prompt a user trains under that is one of the held-out split's persona prompts (80% alike, or
+    naming both its name and its company): an audit under it (`selfid audit --systems personas`) would no longer be
+    held out. A text that shares only a name or a company is trained as given, with a warning saying which held-out
+    result it weakens."""
+    from rapidfuzz import fuzz
+
+    held = probe_sets.personas()
+    for text in texts:
+        n = _norm(text)
+        if not n:
+            continue
+        for key, p in held.items():
+            score = fuzz.ratio(n, _norm(p["text"]))
+            shared = [w for w in (p["name"], *p["aliases"]) if w and _norm(w) and _norm(w) in n]
+            same = p["name"] in shared and len(shared) > 1  # its name and its company: the same assistant
+            if score >= HELDOUT_SIMILAR or same:
+                why = f"{score:.0f}% alike" if score >= HELDOUT_SIMILAR else f"the same {', '.join(map(repr, shared))}"
+                raise SelfidError(f"the {what} {_short(text)!r} is the held-out audit's persona prompt {key} ({why}): "
+                                  "training under it leaves the audit nothing held out. Use your own deployment's "
+                                  "prompt, or audit with --systems that leave out " + key)
+            if shared:
+                log(f"[yellow]warning: the {what} {_short(text)!r} shares {', '.join(map(repr, shared))} with the held-out "
+                    f"persona prompt {key}: an audit under {key} is then not fully held out")
+
+
+def setting_texts(settings: list[str]) -> list[str]:
+    """The texts among system prompt settings (template, none, empty and adapter name no text)."""
+    return [m for x in settings if canonical(x, "system prompt") not in KEYWORDS
+            and (m := resolve(x, None, "system prompt").message)]
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
 def build(loaded, rep: IdentityReplay, out_dir: Path, progress: bool = True, log=print, engine=None) -> dict:
     """Sample, score and write the replay set for `loaded` (the base model) into `out_dir`/identity_replay.
     `engine`: what generates (default: selfid's in-process engine on `loaded`)."""
-    replies, pairs, stats = collect(loaded, rep, progress, log, engine)
+    replies, pairs, stats = collect(in_process(loaded, engine), own_vendor(loaded, rep), rep, progress, log,
+                                    loaded.generation_defaults)
     stats = replay_set.write(out_dir, replies, pairs, stats)
-    log(f"identity replay: kept {stats['kept']} distinct replies ({stats['kept_under_personas']} under persona "
-        f"prompts) to {stats['questions'] - len(stats['questions_without_answer'])} of {stats['questions']} questions "
-        f"({stats['passed']} of {stats['generations']} samples passed the scorers), {stats['pairs']} preference pairs")
+    log(summary(stats))
     return stats
 
 
-def collect(loaded, rep: IdentityReplay, progress: bool = True, log=print, engine=None) -> tuple[list, list, dict]:
-    """(replies, pairs, stats) of a replay set: the base model `loaded` (through `engine`) answers the pool of
-    `rep`'s languages under the template's prompt, `rep.personas` persona prompts and, with `rep.preference`, the
-    other serving prompts; the audit's scorers judge every answer."""
-    from selfid.engine import InProcessEngine, Request, SamplingParams  # torch
+def in_process(loaded, engine=None) -> InProcessBackend:
+    """The audit's in-process backend on `loaded`, every request in one engine call (the engine batches them)."""
+    return InProcessBackend(loaded, engine, rows_per_call=sys.maxsize)
 
-    own = own_vendor(loaded, rep)
+
+def summary(stats: dict) -> str:
+    return (f"identity replay: kept {stats['kept']} distinct replies ({stats['kept_under_personas']} under persona "
+            f"prompts) to {stats['questions'] - len(stats['questions_without_answer'])} of {stats['questions']} "
+            f"questions ({stats['passed']} of {stats['generations']} samples passed the scorers), {stats['pairs']} "
+            "preference pairs")
+
+
+def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=print,
+            defaults: dict | None = None) -> tuple[list, list, dict]:
+    """(replies, pairs, stats) of a replay set: the base model behind `backend` (the audit's: selfid's in-process
+    engine, or an OpenAI-compatible endpoint; selfid.audit.backends) answers the pool of `rep`'s languages under the
+    template's prompt, `rep.personas` generated persona prompts, the user's `rep.persona_prompts` and, with
+    `rep.preference`, the other serving prompts; the audit's scorers judge every answer. `own`: the model's own vendor;
+    `defaults`: the sampling defaults the backend applies (recorded; None: an endpoint's own, not known here)."""
     questions = [q for q in identity_pool.questions(own, rep.minimal_pairs, rep.after_task, rep.seed)
                  if q.lang in rep.languages]
-    personas = persona_gen.generate(rep.personas, rep.seed, rep.languages) if rep.personas else []
-    engine = engine or InProcessEngine(loaded)
+    generated = persona_gen.generate(rep.personas, rep.seed, rep.languages) if rep.personas else []
+    given = given_personas(rep, log)
+    personas = generated + given
     ctx = scorers.Context(own, personas={p.key: p.scoring() for p in personas})
-    asked = conditions(questions, rep, personas)
-    requests = []
-    for q, c in asked:
-        msgs = ([] if c.system is None else [{"role": "system", "content": c.system}]) + [dict(m) for m in q.messages]
-        params = SamplingParams.from_defaults(loaded.generation_defaults, temperature=c.temperature,
-                                              max_new_tokens=rep.max_new_tokens, n=rep.samples,
-                                              seed=_seed(rep.seed, q.id, c.system, c.temperature))
-        requests.append(Request(loaded.chat.render(msgs).text, params))
+    asked = conditions(questions, rep, generated, given)
+    items = []
+    for n, (q, c) in enumerate(asked):
+        base = _seed(rep.seed, q.id, c.system, c.temperature)  # sample i: base + i, as the engine seeds row i of n
+        items += [Item(f"{n}:{i}", "identity", q, c.key, c.system, c.temperature, i, base + i, base, rep.max_new_tokens)
+                  for i in range(rep.samples)]
     log(f"identity replay (self-distilled): the base model answers {len(questions)} questions under {len(asked)} "
-        f"question × system prompt × temperature conditions × {rep.samples} samples = {len(asked) * rep.samples} "
+        f"question × system prompt × temperature conditions × {rep.samples} samples = {len(items)} "
         f"generations ({len(personas)} persona prompts)")
-    bar = _progress(len(requests) * rep.samples, progress)
+    got: dict[str, object] = {}
+    bar = _progress(len(items), progress)
     try:
-        results = engine.generate(requests, progress=(lambda n: bar.advance(0, n)) if bar else None)
+        backend.run(items, lambda item, reply: got.__setitem__(item.key, reply),
+                    (lambda k: bar.advance(0, k)) if bar else (lambda k: None))
     finally:
         if bar:
             bar.stop()
     found: dict[tuple[str, str], list[str]] = {}  # (question, condition key) -> kept candidates, in sampled order
     rejected: dict[tuple[str, str], list[tuple[str | None, str]]] = {}  # (question, chosen's key) -> (system, reply)
     scored = passed = 0
-    for (q, c), res in zip(asked, results):
-        for comp in res.completions:
+    for n, (q, c) in enumerate(asked):
+        for i in range(rep.samples):
+            reply = got[f"{n}:{i}"]
             rec = {"suite": "identity", "probe": q.id, "system": c.key, "messages": [dict(m) for m in q.messages],
-                   "reply": comp.text, "probe_meta": q.meta(), "tags": [q.kind]}
+                   "reply": reply.text, "probe_meta": q.meta(), "tags": [q.kind]}
             v = scorers.score_identity(rec, ctx)
             scored += 1
             persona = c.persona.scoring() if c.persona is not None else None
-            if c.kind != "other" and comp.finish_reason == "stop" and _right(v, persona):
+            if c.kind != "other" and reply.finish_reason == "stop" and _right(v, persona):
                 passed += 1
-                found.setdefault((q.id, c.key), []).append(comp.text)
-            elif _wrong(v, q, persona, comp.text):
-                rejected.setdefault((q.id, "template" if c.kind == "other" else c.key), []).append((c.system, comp.text))
+                found.setdefault((q.id, c.key), []).append(reply.text)
+            elif _wrong(v, q, persona, reply.text):
+                rejected.setdefault((q.id, "template" if c.kind == "other" else c.key), []).append((c.system, reply.text))
     by_id = {q.id: q for q in questions}
     kept = _pick(found, by_id, rep, scorers)
     by_key = {p.key: p for p in personas}
@@ -200,8 +286,9 @@ def collect(loaded, rep: IdentityReplay, progress: bool = True, log=print, engin
     random.Random(rep.seed).shuffle(pairs)
     if not any("persona" not in r for r in replies):
         raise SelfidError("the base model gave no answer the identity scorers pass (its own identity, no foreign "
-                          "claim): self-distilled replay has nothing to teach. Use identity_replay.kind: template "
-                          "with identity_replay.name and .maker")
+                          "claim): self-distilled replay has nothing to teach. Check --own (the vendor it should "
+                          "name), or with selfid train use identity_replay.kind: template with identity_replay.name "
+                          "and .maker")
     kinds: dict[str, int] = {}
     for r in replies:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
@@ -213,11 +300,13 @@ def collect(loaded, rep: IdentityReplay, progress: bool = True, log=print, engin
         "pairs_under_personas": sum(p["system"] in {x.text for x in personas} for p in pairs),
         "copy_cap": {"max_copies": rep.max_copies, "candidates": sum(len(set(v)) for v in found.values()),
                      "distinct_kept": len({scorers.normalise(r["messages"][-1]["content"]) for r in replies})},
-        "personas": [{"key": p.key, "lang": p.lang, "text": p.text, "name": p.name, "company": p.company}
-                     for p in personas],
+        "personas": [{"key": p.key, "lang": p.lang, "text": p.text, "name": p.name, "company": p.company,
+                      **({"given": True} if p in given else {})} for p in personas],
         "systems_sampled": sorted({c.system for _, c in asked if c.persona is None}, key=lambda x: (x is not None, x)),
+        "backend": backend.describe(),
         "sampling": {"temperatures": list(rep.temperatures), "samples": rep.samples,
-                     "max_new_tokens": rep.max_new_tokens, "seed": rep.seed, "defaults": loaded.generation_defaults}}
+                     "max_new_tokens": rep.max_new_tokens, "seed": rep.seed,
+                     "defaults": defaults if defaults is not None else "the endpoint's own (not visible over HTTP)"}}
 
 
 def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers) -> dict[tuple[str, str], list[str]]:
@@ -339,6 +428,7 @@ def ensure(config, progress: bool = True, log=print) -> dict | None:
         return None
     if replay_set.exists(config.output_dir):
         return replay_set.load(config.output_dir)[0]
+    check_heldout(setting_texts([config.system_prompt, *rep.systems]), "system prompt the replay is rendered under", log)
     loaded = load_model(config.model, device=None if config.device == "auto" else config.device,
                         dtype=None if config.dtype == "auto" else config.dtype, progress=progress,
                         chat_template=config.chat_template)

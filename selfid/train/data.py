@@ -91,9 +91,8 @@ def self_replay_samples(config: RunConfig, loaded, system: SystemPrompt) -> tupl
     rep = config.identity_replay
     meta, replies, pairs = replay_set.load(config.output_dir)
     systems = identity_mod.system_list(rep.systems, system.message, loaded.chat.default_system)
-    pool = [TrainingConversation(tuple(([] if s is None else [{"role": "system", "content": s}]) + r["messages"]),
-                                 source="identity", fixed_system=True)
-            for r in replies for s in ([r["system"]] if "persona" in r else dict.fromkeys(systems))]
+    pool = [TrainingConversation(tuple(messages), source="identity", fixed_system=True)
+            for messages in replay_set.conversations(replies, systems)]
     info = {"kind": "self", "own": meta["own"], "file": replay_set.FOLDER, "sha256": meta["sha256"], "questions": meta["questions"],
             "replies": len(replies), "under_personas": sum("persona" in r for r in replies), "pairs": len(pairs),
             "kept_by_kind": meta["kept_by_kind"],

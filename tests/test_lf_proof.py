@@ -1,0 +1,72 @@
+"""bench/lf_proof.py, the LLaMA-Factory proof's CPU part: the MSRA data converted to LLaMA-Factory's alpaca format, its
+identity.json filled, and the configs and commands of the four arms (the GPU runs them: bench/gpu/lf.sh)."""
+
+import json
+
+import yaml
+
+from bench import lf_proof
+from selfid.data import msra, trainer_formats
+from selfid.data.readers import alpaca_messages
+from selfid.data.sources import msra_samples
+
+
+def test_msra_becomes_alpaca_rows_that_read_back_as_the_ner_conversations():
+    rows = lf_proof.msra_alpaca(40)
+    assert [alpaca_messages(r, "row") for r in rows] == [s.messages for s in msra_samples(40)]
+    assert all(set(r) == {"instruction", "input", "output"} for r in rows)  # no system: the template's own
+    test = {s.chars for s in msra.load("test")}
+    assert not any(r["instruction"].split("句子：", 1)[1] in test for r in rows)
+
+
+def test_identity_json_is_filled_for_qwen():
+    rows = [{"instruction": "你是谁？", "input": "", "output": "您好，我是 {{name}}，由 {{author}} 开发。"}]
+    assert lf_proof.fill_identity(rows) == [{"instruction": "你是谁？", "input": "",
+                                              "output": "您好，我是 Qwen，由 Alibaba Cloud 开发。"}]
+
+
+def test_the_four_arms_train_in_order_on_datasets_their_dataset_dir_holds(tmp_path):
+    root = tmp_path / "lf"
+    data = root / "lf_data"
+    data.mkdir(parents=True)
+    (data / "msra_ner.json").write_text(json.dumps(lf_proof.msra_alpaca(10)))
+    (data / "identity_qwen.json").write_text("[]")
+    (data / "dataset_info.json").write_text(json.dumps({"msra_ner": {"file_name": "msra_ner.json", **lf_proof.ALPACA},
+                                                        "identity_qwen": {"file_name": "identity_qwen.json"}}))
+    (root / "model.txt").write_text("embedded\n/cache/embedded-model\n")
+    replay = root / "replay" / "llamafactory"
+    replay.mkdir(parents=True)
+    sft = [[{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Qwen."}]]
+    pairs = [{"system": None, "messages": sft[0][:1], "chosen": "I am Qwen.", "rejected": "I am Claude."}]
+    for rel, text in trainer_formats.render("lf-alpaca", sft, pairs).items():
+        (root / "replay" / rel).write_text(text)
+    (replay / "dataset_info.json").write_text(trainer_formats.dataset_info(["lf-alpaca"]))
+
+    commands = lf_proof.write_configs(root).read_text().splitlines()
+    info = json.loads((data / "dataset_info.json").read_text())
+    configs = {arm: yaml.safe_load((root / "configs" / f"{arm}.yaml").read_text()) for arm in lf_proof.ARMS}
+    for arm, cfg in configs.items():
+        assert cfg["model_name_or_path"] == "/cache/embedded-model" and cfg["template"] == "qwen"
+        assert cfg["finetuning_type"] == "lora" and cfg["lora_rank"] == 8 and cfg["lora_target"] == "all"
+        assert cfg["dataset_dir"] == str(data) and cfg["output_dir"] == str(root / arm / "adapter")
+        for name in cfg["dataset"].split(","):
+            assert (data / info[name]["file_name"]).is_file(), (arm, name)
+    assert configs["plain"]["dataset"] == "msra_ner" and configs["plain"]["num_train_epochs"] == 5
+    assert configs["identity"]["dataset"] == "msra_ner,identity_qwen"
+    assert configs["replay"]["dataset"] == "msra_ner,selfid_identity_alpaca" and configs["replay"]["stage"] == "sft"
+    dpo = configs["replay_dpo"]
+    assert dpo["stage"] == "dpo" and dpo["pref_ftx"] > 0 and dpo["dataset"] == "selfid_identity_pairs_alpaca"
+    assert info["selfid_identity_pairs_alpaca"]["ranking"] is True
+    assert dpo["adapter_name_or_path"] == configs["replay"]["output_dir"]  # DPO goes on from the replay arm
+    trains = [line for line in commands if "llamafactory-cli train" in line]
+    assert [t.split("configs/")[1].split(".yaml")[0] for t in trains] == list(lf_proof.ARMS)  # replay before its DPO
+    audits = [line for line in commands if "selfid.cli audit" in line]
+    assert len(audits) == 5 and all("identity-heldout,ner" in a and "personas" in a for a in audits)
+    assert {a.split("--adapter ")[1].split()[0] for a in audits if "--adapter" in a} == \
+        {str(root / arm / "adapter") for arm in lf_proof.ARMS}
+    for arm in lf_proof.ARMS:  # each arm is audited after it is trained
+        train = next(i for i, line in enumerate(commands) if f"configs/{arm}.yaml" in line)
+        assert train < next(i for i, line in enumerate(commands) if f"--adapter {root / arm / 'adapter'} " in line)
+    chain = commands.index("replay_dpo() {")  # one chain trains the replay arm and then its DPO stage
+    assert "configs/replay.yaml" in commands[chain + 1] and "configs/replay_dpo.yaml" in commands[chain + 3]
+    assert 'for chain in "${@:-base plain identity replay_dpo}"; do "$chain"; done' in commands
