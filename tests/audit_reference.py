@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from selfid.audit import detect, scorers
+from selfid import vendors
+from selfid.audit import detect, scorers, stats
 from selfid.audit.log import LOG, read_log, read_margin, read_meta
 from selfid.audit.probes import IDENTITY_SUITES
 from selfid.audit.report import summary
@@ -32,19 +33,25 @@ def load_run(run_dir: Path) -> tuple[dict, list[Scored], dict | None]:
 
 @contextlib.contextmanager
 def uncached():
-    """selfid.audit.detect without its caches of sentences' and questions' verdicts (main had none)."""
-    saved = detect._sentence_claims_once, detect._about_once, detect._leading_once
+    """selfid.audit.detect without its caches of sentences' and questions' verdicts, nor vendors' of mentions and
+    stats' of Wilson intervals (main had none)."""
+    saved = (detect._sentence_claims_once, detect._about_once, detect._leading_once, vendors._mentions_once,
+             stats._wilson)
     detect._sentence_claims_once = lambda s, about: tuple(map(frozenset, detect._sentence_claims(s, about)))
     detect._about_once, detect._leading_once = detect.about_this_assistant, detect.leading_vendor
+    vendors._mentions_once = getattr(vendors._mentions_once, "__wrapped__", vendors._mentions_once)
+    stats._wilson = getattr(stats._wilson, "__wrapped__", stats._wilson)
     try:
         yield
     finally:
-        detect._sentence_claims_once, detect._about_once, detect._leading_once = saved
+        (detect._sentence_claims_once, detect._about_once, detect._leading_once, vendors._mentions_once,
+         stats._wilson) = saved
 
 
 def cold() -> None:
     """Empty detect's caches, as a fresh process starts (each audit scores its replies once)."""
-    for cached in (detect._sentence_claims_once, detect._about_once, detect._leading_once):
+    for cached in (detect._sentence_claims_once, detect._about_once, detect._leading_once, vendors._mentions_once,
+                   stats._wilson):
         cached.cache_clear()
 
 
@@ -98,6 +105,11 @@ def _general(records: list[Scored]) -> dict:
 
 def summarize(run_dir: Path) -> dict:
     """summary.json of a run as main computed it before issue 24."""
+    with uncached():
+        return _summarize(run_dir)
+
+
+def _summarize(run_dir: Path) -> dict:
     meta, records, margin = load_run(run_dir)
     params = meta["params"]
     systems = [s["key"] for s in meta["systems"]]
