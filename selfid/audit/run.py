@@ -29,13 +29,12 @@ from typing import Sequence
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from selfid import __version__
-from selfid.audit import probes as probe_sets
+from selfid.audit import probes as probe_sets, scorers
 from selfid.audit.backends import Item, Reply
 from selfid.audit.detect import Judge, detect
 from selfid.audit.endpoint import examine_for_run
 from selfid.audit.log import LOG, MARGIN, META, RENAMED, Log, migrate_record, read_log, read_margin, read_meta
 from selfid.audit.report import write_reports
-from selfid.audit import scorers
 from selfid.audit.scorers import VERSION as SCORER_VERSION, save_training_replies
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_json

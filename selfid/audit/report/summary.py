@@ -7,8 +7,8 @@ from pathlib import Path
 from selfid.audit import scorers
 from selfid.audit.log import LOG, read_log, read_margin, read_meta
 from selfid.audit.probes import IDENTITY_SUITES
-from selfid.audit.scorers import METRICS, Scored
 from selfid.audit.report.tally import Tally
+from selfid.audit.scorers import METRICS, Scored
 from selfid.audit.stats import bootstrap_f1, clustered_mean, clustered_rate, rate
 from selfid.tasks.ner import prf
 
