@@ -209,7 +209,7 @@ def main() -> None:
                     help="record the server this script starts with py-spy (raw collapsed stacks, 200 Hz) into "
                          "this file, from before the first level to after the last")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny random model, small levels: proves the script works")
-    ap.add_argument("--decode", default=None, choices=["auto", "eager", "static", "graph"],
+    ap.add_argument("--decode", default=None, choices=["auto", "eager", "static", "graph", "compiled"],
                     help="the server's decode mode (SELFID_DECODE; default: graph on CUDA, eager on the CPU)")
     args = ap.parse_args()
     if args.seconds is not None and args.seconds < 0:

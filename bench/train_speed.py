@@ -76,7 +76,8 @@ def run_selfid(config, eval_n: int) -> dict:
     out = {"tokens_per_s": m["tokens_per_s"], "train_wall_s": m["train_wall_s"], "tokens": m["tokens_trained"],
            "steps": m["steps"], "final_loss": m["final_loss"], "peak_memory_gb": peak_gb(device),
            "attention": result.manifest["train"]["attention"],
-           "varlen_check": result.manifest["train"].get("varlen_check"), "steady_tokens_per_s": steady}
+           "varlen_check": result.manifest["train"].get("varlen_check"), "steady_tokens_per_s": steady,
+           "compile_cache": m.get("compile_cache")}
     if eval_n:
         result.model.eval()
         t = time.perf_counter()
@@ -89,7 +90,6 @@ def run_selfid(config, eval_n: int) -> dict:
 
 def run_baseline(config, batch: int, eval_n: int) -> dict:
     """transformers Trainer + peft: padded batches, full logits, the library's defaults otherwise."""
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 

@@ -158,6 +158,13 @@ class Mention:
 
 def find_mentions(text: str) -> list[Mention]:
     """Every vendor name in `text`, longest first where two overlap, in order of position."""
+    return list(_mentions_once(text))
+
+
+@lru_cache(maxsize=1 << 16)
+def _mentions_once(text: str) -> tuple[Mention, ...]:
+    """find_mentions, once per distinct text: an audit's scoring asks it of the same clauses and names again and
+    again (Mentions are frozen, so the tuple can be shared)."""
     folded = _fold(text)
     run = {i for lit, i in _LATIN if lit in folded}
     if not text.isascii():
@@ -176,7 +183,7 @@ def find_mentions(text: str) -> list[Mention]:
         if out and m.start < out[-1].end:
             continue
         out.append(m)
-    return out
+    return tuple(out)
 
 
 def vendor_of(*names: str) -> str | None:

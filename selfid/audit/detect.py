@@ -23,6 +23,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Sequence
 
 from selfid.vendors import BY_KEY, KEYS, Mention, find_mentions
@@ -356,6 +357,14 @@ def _sentence_claims(sentence: str, about_self: bool = False) -> tuple[set[str],
     return claims, denied - claims
 
 
+@lru_cache(maxsize=1 << 16)
+def _sentence_claims_once(sentence: str, about_self: bool) -> tuple[frozenset[str], frozenset[str]]:
+    """`_sentence_claims`, once per distinct sentence: replies repeat their sentences ("I am Qwen, created by Alibaba
+    Cloud.") far more often than they repeat whole."""
+    claims, denied = _sentence_claims(sentence, about_self)
+    return frozenset(claims), frozenset(denied)
+
+
 def _maker_appositive(part: str, mentions: list[Mention]) -> bool:
     """'阿里云开发的大模型' after '我是通义千问，': a clause that opens with a maker and 开发的."""
     if not mentions or part[:mentions[0].start].strip():
@@ -413,8 +422,14 @@ def detect(text: str, asked: str | None = None, question: str | None = None, kee
     strings as prose too, for replies asked to state the model's name in code.
     """
     if asked is None:
-        asked = leading_vendor(question, earlier)
-    return detect_prose(clean(text, keep_code), asked, about_self=about_this_assistant(question))
+        asked = _leading_once(question, tuple(earlier))
+    return detect_prose(clean(text, keep_code), asked, about_self=_about_once(question))
+
+
+# what a question is (leading, about this assistant) is read once per distinct question: an audit asks each of its
+# few hundred questions of thousands of replies
+_about_once = lru_cache(maxsize=8192)(about_this_assistant)
+_leading_once = lru_cache(maxsize=8192)(leading_vendor)
 
 
 def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] | None = None,
@@ -425,7 +440,7 @@ def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] |
     claims: set[str] = set()
     denied: set[str] = set()
     for s in parts:
-        got, neg = _sentence_claims(s, about_self)
+        got, neg = _sentence_claims_once(s, about_self)
         claims |= got
         denied |= neg
     mentioned = {m.vendor for m in (find_mentions(prose) if mentions is None else mentions)}

@@ -84,9 +84,12 @@ class Log:
         self.path = Path(path)
         self.f = open(self.path, "a", encoding="utf-8")
 
-    def write(self, record: dict) -> None:
-        self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    def write(self, record: dict) -> str:
+        """Append one record; returns its line (without the newline), as `read_log` will parse it."""
+        line = json.dumps(record, ensure_ascii=False)
+        self.f.write(line + "\n")
         self.f.flush()
+        return line
 
     def close(self) -> None:
         self.f.flush()

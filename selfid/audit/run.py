@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,11 +29,11 @@ from typing import Sequence
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from selfid import __version__
-from selfid.audit import probes as probe_sets
+from selfid.audit import probes as probe_sets, scorers
 from selfid.audit.backends import Item, Reply
 from selfid.audit.detect import Judge, detect
 from selfid.audit.endpoint import examine_for_run
-from selfid.audit.log import LOG, MARGIN, META, RENAMED, Log, read_log, read_meta
+from selfid.audit.log import LOG, MARGIN, META, RENAMED, Log, migrate_record, read_log, read_margin, read_meta
 from selfid.audit.report import write_reports
 from selfid.audit.scorers import VERSION as SCORER_VERSION, save_training_replies
 from selfid.errors import SelfidError
@@ -293,7 +294,10 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
 
 def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, judge: Judge | None = None,
               show_progress: bool = True, margin: bool = True) -> dict:
-    """Run (or resume) the grid into `out`; write summary.json and report.html; return the summary."""
+    """Run (or resume) the grid into `out`; write summary.json and report.html; return the summary.
+
+    Each generation is scored as it is logged (from its logged line, as a later read of the log would see it), so the
+    reports are made without reading the log back; with an endpoint the scoring overlaps the requests in flight."""
     params.validate()
     out = Path(out)
     endpoint = None
@@ -307,16 +311,21 @@ def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, jud
     suites = {s: [p.for_own(own[0]) for p in ps] if s in probe_sets.IDENTITY_SUITES else ps for s, ps in suites.items()}
     items = plan(params, suites)
     meta = prepare(out, backend, params, resume, judge, len(items), own, endpoint)
-    done = {r["key"] for r in read_log(out / LOG, repair=True)}
+    ctx = scorers.context_for(read_meta(out), out)
+    scored = [scorers.score(r, ctx) for r in read_log(out / LOG, repair=True)]
+    done = {s.key for s in scored}
     pending = [it for it in items if it.key not in done]
     log = Log(out / LOG)
+
+    def logged(item, reply) -> None:
+        line = log.write(make_record(item, reply, judge))
+        scored.append(scorers.score(migrate_record(json.loads(line)), ctx))
     try:
         with Progress(TextColumn("[bold]audit[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress, transient=False,
                       label="audit", unit="generations") as bar:
             task = bar.add_task(f"{len(done)} done before" if done else "", total=len(pending))
-            backend.run(pending, lambda item, reply: log.write(make_record(item, reply, judge)),
-                        lambda n: bar.advance(task, n))
+            backend.run(pending, logged, lambda n: bar.advance(task, n))
     finally:
         log.close()
     if (margin and any(s in params.suites for s in probe_sets.IDENTITY_SUITES) and hasattr(backend, "loaded")
@@ -325,7 +334,7 @@ def run_audit(backend, params: AuditParams, out: Path, resume: bool = False, jud
 
         atomic_write_json(out / MARGIN, identity_margin(
             backend.loaded, [(k, chosen.message) for k, chosen in params.systems.items()], meta["own"]))
-    return write_reports(out)
+    return write_reports(out, (read_meta(out), scored, read_margin(out)))
 
 
 def rescore(run_dir: Path) -> dict:

@@ -82,6 +82,22 @@ class Context:
     personas: dict[str, dict] = field(default_factory=dict)  # system key -> {"name", "aliases"}
     recitation: Recitation | None = None
     probes: dict[tuple[str, str], dict] = field(default_factory=dict)  # (suite, probe id) -> meta, for old records
+    # verdicts of the rules on texts already scored in this run (replies repeat: a third of an identity grid's
+    # samples, most NER replies); None: nothing kept (the plain reference path of tests/test_audit_golden.py)
+    memo: dict | None = field(default_factory=dict)
+
+    def once(self, fn, *args):
+        """fn(*args), computed once per distinct args while this context lives (`fn` is a pure function)."""
+        if self.memo is None:
+            return fn(*args)
+        key = (fn, *args)
+        got = self.memo.get(key, _MISSING)
+        if got is _MISSING:
+            got = self.memo[key] = fn(*args)
+        return got
+
+
+_MISSING = object()
 
 
 def context_for(meta: dict, run_dir: Path | None = None) -> Context:
@@ -269,10 +285,10 @@ def score_identity(rec: dict, ctx: Context) -> Verdict:
     whole = meta.get("score") == "stated"
     judged = rec.get("judge")
     users = [m["content"] for m in rec["messages"] if m.get("role") == "user"]
-    d = detect(reply, asked, users[-1] if users else "", keep_code=whole, earlier=users[:-1])
+    d = ctx.once(detect, reply, asked, users[-1] if users else "", whole, tuple(users[:-1]))
     claims = set(judged["claims"]) if judged else set(d.claims)
     if whole and not judged:
-        claims |= stated(reply)
+        claims |= ctx.once(stated, reply)
     own = ctx.own
     denial = own in d.denials
     persona = ctx.personas.get(rec["system"])
@@ -292,7 +308,7 @@ def score_identity(rec: dict, ctx: Context) -> Verdict:
         task = {"task_done": form and who and not foreign, "task_form": form}
     after_task = None
     if "after-task" in (rec.get("tags") or ()):
-        said = bool(claims or d.denials or d.persona or describes_itself(reply)
+        said = bool(claims or d.denials or d.persona or ctx.once(describes_itself, reply)
                     or (named and uses_persona(persona, reply)))
         after_task = said and not continues_task(rec["messages"], reply)
     return Verdict(
@@ -305,12 +321,12 @@ def score_identity(rec: dict, ctx: Context) -> Verdict:
         persona_kept=(not foreign and (uses_persona(persona, reply) if named else not denial)
                       if persona is not None and expects in ("own", "deny") else None),
         identity_after_task=after_task,
-        copy=ctx.recitation.copied(reply) if ctx.recitation is not None else None, **task)
+        copy=ctx.once(ctx.recitation.copied, reply) if ctx.recitation is not None else None, **task)
 
 
 def score_task(rec: dict, ctx: Context) -> TaskVerdict:
     """The verdict on a task-suite reply (ner, general)."""
-    d = detect(rec.get("reply") or "")
+    d = ctx.once(detect, rec.get("reply") or "")
     claims, foreign = tuple(d.claims), tuple(c for c in d.claims if c != ctx.own)
     if rec["suite"] == "general":
         check = (rec.get("probe_meta") or ctx.probes.get(("general", rec["probe"]), {})).get("check")

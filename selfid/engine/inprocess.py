@@ -13,8 +13,12 @@ loaded (PEFT) serves rows for different adapters, and the base model, in one bat
 How a decode step runs (`decode`, or the SELFID_DECODE environment variable): `eager` runs the
 transformers model step by step with a growing cache; `static` decodes from a preallocated slot cache
 (static.py); `graph` does that with each step captured in a CUDA graph; `auto` (the default) is
-`graph` on CUDA and `eager` on the CPU. Static and graph decoding are checked against eager decoding
-on first use; if they disagree, or a batch mixes adapters, the engine decodes eagerly and logs why.
+`graph` on CUDA and `eager` on the CPU; `compiled` is `graph` with the decode step of the small buckets (up to
+static.COMPILED_ROWS rows) compiled by torch.compile before capture (gpt-fast's step), on CUDA only: on the CPU it
+decodes eagerly and says so. Static, graph and compiled decoding are checked against eager decoding on first use; if
+compiled decoding fails its check it falls back to `graph`, and if that (or static) fails, or a batch mixes adapters,
+the engine decodes eagerly; each fallback logs why in one line. Compiled decode steps are kept in the compile cache
+beside the model (selfid/model/compile_cache.py), so a second server start finds them compiled.
 
 On CUDA each step runs ahead (`run_ahead`): the sampled tokens are copied out and the next forward pass is
 queued for every row before the host reads them, so the per-row work here (stops, streaming text, events)
@@ -35,9 +39,24 @@ from selfid.engine.cache_kwarg import cache_kwarg
 from selfid.engine.prefill import Prefill
 from selfid.engine.types import BASE_MODEL, Completion, Event, Request, Result, SamplingParams, TokenLogprob
 from selfid.errors import SelfidError
+from selfid.model import compile_cache
 
 log = logging.getLogger("selfid.engine")
-DECODE_MODES = ("auto", "eager", "static", "graph")
+DECODE_MODES = ("auto", "eager", "static", "graph", "compiled")
+
+
+def resolve_decode(asked: str, cuda: bool) -> tuple[str, str | None]:
+    """The decode mode an engine starts with for mode `asked` (a DECODE_MODES value), and why it is not the one
+    asked (None: it is)."""
+    if asked not in DECODE_MODES:
+        raise SelfidError(f"decode mode {asked!r} is not one of {', '.join(DECODE_MODES)} (check SELFID_DECODE)")
+    if asked == "auto":
+        return ("graph" if cuda else "eager"), None
+    if asked == "graph" and not cuda:
+        raise SelfidError("decode mode 'graph' (CUDA graphs) needs a CUDA device: use 'static' or 'eager'")
+    if asked == "compiled" and not cuda:
+        return "eager", "compiled decoding needs a CUDA device (its step is captured in CUDA graphs)"
+    return asked, None
 
 
 @dataclass
@@ -79,21 +98,20 @@ class InProcessEngine:
         self.pad_id = self.tokenizer.pad_token_id
         self.context_window = loaded.context_window
         self.cache_kw = cache_kwarg(self.model)
-        mode = decode or os.environ.get("SELFID_DECODE") or "auto"
-        if mode not in DECODE_MODES:
-            raise SelfidError(f"decode mode {mode!r} is not one of {', '.join(DECODE_MODES)} (check SELFID_DECODE)")
-        if mode == "auto":
-            mode = "graph" if cuda else "eager"
-        if mode == "graph" and not cuda:
-            raise SelfidError("decode mode 'graph' (CUDA graphs) needs a CUDA device: use 'static' or 'eager'")
+        self._said: set[str] = set()
+        asked = decode or os.environ.get("SELFID_DECODE") or "auto"
+        mode, why = resolve_decode(asked, cuda)
         self.decode_mode = mode
         # what decoding does (mode asked, mode in use, why not the one asked, the start-up check's errors, counters)
-        self.decode_info: dict = {"asked": mode, "using": None, "reason": None, "check": None}
+        self.decode_info: dict = {"asked": mode if asked == "auto" else asked, "using": None, "reason": why,
+                                  "check": None}
+        if why is not None:
+            self._say("fallback", f"{asked} decoding is off ({why}); decoding eagerly")
+        self._compile_cache = None  # the compiled decode step's entry in the compile cache (compiled mode)
         self._slots = None  # the static decoder, made on first use
         # on CUDA the next step is queued before the host reads this step's tokens back (DecodeBatch.run_ahead), so
         # the per-row work on the host overlaps the device's; on the CPU there is nothing to overlap
         self.run_ahead = cuda
-        self._said: set[str] = set()
 
     # --- the interface -------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -208,8 +226,11 @@ class InProcessEngine:
         """How this engine decodes: the mode asked and in use, why not the one asked, the start-up check, counters."""
         out = dict(self.decode_info)
         if self._slots is not None and self.decode_mode != "eager":
-            out["using"] = "graph" if self._slots.graphs_on else "static"
+            out["using"] = ("compiled" if self._slots.compiled and self._slots.compile_error is None else
+                            "graph" if self._slots.graphs_on else "static")
             out["stats"] = dict(self._slots.stats)
+        if self._compile_cache is not None:
+            out["compile_cache"] = self._compile_cache.status
         return out
 
     def warm(self) -> None:
@@ -223,6 +244,17 @@ class InProcessEngine:
                                   "they are captured on first use")
             finally:
                 static.release()
+                self._save_compiled()
+
+    def _save_compiled(self) -> None:
+        """Keep this process's compiled decode steps in the compile cache, once (nothing when they were loaded)."""
+        cache = self._compile_cache
+        if cache is not None and cache.status not in ("loaded", "saved", "off") and self._slots is not None \
+                and self._slots.compile_error is None:
+            try:
+                cache.save()
+            except OSError as e:  # a read-only cache folder: the next start compiles again
+                self._say("compile-cache", f"could not keep the compiled decode steps ({e})")
 
     def _say(self, key: str, text: str) -> None:
         if key not in self._said:
@@ -235,15 +267,12 @@ class InProcessEngine:
             self.decode_info["using"] = "eager"
             return None
         if self._slots is None:
-            reason = static.unsupported(self.model)
-            info = None
-            if reason is None:
-                try:
-                    dec = static.SlotDecoder(self.model, self.loaded.device, self.context_window,
-                                             graphs=self.decode_mode == "graph", prefer_slots=self.max_batch_size)
-                    reason, info = static_check.check(self, dec)
-                except Exception as e:  # noqa: BLE001 - anything that breaks the static path means eager decoding
-                    reason = f"{type(e).__name__}: {e}"
+            reason, info, dec = self._checked_decoder()
+            if reason is not None and self.decode_mode == "compiled":  # fall back to the uncompiled graphs
+                self.decode_info["compiled_refused"] = reason
+                self._say("compiled", f"compiled decoding is off ({reason}); decoding from CUDA graphs uncompiled")
+                self.decode_mode, self._compile_cache = "graph", None
+                reason, info, dec = self._checked_decoder()
             self.decode_info["check"] = info
             if reason is not None:
                 self.decode_mode = "eager"
@@ -257,6 +286,28 @@ class InProcessEngine:
         self._slots.acquire()
         return self._slots
 
+    def _checked_decoder(self):
+        """(why the static decoder of this engine's mode cannot be used or None, the check's errors, the decoder)."""
+        reason = static.unsupported(self.model)
+        if reason is not None:
+            return reason, None, None
+        compiled = self.decode_mode == "compiled"
+        try:
+            if compiled:  # an earlier start's compiled steps, loaded before anything compiles
+                self._compile_cache = compile_cache.for_model(
+                    self.loaded.path, self.loaded.name, "decode",
+                    {"rows": static.COMPILED_ROWS, "dtype": str(next(self.model.parameters()).dtype),
+                     "model": type(self.model).__name__},
+                    self.loaded.device)
+                self._compile_cache.load()
+            dec = static.SlotDecoder(self.model, self.loaded.device, self.context_window,
+                                     graphs=self.decode_mode in ("graph", "compiled"), prefer_slots=self.max_batch_size,
+                                     compiled=compiled)
+            reason, info = static_check.check(self, dec)
+        except Exception as e:  # noqa: BLE001 - anything that breaks the static path means eager decoding
+            return f"{type(e).__name__}: {e}", None, None
+        return reason, info, dec
+
     def _active_adapter(self) -> str:
         active = getattr(self.model, "active_adapter", BASE_MODEL)
         return active if isinstance(active, str) else BASE_MODEL
@@ -268,6 +319,7 @@ class InProcessEngine:
         finally:
             if static is not None:
                 static.release()
+                self._save_compiled()
 
     def _decode_with(self, static, rows: list[_Row], admit, next_request: int,
                      prompt_tokens: dict | None) -> Iterator[Event]:

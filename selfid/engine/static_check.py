@@ -79,6 +79,10 @@ def check(engine, decoder: SlotDecoder) -> tuple[str | None, dict]:
         decoder.release()
     if decoder.capture_error is not None:
         return f"capturing a CUDA graph failed ({decoder.capture_error})", info
+    if decoder.compile_error is not None:
+        return f"compiling the decode step failed ({decoder.compile_error})", info
+    if decoder.compiled and not decoder.stats["compiled_steps"]:
+        return "the compiled decode step never ran", info
     for name, err in info.items():
         limit = min(tol, 0.02) if name == "graph_vs_plain" else tol
         if not err <= limit:

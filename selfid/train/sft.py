@@ -30,6 +30,7 @@ from selfid import manifest as manifest_mod
 from selfid.config import RunConfig, dump_config
 from selfid.errors import SelfidError
 from selfid.io import atomic_write_text
+from selfid.model import compile_cache
 from selfid.model.load import OWN_TEMPLATE, load_model
 from selfid.progress import Progress
 from selfid.system_prompt import SystemPrompt, resolve
@@ -186,6 +187,7 @@ class TrainSetup:
     run_config: dict  # the config as saved in checkpoints (--resume compares it)
     train_extra: dict  # how training ran, for the manifest
     base_info: dict | None  # the base model's manifest entry (main process only)
+    compiled: object | None = None  # train.compile: the compile cache entry of this run (selfid.model.compile_cache)
 
     @property
     def device(self):
@@ -244,6 +246,7 @@ def set_up(cfg: RunConfig, resume: bool, console, system_prompt_by_design: str |
 
     torch.manual_seed(opt.seed)  # the LoRA weights' initial values
     model, loss_fn, attention, varlen_refused = lora_model(cfg, loaded, dist_, out.log)
+    compiled = train_compile_cache(cfg, loaded, model, attention, dist_, out.log) if opt.compile else None
     params = [p for p in model.parameters() if p.requires_grad]
     amp = device.type == "cuda" and next(model.get_base_model().parameters()).dtype in (torch.bfloat16, torch.float16)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
@@ -276,10 +279,27 @@ def set_up(cfg: RunConfig, resume: bool, console, system_prompt_by_design: str |
                    "samples": len(data.encoded), "tokens_per_epoch": sum(lengths),
                    "samples_with_own_system": data.samples_with_own_system, "data_fingerprint": data.fingerprint,
                    "dropped_long": data.dropped_long, "dropped_unlabelled": data.dropped_unlabelled}
+    if compiled is not None:
+        train_extra["compile_cache"] = compiled.status
     return TrainSetup(cfg=cfg, dist=dist_, out=out, loaded=loaded, system=system, data=data, plan=plan, model=model,
                       params=params, step_module=loss_fn if ddp is None else ddp, ddp=ddp, autocast=autocast, aux=aux,
                       optimizer=optimizer, scheduler=scheduler, previous=previous, start=start, run_config=run_config,
-                      train_extra=train_extra, base_info=base_info)
+                      train_extra=train_extra, base_info=base_info, compiled=compiled)
+
+
+def train_compile_cache(cfg: RunConfig, loaded, model, attention: str, dist_: Dist, log):
+    """train.compile: PyTorch's compile artefacts of an earlier run with the same model, shapes and versions, loaded
+    before anything is compiled (the layers compile at the first step), so the run pays seconds instead of a minute;
+    `finish` saves them after a run that compiled. See selfid/model/compile_cache.py."""
+    opt = cfg.train
+    shapes = {"rows": opt.rows_per_batch, "pack_length": opt.pack_length, "attention": attention,
+              "lora": cfg.lora.model_dump(mode="json"), "liger": opt.liger, "ce_chunk": opt.ce_chunk,
+              "gradient_checkpointing": opt.gradient_checkpointing, "world": dist_.world,
+              "dtype": str(next(model.get_base_model().parameters()).dtype)}
+    cache = compile_cache.for_model(loaded.path, loaded.name, "train", shapes, loaded.device)
+    status = cache.load()
+    log(f"compile cache ({cache.paths[0]}): {status}")
+    return cache
 
 
 def lora_model(cfg: RunConfig, loaded, dist_: Dist, log) -> tuple[object, PackedLoss, str, str | None]:
@@ -544,6 +564,10 @@ def finish(run: TrainSetup, state: LoopState) -> TrainResult:
                "tokens_trained": state.tokens, "tokens_per_s": round(state.tokens_per_s(now), 1)}
     if device.type == "cuda":
         metrics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    if run.compiled is not None:  # what this run compiled, for the next one (unless it was loaded from there)
+        loaded_status = run.compiled.status
+        metrics["compile_cache"] = {"at_start": loaded_status,
+                                    "at_end": run.compiled.save() if run.dist.main else loaded_status}
     uncompile(run.model)
     if cfg.eval_ner and run.dist.main:
         run.model.eval()

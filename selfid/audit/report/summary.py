@@ -7,6 +7,7 @@ from pathlib import Path
 from selfid.audit import scorers
 from selfid.audit.log import LOG, read_log, read_margin, read_meta
 from selfid.audit.probes import IDENTITY_SUITES
+from selfid.audit.report.tally import Tally
 from selfid.audit.scorers import METRICS, Scored
 from selfid.audit.stats import bootstrap_f1, clustered_mean, clustered_rate, rate
 from selfid.tasks.ner import prf
@@ -94,34 +95,39 @@ def distinct_per_prompt(records: list[Scored]) -> dict[str, tuple[int, int]]:
     return {p: (len(set(ts)), len(ts)) for p, ts in texts.items() if len(ts) > 1}
 
 
-def identity_cell(records: list[Scored], examples: bool = True) -> dict:
-    """Every metric of one cell (or of a pooled group of cells), clustered by prompt."""
-    scored = [r for r in records if r.verdict.scored]
+def identity_cell(records: list[Scored], examples: bool = True, tally: Tally | None = None) -> dict:
+    """Every metric of one cell (or of a pooled group of cells), clustered by prompt. `tally`: the records' columns,
+    when the caller has them (a view of its suite's Tally); the tallies are by_prompt's, vendor_rate's and
+    distinct_per_prompt's of the records, counted from the columns."""
+    t = tally if tally is not None else Tally(records)
+    scored_rows = t.where(t.column(t.scored))
     out: dict = {"prompts": len({r.probe for r in records}),
                  "samples_per_prompt": max((r.sample for r in records), default=-1) + 1}
-    for name in METRICS:
-        out[name] = clustered_rate(list(by_prompt(scored, name).values()))
-    out["own"] = clustered_rate(list(by_prompt(scored, "own").values()))
-    out["persona"] = clustered_rate([(sum(bool(r.verdict.persona_name) for r in rs), len(rs))
-                                     for rs in group_by_prompt(scored).values()])
-    distinct = distinct_per_prompt(records)
+    for name in (*METRICS, "own"):
+        out[name] = clustered_rate(list(t.by_prompt(name).values()))
+    out["persona"] = clustered_rate(t.per_prompt(t.column(t.persona)))
+    distinct = t.distinct()
     out["distinct"] = {**clustered_mean([d / n for d, n in distinct.values()]),
                        "replies_per_prompt": (sum(d for d, _ in distinct.values()) / len(distinct)) if distinct else None,
                        "samples_per_prompt": (sum(n for _, n in distinct.values()) / len(distinct)) if distinct else None}
+    foreign = [t.foreign[i] for i in t.rows.tolist()]
     vendors: dict[str, int] = {}
-    for r in scored:
-        for v in r.verdict.foreign:
+    for claimed in foreign:
+        for v in claimed:
             vendors[v] = vendors.get(v, 0) + 1
-    out["by_vendor"] = {v: vendor_rate(scored, v) for v, _ in sorted(vendors.items(), key=lambda kv: -kv[1])}
-    out["by_lang"] = {lang: clustered_rate(list(by_prompt([r for r in scored if r.lang == lang], "foreign").values()))
-                      for lang in ("zh", "en")}
-    tags = list(dict.fromkeys(t for r in scored for t in (r.tags or ["untagged"])))
-    out["by_tag"] = {t: clustered_rate(list(by_prompt([r for r in scored if t in (r.tags or ["untagged"])],
-                                                      "foreign").values())) for t in tags}
-    out["unscored"] = len(records) - len(scored)
+    out["by_vendor"] = {v: clustered_rate(t.per_prompt([v in f for f in foreign]))
+                        for v, _ in sorted(vendors.items(), key=lambda kv: -kv[1])}
+    lang = t.column(t.lang)
+    out["by_lang"] = {code: clustered_rate(list(t.where(lang == code).by_prompt("foreign").values())) for code in ("zh", "en")}
+    tagged = [t.tags[i] for i in scored_rows.rows.tolist()]
+    tags = list(dict.fromkeys(x for ts in tagged for x in ts))
+    view_tags = [t.tags[i] for i in t.rows.tolist()]
+    out["by_tag"] = {x: clustered_rate(list(t.where([x in ts for ts in view_tags]).by_prompt("foreign").values()))
+                     for x in tags}
+    out["unscored"] = len(records) - len(scored_rows)
     out["judged"] = sum(r.verdict.detector == "judge" for r in records)
     if examples:
-        out["examples"] = _pick_examples(scored)
+        out["examples"] = _pick_examples(scored_rows.items())
     return out
 
 
@@ -180,19 +186,24 @@ def summarize(run_dir: Path, loaded: tuple[dict, list[Scored], dict | None] | No
         if suite not in params["suites"]:
             continue
         ident = by_suite.get(suite, [])
+        tally = Tally(ident)  # every record's verdicts read once; each cell below is a view of it
+        rows: dict[tuple, list[int]] = {}
+        for i, r in enumerate(ident):
+            rows.setdefault((r.system, r.temperature), []).append(i)
+            rows.setdefault((r.system,), []).append(i)
         cells = []
         for s in systems:
             for t in temps:
-                group = [r for r in ident if r.system == s and r.temperature == t]
-                if group:
-                    cells.append({"system": s, "temperature": t, **identity_cell(group)})
+                if (s, t) in rows:
+                    view = tally.subset(rows[s, t])
+                    cells.append({"system": s, "temperature": t, **identity_cell(view.items(), tally=view)})
         pooled = {}
         for s in systems:
-            group = [r for r in ident if r.system == s]
-            if group:  # per-prompt foreign counts: what a paired test between runs or system prompts needs
-                pooled[s] = {**identity_cell(group, examples=False),
-                             "per_prompt": {p: list(kn) for p, kn in by_prompt(group, "foreign").items()}}
-        out[suite] = {"cells": cells, "by_system": pooled, "overall": identity_cell(ident, examples=False),
+            if (s,) in rows:  # per-prompt foreign counts: what a paired test between runs or system prompts needs
+                view = tally.subset(rows[s,])
+                pooled[s] = {**identity_cell(view.items(), examples=False, tally=view),
+                             "per_prompt": {p: list(kn) for p, kn in view.by_prompt("foreign").items()}}
+        out[suite] = {"cells": cells, "by_system": pooled, "overall": identity_cell(ident, examples=False, tally=tally),
                       "margin": margin}
     if "ner" in params["suites"]:
         out["ner"] = {s: _ner(g, params["seed"]) for s in systems
