@@ -719,6 +719,18 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
                     else "–" for m in ("foreign", "own_affirmation", "persona_kept", "yes_to_other",
                                         "identity_after_task")]
             L.append(f"| {label} | {k} | " + " | ".join(cols) + " |")
+    L += ["", "Persona kept by the language of the question, all temperatures pooled (base → arm, kept/asked): a "
+          "persona prompt in one language asked in the other is a case the replay's generated personas never show "
+          "(each is paired with questions in its own language).", "",
+          "| size | system prompt | asked in Chinese | asked in English |", "|---|---|---|---|"]
+    for label, op, _ in have:
+        tallies = {arm: by_language(runs.records(op / arm / "heldout")) for arm in ("base", OPERATOR_ARM)}
+        for k in sorted(tallies[OPERATOR_ARM]):
+            cols = []
+            for lang in ("zh", "en"):
+                (bk, bn), (ak, an) = (tallies[arm].get(k, {}).get(lang, (0, 0)) for arm in ("base", OPERATOR_ARM))
+                cols.append(f"{bk}/{bn} = {100 * bk / max(bn, 1):.0f}% → {ak}/{an} = {100 * ak / max(an, 1):.0f}%")
+            L.append(f"| {label} | {k} | " + " | ".join(cols) + " |")
     L += ["", "Replies under the held-out persona prompts (T=1.0, first sample), base model → arm, to read beside the "
           "numbers:", ""]
     want = ("ho-en-direct-01", "ho-en-third-02", "ho-zh-direct-02", "ho-zh-third-01", "ho-en-own-04")
@@ -737,6 +749,18 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
                          f"{json.dumps(b.reply if b else '', ensure_ascii=False)[:160]}; arm "
                          f"{json.dumps(r.reply, ensure_ascii=False)[:160]}")
     return L + [""]
+
+
+def by_language(records) -> dict[str, dict[str, tuple[int, int]]]:
+    """{persona prompt: {question language: (persona kept, replies asked)}} over a run's persona replies."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for r in records:
+        kept = getattr(r.verdict, "persona_kept", None)
+        if kept is not None:
+            k = out.setdefault(r.system, {}).setdefault(r.lang, [0, 0])
+            k[0] += bool(kept)
+            k[1] += 1
+    return {s: {lang: tuple(v) for lang, v in d.items()} for s, d in out.items()}
 
 
 def held_arms(root: Path) -> list[str]:
