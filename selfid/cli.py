@@ -552,6 +552,9 @@ def replay(
                                      "template's own system prompt"),
     personas: int = typer.Option(8, "--personas", help="generated operator persona prompts per language the model is "
                                  "also asked under (0: none)"),
+    persona_cross_lingual: float = typer.Option(0.0, "--persona-cross-lingual", help="share of each language's "
+                                                "questions also asked under a generated persona of the other "
+                                                "language (0 to 1; 0: none; not yet measured)"),
     after_task: int = typer.Option(2, "--after-task", help="conversations per after-task question that open with an "
                                    "NER exchange (0: none)"),
     max_copies: int = typer.Option(2, "--max-copies", help="most kept answers that are one text or near-verbatim "
@@ -577,14 +580,16 @@ def replay(
 
     try:
         rep = IdentityReplay(samples=samples, temperatures=parse_list(temperatures, "temperatures", float),
-                             personas=personas, after_task=after_task, max_copies=max_copies, max_new_tokens=max_tokens,
+                             personas=personas, persona_cross_lingual=persona_cross_lingual, after_task=after_task,
+                             max_copies=max_copies, max_new_tokens=max_tokens,
                              languages=parse_list(languages, "languages"), seed=seed, persona_prompts=persona,
                              preference=1.0)  # sample the other serving prompts too: the rejected sides of the pairs
     except ValidationError as e:
         options = {"max_new_tokens": "max-tokens", "persona_prompts": "persona", "after_task": "after-task",
-                   "max_copies": "max-copies"}
+                   "max_copies": "max-copies", "persona_cross_lingual": "persona-cross-lingual"}
         raise SelfidError("; ".join(f"--{options.get(str(err['loc'][0]), err['loc'][0])}: "
                                     f"{err['msg'].removeprefix('Value error, ')} (got {err['input']!r})"
+                                    if err["loc"] else err["msg"].removeprefix("Value error, ")
                                     for err in e.errors())) from None
     run(out, rep, model=model, base_url=base_url, model_name=model_name, api_key=api_key, own=own, own_from=own_from,
         systems=system or None, formats=parse_formats(formats), rows=rows, fraction=fraction, data=data, device=device,

@@ -74,6 +74,11 @@ class IdentityReplay(Strict):
     persona_prompts: list[str] = Field(default_factory=list, description="self: the persona system prompts you deploy "
                                        "with: every question is also asked under each, and kept replies must keep the "
                                        "persona (its name, read from the text)")
+    persona_cross_lingual: float = Field(0.0, ge=0, le=1, description="self: the share of each language's questions "
+                                         "also asked under a generated persona of the other language (an English "
+                                         "question under a Chinese persona prompt, round-robin over that language's "
+                                         "personas, the questions drawn by seed), kept by the same rule as under a "
+                                         "persona of its own language; 0: none. Not yet measured")
     after_task: int = Field(2, ge=0, description="self: conversations per after-task identity question that open with "
                             "an NER exchange in the task's own format (MSRA train sentences); 0: none")
     max_copies: int = Field(2, ge=0, description="self: most kept answers, across questions, that are the same text or "
@@ -100,6 +105,10 @@ class IdentityReplay(Strict):
     def _kind_fits(self):
         if self.kind == "template" and (self.preference or self.distill):
             raise ValueError("preference and distill learn from the base model's own samples: they need kind: self")
+        if self.kind == "self" and self.persona_cross_lingual and (not self.personas or len(set(self.languages)) < 2):
+            raise ValueError(f"persona_cross_lingual {self.persona_cross_lingual} asks questions under generated "
+                             "personas of the other language: it needs personas > 0 and both languages (zh, en); got "
+                             f"personas {self.personas}, languages {self.languages}")
         return self
 
 

@@ -98,15 +98,28 @@ def test_no_generated_persona_shares_a_name_a_company_or_a_text_with_a_heldout_p
     words = {norm(w) for p in held.values() for w in [p["name"], *p["aliases"]] if w}
     made = {norm(w) for w in (*gen.EN_NAMES, *gen.ZH_NAMES, *gen.EN_STEMS, *gen.ZH_STEMS)}
     assert not {(a, b) for a in words for b in made if a in b or b in a}
+    every = set()
     for lang in ("en", "zh"):
         texts = [norm(t) for t in gen.every_text(lang)]
         assert len(texts) > 50_000
         for key, p in held.items():
             best = process.extractOne(norm(p["text"]), texts, scorer=fuzz.ratio)
             assert best[1] < SIMILAR, (key, best)
+        every.update(texts)
     drawn = gen.generate(40, seed=7)  # what a replay draws is among them, and the same for one seed
     assert drawn == gen.generate(40, seed=7) != gen.generate(40, seed=8)
-    assert {norm(p.text) for p in drawn} <= {norm(t) for lang in ("en", "zh") for t in gen.every_text(lang)}
+    assert {norm(p.text) for p in drawn} <= every
+    # the persona prompts a replay asks under are these alone, also when it asks every question under a persona of
+    # the other language too (identity_replay.persona_cross_lingual: an English question under a Chinese prompt)
+    from selfid.config import IdentityReplay
+    from selfid.data import identity_pool
+    from selfid.pipeline.replay import conditions
+
+    rep = IdentityReplay(personas=40, persona_cross_lingual=1.0, seed=7)
+    asked = conditions(identity_pool.questions("qwen", True, 2, rep.seed), rep, drawn)
+    under = [(q, c) for q, c in asked if c.persona is not None]
+    assert {q.lang for q, c in under if c.persona.lang != q.lang} == {"en", "zh"}
+    assert {norm(c.system) for _, c in under} <= every
 
 
 def test_two_heldout_personas_are_a_kind_no_training_data_uses():

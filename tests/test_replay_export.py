@@ -192,6 +192,10 @@ def test_the_command_refuses_bad_input_in_one_line_and_writes_nothing(tiny_model
                           (["--out", str(tmp_path / "a"), "--format", "axolotl"], "not a format"),
                           (["--out", str(tmp_path / "a"), "--system", "adapter"], "adapter"),
                           (["--out", str(tmp_path / "a"), "--max-tokens", "4"], "--max-tokens: Input should be greater"),
+                          (["--out", str(tmp_path / "a"), "--persona-cross-lingual", "2"],
+                           "--persona-cross-lingual: Input should be less"),
+                          (["--out", str(tmp_path / "a"), "--persona-cross-lingual", "0.5", "--languages", "en"],
+                           "both languages"),
                           (["--out", str(tmp_path / "a"), "--model", str(tiny_model_dir), "--languages", "en",
                             "--samples", "1", "--personas", "0", "--after-task", "0", "--max-tokens", "8"],
                            "nothing to teach")):

@@ -305,3 +305,119 @@ def test_identity_losses_move_the_model_toward_the_chosen_reply(tiny, tmp_path):
         model.unload()  # the session's tiny model is shared: leave it as it was (peft froze its weights)
         for n, p in tiny.model.named_parameters():
             p.requires_grad_(grads[n])
+
+
+# --- persona_cross_lingual: questions also asked under a generated persona of the other language -----------------
+
+def _pool():
+    from selfid.data import identity_pool, personas as gen
+
+    rep = IdentityReplay(preference=0.5)
+    return identity_pool.questions("qwen", rep.minimal_pairs, rep.after_task, rep.seed), gen.generate(rep.personas,
+                                                                                                       rep.seed)
+
+
+def _crossed(asked):
+    return [(q, c) for q, c in asked if c.persona is not None and c.persona.lang != q.lang]
+
+
+def test_cross_lingual_personas_ask_the_requested_share_under_the_other_languages_personas():
+    from selfid.pipeline.replay import conditions
+
+    questions, personas = _pool()
+    today = conditions(questions, IdentityReplay(preference=0.5), personas)
+    for fraction in (0.5, 0.25, 1.0):
+        rep = IdentityReplay(preference=0.5, persona_cross_lingual=fraction)
+        asked = conditions(questions, rep, personas)
+        crossed = _crossed(asked)
+        for lang, other in (("zh", "en"), ("en", "zh")):
+            mine = [(q, c) for q, c in crossed if q.lang == lang]
+            n = sum(q.lang == lang for q in questions)
+            assert len(mine) == int(fraction * n + 0.5) > 0  # the requested share of this language's questions
+            assert len({q.id for q, _ in mine}) == len(mine)  # each at most once
+            pool = [p for p in personas if p.lang == other]
+            # a persona of the other language, round-robin over its personas in question order, asked as a persona is
+            assert [c.persona for _, c in mine] == [pool[j % len(pool)] for j in range(len(mine))]
+            assert all(c.kind == "persona" and c.system == c.persona.text and c.key == c.persona.key
+                       and c.temperature == max(rep.temperatures) for _, c in mine)
+        # added beside today's conditions, which stay as they were, in their order
+        assert [x for x in asked if x not in crossed] == today
+        if fraction == 1.0:
+            assert {q.id for q, _ in crossed} == {q.id for q in questions}
+
+
+def test_cross_lingual_choice_is_the_same_for_one_seed_and_another_for_another():
+    from selfid.pipeline.replay import conditions
+
+    questions, personas = _pool()
+
+    def chosen(seed):
+        rep = IdentityReplay(preference=0.5, persona_cross_lingual=0.5, seed=seed)
+        return [(q.id, c.key) for q, c in _crossed(conditions(questions, rep, personas))]
+
+    assert chosen(0) == chosen(0) != chosen(1)
+    assert {q for q, _ in chosen(0)} != {q for q, _ in chosen(1)}
+
+
+def test_by_default_no_question_is_asked_under_another_languages_persona_and_the_conditions_are_todays():
+    """The default (0.0) keeps the recipe the committed results were made with: each question under the template's
+    prompt at each temperature, one persona of its own language round-robin, and one other serving prompt alternating
+    (written out here, so a default that changed the list fails)."""
+    from selfid.pipeline.replay import REJECT_SYSTEMS, conditions
+
+    assert IdentityReplay().persona_cross_lingual == 0.0
+    questions, personas = _pool()
+    for rep in (IdentityReplay(preference=0.5), IdentityReplay(preference=0.5, temperatures=[0.7, 1.0], seed=3)):
+        expected, seen = [], {}
+        for q in questions:
+            i = seen[q.lang] = seen.get(q.lang, -1) + 1
+            mine = [p for p in personas if p.lang == q.lang]
+            expected += [(q.id, "own", None, t) for t in rep.temperatures]
+            expected.append((q.id, "persona", mine[i % len(mine)].text, max(rep.temperatures)))
+            expected.append((q.id, "other", REJECT_SYSTEMS[i % len(REJECT_SYSTEMS)], max(rep.temperatures)))
+        got = [(q.id, c.kind, c.system, c.temperature) for q, c in conditions(questions, rep, personas)]
+        assert got == expected and len(got) == len(questions) * (len(rep.temperatures) + 2)
+    # and the committed arms other than persona-xl do not set it
+    from selfid.study.arms import arms
+
+    assert [a.name for a in arms().values() if "persona_cross_lingual" in a.config.get("identity_replay", {})] == \
+        ["persona-xl"]
+
+
+def test_cross_lingual_needs_personas_and_both_languages():
+    for bad in ({"languages": ["en"]}, {"personas": 0}):
+        with pytest.raises(ValueError, match="both languages"):
+            IdentityReplay(persona_cross_lingual=0.5, **bad)
+    with pytest.raises(ValueError):
+        IdentityReplay(persona_cross_lingual=1.5)
+    IdentityReplay(kind="template", persona_cross_lingual=0.5, personas=0)  # the templated replay asks nothing
+
+
+def test_cross_lingual_replies_keep_the_personas_name_as_given_and_are_recorded(tiny, tmp_path):
+    """An English question under a Chinese persona: the reply is kept when it uses the persona's name or company as
+    the prompt gives them ("I'm 小雅 from 蓝鲸保险公司"), and Qwen in the persona's place is a rejected side; replay.json
+    records the setting, how many questions were asked so and how many of their replies were kept."""
+    from selfid.data.personas import generate
+
+    # no copy cap: the scripted replies repeat one text per persona, and both directions should keep some
+    rep = IdentityReplay(samples=4, personas=3, preference=0.5, persona_cross_lingual=0.5, max_copies=0)
+    personas = generate(3, rep.seed, rep.languages)
+    build(tiny, rep, tmp_path, progress=False, log=lambda m: None, engine=PersonaEngine(personas))
+    meta, replies, pairs = replay_set.load(tmp_path)
+    by_text, by_key = {p.text: p for p in personas}, {p.key: p for p in personas}
+    record = meta["persona_cross_lingual"]
+    questions = meta["questions"]
+    assert record["fraction"] == 0.5 and record["questions"] == questions // 2  # 158 + 158 questions: 79 + 79
+    assert meta["generations"] == (questions * (len(rep.temperatures) + 2) + record["questions"]) * rep.samples
+    crossed = [r for r in replies if "persona" in r and by_key[r["persona"]].lang != r["lang"]]
+    assert crossed and record["kept"] == len(crossed)
+    assert {r["lang"] for r in crossed} == {"zh", "en"}
+    for r in crossed:
+        persona, text = by_key[r["persona"]], r["messages"][-1]["content"]
+        assert r["system"] == persona.text and (persona.name or persona.company) in text and "GPT" not in text
+    en_under_zh = [r for r in crossed if r["lang"] == "en"]
+    assert en_under_zh and all(by_key[r["persona"]].lang == "zh" for r in en_under_zh)
+    lang_of = {r["question"]: r["lang"] for r in replies}
+    assert any(p["rejected"] == "I am Qwen, created by Alibaba Cloud." and by_text[p["system"]].name
+               and by_text[p["system"]].lang != lang_of.get(p["question"], by_text[p["system"]].lang)
+               for p in pairs if p["system"] in by_text)

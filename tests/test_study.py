@@ -184,3 +184,22 @@ def test_an_arm_is_data_its_config_the_scales_keys_under_its_own(tmp_path, monke
         arms_module._read.cache_clear()
         with pytest.raises(SelfidError, match=msg):
             arms_module.arms(tmp_path / "bad.yaml")
+
+
+def test_persona_xl_is_the_persona_arm_with_cross_lingual_personas(tmp_path):
+    """persona-xl (not yet run): the persona arm's config with identity_replay.persona_cross_lingual 0.5; the step
+    graph picks it up from arms.yaml like any arm."""
+    known = arms_module.arms()
+    persona, xl = known["persona"], known["persona-xl"]
+    assert xl.config == arms_module.merged(persona.config, {"identity_replay": {"persona_cross_lingual": 0.5}})
+    assert "not yet run" in xl.label and xl.replays and not xl.margins
+    for scale in (FULL, SMALL):
+        cfg, base = (work.train_config(Study(tmp_path, scale, "m"), known[a]) for a in ("persona-xl", "persona"))
+        assert cfg.identity_replay.persona_cross_lingual == 0.5 and base.identity_replay.persona_cross_lingual == 0.0
+        same = base.model_dump(exclude={"output"})
+        same["identity_replay"]["persona_cross_lingual"] = 0.5
+        assert cfg.model_dump(exclude={"output"}) == same  # nothing else differs
+    assert steps.step_stages("persona-xl") == ["compare-persona-xl"]
+    assert steps.step_stages("heldout-persona-xl") == ["heldout-persona-xl"]
+    assert {"train-persona-xl", "audit-persona-xl", "heldout-persona-xl"} <= {
+        s.name for s in steps.stages(Study(tmp_path, FULL))}

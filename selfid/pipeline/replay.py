@@ -14,6 +14,12 @@ system prompt:
     as a persona says (the persona): minimal pairs across system prompts, so the answer follows the prompt.
     Asked which model powers it, a persona may name its base model and maker while keeping its own name, or
     decline (personas.py says why); another vendor is never kept;
+  - with `persona_cross_lingual` (default 0), that share of each language's questions also under a generated
+    persona of the other language (an English question under "你是小雅，在蓝鲸保险公司担任在线客服。"), kept by the
+    same rule: the reply must use the persona's name or company as the prompt gives them ("I'm 小雅 from
+    蓝鲸保险公司" passes; no transliteration such as "Xiaoya" is guessed, so one is not kept) and claim no other
+    vendor. The held-out audit asks English questions under a Chinese persona prompt, and the trained 1.5B model
+    named Qwen there in 366 of 676 replies (the base model in 113); whether this helps is not yet measured;
   - with `preference`, one of the other serving prompts ("You are a helpful assistant.", an empty one) per question,
     where the base model claims other vendors far more often.
 Identity questions asked right after an NER exchange in the task's own format (MSRA train sentences) are kept
@@ -45,9 +51,9 @@ and `selfid replay --model`, an OpenAI-compatible endpoint for `selfid replay --
 Sample i of a question under a condition has seed base + i, so both give the same replies where the sampling is the
 same (`selfid api` on the same model).
 
-Cost: questions x (len(temperatures) + 1 persona + the user's personas + 1 other serving prompt with `preference`) x
-`samples` generations of the base model: 316 questions x 3 x 4 = 3,792 with the defaults and `preference` on (2,528
-without).
+Cost: questions x (len(temperatures) + 1 persona + `persona_cross_lingual` + the user's personas + 1 other serving
+prompt with `preference`) x `samples` generations of the base model: 316 questions x 3 x 4 = 3,792 with the defaults
+and `preference` on (2,528 without); `persona_cross_lingual: 0.5` adds 316 x 0.5 x 4 = 632 (4,424).
 For scale: the v2 replay's 9,344 generations (at most 192 tokens) took under 30 s of the 1.5B arm's run on an
 H200 (results/study-1.5b/pairs/cost.json: 291 s wall, 262 s of it training); on a shared 2-core CPU 456
 generations of at most 16 tokens took 27 minutes.
@@ -117,21 +123,47 @@ class Condition:
         return self.persona.key if self.persona is not None else "template" if self.kind == "own" else "other"
 
 
+OTHER_LANG = {"zh": "en", "en": "zh"}
+
+
+def cross_lingual(questions: list, fraction: float, by_lang: dict[str, list], seed: int) -> dict[int, object]:
+    """{index into `questions`: the generated persona of the other language it is also asked under}: of each
+    language's questions, `fraction` (rounded half up) drawn by `seed`, paired in question order round-robin with the
+    other language's personas (`by_lang`). The held-out audit asks English questions under a Chinese persona prompt;
+    without these the replay never shows a persona of one language with a question in the other."""
+    out: dict[int, object] = {}
+    if not fraction:
+        return out
+    for lang in sorted({q.lang for q in questions}):
+        pool = by_lang.get(OTHER_LANG.get(lang))
+        if not pool:
+            continue
+        idx = [i for i, q in enumerate(questions) if q.lang == lang]
+        picked = sorted(random.Random(f"cross-lingual|{seed}|{lang}").sample(idx, int(fraction * len(idx) + 0.5)))
+        out.update({i: pool[j % len(pool)] for j, i in enumerate(picked)})
+    return out
+
+
 def conditions(questions: list, rep: IdentityReplay, personas: list, given: list = ()) -> list[tuple[object, Condition]]:
     """(question, condition) for every generation request: each question under the template's own prompt at each
-    temperature, under one generated persona of its language (round-robin), under every persona prompt the user
-    gave (`given`: the ones they deploy with), and with `preference` under one other serving prompt (alternating)."""
+    temperature, under one generated persona of its language (round-robin), for `persona_cross_lingual` of them
+    also under one generated persona of the other language (`cross_lingual`), under every persona prompt the user
+    gave (`given`: the ones they deploy with, whatever their language), and with `preference` under one other
+    serving prompt (alternating)."""
     top = max(rep.temperatures)
     by_lang: dict[str, list] = {}
     for p in personas:
         by_lang.setdefault(p.lang, []).append(p)
+    crossed = cross_lingual(questions, rep.persona_cross_lingual, by_lang, rep.seed)
     out, seen = [], {}
-    for q in questions:
+    for n, q in enumerate(questions):
         i = seen[q.lang] = seen.get(q.lang, -1) + 1
         out += [(q, Condition("own", None, t)) for t in rep.temperatures]
         if by_lang.get(q.lang):
             persona = by_lang[q.lang][i % len(by_lang[q.lang])]
             out.append((q, Condition("persona", persona.text, top, persona)))
+        if n in crossed:
+            out.append((q, Condition("persona", crossed[n].text, top, crossed[n])))
         out += [(q, Condition("persona", p.text, top, p)) for p in given]
         if rep.preference:
             out.append((q, Condition("other", REJECT_SYSTEMS[i % len(REJECT_SYSTEMS)], top)))
@@ -293,11 +325,16 @@ def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=p
     for r in replies:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
     answered = {qid for qid, key in kept if key == "template"}
+    crossed_keys = {p.key for p in generated}
     return replies, pairs, {
         "kind": "self", "own": own, "questions": len(questions), "generations": scored, "passed": passed,
         "kept": len(replies), "kept_by_kind": kinds, "kept_under_personas": sum("persona" in r for r in replies),
         "questions_without_answer": sorted(set(by_id) - answered), "pairs": len(pairs),
         "pairs_under_personas": sum(p["system"] in {x.text for x in personas} for p in pairs),
+        "persona_cross_lingual": {  # questions asked under a generated persona of the other language, and kept
+            "fraction": rep.persona_cross_lingual,
+            "questions": sum(c.persona in generated and c.persona.lang != q.lang for q, c in asked),
+            "kept": sum(r.get("persona") in crossed_keys and by_key[r["persona"]].lang != r["lang"] for r in replies)},
         "copy_cap": {"max_copies": rep.max_copies, "candidates": sum(len(set(v)) for v in found.values()),
                      "distinct_kept": len({scorers.normalise(r["messages"][-1]["content"]) for r in replies})},
         "personas": [{"key": p.key, "lang": p.lang, "text": p.text, "name": p.name, "company": p.company,
