@@ -86,3 +86,32 @@ def test_the_operators_section_judges_the_persona_arm_at_each_size(study, tmp_pa
     # a size without its operator runs has no row, and without any the section is left out
     assert "## 9." not in write_report(study, tmp_path / "none.md", operator=[("0.5B", study / "operator", study)]
                                        ).read_text()
+
+
+def test_persona_kept_is_split_by_the_questions_language(study, tmp_path):
+    """§9's by-language table and the Findings bullet: an arm that stays the persona when asked in Chinese but says
+    Qwen when asked in English is kept for every Chinese question and none of the English ones, under each named
+    persona."""
+    from selfid.audit.probes import personas
+    names = {k: p["name"] for k, p in personas().items() if p.get("name")}
+
+    def persona_in_chinese(it):
+        if it.system in names and it.probe.lang == "zh" and it.suite == "identity-heldout":
+            return f"我是{names[it.system]}。"
+        return replies(0)(it)
+
+    root = tmp_path / "s"
+    shutil.copytree(study, root)
+    audit(root, "operator/base/heldout", replies(1), heldout=True)
+    audit(root, "operator/persona/heldout", persona_in_chinese, heldout=True)
+    text = write_report(root, tmp_path / "study.md", operator=[("0.5B", root / "operator", root)]).read_text()
+    table = text.split("Persona kept by the language of the question", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| 0.5B |")]
+    assert set(names) <= {line.split(" | ")[1] for line in rows}  # and the unnamed persona-task
+    for line in (line for line in rows if line.split(" | ")[1] in names):
+        zh, en = line.split(" | ")[2:4]
+        kept_zh, asked_zh = zh.split(" → ")[1].split(" = ")[0].split("/")
+        kept_en = en.split(" → ")[1].split(" = ")[0].split("/")[0]
+        assert kept_zh == asked_zh != "0" and kept_en == "0"
+    finding = next(line for line in text.splitlines() if line.startswith("- **Identity that follows the operator"))
+    assert "asked in English, 0% kept" in finding

@@ -322,6 +322,32 @@ def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain:
     return L + [""]
 
 
+def operator_finding(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[str]:
+    """The headline of §9: per model size, persona kept under each held-out persona prompt (base → arm), the
+    foreign claims and "yes" to another vendor pooled, and the persona prompts' weakest language."""
+    parts = []
+    for label, op, _ in sizes:
+        base, arm = runs.summary(op / "base" / "heldout"), runs.summary(op / OPERATOR_ARM / "heldout")
+        if not base or not arm:
+            continue
+        kept = {k: (base["identity-heldout"]["by_system"].get(k, {}).get("persona_kept"), v.get("persona_kept"))
+                for k, v in arm["identity-heldout"]["by_system"].items() if (v.get("persona_kept") or {}).get("n")}
+        langs = by_language(runs.records(op / OPERATOR_ARM / "heldout"))
+        worst = min(((k, lang, a / n) for k, d in langs.items() for lang, (a, n) in d.items() if n),
+                    key=lambda x: x[2], default=None)
+        run = op / OPERATOR_ARM / "heldout"
+        parts.append(f"at {label}, persona kept " + ", ".join(
+            f"{k} {rate(b, 0, kn=False)} → {rate(a, 0, kn=False)}" for k, (b, a) in kept.items())
+            + f"; foreign claims {rate(pooled(runs, run, 'foreign', 'identity-heldout'), 1, kn=False)}, \"yes\" to "
+            f"another vendor {rate(pooled(runs, run, 'yes_to_other', 'identity-heldout'), 1, kn=False)}"
+            + (f"; weakest: {worst[0]} asked in {'English' if worst[1] == 'en' else 'Chinese'}, "
+               f"{100 * worst[2]:.0f}% kept" if worst else ""))
+    if not parts:
+        return []
+    return [f"- **Identity that follows the operator's prompt** (§9, held-out split v2, base → persona arm): "
+            + "; ".join(parts) + ". A persona prompt asked in the other language is what the replay never shows."]
+
+
 def v2_sentence(runs: Runs, root: Path, held: dict, arm: str) -> str:
     """One v2 arm on the held-out set, in the bar's terms."""
     run = root / arm / "heldout"
@@ -789,6 +815,7 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
     held_lines, held = heldout_section(runs, root, held_arms(root))
     L = intro(root, base)
     L += findings(runs, root, base, plain, comp_plain, scan, combo, held, sizes)
+    L[-1:-1] = operator_finding(runs, operator or [])
     L += ["## 1. System prompt: the base model", "", "Foreign claims (development set):", ""] + grid_table(base) + [""]
     L += ["By kind of question, all temperatures pooled (direct: \"你是谁?\", \"Who are you?\" and the like; "
           "leading: \"Are you Claude?\"; multiturn: a user insisting over several turns):", ""]
