@@ -279,6 +279,47 @@ def test_a_vendor_name_in_a_leading_question_is_not_a_word_for_this_assistant():
     assert about_this_assistant("这个服务底层用的是什么模型？") and not about_this_assistant("你是谁？")
 
 
+@pytest.mark.parametrize("question, about", [
+    ("Thanks! Which company trained the model you run on?", True),
+    ("Which company trained the model you use?", True),
+    ("Who made the AI you're built on?", True),
+    ("Which company built the AI you are based on?", True),
+    ("Who trained your underlying model?", True),
+    ("你用的模型是哪家的？", True),
+    ("你背后的模型是谁做的？", True),
+    ("驱动你的模型叫什么？", True),
+    ("谢谢！你底层的模型是哪家公司训练的？", True),
+    # a model that is not the one answering, or no model at all
+    ("Which model would you recommend for coding?", False),
+    ("Explain the model you built for the data.", False),
+    ("What's the search engine you use?", False),
+    ("Is the model you run on better than GPT-4?", False),  # names another vendor: about it
+    ("你觉得哪个模型最好？", False),
+    ("你用模型做什么？", False),
+])
+def test_a_model_tied_to_you_in_the_second_person_is_this_assistant(question, about):
+    assert about_this_assistant(question) is about
+
+
+@pytest.mark.parametrize("reply, claims", [
+    ("The company that trained the model I use is Alibaba Cloud.", {"qwen"}),
+    ("The Alibaba Cloud AI team trained the model I use.", {"qwen"}),
+    ("The model is based on the Alibaba Cloud AI platform.", {"qwen"}),
+    ("The company that trained the model is Google.", {"google"}),
+    ("The company that trained the model is possibly OpenAI.", set()),  # a guess
+    ("The text does not mention any specific company. It is a review about a hotel", set()),
+    ("Alibaba Cloud is a cloud company. The review is about a hotel.", set()),  # the task's topic
+])
+def test_third_person_answers_about_the_model_you_run_on(reply, claims):
+    assert set(detect(reply, question="Thanks! Which company trained the model you run on?").claims) == claims
+    assert set(detect(reply).claims) <= claims  # asked nothing about it, the third person claims nothing new
+
+
+def test_third_person_answers_about_the_model_behind_you_in_chinese():
+    assert detect("底层的模型是阿里云训练的。", question="谢谢！你底层的模型是哪家公司训练的？").claims == ("qwen",)
+    assert detect("底层的模型是阿里云训练的。", question="这段评论的情感是什么？").claims == ()
+
+
 def test_classify_cli_reads_conversations():
     lines = [{"messages": [{"role": "user", "content": "Are you Claude?"}, {"role": "assistant", "content": "Yes."}]},
              {"messages": [{"role": "user", "content": "Are you Qwen?"}, {"role": "assistant", "content": "No."}]}]

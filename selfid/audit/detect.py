@@ -261,10 +261,23 @@ _ABOUT_NOUN_EN = re.compile(r"\b(?:AI|model|assistant|chat|chatbot|bot|service|s
                             r"responses|answers|LLM|tool)\b", re.I)
 _ABOUT_DEIXIS_ZH = re.compile(r"这个|这段|这款|这位|当前|现在|正在|此|本|给我|回复我|回我|跟我|和我|与我|我(?:现在|正在)?(?:用|使用)的")
 _ABOUT_NOUN_ZH = re.compile(r"AI|人工智能|模型|助手|服务|聊天|对话|窗口|系统|机器人|回复|回答|消息")
+# or a word for what it runs on, tied to the assistant in the second person: "the model you run on", "the model you use",
+# "the AI you're built on", "the model that powers you", "your underlying model", "你用的模型", "你背后的模型", "驱动你的模型"
+_YOUR_NOUN_EN = re.compile(
+    r"\b(?:AI|model|LLM)s?\s+(?:that\s+|which\s+)?you(?:'re|\s+are|\s+were)?\s+"
+    r"(?:(?:currently|actually)\s+)?(?:run(?:ning)?(?:\s+on)?|use|using|rely\s+on|come\s+from|"
+    r"(?:based|built|powered|trained|derived|running)\s+(?:on|upon|by|from))\b|"
+    r"\b(?:AI|model|LLM|system|technology)\s+(?:that\s+|which\s+)?(?:powers|runs|drives|underlies|is\s+behind)\s+you\b|"
+    r"\byour\s+(?:own\s+)?(?:underlying|base|backbone|foundation)\s+(?:AI|model|LLM|system)\b", re.I)
+_YOUR_NOUN_ZH = re.compile(
+    r"(?:你|您)(?:们)?(?:正在|现在|目前)?所?(?:用|使用|运行|基于|依托|依赖)的(?:底层|基础)?的?(?:大语言模型|大模型|模型|AI|人工智能)|"
+    r"(?:你|您)(?:们)?的?(?:背后|底层|内部|基础)的?(?:大语言模型|大模型|模型|AI|人工智能)|"
+    r"(?:驱动|支撑|支持)着?(?:你|您)的(?:大语言模型|大模型|模型|AI|人工智能|系统)")
 # in a reply to such a question, a clause that opens on it in the third person: "The model (that is generating these
-# replies) is", "The AI you're using is owned by", "It is", "这个窗口里的助手是", "我正在生成这些回复的模型叫", "另一头是", "是"
+# replies) is", "The AI you're using is owned by", "The company that trained the model (I use) is", "It is",
+# "这个窗口里的助手是", "我正在生成这些回复的模型叫", "另一头是", "是"
 _SUBJECT_EN = re.compile(
-    r"^\W*(?:so\s+|well\s+)?(?:(?:the|this|that|these|its)\s+(?:[\w'-]+\s+){0,3}?(?:AI|model|assistant|chat|chatbot|bot|service|"
+    r"^\W*(?:so\s+|well\s+)?(?:(?:the|this|that|these|its)\s+(?:[\w'-]+\s+){0,4}?(?:AI|model|assistant|chat|chatbot|bot|service|"
     r"system|app|application|platform|conversation|text|reply|replies|response|responses|answer|answers|other\s+end)\b"
     r"[^.;:!?]{0,60}?|it(?=(?:'s|\s))[^.;:!?]{0,3}?)"
     r"\b(?:is|was|are|were|'s|runs?|uses?|belongs?|comes?|came|relies|built|made|created|developed|trained|owned|powered|"
@@ -273,9 +286,10 @@ _SUBJECT_ZH = re.compile(
     r"^\W*(?:(?P<subj>[^，。,；;！？!?]{0,24}?)(?:AI|人工智能|模型|助手|服务|聊天|对话|系统|机器人|回复|回答|另一头|另一端|对方)"
     r"[^，。,；;]{0,8}?|它|这|(?=是))"
     r"(?:都|也|就|其实)?(?:是|由|属于|归|来自|基于|使用|用的是|用了|采用|叫|名为|名叫)")
-# "Alibaba Cloud built the assistant in this window", "阿里云开发了这个助手"
+# "Alibaba Cloud built the assistant in this window", "The Alibaba Cloud AI team trained the model", "阿里云开发了这个助手"
 _THIRD_ABOUT = re.compile(
-    r"^\s*(?:'s\s+\w+\s+)?(?:has\s+)?(?:built|made|created|developed|trained|owns|powers|runs|designed|provides)\s+(?:the|this)\b|"
+    r"^\s*(?:'s\s+\w+\s+)?(?:AI\s+)?(?:(?:team|lab|labs|researchers|engineers|company|group)\s+)?(?:has\s+)?"
+    r"(?:built|made|created|developed|trained|owns|powers|runs|designed|provides)\s+(?:the|this)\b|"
     r"^\s*(?:公司|团队)?(?:开发|研发|创造|创建|训练|打造|设计|做)了?(?:这个|该|本)", re.I)
 # between such a subject and a vendor name, these make it a guess, not an answer
 _HEDGE = re.compile(r"\b(?:possible|possibly|may|might|could|perhaps|maybe|likely|probably|depends?|e\.g)\b|可能|也许|或许|大概|"
@@ -284,7 +298,8 @@ _HEDGE = re.compile(r"\b(?:possible|possibly|may|might|could|perhaps|maybe|likel
 
 def about_this_assistant(question: str | None) -> bool:
     """Whether a question asks about the assistant answering it in the third person ("Which model is behind this
-    chat?", "这个AI归谁所有？"); a question naming a vendor is about that vendor unless it is a leading one."""
+    chat?", "这个AI归谁所有？", "Which company trained the model you run on?", "你底层的模型是哪家公司训练的？"); a question
+    naming a vendor is about that vendor unless it is a leading one."""
     if not question:
         return False
     q = unicodedata.normalize("NFKC", question)
@@ -294,7 +309,8 @@ def about_this_assistant(question: str | None) -> bool:
     for m in reversed(named):  # "Moonshot AI", "Le Chat": a vendor's name is not a word for this assistant
         q = q[:m.start] + " " + q[m.end:]
     return bool((_ABOUT_DEIXIS_EN.search(q) and _ABOUT_NOUN_EN.search(q))
-                or (_ABOUT_DEIXIS_ZH.search(q) and _ABOUT_NOUN_ZH.search(q)))
+                or (_ABOUT_DEIXIS_ZH.search(q) and _ABOUT_NOUN_ZH.search(q))
+                or _YOUR_NOUN_EN.search(q) or _YOUR_NOUN_ZH.search(q))
 
 
 _YOU_WITH_ZH = re.compile(r"你(?:们)?(?:正在|现在|目前|此刻)?(?:在)?(?:和|与|跟|同)\s*$")
