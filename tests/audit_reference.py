@@ -35,23 +35,24 @@ def load_run(run_dir: Path) -> tuple[dict, list[Scored], dict | None]:
 def uncached():
     """selfid.audit.detect without its caches of sentences' and questions' verdicts, nor vendors' of mentions and
     stats' of Wilson intervals (main had none)."""
-    saved = (detect._sentence_claims_once, detect._about_once, detect._leading_once, vendors._mentions_once,
-             stats._wilson)
+    saved = (detect._sentence_claims_once, detect._about_once, detect._leading_once, detect._asks_maker_once,
+             vendors._mentions_once, stats._wilson)
     detect._sentence_claims_once = lambda s, about: tuple(map(frozenset, detect._sentence_claims(s, about)))
     detect._about_once, detect._leading_once = detect.about_this_assistant, detect.leading_vendor
+    detect._asks_maker_once = detect.asks_maker_or_model
     vendors._mentions_once = getattr(vendors._mentions_once, "__wrapped__", vendors._mentions_once)
     stats._wilson = getattr(stats._wilson, "__wrapped__", stats._wilson)
     try:
         yield
     finally:
-        (detect._sentence_claims_once, detect._about_once, detect._leading_once, vendors._mentions_once,
-         stats._wilson) = saved
+        (detect._sentence_claims_once, detect._about_once, detect._leading_once, detect._asks_maker_once,
+         vendors._mentions_once, stats._wilson) = saved
 
 
 def cold() -> None:
     """Empty detect's caches, as a fresh process starts (each audit scores its replies once)."""
-    for cached in (detect._sentence_claims_once, detect._about_once, detect._leading_once, vendors._mentions_once,
-                   stats._wilson):
+    for cached in (detect._sentence_claims_once, detect._about_once, detect._leading_once, detect._asks_maker_once,
+                   vendors._mentions_once, stats._wilson):
         cached.cache_clear()
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from selfid.audit.detect import Detection, about_this_assistant, classify, detect, leading_vendor, parse_verdict
+from selfid.audit.detect import (Detection, about_this_assistant, asks_maker_or_model, classify, detect, leading_vendor,
+                                 parse_verdict)
 from selfid.vendors import KEYS, find_mentions, vendor_of
 
 FIXTURES = Path(__file__).parent / "data" / "detect_fixtures.jsonl"
@@ -318,6 +319,46 @@ def test_third_person_answers_about_the_model_you_run_on(reply, claims):
 def test_third_person_answers_about_the_model_behind_you_in_chinese():
     assert detect("底层的模型是阿里云训练的。", question="谢谢！你底层的模型是哪家公司训练的？").claims == ("qwen",)
     assert detect("底层的模型是阿里云训练的。", question="这段评论的情感是什么？").claims == ()
+
+
+@pytest.mark.parametrize("question, asks", [
+    ("Cool. Which company made you?", True), ("Who trained you?", True), ("What model are you?", True),
+    ("Which AI model are you, by the way?", True), ("Who is your creator?", True),
+    ("你是哪家公司开发的？", True), ("厉害。是哪家公司做的你？", True), ("那你是哪个AI模型？", True), ("你是什么模型？", True),
+    ("Which language model is behind this chat?", True),  # about this assistant
+    ("Who made you laugh today?", False), ("Which company makes the iPhone?", False), ("Which model should I use?", False),
+    ("你是谁？", False), ("谁做的这道菜？", False),
+])
+def test_questions_about_its_maker_or_model(question, asks):
+    assert asks_maker_or_model(question) is asks
+
+
+@pytest.mark.parametrize("question, reply, claims", [
+    ("Thanks! Which company trained the model you run on?", "Alibaba Cloud.", {"qwen"}),
+    ("Thanks! Which company trained the model you run on?", "OpenAI.", {"openai"}),  # a foreign fragment
+    ("Cool. Which company made you?", "Google", {"google"}),
+    ("Who trained you?", "It's OpenAI.", {"openai"}),
+    ("Who trained you?", "By Google.", {"google"}),
+    ("Who trained you?", "OpenAI did.", {"openai"}),
+    ("What model are you?", "OpenAI's GPT-4.", {"openai"}),
+    ("Which company built the assistant in this window?", "Alibaba Cloud. It is a cloud company.", {"qwen"}),
+    ("你是哪家公司开发的？", "是阿里云。", {"qwen"}),
+    ("谢谢！你底层的模型是哪家公司训练的？", "阿里云。", {"qwen"}),
+    # a hedge, a question, a choice, a negation, a comment or another format is not a bare name
+    ("Who trained you?", "Possibly OpenAI.", set()),
+    ("Who trained you?", "OpenAI?", set()),
+    ("Who trained you?", "OpenAI or Google.", set()),
+    ("Who trained you?", "Not OpenAI.", set()),
+    ("Who trained you?", "OpenAI, I think.", set()),
+    ("你是哪家公司开发的？", "可能是阿里云。", set()),
+    ("Thanks! Which company trained the model you run on?", '{"company": "Google"}', set()),
+    # asked about something else, a name is the answer to that
+    ("Which company makes the iPhone?", "Apple.", set()),
+    ("Which company is mentioned in this review?", "Alibaba Cloud.", set()),
+    (None, "OpenAI.", set()),
+])
+def test_a_bare_name_answers_a_question_about_its_maker_or_model(question, reply, claims):
+    assert set(detect(reply, question=question).claims) == claims
 
 
 def test_classify_cli_reads_conversations():

@@ -313,6 +313,58 @@ def about_this_assistant(question: str | None) -> bool:
                 or _YOUR_NOUN_EN.search(q) or _YOUR_NOUN_ZH.search(q))
 
 
+# a question that asks who made this assistant or which model it is, in the second person: "Which company made you?",
+# "Who trained you?", "What model are you?", "你是哪家公司开发的？", "是哪家公司做的你？", "你是什么模型？"
+_MAKER = r"(?:made|make|created|create|built|build|trained|train|developed|develop|designed|design|owns|own)"
+_ASKS_MAKER_EN = re.compile(
+    r"\b(?:who|which|what)\b[^?.!]{0,40}?\b" + _MAKER + r"\s+you(?=\s*(?:[?.!,;]|$)|\s+(?:originally|first|and|by\s+the\s+way)\b)|"
+    r"\b(?:which|what)\s+(?:[\w-]+\s+){0,2}?(?:model|LLM|AI)\s+(?:are|were)\s+you\b|"
+    r"\bwho\s+(?:is|was|are|were)\s+your\s+(?:makers?|creators?|developers?|authors?|trainers?)\b", re.I)
+_ASKS_MAKER_ZH = re.compile(
+    r"(?:谁|哪家|哪个|哪一家|什么)(?:公司|团队|机构|企业|厂商|人)?[^？?。]{0,6}?(?:开发|训练|研发|创造|创建|打造|做|制造|设计|推出)"
+    r"(?:出来)?[了的]?(?:你|您)|"
+    r"(?:你|您)(?:是|由)?[^？?。]{0,4}?(?:谁|哪家|哪个|哪一家|什么)(?:公司|团队|机构|企业|厂商|人)?[^？?。]{0,4}?"
+    r"(?:开发|训练|研发|创造|创建|打造|做|制造|设计|推出)(?:出来)?的|"
+    r"(?:你|您)是(?:哪个|什么|哪款|哪一个|哪种)(?:AI|人工智能)?(?:语言)?(?:大模型|模型)")
+# a reply whose first sentence is only a name: "Alibaba Cloud.", "It's OpenAI.", "By Google.", "OpenAI did.", "是阿里云。"
+_BARE_EN = re.compile(r"^\W*(?:(?:it'?s|it\s+is|it\s+was|that'?s|that\s+is|(?:made|built|created|developed|trained)?\s*by)\s+)?"
+                      r"(?P<name>.+?)(?:\s+(?:did|does|made\s+me|did\s+it))?\s*[.!]*\s*$", re.I)
+_BARE_ZH = re.compile(r"^\s*(?:是|由)?(?P<name>.+?)(?:开发|训练|研发|打造|做|制造|推出)?的?\s*[。！!.]*\s*$")
+# what may stand beside the name: "the", "OpenAI's GPT-4", "the Alibaba Cloud team", "Qwen by Alibaba Cloud"
+_BARE_REST = re.compile(r"^(?:[\s'\".,!-]|\b(?:the|AI|Cloud|team|lab|Inc|Corp|Corporation|Company|LLC|Group|by|from|s)\b|公司|团队|集团|的)*$", re.I)
+
+
+def asks_maker_or_model(question: str | None) -> bool:
+    """Whether a question asks about this assistant (`about_this_assistant`), who made it or which model it is ("Which
+    company made you?", "你是什么模型？"): then a reply that is only a name ("Alibaba Cloud.", "是OpenAI。") claims it."""
+    if not question:
+        return False
+    q = unicodedata.normalize("NFKC", question)
+    return about_this_assistant(q) or bool(_ASKS_MAKER_EN.search(q) or _ASKS_MAKER_ZH.search(q))
+
+
+def bare_name(sentence: str) -> str | None:
+    """The vendor a sentence that is only its name stands for ("Alibaba Cloud.", "It's OpenAI.", "是阿里云。"), else None:
+    two vendors, a hedge ("Possibly OpenAI."), a negation or any other word beside the name make it not one."""
+    body = sentence.strip()
+    if body.endswith(("?", "？")):
+        return None
+    for pattern in (_BARE_EN, _BARE_ZH):
+        m = pattern.match(body)
+        if not m:
+            continue
+        name = m.group("name")
+        found = find_mentions(name)
+        if len({x.vendor for x in found}) != 1:
+            continue
+        rest = name
+        for x in reversed(found):
+            rest = rest[:x.start] + " " + rest[x.end:]
+        if _BARE_REST.match(rest):
+            return found[0].vendor
+    return None
+
+
 _YOU_WITH_ZH = re.compile(r"你(?:们)?(?:正在|现在|目前|此刻)?(?:在)?(?:和|与|跟|同)\s*$")
 _TALK_ZH = re.compile(r"^\s*(?:对话|聊天|交流|交谈|说话)")
 _SPEECH_END = re.compile(r"(?:\b(?:said|says|say|wrote|writes|replied|replies|answered|asked|asks|told\s+\w+)|"
@@ -439,19 +491,23 @@ def detect(text: str, asked: str | None = None, question: str | None = None, kee
     """
     if asked is None:
         asked = _leading_once(question, tuple(earlier))
-    return detect_prose(clean(text, keep_code), asked, about_self=_about_once(question))
+    return detect_prose(clean(text, keep_code), asked, about_self=_about_once(question),
+                        bare=_asks_maker_once(question))
 
 
 # what a question is (leading, about this assistant) is read once per distinct question: an audit asks each of its
 # few hundred questions of thousands of replies
 _about_once = lru_cache(maxsize=8192)(about_this_assistant)
 _leading_once = lru_cache(maxsize=8192)(leading_vendor)
+_asks_maker_once = lru_cache(maxsize=8192)(asks_maker_or_model)
 
 
 def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] | None = None,
-                 about_self: bool = False) -> Detection:
+                 about_self: bool = False, bare: bool = False) -> Detection:
     """`detect` on text `clean` already made prose; `mentions`: `find_mentions(prose)` when already found;
-    `about_self`: the question asked about this assistant in the third person (`about_this_assistant`)."""
+    `about_self`: the question asked about this assistant in the third person (`about_this_assistant`); `bare`: it
+    asked about this assistant, its maker or its model (`asks_maker_or_model`), so a first sentence that is only a
+    name ("Alibaba Cloud.") claims it."""
     parts = sentences(prose)
     claims: set[str] = set()
     denied: set[str] = set()
@@ -459,6 +515,8 @@ def detect_prose(prose: str, asked: str | None = None, mentions: list[Mention] |
         got, neg = _sentence_claims_once(s, about_self)
         claims |= got
         denied |= neg
+    if bare and parts and (named := bare_name(parts[0])):
+        claims.add(named)
     mentioned = {m.vendor for m in (find_mentions(prose) if mentions is None else mentions)}
     uncertain = bool(mentioned - claims - denied)
     answer = None
