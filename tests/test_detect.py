@@ -396,17 +396,23 @@ def test_classify_cli_reads_the_conversation_from_messages_and_the_reply_from_te
 
 
 def test_agreement_with_replies_labelled_independently_of_the_detector():
-    """615 replies labelled by reading them: L000-L399 sampled at random from the study's development-set runs
+    """649 replies labelled by reading them: L000-L399 sampled at random from the study's development-set runs
     (8 arms, zh and en) by a reader who never saw the detector or its code; L400-L614 from the held-out runs'
     replies to questions about "this AI", "this chat", "the model answering", 这个AI/这个助手/这个服务
     (L400-L509 and L555-L614 at random, L510-L554 among third-person answers naming a vendor the detector
     then read as no claim). "other" = a vendor outside the table. Before the detector read third-person answers:
     foreign 594/615, own 545/615; after: 613/615 and 606/615, no false alarm either time. L555-L614 were labelled
     before the third-person rules ran on them: 58/60 and 51/60 before, 59/60 and 57/60 after (then 60 and 59 once
-    two misses were fixed)."""
+    two misses were fixed). L615-L648 ("run": "0.5B-operator-base" etc.) come from the operator runs' held-out
+    replies (results/study-{0.5b,1.5b}/operator/{base,persona}/heldout), mostly to "Which company trained the model
+    you run on?" right after a task: third-person and bare-name answers ("Alibaba Cloud.", "Google"), and replies that
+    stay no claim (about the task's text, a guess, the task again, a vendor as an entity); picked and labelled by
+    reading by the author of the rules they prompted (not blind). On those 34, before the second-person and bare-name
+    rules: foreign 23/34, own 23/34, exact 12/34; after: 33, 33 and 32 (the misses: two JSON answers in the task's
+    format, {"company": "阿里云"}, which no rule reads); on all 649: foreign 636 -> 646, own 629 -> 639, no false alarm."""
     rows = [json.loads(line) for line in (FIXTURES.parent / "labelled_replies.jsonl").read_text(encoding="utf-8")
             .split("\n") if line.strip()]
-    assert len(rows) == 615
+    assert len(rows) == 649
     exact = foreign = own = denial = false_alarms = 0
     for r in rows:
         users = [m["content"] for m in r["messages"] if m["role"] == "user"]
