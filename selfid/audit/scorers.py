@@ -39,7 +39,7 @@ from selfid.data import identity, replay_set
 from selfid.io import atomic_write_json, read_jsonl
 from selfid.tasks.ner import NerScore, first_json_object
 
-VERSION = 4
+VERSION = 5
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
 COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
 FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
