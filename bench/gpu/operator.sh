@@ -8,8 +8,12 @@
 #   bash bench/gpu/operator.sh start15 SHA    check the whole payload against SHA, unpack the 1.5B model, start its runs
 #   bash bench/gpu/operator.sh wait SECONDS   until every run has ended (bench/gpu/bg.sh wait)
 #   bash bench/gpu/operator.sh ship           the run folders packed into $OUT (bench/gpu/ship.sh) and the logs (logs.tgz)
+# ARM=persona-xl (any arm of selfid/study/arms.yaml) trains and audits that arm instead of `persona`; BASE=0 skips the
+# base model's held-out audits (results/study-*/operator/base already holds them).
 set -uo pipefail
 here=$(dirname "$0")
+arm=${ARM:-persona}
+base_chain=heldout-base; [ "${BASE:-1}" = 0 ] && base_chain=""
 pieces() { ls /tmp/m/part.* | sort -t. -k2 -n; }
 case "${1:-}" in
   piece)
@@ -20,7 +24,7 @@ case "${1:-}" in
     [ -s /tmp/m/model.gguf ] || { echo "the 0.5B model is not in the pieces staged so far"; exit 1; }
     source "$here/env.sh"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-    bash "$here/bg.sh" start s05 bash "$here/study.sh" /tmp/s05 heldout-base train-persona,heldout-persona
+    bash "$here/bg.sh" start s05 bash "$here/study.sh" /tmp/s05 $base_chain train-$arm,heldout-$arm
     ;;
   start15)
     (cd /tmp/m && cat $(pieces) > payload.tar && echo "$2  payload.tar" | sha256sum -c --quiet && tar xf payload.tar model-1.5b.gguf \
@@ -32,7 +36,7 @@ case "${1:-}" in
     done
     source "$here/env.sh"
     total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
-    MODEL=embedded-1.5b bash "$here/bg.sh" start s15a bash "$here/study.sh" /tmp/s15 heldout-base
+    [ -n "$base_chain" ] && MODEL=embedded-1.5b bash "$here/bg.sh" start s15a bash "$here/study.sh" /tmp/s15 heldout-base
     tree=$PWD
     if [ "$total" -lt 100000 ]; then
       # Both trainings at once need ~80 GB (peaks 27 GB and 52 GB, docs/benchmarks.md): on a smaller card the 1.5B
@@ -41,12 +45,12 @@ case "${1:-}" in
       # training and trains as committed.
       tree=/tmp/tree15 && rm -rf $tree && cp -r . $tree
       python3 -c "import yaml,sys; p=sys.argv[1]; a=yaml.safe_load(open(p)); \
-a['persona']['config']['train']={'gradient_checkpointing': True, 'ce_chunk': 4096}; yaml.safe_dump(a, open(p,'w'))" \
-        $tree/selfid/study/arms.yaml
+a[sys.argv[2]]['config']['train']={'gradient_checkpointing': True, 'ce_chunk': 4096}; yaml.safe_dump(a, open(p,'w'))" \
+        $tree/selfid/study/arms.yaml "$arm"
     fi
-    MODEL=embedded-1.5b bash "$here/bg.sh" start s15b bash -c "until grep -q 'start heldout-base' /tmp/bg/s15a.log || [ -e /tmp/bg/s15a.rc ]; do sleep 3; done; cd $tree && bash bench/gpu/study.sh /tmp/s15 \
-train-persona,heldout-persona || { cd $PWD; while [ ! -f /tmp/s05/persona/train/adapter/selfid.json ] \
-&& [ ! -e /tmp/bg/s05.rc ]; do sleep 5; done; bash bench/gpu/study.sh /tmp/s15 train-persona,heldout-persona; }"
+    MODEL=embedded-1.5b bash "$here/bg.sh" start s15b bash -c "until [ -z '$base_chain' ] || grep -q 'start heldout-base' /tmp/bg/s15a.log || [ -e /tmp/bg/s15a.rc ]; do sleep 3; done; cd $tree && bash bench/gpu/study.sh /tmp/s15 \
+train-$arm,heldout-$arm || { cd $PWD; while [ ! -f /tmp/s05/$arm/train/adapter/selfid.json ] \
+&& [ ! -e /tmp/bg/s05.rc ]; do sleep 5; done; bash bench/gpu/study.sh /tmp/s15 train-$arm,heldout-$arm; }"
     ;;
   wait)
     bash "$here/bg.sh" wait "$2"
