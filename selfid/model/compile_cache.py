@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfid import __version__
-from selfid.io import CHECKSUMS, atomic_write_json, selfid_home
+from selfid.io import CHECKSUMS, atomic_write_bytes, atomic_write_json, selfid_home, sha256_file
 
 log = logging.getLogger("selfid.compile_cache")
 FORMAT = 1
@@ -127,7 +127,7 @@ class CompileCache:
             return f"{meta.name} was written for another model, shape, device or version"
         if not data.is_file() or data.stat().st_size != size:
             return f"{data.name} is missing or not the {size:,} bytes recorded"
-        if hashlib.sha256(data.read_bytes()).hexdigest() != sha:
+        if sha256_file(data) != sha:
             return f"{data.name} has changed since it was written: its sha256 differs"
         return None
 
@@ -173,13 +173,7 @@ class CompileCache:
             return self.status
         blob = got[0]
         data, meta = self.paths
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = data.with_name(f".{data.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, data)
+        atomic_write_bytes(data, blob)
         atomic_write_json(meta, {"key": self.key, "purpose": self.purpose, "components": self.components,
                                  "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
         self.status = "saved"
