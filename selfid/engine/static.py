@@ -297,22 +297,23 @@ class SlotDecoder:
             out = self._compiled(tok, pos)
             if out is not None:
                 return out
-        mask = self.layer_masks(pos, tok.shape[0], tok.shape[1])
         with _attention(self.config, ATTENTION):
-            hidden = self.decoder(input_ids=tok, position_ids=pos, attention_mask=mask, use_cache=True,
-                                  **{self.cache_kw: self.kv}).last_hidden_state
+            hidden = self._hidden(tok, pos)
         if last is None:
             h = hidden[:, -1]
         else:
             h = hidden.gather(1, last.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
         return self.head(h)
 
+    def _hidden(self, tok, pos):
+        """The decoder's last hidden states [n, q, H] for tok [n, q] at pos [n, q], reading and writing the slots."""
+        mask = self.layer_masks(pos, tok.shape[0], tok.shape[1])
+        return self.decoder(input_ids=tok, position_ids=pos, attention_mask=mask, use_cache=True,
+                            **{self.cache_kw: self.kv}).last_hidden_state
+
     def _decode_step(self, tok, pos):
         """One decode step's logits [n, V] for tokens tok [n, 1] at pos [n, 1] in slots 0..n-1: what is compiled."""
-        mask = self.layer_masks(pos, tok.shape[0], 1)
-        hidden = self.decoder(input_ids=tok, position_ids=pos, attention_mask=mask, use_cache=True,
-                              **{self.cache_kw: self.kv}).last_hidden_state
-        return self.head(hidden[:, -1])
+        return self.head(self._hidden(tok, pos)[:, -1])
 
     def _compiled(self, tok, pos):
         """The compiled decode step's logits, or None when it cannot compile (then the step runs uncompiled, and
