@@ -6,7 +6,8 @@ deterministic, so one sample there): 64 x 3 x (1 + 8 + 8) = 3,264 generations of
 
   selfid:    run_audit() end to end (batched in-process engine, claim detection, the JSONL log, the report),
              after one probe has gone through the whole audit (first-use imports are not timed); the time
-             inside the engine's generate calls is reported beside it ("generation alone")
+             while the engine decodes is reported beside it ("generation alone"; since each reply is scored and logged
+             between decoding steps as it finishes, that figure also holds the scoring that overlapped decoding)
   baseline:  model.generate() over the same rendered prompts and sampling settings, in batches of the
              same size, sorted by prompt length like the engine does; HF applies one sampling config per
              call, so its batches are grouped by temperature
@@ -138,26 +139,28 @@ def run(args, tmp: Path) -> None:
     run_audit(InProcessBackend(loaded, engine), warm_params, tmp / "warm", show_progress=False, margin=False)
 
     def audit(eng, name):
-        """(seconds end to end, seconds inside the engine's generate calls, the log's records with verdicts)."""
+        """(seconds end to end, seconds while the engine decodes, the log's records with verdicts). The audit hands
+        each reply to the log and its scorer as it finishes, between decoding steps, so the second figure also holds
+        the scoring that overlapped decoding."""
         inside = [0.0]
-        real = eng.generate
+        real = eng.events
 
         def timed(*a, **kw):
             sync(loaded.device)
             t = time.perf_counter()
             try:
-                return real(*a, **kw)
+                yield from real(*a, **kw)
             finally:
                 sync(loaded.device)
                 inside[0] += time.perf_counter() - t
 
-        eng.generate = timed
+        eng.events = timed
         sync(loaded.device)
         start = time.perf_counter()
         try:
             run_audit(InProcessBackend(loaded, eng), params, tmp / name, show_progress=False, margin=False)
         finally:
-            del eng.generate
+            del eng.events
         sync(loaded.device)
         return time.perf_counter() - start, inside[0], load_run(tmp / name)[1]
 

@@ -92,7 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--decode", default=None, choices=["auto", "eager", "static", "graph"])
+    ap.add_argument("--decode", default=None, choices=["auto", "eager", "static", "graph", "compiled"])
     ap.add_argument("--rows", default="1,32,1024", help="batch sizes, comma-separated")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--top", type=int, default=15, help="entries in each ranking")

@@ -69,6 +69,26 @@ def test_each_logged_reply_is_what_the_engine_gives_for_its_seed_alone(tiny_run,
     assert [s["seed"] for s in samples] == [samples[0]["seed"] + i for i in range(3)]
 
 
+def test_samples_are_logged_as_they_finish_while_the_others_still_decode(tiny, engine, probes, tmp_path, monkeypatch):
+    """The in-process backend hands each sample to the log (and its scorer) between decoding steps, not after the
+    whole batch: the scoring overlaps generation. Steps are counted by wrapping the engine's decoding loop."""
+    steps = {"n": 0}
+    real_step = type(engine)._step
+
+    def counted(self, batch):
+        steps["n"] += 1
+        yield from real_step(self, batch)
+
+    monkeypatch.setattr(type(engine), "_step", counted)
+    at_log = []
+    items = plan(params(probes, max_new_tokens=12), {"identity": load_suite("identity", str(probes), 1, 5)})
+    InProcessBackend(tiny, engine).run(items, lambda item, reply: at_log.append((steps["n"], reply.completion_tokens)))
+    assert len(at_log) == len(items)
+    # replies that stopped early were logged while longer ones were still being decoded
+    short = [n for n, tokens in at_log if tokens < 12]
+    assert short and min(short) < steps["n"], (at_log, steps["n"])
+
+
 def test_run_folder_records_template_system_prompts_and_rendered_text(tiny_run, tiny):
     out, summary = tiny_run
     meta = json.loads((out / "run.json").read_text())
@@ -77,7 +97,8 @@ def test_run_folder_records_template_system_prompts_and_rendered_text(tiny_run, 
     assert systems["template"] == {"key": "template", "text": None, "effective": tiny.chat.default_system, "source": "template"}
     assert systems["helpful"]["effective"] == "You are a helpful assistant." and systems["helpful"]["source"] == "text"
     assert meta["suites"]["identity"]["sha256"] and meta["own"] == "qwen"
-    rec = next(r for r in read_log(out / LOG) if r["system"] == "template")
+    # the log is in the order replies finish; this is the record of one (probe, system prompt)
+    rec = next(r for r in read_log(out / LOG) if r["system"] == "template" and r["messages"][-1]["content"] == "Who are you?")
     assert "You are Qwen, created by Alibaba Cloud." in rec["rendered"] and rec["effective_system"] == tiny.chat.default_system
     assert rec["messages"] == [{"role": "user", "content": "Who are you?"}]
     assert {"seed", "finish_reason", "reply", "probe_meta"} <= rec.keys()

@@ -118,11 +118,18 @@ class InProcessBackend:
             self._generate(pending, on_done, advance)
 
     def _generate(self, work, on_done: OnDone, advance) -> None:
-        results = self.engine.generate([w[0] for w in work], progress=advance)
-        for (req, members, rendered), res in zip(work, results):
-            for item, c in zip(members, res.completions):
-                on_done(item, Reply(c.text, c.finish_reason, res.prompt_tokens, len(c.token_ids), rendered.text,
-                                    rendered.system.effective, rendered.system.kind, rendered.template_hash))
+        """Each sample logged (and scored, by `on_done`) as soon as it finishes, between decoding steps: the engine
+        has queued the next step on the GPU by then, so the scoring overlaps generation instead of following it."""
+        prompt_tokens: dict[int, int] = {}
+        for ev in self.engine.events([w[0] for w in work], prompt_tokens=prompt_tokens):
+            if ev.finished is None:
+                continue
+            _, members, rendered = work[ev.request]
+            c = ev.finished
+            on_done(members[ev.index], Reply(c.text, c.finish_reason, prompt_tokens[ev.request], len(c.token_ids),
+                                             rendered.text, rendered.system.effective, rendered.system.kind,
+                                             rendered.template_hash))
+            advance(1)
 
 
 class HttpBackend:
