@@ -39,7 +39,7 @@ class Tallies:
     scorer: int  # the scorer version the verdicts come from
     grid: dict  # the audit parameters (run.json "params") that made it
     systems: dict[str, dict]  # name -> {"key" (the name in the run), "text", "effective", "persona"}
-    probes: dict[str, str]  # prompt id -> sha256 of the conversation asked (system message aside)
+    probes: dict[str, str]  # prompt id -> sha256 of the conversation asked under the run's first system prompt
     rates: dict[str, dict[str, dict[str, list[int]]]] = field(default_factory=dict)
     ner: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     complete: bool = True
@@ -79,7 +79,10 @@ def from_run(run_dir: Path) -> Tallies:
     rates: dict[str, dict] = {}
     ner: dict[str, dict] = {}
     identity = [r for r in records if r.suite in IDENTITY_SUITES and r.verdict.scored]
-    for r in records:
+    rank = {s["key"]: i for i, s in enumerate(meta["systems"])}
+    # each prompt's conversation as asked under the first of the run's system prompts that asked it (its system
+    # message included), whatever order the log holds the replies in (the order they finished)
+    for r in sorted(records, key=lambda r: rank.get(r.system, len(rank))):
         probes.setdefault(r.probe, _digest(r.messages))
     for name, spec in systems.items():
         group = [r for r in identity if r.system == spec["key"]]
