@@ -16,8 +16,8 @@
 # Steps, each stopped with SIGINT at its limit (its JSON keeps what it measured; one failing loses nothing else):
 # 1. bench/train_cache.py: the whole default run (examples/msra.yaml) with train.compile, cold then warm. <= 300 s.
 # 2. bench/decode_speed.py: `selfid api` decoding from CUDA graphs (graph) and from the compiled step (compiled),
-#    1/16/32 clients for 6 s each, then the compiled server started again (compile cache warm); the 0.5B model and,
-#    when converted, the 1.5B. <= 480 s.
+#    1/16/32 clients for 6 s each, each compiled server started again right after (compile cache warm); the 0.5B
+#    model and, when converted, the 1.5B. <= 480 s.
 # 3. bench/audit_speed.py: the whole identity-grid audit against transformers `generate`. <= 240 s.
 # 4. bench/train_speed.py --set train.compile=true: selfid (compile cache warm) against Trainer+peft, NER F1 of
 #    both on 500 MSRA test sentences. <= 420 s.
