@@ -559,6 +559,9 @@ def replay(
                                    "NER exchange (0: none)"),
     max_copies: int = typer.Option(2, "--max-copies", help="most kept answers that are one text or near-verbatim "
                                    "copies of one another (0: no cap)"),
+    typical_length: bool = typer.Option(False, "--typical-length", help="keep first the passing answers whose length "
+                                        "is nearest the median of all the model's answers to that question (not "
+                                        "yet measured)"),
     max_tokens: int = typer.Option(192, "--max-tokens", help="longest answer sampled"),
     languages: str = typer.Option("zh,en", "--languages", help="comma-separated: zh, en"),
     seed: int = typer.Option(0, "--seed", help="every sample's seed and the row draw derive from it"),
@@ -581,7 +584,7 @@ def replay(
     try:
         rep = IdentityReplay(samples=samples, temperatures=parse_list(temperatures, "temperatures", float),
                              personas=personas, persona_cross_lingual=persona_cross_lingual, after_task=after_task,
-                             max_copies=max_copies, max_new_tokens=max_tokens,
+                             max_copies=max_copies, typical_length=typical_length, max_new_tokens=max_tokens,
                              languages=parse_list(languages, "languages"), seed=seed, persona_prompts=persona,
                              preference=1.0)  # sample the other serving prompts too: the rejected sides of the pairs
     except ValidationError as e:

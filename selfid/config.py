@@ -83,6 +83,11 @@ class IdentityReplay(Strict):
                             "an NER exchange in the task's own format (MSRA train sentences); 0: none")
     max_copies: int = Field(2, ge=0, description="self: most kept answers, across questions, that are the same text or "
                             "near-verbatim copies of one another (the audit's copy measure); 0: no cap")
+    typical_length: bool = Field(False, description="self: keep first, of each question's passing answers under a "
+                                 "system prompt, those whose length is nearest the median length of all the base "
+                                 "model's answers there (passing or not), instead of the first sampled, so the "
+                                 "replay's answers run as long as the model's own; replay.json records both medians. "
+                                 "Not yet measured")
     minimal_pairs: bool = Field(True, description="self: ask the own-name wordings of leading questions about other "
                                 "vendors too, so the answer depends on the name, not the wording")
     deny_per_question: int = Field(1, ge=1, description="self: most kept answers per leading question about "

@@ -215,6 +215,34 @@ def test_one_answer_is_kept_at_most_max_copies_times_and_every_question_first(ti
             assert same > 10  # without the cap the one line is kept for most questions
 
 
+def test_typical_length_keeps_the_answers_nearest_the_models_own_median_length(tiny, tmp_path):
+    """identity_replay.typical_length: of each question's passing answers, the one nearest the median length of all
+    its sampled answers is kept first; without it the first sampled is. replay.json records both medians."""
+    class Lengths(ScriptedEngine):  # sample i of an English answer: "I am Qwen." then ever longer variants
+        def generate(self, requests, progress=None):
+            out = super().generate(requests, progress)
+            for res in out:
+                for i, c in enumerate(res.completions):
+                    if c.text.startswith("Yes, I am Qwen"):
+                        c.text = "I am Qwen." if i == 0 else "I am Qwen, created by Alibaba Cloud." + " Indeed." * (3 * i)
+            return out
+
+    kept = {}
+    for typical in (False, True):
+        rep = IdentityReplay(samples=5, personas=0, after_task=0, per_question=1, max_copies=0, languages=["en"],
+                             typical_length=typical)
+        meta = build(tiny, rep, tmp_path / str(typical), progress=False, log=lambda m: None, engine=Lengths())
+        _, replies, _ = replay_set.load(tmp_path / str(typical))
+        kept[typical] = [r["messages"][-1]["content"] for r in replies if r["messages"][-1]["content"].startswith("I am Qwen")]
+        assert meta["lengths"]["typical_length"] is typical and meta["lengths"]["sampled_median"] > 0
+    middle = len("I am Qwen, created by Alibaba Cloud." + " Indeed." * 6)  # sample 2 of 0..4: the median length
+    first = {"I am Qwen.", "I am Qwen, created by Alibaba Cloud." + " Indeed." * 3}  # samples 0 and 1 ("I am Qwen."
+    # does not pass a question about the maker): the first sampled that passes
+    assert "I am Qwen." in kept[False] and set(kept[False]) <= first
+    assert kept[True] and all(len(t) == middle for t in kept[True])
+    assert meta["lengths"]["kept_median"] > len("I am Qwen.")
+
+
 def test_the_replay_asks_a_few_thousand_generations(tiny, tmp_path):
     """The default replay's cost, known before it runs: questions x (temperatures + a persona + another serving
     prompt) x samples."""

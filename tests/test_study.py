@@ -186,20 +186,22 @@ def test_an_arm_is_data_its_config_the_scales_keys_under_its_own(tmp_path, monke
             arms_module.arms(tmp_path / "bad.yaml")
 
 
-def test_persona_xl_is_the_persona_arm_with_cross_lingual_personas(tmp_path):
-    """persona-xl (not yet run): the persona arm's config with identity_replay.persona_cross_lingual 0.5; the step
-    graph picks it up from arms.yaml like any arm."""
+@pytest.mark.parametrize("arm, setting, value", [("persona-xl", "persona_cross_lingual", 0.5),
+                                                  ("persona-typical", "typical_length", True)])
+def test_arms_not_yet_run_are_the_persona_arm_with_one_setting_changed(tmp_path, arm, setting, value):
+    """persona-xl and persona-typical (not yet run): the persona arm's config with one identity_replay setting
+    changed; the step graph picks them up from arms.yaml like any arm."""
     known = arms_module.arms()
-    persona, xl = known["persona"], known["persona-xl"]
-    assert xl.config == arms_module.merged(persona.config, {"identity_replay": {"persona_cross_lingual": 0.5}})
-    assert "not yet run" in xl.label and xl.replays and not xl.margins
+    persona, new = known["persona"], known[arm]
+    assert new.config == arms_module.merged(persona.config, {"identity_replay": {setting: value}})
+    assert "not yet run" in new.label and new.replays and not new.margins
     for scale in (FULL, SMALL):
-        cfg, base = (work.train_config(Study(tmp_path, scale, "m"), known[a]) for a in ("persona-xl", "persona"))
-        assert cfg.identity_replay.persona_cross_lingual == 0.5 and base.identity_replay.persona_cross_lingual == 0.0
+        cfg, base = (work.train_config(Study(tmp_path, scale, "m"), known[a]) for a in (arm, "persona"))
+        assert getattr(cfg.identity_replay, setting) == value != getattr(base.identity_replay, setting)
         same = base.model_dump(exclude={"output"})
-        same["identity_replay"]["persona_cross_lingual"] = 0.5
+        same["identity_replay"][setting] = value
         assert cfg.model_dump(exclude={"output"}) == same  # nothing else differs
-    assert steps.step_stages("persona-xl") == ["compare-persona-xl"]
-    assert steps.step_stages("heldout-persona-xl") == ["heldout-persona-xl"]
-    assert {"train-persona-xl", "audit-persona-xl", "heldout-persona-xl"} <= {
+    assert steps.step_stages(arm) == [f"compare-{arm}"]
+    assert steps.step_stages(f"heldout-{arm}") == [f"heldout-{arm}"]
+    assert {f"train-{arm}", f"audit-{arm}", f"heldout-{arm}"} <= {
         s.name for s in steps.stages(Study(tmp_path, FULL))}

@@ -68,6 +68,7 @@ import gc
 import hashlib
 import random
 import re
+import statistics
 import sys
 import unicodedata
 from dataclasses import dataclass, field
@@ -281,6 +282,7 @@ def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=p
         if bar:
             bar.stop()
     found: dict[tuple[str, str], list[str]] = {}  # (question, condition key) -> kept candidates, in sampled order
+    lengths: dict[tuple[str, str], list[int]] = {}  # (question, condition key) -> every sampled answer's length
     rejected: dict[tuple[str, str], list[tuple[str | None, str]]] = {}  # (question, chosen's key) -> (system, reply)
     scored = passed = 0
     for n, (q, c) in enumerate(asked):
@@ -290,6 +292,7 @@ def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=p
                    "reply": reply.text, "probe_meta": q.meta(), "tags": [q.kind]}
             v = scorers.score_identity(rec, ctx)
             scored += 1
+            lengths.setdefault((q.id, c.key), []).append(len(reply.text))
             persona = c.persona.scoring() if c.persona is not None else None
             if c.kind != "other" and reply.finish_reason == "stop" and _right(v, persona):
                 passed += 1
@@ -297,7 +300,7 @@ def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=p
             elif _wrong(v, q, persona, reply.text):
                 rejected.setdefault((q.id, "template" if c.kind == "other" else c.key), []).append((c.system, reply.text))
     by_id = {q.id: q for q in questions}
-    kept = _pick(found, by_id, rep, scorers)
+    kept = _pick(found, by_id, rep, scorers, lengths)
     by_key = {p.key: p for p in personas}
     replies, pairs = [], []
     for (qid, key), texts in kept.items():
@@ -335,6 +338,9 @@ def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=p
             "fraction": rep.persona_cross_lingual,
             "questions": sum(c.persona in generated and c.persona.lang != q.lang for q, c in asked),
             "kept": sum(r.get("persona") in crossed_keys and by_key[r["persona"]].lang != r["lang"] for r in replies)},
+        "lengths": {"typical_length": rep.typical_length,  # characters: the answers sampled, and those kept
+                    "sampled_median": _median([n for v in lengths.values() for n in v]),
+                    "kept_median": _median([len(r["messages"][-1]["content"]) for r in replies])},
         "copy_cap": {"max_copies": rep.max_copies, "candidates": sum(len(set(v)) for v in found.values()),
                      "distinct_kept": len({scorers.normalise(r["messages"][-1]["content"]) for r in replies})},
         "personas": [{"key": p.key, "lang": p.lang, "text": p.text, "name": p.name, "company": p.company,
@@ -346,10 +352,13 @@ def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=p
                      "defaults": defaults if defaults is not None else "the endpoint's own (not visible over HTTP)"}}
 
 
-def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers) -> dict[tuple[str, str], list[str]]:
+def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers,
+          lengths: dict | None = None) -> dict[tuple[str, str], list[str]]:
     """The kept replies of each (question, system prompt): distinct, at most `per_question` (`deny_per_question` for
     leading questions about other vendors), no answer kept more than `max_copies` times across the replay (near-
-    verbatim copies counted as one text), picked round-robin so every question gets an answer before any gets more."""
+    verbatim copies counted as one text), picked round-robin so every question gets an answer before any gets more.
+    With `rep.typical_length`, each question's candidates are taken nearest first to the median length of all its
+    sampled answers there (`lengths`), else in sampled order."""
     clusters = _Clusters(rep.max_copies, scorers)
     queues = {}
     for key, texts in found.items():
@@ -357,6 +366,9 @@ def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers) -> dict[tuple[
         for t in texts:  # distinct after normalising, in sampled order
             distinct.setdefault(scorers.normalise(t), t)
         queues[key] = list(distinct.values())
+        if rep.typical_length and lengths and lengths.get(key):
+            middle = _median(lengths[key])
+            queues[key].sort(key=lambda t: abs(len(t) - middle))  # stable: ties stay in sampled order
     caps = {key: rep.deny_per_question if by_id[key[0]].expects == "deny" else rep.per_question for key in found}
     kept: dict[tuple[str, str], list[str]] = {}
     while queues:
@@ -371,6 +383,10 @@ def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers) -> dict[tuple[
             if not queue or len(kept.get(key, ())) >= caps[key]:
                 del queues[key]
     return kept
+
+
+def _median(values: list[int]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 @dataclass
