@@ -83,6 +83,14 @@ def test_the_operators_section_judges_the_persona_arm_at_each_size(study, tmp_pa
     assert "persona kept" in section.split("| 0.5B |")[0]
     assert "lowest 0.0% (persona-zh); foreign at most 0.0% (persona-zh): **missed**" in row
     assert "| persona-en-card | " in section and "`ho-en-direct-01` under persona-en-card" in section
+    assert "Variants of the persona arm" not in section  # none was run
+    # a variant of the persona arm, once run, gets its own row judged by the same bar
+    audit(root, "operator/persona-xl/heldout", replies(1), heldout=True)
+    section = write_report(root, tmp_path / "xl.md", operator=[("0.5B", root / "operator", root)]).read_text().split(
+        "## 9. Identity that follows the operator's prompt", 1)[1]
+    variants = section.split("Variants of the persona arm", 1)[1].split("\n\n", 2)[1]
+    assert variants.count("| 0.5B | persona-xl: ") == 1 and "persona-typical" not in variants
+    assert variants.splitlines()[2].count("met") >= 1
     # a size without its operator runs has no row, and without any the section is left out
     assert "## 9." not in write_report(study, tmp_path / "none.md", operator=[("0.5B", study / "operator", study)]
                                        ).read_text()

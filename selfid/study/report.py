@@ -35,6 +35,7 @@ METRIC_LABEL = {"foreign": "foreign claims", "own_affirmation": "own identity af
                 "task_done": "identity task done", "persona_kept": "persona kept", "copy": "copies a training reply",
                 "identity_after_task": "identity question after a task answered as one"}
 OPERATOR_ARM = "persona"  # the arm of §9, the recommended config since (examples/qwen2.5-7b-instruct-msra.yaml)
+OPERATOR_TRIALS = ("persona-xl", "persona-typical")  # variants of it (selfid/study/arms.yaml), shown once they are run
 
 
 class Runs:
@@ -734,6 +735,17 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
         L.append(f"| {label} | " + " | ".join(
             f"{g.measured}: {'met' if g.met else '**missed**'}" if g.met is not None else g.measured
             for g in bar.goals(arm, base, plain, copies=copies)) + " |")
+    trials = [(label, op, main, t) for label, op, main in have for t in OPERATOR_TRIALS
+              if runs.summary(op / t / "heldout")]
+    if trials:
+        L += ["", "Variants of the persona arm on the same split, each one replay setting changed (selfid/study/arms.yaml)"
+              ", judged by the same bar:", "", "| size | arm | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+        for label, op, main, t in trials:
+            base, arm = runs.summary(op / "base" / "heldout"), runs.summary(op / t / "heldout")
+            copies = arm_copies(runs, op / "base" / "heldout", op / t / "heldout")
+            L.append(f"| {label} | {t}: {ARM_LABEL.get(t, t)} | " + " | ".join(
+                f"{g.measured}: {'met' if g.met else '**missed**'}" if g.met is not None else g.measured
+                for g in bar.goals(arm, base, runs.summary(main / "plain" / "heldout"), copies=copies)) + " |")
     L += ["", "Per system prompt, all temperatures pooled (base → arm):", "",
           "| size | system prompt | foreign claims | own identity affirmed | persona kept | yes to another vendor | "
           "after a task, answered as one |", "|---|---|---|---|---|---|---|"]
