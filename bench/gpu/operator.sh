@@ -10,11 +10,14 @@
 # (unpack05 and unpack15 alone set the machine up without starting anything: bench/gpu/perf.sh uses them.)
 #   bash bench/gpu/operator.sh wait SECONDS   until every run has ended (bench/gpu/bg.sh wait)
 #   bash bench/gpu/operator.sh ship           the run folders packed into $OUT (bench/gpu/ship.sh) and the logs (logs.tgz)
-# ARM=persona-xl (any arm of selfid/study/arms.yaml) trains and audits that arm instead of `persona`; BASE=0 skips the
-# base model's held-out audits (results/study-*/operator/base already holds them).
+# ARM=persona-xl (any arm of selfid/study/arms.yaml, or several: ARM="persona-xl persona-typical", one after another)
+# trains and audits that arm instead of `persona`; BASE=0 skips the base model's held-out audits
+# (results/study-*/operator/base already holds them).
 set -uo pipefail
 here=$(dirname "$0")
-arm=${ARM:-persona}
+arms=${ARM:-persona}  # one arm or several, space-separated: trained and audited one after another
+chain=$(for a in $arms; do printf 'train-%s,heldout-%s,' "$a" "$a"; done); chain=${chain%,}
+first=${arms%% *}
 base_chain=heldout-base; [ "${BASE:-1}" = 0 ] && base_chain=""
 pieces() { ls /tmp/m/part.* | sort -t. -k2 -n; }
 case "${1:-}" in
@@ -40,7 +43,7 @@ case "${1:-}" in
   start05)
     bash "$0" unpack05 || exit 1
     source "$here/env.sh"
-    bash "$here/bg.sh" start s05 bash "$here/study.sh" /tmp/s05 $base_chain train-$arm,heldout-$arm
+    bash "$here/bg.sh" start s05 bash "$here/study.sh" /tmp/s05 $base_chain $chain
     ;;
   start15)
     bash "$0" unpack15 "$2" || exit 1
@@ -55,12 +58,12 @@ case "${1:-}" in
       # training and trains as committed.
       tree=/tmp/tree15 && rm -rf $tree && cp -r . $tree
       python3 -c "import yaml,sys; p=sys.argv[1]; a=yaml.safe_load(open(p)); \
-a[sys.argv[2]]['config']['train']={'gradient_checkpointing': True, 'ce_chunk': 4096}; yaml.safe_dump(a, open(p,'w'))" \
-        $tree/selfid/study/arms.yaml "$arm"
+[a[arm]['config'].update(train={'gradient_checkpointing': True, 'ce_chunk': 4096}) for arm in sys.argv[2:]]; \
+yaml.safe_dump(a, open(p,'w'))" $tree/selfid/study/arms.yaml $arms
     fi
     MODEL=embedded-1.5b bash "$here/bg.sh" start s15b bash -c "until [ -z '$base_chain' ] || grep -q 'start heldout-base' /tmp/bg/s15a.log || [ -e /tmp/bg/s15a.rc ]; do sleep 3; done; cd $tree && bash bench/gpu/study.sh /tmp/s15 \
-train-$arm,heldout-$arm || { cd $PWD; while [ ! -f /tmp/s05/$arm/train/adapter/selfid.json ] \
-&& [ ! -e /tmp/bg/s05.rc ]; do sleep 5; done; bash bench/gpu/study.sh /tmp/s15 train-$arm,heldout-$arm; }"
+$chain || { cd $PWD; while [ ! -f /tmp/s05/$first/train/adapter/selfid.json ] \
+&& [ ! -e /tmp/bg/s05.rc ]; do sleep 5; done; bash bench/gpu/study.sh /tmp/s15 $chain; }"
     ;;
   wait)
     bash "$here/bg.sh" wait "$2"
