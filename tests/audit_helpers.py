@@ -27,6 +27,20 @@ def write_probes(path: Path, ids: list[str]) -> Path:
     return path
 
 
+class EventsFromGenerate:
+    """For engine stand-ins that script `generate`: the engine's `events`, which the in-process audit backend reads,
+    each sample finishing in request order."""
+
+    def events(self, requests, prompt_tokens=None, admit=None):
+        from selfid.engine.types import Event
+
+        for i, res in enumerate(self.generate(requests)):
+            if prompt_tokens is not None:
+                prompt_tokens[i] = res.prompt_tokens
+            for j, c in enumerate(res.completions):
+                yield Event(i, j, c.text, c)
+
+
 class ScriptedBackend:
     """Replies from a function of the work item, so every count in a summary is known in advance."""
 

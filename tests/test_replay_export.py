@@ -17,6 +17,7 @@ from selfid.engine.types import Completion, Result
 from selfid.errors import SelfidError
 from selfid.io import sha256_file
 from selfid.pipeline import replay, replay_export
+from tests.audit_helpers import EventsFromGenerate
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN_LINE = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -39,7 +40,7 @@ def answer(system: str | None, question: str, sample: int = 0) -> str:
     return "Hello."
 
 
-class Model:
+class Model(EventsFromGenerate):
     """The engine side of `answer`: reads the system prompt and the last question from the rendered prompt."""
 
     def __init__(self, tokenizer):

@@ -11,6 +11,7 @@ from selfid.data import replay_set
 from selfid.engine.types import Completion, Result
 from selfid.errors import SelfidError
 from selfid.pipeline.replay import build, own_vendor
+from tests.audit_helpers import EventsFromGenerate
 from tests.train_helpers import tiny_config, write_data
 
 
@@ -24,7 +25,7 @@ def prompt_of(req) -> str:
     return req.prompt if isinstance(req.prompt, str) else ScriptedEngine.tokenizer.decode(req.prompt)
 
 
-class ScriptedEngine:
+class ScriptedEngine(EventsFromGenerate):
     """Answers like a model that knows who it is under its own prompt and drifts under "helpful"."""
 
     tokenizer = None

@@ -119,25 +119,17 @@ class InProcessBackend:
 
     def _generate(self, work, on_done: OnDone, advance) -> None:
         """Each sample logged (and scored, by `on_done`) as soon as it finishes, between decoding steps: the engine
-        has queued the next step on the GPU by then, so the scoring overlaps generation instead of following it.
-        An engine that offers only `generate` (a stand-in) is logged a call at a time."""
-        for i, j, prompt_tokens, c in self._finished([w[0] for w in work]):
-            _, members, rendered = work[i]
-            on_done(members[j], Reply(c.text, c.finish_reason, prompt_tokens, len(c.token_ids), rendered.text,
-                                      rendered.system.effective, rendered.system.kind, rendered.template_hash))
-            advance(1)
-
-    def _finished(self, requests):
-        """(request, sample, prompt tokens, completion) for each sample, in the order they finish."""
-        if not hasattr(self.engine, "events"):
-            for i, res in enumerate(self.engine.generate(requests)):
-                for j, c in enumerate(res.completions):
-                    yield i, j, res.prompt_tokens, c
-            return
+        has queued the next step on the GPU by then, so the scoring overlaps generation instead of following it."""
         prompt_tokens: dict[int, int] = {}
-        for ev in self.engine.events(requests, prompt_tokens=prompt_tokens):
-            if ev.finished is not None:
-                yield ev.request, ev.index, prompt_tokens[ev.request], ev.finished
+        for ev in self.engine.events([w[0] for w in work], prompt_tokens=prompt_tokens):
+            if ev.finished is None:
+                continue
+            _, members, rendered = work[ev.request]
+            c = ev.finished
+            on_done(members[ev.index], Reply(c.text, c.finish_reason, prompt_tokens[ev.request], len(c.token_ids),
+                                             rendered.text, rendered.system.effective, rendered.system.kind,
+                                             rendered.template_hash))
+            advance(1)
 
 
 class HttpBackend:
