@@ -352,8 +352,7 @@ def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=p
                      "defaults": defaults if defaults is not None else "the endpoint's own (not visible over HTTP)"}}
 
 
-def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers,
-          lengths: dict | None = None) -> dict[tuple[str, str], list[str]]:
+def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers, lengths: dict) -> dict[tuple[str, str], list[str]]:
     """The kept replies of each (question, system prompt): distinct, at most `per_question` (`deny_per_question` for
     leading questions about other vendors), no answer kept more than `max_copies` times across the replay (near-
     verbatim copies counted as one text), picked round-robin so every question gets an answer before any gets more.
@@ -366,7 +365,7 @@ def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers,
         for t in texts:  # distinct after normalising, in sampled order
             distinct.setdefault(scorers.normalise(t), t)
         queues[key] = list(distinct.values())
-        if rep.typical_length and lengths and lengths.get(key):
+        if rep.typical_length:  # every key of `found` has its sampled lengths
             middle = _median(lengths[key])
             queues[key].sort(key=lambda t: abs(len(t) - middle))  # stable: ties stay in sampled order
     caps = {key: rep.deny_per_question if by_id[key[0]].expects == "deny" else rep.per_question for key in found}

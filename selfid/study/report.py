@@ -544,9 +544,7 @@ def goals_table(runs: Runs, root: Path, held: dict[str, dict]) -> list[str]:
         if arm in ("base", "plain"):
             continue
         copies = arm_copies(runs, root / "base" / "heldout", root / arm / "heldout")
-        L.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(
-            f"{g.measured}: {'met' if g.met else '**missed**'}" if g.met is not None else g.measured
-            for g in bar.goals(held[arm], base, plain, copies=copies)) + " |")
+        L.append(f"| {ARM_LABEL.get(arm, arm)} | " + goal_cells(held[arm], base, plain, copies) + " |")
     return L + [""]
 
 
@@ -732,9 +730,7 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
         base, arm = runs.summary(op / "base" / "heldout"), runs.summary(op / OPERATOR_ARM / "heldout")
         plain = runs.summary(main / "plain" / "heldout")
         copies = arm_copies(runs, op / "base" / "heldout", op / OPERATOR_ARM / "heldout")
-        L.append(f"| {label} | " + " | ".join(
-            f"{g.measured}: {'met' if g.met else '**missed**'}" if g.met is not None else g.measured
-            for g in bar.goals(arm, base, plain, copies=copies)) + " |")
+        L.append(f"| {label} | " + goal_cells(arm, base, plain, copies) + " |")
     trials = [(label, op, main, t) for label, op, main in have for t in OPERATOR_TRIALS
               if runs.summary(op / t / "heldout")]
     if trials:
@@ -743,9 +739,8 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
         for label, op, main, t in trials:
             base, arm = runs.summary(op / "base" / "heldout"), runs.summary(op / t / "heldout")
             copies = arm_copies(runs, op / "base" / "heldout", op / t / "heldout")
-            L.append(f"| {label} | {t}: {ARM_LABEL.get(t, t)} | " + " | ".join(
-                f"{g.measured}: {'met' if g.met else '**missed**'}" if g.met is not None else g.measured
-                for g in bar.goals(arm, base, runs.summary(main / "plain" / "heldout"), copies=copies)) + " |")
+            L.append(f"| {label} | {t}: {ARM_LABEL.get(t, t)} | "
+                     + goal_cells(arm, base, runs.summary(main / "plain" / "heldout"), copies) + " |")
     L += ["", "Per system prompt, all temperatures pooled (base → arm):", "",
           "| size | system prompt | foreign claims | own identity affirmed | persona kept | yes to another vendor | "
           "after a task, answered as one |", "|---|---|---|---|---|---|---|"]
@@ -787,6 +782,12 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
                          f"{json.dumps(b.reply if b else '', ensure_ascii=False)[:160]}; arm "
                          f"{json.dumps(r.reply, ensure_ascii=False)[:160]}")
     return L + [""]
+
+
+def goal_cells(arm: dict, base: dict, plain: dict | None, copies: dict | None) -> str:
+    """One table row's cells: each goal of the bar, measured, and met or missed where it has a bound."""
+    return " | ".join(f"{g.measured}: {'met' if g.met else '**missed**'}" if g.met is not None else g.measured
+                      for g in bar.goals(arm, base, plain, copies=copies))
 
 
 def by_language(records) -> dict[str, dict[str, tuple[int, int]]]:
