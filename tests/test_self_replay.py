@@ -406,11 +406,11 @@ def test_by_default_no_question_is_asked_under_another_languages_persona_and_the
             expected.append((q.id, "other", REJECT_SYSTEMS[i % len(REJECT_SYSTEMS)], max(rep.temperatures)))
         got = [(q.id, c.kind, c.system, c.temperature) for q, c in conditions(questions, rep, personas)]
         assert got == expected and len(got) == len(questions) * (len(rep.temperatures) + 2)
-    # and the committed arms other than persona-xl do not set it
+    # and the committed arms other than the cross-lingual trials do not set it
     from selfid.study.arms import arms
 
     assert [a.name for a in arms().values() if "persona_cross_lingual" in a.config.get("identity_replay", {})] == \
-        ["persona-xl"]
+        ["persona-xl", "persona-xl-typical"]
 
 
 def test_cross_lingual_needs_personas_and_both_languages():

@@ -186,20 +186,22 @@ def test_an_arm_is_data_its_config_the_scales_keys_under_its_own(tmp_path, monke
             arms_module.arms(tmp_path / "bad.yaml")
 
 
-@pytest.mark.parametrize("arm, setting, value", [("persona-xl", "persona_cross_lingual", 0.5),
-                                                  ("persona-typical", "typical_length", True)])
-def test_arms_not_yet_run_are_the_persona_arm_with_one_setting_changed(tmp_path, arm, setting, value):
-    """persona-xl and persona-typical (not yet run): the persona arm's config with one identity_replay setting
-    changed; the step graph picks them up from arms.yaml like any arm."""
+@pytest.mark.parametrize("arm, changed", [("persona-xl", {"persona_cross_lingual": 0.5}),
+                                          ("persona-typical", {"typical_length": True}),
+                                          ("persona-xl-typical", {"persona_cross_lingual": 0.5, "typical_length": True})])
+def test_arms_not_yet_run_are_the_persona_arm_with_settings_changed(tmp_path, arm, changed):
+    """persona-xl, persona-typical and both together (not yet run): the persona arm's config with identity_replay
+    settings changed and nothing else; the step graph picks them up from arms.yaml like any arm."""
     known = arms_module.arms()
     persona, new = known["persona"], known[arm]
-    assert new.config == arms_module.merged(persona.config, {"identity_replay": {setting: value}})
+    assert new.config == arms_module.merged(persona.config, {"identity_replay": changed})
     assert "not yet run" in new.label and new.replays and not new.margins
     for scale in (FULL, SMALL):
         cfg, base = (work.train_config(Study(tmp_path, scale, "m"), known[a]) for a in (arm, "persona"))
-        assert getattr(cfg.identity_replay, setting) == value != getattr(base.identity_replay, setting)
+        for setting, value in changed.items():
+            assert getattr(cfg.identity_replay, setting) == value != getattr(base.identity_replay, setting)
         same = base.model_dump(exclude={"output"})
-        same["identity_replay"][setting] = value
+        same["identity_replay"].update(changed)
         assert cfg.model_dump(exclude={"output"}) == same  # nothing else differs
     assert steps.step_stages(arm) == [f"compare-{arm}"]
     assert steps.step_stages(f"heldout-{arm}") == [f"heldout-{arm}"]
