@@ -20,6 +20,11 @@ chain=$(for a in $arms; do printf 'train-%s,heldout-%s,' "$a" "$a"; done); chain
 first=${arms%% *}
 base_chain=heldout-base; [ "${BASE:-1}" = 0 ] && base_chain=""
 pieces() { ls /tmp/m/part.* | sort -t. -k2 -n; }
+# Every run starts from its own copy of this tree: each later device call copies the working tree into the repository
+# root afresh, and a run importing selfid from there at that moment can find a module missing (2026-12-07: the 0.5B
+# run stopped with "No module named 'selfid.io'" during the call that staged the last piece).
+snapshot() { rm -rf "/tmp/$1" && cp -r . "/tmp/$1" && echo "/tmp/$1"; }
+in_tree() { printf 'cd %s && source bench/gpu/env.sh && ' "$1"; }
 case "${1:-}" in
   piece)
     mkdir -p /tmp/m && cp ".stage/c$2/part.$2" /tmp/m/ && echo "piece $2 staged ($(ls /tmp/m/part.* | wc -l) here)"
@@ -43,26 +48,29 @@ case "${1:-}" in
   start05)
     bash "$0" unpack05 || exit 1
     source "$here/env.sh"
-    bash "$here/bg.sh" start s05 bash "$here/study.sh" /tmp/s05 $base_chain $chain
+    tree=$(snapshot tree05)
+    bash "$here/bg.sh" start s05 bash -c "$(in_tree $tree)bash bench/gpu/study.sh /tmp/s05 $base_chain $chain"
     ;;
   start15)
     bash "$0" unpack15 "$2" || exit 1
     source "$here/env.sh"
     total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
-    [ -n "$base_chain" ] && MODEL=embedded-1.5b bash "$here/bg.sh" start s15a bash "$here/study.sh" /tmp/s15 heldout-base
-    tree=$PWD
+    committed=$(snapshot tree15)
+    [ -n "$base_chain" ] && MODEL=embedded-1.5b bash "$here/bg.sh" start s15a bash -c \
+      "$(in_tree $committed)bash bench/gpu/study.sh /tmp/s15 heldout-base"
+    tree=$committed
     if [ "$total" -lt 100000 ]; then
       # Both trainings at once need ~80 GB (peaks 27 GB and 52 GB, docs/benchmarks.md): on a smaller card the 1.5B
       # persona arm trains from a copy of this tree whose arms.yaml adds gradient checkpointing and a chunked LM head
       # (the same sums, less memory; train.ce_chunk may differ on resume). If that fails, it waits for the 0.5B
       # training and trains as committed.
-      tree=/tmp/tree15 && rm -rf $tree && cp -r . $tree
+      tree=$(snapshot tree15m)
       python3 -c "import yaml,sys; p=sys.argv[1]; a=yaml.safe_load(open(p)); \
 [a[arm]['config'].update(train={'gradient_checkpointing': True, 'ce_chunk': 4096}) for arm in sys.argv[2:]]; \
 yaml.safe_dump(a, open(p,'w'))" $tree/selfid/study/arms.yaml $arms
     fi
-    MODEL=embedded-1.5b bash "$here/bg.sh" start s15b bash -c "until [ -z '$base_chain' ] || grep -q 'start heldout-base' /tmp/bg/s15a.log || [ -e /tmp/bg/s15a.rc ]; do sleep 3; done; cd $tree && bash bench/gpu/study.sh /tmp/s15 \
-$chain || { cd $PWD; while [ ! -f /tmp/s05/$first/train/adapter/selfid.json ] \
+    MODEL=embedded-1.5b bash "$here/bg.sh" start s15b bash -c "until [ -z '$base_chain' ] || grep -q 'start heldout-base' /tmp/bg/s15a.log || [ -e /tmp/bg/s15a.rc ]; do sleep 3; done; $(in_tree $tree)bash bench/gpu/study.sh /tmp/s15 \
+$chain || { $(in_tree $committed)while [ ! -f /tmp/s05/$first/train/adapter/selfid.json ] \
 && [ ! -e /tmp/bg/s05.rc ]; do sleep 5; done; bash bench/gpu/study.sh /tmp/s15 $chain; }"
     ;;
   wait)

@@ -734,8 +734,8 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
     trials = [(label, op, main, t) for label, op, main in have for t in OPERATOR_TRIALS
               if runs.summary(op / t / "heldout")]
     if trials:
-        L += ["", "Variants of the persona arm on the same split, each one replay setting changed (selfid/study/arms.yaml)"
-              ", judged by the same bar:", "", "| size | arm | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+        L += ["", "Variants of the persona arm on the same split, one or two replay settings changed "
+              "(selfid/study/arms.yaml), judged by the same bar:", "", "| size | arm | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
         for label, op, main, t in trials:
             base, arm = runs.summary(op / "base" / "heldout"), runs.summary(op / t / "heldout")
             copies = arm_copies(runs, op / "base" / "heldout", op / t / "heldout")
@@ -752,17 +752,21 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
                     else "–" for m in ("foreign", "own_affirmation", "persona_kept", "yes_to_other",
                                         "identity_after_task")]
             L.append(f"| {label} | {k} | " + " | ".join(cols) + " |")
-    L += ["", "Persona kept by the language of the question, all temperatures pooled (base → arm, kept/asked): a "
-          "persona prompt in one language asked in the other is a case the replay's generated personas never show "
-          "(each is paired with questions in its own language).", "",
+    run_trials = [t for t in OPERATOR_TRIALS if any(t == x for *_, x in trials)]
+    L += ["", "Persona kept by the language of the question, all temperatures pooled (base → arm"
+          + "".join(f" → {t}" for t in run_trials) + ", kept/asked): the persona arm's generated personas are each "
+          "paired with questions in their own language"
+          + (", the cross-lingual variants' also with half of the other language's" if any("xl" in t for t in run_trials)
+             else "") + ".", "",
           "| size | system prompt | asked in Chinese | asked in English |", "|---|---|---|---|"]
     for label, op, _ in have:
-        tallies = {arm: by_language(runs.records(op / arm / "heldout")) for arm in ("base", OPERATOR_ARM)}
+        arms_here = ["base", OPERATOR_ARM] + [t for t in run_trials if runs.summary(op / t / "heldout")]
+        tallies = {arm: by_language(runs.records(op / arm / "heldout")) for arm in arms_here}
         for k in sorted(tallies[OPERATOR_ARM]):
             cols = []
             for lang in ("zh", "en"):
-                (bk, bn), (ak, an) = (tallies[arm].get(k, {}).get(lang, (0, 0)) for arm in ("base", OPERATOR_ARM))
-                cols.append(f"{bk}/{bn} = {100 * bk / max(bn, 1):.0f}% → {ak}/{an} = {100 * ak / max(an, 1):.0f}%")
+                got = [tallies[arm].get(k, {}).get(lang, (0, 0)) for arm in arms_here]
+                cols.append(" → ".join(f"{a}/{n} = {100 * a / max(n, 1):.0f}%" for a, n in got))
             L.append(f"| {label} | {k} | " + " | ".join(cols) + " |")
     L += ["", "Replies under the held-out persona prompts (T=1.0, first sample), base model → arm, to read beside the "
           "numbers:", ""]
