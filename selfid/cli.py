@@ -554,14 +554,16 @@ def replay(
                                  "also asked under (0: none)"),
     persona_cross_lingual: float = typer.Option(0.0, "--persona-cross-lingual", help="share of each language's "
                                                 "questions also asked under a generated persona of the other "
-                                                "language (0 to 1; 0: none; not yet measured)"),
+                                                "language (0 to 1; 0: none)"),
+    persona_hint: bool = typer.Option(False, "--persona-hint", help="sample those cross-lingual questions with a line "
+                                      "telling the model to stay the persona in any language, and keep the replies "
+                                      "under the prompt without it (needs --persona-cross-lingual; not yet measured)"),
     after_task: int = typer.Option(2, "--after-task", help="conversations per after-task question that open with an "
                                    "NER exchange (0: none)"),
     max_copies: int = typer.Option(2, "--max-copies", help="most kept answers that are one text or near-verbatim "
                                    "copies of one another (0: no cap)"),
     typical_length: bool = typer.Option(False, "--typical-length", help="keep first the passing answers whose length "
-                                        "is nearest the median of all the model's answers to that question (not "
-                                        "yet measured)"),
+                                        "is nearest the median of all the model's answers to that question"),
     max_tokens: int = typer.Option(192, "--max-tokens", help="longest answer sampled"),
     languages: str = typer.Option("zh,en", "--languages", help="comma-separated: zh, en"),
     seed: int = typer.Option(0, "--seed", help="every sample's seed and the row draw derive from it"),
@@ -583,7 +585,8 @@ def replay(
 
     try:
         rep = IdentityReplay(samples=samples, temperatures=parse_list(temperatures, "temperatures", float),
-                             personas=personas, persona_cross_lingual=persona_cross_lingual, after_task=after_task,
+                             personas=personas, persona_cross_lingual=persona_cross_lingual,
+                             persona_hint=persona_hint, after_task=after_task,
                              max_copies=max_copies, typical_length=typical_length, max_new_tokens=max_tokens,
                              languages=parse_list(languages, "languages"), seed=seed, persona_prompts=persona,
                              preference=1.0)  # sample the other serving prompts too: the rejected sides of the pairs

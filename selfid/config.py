@@ -78,7 +78,14 @@ class IdentityReplay(Strict):
                                          "also asked under a generated persona of the other language (an English "
                                          "question under a Chinese persona prompt, round-robin over that language's "
                                          "personas, the questions drawn by seed), kept by the same rule as under a "
-                                         "persona of its own language; 0: none. Not yet measured")
+                                         "persona of its own language; 0: none. Measured once (docs/study.md §9, "
+                                         "persona-xl-typical)")
+    persona_hint: bool = Field(False, description="self: ask the cross-lingual questions under the persona prompt "
+                               "with one more line, in the question's language, telling the model to stay the persona "
+                               "by its name and company as written whatever language the user writes in; kept "
+                               "replies are trained under the persona prompt without that line (context "
+                               "distillation: the model's own words, sampled under a stronger instruction than the "
+                               "one it learns to follow). Needs persona_cross_lingual. Not yet measured")
     after_task: int = Field(2, ge=0, description="self: conversations per after-task identity question that open with "
                             "an NER exchange in the task's own format (MSRA train sentences); 0: none")
     max_copies: int = Field(2, ge=0, description="self: most kept answers, across questions, that are the same text or "
@@ -114,6 +121,9 @@ class IdentityReplay(Strict):
             raise ValueError(f"persona_cross_lingual {self.persona_cross_lingual} asks questions under generated "
                              "personas of the other language: it needs personas > 0 and both languages (zh, en); got "
                              f"personas {self.personas}, languages {self.languages}")
+        if self.persona_hint and not self.persona_cross_lingual:
+            raise ValueError("persona_hint adds a line to the persona prompt of the cross-lingual questions: it needs "
+                             "persona_cross_lingual > 0 (try 0.5; with selfid replay, --persona-cross-lingual 0.5)")
         return self
 
 

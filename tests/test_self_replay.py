@@ -410,7 +410,7 @@ def test_by_default_no_question_is_asked_under_another_languages_persona_and_the
     from selfid.study.arms import arms
 
     assert [a.name for a in arms().values() if "persona_cross_lingual" in a.config.get("identity_replay", {})] == \
-        ["persona-xl", "persona-xl-typical"]
+        ["persona-xl", "persona-xl-typical", "persona-xl-hint"]
 
 
 def test_cross_lingual_needs_personas_and_both_languages():
@@ -450,3 +450,59 @@ def test_cross_lingual_replies_keep_the_personas_name_as_given_and_are_recorded(
     assert any(p["rejected"] == "I am Qwen, created by Alibaba Cloud." and by_text[p["system"]].name
                and by_text[p["system"]].lang != lang_of.get(p["question"], by_text[p["system"]].lang)
                for p in pairs if p["system"] in by_text)
+
+
+class HintedEngine(PersonaEngine):
+    """Answers as the persona, by name, only when its prompt carries the persona's hint line; else as Qwen."""
+
+    def generate(self, requests, progress=None):
+        out = ScriptedEngine.generate(self, requests, progress)
+        for req, res in zip(requests, out):
+            system = prompt_of(req).split("<|im_start|>system\n", 1)[-1].split("<|im_end|>", 1)[0]
+            text, _, hint = system.partition("\n")
+            persona = self.personas.get(text)
+            for c in res.completions:
+                if persona is not None:
+                    hinted = hint in (persona.hint("zh"), persona.hint("en")) and hint
+                    c.text = (f"I'm {persona.name or persona.company} of {persona.company}." if hinted
+                              else "I am Qwen, created by Alibaba Cloud.")
+        return out
+
+
+def test_a_persona_hint_is_sent_with_cross_lingual_questions_only_and_never_trained(tiny, tmp_path):
+    """persona_hint: the cross-lingual questions are sampled under the persona prompt plus its hint line in the
+    question's language (naming the persona and its company as written), and what is kept is trained under the
+    persona prompt alone; every other condition is sent as before."""
+    from selfid.data.personas import generate
+    from selfid.pipeline.replay import conditions
+
+    questions, personas = _pool()
+    plain = conditions(questions, IdentityReplay(preference=0.5, persona_cross_lingual=0.5), personas)
+    hinted = conditions(questions, IdentityReplay(preference=0.5, persona_cross_lingual=0.5, persona_hint=True),
+                        personas)
+    crossed = _crossed(hinted)
+    assert [(q.id, c.kind, c.system, c.persona) for q, c in hinted] == [(q.id, c.kind, c.system, c.persona)
+                                                                       for q, c in plain]
+    assert all(c.sent is None for q, c in hinted if (q, c) not in crossed) and all(c.sent is None for _, c in plain)
+    for q, c in crossed:
+        p = c.persona
+        assert c.sent == f"{p.text}\n{p.hint(q.lang)}" and p.company in c.sent and (p.name or p.role) in c.sent
+        assert ("请" in p.hint(q.lang)) == (q.lang == "zh")  # the line speaks the question's language
+    # end to end: only hinted generations stay the persona here, and they are kept under the prompt without the hint
+    rep = IdentityReplay(samples=2, personas=3, preference=0.5, persona_cross_lingual=0.5, persona_hint=True,
+                         max_copies=0)
+    gen = generate(3, rep.seed, rep.languages)
+    build(tiny, rep, tmp_path, progress=False, log=lambda m: None, engine=HintedEngine(gen))
+    meta, replies, pairs = replay_set.load(tmp_path)
+    by_key = {p.key: p for p in gen}
+    kept = [r for r in replies if "persona" in r]
+    assert kept and meta["persona_cross_lingual"]["hinted"] is True
+    assert all(by_key[r["persona"]].lang != r["lang"] for r in kept)  # only the hinted questions stayed the persona
+    assert all(r["system"] == by_key[r["persona"]].text and "\n" not in r["system"] for r in kept)
+    assert not any("Whatever language" in p["system"] or "无论用户" in p["system"] for p in pairs)
+
+
+def test_a_persona_hint_needs_cross_lingual_questions():
+    with pytest.raises(ValueError, match="needs persona_cross_lingual"):
+        IdentityReplay(persona_hint=True)
+    IdentityReplay(persona_hint=True, persona_cross_lingual=0.5)

@@ -66,6 +66,17 @@ class Persona:
     company: str
     role: str
 
+    def hint(self, lang: str) -> str:
+        """The line added to this persona's prompt when a question in `lang` is asked under it for context distillation
+        (identity_replay.persona_hint): stay the persona, by its name and company exactly as the prompt writes them,
+        in whatever language the user writes."""
+        if lang == "zh":
+            who = f"{self.company}的{self.name}" if self.name else f"{self.company}的{self.role}"
+            return f"无论用户用什么语言提问，你都是{who}；介绍自己时请照原样使用这些名字，用用户的语言回答。"
+        who = f"{self.name} of {self.company}" if self.name else f"the {self.role} at {self.company}"
+        return (f"Whatever language the user writes in, you are {who}: when you introduce yourself, use these names "
+                "exactly as written here, and answer in the user's language.")
+
     def scoring(self) -> dict:
         """The persona as the audit's scorers read one: {"name", "aliases"} (selfid.audit.scorers.Context.personas)."""
         return {"name": self.name, "aliases": [self.company] if self.company else []}

@@ -18,8 +18,13 @@ system prompt:
     persona of the other language (an English question under "你是小雅，在蓝鲸保险公司担任在线客服。"), kept by the
     same rule: the reply must use the persona's name or company as the prompt gives them ("I'm 小雅 from
     蓝鲸保险公司" passes; no transliteration such as "Xiaoya" is guessed, so one is not kept) and claim no other
-    vendor. The held-out audit asks English questions under a Chinese persona prompt, and the trained 1.5B model
-    named Qwen there in 366 of 676 replies (the base model in 113); whether this helps is not yet measured;
+    vendor. The held-out audit asks English questions under a Chinese persona prompt, where the persona arm's
+    English answers had moved towards Qwen; with this at 0.5 (and typical_length) they moved back towards the persona
+    at 0.5B, its company mostly rendered in English, which the scorer does not count (docs/study.md §9, arms.yaml);
+  - with `persona_hint` as well, those cross-lingual questions are sampled under the persona prompt plus one line in
+    the question's language (Persona.hint: stay the persona, by its name and company as written, in any language)
+    and kept replies are trained under the prompt without it: context distillation, for a case where the base model
+    alone seldom stays the persona (0-3% of its English replies under the held-out Chinese persona). Not yet measured;
   - with `preference`, one of the other serving prompts ("You are a helpful assistant.", an empty one) per question,
     where the base model claims other vendors far more often.
 Identity questions asked right after an NER exchange in the task's own format (MSRA train sentences) are kept
@@ -117,6 +122,7 @@ class Condition:
     system: str | None  # the system message sent (None: none, the template's own applies)
     temperature: float
     persona: object = None  # selfid.data.personas.Persona for kind "persona"
+    sent: str | None = None  # the system message generated under, when not `system` (identity_replay.persona_hint)
 
     @property
     def key(self) -> str:
@@ -164,7 +170,9 @@ def conditions(questions: list, rep: IdentityReplay, personas: list, given: list
             persona = by_lang[q.lang][i % len(by_lang[q.lang])]
             out.append((q, Condition("persona", persona.text, top, persona)))
         if n in crossed:
-            out.append((q, Condition("persona", crossed[n].text, top, crossed[n])))
+            p = crossed[n]
+            hinted = f"{p.text}\n{p.hint(q.lang)}" if rep.persona_hint else None
+            out.append((q, Condition("persona", p.text, top, p, sent=hinted)))
         out += [(q, Condition("persona", p.text, top, p)) for p in given]
         if rep.preference:
             out.append((q, Condition("other", REJECT_SYSTEMS[i % len(REJECT_SYSTEMS)], top)))
@@ -268,8 +276,8 @@ def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=p
     items = []
     for n, (q, c) in enumerate(asked):
         base = _seed(rep.seed, q.id, c.system, c.temperature)  # sample i: base + i, as the engine seeds row i of n
-        items += [Item(f"{n}:{i}", "identity", q, c.key, c.system, c.temperature, i, base + i, base, rep.max_new_tokens)
-                  for i in range(rep.samples)]
+        items += [Item(f"{n}:{i}", "identity", q, c.key, c.sent or c.system, c.temperature, i, base + i, base,
+                       rep.max_new_tokens) for i in range(rep.samples)]
     log(f"identity replay (self-distilled): the base model answers {len(questions)} questions under {len(asked)} "
         f"question × system prompt × temperature conditions × {rep.samples} samples = {len(items)} "
         f"generations ({len(personas)} persona prompts)")
@@ -337,7 +345,8 @@ def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=p
         "persona_cross_lingual": {  # questions asked under a generated persona of the other language, and kept
             "fraction": rep.persona_cross_lingual,
             "questions": sum(c.persona in generated and c.persona.lang != q.lang for q, c in asked),
-            "kept": sum(r.get("persona") in crossed_keys and by_key[r["persona"]].lang != r["lang"] for r in replies)},
+            "kept": sum(r.get("persona") in crossed_keys and by_key[r["persona"]].lang != r["lang"] for r in replies),
+            "hinted": rep.persona_hint},
         "lengths": {"typical_length": rep.typical_length,  # characters: the answers sampled, and those kept
                     "sampled_median": _median([n for v in lengths.values() for n in v]),
                     "kept_median": _median([len(r["messages"][-1]["content"]) for r in replies])},
