@@ -269,6 +269,8 @@ class InProcessEngine:
         if self._slots is None:
             reason, info, dec = self._checked_decoder()
             if reason is not None and self.decode_mode == "compiled":  # fall back to the uncompiled graphs
+                if dec is not None:
+                    dec.drop_compiled()  # frees the refused step's frozen weights
                 self.decode_info["compiled_refused"] = reason
                 self._say("compiled", f"compiled decoding is off ({reason}); decoding from CUDA graphs uncompiled")
                 self.decode_mode, self._compile_cache = "graph", None
@@ -297,7 +299,7 @@ class InProcessEngine:
                 self._compile_cache = compile_cache.for_model(
                     self.loaded.path, self.loaded.name, "decode",
                     {"rows": static.COMPILED_ROWS, "dtype": str(next(self.model.parameters()).dtype),
-                     "model": type(self.model).__name__},
+                     "model": type(self.model).__name__, "freezing": static.freezing()},
                     self.loaded.device)
                 self._compile_cache.load()
             dec = static.SlotDecoder(self.model, self.loaded.device, self.context_window,

@@ -23,13 +23,20 @@ through `torch.compile` (inductor: the step's norms, rotary embedding, residual 
 fewer kernels than transformers' ~700 per step), and that compiled step is what the CUDA graph captures: gpt-fast's
 decode step. Not mode="reduce-overhead": its own CUDA graphs cannot be captured inside this decoder's graphs, which
 keep the slot buffers, the per-bucket inputs and the one memory pool. A step that fails to compile runs uncompiled
-(`compile_error` says why, and the start-up check then refuses compiled decoding).
+(`compile_error` says why, and the start-up check then refuses compiled decoding). The step compiles with inductor's
+*freezing* (parameters taken as constants), so inductor concatenates the matrix products that share an input: q, k
+and v one product per layer, gate and up one (gpt-fast's fused wqkv and w13). The weights are then baked into the
+compiled step, so a decoder drops its step, as it drops its graphs, when the model changes (`_model_key`), in-place
+weight changes included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
+import types
 from typing import Callable, Sequence
 
 import torch
@@ -166,31 +173,106 @@ def unsupported(model) -> str | None:
     return None
 
 
-def compile_step(fn):
-    """torch.compile of a decode step. Shapes are left to torch's automatic dynamic shapes: the first bucket
-    (one row, the one-client case) compiles specialised to its shapes; the next shape seen recompiles once with the
-    batch size (and later the cache length) symbolic, and that graph serves every other bucket. Static shapes would
+def freezing() -> bool:
+    """Whether the compiled step is frozen (SELFID_COMPILE_FREEZING=0 turns it off, to compare the two)."""
+    return os.environ.get("SELFID_COMPILE_FREEZING", "1") not in ("0", "false", "off", "no")
+
+
+def compile_step(fn, device):
+    """torch.compile of a decode step for `device`. Shapes are left to torch's automatic dynamic shapes: the first
+    bucket (one row, the one-client case) compiles specialised to its shapes; the next shape seen recompiles once with
+    the batch size (and later the cache length) symbolic, and that graph serves every other bucket. Static shapes would
     compile once per bucket and cache length (12 graphs for 6 buckets x 2 lengths against 4, measured on the CPU),
-    each one about as slow as the first. The recompilation limit is raised for the few there are."""
+    each one about as slow as the first. The recompilation limit is raised for the few there are.
+
+    With freezing (inductor's `freezing`, inference only) parameters become constants of the compiled graph, so
+    inductor concatenates the matrix products sharing an input (q/k/v: 3 into 1, gate/up: 2 into 1) and keeps the
+    concatenated weights: copies, made once per compiled graph, that do not follow the parameters. Hence the step's own
+    code object (`_own_code`) and SlotDecoder dropping its step when the model changes. The parameters stay
+    (`freezing_discard_parameters` off): the uncompiled prefill, the larger buckets and the start-up check use them."""
     import torch._dynamo
 
     cfg = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(cfg, name):
             setattr(cfg, name, max(getattr(cfg, name), 64))
-    return torch.compile(fn)
+    fn = _own_code(fn)
+    frozen = freezing()
+    # CPU only: inductor concatenates CPU matrix products only with this on (CUDA's always); the CPU tests need it
+    options = {"cpp.enable_concat_linear": True} if frozen and torch.device(device).type == "cpu" else None
+    compiled = torch.compile(fn, options=options)
+    from torch._inductor import config as inductor
+    from torch._inductor.codecache import PyCodeCache
+
+    modules = getattr(PyCodeCache, "modules", [])  # every generated module inductor loaded, in order
+    loaded: list = []  # those this step's compilations loaded: they hold its frozen weights
+
+    def step(*args):
+        if not frozen:
+            return compiled(*args)
+        before = len(modules)
+        # freezing is set around the call, not in `options`: dynamo reads it while tracing (to take the parameters as
+        # graph attributes), before inductor's options apply; given as an option only, nothing is frozen
+        with inductor.patch(freezing=True):
+            out = compiled(*args)
+        loaded.extend(modules[before:])
+        return out
+
+    step.release = functools.partial(_forget, getattr(fn, "__func__", fn).__code__, loaded)
+    return step
 
 
-def _model_key(model) -> tuple:
-    """What a captured graph bakes in besides tensor contents: parameter storage and the adapters' Python state."""
-    ptrs = tuple(p.data_ptr() for p in model.parameters())
+def _own_code(fn):
+    """`fn` (a function or bound method) with a code object of its own. Dynamo keeps what it compiled on the code
+    object, so a later torch.compile of the same method (a decoder whose model changed, another decoder) would be
+    served a frozen graph of earlier weights whenever its guards pass: the parameters' addresses are all they check.
+    Compiled on its own code, a step's graphs and constants live and die with it."""
+    func = getattr(fn, "__func__", fn)
+    own = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__,
+                             func.__closure__)
+    own.__kwdefaults__, own.__qualname__ = func.__kwdefaults__, func.__qualname__
+    return types.MethodType(own, fn.__self__) if hasattr(fn, "__func__") else own
+
+
+def _forget(code, modules: list) -> None:
+    """Free what a dropped step compiled: dynamo's entries for its `code` (kept for the life of the process by dynamo's
+    map from compiled code back to the original) and the frozen weights that inductor keeps as attributes of the
+    generated `modules` (which its code cache and sys.modules keep; for Qwen2.5-0.5B in bf16 the concatenated q/k/v and
+    gate/up weights come to about 0.47 GB per graph). Called once nothing can run the step any more (graphs dropped)."""
+    import torch._dynamo
+    from torch._dynamo import convert_frame
+
+    reset_code = getattr(torch._dynamo, "reset_code", None)
+    if reset_code is not None:
+        with getattr(convert_frame, "compile_lock", contextlib.nullcontext()):
+            reset_code(code)
+    for module in modules:
+        for name in [k for k in vars(module) if k.startswith("_frozen_param")]:
+            setattr(module, name, None)
+    modules.clear()
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor keeps no version counter (and cannot be changed outside inference mode)
+        return 0
+
+
+def _model_key(model, values: bool = False) -> tuple:
+    """What a captured graph bakes in besides tensor contents: parameter storage and the adapters' Python state.
+    `values`: the contents too (a frozen compiled step bakes them in), as the tensors' version counters, which every
+    in-place change bumps (an optimizer step, load_state_dict, copy_), except changes made through `.data`."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    ptrs = tuple(p.data_ptr() for p in tensors)
+    versions = tuple(_version(p) for p in tensors) if values else ()
     adapters = []
     for m in model.modules():
         scaling = getattr(m, "scaling", None)
         if isinstance(scaling, dict):
             adapters.append((tuple(sorted(scaling.items())), tuple(getattr(m, "active_adapters", ()) or ()),
                              bool(getattr(m, "merged", False)), bool(getattr(m, "disable_adapters", False))))
-    return hash((ptrs, tuple(adapters), model.training))
+    return hash((ptrs, versions, tuple(adapters), model.training))
 
 
 class SlotDecoder:
@@ -282,14 +364,23 @@ class SlotDecoder:
         self.used.difference_update(slots)
 
     def acquire(self) -> None:
-        key = _model_key(self.model)
-        if key != self.key:  # the model changed under the graphs (new weights, another adapter or scale)
-            self.graphs, self.pool, self.key = {}, None, key
+        key = _model_key(self.model, values=self.compiled)
+        if key != self.key:  # the model changed under the graphs and the compiled step (new weights, adapter or scale)
+            self.key = key
+            self.drop_compiled()
         self.busy = True
 
     def release(self) -> None:
         self.used.clear()
         self.busy = False
+
+    def drop_compiled(self) -> None:
+        """Drop the captured graphs and the compiled step (a frozen step keeps the weights it was compiled with), and
+        free what the step compiled; both are made again on next use."""
+        self.graphs, self.pool = {}, None
+        step, self._step_fn = self._step_fn, None
+        if step is not None and callable(getattr(step, "release", None)):
+            step.release()
 
     # --- the forward pass ------------------------------------------------------------------------------
     def _forward(self, tok, pos, last=None, rows=None):
@@ -325,7 +416,7 @@ class SlotDecoder:
             return None
         try:
             if self._step_fn is None:
-                self._step_fn = compile_step(self._decode_step)
+                self._step_fn = compile_step(self._decode_step, self.device)
             with _attention(self.config, ATTENTION):
                 out = self._step_fn(tok, pos)
         except Exception as e:  # noqa: BLE001 - any failure to trace or compile: decode uncompiled
