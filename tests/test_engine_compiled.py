@@ -6,6 +6,7 @@ a compiler that gives the step as it is (the check passes; rows join and leave t
 step is wrong (the start-up check refuses it), one that fails (refused, the reason kept), one that keeps the weights
 it was compiled with as inductor's freezing does (compiled again when the model changes). In every case the replies
 are eager decoding's. The slow tests compile the step with inductor on the CPU: it passes the start-up check, freezing
+(SELFID_COMPILE_FREEZING=1; off by default)
 makes one matrix product of q, k and v and one of gate and up, and a frozen step follows weights changed in place
 (compiled again, the old step's weights freed).
 """
@@ -266,6 +267,7 @@ def test_freezing_makes_one_matrix_product_of_q_k_v_and_one_of_gate_up(tiny, mon
 @needs_compiler
 def test_a_frozen_step_follows_weights_changed_in_place(tiny_model_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("SELFID_COMPILE_FREEZING", "1")
     loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32", progress=False)  # its own weights to change
     engine = InProcessEngine(loaded, decode="static")
     decoder = static.SlotDecoder(engine.model, loaded.device, engine.context_window, graphs=False, compiled=True)

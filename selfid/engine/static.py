@@ -23,8 +23,9 @@ through `torch.compile` (inductor: the step's norms, rotary embedding, residual 
 fewer kernels than transformers' ~700 per step), and that compiled step is what the CUDA graph captures: gpt-fast's
 decode step. Not mode="reduce-overhead": its own CUDA graphs cannot be captured inside this decoder's graphs, which
 keep the slot buffers, the per-bucket inputs and the one memory pool. A step that fails to compile runs uncompiled
-(`compile_error` says why, and the start-up check then refuses compiled decoding). The step compiles with inductor's
-*freezing* (parameters taken as constants), so inductor concatenates the matrix products that share an input: q, k
+(`compile_error` says why, and the start-up check then refuses compiled decoding). With SELFID_COMPILE_FREEZING=1 (off
+by default: not yet measured on a GPU) the step compiles with inductor's *freezing* (parameters taken as constants),
+so inductor concatenates the matrix products that share an input: q, k
 and v one product per layer, gate and up one (gpt-fast's fused wqkv and w13). The weights are then baked into the
 compiled step, so a decoder drops its step, as it drops its graphs, when the model changes (`_model_key`), in-place
 weight changes included.
@@ -174,8 +175,10 @@ def unsupported(model) -> str | None:
 
 
 def freezing() -> bool:
-    """Whether the compiled step is frozen (SELFID_COMPILE_FREEZING=0 turns it off, to compare the two)."""
-    return os.environ.get("SELFID_COMPILE_FREEZING", "1") not in ("0", "false", "off", "no")
+    """Whether the compiled step is frozen: SELFID_COMPILE_FREEZING=1 turns it on. Off by default until it is measured
+    on a GPU (it was built and tested on the CPU only, where it cuts the tiny test model's step from 15 matrix products
+    to 9; bench/gpu/ab.sh compares the two)."""
+    return os.environ.get("SELFID_COMPILE_FREEZING", "0") in ("1", "true", "on", "yes")
 
 
 def compile_step(fn, device):
