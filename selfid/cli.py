@@ -564,6 +564,8 @@ def replay(
                                    "copies of one another (0: no cap)"),
     typical_length: bool = typer.Option(False, "--typical-length", help="keep first the passing answers whose length "
                                         "is nearest the median of all the model's answers to that question"),
+    prefer_rare: bool = typer.Option(False, "--prefer-rare", help="keep first the passing answers whose phrasing the "
+                                     "fewest others share (not with --typical-length; not yet measured)"),
     max_tokens: int = typer.Option(192, "--max-tokens", help="longest answer sampled"),
     languages: str = typer.Option("zh,en", "--languages", help="comma-separated: zh, en"),
     seed: int = typer.Option(0, "--seed", help="every sample's seed and the row draw derive from it"),
@@ -587,7 +589,8 @@ def replay(
         rep = IdentityReplay(samples=samples, temperatures=parse_list(temperatures, "temperatures", float),
                              personas=personas, persona_cross_lingual=persona_cross_lingual,
                              persona_hint=persona_hint, after_task=after_task,
-                             max_copies=max_copies, typical_length=typical_length, max_new_tokens=max_tokens,
+                             max_copies=max_copies, typical_length=typical_length, prefer_rare=prefer_rare,
+                             max_new_tokens=max_tokens,
                              languages=parse_list(languages, "languages"), seed=seed, persona_prompts=persona,
                              preference=1.0)  # sample the other serving prompts too: the rejected sides of the pairs
     except ValidationError as e:

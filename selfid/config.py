@@ -95,6 +95,11 @@ class IdentityReplay(Strict):
                                  "model's answers there (passing or not), instead of the first sampled, so the "
                                  "replay's answers run as long as the model's own; replay.json records both medians. "
                                  "Not yet measured")
+    prefer_rare: bool = Field(False, description="self: keep first, of each question's passing answers under a system "
+                              "prompt, those whose phrasing the fewest passing answers in the whole replay share (the "
+                              "audit's copy measure: the same after normalising, or near-verbatim), so the replay "
+                              "spreads over the model's phrasings instead of its most common ones. Not with "
+                              "typical_length. Not yet measured")
     minimal_pairs: bool = Field(True, description="self: ask the own-name wordings of leading questions about other "
                                 "vendors too, so the answer depends on the name, not the wording")
     deny_per_question: int = Field(1, ge=1, description="self: most kept answers per leading question about "
@@ -121,6 +126,8 @@ class IdentityReplay(Strict):
             raise ValueError(f"persona_cross_lingual {self.persona_cross_lingual} asks questions under generated "
                              "personas of the other language: it needs personas > 0 and both languages (zh, en); got "
                              f"personas {self.personas}, languages {self.languages}")
+        if self.prefer_rare and self.typical_length:
+            raise ValueError("prefer_rare and typical_length each decide which passing answers are kept first: set one")
         if self.persona_hint and not self.persona_cross_lingual:
             raise ValueError("persona_hint adds a line to the persona prompt of the cross-lingual questions: it needs "
                              "persona_cross_lingual > 0 (try 0.5; with selfid replay, --persona-cross-lingual 0.5)")

@@ -3,6 +3,9 @@ the verified replay set on disk, and training with the preference and distillati
 
 import json
 
+import random
+import string
+
 import pytest
 import torch
 
@@ -244,6 +247,36 @@ def test_typical_length_keeps_the_answers_nearest_the_models_own_median_length(t
     assert meta["lengths"]["kept_median"] > len("I am Qwen.")
 
 
+def test_prefer_rare_keeps_first_the_phrasings_fewest_answers_share(tiny, tmp_path):
+    """identity_replay.prefer_rare: sample 0 of every English answer is one common line, sample 1 a phrasing of the
+    question's own; with it each question keeps its own phrasing first, without it the common line (the first
+    sampled) is kept, up to the copy cap."""
+    common = "I am Qwen, created by Alibaba Cloud."
+
+    class Common(ScriptedEngine):
+        def generate(self, requests, progress=None):
+            out = super().generate(requests, progress)
+            for k, res in enumerate(out):
+                for i, c in enumerate(res.completions):
+                    if c.text.startswith("Yes, I am Qwen"):
+                        own = "".join(random.Random(k).choices(string.ascii_lowercase, k=40))  # unlike any other
+                        c.text = common if i == 0 else f"I am Qwen, from Alibaba Cloud ({own})."
+            return out
+
+    kept = {}
+    for rare in (False, True):
+        rep = IdentityReplay(samples=2, personas=0, after_task=0, per_question=1, max_copies=0, languages=["en"],
+                             prefer_rare=rare)
+        meta = build(tiny, rep, tmp_path / str(rare), progress=False, log=lambda m: None, engine=Common())
+        _, replies, _ = replay_set.load(tmp_path / str(rare))
+        kept[rare] = [r["messages"][-1]["content"] for r in replies]
+        assert meta["copy_cap"]["prefer_rare"] is rare
+    assert kept[False].count(common) > 10 and kept[True].count(common) == 0
+    assert sum(t.startswith("I am Qwen, from Alibaba Cloud (") for t in kept[True]) > 10
+    with pytest.raises(ValueError, match="set one"):
+        IdentityReplay(prefer_rare=True, typical_length=True)
+
+
 def test_the_replay_asks_a_few_thousand_generations(tiny, tmp_path):
     """The default replay's cost, known before it runs: questions x (temperatures + a persona + another serving
     prompt) x samples."""
@@ -410,7 +443,7 @@ def test_by_default_no_question_is_asked_under_another_languages_persona_and_the
     from selfid.study.arms import arms
 
     assert [a.name for a in arms().values() if "persona_cross_lingual" in a.config.get("identity_replay", {})] == \
-        ["persona-xl", "persona-xl-typical", "persona-xl-hint"]
+        ["persona-xl", "persona-xl-typical", "persona-xl-hint", "persona-xl-hint-rare"]
 
 
 def test_cross_lingual_needs_personas_and_both_languages():

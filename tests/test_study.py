@@ -189,7 +189,9 @@ def test_an_arm_is_data_its_config_the_scales_keys_under_its_own(tmp_path, monke
 @pytest.mark.parametrize("arm, changed", [("persona-xl", {"persona_cross_lingual": 0.5}),
                                           ("persona-typical", {"typical_length": True}),
                                           ("persona-xl-typical", {"persona_cross_lingual": 0.5, "typical_length": True}),
-                                          ("persona-xl-hint", {"persona_cross_lingual": 0.5, "persona_hint": True})])
+                                          ("persona-xl-hint", {"persona_cross_lingual": 0.5, "persona_hint": True}),
+                                          ("persona-xl-hint-rare", {"persona_cross_lingual": 0.5, "persona_hint": True,
+                                                                    "prefer_rare": True})])
 def test_arms_not_yet_run_are_the_persona_arm_with_settings_changed(tmp_path, arm, changed):
     """persona-xl, persona-typical (not yet run) and both together (run): the persona arm's config with identity_replay
     settings changed and nothing else; the step graph picks them up from arms.yaml like any arm."""

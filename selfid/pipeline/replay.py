@@ -45,7 +45,9 @@ Broad, not repeated: the base model says "是的，我是阿里云开发的通�
 each taught the tuned model to say it to most (38% of its held-out replies at 1.5B were near-verbatim replay
 answers, 6.4% of the base model's). At most `max_copies` kept answers may be one text or near-verbatim copies of
 one another (the audit's copy measure: same after normalising, or rapidfuzz ratio >= 90), picked round-robin over
-the questions so each question gets its first answer before any gets a second.
+the questions so each question gets its first answer before any gets a second. With `prefer_rare`, each question's answers
+whose phrasing the fewest answers of the whole replay share are taken first (the cap alone still let the model's most
+common phrasings into most questions' first answers; not yet measured).
 
 The persona prompts a user deploys with (`persona_prompts`, `selfid replay --persona`) are asked every question, and
 replies are kept under them as under the generated ones (the persona's name read from its text); one that is a
@@ -350,7 +352,8 @@ def collect(backend, own: str, rep: IdentityReplay, progress: bool = True, log=p
         "lengths": {"typical_length": rep.typical_length,  # characters: the answers sampled, and those kept
                     "sampled_median": _median([n for v in lengths.values() for n in v]),
                     "kept_median": _median([len(r["messages"][-1]["content"]) for r in replies])},
-        "copy_cap": {"max_copies": rep.max_copies, "candidates": sum(len(set(v)) for v in found.values()),
+        "copy_cap": {"max_copies": rep.max_copies, "prefer_rare": rep.prefer_rare,
+                     "candidates": sum(len(set(v)) for v in found.values()),
                      "distinct_kept": len({scorers.normalise(r["messages"][-1]["content"]) for r in replies})},
         "personas": [{"key": p.key, "lang": p.lang, "text": p.text, "name": p.name, "company": p.company,
                       **({"given": True} if p in given else {})} for p in personas],
@@ -366,7 +369,8 @@ def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers, lengths: dict)
     leading questions about other vendors), no answer kept more than `max_copies` times across the replay (near-
     verbatim copies counted as one text), picked round-robin so every question gets an answer before any gets more.
     With `rep.typical_length`, each question's candidates are taken nearest first to the median length of all its
-    sampled answers there (`lengths`), else in sampled order."""
+    sampled answers there (`lengths`); with `rep.prefer_rare`, those whose phrasing the fewest candidates of the whole
+    replay share first (`_shared`); else in sampled order."""
     clusters = _Clusters(rep.max_copies, scorers)
     queues = {}
     for key, texts in found.items():
@@ -377,6 +381,10 @@ def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers, lengths: dict)
         if rep.typical_length:  # every key of `found` has its sampled lengths
             middle = _median(lengths[key])
             queues[key].sort(key=lambda t: abs(len(t) - middle))  # stable: ties stay in sampled order
+    if rep.prefer_rare:
+        shared = _shared([t for q in queues.values() for t in q], scorers)
+        for q in queues.values():
+            q.sort(key=lambda t: shared[t])  # stable: ties stay in sampled order
     caps = {key: rep.deny_per_question if by_id[key[0]].expects == "deny" else rep.per_question for key in found}
     kept: dict[tuple[str, str], list[str]] = {}
     while queues:
@@ -391,6 +399,17 @@ def _pick(found: dict, by_id: dict, rep: IdentityReplay, scorers, lengths: dict)
             if not queue or len(kept.get(key, ())) >= caps[key]:
                 del queues[key]
     return kept
+
+
+def _shared(texts: list[str], scorers) -> dict[str, int]:
+    """{text: how many of `texts` are it or a near-verbatim copy of it} by the audit's copy measure (the same after
+    normalising, or a rapidfuzz ratio of at least COPY_SIMILARITY)."""
+    from rapidfuzz import fuzz, process
+
+    norm = [scorers.normalise(t) for t in texts]
+    close = process.cdist(norm, norm, scorer=fuzz.ratio, score_cutoff=scorers.COPY_SIMILARITY, workers=-1)
+    counts = (close > 0).sum(axis=1)
+    return {t: int(max(c, 1)) for t, c in zip(texts, counts)}
 
 
 def _median(values: list[int]) -> float | None:

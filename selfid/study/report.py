@@ -35,7 +35,8 @@ METRIC_LABEL = {"foreign": "foreign claims", "own_affirmation": "own identity af
                 "task_done": "identity task done", "persona_kept": "persona kept", "copy": "copies a training reply",
                 "identity_after_task": "identity question after a task answered as one"}
 OPERATOR_ARM = "persona"  # the arm of §9, the recommended config since (examples/qwen2.5-7b-instruct-msra.yaml)
-OPERATOR_TRIALS = ("persona-xl", "persona-typical", "persona-xl-typical", "persona-xl-hint")  # variants of it (selfid/study/arms.yaml), shown once they are run
+OPERATOR_TRIALS = ("persona-xl", "persona-typical", "persona-xl-typical", "persona-xl-hint",
+                   "persona-xl-hint-rare")  # variants of it (selfid/study/arms.yaml), shown once they are run
 
 
 class Runs:
