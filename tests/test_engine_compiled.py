@@ -156,6 +156,7 @@ def test_a_step_with_frozen_weights_is_compiled_again_when_the_model_changes(tin
     adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", seed=1) if "adapter" in change else None
     loaded = load_model(str(tiny_model_dir), adapter=adapter, device="cpu", dtype="float32", progress=False)
     compiles = []
+    monkeypatch.setenv("SELFID_COMPILE_FREEZING", "1")  # the setting under which a step keeps its weights
     engine = _compiled_engine(loaded, monkeypatch, frozen(compiles))
     before = ids(engine.generate(requests(prompts)))
     assert engine.decode_report()["using"] == "compiled" and len(compiles) == 1

@@ -25,10 +25,9 @@ decode step. Not mode="reduce-overhead": its own CUDA graphs cannot be captured 
 keep the slot buffers, the per-bucket inputs and the one memory pool. A step that fails to compile runs uncompiled
 (`compile_error` says why, and the start-up check then refuses compiled decoding). With SELFID_COMPILE_FREEZING=1 (off
 by default: not yet measured on a GPU) the step compiles with inductor's *freezing* (parameters taken as constants),
-so inductor concatenates the matrix products that share an input: q, k
-and v one product per layer, gate and up one (gpt-fast's fused wqkv and w13). The weights are then baked into the
-compiled step, so a decoder drops its step, as it drops its graphs, when the model changes (`_model_key`), in-place
-weight changes included.
+so inductor concatenates the matrix products that share an input: q, k and v one product per layer, gate and up one
+(gpt-fast's fused wqkv and w13). The weights are then baked into the compiled step, so a decoder drops a frozen step,
+as it drops its graphs, when the model changes (`_model_key`), in-place weight changes included.
 """
 
 from __future__ import annotations
@@ -199,10 +198,11 @@ def compile_step(fn, device):
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(cfg, name):
             setattr(cfg, name, max(getattr(cfg, name), 64))
+    if not freezing():  # the step reads the parameters as they are: nothing of its own to keep apart or free
+        return torch.compile(fn)
     fn = _own_code(fn)
-    frozen = freezing()
     # CPU only: inductor concatenates CPU matrix products only with this on (CUDA's always); the CPU tests need it
-    options = {"cpp.enable_concat_linear": True} if frozen and torch.device(device).type == "cpu" else None
+    options = {"cpp.enable_concat_linear": True} if torch.device(device).type == "cpu" else None
     compiled = torch.compile(fn, options=options)
     from torch._inductor import config as inductor
     from torch._inductor.codecache import PyCodeCache
@@ -211,8 +211,6 @@ def compile_step(fn, device):
     loaded: list = []  # those this step's compilations loaded: they hold its frozen weights
 
     def step(*args):
-        if not frozen:
-            return compiled(*args)
         before = len(modules)
         # freezing is set around the call, not in `options`: dynamo reads it while tracing (to take the parameters as
         # graph attributes), before inductor's options apply; given as an option only, nothing is frozen
@@ -367,7 +365,7 @@ class SlotDecoder:
         self.used.difference_update(slots)
 
     def acquire(self) -> None:
-        key = _model_key(self.model, values=self.compiled)
+        key = _model_key(self.model, values=self.compiled and freezing())  # only a frozen step keeps old values
         if key != self.key:  # the model changed under the graphs and the compiled step (new weights, adapter or scale)
             self.key = key
             self.drop_compiled()

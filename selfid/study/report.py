@@ -736,7 +736,8 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
               if runs.summary(op / t / "heldout")]
     if trials:
         L += ["", "Variants of the persona arm on the same split, one or two replay settings changed "
-              "(selfid/study/arms.yaml), judged by the same bar:", "", "| size | arm | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+              "(selfid/study/arms.yaml), judged by the same bar:", "",
+              "| size | arm | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
         for label, op, main, t in trials:
             base, arm = runs.summary(op / "base" / "heldout"), runs.summary(op / t / "heldout")
             copies = arm_copies(runs, op / "base" / "heldout", op / t / "heldout")
@@ -753,12 +754,12 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
                     else "–" for m in ("foreign", "own_affirmation", "persona_kept", "yes_to_other",
                                         "identity_after_task")]
             L.append(f"| {label} | {k} | " + " | ".join(cols) + " |")
-    run_trials = [t for t in OPERATOR_TRIALS if any(t == x for *_, x in trials)]
+    run_trials = [t for t in OPERATOR_TRIALS if t in {x for *_, x in trials}]
+    crossed = [t for t in run_trials if arms()[t].config["identity_replay"].get("persona_cross_lingual")]
     L += ["", "Persona kept by the language of the question, all temperatures pooled (base → arm"
           + "".join(f" → {t}" for t in run_trials) + ", kept/asked): the persona arm's generated personas are each "
           "paired with questions in their own language"
-          + (", the cross-lingual variants' also with half of the other language's" if any("xl" in t for t in run_trials)
-             else "") + ".", "",
+          + (", the cross-lingual variants' also with half of the other language's" if crossed else "") + ".", "",
           "| size | system prompt | asked in Chinese | asked in English |", "|---|---|---|---|"]
     for label, op, _ in have:
         arms_here = ["base", OPERATOR_ARM] + [t for t in run_trials if runs.summary(op / t / "heldout")]
