@@ -7,6 +7,7 @@ audited by selfid on the held-out split. bench/gpu/lf.sh runs it on a GPU machin
         filled for Qwen (identity_qwen.json: the anchor users reach for), dataset_info.json; ROOT/model.txt: the
         transformers folder of MODEL that LLaMA-Factory trains (selfid converts the embedded GGUF once)
     selfid replay --model MODEL --out ROOT/replay --format lf-alpaca --fraction 0.05 --data ROOT/lf_data/msra_ner.json
+    python bench/lf_proof.py base ROOT    (may run beside the replay) the base model's held-out audit
     python bench/lf_proof.py configs ROOT
         copies the replay's files and dataset_info.json entries into ROOT/lf_data and writes ROOT/configs/ARM.yaml:
           plain       LoRA on msra_ner
@@ -29,6 +30,7 @@ import argparse
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -110,6 +112,14 @@ def arm_configs(root: Path, model_dir: str) -> dict[str, dict]:
     return configs
 
 
+def audit_command(root: Path, model: str, arm: str) -> str:
+    """The held-out audit of one arm (base: the model without an adapter), skipped when its summary exists."""
+    out = root / arm / "heldout"
+    adapter = "" if arm == "base" else f" --adapter {root / arm / 'adapter'}"
+    return (f"[ -f {out / 'summary.json'} ] || python3 -m selfid.cli audit --model {shlex.quote(model)} "
+            f"{' '.join(AUDIT)}{adapter} --out {out}")
+
+
 def write_configs(root: Path) -> Path:
     """Merge the replay into ROOT/lf_data, write ROOT/configs/*.yaml and ROOT/commands.sh; returns the commands."""
     model, model_dir = (root / "model.txt").read_text().split("\n")[:2]
@@ -132,23 +142,26 @@ def write_configs(root: Path) -> Path:
              "# (replay_dpo trains the replay arm first; every step skips what is done)",
              "# LF_SITE: LLaMA-Factory's own packages (bench/gpu/lf.sh), first on its path only; selfid keeps the image's",
              "set -euo pipefail", "export API_HOST=127.0.0.1", ""]
-    audit = f"python3 -m selfid.cli audit --model {shlex.quote(model)} " + " ".join(AUDIT)
-    steps = {"base": [f"[ -f {root / 'base' / 'heldout' / 'summary.json'} ] || {audit} --out {root / 'base' / 'heldout'}"]}
+    train, audit = {}, {"base": audit_command(root, model, "base")}
     configs = arm_configs(root, model_dir)
     for arm in arms:
         path = root / "configs" / f"{arm}.yaml"
         path.write_text(yaml.safe_dump(configs[arm], sort_keys=False, allow_unicode=True))
-        steps[arm] = [f"[ -f {root / arm / 'adapter' / 'adapter_config.json'} ] || "
-                      f'PYTHONPATH="${{LF_SITE:-}}:$PYTHONPATH" llamafactory-cli train {path} 2>&1 | '
-                      f"tee {root / arm / 'train.log'}",
-                      f"[ -f {root / arm / 'heldout' / 'summary.json'} ] || "
-                      f"{audit} --adapter {root / arm / 'adapter'} --out {root / arm / 'heldout'}"]
+        train[arm] = (f"[ -f {root / arm / 'adapter' / 'adapter_config.json'} ] || "
+                      f'PYTHONPATH="${{LF_SITE:-}}:${{PYTHONPATH:-}}" llamafactory-cli train {path} 2>&1 | '
+                      f"tee {root / arm / 'train.log'}")
+        audit[arm] = audit_command(root, model, arm)
+    # a chain trains its arms in order, then audits them at once (replay_dpo: the DPO stage trains on the replay
+    # arm's adapter, and both adapters are audited side by side)
     chains = {"base": ["base"], "plain": ["plain"], "identity": ["identity"], "replay_dpo": ["replay", "replay_dpo"]}
-    for chain, members in chains.items():
-        if all(m in steps for m in members):
-            lines += [f"{chain}() {{"] + [f"  {line}" for m in members for line in steps[m]] + ["}"]
-    present = [c for c, members in chains.items() if all(m in steps for m in members)]
-    lines += ["", f'for chain in "${{@:-{" ".join(present)}}}"; do "$chain"; done', ""]
+    present = [c for c, members in chains.items() if all(m in audit for m in members)]
+    for chain in present:
+        members = chains[chain]
+        body = [train[m] for m in members if m in train]
+        body += [f"{audit[m]} &" for m in members[:-1]] + [audit[members[-1]]]
+        body += ["wait"] if len(members) > 1 else []
+        lines += [f"{chain}() {{"] + [f"  {line}" for line in body] + ["}"]
+    lines += ["", f'[ $# -gt 0 ] || set -- {" ".join(present)}', 'for chain in "$@"; do "$chain"; done', ""]
     for arm in arms[1:]:
         lines.append(f"[ -f {root / arm / 'heldout' / 'summary.json'} ] && python3 -m selfid.cli compare "
                      f"{root / 'plain' / 'heldout'} {root / arm / 'heldout'} --out {root / arm / 'vs-plain'} || true")
@@ -168,10 +181,16 @@ def main() -> None:
     d.add_argument("--identity", type=Path, help="LLaMA-Factory's data/identity.json (its source distribution's)")
     c = sub.add_parser("configs")
     c.add_argument("root", type=Path)
+    b = sub.add_parser("base", help="the base model's held-out audit, before the replay and configs exist")
+    b.add_argument("root", type=Path)
     args = ap.parse_args()
     if args.step == "data":
         info = write_data(args.root.resolve(), args.model, args.identity)
         print(f"wrote {args.root / 'lf_data'}: {', '.join(info)}")
+    elif args.step == "base":
+        root = args.root.resolve()
+        model = (root / "model.txt").read_text().split("\n")[0]
+        sys.exit(subprocess.run(audit_command(root, model, "base"), shell=True).returncode)
     else:
         print(f"wrote {write_configs(args.root.resolve())}")
 

@@ -68,5 +68,39 @@ def test_the_four_arms_train_in_order_on_datasets_their_dataset_dir_holds(tmp_pa
         train = next(i for i, line in enumerate(commands) if f"configs/{arm}.yaml" in line)
         assert train < next(i for i, line in enumerate(commands) if f"--adapter {root / arm / 'adapter'} " in line)
     chain = commands.index("replay_dpo() {")  # one chain trains the replay arm and then its DPO stage
-    assert "configs/replay.yaml" in commands[chain + 1] and "configs/replay_dpo.yaml" in commands[chain + 3]
-    assert 'for chain in "${@:-base plain identity replay_dpo}"; do "$chain"; done' in commands
+    assert "configs/replay.yaml" in commands[chain + 1] and "configs/replay_dpo.yaml" in commands[chain + 2]
+
+
+def _stub_run(root, tmp_path, *chains):
+    """Run ROOT/commands.sh with llamafactory-cli and python3 replaced by stubs that log their arguments."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "calls.log"
+    log.write_text("")
+    for name in ("llamafactory-cli", "python3"):
+        stub = bin_dir / name
+        stub.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n')
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(root / "commands.sh"), *chains], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    calls = []
+    for line in log.read_text().splitlines():
+        if line.startswith("llamafactory-cli"):
+            calls.append("train " + line.split("configs/")[1].split(".yaml")[0])
+        else:
+            calls.append("audit " + (line.split("--adapter ")[1].split("/")[-2] if "--adapter" in line else "base"))
+    return calls
+
+
+def test_commands_run_every_chain_by_default_and_only_the_chains_named(tmp_path):
+    root = tmp_path / "lf"
+    test_the_four_arms_train_in_order_on_datasets_their_dataset_dir_holds(tmp_path)
+    every = _stub_run(root, tmp_path)
+    assert every[:5] == ["audit base", "train plain", "audit plain", "train identity", "audit identity"]
+    assert every[5:7] == ["train replay", "train replay_dpo"]  # DPO trains on the replay adapter, then both audited
+    assert sorted(every[7:]) == ["audit replay", "audit replay_dpo"]
+    assert _stub_run(root, tmp_path, "identity") == ["train identity", "audit identity"]

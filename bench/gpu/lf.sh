@@ -20,13 +20,13 @@ mkdir -p "$root"
 wheels=.whl-lf; [ -d /tmp/m/wheels-lf ] && wheels=/tmp/m/wheels-lf
 if [ ! -f /tmp/lfsite/.ready ]; then
   # LLaMA-Factory's own site, first on its path only (LF_SITE in ROOT/commands.sh): the versions it resolved and
-  # trained with on the CPU (transformers 5.6.0, peft 0.18.1, accelerate 1.11.0, trl 0.24.0, datasets 4.0.0 and the
-  # versions datasets pins), and of the rest only what the image lacks (its torch, numpy, pandas, tokenizers and
-  # huggingface_hub stay)
+  # trained with on the CPU (transformers 5.6.0 with the tokenizers and huggingface_hub it accepts, peft 0.18.1,
+  # accelerate 1.11.0, trl 0.24.0, datasets 4.0.0 and the versions datasets pins), and of the rest only what the
+  # image lacks (its torch, numpy and pandas stay)
   for whl in "$wheels"/*.whl; do
     dist=$(basename "$whl" | cut -d- -f1)
     case "$dist" in
-      llamafactory|trl|datasets|transformers|peft|accelerate|fsspec|dill|multiprocess|xxhash|pyarrow) ;;
+      llamafactory|trl|datasets|transformers|peft|accelerate|tokenizers|huggingface_hub|fsspec|dill|multiprocess|xxhash|pyarrow) ;;
       *) python3 -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$dist" 2>/dev/null && continue ;;
     esac
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lfsite "$whl"

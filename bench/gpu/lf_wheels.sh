@@ -16,11 +16,14 @@ get() {
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
     -d .whl-lf "$@"
 }
+# transformers 5.6.0 checks at import for tokenizers <=0.23.0 and huggingface-hub <2.0, which a newer image may not
+# have (2026-12-07: this machine's 0.23.3 and 2.4.0 stopped `llamafactory-cli train`): both travel and go first too.
 # the versions pip resolved for llamafactory==0.9.5 on this machine, with which bench/replay_formats.py loaded the replay
 # and trained (docs/benchmarks.md). bench/gpu/lf.sh puts LLaMA-Factory's core and what datasets pins first on
 # LLaMA-Factory's path only (selfid keeps the image's own), and the rest only where the image lacks it.
 rm -f .whl-lf/*.whl
 get llamafactory==0.9.5 trl==0.24.0 datasets==4.0.0 transformers==5.6.0 peft==0.18.1 accelerate==1.11.0 \
+    tokenizers==0.22.2 huggingface_hub==1.33.0 \
     fsspec==2025.3.0 dill==0.3.8 multiprocess==0.70.16 xxhash==4.1.0 pyarrow==26.0.1 \
     "torchaudio==$torch" torchdata==0.11.0 omegaconf==2.4.0 protobuf==7.36.2 sentencepiece==0.2.3 \
     aiohttp==3.14.5 aiohappyeyeballs==2.7.1 aiosignal==1.4.0 attrs==26.1.0 frozenlist==1.8.0 multidict==7.2.1 \
