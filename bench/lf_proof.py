@@ -9,7 +9,8 @@ audited by selfid on the held-out split. bench/gpu/lf.sh runs it on a GPU machin
     selfid replay --model MODEL --out ROOT/replay --format lf-alpaca --fraction 0.05 --data ROOT/lf_data/msra_ner.json
     python bench/lf_proof.py base ROOT    (may run beside the replay) the base model's held-out audit
     python bench/lf_proof.py configs ROOT
-        copies the replay's files and dataset_info.json entries into ROOT/lf_data and writes ROOT/configs/ARM.yaml:
+        copies the replay's files and dataset_info.json entries into ROOT/lf_data, writes each arm's identity rows
+        as ROOT/ARM/train_data.jsonl (the audit counts replies copying them) and ROOT/configs/ARM.yaml:
           plain       LoRA on msra_ner
           identity    LoRA on msra_ner + identity_qwen
           replay      LoRA on msra_ner + selfid_identity_alpaca (the replay's SFT conversations, 5% of the mix)
@@ -120,6 +121,31 @@ def audit_command(root: Path, model: str, arm: str) -> str:
             f"{' '.join(AUDIT)}{adapter} --out {out}")
 
 
+def write_identity_rows(root: Path, info: dict) -> dict[str, int]:
+    """ROOT/ARM/train_data.jsonl: the identity conversations each arm trains on, as messages (what `selfid audit
+    --adapter` reads beside an adapter to count replies that copy one of its training replies): identity.json's rows
+    for the identity arm, the replay's SFT rows for the replay arm, and those plus the pairs' chosen replies for its
+    DPO stage. The NER rows are left out (the audit skips JSON replies anyway)."""
+    from selfid.data.readers import alpaca_messages
+
+    data = root / "lf_data"
+
+    def rows(name: str, answer: str = "output") -> list[dict]:
+        if name not in info:
+            return []
+        records = json.loads((data / info[name]["file_name"]).read_text(encoding="utf-8"))
+        return [{"messages": list(alpaca_messages({**r, "output": r[answer]}, f"{name} row {i}"))}
+                for i, r in enumerate(records)]
+
+    arms = {"identity": rows("identity_qwen"), "replay": rows("selfid_identity_alpaca")}
+    arms["replay_dpo"] = arms["replay"] + rows("selfid_identity_pairs_alpaca", "chosen")
+    for arm, conversations in arms.items():
+        (root / arm).mkdir(exist_ok=True)
+        (root / arm / "train_data.jsonl").write_text(
+            "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations), encoding="utf-8")
+    return {arm: len(c) for arm, c in arms.items()}
+
+
 def write_configs(root: Path) -> Path:
     """Merge the replay into ROOT/lf_data, write ROOT/configs/*.yaml and ROOT/commands.sh; returns the commands."""
     model, model_dir = (root / "model.txt").read_text().split("\n")[:2]
@@ -132,6 +158,7 @@ def write_configs(root: Path) -> Path:
         shutil.copy(replay / entry["file_name"], data / entry["file_name"])
         info[name] = entry
     (data / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_identity_rows(root, info)
     (root / "configs").mkdir(exist_ok=True)
     arms = [a for a in ARMS if a != "identity" or "identity_qwen" in info]
     lines = ["#!/usr/bin/env bash", "# written by bench/lf_proof.py configs: train the arms, then audit them on the held-out split",

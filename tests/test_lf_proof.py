@@ -104,3 +104,18 @@ def test_commands_run_every_chain_by_default_and_only_the_chains_named(tmp_path)
     assert every[5:7] == ["train replay", "train replay_dpo"]  # DPO trains on the replay adapter, then both audited
     assert sorted(every[7:]) == ["audit replay", "audit replay_dpo"]
     assert _stub_run(root, tmp_path, "identity") == ["train identity", "audit identity"]
+
+
+def test_each_arm_s_identity_rows_sit_beside_its_adapter_where_the_audit_counts_copies(tmp_path):
+    from selfid.audit.scorers import training_replies
+
+    root = tmp_path / "lf"
+    test_the_four_arms_train_in_order_on_datasets_their_dataset_dir_holds(tmp_path)
+    identity = [{"instruction": "你是谁？", "input": "", "output": "您好，我是 Qwen，由 Alibaba Cloud 开发。"}]
+    (root / "lf_data" / "identity_qwen.json").write_text(json.dumps(identity, ensure_ascii=False))
+    lf_proof.write_configs(root)
+    got = {arm: training_replies({"adapter": str(root / arm / "adapter")}) for arm in lf_proof.ARMS}
+    assert got["plain"] is None  # no identity rows: nothing to copy
+    assert got["identity"].replies == ["您好，我是 Qwen，由 Alibaba Cloud 开发。"]
+    assert got["replay"].replies == ["I am Qwen."]
+    assert got["replay_dpo"].replies == ["I am Qwen.", "I am Qwen."]  # the SFT row and the pair's chosen reply
