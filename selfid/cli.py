@@ -736,7 +736,10 @@ def study_report(
     sizes = [(label, root)] + [(x.split("=", 1)[0], Path(x.split("=", 1)[1])) for x in extra]
     # §9's runs: each size's held-out split v2 study (the base model and the persona arm) in ROOT/operator
     operator = [(name, folder / "operator", folder) for name, folder in sizes if (folder / "operator").is_dir()]
-    print(f"wrote {write_report(root, out, sizes if extra else None, operator)}")
+    # §10's runs: LLaMA-Factory's trainer with selfid's replay (bench/lf_proof.py), results/lf-SIZE beside the study
+    lf = [(name, folder.parent / f"lf-{name.lower()}") for name, folder in sizes
+          if (folder.parent / f"lf-{name.lower()}").is_dir()]
+    print(f"wrote {write_report(root, out, sizes if extra else None, operator, lf)}")
 
 
 def main() -> None:

@@ -123,3 +123,19 @@ def test_persona_kept_is_split_by_the_questions_language(study, tmp_path):
         assert kept_zh == asked_zh != "0" and kept_en == "0"
     finding = next(line for line in text.splitlines() if line.startswith("- **Identity that follows the operator"))
     assert "asked in English, 0% kept" in finding
+
+
+def test_the_llama_factory_section_judges_each_arm_it_finds_against_the_identity_json_anchor(study, tmp_path):
+    """§10 reads a folder of bench/lf_proof.py's runs: each LLaMA-Factory arm audited on the held-out split gets a row
+    judged by the bar, and the replay arms are set against identity.json on foreign claims, own identity and
+    distinct replies at once."""
+    lf = tmp_path / "lf-0.5b"
+    for arm, n in (("base", 1), ("plain", 2), ("identity", 1), ("replay", 0)):
+        audit(lf, f"{arm}/heldout", replies(n), heldout=True)
+    text = write_report(study, tmp_path / "study.md", lf=[("0.5B", lf)]).read_text()
+    section = text.split("## 10. Fixing a LLaMA-Factory fine-tune", 1)[1]
+    rows = [line.split(":")[0] for line in section.splitlines() if line.startswith("| ") and ": " in line]
+    assert rows == ["| plain", "| identity", "| replay"]  # replay_dpo not run: no row
+    versus = next(line for line in section.splitlines() if line.startswith("- replay against identity.json"))
+    assert "foreign claims 0.0% vs " in versus and "not better on all three" in versus  # the same replies otherwise
+    assert "## 10." not in write_report(study, tmp_path / "none.md", lf=[("0.5B", tmp_path / "missing")]).read_text()

@@ -790,6 +790,88 @@ def operator_section(runs: Runs, sizes: list[tuple[str, Path, Path]]) -> list[st
     return L + [""]
 
 
+LF_ARMS = {"plain": "LLaMA-Factory LoRA, MSRA only (the reported setup)",
+           "identity": "+ LLaMA-Factory's data/identity.json (91 templated rows, filled for Qwen)",
+           "replay": "+ `selfid replay` (SFT rows, 5% of the mix)",
+           "replay_dpo": "+ `selfid replay`, then LLaMA-Factory's DPO stage on its pairs (pref_ftx 1.0)"}
+
+
+def lf_section(runs: Runs, sizes: list[tuple[str, Path]]) -> list[str]:
+    """§10: the fix through LLaMA-Factory's own trainer (bench/lf_proof.py). `sizes`: (label, proof folder with
+    base/, plain/, identity/, replay/, replay_dpo/, each with heldout/) per model size."""
+    have = [(label, root) for label, root in sizes if runs.summary(root / "base" / "heldout")
+            and runs.summary(root / "plain" / "heldout")]
+    if not have:
+        return []
+    L = ["## 10. Fixing a LLaMA-Factory fine-tune", "",
+         "The report that started selfid was a LLaMA-Factory LoRA. Here LLaMA-Factory 0.9.5 trains (`llamafactory-cli "
+         "train`, its `qwen` template, LoRA r=8 on every linear layer, lr 4e-4, cosine, 5 epochs, batch 32, the "
+         "8,000 MSRA sentences of §2 in its alpaca format) and selfid only builds data and audits. `selfid replay "
+         "--format lf-alpaca --fraction 0.05` writes the replay (5% of the NER rows) and its preference pairs with "
+         "LLaMA-Factory's `dataset_info.json` entries; the DPO arm goes on training the replay arm's adapter at "
+         "`stage: dpo` (sigmoid loss, beta 0.1, `pref_ftx: 1.0`, 2 epochs, lr 1e-4; its reference is the base model, "
+         "LLaMA-Factory's LoRA default). Each adapter is audited with `selfid audit --adapter` on the held-out split "
+         "(the serving and persona system prompts, T 0, 0.7, 1.0, 1.3, 4 samples; NER F1 on 500 test sentences "
+         "under the template and helpful prompts, against LLaMA-Factory's own plain arm). Commands: "
+         "`bench/gpu/lfrun.sh` (one GPU) or `bench/gpu/lf.sh`; the per-arm commands are in each folder's "
+         "commands.sh.", ""]
+    for label, root in have:
+        base, plain = runs.summary(root / "base" / "heldout"), runs.summary(root / "plain" / "heldout")
+        head = [g.name for g in bar.goals(base, base, None)]
+        L += [f"### {label}", "", "| arm | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+        shown = {}
+        for arm, label_arm in LF_ARMS.items():
+            got = runs.summary(root / arm / "heldout")
+            if got is None:
+                continue
+            shown[arm] = got
+            copies = arm_copies(runs, root / "base" / "heldout", root / arm / "heldout")
+            L.append(f"| {arm}: {label_arm} | " + goal_cells(got, base, plain, copies) + " |")
+        L += [""]
+        if "identity" in shown:
+            for arm in ("replay", "replay_dpo"):
+                if arm in shown:
+                    L.append(f"- {arm} against identity.json: " + lf_beats(shown[arm], shown["identity"]))
+        times = []
+        for arm in LF_ARMS:
+            res = _json(root / arm / "adapter" / "all_results.json") or {}
+            if res.get("train_runtime"):
+                times.append(f"{arm} {res['train_runtime']:.0f} s (loss {res.get('train_loss', 0):.3f})")
+        rec = _json(root / "replay" / "replay.json") or {}
+        made = rec.get("replay") or {}
+        if made:
+            spent = (root / "replay" / "time.txt").read_text().split()[-1] if (root / "replay" / "time.txt").is_file() else "?"
+            L.append(f"- The replay: {made.get('generations', '?')} generations, {made.get('passed', '?')} passed the "
+                     f"scorers, {made.get('kept', '?')} kept as SFT rows, {made.get('pairs', '?')} preference pairs, "
+                     f"{spent} s.")
+        if times:
+            L.append("- LLaMA-Factory training time on the one card (the three chains trained side by side): "
+                     + "; ".join(times) + ".")
+        L += [""]
+        L += ["Per system prompt, all temperatures pooled (base → plain → identity.json → replay → replay + DPO):", "",
+              "| system prompt | foreign claims | own identity affirmed | self-denial | persona kept |", "|---|---|---|---|---|"]
+        order = [("base", base)] + list(shown.items())
+        for k in base["identity-heldout"]["by_system"]:
+            cols = []
+            for m in ("foreign", "own_affirmation", "self_denial", "persona_kept"):
+                vals = [(s["identity-heldout"]["by_system"].get(k) or {}).get(m) or {} for _, s in order]
+                cols.append(" → ".join(f"{100 * v['rate']:.1f}%" if v.get("n") else "–" for v in vals))
+            L.append(f"| {k} | " + " | ".join(cols) + " |")
+        L += [""]
+    return L
+
+
+def lf_beats(arm: dict, anchor: dict) -> str:
+    """Whether ARM beats the identity.json arm on foreign claims, own identity and distinct replies at once."""
+    a, b = arm["identity-heldout"], anchor["identity-heldout"]
+    parts = [("foreign claims", a["overall"]["foreign"]["rate"], b["overall"]["foreign"]["rate"], False),
+             ("own identity affirmed", a["overall"]["own_affirmation"]["rate"], b["overall"]["own_affirmation"]["rate"], True),
+             ("distinct replies", a["by_system"][bar.SYSTEM]["distinct"]["mean"], b["by_system"][bar.SYSTEM]["distinct"]["mean"], True)]
+    wins = [(up and x > y) or (not up and x < y) for _, x, y, up in parts]
+    text = "; ".join(f"{name} {100 * x:.1f}% vs {100 * y:.1f}%" for name, x, y, _ in parts)
+    return text + (" — better on all three at once" if all(wins) else " — not better on all three")
+
+
 def goal_cells(arm: dict, base: dict, plain: dict | None, copies: dict | None) -> str:
     """One table row's cells: each goal of the bar, measured, and met or missed where it has a bound."""
     return " | ".join(f"{g.measured}: {'met' if g.met else '**missed**'}" if g.met is not None else g.measured
@@ -816,9 +898,10 @@ def held_arms(root: Path) -> list[str]:
 
 
 def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = None,
-                 operator: list[tuple[str, Path, Path]] | None = None) -> Path:
+                 operator: list[tuple[str, Path, Path]] | None = None, lf: list[tuple[str, Path]] | None = None) -> Path:
     """docs/study.md (`out`) from the study folder `root`; `sizes`: (label, folder) of each model size for §8;
-    `operator`: (label, operator study folder, main study folder) of each model size for §9."""
+    `operator`: (label, operator study folder, main study folder) of each model size for §9; `lf`: (label, folder of
+    bench/lf_proof.py's runs) of each model size for §10."""
     root = Path(root)
     runs = Runs()
     base = runs.summary(root / "base" / "audit")
@@ -934,6 +1017,8 @@ def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = N
         L += size_section(runs, sizes)
     if operator:
         L += operator_section(runs, operator)
+    if lf:
+        L += lf_section(runs, lf)
     prov = root / "PROVENANCE.md"
     if prov.is_file():
         L += ["## How these runs were made", "", prov.read_text(encoding="utf-8").strip(), ""]
