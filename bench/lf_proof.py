@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import shutil
 import subprocess
@@ -48,6 +49,12 @@ RECIPE = {  # LLaMA-Factory keys (its hparams), the study's recipe
     "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "per_device_train_batch_size": 32,
     "gradient_accumulation_steps": 1, "bf16": True, "logging_steps": 10, "save_strategy": "no", "report_to": "none",
     "overwrite_output_dir": True, "preprocessing_num_workers": 8, "seed": 0,
+    # eager attention: with LLaMA-Factory's default (sdpa) on the GPU image (torch 2.11, transformers 5.6.0) the plain
+    # arm's gradient went NaN at step 7 of 1,250 with `bf16` on and off (the weights load in bf16 either way), and
+    # every later step logged loss 0;
+    # with `flash_attn: disabled` the same 12 steps stayed finite (2026-12-07, one H100; LLaMA-Factory issue #8088
+    # reports the same on Qwen2.5-1.5B LoRA and the same cure)
+    "flash_attn": "disabled",
 }
 DPO = {"stage": "dpo", "pref_beta": 0.1, "pref_loss": "sigmoid", "pref_ftx": 1.0, "num_train_epochs": 2.0,
        "learning_rate": 1.0e-4, "per_device_train_batch_size": 16}
@@ -113,6 +120,35 @@ def arm_configs(root: Path, model_dir: str) -> dict[str, dict]:
     return configs
 
 
+def diverged(adapter: Path) -> str | None:
+    """Why a LLaMA-Factory run's adapter must not be trusted (a NaN or infinite loss or gradient norm in its
+    trainer_state.json log), or None when its log is finite or absent."""
+    state = adapter / "trainer_state.json"
+    if not state.is_file():
+        return None
+    for entry in json.loads(state.read_text(encoding="utf-8")).get("log_history", []):
+        for key in ("loss", "grad_norm"):
+            value = entry.get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                return f"{key} {value} at step {entry.get('step')}"
+    return None
+
+
+def check_trained(arm_dir: Path) -> int:
+    """After `llamafactory-cli train`: an adapter whose training diverged is moved aside (ARM/adapter-diverged, kept
+    for reading) so it is neither audited nor taken as done, and the chain stops with the reason."""
+    adapter = arm_dir / "adapter"
+    why = diverged(adapter)
+    if why is None:
+        return 0
+    aside = arm_dir / "adapter-diverged"
+    shutil.rmtree(aside, ignore_errors=True)
+    adapter.rename(aside)
+    print(f"{arm_dir.name}: LLaMA-Factory's training diverged ({why}); its adapter is kept in {aside} and not audited. "
+          "Look at train.log; the recipe's attention setting (flash_attn) is the first thing to check.", file=sys.stderr)
+    return 1
+
+
 def audit_command(root: Path, model: str, arm: str) -> str:
     """The held-out audit of one arm (base: the model without an adapter), skipped when its summary exists."""
     out = root / arm / "heldout"
@@ -174,9 +210,9 @@ def write_configs(root: Path) -> Path:
     for arm in arms:
         path = root / "configs" / f"{arm}.yaml"
         path.write_text(yaml.safe_dump(configs[arm], sort_keys=False, allow_unicode=True))
-        train[arm] = (f"[ -f {root / arm / 'adapter' / 'adapter_config.json'} ] || "
+        train[arm] = (f"[ -f {root / arm / 'adapter' / 'adapter_config.json'} ] || {{ "
                       f'PYTHONPATH="${{LF_SITE:-}}:${{PYTHONPATH:-}}" llamafactory-cli train {path} 2>&1 | '
-                      f"tee {root / arm / 'train.log'}")
+                      f"tee {root / arm / 'train.log'}; python3 {Path(__file__).resolve()} check {root / arm}; }}")
         audit[arm] = audit_command(root, model, arm)
     # a chain trains its arms in order, then audits them at once (replay_dpo: the DPO stage trains on the replay
     # arm's adapter, and both adapters are audited side by side)
@@ -210,10 +246,14 @@ def main() -> None:
     c.add_argument("root", type=Path)
     b = sub.add_parser("base", help="the base model's held-out audit, before the replay and configs exist")
     b.add_argument("root", type=Path)
+    k = sub.add_parser("check", help="after training an arm: stop if its training diverged")
+    k.add_argument("arm_dir", type=Path)
     args = ap.parse_args()
     if args.step == "data":
         info = write_data(args.root.resolve(), args.model, args.identity)
         print(f"wrote {args.root / 'lf_data'}: {', '.join(info)}")
+    elif args.step == "check":
+        sys.exit(check_trained(args.arm_dir))
     elif args.step == "base":
         root = args.root.resolve()
         model = (root / "model.txt").read_text().split("\n")[0]

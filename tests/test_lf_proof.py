@@ -48,6 +48,7 @@ def test_the_four_arms_train_in_order_on_datasets_their_dataset_dir_holds(tmp_pa
     for arm, cfg in configs.items():
         assert cfg["model_name_or_path"] == "/cache/embedded-model" and cfg["template"] == "qwen"
         assert cfg["finetuning_type"] == "lora" and cfg["lora_rank"] == 8 and cfg["lora_target"] == "all"
+        assert cfg["flash_attn"] == "disabled"  # sdpa went NaN on the GPU image (bench/lf_proof.py RECIPE)
         assert cfg["dataset_dir"] == str(data) and cfg["output_dir"] == str(root / arm / "adapter")
         for name in cfg["dataset"].split(","):
             assert (data / info[name]["file_name"]).is_file(), (arm, name)
@@ -91,6 +92,8 @@ def _stub_run(root, tmp_path, *chains):
     for line in log.read_text().splitlines():
         if line.startswith("llamafactory-cli"):
             calls.append("train " + line.split("configs/")[1].split(".yaml")[0])
+        elif "lf_proof.py check " in line:
+            calls.append("check " + line.rsplit("/", 1)[1])
         else:
             calls.append("audit " + (line.split("--adapter ")[1].split("/")[-2] if "--adapter" in line else "base"))
     return calls
@@ -100,10 +103,28 @@ def test_commands_run_every_chain_by_default_and_only_the_chains_named(tmp_path)
     root = tmp_path / "lf"
     test_the_four_arms_train_in_order_on_datasets_their_dataset_dir_holds(tmp_path)
     every = _stub_run(root, tmp_path)
-    assert every[:5] == ["audit base", "train plain", "audit plain", "train identity", "audit identity"]
-    assert every[5:7] == ["train replay", "train replay_dpo"]  # DPO trains on the replay adapter, then both audited
-    assert sorted(every[7:]) == ["audit replay", "audit replay_dpo"]
-    assert _stub_run(root, tmp_path, "identity") == ["train identity", "audit identity"]
+    assert every[:7] == ["audit base", "train plain", "check plain", "audit plain", "train identity", "check identity",
+                         "audit identity"]
+    # DPO trains on the replay adapter, then both are audited
+    assert every[7:11] == ["train replay", "check replay", "train replay_dpo", "check replay_dpo"]
+    assert sorted(every[11:]) == ["audit replay", "audit replay_dpo"]
+    assert _stub_run(root, tmp_path, "identity") == ["train identity", "check identity", "audit identity"]
+
+
+def test_an_adapter_whose_training_went_nan_is_set_aside_and_not_audited(tmp_path, capsys):
+    """LLaMA-Factory logs loss 0 once the gradient is NaN and still saves the adapter: the check after training reads
+    its trainer_state.json, moves the adapter aside (kept) and stops the chain, so the audit never runs on it and a
+    second run trains it again."""
+    arm = tmp_path / "plain"
+    (arm / "adapter").mkdir(parents=True)
+    log = [{"step": 10, "loss": 0.35, "grad_norm": 2.6}, {"step": 20, "loss": 0.0, "grad_norm": float("nan")}]
+    (arm / "adapter" / "trainer_state.json").write_text(json.dumps({"log_history": log}))  # json writes NaN
+    assert lf_proof.check_trained(arm) == 1
+    assert not (arm / "adapter").exists() and (arm / "adapter-diverged" / "trainer_state.json").is_file()
+    assert "grad_norm nan at step 20" in capsys.readouterr().err
+    (arm / "adapter").mkdir()
+    (arm / "adapter" / "trainer_state.json").write_text(json.dumps({"log_history": log[:1]}))
+    assert lf_proof.check_trained(arm) == 0 and (arm / "adapter").is_dir()
 
 
 def test_each_arm_s_identity_rows_sit_beside_its_adapter_where_the_audit_counts_copies(tmp_path):

@@ -23,14 +23,19 @@ if [ ! -f /tmp/lfsite/.ready ]; then
   # trained with on the CPU (transformers 5.6.0 with the tokenizers and huggingface_hub it accepts, peft 0.18.1,
   # accelerate 1.11.0, trl 0.24.0, datasets 4.0.0 and the versions datasets pins), and of the rest only what the
   # image lacks (its torch, numpy and pandas stay)
+  # one pip call for all of them: with --target, a second call does not add its scripts to an existing bin/
+  # (2026-12-07: llamafactory-cli was missing after one call per wheel)
+  take=()
   for whl in "$wheels"/*.whl; do
     dist=$(basename "$whl" | cut -d- -f1)
     case "$dist" in
       llamafactory|trl|datasets|transformers|peft|accelerate|tokenizers|huggingface_hub|fsspec|dill|multiprocess|xxhash|pyarrow) ;;
       *) python3 -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$dist" 2>/dev/null && continue ;;
     esac
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lfsite "$whl"
+    take+=("$whl")
   done
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lfsite "${take[@]}"
+  [ -x /tmp/lfsite/bin/llamafactory-cli ] || { echo "llamafactory-cli was not installed into /tmp/lfsite/bin"; exit 1; }
   # LLaMA-Factory imports torchaudio in data/mm_plugin.py whatever the data; audio is never used here, so if the
   # carried wheel does not load against the image's torch, an empty module stands in for it
   PYTHONPATH=/tmp/lfsite:$PYTHONPATH python3 -c "import torchaudio" 2>/dev/null || {
