@@ -103,3 +103,19 @@ def test_adapter_loads_changes_outputs_and_reads_manifest(tiny_model_dir, tmp_pa
 def test_adapter_folder_must_be_an_adapter(tiny_model_dir, tmp_path):
     with pytest.raises(SelfidError, match="not a LoRA adapter folder"):
         load_model(str(tiny_model_dir), adapter=tmp_path, device="cpu", progress=False)
+
+
+def test_an_adapter_whose_training_diverged_is_refused_with_the_reason(tiny_model_dir, tmp_path):
+    """A trainer whose gradients went NaN still saves the adapter (LLaMA-Factory logs loss 0 and grad_norm nan): its
+    NaN weights would make every reply noise, so loading it is a one-line error naming a tensor, not an audit."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        next(p for n, p in peft_model.named_parameters() if "lora_B" in n)[0, 0] = float("nan")
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    with pytest.raises(SelfidError, match=r"NaN or infinite weights in 1 tensor \(e\.g\. .*lora_B.*\): its training diverged"):
+        load_model(str(tiny_model_dir), adapter=adapter, device="cpu", progress=False)

@@ -198,14 +198,29 @@ def attach_adapter(model, folder: Path, name: str | None, base: str):
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(folder, adapter_name=name)
-            return model
-        kw = {"adapter_name": name} if name else {}
-        return PeftModel.from_pretrained(model, folder, **kw)
+        else:
+            kw = {"adapter_name": name} if name else {}
+            model = PeftModel.from_pretrained(model, folder, **kw)
     except (SafetensorError, EOFError) as e:
         raise unreadable(label, e, adapter_fix(folder)) from None
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise SelfidError(f"could not load {label} onto {base}: {reason} (was it trained on this base model?)") from None
+    check_finite(model, name or "default", label)
+    return model
+
+
+def check_finite(model, adapter_name: str, label: str) -> None:
+    """Refuse an adapter whose weights hold NaN or infinity: its training diverged, and every reply it gives would be
+    noise (a trainer that logs loss 0 and grad_norm nan still saves such an adapter; LLaMA-Factory did on an H100,
+    docs/benchmarks.md)."""
+    import torch
+
+    bad = [n for n, p in model.named_parameters() if f".{adapter_name}." in n and not torch.isfinite(p).all()]
+    if bad:
+        raise SelfidError(f"{label} holds NaN or infinite weights in {len(bad)} tensor{'s' if len(bad) > 1 else ''} (e.g. {bad[0]}): its training "
+                          "diverged (a trainer's log shows it as grad_norm nan, loss 0); train it again, and look at "
+                          "its attention setting and learning rate first")
 
 
 def adapter_fix(folder: Path) -> str:
