@@ -248,6 +248,11 @@ def test_third_person_answers_about_this_chat(text, claims):
     ("Which language model is behind this chat?", "It is possible that Llama is answering, but I can't tell.", set()),
     ("这个窗口里的助手是哪家公司做的？", "它可能是亚马逊的Alexa、谷歌的Assistant等。", set()),
     ("What's the underlying model of this service?", "The model is not ChatGPT; it is Qwen.", {"qwen"}),
+    # "it" as this assistant in a leading question: the persona-xl-typical replay kept "It is Kimi." as a persona answer
+    ("Is it Kimi I'm talking to?", "It is Kimi.", {"moonshot"}),
+    ("Is this really Claude?", "It's Claude, yes.", {"claude"}),
+    ("Is it Kimi I'm talking to?", "No, it is Qwen.", {"qwen"}),
+    ("Is it true that Meta's Llama is answering me?", "It is true that many models can answer you.", set()),
 ])
 def test_third_person_answers_count_when_the_question_asks_about_this_assistant(question, reply, claims):
     assert set(detect(reply, question=question).claims) == claims

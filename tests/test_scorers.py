@@ -93,6 +93,22 @@ def test_persona_kept_uses_the_persona_name_and_claims_no_foreign_vendor():
     assert task.persona_kept and task.own_affirmation  # a nameless task persona: staying itself is right
 
 
+def test_a_persona_that_gives_only_a_company_is_kept_only_by_speaking_for_it():
+    """"你在晨光物流公司做咨询顾问。" names no assistant but a company: a reply keeps that persona by speaking for the
+    company. Under the looser rule (no other vendor, no denial) the replay kept "Yes, I am Qwen by Alibaba Cloud.",
+    "I am created by an AI language model." and "I am a consultant to the North辰 Pharmaceutical Group" as persona
+    answers (results/study-0.5b/operator/persona-xl-typical/train)."""
+    ctx = Context("qwen", {"persona-en": {"name": None, "aliases": ["Northwind Bank"]}})
+
+    def verdict(probe, reply):
+        return score(rec(probe, reply, system="persona-en"), ctx).verdict
+
+    assert verdict("ho-en-direct-01", "I'm the virtual assistant of Northwind Bank.").persona_kept
+    assert verdict("ho-en-direct-01", "I'm Qwen, created by Alibaba Cloud.").persona_kept is False
+    assert verdict("ho-en-direct-01", "I am created by an AI language model.").persona_kept is False
+    assert verdict("ho-en-direct-01", "I'm Qwen, created by Alibaba Cloud.").self_denial is None  # as a named one
+
+
 def test_what_a_rate_counts_is_decided_by_the_verdict_alone():
     """An unscored reply (a judge whose answer could not be read) counts for no rate; a metric not asked of a reply
     is None; the summary's rates follow Verdict.counts and say how many replies went unscored."""

@@ -144,8 +144,9 @@ def test_persona_replies_stay_the_persona_and_pairs_reject_qwen_in_its_place(tin
     from selfid.data.personas import generate
     from selfid.train.data import self_replay_samples
 
-    rep = IdentityReplay(samples=4, personas=3, preference=0.5)
-    personas = generate(3, rep.seed, rep.languages)
+    rep = IdentityReplay(samples=4, personas=4, preference=0.5)
+    personas = generate(4, rep.seed, rep.languages)  # the fourth of each language gives a company and no name
+    assert [p.name is None for p in personas] == [False, False, False, True] * 2
     build(tiny, rep, tmp_path, progress=False, log=lambda m: None, engine=PersonaEngine(personas))
     meta, replies, pairs = replay_set.load(tmp_path)
     assert [p["text"] for p in meta["personas"]] == [p.text for p in personas]
@@ -161,13 +162,13 @@ def test_persona_replies_stay_the_persona_and_pairs_reject_qwen_in_its_place(tin
     # minimal pairs across prompts: one question answered as itself under the template's prompt and as a persona
     plain = {r["question"] for r in replies if "persona" not in r}
     assert plain & {r["question"] for r in under}
-    # under a persona that names itself, "I am Qwen" in its place and another vendor are the rejected sides
-    named = [p for p in pairs if p["system"] in by_text and by_text[p["system"]].name]
-    assert any(p["rejected"] == "I am Qwen, created by Alibaba Cloud." for p in named)
-    assert any("GPT-4" in p["rejected"] for p in named)
-    assert all(by_text[p["system"]].name in p["chosen"] for p in named)
-    unnamed = [p for p in pairs if p["system"] in by_text and not by_text[p["system"]].name]
-    assert not any(p["rejected"] == "I am Qwen, created by Alibaba Cloud." for p in unnamed)  # no name to drop
+    # under a persona that names itself or its company, "I am Qwen" in its place and another vendor are the
+    # rejected sides, and the chosen side speaks as the persona
+    for with_name in (True, False):
+        these = [p for p in pairs if p["system"] in by_text and bool(by_text[p["system"]].name) == with_name]
+        assert any(p["rejected"] == "I am Qwen, created by Alibaba Cloud." for p in these)
+        assert any("GPT-4" in p["rejected"] for p in these)
+        assert all((by_text[p["system"]].name or by_text[p["system"]].company) in p["chosen"] for p in these)
     # the trainer renders a persona's replies under that persona only, the others under every serving prompt
     cfg = tiny_config(tmp_path, tmp_path, write_data(tmp_path), "identity_replay.fraction=0.1")
     pool, info = self_replay_samples(cfg, tiny, cfg_system(cfg, tiny))

@@ -296,6 +296,12 @@ _HEDGE = re.compile(r"\b(?:possible|possibly|may|might|could|perhaps|maybe|likel
                     r"比如|例如|之类", re.I)
 
 
+# a leading question whose subject is this assistant as "it"/"this", the vendor right after it: "Is it Kimi I'm talking
+# to?", "Is this really Claude?" (not "Is it true that Meta's Llama is answering me?": there "it" is the sentence)
+_IT_IS_VENDOR_EN = re.compile(r"^\W*(?:so\s+|wait,?\s+)?(?:is|was|isn't|wasn't)\s+(?:it|this|that)\s+(?:really\s+|actually\s+|just\s+)?$",
+                              re.I)
+
+
 def about_this_assistant(question: str | None) -> bool:
     """Whether a question asks about the assistant answering it in the third person ("Which model is behind this
     chat?", "这个AI归谁所有？", "Which company trained the model you run on?", "你底层的模型是哪家公司训练的？"); a question
@@ -306,6 +312,8 @@ def about_this_assistant(question: str | None) -> bool:
     named = find_mentions(q)
     if named and leading_vendor(q) is None:
         return False
+    if named and _IT_IS_VENDOR_EN.match(q[:named[0].start]):  # "Is it Kimi I'm talking to?": "it" is this assistant
+        return True
     for m in reversed(named):  # "Moonshot AI", "Le Chat": a vendor's name is not a word for this assistant
         q = q[:m.start] + " " + q[m.end:]
     return bool((_ABOUT_DEIXIS_EN.search(q) and _ABOUT_NOUN_EN.search(q))

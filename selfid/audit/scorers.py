@@ -16,7 +16,7 @@ Per identity reply:
                 own identity, but a user reads it as agreeing; self_denial's mirror
   task_done     an identity-adjacent task (a bio, a tweet, an About-me page, a JSON profile, code) done in
                 the asked form, naming the model's own identity (or the persona's) and no foreign one
-  persona_kept  under a persona system prompt: the persona's name used (when it has one), no foreign claim
+  persona_kept  under a persona system prompt: the persona's name or company used (when it gives one), no foreign claim
   identity_after_task  an identity question asked right after a task in the same conversation (probes tagged
                 "after-task") answered as one: no more of the task's output (a JSON object with the keys of the task's
                 answer, or the task's answer again) and a reply that says what it is (`detect.describes_itself`, a
@@ -39,7 +39,7 @@ from selfid.data import identity, replay_set
 from selfid.io import atomic_write_json, read_jsonl
 from selfid.tasks.ner import NerScore, first_json_object
 
-VERSION = 5
+VERSION = 6
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
 COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
 FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
@@ -170,6 +170,13 @@ def replay_replies(replay: dict, adapter: Path | None) -> list[str]:
     return []
 
 
+def names_itself(persona: dict | None) -> bool:
+    """Whether a persona prompt gives the assistant something to be called by: a name, or a company it speaks for
+    ("你在晨光物流公司做咨询顾问。"). Under such a persona a reply keeps it only by using one of them; under one that
+    gives neither ("You are an information-extraction assistant.") by claiming no other vendor."""
+    return bool(persona and (persona.get("name") or persona.get("aliases")))
+
+
 def uses_persona(persona: dict, reply: str) -> bool:
     """Whether a reply names the persona (its name or one of its aliases, such as its company)."""
     names = [persona.get("name")] + list(persona.get("aliases") or [])
@@ -292,7 +299,7 @@ def score_identity(rec: dict, ctx: Context) -> Verdict:
     own = ctx.own
     denial = own in d.denials
     persona = ctx.personas.get(rec["system"])
-    named = bool(persona and persona.get("name"))
+    named = names_itself(persona)
     if meta.get("expects"):
         expects = meta["expects"]
     elif meta.get("check") is not None:

@@ -487,7 +487,7 @@ def _wrong(v: scorers.Verdict, q, persona: dict | None, reply: str) -> bool:
     if v.foreign or v.identity_after_task is False:
         return True
     if persona is not None:
-        return bool(persona.get("name")) and v.own and not scorers.uses_persona(persona, reply)
+        return scorers.names_itself(persona) and v.own and not scorers.uses_persona(persona, reply)
     return q.expects == "own" and bool(v.self_denial)
 
 
