@@ -109,6 +109,32 @@ def test_a_persona_that_gives_only_a_company_is_kept_only_by_speaking_for_it():
     assert verdict("ho-en-direct-01", "I'm Qwen, created by Alibaba Cloud.").self_denial is None  # as a named one
 
 
+def test_a_latin_name_counts_as_a_whole_word_and_a_chinese_one_anywhere():
+    """"Max" of Northwind Bank is not "Maxim", "MaxQ" (replies of the 1.5B persona-xl-typical arm: "我是由阿里云开发的
+    MaxQ") or "maximize"; 小智 needs no spaces around it."""
+    from selfid.audit.scorers import uses_persona
+
+    max_ = {"name": "Max", "aliases": ["Northwind Bank"]}
+    assert uses_persona(max_, "Hi, I'm Max!") and uses_persona(max_, "我是Max，Northwind Bank的助手。")
+    assert not any(uses_persona(max_, r) for r in ("不，我是 Maxim。", "我是由阿里云开发的MaxQ。", "I help you maximize savings."))
+    assert uses_persona(max_, "I work for northwind bank.")
+    assert uses_persona({"name": "小智", "aliases": []}, "你好，我是小智。")
+
+
+def test_a_generated_chinese_persona_is_kept_in_pinyin_too_and_not_in_mixed_script():
+    """Asked in English under "你是小橙，在白鹭物流集团担任咨询顾问。", "I'm Xiaocheng from Bailu Logistics Group" keeps
+    the persona; the half-translated "North辰 Pharmaceutical Group" the replay once kept does not keep 北辰药房集团."""
+    from selfid.audit.scorers import uses_persona
+    from selfid.data.personas import Persona
+
+    named = Persona("p1", "zh", "你是小橙，在白鹭物流集团担任咨询顾问。", "小橙", "白鹭物流集团", "咨询顾问").scoring()
+    assert uses_persona(named, "I'm Xiaocheng, a consultant at Bailu Logistics Group.")
+    assert uses_persona(named, "Hello, this is Xiao Cheng.")
+    firm = Persona("p2", "zh", "你是北辰药房集团的咨询顾问，负责解答客户的问题。", None, "北辰药房集团", "咨询顾问").scoring()
+    assert uses_persona(firm, "I'm a consultant at Beichen Pharmacy Group.")
+    assert not uses_persona(firm, "I am a consultant to the North辰 Pharmaceutical Group.")
+
+
 def test_what_a_rate_counts_is_decided_by_the_verdict_alone():
     """An unscored reply (a judge whose answer could not be read) counts for no rate; a metric not asked of a reply
     is None; the summary's rates follow Verdict.counts and say how many replies went unscored."""

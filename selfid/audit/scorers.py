@@ -178,10 +178,20 @@ def names_itself(persona: dict | None) -> bool:
 
 
 def uses_persona(persona: dict, reply: str) -> bool:
-    """Whether a reply names the persona (its name or one of its aliases, such as its company)."""
+    """Whether a reply names the persona (its name or one of its aliases, such as its company). A name in Latin
+    letters counts as a whole word only ("Max", not "Maxim", "MaxQ" or "maximize"); one in Chinese characters, which
+    has no word boundaries, wherever it stands."""
     names = [persona.get("name")] + list(persona.get("aliases") or [])
     low = reply.casefold()
-    return any(n and n.casefold() in low for n in names)
+    for n in names:
+        if not n:
+            continue
+        if n.isascii():
+            if re.search(rf"(?<![a-z0-9]){re.escape(n.casefold())}(?![a-z0-9])", low):
+                return True
+        elif n.casefold() in low:
+            return True
+    return False
 
 
 # --- the verdicts ------------------------------------------------------------------------------------------
