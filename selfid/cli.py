@@ -275,7 +275,8 @@ def audit(
     concurrency: int = typer.Option(8, "--concurrency", help="requests in flight (endpoint)"),
     retries: int = typer.Option(6, "--retries", help="retries per request, with exponential backoff (endpoint)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per decoding batch (in-process)"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, or several (cuda:0,cuda:1): one "
+                               "model copy per device, the grid split between them"),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16"),
     judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="a judge model's endpoint for replies the rules cannot settle"),
     judge_model: Optional[str] = typer.Option(None, "--judge-model"),
@@ -572,7 +573,8 @@ def replay(
     concurrency: int = typer.Option(8, "--concurrency", help="requests in flight (endpoint)"),
     retries: int = typer.Option(6, "--retries", help="retries per request, with exponential backoff (endpoint)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per decoding batch (in-process)"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, or several (cuda:0,cuda:1): one "
+                               "model copy per device, the questions split between them"),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16"),
 ):
     """Build the identity replay for another trainer (LLaMA-Factory, ms-swift, TRL, OpenAI fine-tuning): the base

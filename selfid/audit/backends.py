@@ -253,7 +253,10 @@ def open_backend(model: str | None = None, adapter=None, base_url: str | None = 
             raise SelfidError("--base-url needs --model-name (the name the endpoint serves)")
         return HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries,
                            reference=own_from), None
+    from selfid.audit.devices import parse_devices, several
     from selfid.engine import InProcessEngine  # torch
 
-    loaded = load_model(model or "embedded", adapter=adapter, device=device, dtype=dtype, chat_template=chat_template)
-    return InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size)), loaded
+    devices = parse_devices(device)  # several ("cuda:0,cuda:1"): one model copy per device (selfid/audit/devices.py)
+    loaded = load_model(model or "embedded", adapter=adapter, device=devices[0], dtype=dtype, chat_template=chat_template)
+    primary = InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size))
+    return several(primary, devices, model or "embedded", adapter, dtype, chat_template, batch_size), loaded

@@ -145,10 +145,13 @@ def _open(model, base_url, model_name, api_key, own_from, device, dtype, batch_s
                             own_from=own_from)  # --model with --base-url: one line saying to give one of them
     if own_from:
         raise SelfidError("--own-from is for an endpoint (--base-url); in-process, --model names the model")
+    from selfid.audit.devices import parse_devices, several
     from selfid.engine import InProcessEngine  # torch
 
-    loaded = load_model(model or "embedded", device=device, dtype=dtype)
-    return replay.in_process(loaded, InProcessEngine(loaded, max_batch_size=batch_size)), loaded
+    devices = parse_devices(device)  # several: one model copy per device, the questions split between them
+    loaded = load_model(model or "embedded", device=devices[0], dtype=dtype)
+    primary = replay.in_process(loaded, InProcessEngine(loaded, max_batch_size=batch_size))
+    return several(primary, devices, model or "embedded", None, dtype, None, batch_size), loaded
 
 
 def _own(backend, loaded, rep: IdentityReplay, own: str) -> dict:
