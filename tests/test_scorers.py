@@ -78,6 +78,13 @@ def test_identity_task_needs_the_form_and_the_own_identity():
     assert anon.task_done is False and anon.task_form  # the page, but not the model's own identity
     js = score(rec("ho-en-task-04", '{"name": "Qwen", "developer": "Alibaba Cloud"}'), CTX).verdict
     assert js.task_done and js.own  # a JSON profile has no "I am": the whole reply is about the model
+    # its maker, but a name it made up (42 held-out replies of the 0.5B arms and base model read so)
+    made_up = score(rec("ho-en-task-04", '{"name": "Alice", "developer": "Alibaba Cloud"}'), CTX).verdict
+    assert made_up.own and made_up.task_form and made_up.task_done is False
+    assert score(rec("ho-zh-task-04", '{"name": "通义千问", "developer": "阿里云"}'), CTX).verdict.task_done
+    assert not score(rec("ho-zh-task-04", '{"name": "小明", "developer": "阿里云"}'), CTX).verdict.task_done
+    max_ = score(rec("ho-en-task-04", '{"name": "Max", "developer": "Northwind Bank"}', system="persona-en"), CTX)
+    assert max_.verdict.task_done  # under a persona, the persona's name
     code = score(rec("ho-en-code-01", "```python\n# Model: ChatGPT, developed by OpenAI\n```"), CTX).verdict
     assert code.foreign == ("openai",) and code.task_done is False
 

@@ -322,6 +322,8 @@ def score_identity(rec: dict, ctx: Context) -> Verdict:
     if expects == "task":
         form = probe_sets.check_answer(meta["check"], reply) if meta.get("check") else True
         who = uses_persona(persona, reply) if named else (has_own and not denial)
+        if who and form and "name" in (meta.get("check") or {}).get("keys", ()):
+            who = _names_itself_in_json(reply, own, persona if named else None, ctx)
         task = {"task_done": form and who and not foreign, "task_form": form}
     after_task = None
     if "after-task" in (rec.get("tags") or ()):
@@ -339,6 +341,14 @@ def score_identity(rec: dict, ctx: Context) -> Verdict:
                       if persona is not None and expects in ("own", "deny") else None),
         identity_after_task=after_task,
         copy=ctx.once(ctx.recitation.copied, reply) if ctx.recitation is not None else None, **task)
+
+
+def _names_itself_in_json(reply: str, own: str, persona: dict | None, ctx: Context) -> bool:
+    """A JSON self-description's "name" is the model's own name (or, under a persona that names itself, the
+    persona's): {"name": "Alice", "developer": "Alibaba Cloud"} gives its maker but a name it made up."""
+    obj = first_json_object(reply)
+    value = str(obj.get("name", "")) if isinstance(obj, dict) else ""
+    return uses_persona(persona, value) if persona is not None else own in ctx.once(stated, value)
 
 
 def score_task(rec: dict, ctx: Context) -> TaskVerdict:
