@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 from urllib.parse import unquote
 
+from selfid.audit.devices import parse_devices, several
 from selfid.errors import SelfidError
 from selfid.model.load import load_model
 from selfid.system_prompt import KINDS, deprecated, sent
@@ -253,7 +254,6 @@ def open_backend(model: str | None = None, adapter=None, base_url: str | None = 
             raise SelfidError("--base-url needs --model-name (the name the endpoint serves)")
         return HttpBackend(base_url, model_name, api_key, concurrency=concurrency, retries=retries,
                            reference=own_from), None
-    from selfid.audit.devices import parse_devices, several
     from selfid.engine import InProcessEngine  # torch
 
     devices = parse_devices(device)  # several ("cuda:0,cuda:1"): one model copy per device (selfid/audit/devices.py)

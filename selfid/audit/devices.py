@@ -19,8 +19,8 @@ import queue as queues
 import threading
 from typing import Callable, Sequence
 
-from selfid.audit.backends import InProcessBackend, Item, OnDone
 from selfid.errors import SelfidError
+from selfid.model.load import load_model
 
 
 def parse_devices(device: str) -> list[str]:
@@ -48,26 +48,26 @@ def parse_devices(device: str) -> list[str]:
     return devices
 
 
-def split(items: Sequence[Item], n: int) -> list[list[Item]]:
+def split(items: Sequence, n: int) -> list[list]:
     """The items in `n` shares, whole groups each, round-robin over the groups in the order they first appear."""
     order: dict[tuple, int] = {}
-    shares: list[list[Item]] = [[] for _ in range(n)]
+    shares: list[list] = [[] for _ in range(n)]
     for it in items:
         k = order.setdefault(it.group, len(order) % n)
         shares[k].append(it)
     return shares
 
 
-def _worker(spec: dict, device: str, label: str, items: list[Item], out) -> None:
-    """A spawned process: the model on `device`, its share generated, each reply put on `out` as it finishes."""
+def _worker(spec: dict, device: str, label: str, items: list, out) -> None:
+    """A spawned process: the model on `device`, its share generated (by the primary's backend class, passed by
+    reference), each reply put on `out` as it finishes."""
     try:
-        from selfid.engine import InProcessEngine
-        from selfid.model.load import load_model
+        from selfid.engine import InProcessEngine  # torch
 
         loaded = load_model(spec["model"], adapter=spec["adapter"], device=device, dtype=spec["dtype"], progress=False,
                             chat_template=spec["chat_template"])
-        backend = InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=spec["batch_size"]),
-                                   rows_per_call=spec["rows_per_call"])
+        backend = spec["backend"](loaded, InProcessEngine(loaded, max_batch_size=spec["batch_size"]),
+                                  rows_per_call=spec["rows_per_call"])
         backend.run(items, lambda item, reply: out.put(("reply", item.key, reply)))
         out.put(("done", label, None))
     except BaseException as e:  # reported to the parent, which stops the run naming this device
@@ -76,11 +76,12 @@ def _worker(spec: dict, device: str, label: str, items: list[Item], out) -> None
 
 
 class MultiDeviceBackend:
-    """`primary` (an InProcessBackend on the first device) and one worker process per further device."""
+    """`primary` (selfid.audit.backends.InProcessBackend on the first device) and one worker process per further
+    device, each with a backend of the same class."""
 
     kind = "inprocess"
 
-    def __init__(self, primary: InProcessBackend, devices: list[str], spec: dict):
+    def __init__(self, primary, devices: list[str], spec: dict):
         self.primary, self.devices, self.spec = primary, devices, spec
         self.loaded, self.engine = primary.loaded, primary.engine
 
@@ -90,12 +91,12 @@ class MultiDeviceBackend:
     def render(self, messages: list[dict]):
         return self.primary.render(messages)
 
-    def run(self, items: Sequence[Item], on_done: OnDone, advance: Callable[[int], None] = lambda n: None) -> None:
+    def run(self, items: Sequence, on_done: Callable, advance: Callable[[int], None] = lambda n: None) -> None:
         shares = split(items, len(self.devices))
         by_key = {it.key: it for it in items}
         ctx = mp.get_context("spawn")
         out = ctx.Queue()
-        spec = {**self.spec, "rows_per_call": self.primary.rows_per_call}
+        spec = {**self.spec, "rows_per_call": self.primary.rows_per_call, "backend": type(self.primary)}
         workers = {}  # label (the device; "cpu#2" where one is named twice) -> its process
         for i, (dev, share) in enumerate(zip(self.devices[1:], shares[1:]), 1):
             label = dev if self.devices.count(dev) == 1 else f"{dev}#{i}"
@@ -104,7 +105,7 @@ class MultiDeviceBackend:
         lock = threading.Lock()
         errors: list[str] = []
 
-        def done(item: Item, reply) -> None:
+        def done(item, reply) -> None:
             with lock:
                 on_done(item, reply)
                 advance(1)
@@ -149,8 +150,7 @@ class MultiDeviceBackend:
                               "logged are kept; fix the device or run on fewer (--device), then --resume")
 
 
-def several(primary: InProcessBackend, devices: list[str], model: str, adapter, dtype: str, chat_template,
-            batch_size: int | None):
+def several(primary, devices: list[str], model: str, adapter, dtype: str, chat_template, batch_size: int | None):
     """`primary` alone for one device, else a MultiDeviceBackend whose workers load the same model, adapter, dtype
     and chat template on the other devices."""
     if len(devices) == 1:

@@ -20,6 +20,7 @@ from pathlib import Path
 from selfid import __version__
 from selfid.audit import endpoint
 from selfid.audit.backends import open_backend
+from selfid.audit.devices import parse_devices, several
 from selfid.config import IdentityReplay
 from selfid.data import replay_set, trainer_formats
 from selfid.data.mix import scaled, share
@@ -145,7 +146,6 @@ def _open(model, base_url, model_name, api_key, own_from, device, dtype, batch_s
                             own_from=own_from)  # --model with --base-url: one line saying to give one of them
     if own_from:
         raise SelfidError("--own-from is for an endpoint (--base-url); in-process, --model names the model")
-    from selfid.audit.devices import parse_devices, several
     from selfid.engine import InProcessEngine  # torch
 
     devices = parse_devices(device)  # several: one model copy per device, the questions split between them
