@@ -8,7 +8,8 @@
 # prepare once with TRAIN=0, then one chain per GPU, e.g.
 #   TRAIN=0 bash bench/gpu/lf.sh /tmp/lf-0.5b embedded
 #   bash bench/gpu/bg.sh start plain05 env CUDA_VISIBLE_DEVICES=1 bash bench/gpu/lf.sh /tmp/lf-0.5b embedded plain
-# ENDPOINT=0 skips building the replay a second time through `selfid api` (the endpoint's counts against in-process).
+# ENDPOINT=0 skips building the replay a second time through `selfid api` (the endpoint's counts against in-process);
+# LF_SETUP_ONLY=1 installs LLaMA-Factory's own site and stops.
 # Every step skips what is done, so a call cut off by its time limit continues in the next (with bench/gpu/bg.sh:
 #   bash bench/gpu/bg.sh start lf05 bash bench/gpu/lf.sh /tmp/lf-0.5b; bash bench/gpu/bg.sh wait 540).
 set -euo pipefail
@@ -44,6 +45,7 @@ if [ ! -f /tmp/lfsite/.ready ]; then
   touch /tmp/lfsite/.ready
 fi
 export LF_SITE=/tmp/lfsite PATH=/tmp/lfsite/bin:$PATH API_HOST=127.0.0.1
+[ "${LF_SETUP_ONLY:-0}" = 1 ] && { echo "LLaMA-Factory's site is ready in /tmp/lfsite (LF_SETUP_ONLY=1: nothing else done)"; exit 0; }
 t0=$SECONDS
 [ -f "$root/model.txt" ] || python3 bench/lf_proof.py data "$root" --model "$model" --identity "$wheels/identity.json"
 echo "[$(date +%T)] data ready ($((SECONDS - t0)) s)"
