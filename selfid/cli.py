@@ -391,7 +391,8 @@ def gate(
     samples: Optional[int] = typer.Option(None, "--samples", "-n", help="samples per prompt at each temperature "
                                           "above 0, on top of the profile"),
     temperatures: Optional[str] = typer.Option(None, "--temperatures", help="comma-separated, on top of the profile"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, or several (cuda:0,cuda:1): one "
+                               "model copy per device, the grid split between them"),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per decoding batch (in-process)"),
 ):
