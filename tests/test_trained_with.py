@@ -97,7 +97,8 @@ def test_audit_of_a_plain_peft_adapter_generates_with_its_weights(tiny_model_dir
     ({"template": "llama3"}, [r"its `llama3` template, whose user turns begin with '<\|start_header_id\|>', and the "
                               r"model's own chat template is another format",
                               r"trained without a system prompt"]),
-    (None, [r"a LLaMA-Factory adapter whose folder does not record the template it trained with"]),
+    (None, [r"a LLaMA-Factory adapter whose folder does not record the template it trained with \(llamafactory-cli "
+            r"keeps `template:` in your own YAML\): copy that YAML into the adapter folder as training_args.yaml"]),
 ])
 def test_llamafactory_template_is_compared_with_the_models_own(tiny_model_dir, tiny, peft_adapter, tmp_path,
                                                               settings, expected):
@@ -176,3 +177,20 @@ def test_serving_their_adapter_logs_the_difference_once(tiny_model_dir, tiny, pe
         _, served = load_served(str(tiny_model_dir), [f"ner={folder}"], device="cpu", progress=False)
     said = [r.getMessage() for r in caplog.records if "LLaMA-Factory trained under" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("adapter ner: ") and served[1].name == "ner"
+
+
+def test_a_llamafactory_cli_yaml_copied_beside_the_adapter_is_read_as_its_record(tiny, peft_adapter, tmp_path):
+    """The YAML `llamafactory-cli train` ran (here bench/lf_proof.py's plain arm, every key LLaMA-Factory reads), copied
+    into the adapter folder as the warning says, gives its template and replaces the warning with the comparison."""
+    from bench.lf_proof import arm_configs
+    from selfid.model.trained_with import read_trained_with, template_warnings
+
+    folder = llamafactory_folder(peft_adapter, tiny, tmp_path)
+    assert "does not record the template" in template_warnings(read_trained_with(folder), tiny.chat.template,
+                                                               tiny.chat.default_system)[0]
+    config = arm_configs(tmp_path / "lf", str(tmp_path / "model"))["plain"]
+    (folder / "training_args.yaml").write_text(yaml.safe_dump(config))
+    trained = read_trained_with(folder)
+    assert (trained.trainer, trained.template, trained.default_system) == ("llamafactory", "qwen", None)
+    lines = template_warnings(trained, tiny.chat.template, tiny.chat.default_system)
+    assert len(lines) == 1 and "its `qwen` template, whose default system prompt was" in lines[0]

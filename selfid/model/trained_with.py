@@ -132,8 +132,8 @@ def template_warnings(trained: TrainedWith, own_template: str | None, own_defaul
         return out
     if trained.template is None:
         out.append("a LLaMA-Factory adapter whose folder does not record the template it trained with (llamafactory-cli "
-                   "keeps `template:` in your own YAML, LlamaBoard writes training_args.yaml): check that it is the "
-                   "model's own format and system prompt")
+                   "keeps `template:` in your own YAML): copy that YAML into the adapter folder as training_args.yaml "
+                   "and selfid compares its template and system prompt with the model's own")
         return out
     name, where = trained.template, trained.config
     mark = LF_TURN_MARK.get(name)
