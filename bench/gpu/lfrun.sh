@@ -10,7 +10,8 @@
 #   bash bench/gpu/lfrun.sh wait SECONDS        until the job has ended (bench/gpu/bg.sh wait)
 #   OUT=$OUT bash bench/gpu/lfrun.sh ship [MODEL]   ROOT packed into $OUT/lf.tgz.aa, .ab, ... (no adapter weights,
 #                                               no copy of the MSRA rows), and the job's logs
-# ENDPOINT=0 skips the replay through `selfid api` (counts against in-process) at the end.
+# ENDPOINT=0 skips the replay through `selfid api` (counts against in-process) at the end; PARALLEL=2 trains two
+# LLaMA-Factory chains at a time instead of three.
 set -uo pipefail
 here=$(dirname "$0")
 case "${1:-}" in
@@ -41,13 +42,12 @@ case "${1:-}" in
     wait "$prep" || { echo "preparing $root failed:"; tail -30 "$root/prepare.log"; kill "$smi"; exit 1; }
     echo "[$(date +%T)] prepared: $(cat "$root/replay/time.txt" 2>/dev/null)"
     export LF_SITE=/tmp/lfsite PATH=/tmp/lfsite/bin:$PATH API_HOST=127.0.0.1  # as bench/gpu/lf.sh sets them
-    pids=()
-    for chain in plain identity replay_dpo; do
-      bash "$root/commands.sh" "$chain" > "$root/$chain.log" 2>&1 &
-      pids+=($!)
-    done
+    # PARALLEL chains at a time (default all three; 2 where three do not fit the card, e.g. the 1.5B on an H100),
+    # the longest (replay, then DPO) first
     status=0
-    for p in "${pids[@]}" "$base"; do wait "$p" || status=1; done
+    printf '%s\n' replay_dpo plain identity | xargs -P "${PARALLEL:-3}" -I{} \
+      bash -c "bash '$root/commands.sh' {} > '$root/{}.log' 2>&1" || status=1
+    wait "$base" || status=1
     echo "[$(date +%T)] arms trained and audited (status $status)"
     [ "${ENDPOINT:-1}" = 1 ] && TRAIN=0 bash "$here/lf.sh" "$root" "$model" > "$root/endpoint.log" 2>&1
     bash "$root/commands.sh" base > "$root/compare.log" 2>&1  # every step done: writes the comparisons with plain
