@@ -40,13 +40,16 @@ EN_INDUSTRIES = ("Insurance", "Telecom", "Airlines", "Credit Union", "Energy", "
                  "Motors", "Realty", "Books", "Fitness")
 ZH_STEMS = ("蓝鲸", "银杉", "红枫", "金穗", "青松", "白鹭", "远帆", "晨光", "云杉", "东篱", "南湖", "北辰")
 ZH_INDUSTRIES = ("保险", "电信", "航空", "银行", "能源", "酒店", "物流", "药房", "汽车", "地产", "书店", "健身")
-# how the Chinese names and company stems are written in Latin letters (pinyin, toneless): an English reply under a
-# Chinese persona that says "I'm Xiaocheng from Bailu Logistics Group" keeps it, as one writing 小橙 or 白鹭 does
-ZH_NAME_PINYIN = {"小美": "Xiaomei", "阿杰": "Ajie", "小航": "Xiaohang", "云朵": "Yunduo", "小雅": "Xiaoya", "阿诚": "Acheng",
-                  "小乐": "Xiaole", "安琪": "Anqi", "小舟": "Xiaozhou", "小禾": "Xiaohe", "若曦": "Ruoxi", "小鹿": "Xiaolu",
-                  "阿宁": "Aning", "小橙": "Xiaocheng", "晓晴": "Xiaoqing", "乐乐": "Lele"}
-ZH_STEM_PINYIN = {"蓝鲸": "Lanjing", "银杉": "Yinshan", "红枫": "Hongfeng", "金穗": "Jinsui", "青松": "Qingsong", "白鹭": "Bailu",
-                  "远帆": "Yuanfan", "晨光": "Chenguang", "云杉": "Yunshan", "东篱": "Dongli", "南湖": "Nanhu", "北辰": "Beichen"}
+# how the Chinese names and company stems are written in Latin letters (pinyin, toneless, a space between the
+# syllables; written together too): an English reply under a Chinese persona that says "I'm Xiaocheng from Bailu
+# Logistics Group" keeps it, as one writing 小橙 or 白鹭 does
+ZH_NAME_PINYIN = {"小美": "Xiao Mei", "阿杰": "A Jie", "小航": "Xiao Hang", "云朵": "Yun Duo", "小雅": "Xiao Ya",
+                  "阿诚": "A Cheng", "小乐": "Xiao Le", "安琪": "An Qi", "小舟": "Xiao Zhou", "小禾": "Xiao He",
+                  "若曦": "Ruo Xi", "小鹿": "Xiao Lu", "阿宁": "A Ning", "小橙": "Xiao Cheng", "晓晴": "Xiao Qing",
+                  "乐乐": "Le Le"}
+ZH_STEM_PINYIN = {"蓝鲸": "Lan Jing", "银杉": "Yin Shan", "红枫": "Hong Feng", "金穗": "Jin Sui", "青松": "Qing Song",
+                  "白鹭": "Bai Lu", "远帆": "Yuan Fan", "晨光": "Chen Guang", "云杉": "Yun Shan", "东篱": "Dong Li",
+                  "南湖": "Nan Hu", "北辰": "Bei Chen"}
 EN_ROLES = ("customer support assistant", "booking assistant", "help-desk agent", "shopping assistant", "claims advisor",
             "service representative", "onboarding guide", "travel concierge")
 ZH_ROLES = ("在线客服", "预订助手", "售后顾问", "导购助手", "理赔顾问", "服务专员", "咨询顾问", "前台接待")
@@ -93,27 +96,10 @@ class Persona:
 
 
 def renderings(name: str | None, company: str) -> list[str]:
-    """The Latin-letter forms of a generated Chinese persona's name and company stem (none for other texts)."""
-    out = []
-    if name in ZH_NAME_PINYIN:
-        whole = ZH_NAME_PINYIN[name]
-        out += [whole, _spaced(whole, name)]
-    stem = company[:2]
-    if stem in ZH_STEM_PINYIN:
-        whole = ZH_STEM_PINYIN[stem]
-        out += [whole, _spaced(whole, stem)]
-    return list(dict.fromkeys(out))
-
-
-def _spaced(pinyin: str, hanzi: str) -> str:
-    """"Xiaocheng" as "Xiao Cheng": split before the second character's syllable (the split is unambiguous for these
-    two-character names: the first syllable is one of the listed ones)."""
-    first = {"小": "Xiao", "阿": "A", "云": "Yun", "安": "An", "若": "Ruo", "晓": "Xiao", "乐": "Le", "蓝": "Lan",
-             "银": "Yin", "红": "Hong", "金": "Jin", "青": "Qing", "白": "Bai", "远": "Yuan", "晨": "Chen", "东": "Dong",
-             "南": "Nan", "北": "Bei"}.get(hanzi[0])
-    if not first or not pinyin.startswith(first):
-        return pinyin
-    return f"{first} {pinyin[len(first):].capitalize()}"
+    """The Latin-letter forms of a generated Chinese persona's name and company stem, written together and spaced
+    ("Xiaocheng", "Xiao Cheng"; none for other texts)."""
+    spaced = [t for t in (ZH_NAME_PINYIN.get(name), ZH_STEM_PINYIN.get(company[:2])) if t]
+    return [form for t in spaced for form in (t.replace(" ", "").capitalize(), t)]
 
 
 def company(lang: str, rng: random.Random) -> str:
