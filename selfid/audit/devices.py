@@ -20,7 +20,7 @@ import threading
 from typing import Callable, Sequence
 
 from selfid.errors import SelfidError
-from selfid.model.load import load_model
+from selfid.model.load import load_model, pick_device
 
 
 def parse_devices(device: str) -> list[str]:
@@ -33,15 +33,12 @@ def parse_devices(device: str) -> list[str]:
     import torch
 
     for d in devices:
-        try:
-            dev = torch.device(d)
-        except RuntimeError:
-            raise SelfidError(f"--device {device!r}: unknown device {d!r}: use cpu, cuda:N") from None
+        dev = pick_device(d)  # its one-line error for a name torch does not know
         if dev.type == "cuda":
             count = torch.cuda.device_count()
             if dev.index is None or dev.index >= count:
                 have = ("it has no CUDA device" if count == 0 else
-                        f"it has cuda:0" + (f" .. cuda:{count - 1}" if count > 1 else ""))
+                        "it has cuda:0" + (f" .. cuda:{count - 1}" if count > 1 else ""))
                 raise SelfidError(f"--device {device!r}: {d} is not on this machine ({have}); name each GPU as cuda:N")
     if len({d for d in devices if d != "cpu"}) < len([d for d in devices if d != "cpu"]):
         raise SelfidError(f"--device {device!r}: a GPU is named twice; name each once")
