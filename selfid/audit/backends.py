@@ -241,9 +241,11 @@ def endpoint_system(headers, message: str | None) -> tuple[str | None, str]:
 
 def open_backend(model: str | None = None, adapter=None, base_url: str | None = None, model_name: str | None = None,
                  api_key: str | None = None, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
-                 concurrency: int = 8, retries: int = 6, own_from: str | None = None, chat_template=None):
+                 concurrency: int = 8, retries: int = 6, own_from: str | None = None, chat_template=None,
+                 rows_per_call: int | None = None):
     """The backend an audit generates with, and the loaded model (None for an endpoint): a model (with an
-    adapter) loaded in-process, or an OpenAI-compatible endpoint."""
+    adapter) loaded in-process, on one device or several, or an OpenAI-compatible endpoint. `rows_per_call`: rows
+    handed to the in-process engine at a time (default twice its batch; the replay gives it everything at once)."""
     if base_url and (model or adapter or chat_template):
         raise SelfidError("give either --model/--adapter/--chat-template (in-process) or --base-url/--model-name "
                           "(endpoint), not both")
@@ -258,5 +260,5 @@ def open_backend(model: str | None = None, adapter=None, base_url: str | None = 
 
     devices = parse_devices(device)  # several ("cuda:0,cuda:1"): one model copy per device (selfid/audit/devices.py)
     loaded = load_model(model or "embedded", adapter=adapter, device=devices[0], dtype=dtype, chat_template=chat_template)
-    primary = InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size))
+    primary = InProcessBackend(loaded, InProcessEngine(loaded, max_batch_size=batch_size), rows_per_call=rows_per_call)
     return several(primary, devices, model or "embedded", adapter, dtype, chat_template, batch_size), loaded

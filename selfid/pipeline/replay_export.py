@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 from selfid import __version__
 from selfid.audit import endpoint
 from selfid.audit.backends import open_backend
-from selfid.audit.devices import parse_devices, several
 from selfid.config import IdentityReplay
 from selfid.data import replay_set, trainer_formats
 from selfid.data.mix import scaled, share
 from selfid.data.readers import read_file
 from selfid.errors import SelfidError
 from selfid.io import atomic_dir, sha256_file
-from selfid.model.load import load_model
 from selfid.pipeline import replay
 from selfid.system_prompt import SERVING, canonical, resolve
 from selfid.vendors import KEYS
@@ -146,12 +145,8 @@ def _open(model, base_url, model_name, api_key, own_from, device, dtype, batch_s
                             own_from=own_from)  # --model with --base-url: one line saying to give one of them
     if own_from:
         raise SelfidError("--own-from is for an endpoint (--base-url); in-process, --model names the model")
-    from selfid.engine import InProcessEngine  # torch
-
-    devices = parse_devices(device)  # several: one model copy per device, the questions split between them
-    loaded = load_model(model or "embedded", device=devices[0], dtype=dtype)
-    primary = replay.in_process(loaded, InProcessEngine(loaded, max_batch_size=batch_size))
-    return several(primary, devices, model or "embedded", None, dtype, None, batch_size), loaded
+    # the audit's in-process backend (one device or several), every request in one engine call, as replay.in_process
+    return open_backend(model, device=device, dtype=dtype, batch_size=batch_size, rows_per_call=sys.maxsize)
 
 
 def _own(backend, loaded, rep: IdentityReplay, own: str) -> dict:
