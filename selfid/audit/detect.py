@@ -298,8 +298,8 @@ _HEDGE = re.compile(r"\b(?:possible|possibly|may|might|could|perhaps|maybe|likel
 
 # a leading question whose subject is this assistant as "it"/"this", the vendor right after it: "Is it Kimi I'm talking
 # to?", "Is this really Claude?" (not "Is it true that Meta's Llama is answering me?": there "it" is the sentence)
-_IT_IS_VENDOR_EN = re.compile(r"^\W*(?:so\s+|wait,?\s+)?(?:is|was|isn't|wasn't)\s+(?:it|this|that)\s+(?:really\s+|actually\s+|just\s+)?$",
-                              re.I)
+_IT_IS_VENDOR_EN = re.compile(r"^\W*(?:so\s+|wait,?\s+)?(?:is|was|isn't|wasn't)\s+(?:it|this|that)\s+"
+                              r"(?:really\s+|actually\s+|just\s+)?$", re.I)
 
 
 def about_this_assistant(question: str | None) -> bool:

@@ -218,9 +218,9 @@ def check_finite(model, adapter_name: str, label: str) -> None:
 
     bad = [n for n, p in model.named_parameters() if f".{adapter_name}." in n and not torch.isfinite(p).all()]
     if bad:
-        raise SelfidError(f"{label} holds NaN or infinite weights in {len(bad)} tensor{'s' if len(bad) > 1 else ''} (e.g. {bad[0]}): its training "
-                          "diverged (a trainer's log shows it as grad_norm nan, loss 0); train it again, and look at "
-                          "its attention setting and learning rate first")
+        raise SelfidError(f"{label} holds NaN or infinite weights in {len(bad)} tensor{'s' if len(bad) > 1 else ''} "
+                          f"(e.g. {bad[0]}): its training diverged (a trainer's log shows it as grad_norm nan, loss 0); "
+                          "train it again, and look at its attention setting and learning rate first")
 
 
 def adapter_fix(folder: Path) -> str:
