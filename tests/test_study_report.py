@@ -135,7 +135,8 @@ def test_the_llama_factory_section_judges_each_arm_it_finds_against_the_identity
     text = write_report(study, tmp_path / "study.md", lf=[("0.5B", lf)]).read_text()
     section = text.split("## 10. Fixing a LLaMA-Factory fine-tune", 1)[1]
     rows = [line.split(":")[0] for line in section.splitlines() if line.startswith("| ") and ": " in line]
-    assert rows == ["| plain", "| identity", "| replay"]  # replay_dpo not run: no row
+    assert rows == ["| plain", "| identity", "| replay"]  # replay_dpo not run: no row, and no column below
+    assert "Per system prompt, all temperatures pooled (base → plain → identity → replay):" in section
     versus = next(line for line in section.splitlines() if line.startswith("- replay against identity.json"))
     assert "foreign claims 0.0% vs " in versus and "not better on all three" in versus  # the same replies otherwise
     assert "## 10." not in write_report(study, tmp_path / "none.md", lf=[("0.5B", tmp_path / "missing")]).read_text()

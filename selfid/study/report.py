@@ -848,9 +848,9 @@ def lf_section(runs: Runs, sizes: list[tuple[str, Path]]) -> list[str]:
             L.append("- LLaMA-Factory training time on the one card (the three chains trained side by side): "
                      + "; ".join(times) + ".")
         L += [""]
-        L += ["Per system prompt, all temperatures pooled (base → plain → identity.json → replay → replay + DPO):", "",
-              "| system prompt | foreign claims | own identity affirmed | self-denial | persona kept |", "|---|---|---|---|---|"]
         order = [("base", base)] + list(shown.items())
+        L += [f"Per system prompt, all temperatures pooled ({' → '.join(arm for arm, _ in order)}):", "",
+              "| system prompt | foreign claims | own identity affirmed | self-denial | persona kept |", "|---|---|---|---|---|"]
         for k in base["identity-heldout"]["by_system"]:
             cols = []
             for m in ("foreign", "own_affirmation", "self_denial", "persona_kept"):
