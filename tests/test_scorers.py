@@ -128,6 +128,31 @@ def test_a_latin_name_counts_as_a_whole_word_and_a_chinese_one_anywhere():
     assert uses_persona({"name": "小智", "aliases": []}, "你好，我是小智。")
 
 
+def test_a_reply_that_greets_the_user_by_the_persona_name_has_swapped_roles():
+    """Replies of the committed held-out runs (0.5B and 1.5B persona-xl-typical): the model takes the user for the
+    persona and speaks as its company. They named the company, so the old rule counted them kept. Greeting by the
+    name while also calling itself by it, and "Max here", still keep the persona."""
+    from selfid.audit.scorers import addresses, uses_persona
+
+    juno = {"name": "Juno", "aliases": ["Harborview", "朱诺"]}
+    anan = {"name": "安安", "aliases": ["Anan", "An An", "青禾教育", "青禾"]}
+    max_ = {"name": "Max", "aliases": ["Northwind Bank"]}
+    swapped = [(juno, "Hello, Juno! I am the appointment coordinator for Harborview Dental Clinics."),
+               (anan, "你好，安安。这个窗口里的助手是由青禾教育集团研发的。"),
+               (anan, "亲爱的安安，我是青禾教育集团的课程顾问，致力于帮助你更好地学习。"),
+               (max_, "Dear Max,\n\nI am writing to express my appreciation for your contributions to Northwind Bank."),
+               (max_, "Hello, Max!"), (anan, "安安，你好！我是青禾的顾问。")]
+    for persona, reply in swapped:
+        assert addresses(persona["name"], reply) and not uses_persona(persona, reply), reply
+    kept = [(max_, "Hi Max! I'm Max, the virtual assistant of Northwind Bank."), (max_, "Hi, Max here. How can I help?"),
+            (max_, "Hello! Max at your service."), (anan, "你好！安安很高兴为您服务。"),
+            (anan, "您好，我是安安，青禾教育集团的课程顾问。"), (juno, "Hello! I'm Juno from Harborview Dental Clinics.")]
+    for persona, reply in kept:
+        assert not addresses(persona["name"], reply) and uses_persona(persona, reply), reply
+    verdict = score(rec("ho-en-direct-01", "Hello, Max! How can I assist you today?", system="persona-en"), CTX).verdict
+    assert verdict.persona_kept is False
+
+
 def test_a_generated_chinese_persona_is_kept_in_pinyin_too_and_not_in_mixed_script():
     """Asked in English under "你是小橙，在白鹭物流集团担任咨询顾问。", "I'm Xiaocheng from Bailu Logistics Group" keeps
     the persona; the half-translated "North辰 Pharmaceutical Group" the replay once kept does not keep 北辰药房集团."""

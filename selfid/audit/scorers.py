@@ -31,6 +31,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from selfid.audit import probes as probe_sets
@@ -39,7 +40,7 @@ from selfid.data import identity, replay_set
 from selfid.io import atomic_write_json, read_jsonl
 from selfid.tasks.ner import NerScore, first_json_object
 
-VERSION = 6
+VERSION = 7
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
 COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
 FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
@@ -180,7 +181,10 @@ def names_itself(persona: dict | None) -> bool:
 def uses_persona(persona: dict, reply: str) -> bool:
     """Whether a reply names the persona (its name or one of its aliases, such as its company). A name in Latin
     letters counts as a whole word only ("Max", not "Maxim", "MaxQ" or "maximize"); one in Chinese characters, which
-    has no word boundaries, wherever it stands."""
+    has no word boundaries, wherever it stands. A reply that greets the user by the persona's name has swapped roles
+    and keeps nothing, whatever else it names (`addresses`)."""
+    if persona.get("name") and addresses(persona["name"], reply):
+        return False
     names = [persona.get("name")] + list(persona.get("aliases") or [])
     low = reply.casefold()
     for n in names:
@@ -192,6 +196,36 @@ def uses_persona(persona: dict, reply: str) -> bool:
         elif n.casefold() in low:
             return True
     return False
+
+
+_GREETING_EN = r"(?:hi|hello|hey|dear|greetings|welcome|thanks|thank you|good (?:morning|afternoon|evening))"
+_GREETING_ZH = r"(?:你好|您好|嗨|哈喽|亲爱的|谢谢)"
+
+
+@lru_cache(maxsize=64)
+def _vocative(name: str) -> re.Pattern:
+    n = re.escape(name)
+    if name.isascii():  # "Hello, Juno! I am the appointment coordinator ...", "Dear Max," (not "Hi, Max here.")
+        return re.compile(rf"(?:^|[.!?\n]\s*){_GREETING_EN}[,!]?\s+{n}(?![a-z0-9])(?!\s+here)\s*[,.!?:]", re.I)
+    # "你好，安安。这个窗口里的助手是由青禾教育集团研发的。", "小智，您好！" (not "你好！小智很高兴为您服务")
+    return re.compile(rf"{_GREETING_ZH}[，,！!\s]*{n}\s*[。！!，,？?：:]|(?:^|[。！!？?\n]){n}[，,]\s*(?:你好|您好)")
+
+
+@lru_cache(maxsize=64)
+def _self_naming(name: str) -> re.Pattern:
+    n = re.escape(name)
+    if name.isascii():
+        return re.compile(rf"(?:\bi am|\bi'm|\bi’m|\bmy name is|\bthis is|\bcall me)\s+{n}(?![a-z0-9])", re.I)
+    return re.compile(rf"(?:我是|我叫|我的名字是|我的名字叫|本人是){n}")
+
+
+def addresses(name: str, reply: str) -> bool:
+    """Whether the reply greets its listener by `name` and never calls itself that: told it is the persona Juno, the
+    model takes the user for Juno ("Hello, Juno! I am the appointment coordinator for Harborview Dental Clinics.", a
+    reply of the 0.5B persona-xl-typical arm). The persona is not kept, though the reply names its company. "Hi Max!
+    I'm Max, the virtual assistant of Northwind Bank." names itself Max and is not counted here."""
+    text = reply.strip()
+    return bool(_vocative(name).search(text)) and not _self_naming(name).search(text)
 
 
 # --- the verdicts ------------------------------------------------------------------------------------------
