@@ -214,14 +214,17 @@ def write_configs(root: Path) -> Path:
                       f'PYTHONPATH="${{LF_SITE:-}}:${{PYTHONPATH:-}}" llamafactory-cli train {path} 2>&1 | '
                       f"tee {root / arm / 'train.log'}; python3 {Path(__file__).resolve()} check {root / arm}; }}")
         audit[arm] = audit_command(root, model, arm)
-    # a chain trains its arms in order, then audits them at once (replay_dpo: the DPO stage trains on the replay
-    # arm's adapter, and both adapters are audited side by side)
+    # a chain trains its arms in order and audits each as soon as it is trained (replay_dpo: the replay arm's audit
+    # runs beside the DPO stage, which trains on from that arm's adapter), so an interrupted chain has audited all
+    # but its last arm
     chains = {"base": ["base"], "plain": ["plain"], "identity": ["identity"], "replay_dpo": ["replay", "replay_dpo"]}
     present = [c for c, members in chains.items() if all(m in audit for m in members)]
     for chain in present:
         members = chains[chain]
-        body = [train[m] for m in members if m in train]
-        body += [f"{audit[m]} &" for m in members[:-1]] + [audit[members[-1]]]
+        body = []
+        for m in members:
+            body += [train[m]] if m in train else []
+            body += [f"{audit[m]} &" if m != members[-1] else audit[m]]
         body += ["wait"] if len(members) > 1 else []
         lines += [f"{chain}() {{"] + [f"  {line}" for line in body] + ["}"]
     lines += ["", f'[ $# -gt 0 ] || set -- {" ".join(present)}', 'for chain in "$@"; do "$chain"; done', ""]

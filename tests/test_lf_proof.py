@@ -68,8 +68,9 @@ def test_the_four_arms_train_in_order_on_datasets_their_dataset_dir_holds(tmp_pa
     for arm in lf_proof.ARMS:  # each arm is audited after it is trained
         train = next(i for i, line in enumerate(commands) if f"configs/{arm}.yaml" in line)
         assert train < next(i for i, line in enumerate(commands) if f"--adapter {root / arm / 'adapter'} " in line)
-    chain = commands.index("replay_dpo() {")  # one chain trains the replay arm and then its DPO stage
-    assert "configs/replay.yaml" in commands[chain + 1] and "configs/replay_dpo.yaml" in commands[chain + 2]
+    chain = commands.index("replay_dpo() {")  # one chain trains the replay arm, audits it beside its DPO stage
+    assert "configs/replay.yaml" in commands[chain + 1] and commands[chain + 2].rstrip().endswith("&")
+    assert "configs/replay_dpo.yaml" in commands[chain + 3]
 
 
 def _stub_run(root, tmp_path, *chains):
@@ -105,9 +106,11 @@ def test_commands_run_every_chain_by_default_and_only_the_chains_named(tmp_path)
     every = _stub_run(root, tmp_path)
     assert every[:7] == ["audit base", "train plain", "check plain", "audit plain", "train identity", "check identity",
                          "audit identity"]
-    # DPO trains on the replay adapter, then both are audited
-    assert every[7:11] == ["train replay", "check replay", "train replay_dpo", "check replay_dpo"]
-    assert sorted(every[11:]) == ["audit replay", "audit replay_dpo"]
+    # the replay arm's audit starts once it is trained, beside the DPO stage that trains on from its adapter
+    replay = every[7:]
+    assert replay.index("audit replay") > replay.index("check replay")  # where it lands beside DPO is the race's
+    replay.remove("audit replay")
+    assert replay == ["train replay", "check replay", "train replay_dpo", "check replay_dpo", "audit replay_dpo"]
     assert _stub_run(root, tmp_path, "identity") == ["train identity", "check identity", "audit identity"]
 
 
