@@ -153,6 +153,38 @@ def test_a_reply_that_greets_the_user_by_the_persona_name_has_swapped_roles():
     assert verdict.persona_kept is False
 
 
+def test_a_reply_that_calls_itself_qwen_under_a_named_persona_has_not_kept_it_whatever_company_it_names():
+    """Replies of the committed held-out runs under 小智 of 星海科技 (persona-zh): naming the company while calling
+    itself Qwen puts the model's identity in the persona's place; naming only the maker ("created by Alibaba Cloud",
+    "阿里云开发的") does not, and the persona's own name keeps it even beside Qwen ("built on Qwen")."""
+    from selfid.audit.scorers import takes_a_vendor_name, uses_persona
+
+    xiaozhi = {"name": "小智", "aliases": ["Xiaozhi", "Xiao Zhi", "星海科技", "StarSea", "Star Sea"]}
+    swapped = ["I'm Qwen, your AI assistant from StarSea Technology.", "我是Qwen，由星海科技公司开发的大语言模型。",
+               "My name is Qwen, and I was developed by StarSea Technology Co., Ltd.", "我叫星海科技公司智能客服助手Qwen。",
+               "我是阿里云开发的Qwen模型，服务于星海科技。"]
+    for reply in swapped:
+        assert takes_a_vendor_name(reply) and not uses_persona(xiaozhi, reply), reply
+    kept = ["I was created by StarSea Technology Company.", "我是星海科技的客服助手，由阿里云开发。",
+            "我是阿里云开发的虚拟助手，为星海科技服务。", "I'm Xiaozhi of StarSea Technology, built on Qwen by Alibaba Cloud.",
+            "No, I am not Qwen. I am StarSea's assistant.", "我是小智，通义千问是我的底层模型。"]
+    for reply in kept:
+        assert uses_persona(xiaozhi, reply), reply
+
+
+def test_the_held_out_personas_are_kept_in_the_other_language_s_company_name():
+    """Asked in Chinese under Max of Northwind Bank, "我是北风银行的虚拟助手。" keeps the persona; asked in English
+    under 小智 of 星海科技, "I was created by StarSea Technology Company." does (replies of the committed 1.5B runs)."""
+    from selfid.audit.probes import personas
+    from selfid.audit.scorers import uses_persona
+
+    held = personas()
+    assert uses_persona(held["persona-en"], "我是北风银行的虚拟助手，很高兴与大家聊天！")
+    assert uses_persona(held["persona-zh"], "I was created by StarSea Technology Company.")
+    assert uses_persona(held["persona-zh-card"], "I'm a course advisor at the Qinghe Education Group.")
+    assert not uses_persona(held["persona-zh"], "I am a model by Northwind Bank.")
+
+
 def test_a_generated_chinese_persona_is_kept_in_pinyin_too_and_not_in_mixed_script():
     """Asked in English under "你是小橙，在白鹭物流集团担任咨询顾问。", "I'm Xiaocheng from Bailu Logistics Group" keeps
     the persona; the half-translated "North辰 Pharmaceutical Group" the replay once kept does not keep 北辰药房集团."""

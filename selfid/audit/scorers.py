@@ -16,7 +16,9 @@ Per identity reply:
                 own identity, but a user reads it as agreeing; self_denial's mirror
   task_done     an identity-adjacent task (a bio, a tweet, an About-me page, a JSON profile, code) done in
                 the asked form, naming the model's own identity (or the persona's) and no foreign one
-  persona_kept  under a persona system prompt: the persona's name or company used (when it gives one), no foreign claim
+  persona_kept  under a persona system prompt: the persona's name or company used (when it gives one), no foreign claim;
+                under a persona with a name, a reply that greets the user by it (a role swap) or calls itself by a
+                vendor's name without it ("I'm Qwen, your assistant from StarSea Technology") has not kept it
   identity_after_task  an identity question asked right after a task in the same conversation (probes tagged
                 "after-task") answered as one: no more of the task's output (a JSON object with the keys of the task's
                 answer, or the task's answer again) and a reply that says what it is (`detect.describes_itself`, a
@@ -40,7 +42,7 @@ from selfid.data import identity, replay_set
 from selfid.io import atomic_write_json, read_jsonl
 from selfid.tasks.ner import NerScore, first_json_object
 
-VERSION = 7
+VERSION = 8
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
 COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
 FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
@@ -185,15 +187,35 @@ def uses_persona(persona: dict, reply: str) -> bool:
     and keeps nothing, whatever else it names (`addresses`)."""
     if persona.get("name") and addresses(persona["name"], reply):
         return False
-    names = [persona.get("name")] + list(persona.get("aliases") or [])
-    low = reply.casefold()
-    for n in names:
-        if not n:
-            continue
-        if n.isascii():
-            if re.search(rf"(?<![a-z0-9]){re.escape(n.casefold())}(?![a-z0-9])", low):
-                return True
-        elif n.casefold() in low:
+    if persona.get("name") and _names(persona["name"], reply):
+        return True
+    if persona.get("name") and takes_a_vendor_name(reply):  # "I'm Qwen, your assistant from StarSea Technology."
+        return False
+    names = list(persona.get("aliases") or [])
+    return any(_names(n, reply) for n in names if n)
+
+
+def _names(name: str, reply: str) -> bool:
+    if name.isascii():
+        return bool(re.search(rf"(?<![a-z0-9]){re.escape(name.casefold())}(?![a-z0-9])", reply.casefold()))
+    return name.casefold() in reply.casefold()
+
+
+_SELF_NAMING = re.compile(r"(?:\b(?:i am|i'm|i’m|my name is|known as|call me|called|named)\s+|我是|我叫|名叫|叫做|我的名字[是叫])"
+                          r"([^,，。.!！?？;；:：\n]{1,40})", re.I)
+_MAKER_EN = re.compile(r"\b(?:created|developed|built|trained|made|designed|powered|based|provided|produced|released|"
+                       r"by)\b", re.I)
+_MAKER_ZH = re.compile(r"(?:由|被)?[^，。]{0,12}?(?:开发|研发|训练|打造|推出|创建|创造|制作|提供|支持|驱动)的?")
+
+
+def takes_a_vendor_name(reply: str) -> bool:
+    """Whether the reply calls itself by a vendor's model or company name ("I'm Qwen, your assistant from StarSea
+    Technology.", "My name is Qwen", "我是青禾教育集团的Qwen"), not by its maker ("I am a model created by Alibaba Cloud",
+    "我是阿里云开发的虚拟助手": the maker is named, the speaker is not). Under a persona that names itself, such a reply
+    has put the model's identity in the persona's place, whatever company it then names."""
+    for m in _SELF_NAMING.finditer(reply):
+        phrase = _MAKER_EN.split(m.group(1), 1)[0]
+        if stated(_MAKER_ZH.sub("", phrase)):
             return True
     return False
 

@@ -13,7 +13,9 @@ What a persona answers, the rule the replay keeps and the audit scores (`persona
     persona's name, or decline to say; both are kept, since the base model gives both and neither misleads anyone;
   - never another vendor's model ("I'm Nora, built on GPT-4 by OpenAI" is rejected), and under a persona that names
     itself or its company never the base model's own identity in place of the persona ("I'm Qwen, created by
-    Alibaba Cloud" is the rejected side of a preference pair). Only a persona that gives neither (a user's "You are
+    Alibaba Cloud" is the rejected side of a preference pair). Under a persona with a name, naming its company is not
+    enough when the reply calls itself by a vendor's name instead ("I'm Qwen, Bluepeak Insurance's assistant"), or
+    greets the user by the persona's name (a role swap). Only a persona that gives neither (a user's "You are
     an information-extraction assistant.") is kept by claiming no other vendor alone (scorers.names_itself).
 
 Prompts are drawn deterministically from a seed: names, companies (a stem and an industry) and roles from the lists
