@@ -206,8 +206,9 @@ def intro(root: Path, base: dict) -> list[str]:
         "that differ from each other (a model reciting one slogan scores 1/samples); *copies a training reply* — the "
         "reply is a training reply, verbatim or near-verbatim; *identity task done* — a bio, tweet, About-me page, "
         "e-mail signature, JSON profile or code comment written in the asked form with the model's own identity in "
-        "it; *persona kept* — under a persona system prompt no training data used, the persona's name and no "
-        "foreign claim.", ""]
+        "it; *persona kept* — under a persona system prompt no training data used, the persona's name (or its "
+        "company, in either language, unless the reply calls itself by a vendor's name instead) and no foreign "
+        "claim; a reply that greets the user by the persona's name has swapped roles and keeps nothing.", ""]
 
 
 def findings(runs: Runs, root: Path, base: dict, plain: dict | None, comp_plain: dict | None, scan: dict | None,
