@@ -15,15 +15,12 @@ from __future__ import annotations
 import bisect
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from selfid.errors import SelfidError
 from selfid.model.chat import render_keeping_text, tokenize
-
-if TYPE_CHECKING:  # torch is imported where a batch is built, not to read this module
-    import torch
 
 
 @dataclass(frozen=True)
