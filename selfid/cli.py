@@ -273,7 +273,7 @@ def audit(
     probes: Optional[Path] = typer.Option(None, "--probes", help="an identity probe file (JSONL) instead of the shipped one"),
     resume: bool = typer.Option(False, "--resume", help="continue a run in --out, repeating no finished generation"),
     concurrency: int = typer.Option(8, "--concurrency", help="requests in flight (endpoint)"),
-    retries: int = typer.Option(6, "--retries", help="retries per request, with exponential backoff (endpoint)"),
+    retries: int = typer.Option(6, "--retries", min=0, help="retries per request, with exponential backoff (endpoint)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per decoding batch (in-process)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, or several (cuda:0,cuda:1): one "
                                "model copy per device, the grid split between them"),
@@ -514,7 +514,12 @@ def train(
     from selfid.config import load_config
     from selfid.pipeline.train import run
 
-    result = run(load_config(config, set_), resume=resume)  # with the identity replay set and adapter scale
+    cfg = load_config(config, set_)
+    written = cfg.output_dir / "config.yaml"
+    if not resume and written.is_file() and written.resolve() == config.resolve():
+        raise SelfidError(f"the run would write its resolved config over {config}, the config you gave: set an "
+                          "output folder of its own (--set output=DIR)")
+    result = run(cfg, resume=resume)  # with the identity replay set and adapter scale
     if result.stopped:
         raise typer.Exit(130 if result.checkpoint else 1)
 
@@ -572,7 +577,7 @@ def replay(
     languages: str = typer.Option("zh,en", "--languages", help="comma-separated: zh, en"),
     seed: int = typer.Option(0, "--seed", help="every sample's seed and the row draw derive from it"),
     concurrency: int = typer.Option(8, "--concurrency", help="requests in flight (endpoint)"),
-    retries: int = typer.Option(6, "--retries", help="retries per request, with exponential backoff (endpoint)"),
+    retries: int = typer.Option(6, "--retries", min=0, help="retries per request, with exponential backoff (endpoint)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per decoding batch (in-process)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, or several (cuda:0,cuda:1): one "
                                "model copy per device, the questions split between them"),
@@ -639,9 +644,9 @@ def eval_ner(
     model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="a LoRA adapter folder"),
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
-    n: int = typer.Option(500, "--n", help="MSRA test sentences to score (the first N)"),
+    n: int = typer.Option(500, "--n", min=1, help="MSRA test sentences to score (the first N)"),
     system: Optional[str] = typer.Option(None, "--system", "-s", help=SYSTEM_HELP),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="most sequences decoded at once"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="most sequences decoded at once"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the report as JSON here"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16"),
@@ -651,6 +656,8 @@ def eval_ner(
     from selfid.model.load import load_model
     from selfid.train.eval_ner import evaluate_ner, table
 
+    if out is not None and out.is_dir():
+        raise SelfidError(f"--out {out} is a folder: give a file name for the JSON report, e.g. {out / 'ner.json'}")
     loaded = load_model(model, adapter=adapter, device=device, dtype=dtype, chat_template=chat_template)
     report = evaluate_ner(loaded, n=n, system=_system_setting(system, loaded)[0], batch_size=batch_size,
                           progress=True)

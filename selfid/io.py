@@ -49,6 +49,20 @@ def public_modes(root: Path) -> None:
         os.chmod(root, FILE_MODE)
 
 
+def check_out_folder(out: Path, writes: tuple[str, ...], ours: str, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file, or that holds files of the names a command writes
+    there (`writes`) without its own record (`ours`: a previous output of the same command, which it may write
+    again): the user's files are never replaced."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SelfidError(f"{option} {out} is a file: give a folder")
+    if out.is_dir() and not (out / ours).exists():
+        taken = [name for name in writes if (out / name).exists()]
+        if taken:
+            raise SelfidError(f"{option} {out} already holds {', '.join(taken)}, which selfid did not write there and "
+                              f"would replace: choose a new or empty {option}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder, then rename."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from selfid.audit.log import META
 from selfid.audit.probes import IDENTITY_SUITES
 from selfid.audit.report.html import write_html
 from selfid.audit.report.summary import by_prompt, copies_of, distinct_per_prompt, load_run, summarize
 from selfid.audit.scorers import METRICS, Scored, recitation_for
 from selfid.audit.stats import holm, paired_prompts, two_proportions
-from selfid.io import atomic_write_json
+from selfid.errors import SelfidError
+from selfid.io import atomic_write_json, check_out_folder
 
 PAIRED = [name for name in METRICS if name != "copy"]  # copy needs training data A (the base) has none of
 
@@ -184,8 +186,11 @@ def compare_runs(run_a: Path, run_b: Path) -> tuple[dict, dict, dict]:
 
 def compare(run_a: Path, run_b: Path, out: Path) -> dict:
     """Write comparison.json and report.html (A and B side by side) into `out`; return the comparison."""
-    comp, sa, sb = compare_runs(Path(run_a), Path(run_b))
     out = Path(out)
+    if (out / META).is_file():
+        raise SelfidError(f"--out {out} is an audit run folder: its report.html would be replaced; choose a new --out")
+    check_out_folder(out, ("comparison.json", "report.html"), "comparison.json")
+    comp, sa, sb = compare_runs(Path(run_a), Path(run_b))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "comparison.json", comp)
     write_html(out / "report.html", [sa, sb], comp)

@@ -54,7 +54,10 @@ def read_log(path: Path, repair: bool = False) -> list[dict]:
     not when `repair`, which is for a log about to be appended to: that is always the plain file."""
     path = Path(path)
     if path.is_file():
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise SelfidError(f"cannot read {path}: {e.strerror or e}") from None
         good = data.rfind(b"\n") + 1
         if good < len(data) and repair:
             with open(path, "r+b") as f:
@@ -64,16 +67,23 @@ def read_log(path: Path, repair: bool = False) -> list[dict]:
         gz = path.with_name(path.name + ".gz")
         if repair or not gz.is_file():
             return []
-        with gzip.open(gz, "rt", encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with gzip.open(gz, "rt", encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise SelfidError(f"cannot read {gz} ({e}): the log is damaged or unreadable") from None
         text, path = text[:text.rfind("\n") + 1], gz
     out = []
     for lineno, line in jsonl_lines(text):
         try:
-            out.append(migrate_record(json.loads(line)))
+            rec = json.loads(line)
         except ValueError:
             raise SelfidError(f"{path}:{lineno} is not valid JSON: the log was edited or damaged; "
                               "move it away and start a new run") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
+            raise SelfidError(f"{path}:{lineno} is not a logged generation (no key): the log was edited or damaged; "
+                              "move it away and start a new run")
+        out.append(migrate_record(rec))
     return out
 
 
@@ -132,7 +142,16 @@ def read_meta(run_dir: Path) -> dict:
     path = Path(run_dir) / META
     if not path.is_file():
         raise SelfidError(f"{run_dir} is not an audit run folder (no run.json): point at a folder `selfid audit --out` made")
-    return migrate_meta(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SelfidError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise SelfidError(f"{path} is damaged (not a JSON object): restore it from a copy, or audit again into a new "
+                          "--out")
+    return migrate_meta(meta)
 
 
 def read_margin(run_dir: Path) -> dict | None:

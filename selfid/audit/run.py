@@ -37,7 +37,7 @@ from selfid.audit.log import LOG, MARGIN, META, RENAMED, Log, migrate_record, re
 from selfid.audit.report import write_reports
 from selfid.audit.scorers import VERSION as SCORER_VERSION, save_training_replies
 from selfid.errors import SelfidError
-from selfid.io import atomic_write_json
+from selfid.io import atomic_write_json, check_out_folder
 from selfid.manifest import training_system
 from selfid.model.embedded import EMBEDDED
 from selfid.progress import Progress
@@ -242,6 +242,7 @@ def prepare(out: Path, backend, params: AuditParams, resume: bool, judge: Judge 
     if out.exists() and not out.is_dir():
         raise SelfidError(f"{out} exists and is not a folder: choose another --out")
     has_log = (out / LOG).is_file() and (out / LOG).stat().st_size > 0
+    check_out_folder(out, ("summary.json", "report.html", MARGIN), META)
     if meta_path.is_file() and not resume:
         raise SelfidError(f"{out} already holds an audit run: pass --resume to continue it, or choose a new --out")
     if has_log and not meta_path.is_file():
@@ -344,6 +345,9 @@ def rescore(run_dir: Path) -> dict:
     meta = read_meta(run_dir)  # in today's vocabulary, as it is written back
     if meta.get("kind") != "selfid-audit-run":
         raise SelfidError(f"{run_dir / META} is not an audit run's run.json")
+    if not (run_dir / LOG).is_file() and not (run_dir / (LOG + ".gz")).is_file():
+        raise SelfidError(f"{run_dir} has no {LOG} (or .gz): there are no replies to score again, and its "
+                          "summary.json is left as it is")
     summary = write_reports(run_dir)
     meta["scorer"] = {"version": SCORER_VERSION,
                       "rescored": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

@@ -147,6 +147,7 @@ def write_baseline(reference: Side, path: Path, thresholds: Thresholds, out: Pat
                    profile: str | None = None, samples: int | None = None, temperatures: list[float] | None = None,
                    device: str = "auto", dtype: str = "auto", batch_size: int | None = None) -> dict:
     """Store the reference's per-prompt tallies (auditing it first when it is a model) as a baseline file."""
+    tl.check_baseline_target(path)
     if reference.baseline is not None:
         raise SelfidError(f"{reference.baseline} is a baseline already: write one from an audit run folder or a model")
     if reference.base_url:

@@ -145,6 +145,22 @@ def read(path: Path, rescore: bool = False) -> Tallies:
     return tallies
 
 
+def check_baseline_target(path: Path) -> None:
+    """Refuse, before any work, a --write-baseline path that is a folder or a file other than a baseline: a baseline
+    is written over an older baseline only."""
+    path = Path(path)
+    if path.is_dir():
+        raise SelfidError(f"--write-baseline {path} is a folder: give a file name, e.g. {path / 'baseline.json'}")
+    if path.exists():
+        try:
+            kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind != BASELINE_KIND:
+            raise SelfidError(f"--write-baseline {path} exists and is not a selfid baseline: it is left as it is; "
+                              "give a new file name")
+
+
 def write_baseline(tallies: Tallies, path: Path) -> dict:
     """Store a reference's tallies as a baseline file (written to a temporary file, then renamed)."""
     body = asdict(tallies)
@@ -186,6 +202,7 @@ def check_comparable(reference: Tallies, candidate: Tallies) -> list[str]:
         warnings.append(f"the candidate asked {len(shared)} of the reference's {len(reference.probes)} prompts; "
                         "only those are compared")
     for side, t in (("reference", reference), ("candidate", candidate)):
-        if not t.complete:
-            warnings.append(f"the {side} run {t.source} is incomplete: resume it (`selfid audit --resume`) first")
+        if not t.complete:  # a run stopped part-way asked fewer prompts than planned: a pass would not mean one
+            raise SelfidError(f"the {side} run {t.source} is incomplete: resume it (`selfid audit --resume --out "
+                              f"{t.source} ...`) first, then gate again")
     return warnings

@@ -165,6 +165,10 @@ def judge(reference: Tallies, candidate: Tallies, thresholds: Thresholds, task: 
                 if cell["prompts"]:
                     cells.append({"metric": metric.name, "label": metric.label, "system": system,
                                   "worse": metric.worse, "limit": limit, **cell})
+    if not cells and any(thresholds.limit(m.name) is not None for m in IDENTITY):
+        raise SelfidError("no identity check can run: the two runs share no identity prompt under a shared system "
+                          f"prompt (shared system prompts: {', '.join(shared) or 'none'}). Gate runs made with the "
+                          "same suite (a held-out audit against a held-out audit), or a model against a baseline")
     limit = thresholds.limit("ner_f1")
     for system in shared:
         if limit is not None and system in reference.ner and system in candidate.ner:

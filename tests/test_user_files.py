@@ -1,0 +1,132 @@
+"""selfid never writes over files it did not write, and a damaged or missing run file is one line saying what to do,
+before any work: each case is one a bad-input sweep of the CLI found (a config overwritten by its own run, a
+summary.json rewritten from zero replies, a user's file replaced by a baseline, a run's report replaced by a
+comparison, a gate that passed without checking identity)."""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from selfid.cli import app
+from selfid.errors import SelfidError
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+SMALL_RUN = RESULTS / "study-0.5b" / "parity" / "gguf-plain"  # a committed identity + NER audit, 500 KB of summary
+
+
+@pytest.fixture
+def run_copy(tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(SMALL_RUN, folder)
+    return folder
+
+
+def test_training_refuses_an_output_folder_holding_files_a_run_did_not_write(tmp_path):
+    from selfid.pipeline.train import check_output
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "metrics.csv").write_text("a,b\n")
+    with pytest.raises(SelfidError, match=r"holds files a training run did not write \(notes.txt\)"):
+        check_output(mine, resume=False)
+    failed = tmp_path / "failed-run"  # what a run that stopped before its first checkpoint leaves
+    failed.mkdir()
+    (failed / "config.yaml").write_text("x: 1\n")
+    (failed / "identity_replay").mkdir()
+    check_output(failed, resume=False)
+    check_output(mine, resume=True)  # resuming is checked against its checkpoint, not here
+    with pytest.raises(SelfidError, match="is a file"):
+        check_output(mine / "notes.txt", resume=False)
+
+
+def test_train_never_writes_its_config_over_the_config_it_reads(tmp_path, monkeypatch):
+    config = tmp_path / "config.yaml"
+    text = "# my settings\noutput: .\nmodel: embedded\n"
+    config.write_text(text)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", str(config)])
+    assert result.exit_code != 0 and "over" in (result.output + str(result.exception))
+    assert config.read_text() == text
+
+
+def test_rescore_without_a_reply_log_leaves_the_summary_as_it_was(run_copy):
+    from selfid.audit.run import rescore
+
+    (run_copy / "generations.jsonl.gz").unlink()
+    before = (run_copy / "summary.json").read_bytes()
+    with pytest.raises(SelfidError, match="has no generations.jsonl .*summary.json is left as it is"):
+        rescore(run_copy)
+    assert (run_copy / "summary.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "run.json").write_text(""), r"run.json is damaged \(not a JSON object\)"),
+    (lambda run: (run / "run.json").write_text("[1, 2]"), r"run.json is damaged \(not a JSON object\)"),
+    (lambda run: (run / "generations.jsonl.gz").write_bytes(b"not gzip"), "the log is damaged or unreadable"),
+    (lambda run: (run / "generations.jsonl.gz").write_bytes(gzip.compress(b'{"a": 1}\n')),
+     r"generations.jsonl.gz:1 is not a logged generation"),
+])
+def test_a_damaged_run_folder_is_one_line_from_rescore(run_copy, damage, message):
+    from selfid.audit.run import rescore
+
+    damage(run_copy)
+    with pytest.raises(SelfidError, match=message):
+        rescore(run_copy)
+
+
+def test_compare_refuses_to_write_into_an_audit_run_or_over_a_users_report(run_copy, tmp_path):
+    from selfid.audit.compare import compare
+
+    report = (run_copy / "report.html").read_bytes()
+    with pytest.raises(SelfidError, match="is an audit run folder"):
+        compare(SMALL_RUN, SMALL_RUN, run_copy)
+    assert (run_copy / "report.html").read_bytes() == report
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("my own page")
+    with pytest.raises(SelfidError, match="already holds report.html, which selfid did not write"):
+        compare(SMALL_RUN, SMALL_RUN, mine)
+    assert (mine / "report.html").read_text() == "my own page"
+    done = tmp_path / "done"
+    compare(SMALL_RUN, SMALL_RUN, done)
+    compare(SMALL_RUN, SMALL_RUN, done)  # its own earlier comparison is written again
+    assert json.loads((done / "comparison.json").read_text())
+
+
+def test_a_baseline_is_written_over_an_older_baseline_only(tmp_path):
+    from selfid.gate.tallies import BASELINE_KIND, check_baseline_target
+
+    mine = tmp_path / "notes.txt"
+    mine.write_text("keep me")
+    with pytest.raises(SelfidError, match="exists and is not a selfid baseline: it is left as it is"):
+        check_baseline_target(mine)
+    with pytest.raises(SelfidError, match="is a folder"):
+        check_baseline_target(tmp_path)
+    old = tmp_path / "baseline.json"
+    old.write_text(json.dumps({"kind": BASELINE_KIND}))
+    check_baseline_target(old)
+    check_baseline_target(tmp_path / "new.json")
+
+
+def test_a_gate_that_can_check_no_identity_metric_does_not_pass():
+    """The grid audit against a held-out audit share no identity prompt, only NER sentences: the gate used to
+    print two NER checks and pass with exit 0."""
+    from selfid.gate.tallies import read
+    from selfid.gate.thresholds import Thresholds
+    from selfid.gate.verdict import judge
+
+    with pytest.raises(SelfidError, match="no identity check can run"):
+        judge(read(RESULTS / "study-0.5b" / "plain" / "audit"), read(RESULTS / "study-0.5b" / "plain" / "heldout"),
+              Thresholds())
+
+
+def test_counts_below_one_are_refused_before_anything_loads():
+    for args in (["eval-ner", "--n", "-5"], ["eval-ner", "--n", "0"], ["eval-ner", "--batch-size", "0"],
+                 ["audit", "--retries", "-1", "--out", "x"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and "Invalid value" in result.output, args
