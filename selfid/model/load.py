@@ -60,9 +60,17 @@ def pick_device(device: str | None = None):
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        picked = torch.device(device)
     except RuntimeError:
         raise SelfidError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if picked.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SelfidError(f"--device {device}: this PyTorch sees no CUDA GPU (a CPU build, or no driver): use "
+                              "--device cpu or auto")
+        if picked.index is not None and picked.index >= torch.cuda.device_count():
+            raise SelfidError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return picked
 
 
 def pick_dtype(dtype: str | None, device) -> Any:
