@@ -423,7 +423,10 @@ def gate(
         raise typer.Exit(g.USER_ERROR) from None
     except (KeyboardInterrupt, typer.Exit):
         raise
-    except Exception:  # a crash must not read as exit 1, "regression found"
+    except Exception as e:  # a crash must not read as exit 1, "regression found"
+        if isinstance(e, OSError) and path_error(e):  # a path the user gave: bad input
+            print(f"selfid: error: {path_error(e)}", file=sys.stderr)
+            raise typer.Exit(g.USER_ERROR) from None
         import traceback
 
         traceback.print_exc()
@@ -752,11 +755,29 @@ def study_report(
     print(f"wrote {write_report(root, out, sizes if extra else None, operator, lf)}")
 
 
+def path_error(e: OSError) -> str | None:
+    """One line for a file-system error about a path the user gave (unreadable, unwritable, missing, a folder where a
+    file belongs, or the reverse), or None for any other error. SELFID_TRACEBACK=1 shows the traceback instead."""
+    kinds = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)
+    if not isinstance(e, kinds) or not e.filename or os.environ.get("SELFID_TRACEBACK"):
+        return None
+    what = {PermissionError: "permission denied (check who owns it and its mode)", FileNotFoundError: "no such file or "
+            "folder", IsADirectoryError: "it is a folder where a file belongs", NotADirectoryError: "a part of the path "
+            "is a file where a folder belongs", FileExistsError: "it already exists"}[type(e)]
+    return f"cannot use {e.filename}: {what}"
+
+
 def main() -> None:
     try:
         app()
     except SelfidError as e:
         print(f"selfid: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        line = path_error(e)
+        if line is None:
+            raise
+        print(f"selfid: error: {line}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("selfid: interrupted", file=sys.stderr)

@@ -130,3 +130,25 @@ def test_counts_below_one_are_refused_before_anything_loads():
                  ["audit", "--retries", "-1", "--out", "x"]):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and "Invalid value" in result.output, args
+
+
+def test_a_path_the_user_gave_that_cannot_be_used_is_one_line(tmp_path):
+    """An --out under a file, an unreadable or missing input: `selfid: error: cannot use PATH: why`, exit 2, from
+    every command (they ended in Python's traceback); other errors are not dressed up as bad input."""
+    import subprocess
+    import sys
+
+    from selfid.cli import path_error
+
+    assert path_error(PermissionError(13, "Permission denied", "/x/run.json")) == \
+        "cannot use /x/run.json: permission denied (check who owns it and its mode)"
+    assert path_error(FileNotFoundError(2, "No such file", "/nonexist.jsonl")).endswith("no such file or folder")
+    assert path_error(OSError(28, "No space left on device", "/x")) is None  # not about the path: kept as it is
+    assert path_error(PermissionError(13, "denied")) is None  # no path to name
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", "compare", str(SMALL_RUN), str(SMALL_RUN), "--out",
+                           str(blocker / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"selfid: error: cannot use {blocker / 'out'}: a part of the path is a file where a " \
+                                  "folder belongs"
