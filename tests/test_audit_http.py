@@ -82,3 +82,37 @@ def test_audit_through_selfid_api_matches_in_process_and_records_the_servers_sys
     defaults = [r for r in api.values() if r["system"] == "template"]
     assert defaults and all(r["effective_system"] == tiny.chat.default_system for r in defaults)
     assert all(r["system_source"] == "template" for r in defaults)
+
+
+@pytest.mark.parametrize("body, why", [("<html>a proxy's page</html>", "not JSON"),
+                                       ('{"id": "x", "object": "chat.completion", "choices": []}', "no choices")])
+def test_an_answer_that_is_no_chat_completion_is_one_line_naming_base_url(http_probes, tmp_path, body, why):
+    """A 200 whose body is a web page or has no choices (a --base-url missing its /v1, a proxy) stopped the audit
+    with JSONDecodeError or IndexError; the replay's message does not offer a --resume it lacks."""
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def completions():
+        return Response(body, media_type="application/json")
+
+    with serve(app) as url:
+        backend = HttpBackend(url, "tiny", retries=0)
+        with pytest.raises(SelfidError, match=r"something other than an OpenAI chat completion.*--base-url"):
+            run_audit(backend, grid(http_probes), tmp_path / "r", show_progress=False)
+        from types import SimpleNamespace
+
+        from selfid.pipeline.replay_export import _open
+
+        replay_backend, _ = _open(None, url, "tiny", None, None, "auto", "auto", None, 2, 0)
+        failure = replay_backend._failure(SimpleNamespace(key="q1"), ValueError("Expecting value"))
+        assert "Nothing was written: fix --base-url and run the replay again" in str(failure)
+        assert "--resume" not in str(failure)
+
+def test_an_unreachable_judge_is_one_line():
+    from selfid.audit.detect import Judge
+
+    with pytest.raises(SelfidError, match="could not reach the judge at http://127.0.0.1:9/v1"):
+        Judge("http://127.0.0.1:9/v1", "m", max_retries=0).ask("I am Claude.")

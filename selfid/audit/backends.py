@@ -142,6 +142,9 @@ class HttpBackend:
     """
 
     kind = "http"
+    # what a failed request's message tells the user to do next (the replay, which writes nothing until the end,
+    # sets its own)
+    after_failure = "Finished work is logged: {fix} and rerun with --resume"
 
     def __init__(self, base_url: str, model_name: str, api_key: str | None = None, concurrency: int = 8,
                  retries: int = 6, timeout: float = 120.0, reference: str | None = None):
@@ -167,6 +170,8 @@ class HttpBackend:
             model=self.model_name, messages=item.messages(), temperature=item.temperature, seed=item.seed,
             max_tokens=item.max_new_tokens, n=1)
         resp = raw.parse()
+        if isinstance(resp, (str, bytes)) or not getattr(resp, "choices", None):
+            raise NotACompletion(f"the body is {'not JSON' if isinstance(resp, (str, bytes)) else 'one with no choices'}")
         choice = resp.choices[0]
         usage = resp.usage
         system, source = endpoint_system(raw.headers, item.system_text)
@@ -207,12 +212,21 @@ class HttpBackend:
         if isinstance(e, openai.APIStatusError):
             retried = e.status_code in (408, 409, 429) or e.status_code >= 500
             how = f"after {self.retries} retries" if retried else "(a client error, not retried)"
-            return SelfidError(f"{self.base_url} answered {e.status_code} for {item.key} {how}: {_short(e)}. "
-                               "Finished work is logged: fix the endpoint or the options and rerun with --resume")
+            check = " (check --api-key)" if e.status_code in (401, 403) else ""
+            return SelfidError(f"{self.base_url} answered {e.status_code} for request {item.key} {how}{check}: "
+                               f"{_short(e)}. " + self.after_failure.format(fix="fix the endpoint or the options"))
         if isinstance(e, openai.APIError):
-            return SelfidError(f"could not reach {self.base_url} for {item.key} after {self.retries} retries "
-                               f"({_short(e)}). Finished work is logged: rerun with --resume once the endpoint is up")
+            return SelfidError(f"could not reach {self.base_url} for request {item.key} after {self.retries} retries "
+                               f"({_short(e)}). " + self.after_failure.format(fix="start the endpoint"))
+        if isinstance(e, (NotACompletion, ValueError)):  # a 200 whose body is no chat completion (bad JSON included)
+            return SelfidError(f"{self.base_url} answered request {item.key} with something other than an OpenAI "
+                               f"chat completion ({_short(e)}): check that --base-url is the endpoint's /v1 address. "
+                               + self.after_failure.format(fix="fix --base-url"))
         raise e
+
+
+class NotACompletion(ValueError):
+    """An endpoint's 200 answer that is not a chat completion (a web page, an empty list of choices)."""
 
 def _short(e: Exception) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Sequence
 
+from selfid.errors import SelfidError
 from selfid.vendors import BY_KEY, KEYS, Mention, find_mentions
 
 # --- cleaning --------------------------------------------------------------------------------------
@@ -635,10 +636,23 @@ class Judge:
         user = (f"The user asked:\n<question>\n{question}\n</question>\n" if question else "") + \
             f"The assistant replied:\n<reply>\n{text}\n</reply>"
         self.calls += 1
-        resp = self._client.chat.completions.create(
-            model=self.model, temperature=0, seed=self.seed, max_tokens=200,
-            messages=[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}])
-        return parse_verdict(resp.choices[0].message.content or "")
+        import openai
+
+        try:
+            resp = self._client.chat.completions.create(
+                model=self.model, temperature=0, seed=self.seed, max_tokens=200,
+                messages=[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}])
+            content = resp.choices[0].message.content
+        except openai.APIStatusError as e:
+            raise SelfidError(f"the judge at {self.base_url} answered {e.status_code}: check --judge-base-url, "
+                              "--judge-model and --judge-api-key") from None
+        except openai.APIError:
+            raise SelfidError(f"could not reach the judge at {self.base_url}: check that it is up and that "
+                              "--judge-base-url is its /v1 address") from None
+        except (ValueError, IndexError, AttributeError, TypeError):  # a 200 that is no chat completion
+            raise SelfidError(f"the judge at {self.base_url} answered with something other than an OpenAI chat "
+                              "completion: check that --judge-base-url is its /v1 address") from None
+        return parse_verdict(content or "")
 
 
 def classify(text: str, asked: str | None = None, judge: Judge | None = None, question: str | None = None,

@@ -177,12 +177,18 @@ def ask(backend, messages: list[dict], temperature: float, max_tokens: int, seed
         resp = backend.client.chat.completions.create(model=backend.model_name, messages=messages,
                                                       temperature=temperature, max_tokens=max_tokens, n=1,
                                                       extra_headers=HEADER, **extra)
+    except ValueError:  # a 200 whose body is not JSON
+        raise SelfidError(f"{backend.base_url} answered the audit's first requests with something other than an "
+                          "OpenAI chat completion: check that --base-url is the endpoint's /v1 address") from None
     except openai.APIError as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         if isinstance(e, openai.APIStatusError):
             raise SelfidError(f"{backend.base_url} answered {e.status_code} to the audit's first requests ({msg}): "
                               f"check that it serves --model-name {backend.model_name!r}") from None
         raise SelfidError(f"could not reach {backend.base_url} ({msg}): check that the endpoint is up") from None
+    if isinstance(resp, (str, bytes)) or not getattr(resp, "choices", None):
+        raise SelfidError(f"{backend.base_url} answered the audit's first requests with something other than an "
+                          "OpenAI chat completion: check that --base-url is the endpoint's /v1 address")
     choice, usage = resp.choices[0], resp.usage
     return Answer(choice.message.content or "", choice.finish_reason, getattr(usage, "prompt_tokens", None),
                   getattr(usage, "completion_tokens", None), getattr(resp, "model", None))

@@ -141,8 +141,10 @@ def run(out: Path, rep: IdentityReplay, *, model: str | None = None, base_url: s
 def _open(model, base_url, model_name, api_key, own_from, device, dtype, batch_size, concurrency, retries):
     """(backend, loaded): the model in-process (every request in one engine call), or the endpoint (loaded None)."""
     if base_url:
-        return open_backend(model, None, base_url, model_name, api_key, concurrency=concurrency, retries=retries,
-                            own_from=own_from)  # --model with --base-url: one line saying to give one of them
+        backend, loaded = open_backend(model, None, base_url, model_name, api_key, concurrency=concurrency,
+                                       retries=retries, own_from=own_from)  # --model too: one line saying which
+        backend.after_failure = "Nothing was written: {fix} and run the replay again"
+        return backend, loaded
     if own_from:
         raise SelfidError("--own-from is for an endpoint (--base-url); in-process, --model names the model")
     # the audit's in-process backend (one device or several), every request in one engine call, as replay.in_process
