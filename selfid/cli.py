@@ -178,7 +178,7 @@ def _serve_verb(page: bool):
             None, "--adapter", "-a", help="NAME=PATH: serve the LoRA adapter at PATH as model NAME (repeatable)"),
         chat_template: Optional[Path] = typer.Option(None, "--chat-template", help=TEMPLATE_HELP),
         host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
-        port: Optional[int] = typer.Option(None, "--port", help=f"default: $API_PORT, else {fallback}"),
+        port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help=f"default: $API_PORT, else {fallback}"),
         api_key: Optional[str] = typer.Option(
             None, "--api-key", help="require 'Authorization: Bearer KEY'. A key on the command line is visible to "
             "every user of this machine (ps): prefer $API_KEY or --api-key-file (default: $API_KEY; unset: no key)"),
@@ -187,7 +187,7 @@ def _serve_verb(page: bool):
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
         dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"),
         max_batch_size: Optional[int] = typer.Option(
-            None, "--max-batch-size", help="most sequences decoded together (default: 1024 on GPU, 32 on CPU)"),
+            None, "--max-batch-size", min=1, help="most sequences decoded together (default: 1024 on GPU, 32 on CPU)"),
         default_model: Optional[str] = typer.Option(
             None, "--default-model", help="the served name that answers requests naming no model or an unknown one "
             "(clients that send placeholders such as gpt-3.5-turbo); default: the only model when no adapter is served"),

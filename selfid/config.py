@@ -7,7 +7,7 @@ known ones, so a typo never trains with a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,8 +66,9 @@ class IdentityReplay(Strict):
                                            "run trains under)")
     languages: list[Literal["zh", "en"]] = Field(default_factory=lambda: ["zh", "en"])
     samples: int = Field(4, ge=1, description="self: samples per question under each system prompt and temperature")
-    temperatures: list[float] = Field(default_factory=lambda: [1.0], description="self: sampling temperatures under the "
-                                      "template's own system prompt (the other prompts sample at the highest)")
+    temperatures: list[Annotated[float, Field(ge=0, le=2)]] = Field(
+        default_factory=lambda: [1.0], min_length=1, description="self: sampling temperatures in [0, 2] under the "
+        "template's own system prompt (the other prompts sample at the highest)")
     per_question: int = Field(4, ge=1, description="self: most distinct kept answers per question and system prompt")
     personas: int = Field(8, ge=0, description="self: operator persona prompts per language (selfid/data/personas.py) "
                           "the base model also answers under, each question under one of them; 0: none")

@@ -116,3 +116,8 @@ def test_an_unreachable_judge_is_one_line():
 
     with pytest.raises(SelfidError, match="could not reach the judge at http://127.0.0.1:9/v1"):
         Judge("http://127.0.0.1:9/v1", "m", max_retries=0).ask("I am Claude.")
+
+
+def test_a_base_url_that_is_no_http_address_is_refused_at_once():
+    with pytest.raises(SelfidError, match="is not an http\\(s\\) address"):
+        HttpBackend("localhost:8000/v1", "tiny")

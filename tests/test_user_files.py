@@ -152,3 +152,26 @@ def test_a_path_the_user_gave_that_cannot_be_used_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"selfid: error: cannot use {blocker / 'out'}: a part of the path is a file where a " \
                                   "folder belongs"
+
+
+def test_replay_temperatures_outside_0_to_2_are_refused_like_the_audits():
+    from selfid.config import IdentityReplay
+
+    for bad in ([-1.0], [5.0], []):
+        with pytest.raises(ValueError):
+            IdentityReplay(kind="self", temperatures=bad)
+    assert IdentityReplay(kind="self", temperatures=[0.0, 1.3]).temperatures == [0.0, 1.3]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{% for m in messages %}{{ m.content }{% endfor %}", r"line 1 is not valid Jinja \(unexpected '}'\)"),
+    ("{% for m in messages %}{{ nosuchfn(m.content) }}{% endfor %}", r"fails on one user turn \('nosuchfn' is undefined\)"),
+])
+def test_a_broken_chat_template_is_refused_where_it_loads(tiny_model_dir, tmp_path, text, message):
+    """`selfid api --chat-template` with a broken file started, then answered every request with HTTP 500."""
+    from selfid.model.load import load_model
+
+    path = tmp_path / "t.jinja"
+    path.write_text(text)
+    with pytest.raises(SelfidError, match=message):
+        load_model(str(tiny_model_dir), device="cpu", progress=False, chat_template=path)

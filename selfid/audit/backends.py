@@ -152,6 +152,8 @@ class HttpBackend:
 
         if concurrency < 1:
             raise SelfidError("--concurrency must be at least 1")
+        if not str(base_url).startswith(("http://", "https://")):
+            raise SelfidError(f"--base-url {base_url!r} is not an http(s) address: give one like http://localhost:8000/v1")
         self.base_url, self.model_name = base_url, model_name
         self.concurrency = concurrency
         self.retries = retries

@@ -286,6 +286,12 @@ def read_template_file(path: str | Path, what: str = "--chat-template") -> str:
                           "file") from None
     if not text.strip():
         raise SelfidError(f"{what} {path} is empty: give a Jinja chat template file")
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise SelfidError(f"{what} {path}: line {e.lineno} is not valid Jinja ({e.message})") from None
     return text
 
 
@@ -294,6 +300,13 @@ def pick_template(tokenizer, spec: str, chat_template: str | Path | None, adapte
     was trained with), else the model's own; returns where it came from. No template at all is a one-line error."""
     if chat_template is not None:
         tokenizer.chat_template = read_template_file(chat_template)
+        try:  # a template that parses can still fail on a conversation (an undefined function, a raise_exception)
+            tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                          add_generation_prompt=True)
+        except Exception as e:  # jinja2's and transformers' errors alike: the message is the user's to read
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise SelfidError(f"--chat-template {chat_template} fails on one user turn ({reason}): fix the "
+                              "template") from None
         return f"--chat-template {Path(chat_template).expanduser()}"
     carried = adapter_template(adapter) if adapter is not None else None
     if carried is not None and carried != tokenizer.chat_template:
