@@ -194,6 +194,11 @@ def test_other_settings_or_a_foreign_folder_are_refused(demo_run, tiny_model_dir
     (tmp_path / "old" / "demo.json").write_text("{}")
     with pytest.raises(SelfidError, match="earlier selfid"):
         run(tmp_path / "old", tiny_model_dir)
+    (tmp_path / "damaged").mkdir()
+    for text in ("", "[1, 2]"):
+        (tmp_path / "damaged" / "study.json").write_text(text)
+        with pytest.raises(SelfidError, match=r"study.json is damaged \(not a JSON object\)"):
+            run(tmp_path / "damaged", tiny_model_dir)
     result = CliRunner().invoke(__import__("selfid.cli", fromlist=["app"]).app, ["demo", "--device", "tpu",
                                                                                "--out", str(tmp_path / "x")])
     assert isinstance(result.exception, SelfidError) and "unknown device" in str(result.exception)

@@ -149,7 +149,12 @@ def open_root(study: Study) -> dict:
     if root.exists() and not root.is_dir():
         raise SelfidError(f"{root} exists and is not a folder: choose another")
     if path.is_file():
-        state = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            state = None
+        if not isinstance(state, dict):
+            raise SelfidError(f"{path} is damaged (not a JSON object): restore it, or choose another folder")
         if state.get("settings") != settings:
             raise SelfidError(f"{root} holds a study made at another scale or with another model (see {path}): continue "
                               f"it with the same options, or choose another folder")
