@@ -175,3 +175,22 @@ def test_a_broken_chat_template_is_refused_where_it_loads(tiny_model_dir, tmp_pa
     path.write_text(text)
     with pytest.raises(SelfidError, match=message):
         load_model(str(tiny_model_dir), device="cpu", progress=False, chat_template=path)
+
+
+def test_a_damaged_gguf_names_the_users_file_and_leaves_no_copy_in_the_cache(tmp_path, monkeypatch):
+    """An empty, foreign or cut-short .gguf ended in ValueError or struct.error naming selfid's cache copy, and the
+    copy stayed there."""
+    from selfid.model.load import gguf_folder
+
+    monkeypatch.setenv("SELFID_HOME", str(tmp_path / "home"))
+    empty, foreign, cut = tmp_path / "empty.gguf", tmp_path / "foreign.gguf", tmp_path / "cut.gguf"
+    empty.write_bytes(b"")
+    foreign.write_bytes(b"PK\x03\x04zip!")
+    cut.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + b"\x05" * 40)  # a header, then nothing it promises
+    with pytest.raises(SelfidError, match=f"{empty} is not a GGUF file \\(it is empty\\)"):
+        gguf_folder(empty, progress=False)
+    with pytest.raises(SelfidError, match="does not begin with GGUF"):
+        gguf_folder(foreign, progress=False)
+    with pytest.raises(SelfidError, match=f"{cut} could not be read as a GGUF model .*cut short or damaged"):
+        gguf_folder(cut, progress=False)
+    assert not [p for p in (tmp_path / "home").rglob("*.gguf")]

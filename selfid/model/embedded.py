@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -244,7 +245,13 @@ def ensure_converted(
             make_gguf(gguf)
         with atomic_dir(final) as tmp, _Phases(f"Converting {gguf.name} to a transformers folder (once)",
                                                 progress) as step:
-            convert(gguf, tmp, step)
+            try:
+                convert(gguf, tmp, step)
+            except (ValueError, EOFError, struct.error) as e:  # gguf's reader on a cut-short or damaged file
+                gguf.unlink(missing_ok=True)  # the cache keeps no copy of a file that cannot be converted
+                raise SelfidError(f"{source.get('title') or source.get('name') or gguf} could not be read as a GGUF "
+                                  f"model ({type(e).__name__}: {str(e)[:120]}): the file is cut short or damaged; "
+                                  "download it again") from None
             if generation_defaults:
                 write_generation_defaults(tmp, generation_defaults)
             atomic_write_json(tmp / MARKER, {"gguf_sha256": gguf_sha256, **source})

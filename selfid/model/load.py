@@ -133,6 +133,11 @@ def check_hub(repo_id: str, timeout_s: float = 5.0) -> None:
 
 def gguf_folder(path: Path, progress: bool = True) -> Path:
     """Convert a user's GGUF once into the cache, keyed by its sha256."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise SelfidError(f"{path} is not a GGUF file ({'it is empty' if not magic else 'it does not begin with GGUF'}): "
+                          "pass a whole .gguf file, or a transformers model folder")
     sha = sha256_file(path)
 
     def copy(dest: Path) -> Path:
