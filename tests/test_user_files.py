@@ -194,3 +194,20 @@ def test_a_damaged_gguf_names_the_users_file_and_leaves_no_copy_in_the_cache(tmp
     with pytest.raises(SelfidError, match=f"{cut} could not be read as a GGUF model .*cut short or damaged"):
         gguf_folder(cut, progress=False)
     assert not [p for p in (tmp_path / "home").rglob("*.gguf")]
+
+
+def test_a_model_folder_or_adapter_missing_its_parts_is_one_line(tiny_model_dir, tmp_path):
+    from tests.serve_helpers import make_adapter
+
+    from selfid.model.load import load_model
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "config.json").write_text("{")
+    with pytest.raises(SelfidError, match=r"could not load the model in .*model \(.*not a valid JSON.*not a whole "
+                                          r"transformers model folder"):
+        load_model(str(broken), device="cpu", progress=False)
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(SelfidError, match=r"the adapter in .*adapter has no weights \(adapter_model.safetensors\)"):
+        load_model(str(tiny_model_dir), adapter=adapter, device="cpu", progress=False)

@@ -208,6 +208,8 @@ def attach_adapter(model, folder: Path, name: str | None, base: str):
     from safetensors import SafetensorError
 
     label = f"the adapter {name!r} in {folder}" if name else f"the adapter in {folder}"
+    if not any((Path(folder) / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise SelfidError(f"{label} has no weights (adapter_model.safetensors): {adapter_fix(Path(folder))}")
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(folder, adapter_name=name)
@@ -257,12 +259,18 @@ def _from_pretrained(cls, where, kind: str, **kw):
     if kind != "hub":
         from safetensors import SafetensorError
 
+        fix = (f"delete {where} and selfid converts it again" if (Path(where) / MARKER).is_file()
+               else "restore the model's files (download or copy them again)")
         try:
             return cls.from_pretrained(where, local_files_only=True, **kw)
         except (SafetensorError, EOFError) as e:
-            fix = (f"delete {where} and selfid converts it again" if (Path(where) / MARKER).is_file()
-                   else "restore the model's files (download or copy them again)")
             raise unreadable(f"the model in {where}", e, fix) from None
+        except (OSError, ValueError) as e:  # config.json not JSON, no weights, a model_type transformers lacks
+            if isinstance(e, PermissionError):
+                raise
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise SelfidError(f"could not load the model in {where} ({reason}): it is not a whole transformers "
+                              f"model folder; {fix}") from None
     try:  # a model already in the Hugging Face cache loads without the network
         return cls.from_pretrained(where, local_files_only=True, **kw)
     except OSError:
