@@ -197,9 +197,8 @@ def test_a_damaged_gguf_names_the_users_file_and_leaves_no_copy_in_the_cache(tmp
 
 
 def test_a_model_folder_or_adapter_missing_its_parts_is_one_line(tiny_model_dir, tmp_path):
-    from tests.serve_helpers import make_adapter
-
     from selfid.model.load import load_model
+    from tests.serve_helpers import make_adapter
 
     broken = tmp_path / "model"
     shutil.copytree(tiny_model_dir, broken)
