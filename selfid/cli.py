@@ -752,7 +752,16 @@ def study_report(
     # §10's runs: LLaMA-Factory's trainer with selfid's replay (bench/lf_proof.py), results/lf-SIZE beside the study
     lf = [(name, folder.parent / f"lf-{name.lower()}") for name, folder in sizes
           if (folder.parent / f"lf-{name.lower()}").is_dir()]
-    print(f"wrote {write_report(root, out, sizes if extra else None, operator, lf)}")
+    from rich.console import Console
+
+    read = []
+    with Console(stderr=True).status("study report: reading the run folders") as status:
+        def say(run: Path) -> None:  # each run folder is read and scored again: a few minutes for the shipped study
+            read.append(run)
+            status.update(f"study report: scoring run folder {len(read)}, {run}")
+
+        written = write_report(root, out, sizes if extra else None, operator, lf, say=say)
+    print(f"wrote {written} from {len(read)} run folders")
 
 
 def path_error(e: OSError) -> str | None:

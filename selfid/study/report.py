@@ -42,12 +42,15 @@ OPERATOR_TRIALS = ("persona-xl", "persona-typical", "persona-xl-typical", "perso
 class Runs:
     """Each run folder read and scored once: several sections show the same runs."""
 
-    def __init__(self):
+    def __init__(self, say=None):
         self._loaded: dict[Path, tuple | None] = {}
         self._summaries: dict[Path, dict | None] = {}
+        self.say = say  # told each run folder as it is read and scored (the CLI's progress line)
 
     def loaded(self, run: Path):
         if run not in self._loaded:
+            if self.say is not None and (run / "run.json").is_file():
+                self.say(run)
             self._loaded[run] = load_run(run) if (run / "run.json").is_file() else None
         return self._loaded[run]
 
@@ -899,12 +902,13 @@ def held_arms(root: Path) -> list[str]:
 
 
 def write_report(root: Path, out: Path, sizes: list[tuple[str, Path]] | None = None,
-                 operator: list[tuple[str, Path, Path]] | None = None, lf: list[tuple[str, Path]] | None = None) -> Path:
+                 operator: list[tuple[str, Path, Path]] | None = None, lf: list[tuple[str, Path]] | None = None,
+                 say=None) -> Path:
     """docs/study.md (`out`) from the study folder `root`; `sizes`: (label, folder) of each model size for §8;
     `operator`: (label, operator study folder, main study folder) of each model size for §9; `lf`: (label, folder of
     bench/lf_proof.py's runs) of each model size for §10."""
     root = Path(root)
-    runs = Runs()
+    runs = Runs(say)
     base = runs.summary(root / "base" / "audit")
     if base is None:
         raise SelfidError(f"{root}/base/audit is missing: run the study first (selfid study run --root {root})")
