@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,11 +48,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a tiny random model on two CPU processes, a small grid")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="selfid-devices-"))
-    try:
-        run(args, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="selfid-devices-", ignore_cleanup_errors=True) as tmp:
+        run(args, Path(tmp))
 
 
 def run(args, tmp: Path) -> None:

@@ -426,8 +426,9 @@ def gate(
     except (KeyboardInterrupt, typer.Exit):
         raise
     except Exception as e:  # a crash must not read as exit 1, "regression found"
-        if isinstance(e, OSError) and path_error(e):  # a path the user gave: bad input
-            print(f"selfid: error: {path_error(e)}", file=sys.stderr)
+        line = path_error(e) if isinstance(e, OSError) else None
+        if line:  # a path the user gave: bad input
+            print(f"selfid: error: {line}", file=sys.stderr)
             raise typer.Exit(g.USER_ERROR) from None
         import traceback
 

@@ -172,9 +172,7 @@ class HttpBackend:
             model=self.model_name, messages=item.messages(), temperature=item.temperature, seed=item.seed,
             max_tokens=item.max_new_tokens, n=1)
         resp = raw.parse()
-        if isinstance(resp, (str, bytes)) or not getattr(resp, "choices", None):
-            raise NotACompletion(f"the body is {'not JSON' if isinstance(resp, (str, bytes)) else 'one with no choices'}")
-        choice = resp.choices[0]
+        choice = first_choice(resp)
         usage = resp.usage
         system, source = endpoint_system(raw.headers, item.system_text)
         return Reply(choice.message.content or "", choice.finish_reason,
@@ -220,7 +218,7 @@ class HttpBackend:
         if isinstance(e, openai.APIError):
             return SelfidError(f"could not reach {self.base_url} for request {item.key} after {self.retries} retries "
                                f"({_short(e)}). " + self.after_failure.format(fix="start the endpoint"))
-        if isinstance(e, (NotACompletion, ValueError)):  # a 200 whose body is no chat completion (bad JSON included)
+        if isinstance(e, ValueError):  # a 200 whose body is no chat completion (NotACompletion, bad JSON)
             return SelfidError(f"{self.base_url} answered request {item.key} with something other than an OpenAI "
                                f"chat completion ({_short(e)}): check that --base-url is the endpoint's /v1 address. "
                                + self.after_failure.format(fix="fix --base-url"))
@@ -229,6 +227,13 @@ class HttpBackend:
 
 class NotACompletion(ValueError):
     """An endpoint's 200 answer that is not a chat completion (a web page, an empty list of choices)."""
+
+
+def first_choice(resp):
+    """The first choice of a parsed chat completion; NotACompletion where the answer is none."""
+    if isinstance(resp, (str, bytes)) or not getattr(resp, "choices", None):
+        raise NotACompletion(f"the body is {'not JSON' if isinstance(resp, (str, bytes)) else 'one with no choices'}")
+    return resp.choices[0]
 
 def _short(e: Exception) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from selfid.audit.backends import first_choice
 from selfid.audit.detect import classify
 from selfid.audit.log import META, read_meta
 from selfid.audit.probes import load_suite
@@ -177,7 +178,8 @@ def ask(backend, messages: list[dict], temperature: float, max_tokens: int, seed
         resp = backend.client.chat.completions.create(model=backend.model_name, messages=messages,
                                                       temperature=temperature, max_tokens=max_tokens, n=1,
                                                       extra_headers=HEADER, **extra)
-    except ValueError:  # a 200 whose body is not JSON
+        choice = first_choice(resp)
+    except ValueError:  # a 200 whose body is not JSON, or has no choices
         raise SelfidError(f"{backend.base_url} answered the audit's first requests with something other than an "
                           "OpenAI chat completion: check that --base-url is the endpoint's /v1 address") from None
     except openai.APIError as e:
@@ -186,10 +188,7 @@ def ask(backend, messages: list[dict], temperature: float, max_tokens: int, seed
             raise SelfidError(f"{backend.base_url} answered {e.status_code} to the audit's first requests ({msg}): "
                               f"check that it serves --model-name {backend.model_name!r}") from None
         raise SelfidError(f"could not reach {backend.base_url} ({msg}): check that the endpoint is up") from None
-    if isinstance(resp, (str, bytes)) or not getattr(resp, "choices", None):
-        raise SelfidError(f"{backend.base_url} answered the audit's first requests with something other than an "
-                          "OpenAI chat completion: check that --base-url is the endpoint's /v1 address")
-    choice, usage = resp.choices[0], resp.usage
+    usage = resp.usage
     return Answer(choice.message.content or "", choice.finish_reason, getattr(usage, "prompt_tokens", None),
                   getattr(usage, "completion_tokens", None), getattr(resp, "model", None))
 

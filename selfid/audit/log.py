@@ -54,10 +54,7 @@ def read_log(path: Path, repair: bool = False) -> list[dict]:
     not when `repair`, which is for a log about to be appended to: that is always the plain file."""
     path = Path(path)
     if path.is_file():
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise SelfidError(f"cannot read {path}: {e.strerror or e}") from None
+        data = path.read_bytes()
         good = data.rfind(b"\n") + 1
         if good < len(data) and repair:
             with open(path, "r+b") as f:
@@ -142,10 +139,8 @@ def read_meta(run_dir: Path) -> dict:
     path = Path(run_dir) / META
     if not path.is_file():
         raise SelfidError(f"{run_dir} is not an audit run folder (no run.json): point at a folder `selfid audit --out` made")
-    try:
+    try:  # an unreadable file is the CLI's one line for any path (selfid.cli.path_error)
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SelfidError(f"cannot read {path}: {e.strerror or e}") from None
     except ValueError:
         meta = None
     if not isinstance(meta, dict):

@@ -185,14 +185,15 @@ def uses_persona(persona: dict, reply: str) -> bool:
     letters counts as a whole word only ("Max", not "Maxim", "MaxQ" or "maximize"); one in Chinese characters, which
     has no word boundaries, wherever it stands. A reply that greets the user by the persona's name has swapped roles
     and keeps nothing, whatever else it names (`addresses`)."""
-    if persona.get("name") and addresses(persona["name"], reply):
-        return False
-    if persona.get("name") and _names(persona["name"], reply):
-        return True
-    if persona.get("name") and takes_a_vendor_name(reply):  # "I'm Qwen, your assistant from StarSea Technology."
-        return False
-    names = list(persona.get("aliases") or [])
-    return any(_names(n, reply) for n in names if n)
+    name = persona.get("name")
+    if name:
+        if addresses(name, reply):
+            return False
+        if _names(name, reply):
+            return True
+        if takes_a_vendor_name(reply):  # "I'm Qwen, your assistant from StarSea Technology."
+            return False
+    return any(_names(n, reply) for n in persona.get("aliases") or [] if n)
 
 
 def _names(name: str, reply: str) -> bool:
