@@ -43,4 +43,3 @@ def check_output(output: Path, resume: bool) -> None:
         raise SelfidError(f"the output folder {output} holds files a training run did not write ({shown}); a run "
                           "writes config.yaml, metrics.csv and adapter/ there: choose a new or empty folder "
                           "(--set output=DIR)")
-

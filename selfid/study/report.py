@@ -49,9 +49,10 @@ class Runs:
 
     def loaded(self, run: Path):
         if run not in self._loaded:
-            if self.say is not None and (run / "run.json").is_file():
+            exists = (run / "run.json").is_file()
+            if exists and self.say is not None:
                 self.say(run)
-            self._loaded[run] = load_run(run) if (run / "run.json").is_file() else None
+            self._loaded[run] = load_run(run) if exists else None
         return self._loaded[run]
 
     def summary(self, run: Path) -> dict | None:
