@@ -49,6 +49,23 @@ def public_modes(root: Path) -> None:
         os.chmod(root, FILE_MODE)
 
 
+def check_can_create(out: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an output path that could not be written when the work is done: a part of it is a
+    file, or its nearest existing folder does not let this user create a folder in it (probed by creating and
+    removing one: it also catches a read-only file system, where a root user's permissions would say yes)."""
+    out = Path(out)
+    parent = out  # the folder itself where it exists (files are written in it), else its nearest existing parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SelfidError(f"{option} {out}: {parent} is a file, not a folder: choose another {option}")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".selfid-probe-"))
+    except OSError as e:
+        raise SelfidError(f"{option} {out}: cannot write in {parent} ({e.strerror or e}): choose a folder you can "
+                          "write to") from None
+
+
 def check_out_folder(out: Path, writes: tuple[str, ...], ours: str, option: str = "--out") -> None:
     """Refuse, before any work, an output folder that is a file, or that holds files of the names a command writes
     there (`writes`) without its own record (`ours`: a previous output of the same command, which it may write
@@ -56,6 +73,7 @@ def check_out_folder(out: Path, writes: tuple[str, ...], ours: str, option: str 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SelfidError(f"{option} {out} is a file: give a folder")
+    check_can_create(out, option)
     if out.is_dir() and not (out / ours).exists():
         taken = [name for name in writes if (out / name).exists()]
         if taken:

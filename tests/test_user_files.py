@@ -150,8 +150,39 @@ def test_a_path_the_user_gave_that_cannot_be_used_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "selfid.cli", "compare", str(SMALL_RUN), str(SMALL_RUN), "--out",
                            str(blocker / "out")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"selfid: error: cannot use {blocker / 'out'}: a part of the path is a file where a " \
-                                  "folder belongs"
+    assert proc.stderr.strip() == f"selfid: error: --out {blocker / 'out'}: {blocker} is a file, not a folder: " \
+                                  "choose another --out"
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, monkeypatch):
+    """replay and export wrote their folder only after minutes of sampling or a merge, and train after loading the
+    model: an --out under a file, or in a folder the user may not write, lost that work."""
+    from selfid.io import check_can_create
+    from selfid.pipeline.train import check_output
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")  # says no base model: export would stop there, later
+    runner = CliRunner()
+    for args in (["replay", "--out", str(blocker / "r"), "--model", str(tmp_path / "no-such-model")],
+                 ["export", str(adapter), "--merge", "--out", str(blocker / "x" / "y")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code != 0
+        assert f"{blocker} is a file, not a folder" in str(result.exception), args
+    with pytest.raises(SelfidError, match="is a file, not a folder"):
+        check_output(blocker / "run", resume=False)
+    check_can_create(tmp_path / "new" / "deeper")  # a writable parent: nothing made, nothing refused
+    assert not (tmp_path / "new").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "adapter"]
+
+    def denied(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("selfid.io.tempfile.mkdtemp", denied)  # a read-only folder (root's permission bits say yes)
+    with pytest.raises(SelfidError, match=r"--out .*/out: cannot write in .* \(Permission denied\): choose a folder "
+                                          "you can write to"):
+        check_can_create(tmp_path / "out")
 
 
 def test_replay_temperatures_outside_0_to_2_are_refused_like_the_audits():

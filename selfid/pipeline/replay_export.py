@@ -26,7 +26,7 @@ from selfid.data import replay_set, trainer_formats
 from selfid.data.mix import scaled, share
 from selfid.data.readers import read_file
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, sha256_file
+from selfid.io import atomic_dir, check_can_create, sha256_file
 from selfid.pipeline import replay
 from selfid.system_prompt import SERVING, canonical, resolve
 from selfid.vendors import KEYS
@@ -86,6 +86,7 @@ def run(out: Path, rep: IdentityReplay, *, model: str | None = None, base_url: s
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SelfidError(f"{out} already exists and is not empty: choose a new --out (nothing there is replaced)")
+    check_can_create(out)  # before minutes of sampling, not after
     formats = formats or list(trainer_formats.FORMATS)
     sizing = size(rows, fraction, data)
     if backend is None:

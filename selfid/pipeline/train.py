@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfid.errors import SelfidError
+from selfid.io import check_can_create
 from selfid.pipeline import adapter_scale, replay
 
 
@@ -35,6 +36,7 @@ def check_output(output: Path, resume: bool) -> None:
     metrics.csv over whatever has those names."""
     if output.exists() and not output.is_dir():
         raise SelfidError(f"the output {output} is a file: choose a folder (--set output=DIR)")
+    check_can_create(output, "output")
     if resume or not output.is_dir():
         return
     others = sorted(p.name for p in output.iterdir() if p.name not in RUN_FILES)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from selfid import manifest as manifest_mod
 from selfid.errors import SelfidError
-from selfid.io import atomic_dir, atomic_write_json, atomic_write_text, write_checksums
+from selfid.io import atomic_dir, atomic_write_json, atomic_write_text, check_can_create, write_checksums
 from selfid.model.chat import ChatFormat
 from selfid.model.load import adapter_config, load_model
 from selfid.system_prompt import resolve
@@ -70,6 +70,7 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
         raise SelfidError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SelfidError(f"{out} already exists and is not empty: choose a new --out folder")
+    check_can_create(out)  # before the merge, not after
     manifest = manifest_mod.read(adapter)
     base = model or (manifest.base_model.get("name") if manifest is not None else None)
     if base is None:
