@@ -237,6 +237,11 @@ def test_a_model_folder_or_adapter_missing_its_parts_is_one_line(tiny_model_dir,
     with pytest.raises(SelfidError, match=r"could not load the model in .*model \(.*not a valid JSON.*not a whole "
                                           r"transformers model folder"):
         load_model(str(broken), device="cpu", progress=False)
+    shutil.copy(tiny_model_dir / "config.json", broken / "config.json")
+    (broken / "tokenizer.json").unlink()  # transformers loads its special tokens alone; every reply was empty
+    with pytest.raises(SelfidError, match=r"the tokenizer in .*model turns text into no tokens \(2 in its vocabulary\)"
+                                          r": the folder lacks its tokenizer files \(tokenizer.json"):
+        load_model(str(broken), device="cpu", progress=False)
     adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
     (adapter / "adapter_model.safetensors").unlink()
     with pytest.raises(SelfidError, match=r"the adapter in .*adapter has no weights \(adapter_model.safetensors\)"):

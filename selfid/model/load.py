@@ -286,6 +286,15 @@ def _from_pretrained(cls, where, kind: str, **kw):
         ) from None
 
 
+def check_tokenizer(tokenizer, where) -> None:
+    """Refuse a tokenizer that turns text into no tokens: transformers loads a folder without tokenizer.json (or
+    vocab.json and merges.txt) as a vocabulary of its special tokens alone, and every reply came back empty."""
+    if not tokenizer("Hello, 你好", add_special_tokens=False).input_ids:
+        raise SelfidError(f"the tokenizer in {where} turns text into no tokens ({len(tokenizer)} in its vocabulary): "
+                          "the folder lacks its tokenizer files (tokenizer.json, or vocab.json and merges.txt); copy "
+                          "them from where the model came from")
+
+
 def read_template_file(path: str | Path, what: str = "--chat-template") -> str:
     """The text of a chat template file a user names; a one-line error when it cannot be one."""
     path = Path(path).expanduser()
@@ -386,6 +395,7 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
     from transformers.utils import logging as hf_logging
 
     tokenizer = _from_pretrained(AutoTokenizer, where, kind)
+    check_tokenizer(tokenizer, where)
     own_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     template_source = pick_template(tokenizer, spec, chat_template, adapter_path)  # before the weights load
     trained = read_trained_with(adapter_path) if adapter_path is not None else None
