@@ -238,6 +238,11 @@ def test_a_model_folder_or_adapter_missing_its_parts_is_one_line(tiny_model_dir,
                                           r"transformers model folder"):
         load_model(str(broken), device="cpu", progress=False)
     shutil.copy(tiny_model_dir / "config.json", broken / "config.json")
+    (broken / "generation_config.json").write_text('{"do_sample": true,')  # was ignored: greedy, no stop tokens
+    with pytest.raises(SelfidError, match=r"generation_config.json is damaged \(not valid JSON: .*\); it holds the "
+                                          "model's sampling defaults and stop tokens"):
+        load_model(str(broken), device="cpu", progress=False)
+    shutil.copy(tiny_model_dir / "generation_config.json", broken / "generation_config.json")
     (broken / "tokenizer.json").unlink()  # transformers loads its special tokens alone; every reply was empty
     with pytest.raises(SelfidError, match=r"the tokenizer in .*model turns text into no tokens \(2 in its vocabulary\)"
                                           r": the folder lacks its tokenizer files \(tokenizer.json"):

@@ -286,6 +286,22 @@ def _from_pretrained(cls, where, kind: str, **kw):
         ) from None
 
 
+def check_generation_config(folder: Path) -> None:
+    """Refuse a generation_config.json that is not a JSON object: transformers warned and went on with its own
+    defaults, so the model sampled greedily and lost its stop tokens while selfid named that file as the source."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return
+    try:
+        ok = isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+        reason = "not a JSON object"
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        ok, reason = False, f"not valid JSON: {e}"
+    if not ok:
+        raise SelfidError(f"{path} is damaged ({reason}); it holds the model's sampling defaults and stop tokens: "
+                          "restore it from where the model came from, or delete it to use transformers' defaults")
+
+
 def check_tokenizer(tokenizer, where) -> None:
     """Refuse a tokenizer that turns text into no tokens: transformers loads a folder without tokenizer.json (or
     vocab.json and merges.txt) as a vocabulary of its special tokens alone, and every reply came back empty."""
@@ -387,6 +403,8 @@ def load_model(spec: str = "embedded", adapter: str | Path | None = None, device
     where, kind = resolve_model(spec, progress)
     if kind == "folder":  # the embedded/GGUF cache was checked (and rebuilt if need be) by resolve_model
         check_folder(where)
+    if kind != "hub":
+        check_generation_config(Path(where))
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     if dev.type == "cuda":
