@@ -64,6 +64,14 @@ def test_scan_bad_input_is_a_clear_error(tmp_path):
     bad.write_text('{"messages": []}\n{oops\n')
     with pytest.raises(SelfidError, match=r"bad.jsonl:2: not valid JSON .*: fix or remove that line"):
         scan(bad)
+    unknown = tmp_path / "unknown.jsonl"  # exited 0 with a table of 0% over nothing
+    unknown.write_text('{"q": "hi", "a": "I am Claude"}\n{"input": "x"}\n')
+    with pytest.raises(SelfidError, match=r"unknown.jsonl: none of its 2 records has a shape selfid reads \(messages, "
+                                          r".*\): nothing was scanned"):
+        scan(unknown)
+    unknown.write_text("[]")
+    with pytest.raises(SelfidError, match="unknown.jsonl: it holds no records"):
+        scan(unknown)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SelfidError, match="holds no .json or .jsonl files"):
         scan(tmp_path / "empty")

@@ -170,6 +170,11 @@ def scan(path: Path, show: int = 5) -> ScanReport:
             report.claims[v] = report.claims.get(v, 0) + 1
         report.self_descriptions += is_self
         report.distilled += is_distilled
+    if not report.samples:  # a table of 0% over nothing read as "clean data"
+        raise SelfidError(f"{path}: " + (f"none of its {report.skipped} records has a shape selfid reads" if
+                                         report.skipped else "it holds no records") +
+                          " (messages, conversations with from/value, instruction/output, prompt/response, "
+                          "question/answer or text): nothing was scanned")
     return report
 
 
