@@ -110,6 +110,15 @@ def test_an_adapter_that_does_not_fit_the_base_model_is_one_line_from_chat(tiny_
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"selfid: error: could not load the adapter in {adapter} onto {tiny_model_dir}: ")
     assert "(was it trained on this base model?)" in line
+    # an adapter that records another base model: the message named none, and the user had to open its config
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["no_such_layer"],
+                                                             "base_model_name_or_path": "/models/Qwen2.5-7B"}))
+    proc = subprocess.run([sys.executable, "-m", "selfid.cli", "chat", "--model", str(tiny_model_dir), "--adapter",
+                           str(adapter), "--device", "cpu", "--prompt", "hi"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().endswith("(it records /models/Qwen2.5-7B as its base model: pass --model "
+                                        "/models/Qwen2.5-7B)")
 
 
 # --- what training writes ----------------------------------------------------------------------------

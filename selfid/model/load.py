@@ -220,9 +220,19 @@ def attach_adapter(model, folder: Path, name: str | None, base: str):
         raise unreadable(label, e, adapter_fix(folder)) from None
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise SelfidError(f"could not load {label} onto {base}: {reason} (was it trained on this base model?)") from None
+        recorded = recorded_base(Path(folder))
+        hint = (f"it records {recorded} as its base model: pass --model {recorded}" if recorded and recorded != base
+                else "was it trained on this base model?")
+        raise SelfidError(f"could not load {label} onto {base}: {reason} ({hint})") from None
     check_finite(model, name or "default", label)
     return model
+
+
+def recorded_base(folder: Path) -> str | None:
+    """The base model an adapter says it was trained on: its selfid.json, else PEFT's adapter_config.json."""
+    manifest = read_manifest(folder)
+    name = manifest.base_model.get("name") if manifest is not None else None
+    return name or adapter_config(folder).get("base_model_name_or_path") or None
 
 
 def check_finite(model, adapter_name: str, label: str) -> None:

@@ -14,7 +14,7 @@ from selfid import manifest as manifest_mod
 from selfid.errors import SelfidError
 from selfid.io import atomic_dir, atomic_write_json, atomic_write_text, check_can_create, write_checksums
 from selfid.model.chat import ChatFormat
-from selfid.model.load import adapter_config, load_model
+from selfid.model.load import load_model, recorded_base
 from selfid.system_prompt import resolve
 from selfid.train.gguf_file import DEFAULT_TYPES, check_architecture, modelfile, parse_types, write_gguf
 
@@ -72,9 +72,7 @@ def export(adapter: str | Path, out: str | Path, model: str | None = None, merge
         raise SelfidError(f"{out} already exists and is not empty: choose a new --out folder")
     check_can_create(out)  # before the merge, not after
     manifest = manifest_mod.read(adapter)
-    base = model or (manifest.base_model.get("name") if manifest is not None else None)
-    if base is None:
-        base = adapter_config(adapter).get("base_model_name_or_path")
+    base = model or recorded_base(adapter)
     if not base:
         raise SelfidError(f"{adapter} does not say which base model it belongs to: pass --model")
 
