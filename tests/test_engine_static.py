@@ -161,3 +161,16 @@ def test_decode_attention_takes_the_kernel_output_layouts_cuda_returns(monkeypat
     ref = real(query, key.repeat_interleave(H // Hkv, 1), value.repeat_interleave(H // Hkv, 1), attn_mask=mask,
                scale=D ** -0.5).transpose(1, 2)
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_the_kv_cache_share_of_free_gpu_memory_is_set_by_selfid_kv_share(monkeypatch):
+    """0.4 of the free memory suits a card of its own; beside trainings on one card it starved them (LLaMA-Factory's
+    chains on an H100), so SELFID_KV_SHARE lowers it, and a value that is no share is refused by its name."""
+    monkeypatch.delenv("SELFID_KV_SHARE", raising=False)
+    assert static_mod.kv_share() == 0.4
+    monkeypatch.setenv("SELFID_KV_SHARE", "0.1")
+    assert static_mod.kv_share() == 0.1
+    for bad in ("40%", "0", "1.5", ""):
+        monkeypatch.setenv("SELFID_KV_SHARE", bad)
+        with pytest.raises(SelfidError, match=r"SELFID_KV_SHARE=.*a number from 0.01 to 0.9"):
+            static_mod.kv_share()

@@ -32,6 +32,9 @@ case "${1:-}" in
   job)
     root=$2 model=$3
     mkdir -p "$root"
+    # the audits share the card with up to three trainings: at the default 0.4 of free memory the first audit's KV
+    # cache took 37 GiB of an H100 and the plain arm's audit and the replay arm's ran out of memory (2026-12-07)
+    export SELFID_KV_SHARE=${SELFID_KV_SHARE:-0.08}
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader -l 10 > "$root/gpu.log" 2>&1 &
     smi=$!
     TRAIN=0 ENDPOINT=0 bash "$here/lf.sh" "$root" "$model" > "$root/prepare.log" 2>&1 &

@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 import torch
 
 from selfid.engine.cache_kwarg import cache_kwarg
+from selfid.errors import SelfidError
 
 log = logging.getLogger("selfid.engine")
 
@@ -180,6 +181,21 @@ def freezing() -> bool:
     return os.environ.get("SELFID_COMPILE_FREEZING", "0") in ("1", "true", "on", "yes")
 
 
+def kv_share() -> float:
+    """The share of the GPU memory free at start that the KV cache may take: SELFID_KV_SHARE, default 0.4 (vLLM's
+    --gpu-memory-utilization, but of what is free). Lower it where the card is shared: an audit started beside
+    LLaMA-Factory trainings on one H100 took 37 GiB at 0.4, and the trainings and later audits ran out of memory."""
+    text = os.environ.get("SELFID_KV_SHARE", "0.4")
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.01 <= share <= 0.9:
+        raise SelfidError(f"SELFID_KV_SHARE={text!r}: give the share of free GPU memory the KV cache may take, a "
+                          "number from 0.01 to 0.9 (default 0.4)")
+    return share
+
+
 def compile_step(fn, device):
     """torch.compile of a decode step for `device`. Shapes are left to torch's automatic dynamic shapes: the first
     bucket (one row, the one-client case) compiles specialised to its shapes; the next shape seen recompiles once with
@@ -310,7 +326,7 @@ class SlotDecoder:
         if budget_bytes is None:
             if device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(device)
-                budget_bytes = int(free * 0.4)
+                budget_bytes = int(free * kv_share())
             else:
                 budget_bytes = 2 << 30
         self.budget = budget_bytes
