@@ -72,6 +72,13 @@ SYSTEM_HELP = ("system prompt: template (the chat template's own), none, empty, 
                "under) or a text; default: adapter when the adapter's selfid.json records one, else template")
 
 
+def _above_0_to_1(value: float | None) -> float | None:
+    """--top-p's range, (0, 1]: typer's min/max bounds are closed, and 0 keeps no token to sample."""
+    if value is not None and not 0 < value <= 1:
+        raise typer.BadParameter(f"{value:g} is not in (0, 1]: 1 samples from every token, smaller keeps fewer")
+    return value
+
+
 @app.command()
 def chat(
     model: str = typer.Option("embedded", "--model", "-m", help=MODEL_HELP),
@@ -80,7 +87,7 @@ def chat(
     system: Optional[str] = typer.Option(None, "--system", "-s", help=SYSTEM_HELP),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t", min=0, max=2,
                                                 help="0 = greedy, at most 2; default: the model's own"),
-    top_p: Optional[float] = typer.Option(None, "--top-p", min=0, max=1,
+    top_p: Optional[float] = typer.Option(None, "--top-p", callback=_above_0_to_1,
                                           help="in (0, 1]; default: the model's own"),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="most new tokens per reply"),
     seed: Optional[int] = typer.Option(None, "--seed", help="makes sampling repeatable"),
