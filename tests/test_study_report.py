@@ -139,4 +139,12 @@ def test_the_llama_factory_section_judges_each_arm_it_finds_against_the_identity
     assert "Per system prompt, all temperatures pooled (base → plain → identity → replay):" in section
     versus = next(line for line in section.splitlines() if line.startswith("- replay against identity.json"))
     assert "foreign claims 0.0% vs " in versus and "not better on all three" in versus  # the same replies otherwise
+    assert not [line for line in section.splitlines() if "not in the table" in line]
+    (lf / "replay_dpo" / "adapter").mkdir(parents=True)  # trained, never audited: said so, with its NOTE.md's why
+    text = write_report(study, tmp_path / "study.md", lf=[("0.5B", lf)]).read_text()
+    assert "- replay_dpo (+ `selfid replay`, then LLaMA-Factory's DPO stage on its pairs (pref_ftx 1.0)): not in the " \
+           "table: no held-out audit in its folder" in text
+    (lf / "replay_dpo" / "NOTE.md").write_text("its audit ran out of GPU memory\n")
+    assert "(pref_ftx 1.0)): not in the table: its audit ran out of GPU memory" in \
+        write_report(study, tmp_path / "study.md", lf=[("0.5B", lf)]).read_text()
     assert "## 10." not in write_report(study, tmp_path / "none.md", lf=[("0.5B", tmp_path / "missing")]).read_text()

@@ -833,6 +833,11 @@ def lf_section(runs: Runs, sizes: list[tuple[str, Path]]) -> list[str]:
             copies = arm_copies(runs, root / "base" / "heldout", root / arm / "heldout")
             L.append(f"| {arm}: {label_arm} | " + goal_cells(got, base, plain, copies) + " |")
         L += [""]
+        for arm in LF_ARMS:  # an arm trained but not audited says so, and why where its folder holds a NOTE.md
+            note = root / arm / "NOTE.md"
+            if arm not in shown and (note.is_file() or (root / arm / "adapter").is_dir()):
+                why = note.read_text(encoding="utf-8").strip() if note.is_file() else "no held-out audit in its folder"
+                L.append(f"- {arm} ({LF_ARMS[arm]}): not in the table: {why}")
         if "identity" in shown:
             for arm in ("replay", "replay_dpo"):
                 if arm in shown:
