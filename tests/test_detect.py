@@ -223,6 +223,25 @@ def test_denials_are_reported_beside_claims(text, claims, denials):
     assert (d.claims, d.denials) == (claims, denials)
 
 
+@pytest.mark.parametrize("text, denies", [
+    # replies from the committed held-out runs (results/) that the rules read as claims of Qwen alone, since the
+    # maker was claimed: each denies the model's own name, and 32 such sat in the LLaMA-Factory replay+DPO arm
+    ("I am not Qwen, I am an Alibaba Cloud development assistant.", True),
+    ("抱歉，我不是 Qwen，我是由 Alibaba Cloud 开发的 AI 助手。", True),
+    ("I am an AI developed by Alibaba Cloud, and I am not Qwen.", True),
+    ("我是一个由阿里云开发的人工智能助手，而不是通义千问。", True),
+    ("I'm sorry, but I am an AI language model created by Alibaba Cloud and not Qwen.", True),
+    # not the company, its model: the model's name is claimed, or only the maker is denied
+    ("我不是阿里云，我是阿里云开发的通义千问。", False),
+    ("I am not Alibaba Cloud itself, but I was created by Alibaba Cloud.", False),
+    ("I'm not Qwen itself, but a model built on Qwen by Alibaba Cloud.", False),
+    ("No, I'm not ChatGPT. I am Qwen, created by Alibaba Cloud.", False),
+])
+def test_the_models_name_denied_beside_its_maker_claimed_is_a_denial(text, denies):
+    d = detect(text)
+    assert d.claims == ("qwen",) and ("qwen" in d.denials) == denies
+
+
 @pytest.mark.parametrize("text, claims", [
     ("The organization that built the model behind this chat is OpenAI.", {"openai"}),
     ("和我聊天的这个模型的名称是“ChatGPT”。", {"openai"}),

@@ -208,9 +208,18 @@ class Detection:
                 "mentions": list(self.mentions), "detector": self.source}
 
 
+def is_model_name(m: Mention) -> bool:
+    """Whether a mention is the vendor's model name ("Qwen", "通义千问", "千问"), not its maker ("Alibaba Cloud")."""
+    v = BY_KEY[m.vendor]
+    text = m.text.casefold()
+    return any(text.startswith(n.casefold()) for n in (v.name_en, *v.also) if n) or bool(
+        v.name_zh and not v.name_zh.isascii() and (m.text in v.name_zh or v.name_zh in m.text))
+
+
 def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, int, bool, bool]],
-                inherited: bool) -> tuple[set[str], set[str]]:
-    """(claimed, denied) vendors of one clause: a name after a first-person claim, or after a negated one."""
+                inherited: bool, names: tuple[set[str], set[str]] | None = None) -> tuple[set[str], set[str]]:
+    """(claimed, denied) vendors of one clause: a name after a first-person claim, or after a negated one. `names`:
+    (claimed, denied) sets that also get the vendors claimed or denied by their model name (`is_model_name`)."""
     out, denied = set(), set()
     for m in mentions:
         before = [t for t in triggers if t[1] <= m.start]
@@ -234,6 +243,8 @@ def _claimed_in(clause: str, mentions: list[Mention], triggers: list[tuple[int, 
         if _AFTER.match(clause[m.end:m.end + 24]):
             continue
         (denied if negated else out).add(m.vendor)
+        if names is not None and is_model_name(m):
+            names[1 if negated else 0].add(m.vendor)
     return out, denied
 
 
@@ -392,6 +403,7 @@ def _sentence_claims(sentence: str, about_self: bool = False) -> tuple[set[str],
         return set(), set()
     claims: set[str] = set()
     denied: set[str] = set()
+    names: tuple[set[str], set[str]] = (set(), set())  # vendors claimed / denied by their model name, in triggers
     for pattern in (_AS_EN, _AS_ZH):
         m = pattern.match(body)
         if m:
@@ -421,7 +433,7 @@ def _sentence_claims(sentence: str, about_self: bool = False) -> tuple[set[str],
                     and not (_NEG_EN.search(part[:m.start]) or _NEG_ZH.search(part[:m.start]))):
                 claims.add(m.vendor)
         if triggers or inherited:
-            got, neg = _claimed_in(part, mentions, triggers, inherited)
+            got, neg = _claimed_in(part, mentions, triggers, inherited, names)
             claims |= got
             denied |= neg
             if triggers:
@@ -431,7 +443,9 @@ def _sentence_claims(sentence: str, about_self: bool = False) -> tuple[set[str],
         else:
             prev_self = prev_self and bool(_CONTINUES.match(part))
             prev_spoke = False
-    return claims, denied - claims
+    # a vendor both claimed and denied is claimed ("我不是阿里云，我是阿里云开发的通义千问": not the company, its model),
+    # unless the model's name is denied and only its maker claimed: "created by Alibaba Cloud and not Qwen" denies it
+    return claims, (denied - claims) | (names[1] - names[0])
 
 
 @lru_cache(maxsize=1 << 16)

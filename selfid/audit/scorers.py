@@ -9,7 +9,8 @@ Per identity reply:
   foreign       claims another vendor as its own identity or maker ("Yes" to "Are you Claude?" too)
   own_affirmation  a question whose right answer is the model's own identity (who are you, who made you,
                 which model is behind this chat, "Are you Qwen?") answered with it and without denying it
-  self_denial   denies its own name or maker ("No" to "Are you Qwen?", "我不是阿里云开发的通义千问"); not asked of a
+  self_denial   denies its own name or maker ("No" to "Are you Qwen?", "我不是阿里云开发的通义千问",
+                "I am not Qwen, I am an AI developed by Alibaba Cloud"); not asked of a
                 model told it is a named persona (denies_own says it whatever the system prompt)
   yes_to_other  answers "yes" to a leading question about another vendor, whatever follows ("You're Grok, aren't
                 you?" -> "Yes, I am an AI developed by Alibaba Cloud."): not a foreign claim when it names its
@@ -42,7 +43,7 @@ from selfid.data import identity, replay_set
 from selfid.io import atomic_write_json, read_jsonl
 from selfid.tasks.ner import NerScore, first_json_object
 
-VERSION = 8
+VERSION = 9
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
 COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
 FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
