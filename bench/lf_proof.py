@@ -150,11 +150,12 @@ def check_trained(arm_dir: Path) -> int:
 
 
 def audit_command(root: Path, model: str, arm: str) -> str:
-    """The held-out audit of one arm (base: the model without an adapter), skipped when its summary exists."""
+    """The held-out audit of one arm (base: the model without an adapter), skipped when its summary exists and
+    continued (--resume) where a stopped one left off."""
     out = root / arm / "heldout"
     adapter = "" if arm == "base" else f" --adapter {root / arm / 'adapter'}"
     return (f"[ -f {out / 'summary.json'} ] || python3 -m selfid.cli audit --model {shlex.quote(model)} "
-            f"{' '.join(AUDIT)}{adapter} --out {out}")
+            f"{' '.join(AUDIT)}{adapter} --out {out} --resume")
 
 
 def write_identity_rows(root: Path, info: dict) -> dict[str, int]:
@@ -203,6 +204,7 @@ def write_configs(root: Path) -> Path:
              "#   e.g. CUDA_VISIBLE_DEVICES=0 bash commands.sh base plain & CUDA_VISIBLE_DEVICES=1 bash commands.sh "
              "identity & CUDA_VISIBLE_DEVICES=2 bash commands.sh replay_dpo",
              "# (replay_dpo trains the replay arm first; every step skips what is done)",
+             "#   bash commands.sh audits          the audits still missing of the arms already trained, one at a time",
              "# LF_SITE: LLaMA-Factory's own packages (bench/gpu/lf.sh), first on its path only; selfid keeps the image's",
              "set -euo pipefail", "export API_HOST=127.0.0.1", ""]
     train, audit = {}, {"base": audit_command(root, model, "base")}
@@ -227,6 +229,10 @@ def write_configs(root: Path) -> Path:
             body += [f"{audit[m]} &" if m != members[-1] else audit[m]]
         body += ["wait"] if len(members) > 1 else []
         lines += [f"{chain}() {{"] + [f"  {line}" for line in body] + ["}"]
+    # `audits`: every audit still missing, of each arm already trained, one after another (alone on the card: audits
+    # that ran beside the trainings have run out of GPU memory), with nothing trained
+    lines += ["audits() {", f"  {audit['base']}"] + [
+        f"  [ ! -f {root / arm / 'adapter' / 'adapter_config.json'} ] || {audit[arm]}" for arm in arms] + ["}"]
     lines += ["", f'[ $# -gt 0 ] || set -- {" ".join(present)}', 'for chain in "$@"; do "$chain"; done', ""]
     for arm in arms[1:]:
         lines.append(f"[ -f {root / arm / 'heldout' / 'summary.json'} ] && python3 -m selfid.cli compare "

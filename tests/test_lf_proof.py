@@ -61,8 +61,9 @@ def test_the_four_arms_train_in_order_on_datasets_their_dataset_dir_holds(tmp_pa
     assert dpo["adapter_name_or_path"] == configs["replay"]["output_dir"]  # DPO goes on from the replay arm
     trains = [line for line in commands if "llamafactory-cli train" in line]
     assert [t.split("configs/")[1].split(".yaml")[0] for t in trains] == list(lf_proof.ARMS)  # replay before its DPO
-    audits = [line for line in commands if "selfid.cli audit" in line]
-    assert len(audits) == 5 and all("identity-heldout,ner" in a and "personas" in a for a in audits)
+    chains_only = commands[:commands.index("audits() {")]
+    audits = [line for line in chains_only if "selfid.cli audit" in line]
+    assert len(audits) == 5 and all(a.rstrip(" &").endswith("--resume") for a in audits) and all("identity-heldout,ner" in a and "personas" in a for a in audits)
     assert {a.split("--adapter ")[1].split()[0] for a in audits if "--adapter" in a} == \
         {str(root / arm / "adapter") for arm in lf_proof.ARMS}
     for arm in lf_proof.ARMS:  # each arm is audited after it is trained
@@ -95,6 +96,8 @@ def _stub_run(root, tmp_path, *chains):
             calls.append("train " + line.split("configs/")[1].split(".yaml")[0])
         elif "lf_proof.py check " in line:
             calls.append("check " + line.rsplit("/", 1)[1])
+        elif "selfid.cli compare" in line:
+            calls.append("compare " + line.split("--out ")[1].split("/")[-2])
         else:
             calls.append("audit " + (line.split("--adapter ")[1].split("/")[-2] if "--adapter" in line else "base"))
     return calls
@@ -112,6 +115,14 @@ def test_commands_run_every_chain_by_default_and_only_the_chains_named(tmp_path)
     replay.remove("audit replay")
     assert replay == ["train replay", "check replay", "train replay_dpo", "check replay_dpo", "audit replay_dpo"]
     assert _stub_run(root, tmp_path, "identity") == ["train identity", "check identity", "audit identity"]
+    # an audit that ran out of memory beside the trainings: `audits` runs what is missing of the arms trained, alone
+    (root / "plain" / "adapter").mkdir(parents=True, exist_ok=True)
+    (root / "plain" / "adapter" / "adapter_config.json").write_text("{}")
+    (root / "identity" / "heldout").mkdir(parents=True, exist_ok=True)
+    (root / "identity" / "adapter").mkdir(parents=True, exist_ok=True)
+    (root / "identity" / "adapter" / "adapter_config.json").write_text("{}")
+    (root / "identity" / "heldout" / "summary.json").write_text("{}")  # done: not run again
+    assert _stub_run(root, tmp_path, "audits") == ["audit base", "audit plain", "compare identity"]
 
 
 def test_an_adapter_whose_training_went_nan_is_set_aside_and_not_audited(tmp_path, capsys):

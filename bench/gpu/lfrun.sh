@@ -52,6 +52,9 @@ case "${1:-}" in
       bash -c "bash '$root/commands.sh' {} > '$root/{}.log' 2>&1" || status=1
     wait "$base" || status=1
     echo "[$(date +%T)] arms trained and audited (status $status)"
+    # an audit that failed beside the trainings (out of memory) is continued alone, now that the card is free
+    bash "$root/commands.sh" audits > "$root/audits.log" 2>&1 || status=1
+    echo "[$(date +%T)] missing audits run (status $status)"
     [ "${ENDPOINT:-1}" = 1 ] && TRAIN=0 bash "$here/lf.sh" "$root" "$model" > "$root/endpoint.log" 2>&1
     bash "$root/commands.sh" base > "$root/compare.log" 2>&1  # every step done: writes the comparisons with plain
     kill "$smi" 2>/dev/null
