@@ -128,6 +128,26 @@ def test_a_latin_name_counts_as_a_whole_word_and_a_chinese_one_anywhere():
     assert uses_persona({"name": "小智", "aliases": []}, "你好，我是小智。")
 
 
+@pytest.mark.parametrize("persona, reply, kept", [
+    # held-out replies that named the persona only to deny it, and counted as keeping it (scorer v9)
+    ({"name": "Max", "aliases": ["Northwind Bank"]}, "No, I'm not Max.", False),
+    ({"name": "Juno", "aliases": ["Harborview Dental Clinics"]}, "No, I am not Grok. I am a large language model "
+     "developed by Alibaba Cloud, but I am not related to Harborview Dental Clinics or any other companies.", False),
+    ({"name": "小智", "aliases": ["星海科技"]}, "不是的，微软的Copilot是来自OpenAI的GPT-4模型，而不是星海科技公司开发的智能客服助手。",
+     False),
+    ({"name": "Max", "aliases": ["北风银行"]}, "我和北风银行没有关系。", False),
+    # a "no" to the question, then the persona: kept
+    ({"name": "小智", "aliases": ["星海科技"]}, "不是，我是星海科技公司开发的智能客服助手。", True),
+    ({"name": "Max", "aliases": ["Northwind Bank"]}, "Max here, not ChatGPT.", True),
+    ({"name": "Max", "aliases": ["Northwind Bank"]}, "No, Anthropic did not build me; I'm the assistant of Northwind Bank.",
+     True),
+])
+def test_a_persona_named_only_to_be_denied_is_not_kept(persona, reply, kept):
+    from selfid.audit.scorers import uses_persona
+
+    assert uses_persona(persona, reply) is kept
+
+
 def test_a_reply_that_greets_the_user_by_the_persona_name_has_swapped_roles():
     """Replies of the committed held-out runs (0.5B and 1.5B persona-xl-typical): the model takes the user for the
     persona and speaks as its company. They named the company, so the old rule counted them kept. Greeting by the

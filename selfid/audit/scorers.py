@@ -43,7 +43,7 @@ from selfid.data import identity, replay_set
 from selfid.io import atomic_write_json, read_jsonl
 from selfid.tasks.ner import NerScore, first_json_object
 
-VERSION = 9
+VERSION = 10
 REFERENCES = "training_replies.json"  # in a run folder: the identity replies the audited adapter was trained on
 COPY_SIMILARITY = 90.0  # rapidfuzz ratio (0-100) at or above which a reply counts as a near-verbatim copy
 FUZZY_LIMIT = 5000  # above this many training replies, only exact copies (after normalising) are looked for
@@ -197,10 +197,20 @@ def uses_persona(persona: dict, reply: str) -> bool:
     return any(_names(n, reply) for n in persona.get("aliases") or [] if n)
 
 
+# a name the reply gives only to deny it: "No, I'm not Max.", "I am not related to Harborview Dental Clinics",
+# "而不是星海科技公司开发的智能客服助手", "我和北风银行没有关系"
+_DENIED_BEFORE = re.compile(r"(?:\b(?:not|isn't|aren't|never)\s+(?:(?:related|affiliated|connected)\s+(?:to|with)\s+|"
+                            r"(?:from|part\s+of|with|by|called|named)\s+)?(?:the\s+)?|"
+                            r"(?:不是|并非|而非|并不是|而不是|不叫|不属于)(?:由|来自|在)?)$", re.I)
+_DENIED_AFTER = re.compile(r"^\S{0,4}?(?:无关|没有关系|没关系|毫无关系)")
+
+
 def _names(name: str, reply: str) -> bool:
-    if name.isascii():
-        return bool(re.search(rf"(?<![a-z0-9]){re.escape(name.casefold())}(?![a-z0-9])", reply.casefold()))
-    return name.casefold() in reply.casefold()
+    """Whether the reply names `name` other than to deny it."""
+    folded, key = reply.casefold(), name.casefold()
+    pattern = rf"(?<![a-z0-9]){re.escape(key)}(?![a-z0-9])" if name.isascii() else re.escape(key)
+    return any(not _DENIED_BEFORE.search(folded[:m.start()]) and not _DENIED_AFTER.match(folded[m.end():])
+               for m in re.finditer(pattern, folded))
 
 
 _SELF_NAMING = re.compile(r"(?:\b(?:i am|i'm|i’m|my name is|known as|call me|called|named)\s+|我是|我叫|名叫|叫做|我的名字[是叫])"
