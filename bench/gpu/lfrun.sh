@@ -52,11 +52,14 @@ case "${1:-}" in
       bash -c "bash '$root/commands.sh' {} > '$root/{}.log' 2>&1" || status=1
     wait "$base" || status=1
     echo "[$(date +%T)] arms trained and audited (status $status)"
-    # an audit that failed beside the trainings (out of memory) is continued alone, now that the card is free
-    bash "$root/commands.sh" audits > "$root/audits.log" 2>&1 || status=1
+    # an audit that failed beside the trainings (out of memory) is continued alone, now that the card is free; once
+    # every audit is done, the same call writes the comparisons with plain (commands.sh ends with them)
+    if ! bash "$root/commands.sh" audits > "$root/audits.log" 2>&1; then
+      status=1  # an audit failed again, which stopped commands.sh: the comparisons of the arms audited, on their own
+      bash "$root/commands.sh" base > "$root/compare.log" 2>&1
+    fi
     echo "[$(date +%T)] missing audits run (status $status)"
     [ "${ENDPOINT:-1}" = 1 ] && TRAIN=0 bash "$here/lf.sh" "$root" "$model" > "$root/endpoint.log" 2>&1
-    bash "$root/commands.sh" base > "$root/compare.log" 2>&1  # every step done: writes the comparisons with plain
     kill "$smi" 2>/dev/null
     echo "[$(date +%T)] done"
     exit $status
